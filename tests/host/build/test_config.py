@@ -1,0 +1,93 @@
+"""Board and port data: what ships loads, and every broken file names its file and key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from workshop import config
+
+REPO = Path(__file__).resolve().parents[3]
+SHIPPED = ["ESP32_GENERIC", "ESP32_GENERIC_S2", "ESP32_GENERIC_S3", "ESP32_GENERIC_C3", "ESP8266_GENERIC", "UNIX"]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A copy of the project's data files, to break one at a time."""
+    for name in ("boards", "ports"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    return tmp_path
+
+
+def test_every_shipped_board_loads_with_offsets_from_esptool():
+    boards = config.load_boards()
+    assert sorted(boards) == sorted(SHIPPED)
+    offsets = {name: [(r.file, r.offset) for r in b.flash_regions()] for name, b in boards.items()}
+    # The chips' bootloader offsets, as MicroPython's deploy docs give them.
+    assert offsets == {
+        "ESP32_GENERIC": [("firmware.bin", 0x1000)],
+        "ESP32_GENERIC_S2": [("firmware.bin", 0x1000)],
+        "ESP32_GENERIC_S3": [("firmware.bin", 0x0)],
+        "ESP32_GENERIC_C3": [("firmware.bin", 0x0)],
+        "ESP8266_GENERIC": [("firmware.bin", 0x0)],
+        "UNIX": [],
+    }
+    assert boards["ESP32_GENERIC_S3"].chip_name == "ESP32-S3"
+    assert boards["ESP8266_GENERIC"].variant is None  # the default (2 MiB) variant
+    assert boards["UNIX"].is_host and boards["UNIX"].port.make_args == ("MICROPY_PY_BTREE=0",)
+
+
+def test_offsets_follow_esptool_chip_data_not_code(project: Path):
+    """A new chip family is one TOML file: its offset comes from esptool's definitions."""
+    (project / "boards" / "ESP32_GENERIC_C6.toml").write_text(
+        'port = "esp32"\nboard = "ESP32_GENERIC_C6"\nchip = "esp32c6"\nflash_size = "4MB"\nmin_free_heap = 60000\n')
+    from esptool.targets import CHIP_DEFS
+
+    board = config.load_boards(project)["ESP32_GENERIC_C6"]
+    assert board.flash_regions()[0].offset == CHIP_DEFS["esp32c6"].BOOTLOADER_FLASH_OFFSET
+    assert board.chip_name == "ESP32-C6"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (('flash_size = "4MB"', 'flash_size = "4M"'),
+     "boards/ESP32_GENERIC.toml: flash_size: expected one of '256KB'"),
+    (('chip = "esp32"', 'chip = "esp33"'), "boards/ESP32_GENERIC.toml: chip: expected one of esp8266, esp32"),
+    (('min_free_heap = 60000', 'min_free_heap = "lots"'), "boards/ESP32_GENERIC.toml: min_free_heap: expected a number of bytes, got 'lots'"),
+    (('min_free_heap = 60000', 'min_free_heap = true'), "boards/ESP32_GENERIC.toml: min_free_heap: expected a number of bytes, got True"),
+    (('board = "ESP32_GENERIC"\n', ''), "boards/ESP32_GENERIC.toml: board: missing"),
+    (('port = "esp32"', 'port = "esp64"'), "boards/ESP32_GENERIC.toml: port: ports/esp64/port.toml: no such port 'esp64'"),
+    (('chip = "esp32"', 'chip = "esp32"\nflash_mode = "dio"'), "boards/ESP32_GENERIC.toml: flash_mode: unknown key"),
+    (('port = "esp32"', 'port = '), "boards/ESP32_GENERIC.toml: not valid TOML"),
+])
+def test_broken_board_file_names_file_and_key(project: Path, edit, message):
+    path = project / "boards" / "ESP32_GENERIC.toml"
+    text = path.read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1]))
+    with pytest.raises(config.ConfigError) as e:
+        config.load_boards(project)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (('offset = "bootloader"', 'offset = "boot"'), "outputs[0].offset: expected \"bootloader\" or a number, got 'boot'"),
+    (('dir = "ports/esp32"', 'dir = 32'), "make.dir: expected a path inside the MicroPython checkout, got 32"),
+    (('name = "esp32"', 'name = "esp-32"'), "name: expected 'esp32' (the folder's name), got 'esp-32'"),
+    (('native_tools = ["idf.py"]', 'native_tools = "idf.py"'), "native_tools: expected a list of strings, got 'idf.py'"),
+])
+def test_broken_port_file_names_file_and_key(project: Path, edit, message):
+    path = project / "ports" / "esp32" / "port.toml"
+    text = path.read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1]))
+    with pytest.raises(config.ConfigError) as e:
+        config.load_port("esp32", project)
+    assert str(e.value) == f"ports/esp32/port.toml: {message}" or str(e.value).endswith(message), str(e.value)
+    assert "port.toml" in str(e.value)
+
+
+def test_unknown_board_lists_the_known_ones():
+    with pytest.raises(config.ConfigError, match=r"unknown board 'ESP32' \(boards: ESP32_GENERIC, .*UNIX\)"):
+        config.get_board("ESP32")

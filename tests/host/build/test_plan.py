@@ -1,0 +1,139 @@
+"""BuildPlan is pure: the exact commands each port's build runs, asserted without Docker or make."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from workshop import build, config, source
+
+REPO = Path(__file__).resolve().parents[3]
+MP = Path("/src/micropython")
+CHECKOUT = source.Checkout(MP, source.MICROPYTHON_COMMIT, "v1.28.0", dirty=False, pinned=True)
+CACHE = Path("/cache")
+
+
+def make_plan(board: str, toolchain: str, root: Path = REPO, **kw) -> build.BuildPlan:
+    b = config.get_board(board, root)
+    kw.setdefault("jobs", 4)
+    kw.setdefault("uid_gid", (1000, 1000))
+    return build.plan(b, kw.pop("checkout", CHECKOUT), toolchain, root=root, cache=CACHE, **kw)
+
+
+def test_esp32_docker_plan_is_micropython_ci_in_espressif_idf():
+    p = make_plan("ESP32_GENERIC_S3", "docker")
+    bdir = build.build_dir_for(config.get_board("ESP32_GENERIC_S3"), REPO, CACHE)
+    mounts = []
+    for m in (MP, REPO, bdir):
+        mounts += ["-v", f"{m}:{m}"]
+    docker = ["docker", "run", "--rm", "--user", "1000:1000", "-e", "HOME=/tmp",
+              "-e", f"MICROPY_MPYCROSS={bdir}/mpy-cross/mpy-cross", *mounts, "-w", str(MP), "espressif/idf:v5.5.1"]
+    assert [list(s.argv) for s in p.steps] == [
+        docker + ["make", "-j4", "-C", f"{MP}/mpy-cross", f"BUILD={bdir}/mpy-cross"],
+        docker + ["make", "-j4", "-C", f"{MP}/ports/esp32", "BOARD=ESP32_GENERIC_S3",
+                  f"FROZEN_MANIFEST={REPO}/ports/esp32/manifest.py", f"BUILD={bdir}"],
+    ]
+    assert p.toolchain == "docker" and p.image == "espressif/idf:v5.5.1"
+    assert p.board_dist == REPO / "dist" / "ESP32_GENERIC_S3"
+    assert bdir.is_relative_to(CACHE)  # build trees live outside the repository
+
+
+def test_esp8266_docker_plan_uses_esp_open_sdk_and_image_override():
+    p = make_plan("ESP8266_GENERIC", "docker")
+    assert p.steps[1].argv[p.steps[1].argv.index("-w") + 3:][:5] == (
+        "make", "-j4", "-C", f"{MP}/ports/esp8266", "BOARD=ESP8266_GENERIC")
+    assert "larsks/esp-open-sdk" in p.steps[0].argv
+    custom = make_plan("ESP8266_GENERIC", "docker", image="registry.local/esp-open-sdk:2024")
+    assert "registry.local/esp-open-sdk:2024" in custom.steps[1].argv and "larsks/esp-open-sdk" not in custom.steps[1].argv
+    assert custom.inputs_sha256 != p.inputs_sha256  # another toolchain image is another build
+
+
+def test_native_plans_run_the_same_make_without_docker():
+    unix = make_plan("UNIX", "native")
+    bdir = build.build_dir_for(config.get_board("UNIX"), REPO, CACHE)
+    assert [list(s.argv) for s in unix.steps] == [
+        ["make", "-j4", "-C", f"{MP}/mpy-cross", f"BUILD={bdir}/mpy-cross"],
+        ["make", "-j4", "-C", f"{MP}/ports/unix", "VARIANT=standard",
+         f"FROZEN_MANIFEST={REPO}/ports/unix/manifest.py", f"BUILD={bdir}", "MICROPY_PY_BTREE=0"],
+    ]
+    assert all(dict(s.env) == {"MICROPY_MPYCROSS": f"{bdir}/mpy-cross/mpy-cross"} for s in unix.steps)
+    esp32 = make_plan("ESP32_GENERIC", "native")
+    assert esp32.steps[1].argv[:5] == ("make", "-j4", "-C", f"{MP}/ports/esp32", "BOARD=ESP32_GENERIC")
+    assert esp32.image is None and not esp32.mounts
+
+
+def test_auto_toolchain_prefers_native_then_docker_else_says_why():
+    b = config.get_board("ESP32_GENERIC")
+    have_idf = lambda tool: "/opt/idf/idf.py" if tool == "idf.py" else None
+    assert build.toolchain_status(b, which=have_idf, docker_reason="no docker engine running").kind == "native"
+    nothing = lambda tool: None
+    assert build.toolchain_status(b, which=nothing, docker_reason=None).kind == "docker"
+    none = build.toolchain_status(b, which=nothing, docker_reason="no docker engine running")
+    assert none.kind is None and none.reason == "no docker engine running; no idf.py on PATH"
+    with pytest.raises(build.BuildError, match=r"ESP32_GENERIC: no toolchain here: no docker engine running; "
+                                                r"no idf.py on PATH \(force one with --toolchain docker\|native\)"):
+        build.plan(b, CHECKOUT, "auto", status=none)
+
+
+def test_image_without_docker_and_unknown_toolchain_are_refused():
+    with pytest.raises(build.BuildError, match="--image needs --toolchain docker"):
+        make_plan("UNIX", "native", image="x")
+    with pytest.raises(build.BuildError, match="toolchain must be one of auto, docker, native, got 'podman'"):
+        make_plan("UNIX", "podman")
+    with pytest.raises(build.BuildError, match="port unix has no Docker image"):
+        make_plan("UNIX", "docker")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    for name in ("boards", "ports", "modules"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.mpy"))
+    shutil.copy(REPO / "manifest.py", tmp_path / "manifest.py")
+    return tmp_path
+
+
+def _key(project: Path, board: str = "ESP32_GENERIC", **kw) -> str:
+    return make_plan(board, "docker" if board != "UNIX" else "native", root=project, **kw).inputs_sha256
+
+
+def test_cache_key_changes_with_each_input_and_only_then(project: Path):
+    base = _key(project)
+    assert _key(project) == base  # nothing changed
+    assert make_plan("ESP32_GENERIC", "docker", root=project, jobs=1).inputs_sha256 == base  # -j is not an input
+    assert make_plan("ESP32_GENERIC", "docker", root=project, uid_gid=(501, 20)).inputs_sha256 == base
+
+    def changed(edit) -> str:
+        edit()
+        return _key(project)
+
+    seen = {base}
+    edits = {
+        "a module": lambda: (project / "modules" / "base64.py").write_text(
+            (project / "modules" / "base64.py").read_text() + "\n# edited\n"),
+        "a module in a package": lambda: (project / "modules" / "umqtt" / "simple.py").write_text(
+            (project / "modules" / "umqtt" / "simple.py").read_text() + "\n"),
+        "a new module file": lambda: (project / "modules" / "extra.py").write_text("x = 1\n"),
+        "the stack manifest": lambda: (project / "manifest.py").write_text((project / "manifest.py").read_text() + "\n"),
+        "the port manifest": lambda: (project / "ports" / "esp32" / "manifest.py").write_text(
+            (project / "ports" / "esp32" / "manifest.py").read_text() + "\n"),
+        "port data": lambda: (project / "ports" / "esp32" / "port.toml").write_text(
+            (project / "ports" / "esp32" / "port.toml").read_text() + "\n# note\n"),
+        "board data": lambda: (project / "boards" / "ESP32_GENERIC.toml").write_text(
+            (project / "boards" / "ESP32_GENERIC.toml").read_text().replace("60000", "61000")),
+    }
+    for what, edit in edits.items():
+        key = changed(edit)
+        assert key not in seen, f"changing {what} did not change the cache key"
+        seen.add(key)
+    other_commit = source.Checkout(MP, "0" * 40, "v1.28.0-1-g0000000", False, False)
+    assert _key(project, checkout=other_commit) not in seen
+    dirty = source.Checkout(MP, source.MICROPYTHON_COMMIT, "v1.28.0", True, True)
+    assert _key(project, checkout=dirty) not in seen
+    assert _key(project, image="espressif/idf:v5.3") not in seen
+    # Another board's data is not an input of this one.
+    before = _key(project)
+    (project / "boards" / "ESP32_GENERIC_S3.toml").write_text(
+        (project / "boards" / "ESP32_GENERIC_S3.toml").read_text().replace("80000", "81000"))
+    assert _key(project) == before

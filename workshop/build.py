@@ -1,0 +1,384 @@
+"""Build images: BuildPlan (pure: argv, env, mounts, outputs, cache key) -> run -> dist/<BOARD>/.
+
+A plan is computed without touching Docker or make, so tests assert the exact commands. Running
+a plan builds in the cache directory, then stages the outputs and build.json beside dist/ and
+renames them into place: a failed or interrupted build leaves no dist/<BOARD>/ at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version as package_version
+from pathlib import Path
+
+from . import source
+from .buildinfo import (BUILD_INFO, Artifact, BuildInfo, BuildInfoError, read_build_info, sha256_file,
+                        write_atomic)
+from .config import PROJECT_ROOT, Board, ConfigError, cache_dir, get_board
+
+TOOLCHAINS = ("auto", "docker", "native")
+# Files whose content decides what is frozen, besides everything under modules/.
+STACK_MANIFEST = "manifest.py"
+
+
+class BuildError(RuntimeError):
+    """A build could not be planned or failed; the message says which board and why."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a build. `env` holds only what the plan adds to the caller's environment."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    board: Board
+    checkout: Path
+    micropython_version: str
+    micropython_commit: str
+    toolchain: str                     # "docker" or "native"
+    image: str | None                  # container image (docker only)
+    build_dir: Path
+    dist_dir: Path
+    manifest: Path
+    steps: tuple[Step, ...]
+    inputs_sha256: str
+    mounts: tuple[Path, ...] = ()
+
+    @property
+    def board_dist(self) -> Path:
+        return self.dist_dir / self.board.name
+
+
+# --- toolchain availability ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolchainStatus:
+    kind: str | None                   # "native", "docker" or None
+    reason: str                        # why this one, or why none
+
+
+def docker_engine_reason(docker: str | None = None) -> str | None:
+    """None when a Docker engine answers, else a short reason."""
+    docker = docker or shutil.which("docker")
+    if not docker:
+        return "no docker client"
+    try:
+        proc = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"docker engine not answering ({e.__class__.__name__})"
+    if proc.returncode != 0:
+        return "no docker engine running"
+    return None
+
+
+def toolchain_status(board: Board, which: Callable[[str], str | None] = shutil.which,
+                     docker_reason: str | None | type(...) = ...) -> ToolchainStatus:
+    """Which toolchain `--toolchain auto` would use for this board here, and why."""
+    missing = [t for t in board.port.native_tools if not which(t)]
+    if not missing:
+        return ToolchainStatus("native", "native: " + ", ".join(board.port.native_tools) + " on PATH")
+    if not board.port.docker_images:
+        return ToolchainStatus(None, f"needs {', '.join(missing)} on PATH")
+    reason = docker_engine_reason() if docker_reason is ... else docker_reason
+    if reason is None:
+        return ToolchainStatus("docker", "docker engine available")
+    return ToolchainStatus(None, f"{reason}; no {', '.join(missing)} on PATH")
+
+
+# --- the plan (pure) -------------------------------------------------------------------------
+
+
+def _project_files(board: Board, root: Path) -> list[Path]:
+    """Every project file that decides the image's content."""
+    files = [root / STACK_MANIFEST, board.port.manifest, board.port.directory / "port.toml", board.source]
+    modules = root / "modules"
+    if modules.is_dir():
+        files += sorted(p for p in modules.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                        and p.suffix != ".mpy")
+    return files
+
+
+def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], image: str | None,
+                  root: Path = PROJECT_ROOT, checkout_dirty: bool = False) -> str:
+    """The cache key: manifests, every module file, board/port data, MicroPython commit,
+    toolchain image and the exact commands. Same key -> the image in dist/ is current."""
+    h = hashlib.sha256()
+    for path in _project_files(board, root):
+        rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+        h.update(f"file {rel} {sha256_file(path) if path.exists() else 'missing'}\n".encode())
+    h.update(f"micropython {micropython_commit}{' dirty' if checkout_dirty else ''}\n".encode())
+    h.update(f"image {image}\n".encode())
+    for step in steps:
+        # Neither parallelism nor the container user changes the image: not part of the key.
+        argv = [a for i, a in enumerate(step.argv)
+                if not re.fullmatch(r"-j\d+", a) and not (i and step.argv[i - 1] == "--user") and a != "--user"]
+        h.update(json.dumps([argv, step.env]).encode() + b"\n")
+    return h.hexdigest()
+
+
+def build_dir_for(board: Board, root: Path = PROJECT_ROOT, cache: Path | None = None) -> Path:
+    """Build trees live in the cache (outside the repo), one per board and project checkout."""
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    return (cache or cache_dir()) / "build" / f"{board.name}-{tag}"
+
+
+def _make_vars(board: Board, manifest: Path, build: Path) -> list[str]:
+    port = board.port
+    args = []
+    if port.board_var and board.mp_board:
+        args.append(f"{port.board_var}={board.mp_board}")
+    if board.variant:
+        args.append(f"{port.variant_var}={board.variant}")
+    args += [f"FROZEN_MANIFEST={manifest}", f"BUILD={build}", *port.make_args]
+    return args
+
+
+def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image: str | None = None,
+         jobs: int | None = None, root: Path = PROJECT_ROOT, dist: Path | None = None,
+         cache: Path | None = None, uid_gid: tuple[int, int] | None = None,
+         status: ToolchainStatus | None = None) -> BuildPlan:
+    """The exact commands that build `board`, the way MicroPython's CI does: mpy-cross first,
+    then `make -C ports/<port> BOARD=... FROZEN_MANIFEST=<abs path>`.
+
+    Docker runs as the calling user, with the checkout, the project and the build tree mounted
+    at their own paths, so every path in the command means the same inside and out.
+    """
+    if toolchain not in TOOLCHAINS:
+        raise BuildError(f"{board.name}: toolchain must be one of {', '.join(TOOLCHAINS)}, got {toolchain!r}")
+    if toolchain == "auto":
+        status = status or toolchain_status(board)
+        if status.kind is None:
+            raise BuildError(f"{board.name}: no toolchain here: {status.reason} "
+                             f"(force one with --toolchain docker|native)")
+        toolchain = status.kind
+    if toolchain == "docker":
+        image = image or board.port.docker_image(checkout.version)
+        if not image:
+            raise BuildError(f"{board.name}: port {board.port.name} has no Docker image ([docker] in "
+                             f"ports/{board.port.name}/port.toml); use --toolchain native")
+    elif image:
+        raise BuildError(f"{board.name}: --image needs --toolchain docker")
+    mp = checkout.path
+    build = build_dir_for(board, root, cache)
+    manifest = board.port.manifest.resolve()
+    mpy_cross_build = build / "mpy-cross"
+    mpy_cross = mpy_cross_build / "mpy-cross"
+    parallel = [f"-j{jobs or os.cpu_count() or 1}"]
+    commands = [
+        ("mpy-cross", ["make", *parallel, "-C", str(mp / "mpy-cross"), f"BUILD={mpy_cross_build}"]),
+        (board.port.name, ["make", *parallel, "-C", str(mp / board.port.make_dir),
+                           *_make_vars(board, manifest, build)]),
+    ]
+    # Environment, not a make variable: the esp32 port's CMake reads it from there.
+    env = (("MICROPY_MPYCROSS", str(mpy_cross)),)
+    mounts: tuple[Path, ...] = ()
+    steps: list[Step] = []
+    if toolchain == "docker":
+        uid, gid = uid_gid or (os.getuid(), os.getgid())
+        mounts = tuple(dict.fromkeys(p.resolve() for p in (mp, root, build)))
+        for name, argv in commands:
+            docker = ["docker", "run", "--rm", "--user", f"{uid}:{gid}", "-e", "HOME=/tmp"]
+            for key, value in env:
+                docker += ["-e", f"{key}={value}"]
+            for m in mounts:
+                docker += ["-v", f"{m}:{m}"]
+            docker += ["-w", str(mp), image, *argv]
+            steps.append(Step(tuple(docker), (), name))
+    else:
+        steps = [Step(tuple(argv), env, name) for name, argv in commands]
+    key = inputs_sha256(board, checkout.commit, steps, image, root, checkout.dirty)
+    return BuildPlan(board=board, checkout=mp, micropython_version=checkout.version,
+                     micropython_commit=checkout.commit, toolchain=toolchain, image=image, build_dir=build,
+                     dist_dir=dist or root / "dist", manifest=manifest, steps=tuple(steps),
+                     inputs_sha256=key, mounts=mounts)
+
+
+# --- staleness -------------------------------------------------------------------------------
+
+
+def up_to_date(p: BuildPlan) -> bool:
+    try:
+        info = read_build_info(p.board_dist)
+    except BuildInfoError:
+        return False
+    return info.inputs_sha256 == p.inputs_sha256
+
+
+def stale_reason(board_name: str, root: Path = PROJECT_ROOT, dist: Path | None = None,
+                 micropython: str | Path | None = None) -> str | None:
+    """None when dist/<BOARD>/ is complete and built from the current inputs; else why not.
+
+    The plan is recomputed with the toolchain and image the build recorded. Without a checkout
+    (e.g. on a release machine), the MicroPython commit recorded in build.json is assumed.
+    """
+    try:
+        board = get_board(board_name, root)
+    except ConfigError as e:
+        return str(e)
+    board_dist = (dist or root / "dist") / board_name
+    try:
+        info = read_build_info(board_dist)
+    except BuildInfoError as e:
+        return str(e)
+    try:
+        checkout = source.locate(micropython, [board.port.name])
+    except source.SourceError:
+        checkout = source.Checkout(Path(info.extra.get("checkout", "")), info.micropython_commit,
+                                   info.micropython_version, False, True)
+    try:
+        p = plan(board, checkout, info.toolchain, info.toolchain_image, root=root, dist=dist,
+                 status=ToolchainStatus(info.toolchain, "as recorded"), uid_gid=tuple(info.extra["uid_gid"]) if info.extra.get("uid_gid") else None)
+    except BuildError as e:
+        return str(e)
+    if p.inputs_sha256 != info.inputs_sha256:
+        return "inputs changed since the build"
+    return None
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildResult:
+    board: str
+    status: str                        # "built", "up to date", "failed"
+    seconds: float
+    info: BuildInfo | None = None
+    error: str | None = None
+    log: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+    @property
+    def image_size(self) -> int | None:
+        if not self.info:
+            return None
+        flashed = self.info.flash_images or self.info.artifacts[:1]
+        return sum(a.size for a in flashed)
+
+
+FROZEN_NAMES = re.compile(r'^\s*"((?:[^"\\]|\\.)*)\\0"$', re.M)
+
+
+def frozen_modules(frozen_content: Path) -> tuple[str, ...]:
+    """The frozen module paths as the build's frozen_content.c lists them (mp_frozen_names)."""
+    text = frozen_content.read_text(errors="replace")
+    start = text.find("mp_frozen_names[]")
+    if start < 0:
+        raise BuildError(f"{frozen_content}: no mp_frozen_names table (was FROZEN_MANIFEST applied?)")
+    end = text.find("};", start)
+    return tuple(FROZEN_NAMES.findall(text[start:end]))
+
+
+def _project_version(root: Path) -> tuple[str, str | None, bool]:
+    try:
+        ver = package_version("workshop-kit")
+    except PackageNotFoundError:
+        ver = "0+unknown"
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, False
+    return ver, commit, dirty
+
+
+Event = Callable[[str, str], None]   # (board, message)
+
+
+def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = False,
+        runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> BuildResult:
+    """Execute a plan: 'up to date' without running make when the inputs are unchanged."""
+    name = p.board.name
+    started = time.monotonic()
+    if not force and up_to_date(p):
+        on_event(name, "up to date")
+        return BuildResult(name, "up to date", time.monotonic() - started, read_build_info(p.board_dist, verify=False))
+    # Invalidate first: from here until the final rename there is no complete dist/<BOARD>/.
+    shutil.rmtree(p.board_dist, ignore_errors=True)
+    p.build_dir.mkdir(parents=True, exist_ok=True)
+    log = p.build_dir / "build.log"
+    try:
+        with log.open("w") as out:
+            for step in p.steps:
+                on_event(name, f"{step.name}: {' '.join(step.argv[:3])} ...")
+                out.write(f"$ {' '.join(step.argv)}\n")
+                out.flush()
+                env = dict(os.environ, **dict(step.env))
+                proc = runner(list(step.argv), stdout=out, stderr=subprocess.STDOUT, env=env)
+                if proc.returncode != 0:
+                    raise BuildError(f"{name}: {step.name} step failed (exit {proc.returncode}); see {log}")
+        info = _stage(p, started)
+    except BuildError as e:
+        on_event(name, "failed")
+        return BuildResult(name, "failed", time.monotonic() - started, error=str(e), log=log)
+    on_event(name, "built")
+    return BuildResult(name, "built", time.monotonic() - started, info, log=log)
+
+
+def _stage(p: BuildPlan, started: float) -> BuildInfo:
+    """Copy outputs + build.json into a hidden folder beside dist/<BOARD>, then rename it in."""
+    board = p.board
+    staging = p.dist_dir / f".{board.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        offsets = {r.file: r.offset for r in board.flash_regions()}
+        artifacts = []
+        for out in board.port.outputs:
+            built = p.build_dir / out.file
+            if not built.is_file():
+                raise BuildError(f"{board.name}: the build did not produce {built}")
+            shutil.copy2(built, staging / out.file)
+            artifacts.append(Artifact(out.file, sha256_file(built), built.stat().st_size, offsets.get(out.file),
+                                      out.file in offsets))
+        frozen_c = p.build_dir / "frozen_content.c"
+        if not frozen_c.is_file():
+            raise BuildError(f"{board.name}: no {frozen_c}: the frozen manifest was not applied")
+        ver, commit, dirty = _project_version(PROJECT_ROOT)
+        info = BuildInfo(
+            board=board.name, port=board.port.name, chip=board.chip, chip_name=board.chip_name,
+            flash_size=board.flash_size, mp_board=board.mp_board, variant=board.variant,
+            micropython_version=p.micropython_version, micropython_commit=p.micropython_commit,
+            project_version=ver, project_commit=commit, project_dirty=dirty,
+            manifest_sha256=sha256_file(p.manifest), inputs_sha256=p.inputs_sha256,
+            frozen_modules=frozen_modules(frozen_c), artifacts=tuple(artifacts), toolchain=p.toolchain,
+            toolchain_image=p.image, built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            duration_s=round(time.monotonic() - started, 2),
+            extra={"checkout": str(p.checkout), "uid_gid": _uid_gid_of(p)},
+        )
+        write_atomic(staging / BUILD_INFO, info.to_json())
+        shutil.rmtree(p.board_dist, ignore_errors=True)
+        staging.rename(p.board_dist)
+        return info
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _uid_gid_of(p: BuildPlan) -> list[int] | None:
+    argv = p.steps[0].argv
+    if p.toolchain != "docker":
+        return None
+    uid, gid = argv[argv.index("--user") + 1].split(":")
+    return [int(uid), int(gid)]

