@@ -160,3 +160,14 @@ def mosquitto(tmp_path: Path):
     yield broker
     broker.process.kill()
     broker.process.wait()
+
+
+@pytest.fixture(scope="session")
+def mp_checkout():
+    """The pinned MicroPython checkout (fetched code, never in the repo); skips when absent."""
+    from workshop import source
+
+    try:
+        return source.locate(None, ["unix"])
+    except source.SourceError as e:
+        pytest.skip(f"no MicroPython checkout ({str(e).split(':')[0]}): invoke setup")

@@ -7,6 +7,7 @@ manifests must replace), and measures the frozen bytecode of our stack with the 
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import tempfile
 from collections import defaultdict
@@ -96,7 +97,7 @@ def check_board(board: Board, checkout: Checkout, root: Path = PROJECT_ROOT) -> 
     try:
         result.files = resolve(board, checkout)
     except Exception as e:  # manifestfile raises its own error class; any failure is a finding
-        result.problems.append(f"{board.port.manifest.relative_to(root)}: {e}")
+        result.problems.append(_manifest_error(str(e), board, root, checkout.path))
         return result
     by_module: dict[str, list[FrozenFile]] = defaultdict(list)
     for f in result.files:
@@ -114,6 +115,16 @@ def check_board(board: Board, checkout: Checkout, root: Path = PROJECT_ROOT) -> 
     except SyntaxError as e:
         result.problems.append(str(e))
     return result
+
+
+def _manifest_error(message: str, board: Board, root: Path, checkout: Path) -> str:
+    """'Error in manifest file: a: Error in manifest file: b: Cannot stat x' -> 'b: Cannot stat x'."""
+    chain = re.findall(r"Error in manifest file: (.+?): ", message)
+    where = chain[-1] if chain else str(board.port.manifest)
+    detail = re.sub(r"^(Error in manifest file: .+?: )+", "", message)
+    for path in set(re.findall(r"(/\S+)", detail)):
+        detail = detail.replace(path, _short(Path(path), root, checkout))
+    return f"{_short(Path(where), root, checkout)}: {detail}"
 
 
 def _short(path: Path, root: Path, checkout: Path) -> str:

@@ -1,0 +1,87 @@
+"""Running a plan: a failed or interrupted build never leaves a dist/<BOARD>/ that looks complete."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from workshop import build, buildinfo, config, source
+
+REPO = Path(__file__).resolve().parents[3]
+CHECKOUT = source.Checkout(Path("/src/micropython"), source.MICROPYTHON_COMMIT, "v1.28.0", False, True)
+
+
+@pytest.fixture
+def unix_plan(tmp_path: Path) -> build.BuildPlan:
+    return build.plan(config.get_board("UNIX"), CHECKOUT, "native", jobs=1, dist=tmp_path / "dist",
+                      cache=tmp_path / "cache")
+
+
+def _previous_build(p: build.BuildPlan) -> None:
+    """A complete dist/UNIX/ from an earlier build, as a user would have it."""
+    p.board_dist.mkdir(parents=True)
+    (p.board_dist / "micropython").write_bytes(b"old image")
+    (p.board_dist / "build.json").write_text("{}")
+
+
+def test_failed_step_removes_dist_and_reports_the_log(unix_plan: build.BuildPlan):
+    _previous_build(unix_plan)
+    calls = []
+
+    def failing_make(argv, **kw):
+        calls.append(argv)
+        kw["stdout"].write("cc: error: something broke\n")
+        return subprocess.CompletedProcess(argv, 2 if len(calls) == 2 else 0)
+
+    result = build.run(unix_plan, runner=failing_make)
+    assert result.status == "failed" and len(calls) == 2
+    assert result.error == f"UNIX: unix step failed (exit 2); see {unix_plan.build_dir / 'build.log'}"
+    assert "cc: error: something broke" in (unix_plan.build_dir / "build.log").read_text()
+    assert not unix_plan.board_dist.exists()
+    assert list(unix_plan.dist_dir.iterdir()) == []  # no half-staged folder either
+
+
+def test_interrupted_build_leaves_no_dist(unix_plan: build.BuildPlan):
+    _previous_build(unix_plan)
+
+    def interrupted(argv, **kw):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build.run(unix_plan, runner=interrupted)
+    assert not unix_plan.board_dist.exists()
+
+
+def test_build_without_outputs_is_a_failure_not_a_dist(unix_plan: build.BuildPlan):
+    """make exiting 0 is not enough: the images and frozen_content.c must be there."""
+    result = build.run(unix_plan, runner=lambda argv, **kw: subprocess.CompletedProcess(argv, 0))
+    assert result.status == "failed"
+    assert "the build did not produce" in result.error and result.error.endswith("/micropython")
+    assert not unix_plan.board_dist.exists() and list(unix_plan.dist_dir.iterdir()) == []
+
+
+def test_read_build_info_rejects_changed_images(tmp_path: Path):
+    board_dir = tmp_path / "ESP32_GENERIC"
+    board_dir.mkdir()
+    (board_dir / "firmware.bin").write_bytes(b"\xe9" * 1024)
+    info = buildinfo.BuildInfo(
+        board="ESP32_GENERIC", port="esp32", chip="esp32", chip_name="ESP32", flash_size="4MB",
+        mp_board="ESP32_GENERIC", variant=None, micropython_version="v1.28.0", micropython_commit="e0e9fbb",
+        project_version="0.1.0", project_commit=None, project_dirty=False, manifest_sha256="0", inputs_sha256="1",
+        frozen_modules=("wifi.py",), toolchain="docker", toolchain_image="espressif/idf:v5.5.1",
+        built_at="2026-11-21T00:00:00Z", duration_s=1.0,
+        artifacts=(buildinfo.Artifact("firmware.bin", buildinfo.sha256_file(board_dir / "firmware.bin"), 1024, 0x1000, True),))
+    buildinfo.write_atomic(board_dir / "build.json", info.to_json())
+    assert buildinfo.read_build_info(board_dir) == info
+    assert info.flash_images[0].offset == 0x1000
+    (board_dir / "firmware.bin").write_bytes(b"\xe9" * 1023 + b"\0")
+    with pytest.raises(buildinfo.BuildInfoError, match="firmware.bin: does not match the sha256 in build.json"):
+        buildinfo.read_build_info(board_dir)
+    (board_dir / "firmware.bin").unlink()
+    with pytest.raises(buildinfo.BuildInfoError, match="firmware.bin: missing, but build.json lists it"):
+        buildinfo.read_build_info(board_dir)
+    (board_dir / "build.json").unlink()
+    with pytest.raises(buildinfo.BuildInfoError, match="has no finished build"):
+        buildinfo.read_build_info(board_dir)

@@ -1,0 +1,72 @@
+"""`invoke check`: each board's manifest resolved by MicroPython's own tools/manifestfile.py."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+
+from workshop import check, config
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def stack_targets() -> list[str]:
+    """What manifest.py freezes from modules/, read from the manifest itself."""
+    targets = []
+    for node in ast.walk(ast.parse((REPO / "manifest.py").read_text())):
+        if isinstance(node, ast.Call) and node.func.id in ("module", "package"):
+            targets.append(node.args[0].value)
+    return targets
+
+
+@pytest.mark.parametrize("board", ["ESP32_GENERIC", "ESP32_GENERIC_C3", "ESP8266_GENERIC", "UNIX"])
+def test_shipped_manifests_resolve_without_conflicts(mp_checkout, board):
+    result = check.check_board(config.get_board(board), mp_checkout)
+    assert result.problems == []
+    targets = {f.target for f in result.files}
+    # Our stack replaces the stock copies: exactly one requests, umqtt, ntptime; and they are ours.
+    modules = REPO / "modules"
+    for name in ("requests", "urequests", "ntptime", "umqtt.simple", "umqtt.robust", "base64"):
+        owners = [f.source for f in result.files if f.module == name]
+        assert len(owners) == 1 and owners[0].is_relative_to(modules), (name, owners)
+    for entry in stack_targets():
+        assert entry in targets or any(t.startswith(entry + "/") for t in targets), entry
+    # The stock content the port manifest keeps is still there.
+    assert "asyncio/__init__.py" in targets and "mip/__init__.py" in targets
+    assert result.stack_bytecode > 1000
+
+
+def test_stock_networking_next_to_ours_is_reported_as_a_conflict(mp_checkout, tmp_path: Path):
+    """What happens if a port manifest keeps the stock bundle: umqtt and requests frozen twice."""
+    for name in ("boards", "ports", "modules"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    shutil.copy(REPO / "manifest.py", tmp_path)
+    (tmp_path / "ports" / "esp32" / "manifest.py").write_text(
+        'include("$(PORT_DIR)/boards/manifest.py")\ninclude("../../manifest.py")\n')
+    result = check.check_board(config.get_board("ESP32_GENERIC", tmp_path), mp_checkout, tmp_path)
+    joined = "\n".join(result.problems)
+    for module in ("umqtt.simple", "umqtt.robust", "requests", "urequests", "ntptime"):
+        assert f"{module} is frozen 2 times" in joined, joined
+    assert "modules/umqtt/simple.py" in joined and "$(MPY_DIR)/lib/micropython-lib/micropython/umqtt.simple" in joined
+
+
+def test_missing_module_is_named(mp_checkout, tmp_path: Path):
+    for name in ("boards", "ports", "modules"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    shutil.copy(REPO / "manifest.py", tmp_path)
+    (tmp_path / "modules" / "ntptime.py").unlink()
+    result = check.check_board(config.get_board("ESP8266_GENERIC", tmp_path), mp_checkout, tmp_path)
+    assert result.problems == ["manifest.py: Cannot stat modules/ntptime.py"]
+
+
+def test_bytecode_size_is_mpy_cross_output(tmp_path: Path):
+    src = tmp_path / "m.py"
+    src.write_text("def f(x):\n    return x + 1\n" * 20)
+    size = check.bytecode_size([src], ())
+    assert 100 < size < src.stat().st_size
+    src.write_text("def f(:\n")
+    with pytest.raises(SyntaxError, match="m.py: mpy-cross failed"):
+        check.bytecode_size([src], ())
