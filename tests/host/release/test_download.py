@@ -1,0 +1,179 @@
+"""invoke download: a release from a real HTTP server on 127.0.0.1 (or a folder) into a verified cache."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from placeholders import ESP_BOARDS
+from workshop import download as dl
+from workshop import release as rel
+
+
+@pytest.fixture
+def made(release_kwargs) -> rel.Release:
+    return rel.make_release("v0.1.0", **release_kwargs)
+
+
+def leftovers(cache: Path) -> list[str]:
+    """Temporary or partial files in the cache: there must never be any after a run."""
+    return sorted(p.name for p in cache.rglob("*") if p.name.startswith(".") or p.suffix == ".part")
+
+
+def test_happy_path_then_second_run_from_cache(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    cache = tmp_path / "cache"
+    events = []
+    result = dl.download_release("v0.1.0", source=server.url, cache=cache, on_event=events.append)
+
+    assert result.directory == cache / "releases" / "v0.1.0"
+    assert [b.board.board for b in result.boards] == sorted(ESP_BOARDS)
+    for board in result.boards:
+        image = f"{board.board.board}-20261121-v1.28.0-v0.1.0.bin"
+        assert list(board.paths) == [image], "only the images by default, not .elf/.map"
+        assert board.paths[image].read_bytes() == (made.directory / image).read_bytes()
+        assert (result.directory / f"{board.board.board}.manifest.json").is_file()
+    esp32 = result.board("ESP32_GENERIC")
+    assert esp32.flash_regions == ((0x1000, result.directory / "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"),)
+    assert leftovers(cache) == []
+    # Progress: a start with the total, progress that reaches it, done.
+    name = "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
+    mine = [e for e in events if e.file == name]
+    size = (made.directory / name).stat().st_size
+    assert mine[0].kind == "start" and mine[0].total == size
+    assert mine[-1] == dl.DownloadEvent("done", name, size, size)
+    assert any(e.kind == "progress" and 0 < e.done < size for e in mine), "more than one chunk for a 96 KiB file"
+    assert set(result.fetched) == {"index.json", *(f"{b}.manifest.json" for b in ESP_BOARDS),
+                                   *(f"{b}-20261121-v1.28.0-v0.1.0.bin" for b in ESP_BOARDS)}
+
+    # Second run: every verified file comes from the cache; only SHA256SUMS is asked for.
+    server.behaviour.requests.clear()
+    again = dl.download_release("v0.1.0", source=server.url, cache=cache)
+    assert server.behaviour.requests == ["SHA256SUMS"]
+    assert again.fetched == () and set(again.cached) == set(result.fetched)
+
+    # The source gone: a complete cache still answers.
+    offline = dl.download_release("v0.1.0", source=f"http://127.0.0.1:{closed_port()}/", cache=cache,
+                                  boards=["ESP8266_GENERIC"])
+    assert offline.board("ESP8266_GENERIC").paths
+
+
+def test_include_debug_and_one_board(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    result = dl.download_release("0.1.0", ["ESP32_GENERIC_S3"], source=server.url, cache=tmp_path / "c",
+                                 include_debug=True)
+    assert [b.board.board for b in result.boards] == ["ESP32_GENERIC_S3"]
+    base = "ESP32_GENERIC_S3-20261121-v1.28.0-v0.1.0"
+    assert sorted(result.boards[0].paths) == [f"{base}.bin", f"{base}.elf", f"{base}.map"]
+    assert not any("ESP32_GENERIC-" in r for r in server.behaviour.requests)
+
+
+def test_tampered_file_is_refused_and_deleted(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    name = "ESP32_GENERIC_C3-20261121-v1.28.0-v0.1.0.bin"
+    server.behaviour.tamper.add(name)
+    cache = tmp_path / "cache"
+    with pytest.raises(dl.DownloadError, match=f"{name}: SHA-256 MISMATCH.*deleted"):
+        dl.download_release("v0.1.0", ["ESP32_GENERIC_C3"], source=server.url, cache=cache)
+    assert not (cache / "releases" / "v0.1.0" / name).exists()
+    assert leftovers(cache) == []
+    # Fixed source: the next run fetches and verifies it.
+    server.behaviour.tamper.clear()
+    result = dl.download_release("v0.1.0", ["ESP32_GENERIC_C3"], source=server.url, cache=cache)
+    assert result.board("ESP32_GENERIC_C3").paths[name].read_bytes() == (made.directory / name).read_bytes()
+
+
+def test_cached_file_corrupted_on_disk_is_fetched_again(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    cache = tmp_path / "cache"
+    result = dl.download_release("v0.1.0", ["ESP8266_GENERIC"], source=server.url, cache=cache)
+    path = result.board("ESP8266_GENERIC").paths["ESP8266_GENERIC-20261121-v1.28.0-v0.1.0.bin"]
+    path.write_bytes(b"bit rot")
+    again = dl.download_release("v0.1.0", ["ESP8266_GENERIC"], source=server.url, cache=cache)
+    assert again.fetched == ("ESP8266_GENERIC-20261121-v1.28.0-v0.1.0.bin",)
+    assert path.read_bytes() == (made.directory / path.name).read_bytes()
+
+
+def test_missing_file_404(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    name = "ESP32_GENERIC_S2-20261121-v1.28.0-v0.1.0.bin"
+    server.behaviour.missing.add(name)
+    cache = tmp_path / "cache"
+    with pytest.raises(dl.DownloadError, match=f"{name}: 404 Not Found.*release is incomplete"):
+        dl.download_release("v0.1.0", ["ESP32_GENERIC_S2"], source=server.url, cache=cache)
+    assert not (cache / "releases" / "v0.1.0" / name).exists() and leftovers(cache) == []
+
+
+def test_interrupted_transfer_leaves_nothing_half_written(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    name = "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
+    server.behaviour.truncate.add(name)
+    cache = tmp_path / "cache"
+    size = (made.directory / name).stat().st_size
+    with pytest.raises(dl.DownloadError, match=rf"{name}: transfer interrupted \({size // 2} of {size} bytes\)"):
+        dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=cache)
+    assert not (cache / "releases" / "v0.1.0" / name).exists() and leftovers(cache) == []
+
+
+def test_unknown_version(made, http_server, tmp_path):
+    server = http_server(made.directory.parent)  # serves release/ with a {version} folder per release
+    with pytest.raises(dl.DownloadError, match="release v9.9.9 not found: .*v9.9.9/SHA256SUMS does not exist"):
+        dl.download_release("v9.9.9", source=server.url + "{version}/", cache=tmp_path / "c")
+    ok = dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url + "{version}/", cache=tmp_path / "c")
+    assert ok.board("ESP32_GENERIC").paths
+
+
+def test_server_with_another_version(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    with pytest.raises(dl.DownloadError, match="serves release v0.1.0, not v0.2.0"):
+        dl.download_release("v0.2.0", source=server.url, cache=tmp_path / "c")
+
+
+def test_unknown_board(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    with pytest.raises(dl.DownloadError, match="release v0.1.0 has no board 'PICO' \\(it has: ESP32_GENERIC, "):
+        dl.download_release("v0.1.0", ["PICO"], source=server.url, cache=tmp_path / "c")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_network_down(tmp_path):
+    with pytest.raises(dl.DownloadError, match="cannot reach 127.0.0.1:\\d+: .*refused.*--from"):
+        dl.download_release("v0.1.0", source=f"http://127.0.0.1:{closed_port()}/", cache=tmp_path / "c", timeout=5)
+
+
+def test_local_folder_source(made, tmp_path):
+    result = dl.download_release("v0.1.0", ["ESP32_GENERIC_S3"], source=made.directory, cache=tmp_path / "c")
+    assert result.source == str(made.directory)
+    (p,) = result.board("ESP32_GENERIC_S3").paths.values()
+    assert p.read_bytes() == (made.directory / p.name).read_bytes()
+    with pytest.raises(dl.DownloadError, match="no such folder"):
+        dl.download_release("v0.1.0", source=tmp_path / "nowhere", cache=tmp_path / "c")
+
+
+def test_default_source_is_the_projects_github_releases(monkeypatch):
+    monkeypatch.delenv(dl.ENV_REPOSITORY, raising=False)
+    assert dl.default_source() == f"https://github.com/{dl.DEFAULT_REPOSITORY}/releases/download/{{version}}/"
+    monkeypatch.setenv(dl.ENV_REPOSITORY, "someone/fork")
+    assert dl.default_source() == "https://github.com/someone/fork/releases/download/{version}/"
+
+
+def test_release_images_become_flash_images(made, tmp_path):
+    from workshop.flash import FlashImage
+
+    images = dl.release_images("v0.1.0", ["ESP32_GENERIC", "ESP8266_GENERIC"], source=made.directory,
+                               cache=tmp_path / "c")
+    assert all(isinstance(i, FlashImage) for i in images)
+    by_board = {i.board: i for i in images}
+    esp32 = by_board["ESP32_GENERIC"]
+    assert esp32.chip == "esp32" and esp32.chip_name == "ESP32" and esp32.flash_size == "4MB"
+    assert [(p.name, o) for p, o in esp32.regions] == [("ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin", 0x1000)]
+    assert esp32.load()[0][1] == (made.directory / "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin").read_bytes()
+    assert by_board["ESP8266_GENERIC"].regions[0][1] == 0
+    assert "release v0.1.0" in esp32.source

@@ -1,0 +1,282 @@
+"""invoke release: dist/ -> release/<version>/ with exact names, index.json, SHA256SUMS, manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from placeholders import BUILT_AT, ESP_BOARDS, FROZEN, MP_COMMIT, clean_tree, never_stale, write_placeholder_build
+from workshop import release as rel
+from workshop.buildinfo import read_build_info, sha256_file
+from workshop.config import PROJECT_ROOT, get_board
+
+# What a person flashing relies on: the MicroPython-style name, the chip family ESP Web Tools
+# matches, and the offset esptool's chip definitions give for the bootloader.
+EXPECTED_IMAGES = {
+    "ESP32_GENERIC": ("ESP32", 0x1000),
+    "ESP32_GENERIC_C3": ("ESP32-C3", 0x0),
+    "ESP32_GENERIC_S2": ("ESP32-S2", 0x1000),
+    "ESP32_GENERIC_S3": ("ESP32-S3", 0x0),
+    "ESP8266_GENERIC": ("ESP8266", 0x0),
+}
+DEBUG_FILES = {"esp32": ("micropython.elf", "micropython.map"), "esp8266": ("firmware.elf", "firmware.map")}
+
+
+def test_release_layout_index_sums_and_manifests_exact(release_kwargs, dist: Path, fake_web_tools: Path):
+    events = []
+    release = rel.make_release("v0.1.0", on_event=events.append, repository="example/kit", **release_kwargs)
+    out = release.directory
+    assert out == release_kwargs["out"]
+
+    expected_files = {"SHA256SUMS", "index.json", "index.html", "esp-web-tools/install-button.js", "esp-web-tools/VERSION"}
+    for board in ESP_BOARDS:
+        base = f"{board}-20261121-v1.28.0-v0.1.0"
+        expected_files |= {f"{base}.bin", f"{base}.elf", f"{base}.map", f"{board}.manifest.json"}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert on_disk == expected_files
+    assert set(release.files) == expected_files
+    assert not list(out.parent.glob(".*")), "no staging folder left behind"
+
+    # SHA256SUMS is in sha256sum's own format: the real tool verifies the whole release.
+    check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    listed = [line.split("  ", 1)[1] for line in (out / "SHA256SUMS").read_text().splitlines()]
+    assert listed == sorted(expected_files - {"SHA256SUMS"})
+
+    index = json.loads((out / "index.json").read_text())
+    created = index.pop("created_at")
+    assert created.endswith("Z")
+    expected_boards = []
+    for board in ESP_BOARDS:
+        info = read_build_info(dist / board)
+        family, offset = EXPECTED_IMAGES[board]
+        base = f"{board}-20261121-v1.28.0-v0.1.0"
+        by_source = {a.file: a for a in info.artifacts}
+        image, elf, map_ = ("firmware.bin", *DEBUG_FILES[info.port])
+        files = [
+            {"name": f"{base}.bin", "source": image, "sha256": by_source[image].sha256, "size": by_source[image].size,
+             "offset": offset, "flash": True, "role": "image"},
+            {"name": f"{base}.elf", "source": elf, "sha256": by_source[elf].sha256, "size": by_source[elf].size,
+             "offset": None, "flash": False, "role": "debug"},
+            {"name": f"{base}.map", "source": map_, "sha256": by_source[map_].sha256, "size": by_source[map_].size,
+             "offset": None, "flash": False, "role": "debug"},
+        ]
+        expected_boards.append({
+            "board": board, "description": get_board(board).description, "port": info.port, "chip": info.chip,
+            "chip_family": family, "flash_size": get_board(board).flash_size, "micropython_version": "v1.28.0",
+            "micropython_commit": MP_COMMIT, "project_commit": info.project_commit, "project_dirty": False,
+            "frozen_modules": list(FROZEN), "built_at": BUILT_AT, "manifest": f"{board}.manifest.json",
+            "files": files,
+        })
+        # The released image is byte-for-byte the built one.
+        assert sha256_file(out / f"{base}.bin") == by_source[image].sha256
+        manifest = json.loads((out / f"{board}.manifest.json").read_text())
+        assert manifest == {
+            "name": f"MicroPython workshop firmware for {board}",
+            "version": "v0.1.0 (MicroPython v1.28.0)",
+            "new_install_prompt_erase": True,
+            "new_install_improv_wait_time": 0,
+            "builds": [{"chipFamily": family, "parts": [{"path": f"{base}.bin", "offset": offset}]}],
+        }
+    assert index == {"format": 1, "version": "v0.1.0", "repository": "example/kit", "esp_web_tools": "0.0.0-test",
+                     "boards": expected_boards}
+
+    assert (out / "index.html").read_text() == rel.flasher_page()
+    assert (out / "esp-web-tools" / "install-button.js").read_bytes() == (fake_web_tools / "install-button.js").read_bytes()
+    assert [e.kind for e in events][-1] == "done"
+    assert rel.read_release(out).boards == release.boards
+
+
+def test_chip_family_comes_from_esptool():
+    from esptool.targets import CHIP_DEFS
+
+    for chip, definition in CHIP_DEFS.items():
+        assert rel.chip_family(chip) == definition.CHIP_NAME
+    assert rel.chip_family("host") == "host"
+
+
+def test_version_is_normalised_and_validated(release_kwargs, tmp_path):
+    assert rel.normalize_version("0.1.0") == "v0.1.0"
+    assert rel.normalize_version("v1.2.3-rc1") == "v1.2.3-rc1"
+    for bad in ("latest", "v1", "1.2", "", "v1.2.3/../x"):
+        with pytest.raises(rel.ReleaseError, match="expected a tag like v0.1.0"):
+            rel.normalize_version(bad)
+    release_kwargs["out"] = tmp_path / "r"
+    release = rel.make_release("0.1.0", **release_kwargs)
+    assert release.version == "v0.1.0"
+    assert (tmp_path / "r" / "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin").is_file()
+
+
+def test_build_date_is_utc_and_from_the_build():
+    assert rel.build_date("2026-11-21T23:30:00-02:00") == "20261122"
+    assert rel.release_base_name("ESP32_GENERIC", "2026-01-02T00:00:00Z", "1.28.0", "0.2.0") == \
+        "ESP32_GENERIC-20260102-v1.28.0-v0.2.0"
+
+
+def test_missing_board_is_refused_and_nothing_written(release_kwargs, dist: Path):
+    shutil.rmtree(dist / "ESP32_GENERIC_S3")
+    with pytest.raises(rel.ReleaseError) as err:
+        rel.make_release("v0.1.0", **release_kwargs)
+    assert "ESP32_GENERIC_S3" in str(err.value) and "invoke build --board ESP32_GENERIC_S3" in str(err.value)
+    assert not release_kwargs["out"].exists()
+
+
+def test_missing_board_is_refused_by_the_real_staleness_check(tmp_path, fake_web_tools):
+    """No injected checks: an empty dist/ must be refused by the real build.json/staleness path."""
+    with pytest.raises(rel.ReleaseError, match="ESP32_GENERIC: .*invoke build --board ESP32_GENERIC"):
+        rel.make_release("v0.1.0", dist=tmp_path / "empty-dist", out=tmp_path / "out", web_tools=fake_web_tools,
+                         boards=["ESP32_GENERIC"], tree_dirty=clean_tree)
+    assert not (tmp_path / "out").exists()
+
+
+def test_stale_board_is_refused(release_kwargs):
+    release_kwargs["stale"] = lambda b: "manifest.py changed since the build" if b == "ESP8266_GENERIC" else None
+    with pytest.raises(rel.ReleaseError, match=r"ESP8266_GENERIC: dist/ESP8266_GENERIC is stale \(manifest.py changed"):
+        rel.make_release("v0.1.0", **release_kwargs)
+    assert not release_kwargs["out"].exists()
+
+
+def test_artifact_changed_after_build_is_refused(release_kwargs, dist: Path):
+    (dist / "ESP32_GENERIC" / "firmware.bin").write_bytes(b"edited by hand")
+    with pytest.raises(rel.ReleaseError, match="does not match the sha256"):
+        rel.make_release("v0.1.0", **release_kwargs)
+
+
+def test_board_built_from_dirty_tree_needs_allow_dirty(release_kwargs, dist: Path):
+    write_placeholder_build(dist, "ESP32_GENERIC_C3", dirty=True)
+    with pytest.raises(rel.ReleaseError, match="ESP32_GENERIC_C3: built from a dirty tree"):
+        rel.make_release("v0.1.0", **release_kwargs)
+    release = rel.make_release("v0.1.0", allow_dirty=True, **release_kwargs)
+    assert release.board("ESP32_GENERIC_C3").project_dirty is True
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
+def test_dirty_git_tree_is_refused_unless_allowed(tmp_path, release_kwargs):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.txt").write_text("one\n")
+    _git(repo, "add", "a.txt")
+    _git(repo, "commit", "-q", "-m", "one")
+    assert rel.git_tree_dirty(repo) is None
+    (repo / "a.txt").write_text("two\n")
+    assert "a.txt" in rel.git_tree_dirty(repo)
+    assert "not a git work tree" in rel.git_tree_dirty(tmp_path / "dist")
+
+    release_kwargs["tree_dirty"] = lambda: rel.git_tree_dirty(repo)
+    with pytest.raises(rel.ReleaseError, match=r"the project tree is dirty \(uncommitted changes: a.txt\).*--allow-dirty"):
+        rel.make_release("v0.1.0", **release_kwargs)
+    assert not release_kwargs["out"].exists()
+    assert rel.make_release("v0.1.0", allow_dirty=True, **release_kwargs).directory.is_dir()
+
+
+def test_unknown_board_is_refused(release_kwargs):
+    release_kwargs["boards"] = ["ESP32_NOPE"]
+    with pytest.raises(rel.ReleaseError, match="unknown board 'ESP32_NOPE' \\(boards: .*ESP32_GENERIC"):
+        rel.make_release("v0.1.0", **release_kwargs)
+
+
+def test_existing_release_is_not_overwritten_without_force(release_kwargs):
+    first = rel.make_release("v0.1.0", **release_kwargs)
+    marker = first.directory / "index.json"
+    before = marker.read_text()
+    with pytest.raises(rel.ReleaseError, match="already exists.*--force"):
+        rel.make_release("v0.1.0", **release_kwargs)
+    assert marker.read_text() == before
+    second = rel.make_release("v0.1.0", force=True, **release_kwargs)
+    assert second.directory == first.directory and (second.directory / "SHA256SUMS").is_file()
+    assert sorted(p.name for p in second.directory.parent.iterdir()) == ["v0.1.0"]
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def test_release_containing_the_wifi_password_is_refused(tmp_path, release_kwargs, dist: Path):
+    config = tmp_path / "workshop.toml"
+    config.write_text('[wifi]\nssid = "Workshop"\npassword = "hunter2-wpa-secret"\n\n[telnet]\nuser = "micro"\npassword = "tn-pass-77"\n')
+    secrets = rel.load_secrets(config, env={})
+    assert secrets == {"wifi.password": "hunter2-wpa-secret", "telnet.password": "tn-pass-77"}
+    # Someone hard-coded the password into a module that got frozen into the S2 image.
+    write_placeholder_build(dist, "ESP32_GENERIC_S2", extra_bytes=b"\x00WIFI_PASSWORD = 'hunter2-wpa-secret'\x00")
+    with pytest.raises(rel.ReleaseError) as err:
+        rel.make_release("v0.1.0", secrets=secrets, **release_kwargs)
+    message = str(err.value)
+    assert "ESP32_GENERIC_S2-20261121-v1.28.0-v0.1.0.bin contains the wifi.password" in message
+    assert "hunter2-wpa-secret" not in message, "the error must not print the secret"
+    out = release_kwargs["out"]
+    assert not out.exists() and not list(out.parent.glob(".*")), "nothing written, no staging left"
+    # Without the leak the same release goes through.
+    write_placeholder_build(dist, "ESP32_GENERIC_S2")
+    assert rel.make_release("v0.1.0", secrets=secrets, **release_kwargs).directory == out
+
+
+def test_telnet_password_from_the_environment_is_scanned(release_kwargs, dist: Path):
+    secrets = rel.load_secrets(None, env={"WORKSHOP_TELNET_PASSWORD": "s3cr3t-telnet"})
+    assert secrets == {"telnet.password": "s3cr3t-telnet"}
+    write_placeholder_build(dist, "ESP8266_GENERIC", extra_bytes=b"s3cr3t-telnet")
+    with pytest.raises(rel.ReleaseError, match="ESP8266_GENERIC-20261121-v1.28.0-v0.1.0.bin contains the telnet.password"):
+        rel.make_release("v0.1.0", secrets=secrets, **release_kwargs)
+
+
+def test_load_secrets_errors_and_precedence(tmp_path):
+    with pytest.raises(rel.ReleaseError, match="not found"):
+        rel.load_secrets(tmp_path / "nope.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[wifi]\npassword = 12345678\n")
+    with pytest.raises(rel.ReleaseError, match="wifi.password: expected a string"):
+        rel.load_secrets(bad, env={})
+    good = tmp_path / "good.toml"
+    good.write_text('[wifi]\npassword = "from-file"\n')
+    assert rel.load_secrets(good, env={"WORKSHOP_WIFI_PASSWORD": "from-env"}) == {"wifi.password": "from-env"}
+    assert rel.load_secrets(good, env={}, extra={"wifi.password": "from-option"}) == {"wifi.password": "from-option"}
+    as_json = tmp_path / "workshop.json"   # provisioning also reads the device config's JSON shape
+    as_json.write_text('{"wifi": {"ssid": "W", "password": "json-pass"}, "telnet": {"user": "u"}}')
+    assert rel.load_secrets(as_json, env={}) == {"wifi.password": "json-pass"}
+
+
+# --- the real UNIX build ---------------------------------------------------------------------
+
+
+def _unix_skip_reason() -> str | None:
+    if not (PROJECT_ROOT / "dist" / "UNIX" / "build.json").is_file():
+        return "dist/UNIX not built (invoke build --board UNIX)"
+    try:
+        from workshop.build import stale_reason
+    except ImportError:
+        return "workshop.build not available yet"
+    reason = stale_reason("UNIX")
+    return f"dist/UNIX is stale: {reason}" if reason else None
+
+
+def test_release_with_the_real_unix_build(tmp_path, dist: Path, fake_web_tools: Path):
+    reason = _unix_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from workshop.build import stale_reason
+
+    shutil.copytree(PROJECT_ROOT / "dist" / "UNIX", dist / "UNIX")
+    info = read_build_info(dist / "UNIX")
+    release = rel.make_release(
+        "v0.1.0", dist=dist, out=tmp_path / "rel", web_tools=fake_web_tools, tree_dirty=clean_tree, allow_dirty=True,
+        boards=["UNIX", "ESP32_GENERIC"],
+        stale=lambda b: stale_reason(b) if b == "UNIX" else never_stale(b))
+    unix = release.board("UNIX")
+    name = f"UNIX-{rel.build_date(info.built_at)}-v{info.micropython_version.lstrip('v')}-v0.1.0"
+    assert [f.name for f in unix.files] == [name]
+    assert unix.manifest is None and unix.chip_family == "host"
+    assert not (release.directory / "UNIX.manifest.json").exists()
+    assert unix.frozen_modules == tuple(info.frozen_modules) and unix.frozen_modules
+    binary = release.directory / name
+    assert sha256_file(binary) == info.artifacts[0].sha256
+    assert os.access(binary, os.X_OK), "the host binary stays executable"
+    proc = subprocess.run([str(binary), "-c", "import sys; print(sys.implementation.name)"], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.strip() == "micropython"

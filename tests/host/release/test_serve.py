@@ -1,0 +1,49 @@
+"""invoke serve: a release folder over HTTP, as attendees' browsers and `invoke download` see it."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+
+from workshop import download as dl
+from workshop import release as rel
+from workshop import serve
+
+
+def test_serves_a_release_for_browsers_and_downloads(release_kwargs, tmp_path):
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    requests = []
+    server = serve.make_server(made.directory, "127.0.0.1", 0, on_request=lambda who, line: requests.append(line))
+    serve.start_in_thread(server)
+    try:
+        base = serve.urls(server)[0]
+        assert base == f"http://127.0.0.1:{server.server_address[1]}/"
+        with urllib.request.urlopen(base + "esp-web-tools/install-button.js", timeout=10) as r:
+            assert r.headers["Content-Type"].startswith("text/javascript"), "module scripts need a JS MIME type"
+        with urllib.request.urlopen(base + "index.json", timeout=10) as r:
+            assert r.headers["Content-Type"] == "application/json"
+        with urllib.request.urlopen(base, timeout=10) as r:
+            assert b"esp-web-tools/install-button.js" in r.read()
+        # The organizer's laptop as a download mirror.
+        result = dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=base, cache=tmp_path / "cache")
+        assert result.board("ESP32_GENERIC").paths
+        assert any("SHA256SUMS" in line for line in requests), "requests are reported through the callback"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_refuses_a_folder_that_is_not_a_release(tmp_path):
+    with pytest.raises(serve.ServeError, match="no index.json; make the release first"):
+        serve.make_server(tmp_path, "127.0.0.1", 0)
+
+
+def test_port_in_use_is_a_clear_error(release_kwargs):
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(serve.ServeError, match=r"cannot listen on 127.0.0.1:\d+: .*try another --port"):
+            serve.make_server(made.directory, "127.0.0.1", busy.getsockname()[1])

@@ -1,0 +1,330 @@
+"""Release binaries -> a verified local cache.
+
+Sources: the project's GitHub Releases (default), any base URL (a mirror, the organizer's laptop
+running `invoke serve`), or a local folder. A base URL or folder may contain `{version}`;
+without it the files are taken from the base itself, and its index.json must be for the version
+asked for.
+
+Every file is checked against the release's SHA256SUMS while it streams into a temporary file in
+the cache; only a verified file is renamed into place. A mismatch deletes the file and fails.
+Verified cached files are never fetched again; only the small SHA256SUMS is re-read (and when the
+source cannot be reached, a complete cache is used as it is).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from .buildinfo import sha256_file
+from .config import HOST_CHIP, cache_dir
+from .release import INDEX, SUMS, ReleaseBoard, ReleaseError, normalize_version, parse_sums, read_index
+
+# The one place naming the project on GitHub (owner/name); $WORKSHOP_REPOSITORY overrides it.
+DEFAULT_REPOSITORY = "micropython-workshop/workshop-kit"
+ENV_REPOSITORY = "WORKSHOP_REPOSITORY"
+GITHUB_RELEASE_URL = "https://github.com/{repository}/releases/download/{version}/"
+CHUNK = 64 * 1024
+
+
+class DownloadError(RuntimeError):
+    """A release could not be fetched or verified; the message says what to do."""
+
+
+class NotFound(DownloadError):
+    pass
+
+
+@dataclass(frozen=True)
+class DownloadEvent:
+    kind: str                 # "start" | "progress" | "done" | "cached" | "offline"
+    file: str
+    done: int = 0
+    total: int | None = None
+
+
+@dataclass(frozen=True)
+class DownloadedBoard:
+    board: ReleaseBoard
+    paths: dict[str, Path]    # release file name -> verified file in the cache
+
+    @property
+    def flash_regions(self) -> tuple[tuple[int, Path], ...]:
+        """(offset, file) for every image written to a device, in offset order."""
+        return tuple(sorted((f.offset, self.paths[f.name]) for f in self.board.files
+                            if f.flash and f.offset is not None and f.name in self.paths))
+
+    def flash_image(self, version: str | None = None):
+        """This board as workshop.flash.FlashImage (what `invoke flash --release V` writes)."""
+        from .flash import FlashError, FlashImage
+
+        if self.board.chip == HOST_CHIP:
+            raise FlashError(f"{self.board.board} is a host build: there is nothing to flash")
+        regions = tuple((path, offset) for offset, path in self.flash_regions)
+        if not regions:
+            raise FlashError(f"{self.board.board}: the release lists no file to flash")
+        return FlashImage(board=self.board.board, chip=self.board.chip, flash_size=self.board.flash_size,
+                          regions=regions, source=" ".join(x for x in ("release", version, f"({regions[0][0].parent})") if x),
+                          version=self.board.micropython_version)
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    version: str
+    source: str
+    directory: Path
+    boards: tuple[DownloadedBoard, ...]
+    fetched: tuple[str, ...]
+    cached: tuple[str, ...]
+
+    def board(self, name: str) -> DownloadedBoard:
+        for b in self.boards:
+            if b.board.board == name:
+                return b
+        raise KeyError(name)
+
+
+def repository() -> str:
+    return os.environ.get(ENV_REPOSITORY) or DEFAULT_REPOSITORY
+
+
+def default_source(repo: str | None = None) -> str:
+    return GITHUB_RELEASE_URL.replace("{repository}", repo or repository())
+
+
+def release_cache(version: str, cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "releases" / normalize_version(version)
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+class _Source:
+    """Where a release's files come from: an http(s) base URL or a local folder."""
+
+    def __init__(self, spec: str, version: str, timeout: float) -> None:
+        self.timeout = timeout
+        spec = spec.replace("{version}", version)
+        parsed = urllib.parse.urlparse(spec)
+        if parsed.scheme in ("http", "https"):
+            self.url: str | None = spec if spec.endswith("/") else spec + "/"
+            self.folder: Path | None = None
+            self.host = parsed.netloc
+        elif parsed.scheme == "file":
+            self.url, self.folder = None, Path(urllib.request.url2pathname(parsed.path))
+        elif parsed.scheme and len(parsed.scheme) > 1:
+            raise DownloadError(f"--from {spec}: expected an http(s) URL or a local folder")
+        else:
+            self.url, self.folder = None, Path(spec).expanduser()
+        if self.folder is not None and not self.folder.is_dir():
+            raise DownloadError(f"--from {self.folder}: no such folder")
+        self.description = self.url or str(self.folder)
+
+    def where(self, name: str) -> str:
+        return (self.url + urllib.parse.quote(name)) if self.url else str(self.folder / name)  # type: ignore[operator]
+
+    def open(self, name: str) -> tuple[IO[bytes], int | None]:
+        if self.folder is not None:
+            path = self.folder / name
+            try:
+                f = path.open("rb")
+            except (FileNotFoundError, IsADirectoryError):
+                raise NotFound(f"{path}: not found") from None
+            return f, path.stat().st_size
+        url = self.where(name)
+        request = urllib.request.Request(url, headers={"User-Agent": "workshop-kit"})
+        try:
+            response = urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                raise NotFound(f"{url}: 404 Not Found") from None
+            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise DownloadError(f"cannot reach {self.host}: {reason}. Is the network up? "
+                                f"Use --from with a mirror, the organizer's laptop or a local folder.") from None
+        length = response.headers.get("Content-Length")
+        return response, int(length) if length and length.isdigit() else None
+
+
+def _read_small(source: _Source, name: str) -> bytes:
+    stream, total = source.open(name)
+    with stream:
+        try:
+            data = stream.read()
+        except (OSError, socket.timeout) as e:
+            raise DownloadError(f"{source.where(name)}: transfer failed: {e}") from None
+    if total is not None and len(data) != total:
+        raise DownloadError(f"{source.where(name)}: transfer interrupted ({len(data)} of {total} bytes)")
+    return data
+
+
+# --- fetching --------------------------------------------------------------------------------
+
+
+def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, dest: Path,
+                    emit: Callable[[DownloadEvent], None]) -> None:
+    """Stream `name` into a temporary file beside `dest`, hashing as it goes; rename when it matches."""
+    stream, total = source.open(name)
+    total = total if total is not None else size
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        emit(DownloadEvent("start", name, 0, total))
+        with stream, os.fdopen(fd, "wb") as out:
+            while True:
+                try:
+                    chunk = stream.read(CHUNK)
+                except (OSError, socket.timeout) as e:
+                    raise DownloadError(f"{source.where(name)}: transfer failed after {done} bytes: {e}") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
+                emit(DownloadEvent("progress", name, done, total))
+            out.flush()
+            os.fsync(out.fileno())
+        if total is not None and done != total:
+            raise DownloadError(f"{source.where(name)}: transfer interrupted ({done} of {total} bytes); nothing was kept, run again")
+        got = digest.hexdigest()
+        if got != sha256:
+            raise DownloadError(f"{source.where(name)}: SHA-256 MISMATCH: expected {sha256}, got {got}. "
+                                f"The file is corrupt or was tampered with; it was deleted. Try again, or another source.")
+        os.replace(tmp, dest)
+        emit(DownloadEvent("done", name, done, total))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cached_ok(path: Path, sha256: str) -> bool:
+    return path.is_file() and sha256_file(path) == sha256
+
+
+def download_release(
+    version: str,
+    boards: Iterable[str] | None = None,
+    *,
+    source: str | Path | None = None,
+    cache: Path | None = None,
+    include_debug: bool = False,
+    timeout: float = 30.0,
+    on_event: Callable[[DownloadEvent], None] | None = None,
+) -> DownloadResult:
+    """Fetch release `version` (default: every board's images) into the cache, verified.
+
+    `source`: None = the project's GitHub Releases; an http(s) base URL; or a local folder.
+    `include_debug`: also the .elf/.map files. Returns the verified local paths per board."""
+    emit = on_event or (lambda e: None)
+    try:
+        version = normalize_version(version)
+    except ReleaseError as e:
+        raise DownloadError(str(e)) from None
+    spec = str(source) if source is not None else default_source()
+    src = _Source(spec, version, timeout)
+    directory = release_cache(version, cache)
+    directory.mkdir(parents=True, exist_ok=True)
+    fetched: list[str] = []
+    cached: list[str] = []
+
+    # SHA256SUMS: the root of trust, re-read every run (it is small); a complete cache works offline.
+    sums_path = directory / SUMS
+    try:
+        sums_raw = _read_small(src, SUMS)
+    except NotFound:
+        hint = f" (releases: https://github.com/{repository()}/releases)" if source is None else ""
+        raise DownloadError(f"release {version} not found: {src.where(SUMS)} does not exist. "
+                            f"Check the version{hint}.") from None
+    except DownloadError as e:
+        if not sums_path.is_file():
+            raise
+        emit(DownloadEvent("offline", SUMS))
+        sums_raw = sums_path.read_bytes()
+        offline_reason: str | None = str(e)
+    else:
+        offline_reason = None
+    try:
+        sums = parse_sums(sums_raw.decode("utf-8", "replace"), src.where(SUMS))
+    except ReleaseError as e:
+        raise DownloadError(str(e)) from None
+    if offline_reason is None and (not sums_path.is_file() or sums_path.read_bytes() != sums_raw):
+        from .buildinfo import write_atomic
+        write_atomic(sums_path, sums_raw)
+
+    def get(name: str, size: int | None = None) -> Path:
+        if not name or name != Path(name).name or name.startswith("."):
+            raise DownloadError(f"{INDEX} names an unsafe file {name!r}: refusing to write it")
+        if name not in sums:
+            raise DownloadError(f"{src.where(SUMS)} does not list {name}: the release is incomplete")
+        dest = directory / name
+        if _cached_ok(dest, sums[name]):
+            cached.append(name)
+            emit(DownloadEvent("cached", name, dest.stat().st_size, dest.stat().st_size))
+            return dest
+        if offline_reason:
+            raise DownloadError(f"{name} is not in the cache and the source is unreachable: {offline_reason}")
+        dest.unlink(missing_ok=True)
+        try:
+            _fetch_verified(src, name, sums[name], size, dest, emit)
+        except NotFound:
+            raise DownloadError(f"{src.where(name)}: 404 Not Found, although the release's {SUMS} lists it: "
+                                f"the release is incomplete at this source") from None
+        fetched.append(name)
+        return dest
+
+    index_version, all_boards = _index(get(INDEX))
+    if index_version != version:
+        raise DownloadError(f"{src.description} serves release {index_version}, not {version}")
+    by_name = {b.board: b for b in all_boards}
+    wanted = list(boards) if boards else sorted(by_name)
+    for name in wanted:
+        if name not in by_name:
+            raise DownloadError(f"release {version} has no board {name!r} (it has: {', '.join(sorted(by_name))})")
+    result = []
+    for name in wanted:
+        entry = by_name[name]
+        files = [f for f in entry.files if include_debug or f.role == "image"]
+        if entry.manifest:
+            get(entry.manifest)
+        paths = {}
+        for f in files:
+            if sums.get(f.name) not in (None, f.sha256):
+                raise DownloadError(f"{INDEX} and {SUMS} disagree about {f.name}: the release is inconsistent")
+            paths[f.name] = get(f.name, f.size)
+        result.append(DownloadedBoard(entry, paths))
+    return DownloadResult(version, src.description, directory, tuple(result), tuple(fetched), tuple(cached))
+
+
+def _index(path: Path) -> tuple[str, tuple[ReleaseBoard, ...]]:
+    try:
+        return read_index(path.read_bytes(), str(path))
+    except ReleaseError as e:
+        raise DownloadError(str(e)) from None
+
+
+def release_images(version: str, boards: Iterable[str] | None = None, *, source: str | Path | None = None,
+                   cache: Path | None = None, on_event: Callable[[DownloadEvent], None] | None = None) -> list:
+    """The flashable boards of release `version` as workshop.flash.FlashImage, downloaded and
+    verified first (a no-op for files already in the cache). Host builds are left out."""
+    wanted = list(boards) if boards else None
+    result = download_release(version, wanted, source=source, cache=cache, on_event=on_event)
+    hosts = [b.board.board for b in result.boards if b.board.chip == HOST_CHIP]
+    if wanted and hosts:
+        raise DownloadError(f"{', '.join(hosts)}: a host build, nothing to flash (release {result.version})")
+    return [b.flash_image(result.version) for b in result.boards if b.board.chip != HOST_CHIP]
+
+
+def clear_cache(version: str, cache: Path | None = None) -> None:
+    shutil.rmtree(release_cache(version, cache), ignore_errors=True)

@@ -1,0 +1,547 @@
+"""dist/ -> release/<version>/: versioned images, SHA256SUMS, index.json, ESP Web Tools manifests,
+and a static flasher page.
+
+A release is all-or-nothing: it is assembled in a temporary folder beside its destination,
+checked (checksums, secret scan), and only then renamed into place. It refuses boards whose
+dist/<BOARD>/ is missing or stale against its inputs, builds from a dirty tree (unless
+`allow_dirty`), and any output file that contains a configured secret.
+
+Names follow MicroPython's download page: `<BOARD>-<YYYYMMDD>-v<micropython>-<tag><ext>`, the date
+being the build's. Chip families come from esptool's chip definitions (`CHIP_NAME`), which are
+the strings ESP Web Tools matches against the chip it detects.
+
+ESP Web Tools is fetched from the npm registry (`npm pack`) into the user cache once, checked
+against its pinned integrity, and copied into each release: the page works offline from the
+same origin and nothing is fetched from a CDN.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+from .buildinfo import Artifact, BuildInfo, BuildInfoError, dist_dir, read_build_info, sha256_file, write_atomic
+from .config import HOST_CHIP, PROJECT_ROOT, ConfigError, cache_dir, chip_definition, load_boards
+
+INDEX = "index.json"
+SUMS = "SHA256SUMS"
+PAGE = "index.html"
+WEB_TOOLS_DIR = "esp-web-tools"
+FORMAT = 1
+
+# ESP Web Tools, pinned: version and the npm registry's integrity of its tarball.
+ESP_WEB_TOOLS_VERSION = "10.4.0"
+ESP_WEB_TOOLS_INTEGRITY = (
+    "sha512-3pwkeFFm5Fj7UQo8SJNYK5RXrtNCpq6X9QoI6bMT4GBZWgrJqjn0YvM9ihG74BtMoSFYXfmDtkehuxe50PTMPQ=="
+)
+ENV_WEB_TOOLS = "WORKSHOP_ESP_WEB_TOOLS"   # a folder holding install-button.js (offline override)
+
+# Secrets that must never appear in a published file: workshop.toml key -> environment variable.
+# workshop.toml uses the same shape as the device config (/workshop.json): [wifi] password, [telnet] password.
+SECRET_KEYS: dict[str, str] = {
+    "wifi.password": "WORKSHOP_WIFI_PASSWORD",
+    "telnet.password": "WORKSHOP_TELNET_PASSWORD",
+}
+
+VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+([-+.][0-9A-Za-z.+-]+)?$")
+
+
+class ReleaseError(RuntimeError):
+    """The release cannot be made; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ReleaseEvent:
+    kind: str                 # "check" | "board" | "file" | "web-tools" | "scan" | "done"
+    message: str
+    board: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    name: str                 # file name inside release/<version>/
+    source: str               # the artifact's name in dist/<BOARD>/
+    sha256: str
+    size: int
+    offset: int | None        # flash offset; None = not written to a device
+    flash: bool
+    role: str                 # "image" (flash or run it) | "debug" (.elf, .map)
+
+
+@dataclass(frozen=True)
+class ReleaseBoard:
+    board: str
+    description: str
+    port: str
+    chip: str
+    chip_family: str          # esptool CHIP_NAME, e.g. "ESP32-S3"; "host" for host builds
+    flash_size: str | None
+    micropython_version: str
+    micropython_commit: str
+    project_commit: str | None
+    project_dirty: bool
+    frozen_modules: tuple[str, ...]
+    built_at: str
+    manifest: str | None      # ESP Web Tools manifest file name, None when nothing is flashed
+    files: tuple[ReleaseFile, ...]
+
+    @property
+    def images(self) -> tuple[ReleaseFile, ...]:
+        return tuple(f for f in self.files if f.role == "image")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["frozen_modules"] = list(self.frozen_modules)
+        data["files"] = [{k: v for k, v in asdict(f).items()} for f in self.files]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ReleaseBoard:
+        data = dict(data)
+        data["files"] = tuple(ReleaseFile(**f) for f in data["files"])
+        data["frozen_modules"] = tuple(data["frozen_modules"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    directory: Path
+    boards: tuple[ReleaseBoard, ...]
+    files: tuple[str, ...]    # every file in the release, relative, sorted (SHA256SUMS lists these)
+    web_tools_version: str | None = None
+
+    def board(self, name: str) -> ReleaseBoard:
+        for b in self.boards:
+            if b.board == name:
+                return b
+        raise KeyError(name)
+
+
+# --- names -----------------------------------------------------------------------------------
+
+
+def normalize_version(version: str) -> str:
+    """'0.1.0' -> 'v0.1.0'; anything that is not a version tag is refused."""
+    v = version.strip()
+    if v and v[0].isdigit():
+        v = "v" + v
+    if not VERSION_RE.match(v):
+        raise ReleaseError(f"release version {version!r}: expected a tag like v0.1.0 (or 0.1.0)")
+    return v
+
+
+def _v(version: str) -> str:
+    return version if version.startswith("v") else "v" + version
+
+
+def build_date(built_at: str) -> str:
+    """'2026-11-21T10:00:00Z' -> '20261121' (UTC)."""
+    try:
+        when = datetime.fromisoformat(built_at.replace("Z", "+00:00"))
+    except ValueError:
+        raise ReleaseError(f"build.json: built_at: expected an ISO 8601 time, got {built_at!r}") from None
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc)
+    return when.strftime("%Y%m%d")
+
+
+def release_base_name(board: str, built_at: str, micropython_version: str, version: str) -> str:
+    """MicroPython style: ESP32_GENERIC-20261121-v1.28.0-v0.1.0."""
+    return f"{board}-{build_date(built_at)}-{_v(micropython_version)}-{normalize_version(version)}"
+
+
+def release_file_names(info: BuildInfo, version: str) -> dict[str, str]:
+    """Artifact name in dist/ -> name in the release. The artifact's extension is kept
+    (firmware.bin -> .bin, micropython.elf -> .elf, the unix `micropython` has none); when two
+    artifacts share an extension, the ones after the first flash image also keep their stem."""
+    base = release_base_name(info.board, info.built_at, info.micropython_version, version)
+    ordered = sorted(info.artifacts, key=lambda a: (not (a.flash and a.offset is not None), info.artifacts.index(a)))
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for art in ordered:
+        suffix = Path(art.file).suffix
+        name = base + suffix
+        if name in taken:
+            name = f"{base}-{Path(art.file).stem}{suffix}"
+        if name in taken:
+            raise ReleaseError(f"{info.board}: two artifacts would both be released as {name}")
+        taken.add(name)
+        names[art.file] = name
+    return names
+
+
+def manifest_name(board: str) -> str:
+    return f"{board}.manifest.json"
+
+
+def chip_family(chip: str) -> str:
+    """The chip family string ESP Web Tools matches: esptool's CHIP_NAME ('host' for host builds)."""
+    return HOST_CHIP if chip == HOST_CHIP else chip_definition(chip).CHIP_NAME
+
+
+def _role(art: Artifact) -> str:
+    return "image" if art.flash else "debug"
+
+
+def esp_web_tools_manifest(board: ReleaseBoard, version: str) -> dict | None:
+    """The ESP Web Tools manifest for one board, or None when the board has nothing to flash."""
+    parts = [{"path": f.name, "offset": f.offset} for f in board.files if f.flash and f.offset is not None]
+    if not parts or board.chip == HOST_CHIP:
+        return None
+    return {
+        "name": f"MicroPython workshop firmware for {board.board}",
+        "version": f"{version} (MicroPython {_v(board.micropython_version)})",
+        "new_install_prompt_erase": True,
+        # MicroPython speaks no Improv: don't wait for it after flashing.
+        "new_install_improv_wait_time": 0,
+        "builds": [{"chipFamily": board.chip_family, "parts": parts}],
+    }
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+
+def git_tree_dirty(root: Path = PROJECT_ROOT) -> str | None:
+    """What is uncommitted in the project tree (None = clean). Not a git tree counts as dirty."""
+    try:
+        proc = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
+                              text=True, timeout=60)
+    except FileNotFoundError:
+        return "git is not installed, so the tree cannot be checked"
+    if proc.returncode != 0:
+        return f"{root} is not a git work tree ({proc.stderr.strip() or 'git status failed'})"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if not lines:
+        return None
+    shown = ", ".join(line[3:] for line in lines[:5]) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+    return f"uncommitted changes: {shown}"
+
+
+def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = None,
+                 extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """Secrets to scan for, by name ('wifi.password', ...): from workshop.toml, then the
+    environment (WORKSHOP_WIFI_PASSWORD, WORKSHOP_TELNET_PASSWORD), then `extra` (options)."""
+    env = os.environ if env is None else env
+    found: dict[str, str] = {}
+    if config is not None:
+        config = Path(config)
+        kind = "JSON" if config.suffix == ".json" else "TOML"
+        try:
+            raw = config.read_bytes()
+            data = json.loads(raw) if kind == "JSON" else tomllib.loads(raw.decode())
+        except FileNotFoundError:
+            raise ReleaseError(f"{config}: not found (the workshop config whose secrets the release must not contain)") from None
+        except (ValueError, tomllib.TOMLDecodeError) as e:
+            raise ReleaseError(f"{config}: not valid {kind}: {e}") from None
+        for key in SECRET_KEYS:
+            value: object = data
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None:
+                if not isinstance(value, str):
+                    raise ReleaseError(f"{config}: {key}: expected a string, got {value!r}")
+                found[key] = value
+    for key, var in SECRET_KEYS.items():
+        if env.get(var):
+            found[key] = env[var]
+    for key, value in (extra or {}).items():
+        if value:
+            found[key] = value
+    return {k: v for k, v in found.items() if v}
+
+
+def scan_for_secrets(directory: Path, secrets: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(relative file, secret name) for every secret found in any file under `directory`."""
+    needles = {name: value.encode() for name, value in secrets.items() if value}
+    hits = []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        for name, needle in needles.items():
+            if needle in data:
+                hits.append((path.relative_to(directory).as_posix(), name))
+    return hits
+
+
+def _default_stale(board: str, root: Path, dist: Path) -> str | None:
+    from .build import stale_reason
+
+    return stale_reason(board, root, dist=dist)
+
+
+# --- ESP Web Tools ---------------------------------------------------------------------------
+
+
+def _integrity(path: Path) -> str:
+    return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
+
+
+def ensure_web_tools(version: str = ESP_WEB_TOOLS_VERSION, integrity: str | None = ESP_WEB_TOOLS_INTEGRITY,
+                     cache: Path | None = None, npm: str = "npm") -> Path:
+    """The folder holding ESP Web Tools' browser bundle (install-button.js and its chunks).
+
+    `$WORKSHOP_ESP_WEB_TOOLS` names a ready folder (offline); otherwise the pinned package is
+    fetched once with `npm pack` into the user cache and its tarball checked against `integrity`."""
+    override = os.environ.get(ENV_WEB_TOOLS)
+    if override:
+        folder = Path(override)
+        if not (folder / "install-button.js").is_file():
+            raise ReleaseError(f"${ENV_WEB_TOOLS}={override}: no install-button.js there (expected esp-web-tools' dist/web folder)")
+        return folder
+    root = (cache or cache_dir()) / "esp-web-tools" / version
+    web = root / "web"
+    if (web / "install-button.js").is_file():
+        return web
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        try:
+            proc = subprocess.run([npm, "pack", f"esp-web-tools@{version}", "--pack-destination", tmp],
+                                  capture_output=True, text=True, timeout=300, cwd=tmp)
+        except FileNotFoundError:
+            raise ReleaseError(f"npm not found: install Node.js/npm to fetch ESP Web Tools {version}, "
+                               f"or set ${ENV_WEB_TOOLS} to a folder with its dist/web files") from None
+        if proc.returncode != 0:
+            raise ReleaseError(f"npm pack esp-web-tools@{version} failed (the npm registry must be reachable, "
+                               f"or set ${ENV_WEB_TOOLS}): {proc.stderr.strip()[-500:]}")
+        tarballs = list(Path(tmp).glob("esp-web-tools-*.tgz"))
+        if len(tarballs) != 1:
+            raise ReleaseError(f"npm pack esp-web-tools@{version} left no tarball in {tmp}")
+        got = _integrity(tarballs[0])
+        if integrity and got != integrity:
+            raise ReleaseError(f"esp-web-tools@{version}: integrity {got} does not match the pinned {integrity}")
+        staging = Path(tmp) / "web"
+        with tarfile.open(tarballs[0]) as tar:
+            for member in tar.getmembers():
+                if not member.isfile():
+                    continue
+                if member.name.startswith("package/dist/web/") or member.name == "package/LICENSE":
+                    rel = Path(member.name).relative_to("package/dist/web") if member.name != "package/LICENSE" else Path("LICENSE")
+                    if ".." in rel.parts:
+                        raise ReleaseError(f"esp-web-tools tarball: unsafe path {member.name}")
+                    dest = staging / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, dest.open("wb") as out:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, out)
+        if not (staging / "install-button.js").is_file():
+            raise ReleaseError(f"esp-web-tools@{version}: no dist/web/install-button.js in the package")
+        (staging / "VERSION").write_text(version + "\n")
+        if web.exists():  # another run got there first
+            return web
+        os.replace(staging, web)
+    return web
+
+
+def flasher_page() -> str:
+    """The static flasher page (it reads index.json at run time)."""
+    return resources.files("workshop").joinpath("flasher", "index.html").read_text(encoding="utf-8")
+
+
+# --- the release -----------------------------------------------------------------------------
+
+
+def _board_entry(info: BuildInfo, description: str, version: str) -> ReleaseBoard:
+    names = release_file_names(info, version)
+    files = tuple(
+        ReleaseFile(name=names[a.file], source=a.file, sha256=a.sha256, size=a.size, offset=a.offset,
+                    flash=a.flash, role=_role(a))
+        for a in info.artifacts
+    )
+    has_flash = any(f.flash and f.offset is not None for f in files)
+    return ReleaseBoard(
+        board=info.board,
+        description=description,
+        port=info.port,
+        chip=info.chip,
+        chip_family=chip_family(info.chip),
+        flash_size=info.flash_size,
+        micropython_version=info.micropython_version,
+        micropython_commit=info.micropython_commit,
+        project_commit=info.project_commit,
+        project_dirty=info.project_dirty,
+        frozen_modules=tuple(info.frozen_modules),
+        built_at=info.built_at,
+        manifest=manifest_name(info.board) if has_flash and info.chip != HOST_CHIP else None,
+        files=files,
+    )
+
+
+def make_release(
+    version: str,
+    *,
+    boards: Iterable[str] | None = None,
+    root: Path = PROJECT_ROOT,
+    dist: Path | None = None,
+    out: Path | None = None,
+    allow_dirty: bool = False,
+    force: bool = False,
+    secrets: Mapping[str, str] | None = None,
+    web_tools: Path | None = None,
+    stale: Callable[[str], str | None] | None = None,
+    tree_dirty: Callable[[], str | None] | None = None,
+    repository: str | None = None,
+    now: datetime | None = None,
+    on_event: Callable[[ReleaseEvent], None] | None = None,
+) -> Release:
+    """Turn dist/ into `out` (default release/<version>/) and return what was released.
+
+    `boards`: names (default: every board in boards/). `stale(board)` -> reason or None and
+    `tree_dirty()` -> reason or None default to the build's staleness check and `git status`.
+    `web_tools`: ESP Web Tools' dist/web folder (default: `ensure_web_tools()`).
+    """
+    emit = on_event or (lambda e: None)
+    version = normalize_version(version)
+    dist = dist or dist_dir(root)
+    out = out or (root / "release" / version)
+    stale = stale or (lambda b: _default_stale(b, root, dist))
+    tree_dirty = tree_dirty or (lambda: git_tree_dirty(root))
+    try:
+        known = load_boards(root)
+    except ConfigError as e:
+        raise ReleaseError(str(e)) from None
+    names = list(boards) if boards else sorted(known)
+    unknown = [b for b in names if b not in known]
+    if unknown:
+        raise ReleaseError(f"unknown board {unknown[0]!r} (boards: {', '.join(sorted(known))})")
+    if not names:
+        raise ReleaseError(f"no boards to release: {root / 'boards'} has no *.toml")
+
+    problems: list[str] = []
+    emit(ReleaseEvent("check", "checking the project tree"))
+    dirty = tree_dirty()
+    if dirty and not allow_dirty:
+        problems.append(f"the project tree is dirty ({dirty}): commit first, or pass --allow-dirty for a test release")
+    infos: dict[str, BuildInfo] = {}
+    for name in names:
+        emit(ReleaseEvent("check", f"checking dist/{name}", name))
+        try:
+            info = read_build_info(dist / name)
+        except BuildInfoError as e:
+            problems.append(f"{name}: {e}")
+            continue
+        if info.board != name:
+            problems.append(f"{name}: {dist / name / 'build.json'} is for board {info.board!r}")
+            continue
+        reason = stale(name)
+        if reason:
+            problems.append(f"{name}: dist/{name} is stale ({reason}): run invoke build --board {name}")
+            continue
+        if info.project_dirty and not allow_dirty:
+            problems.append(f"{name}: built from a dirty tree: commit, rebuild (invoke build --board {name}), "
+                            f"or pass --allow-dirty")
+            continue
+        infos[name] = info
+    if problems:
+        raise ReleaseError("refusing to release " + version + ":\n  - " + "\n  - ".join(problems))
+
+    if out.exists() and not force:
+        raise ReleaseError(f"{out} already exists: releases are immutable; remove it or pass --force to replace it")
+    web = web_tools or ensure_web_tools()
+    if not (web / "install-button.js").is_file():
+        raise ReleaseError(f"{web}: no install-button.js (expected ESP Web Tools' dist/web folder)")
+    page = flasher_page()
+
+    entries = [_board_entry(infos[n], known[n].description, version) for n in names]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for entry in entries:
+            emit(ReleaseEvent("board", f"{entry.board}: {len(entry.files)} file(s)", entry.board))
+            for f in entry.files:
+                dest = staging / f.name
+                shutil.copy(dist / entry.board / f.source, dest)  # keeps the exec bit of host binaries
+                if sha256_file(dest) != f.sha256:
+                    raise ReleaseError(f"{dist / entry.board / f.source}: changed while being released; rebuild")
+                emit(ReleaseEvent("file", f.name, entry.board))
+            manifest = esp_web_tools_manifest(entry, version)
+            if manifest is not None and entry.manifest:
+                write_atomic(staging / entry.manifest, json.dumps(manifest, indent=2) + "\n")
+        web_version = (web / "VERSION").read_text().strip() if (web / "VERSION").is_file() else None
+        shutil.copytree(web, staging / WEB_TOOLS_DIR)
+        emit(ReleaseEvent("web-tools", f"ESP Web Tools {web_version or '(local folder)'}"))
+        created = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0)
+        index = {
+            "format": FORMAT,
+            "version": version,
+            "repository": repository,
+            "created_at": created.isoformat().replace("+00:00", "Z"),
+            "esp_web_tools": web_version,
+            "boards": [e.to_dict() for e in entries],
+        }
+        write_atomic(staging / INDEX, json.dumps(index, indent=2) + "\n")
+        write_atomic(staging / PAGE, page)
+
+        files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        sums = "".join(f"{sha256_file(staging / f)}  {f}\n" for f in files)
+        write_atomic(staging / SUMS, sums)
+
+        emit(ReleaseEvent("scan", "scanning every output file for configured secrets"))
+        hits = scan_for_secrets(staging, secrets or {})
+        if hits:
+            listed = "\n  - ".join(f"{f} contains the {name}" for f, name in hits)
+            raise ReleaseError(f"refusing to release {version}: a configured secret occurs in the output:\n  - {listed}\n"
+                               f"Nothing was written. Remove the secret from the sources (it belongs only in "
+                               f"/workshop.json on the device), rebuild, and release again.")
+
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    release = Release(version, out, tuple(entries), tuple([*files, SUMS]), web_version)
+    emit(ReleaseEvent("done", f"{out}: {len(entries)} board(s), {len(release.files)} files"))
+    return release
+
+
+# --- reading a release (from a folder or a download cache) ----------------------------------
+
+
+def parse_sums(text: str, source: str = SUMS) -> dict[str, str]:
+    """SHA256SUMS text -> {file: sha256}; malformed lines are an error."""
+    sums = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line.strip())
+        if not m:
+            raise ReleaseError(f"{source}:{n}: not a sha256sum line: {line!r}")
+        sums[m.group(2)] = m.group(1)
+    return sums
+
+
+def read_index(data: str | bytes, source: str = INDEX) -> tuple[str, tuple[ReleaseBoard, ...]]:
+    """index.json -> (version, boards)."""
+    try:
+        index = json.loads(data)
+        if index.get("format") != FORMAT:
+            raise ReleaseError(f"{source}: format {index.get('format')!r}, this tool reads format {FORMAT}: update the kit")
+        return index["version"], tuple(ReleaseBoard.from_dict(b) for b in index["boards"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ReleaseError(f"{source}: not a release index: {e}") from None
+
+
+def read_release(directory: Path) -> Release:
+    """A release folder (made by make_release, or a complete download) -> Release."""
+    index = directory / INDEX
+    if not index.is_file():
+        raise ReleaseError(f"{directory}: no {INDEX}: not a release folder")
+    version, boards = read_index(index.read_text(), str(index))
+    files = tuple(parse_sums((directory / SUMS).read_text(), str(directory / SUMS))) if (directory / SUMS).is_file() else ()
+    return Release(version, directory, boards, files)

@@ -1,0 +1,78 @@
+"""Serve a release folder over HTTP (the organizer's laptop as the workshop's download mirror).
+
+WebSerial only works in a secure context: attendees who want to flash from the page must open it
+over https or on localhost; over plain http on the LAN the page still lists every image for
+download (and `invoke download --from http://<laptop>:<port>/` works).
+"""
+
+from __future__ import annotations
+
+import functools
+import mimetypes
+import socket
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from .release import INDEX
+
+mimetypes.add_type("text/javascript", ".js")
+mimetypes.add_type("application/json", ".json")
+
+
+class ServeError(RuntimeError):
+    pass
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
+                      ".json": "application/json", ".bin": "application/octet-stream", "": "application/octet-stream"}
+
+    def end_headers(self) -> None:
+        # Other pages and tools may fetch from this mirror; the files are public anyway.
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Cache-Control", "no-cache")
+        super().end_headers()
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - library code never prints
+        log = getattr(self.server, "on_request", None)
+        if log:
+            log(self.address_string(), format % args)
+
+
+def make_server(directory: Path, host: str = "0.0.0.0", port: int = 8000, on_request=None) -> ThreadingHTTPServer:
+    """An HTTP server for `directory` (not started: call serve_forever, or use start_in_thread)."""
+    directory = Path(directory)
+    if not (directory / INDEX).is_file():
+        raise ServeError(f"{directory}: no {INDEX}; make the release first (invoke release --version V)")
+    handler = functools.partial(_Handler, directory=str(directory))
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as e:
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e} (try another --port)") from None
+    server.daemon_threads = True
+    server.on_request = on_request  # type: ignore[attr-defined]
+    return server
+
+
+def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="workshop-serve", daemon=True)
+    thread.start()
+    return thread
+
+
+def lan_addresses() -> list[str]:
+    """This machine's IPv4 addresses other than loopback (best effort, no traffic sent)."""
+    found: set[str] = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            found.add(info[4][0])
+    except OSError:
+        pass
+    return sorted(a for a in found if not a.startswith("127."))
+
+
+def urls(server: ThreadingHTTPServer) -> list[str]:
+    host, port = server.server_address[:2]
+    hosts = ["localhost", *lan_addresses()] if host in ("0.0.0.0", "") else [str(host)]
+    return [f"http://{h}:{port}/" for h in hosts]
