@@ -1,0 +1,185 @@
+"""Real peers for the flashing tests: esp32-mock-bootloader devices on PTYs, images in a dist/-like folder.
+
+Helpers only; the fixtures are in conftest.py.
+
+Each mock runs the package's own PTY server (`server.run_pty_server`, exactly what
+`esp32-mock-bootloader run --pty` runs) in its own process, with one addition: on SIGTERM it
+writes its emulated 4 MB SPI flash to a file before exiting. The mock keeps flash in memory and
+has no command to read it out-of-band; this dump lets a test compare the device's flash byte for
+byte with the image without going back through esptool.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from workshop.buildinfo import Artifact, BuildInfo, sha256_file, write_atomic
+from workshop.config import chip_definition
+
+MOCK_FLASH_SIZE = 4 * 1024 * 1024
+
+_MOCK = r"""
+import os, signal, sys
+from esp32_mock_bootloader import server
+chip, port_file, dump = sys.argv[1:4]
+def _dump(*_):
+    data = bytes(server.get_flash_image().data)
+    with open(dump + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(dump + ".tmp", dump)
+    os._exit(0)
+signal.signal(signal.SIGTERM, _dump)
+server.run_pty_server(None, port_file, chip)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class MockDevice:
+    chip: str
+    proc: subprocess.Popen
+    port: str                 # the PTY path esptool opens
+    dump_path: Path
+    log_path: Path
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Pull the plug: SIGKILL, no dump (the PTY vanishes mid-conversation)."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def flash(self) -> bytes:
+        """Stop the mock and return its whole flash (only once; the device is gone after)."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        if not self.dump_path.exists():
+            raise AssertionError(f"mock {self.chip} on {self.port} left no flash dump (killed?)\n"
+                                 f"{self.log_path.read_text(errors='replace')}")
+        data = self.dump_path.read_bytes()
+        assert len(data) == MOCK_FLASH_SIZE
+        return data
+
+
+@dataclass
+class MockFarm:
+    root: Path
+    devices: list[MockDevice] = field(default_factory=list)
+    bridges: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, chip: str) -> MockDevice:
+        n = len(self.devices)
+        port_file, dump, log = (self.root / f"mock{n}.{ext}" for ext in ("port", "flash", "log"))
+        proc = subprocess.Popen([sys.executable, "-c", _MOCK, chip, str(port_file), str(dump)],
+                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"mock bootloader ({chip}) did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.02)
+        device = MockDevice(chip, proc, port_file.read_text().strip(), dump, log)
+        self.devices.append(device)
+        return device
+
+    def start_many(self, chips: list[str]) -> list[MockDevice]:
+        return [self.start(chip) for chip in chips]
+
+    def tcp_bridge(self, device: MockDevice, port: int | None = None) -> str:
+        """Expose a mock's PTY on 127.0.0.1 through socat (one connection); returns the socket:// URL."""
+        socat = shutil.which("socat")
+        if not socat:
+            pytest.fail("socat not found: apt-get install socat")
+        port = port or free_port()
+        log = self.root / f"socat{len(self.bridges)}.log"
+        proc = subprocess.Popen([socat, "-d", "-d", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+                                 f"FILE:{device.port},raw,echo=0"], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+        self.bridges.append(proc)
+        deadline = time.monotonic() + 10
+        while "listening on" not in log.read_text(errors="replace"):   # a probe connection would end it
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"socat did not listen:\n{log.read_text(errors='replace')}")
+            time.sleep(0.02)
+        return f"socket://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        for proc in self.bridges:
+            proc.kill()
+            proc.wait()
+        for d in self.devices:
+            if d.alive:
+                d.proc.kill()
+                d.proc.wait()
+
+
+def image_bytes(size: int, seed: int) -> bytes:
+    """Firmware-like bytes: random runs mixed with repetitive ones, so esptool compresses (its default path)."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        out += rnd.randbytes(512) if rnd.random() < 0.6 else bytes([rnd.randrange(256)]) * 512
+    return bytes(out[:size])
+
+
+def make_dist(root: Path, board: str, chip: str, size: int = 96 * 1024, seed: int = 1,
+              offset: int | None = None, flash_size: str = "4MB") -> Path:
+    """A finished dist/<BOARD>/ for an ESP board: firmware.bin + build.json (as workshop.build writes it).
+
+    Real ESP builds need Docker + ESP-IDF, which this machine lacks: the bytes are synthetic, the
+    offset is the chip's bootloader offset from esptool's chip definitions, like Board.flash_regions().
+    """
+    board_dir = root / board
+    board_dir.mkdir(parents=True, exist_ok=True)
+    firmware = board_dir / "firmware.bin"
+    firmware.write_bytes(image_bytes(size, seed))
+    mapfile = board_dir / "micropython.map"
+    mapfile.write_bytes(b"not flashed")
+    if offset is None:
+        offset = int(chip_definition(chip).BOOTLOADER_FLASH_OFFSET)
+    info = BuildInfo(
+        board=board, port="esp8266" if chip == "esp8266" else "esp32", chip=chip,
+        chip_name=chip_definition(chip).CHIP_NAME, flash_size=flash_size, mp_board=board, variant=None,
+        micropython_version="v1.28.0", micropython_commit="0" * 40, project_version="0.1.0",
+        project_commit=None, project_dirty=False, manifest_sha256="0" * 64, inputs_sha256="0" * 64,
+        frozen_modules=(), toolchain="docker", toolchain_image="espressif/idf:v5.5.1",
+        built_at="2026-01-01T00:00:00+00:00", duration_s=1.0,
+        artifacts=(Artifact("firmware.bin", sha256_file(firmware), firmware.stat().st_size, offset, True),
+                   Artifact(mapfile.name, sha256_file(mapfile), mapfile.stat().st_size, None, False)),
+    )
+    write_atomic(board_dir / "build.json", info.to_json())
+    return board_dir
+
+
+def assert_flashed(device: MockDevice, image_dir: Path, offset: int) -> None:
+    """The device's flash holds the image at its offset, byte for byte, and nothing before it."""
+    want = (image_dir / "firmware.bin").read_bytes()
+    flash = device.flash()
+    got = flash[offset:offset + len(want)]
+    if got != want:
+        first = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+        raise AssertionError(f"{device.port} ({device.chip}): flash differs from {image_dir.name} "
+                             f"first at {offset + first:#x}")
+    assert flash[:offset] == b"\xff" * offset, "bytes before the image offset were written"
+
+
+def assert_untouched(device: MockDevice) -> None:
+    assert device.flash() == b"\xff" * MOCK_FLASH_SIZE, f"{device.port}: flash was written"
+

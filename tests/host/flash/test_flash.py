@@ -1,0 +1,297 @@
+"""Bulk flashing against real peers: esp32-mock-bootloader devices on PTYs, driven by real esptool."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from flash_peers import assert_flashed, assert_untouched, make_dist
+from workshop import config, flash
+from workshop.flash import Attempt, FlashImage, FlashOptions, Stage, State
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def by_port(events: list[flash.FlashEvent]) -> dict[str, list[flash.FlashEvent]]:
+    out: dict[str, list[flash.FlashEvent]] = {}
+    for e in events:
+        out.setdefault(e.port, []).append(e)
+    return out
+
+
+def test_eight_devices_in_one_parallel_run_hold_the_image_byte_for_byte(mocks, dist, tmp_path, capfd):
+    devices = mocks.start_many(["esp32"] * 8)
+    image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=128 * 1024)
+    image = FlashImage.from_dist(image_dir)
+    events: list[flash.FlashEvent] = []
+
+    report = flash.flash_all([d.port for d in devices], image, on_event=events.append, log_dir=tmp_path / "logs")
+
+    assert report.ok, [(r.port, r.error) for r in report.results]
+    assert [r.port for r in report.results] == [d.port for d in devices]
+    for r in report.results:
+        assert (r.state, r.verified, r.chip, r.board, r.retries) == (State.OK, True, "esp32", "ESP32_GENERIC", 0)
+        assert r.mac and len(r.mac.split(":")) == 6
+        log = Path(r.log_file).read_text()
+        assert "Hash of data verified" in log and "Verification successful" in log
+    # Each device had its own progress: bytes grow to the image size, verify precedes done.
+    streams = by_port(events)
+    for d in devices:
+        stages = [e.stage for e in streams[d.port]]
+        assert stages.index(Stage.VERIFYING) < stages.index(Stage.DONE) == len(stages) - 1
+        written = [e.bytes_done for e in streams[d.port] if e.stage is Stage.WRITING]
+        assert written == sorted(written) and written[-1] == image.size and len(written) > 2
+    # In parallel: several devices were writing before the first one finished.
+    first_done = next(i for i, e in enumerate(events) if e.stage is Stage.DONE)
+    assert len({e.port for e in events[:first_done] if e.stage is Stage.WRITING}) >= 2
+    # esptool's chatter went to the log files, not to our stdout/stderr.
+    out, err = capfd.readouterr()
+    assert "esptool" not in out + err and "Connecting" not in out + err
+    for d in devices:
+        assert_flashed(d, image_dir, 0x1000)
+
+
+def test_a_device_unplugged_mid_write_fails_clearly_and_the_others_succeed(mocks, dist, tmp_path):
+    devices = mocks.start_many(["esp32c3"] * 8)
+    victim = devices[3]
+    image_dir = make_dist(dist, "ESP32_GENERIC_C3", "esp32c3", size=256 * 1024)
+    image = FlashImage.from_dist(image_dir)
+    events: list[flash.FlashEvent] = []
+
+    def on_event(e: flash.FlashEvent) -> None:
+        events.append(e)
+        if e.port == victim.port and e.stage is Stage.WRITING and e.percent >= 30 and victim.alive:
+            victim.kill()
+
+    report = flash.flash_all([d.port for d in devices], image, on_event=on_event, log_dir=tmp_path / "logs")
+
+    assert not report.ok
+    failed = {r.port: r for r in report.results if not r.ok}
+    assert list(failed) == [victim.port]
+    r = failed[victim.port]
+    assert r.state is State.FAILED and not r.verified
+    assert r.error.startswith("writing:"), r.error          # the stage where it broke, then why
+    assert r.left_as == "partially written: flash again"
+    assert not any(e.stage is Stage.DONE for e in events if e.port == victim.port)
+    for d in devices:
+        if d is not victim:
+            assert_flashed(d, image_dir, 0x0)
+    # Nothing is OK without esptool's verify.
+    assert all(x.verified for x in report.results if x.ok)
+
+
+def test_written_but_unverifiable_is_not_ok(mocks, dist, tmp_path):
+    """ESP8266's ROM cannot checksum flash: with only a no-stub attempt the data lands but is not OK."""
+    device = mocks.start("esp8266")
+    image_dir = make_dist(dist, "ESP8266_GENERIC", "esp8266", size=32 * 1024, flash_size="2MB")
+    options = FlashOptions(baud=115200, attempts=(Attempt(115200, None),))
+
+    report = flash.flash_all([device.port], FlashImage.from_dist(image_dir), options, log_dir=tmp_path / "logs")
+
+    r = report.results[0]
+    assert (r.state, r.verified, r.error_kind) == (State.FAILED, False, "verify-failed"), r.error
+    assert "not verified" in r.error
+    assert_flashed(device, image_dir, 0x0)     # the bytes are there; we still refuse to call it OK
+
+
+def test_an_image_for_another_chip_is_refused_with_nothing_written(mocks, dist, tmp_path):
+    device = mocks.start("esp32c3")
+    image = FlashImage.from_dist(make_dist(dist, "ESP32_GENERIC", "esp32", size=64 * 1024))
+
+    report = flash.flash_all([device.port], image, log_dir=tmp_path / "logs")
+
+    r = report.results[0]
+    assert (r.state, r.error_kind, r.retries, r.bytes_written) == (State.FAILED, "wrong-chip", 0, 0)
+    assert "ESP32-C3" in r.error and "ESP32_GENERIC" in r.error and "nothing written" in r.error
+    assert r.left_as == "untouched"
+    assert_untouched(device)
+
+
+def test_auto_gives_each_chip_its_own_image_from_the_board_files(mocks, dist, tmp_path):
+    boards = {b.chip: b for b in config.load_boards().values() if not b.is_host}
+    chips = ["esp32", "esp32s3", "esp32c3", "esp8266", "esp32s2", "esp32"]
+    devices = mocks.start_many(chips)
+    offsets = {}
+    for seed, chip in enumerate(sorted(set(chips))):
+        board = boards[chip]
+        offsets[chip] = board.flash_regions()[0].offset           # from boards/ + esptool's chip facts
+        make_dist(dist, board.name, chip, size=48 * 1024, seed=seed, offset=offsets[chip],
+                  flash_size=board.flash_size)
+    images = flash.images_by_chip(flash.dist_images(dist))
+    assert offsets == {"esp32": 0x1000, "esp32s2": 0x1000, "esp32s3": 0x0, "esp32c3": 0x0, "esp8266": 0x0}
+
+    report = flash.flash_all([d.port for d in devices], images, log_dir=tmp_path / "logs")
+
+    assert report.ok, [(r.port, r.error) for r in report.results]
+    for d, r in zip(devices, report.results):
+        assert (r.chip, r.board) == (d.chip, boards[d.chip].name)
+        assert_flashed(d, dist / boards[d.chip].name, offsets[d.chip])
+
+
+def test_socket_url_ports_work(mocks, dist, tmp_path):
+    device = mocks.start("esp32s3")
+    url = mocks.tcp_bridge(device)
+    image_dir = make_dist(dist, "ESP32_GENERIC_S3", "esp32s3", size=64 * 1024)
+
+    report = flash.flash_all([url], FlashImage.from_dist(image_dir), log_dir=tmp_path / "logs")
+
+    assert report.ok, report.results[0].error
+    assert report.results[0].port == url
+    assert_flashed(device, image_dir, 0x0)
+
+
+def test_a_dead_port_times_out_fast_with_a_named_error_without_stalling_the_others(mocks, dist, tmp_path):
+    master, slave = pty.openpty()        # a port with nothing behind it
+    dead = os.ttyname(slave)
+    try:
+        devices = mocks.start_many(["esp32", "esp32"])
+        image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=128 * 1024)
+        report = flash.flash_all([dead, *(d.port for d in devices)], FlashImage.from_dist(image_dir),
+                                 log_dir=tmp_path / "logs")
+    finally:
+        os.close(master)
+        os.close(slave)
+
+    silent, *good = report.results
+    assert (silent.state, silent.error_kind, silent.retries) == (State.FAILED, "no-answer", 0)
+    assert "no answer from a bootloader" in silent.error and dead in silent.error
+    assert silent.seconds < 10          # three sync attempts, not esptool's default retry loop
+    assert all(r.ok for r in good)
+    for d in devices:
+        assert_flashed(d, image_dir, 0x1000)
+
+
+def test_a_lost_connection_is_retried_at_a_lower_baud(mocks, dist, tmp_path):
+    """socat between esptool and the mock dies mid-write once; the retry at 115200 baud succeeds."""
+    device = mocks.start("esp32")
+    url = mocks.tcp_bridge(device)
+    bridge = mocks.bridges[-1]
+    tcp_port = int(url.rsplit(":", 1)[1])
+    image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=256 * 1024)
+    cut = threading.Event()
+
+    def on_event(e: flash.FlashEvent) -> None:
+        if e.stage is Stage.WRITING and e.percent >= 25 and not cut.is_set():
+            cut.set()
+            bridge.kill()
+            bridge.wait()
+            mocks.tcp_bridge(device, port=tcp_port)     # plugged back in
+
+    report = flash.flash_all([url], FlashImage.from_dist(image_dir), on_event=on_event, log_dir=tmp_path / "logs")
+
+    r = report.results[0]
+    assert cut.is_set()
+    assert r.ok, r.error
+    assert r.retries >= 1 and r.attempts[0].stage == "writing" and r.attempts[0].error
+    assert r.attempts[1].attempt == "115200 baud, stub"
+    assert_flashed(device, image_dir, 0x1000)
+
+
+def test_cancel_stops_every_worker_and_says_what_each_was_left_as(mocks, dist, tmp_path):
+    devices = mocks.start_many(["esp32"] * 3)
+    image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=256 * 1024)
+    cancel = threading.Event()
+
+    def on_event(e: flash.FlashEvent) -> None:
+        if e.stage is Stage.WRITING and e.percent >= 20:
+            cancel.set()
+
+    report = flash.flash_all([d.port for d in devices], FlashImage.from_dist(image_dir), on_event=on_event,
+                             log_dir=tmp_path / "logs", cancel=cancel)
+
+    assert report.interrupted and not report.ok
+    states = {r.state for r in report.results}
+    assert State.INTERRUPTED in states and states <= {State.INTERRUPTED, State.OK, State.NOT_STARTED}
+    for r in report.results:
+        if r.state is State.INTERRUPTED:
+            assert r.error.startswith("interrupted during") and not r.verified
+            assert r.left_as in ("untouched", "untouched (stub in RAM only)", "partially written: flash again")
+
+
+_CTRL_C = r"""
+import json, os, signal, sys
+from pathlib import Path
+from workshop import flash
+image, log_dir, *ports = sys.argv[1:]
+def on_event(e):
+    if e.stage is flash.Stage.WRITING and e.percent >= 20:
+        os.kill(os.getpid(), signal.SIGINT)      # what Ctrl-C in the terminal does
+report = flash.flash_all(ports, flash.FlashImage.from_dist(Path(image)), on_event=on_event, log_dir=Path(log_dir))
+print(report.to_json())
+"""
+
+
+def test_ctrl_c_stops_cleanly_and_reports_each_device_state(mocks, dist, tmp_path):
+    devices = mocks.start_many(["esp32"] * 3)
+    image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=512 * 1024)
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C, str(image_dir), str(tmp_path / "logs"),
+                           *(d.port for d in devices)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr                     # no traceback: KeyboardInterrupt handled
+    data = json.loads(proc.stdout)
+    assert data["interrupted"] and not data["ok"]
+    states = [d["state"] for d in data["devices"]]
+    assert "interrupted" in states and set(states) <= {"interrupted", "ok", "not started"}
+    for d in data["devices"]:
+        assert d["ok"] == (d["state"] == "ok") and (not d["ok"] or d["verified"])
+        if d["state"] == "interrupted":
+            assert d["error"].startswith("interrupted during ") and d["left_as"]
+
+
+def test_from_dist_refuses_a_changed_image_and_auto_refuses_two_images_for_one_chip(dist):
+    a = make_dist(dist, "ESP32_GENERIC", "esp32", size=8192)
+    make_dist(dist, "OTHER_ESP32", "esp32", size=8192, seed=2)
+    with pytest.raises(flash.FlashError, match="two images for ESP32: ESP32_GENERIC and OTHER_ESP32"):
+        flash.images_by_chip(flash.dist_images(dist))
+    (a / "firmware.bin").write_bytes(b"tampered")
+    with pytest.raises(flash.FlashError, match="firmware.bin: does not match the sha256"):
+        FlashImage.from_dist(a)
+
+
+def test_the_retry_ladder_is_lower_baud_then_legacy_stub_then_no_stub():
+    assert [a.label for a in flash.retry_ladder(921600)] == [
+        "921600 baud, stub", "115200 baud, stub", "115200 baud, legacy stub", "115200 baud, no stub"]
+    assert len(flash.retry_ladder(115200)) == 3
+
+
+# --- the invoke task: table, JSON report, exit code -------------------------------------------
+
+
+def _invoke(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    invoke = Path(sys.executable).parent / "invoke"
+    return subprocess.run([str(invoke), "-r", str(REPO), *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_invoke_flash_exits_non_zero_when_one_device_fails_and_writes_a_json_report(mocks, dist, tmp_path):
+    devices = mocks.start_many(["esp32", "esp32c3"])       # the C3 must refuse the ESP32 image
+    image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=64 * 1024)
+    report_path = tmp_path / "report.json"
+
+    proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(dist), "--ports",
+                   ",".join(d.port for d in devices), "--report", str(report_path), "--logs", str(tmp_path / "logs"))
+
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    data = json.loads(report_path.read_text())
+    assert [(d["port"], d["ok"]) for d in data["devices"]] == [(devices[0].port, True), (devices[1].port, False)]
+    assert data["devices"][1]["error_kind"] == "wrong-chip"
+    assert "ESP32-C3" in proc.stdout and "wrong-chip" in proc.stdout      # the summary table
+    assert "Uploading stub" not in proc.stdout                            # esptool output went to logs
+    assert_flashed(devices[0], image_dir, 0x1000)
+    assert_untouched(devices[1])
+
+
+def test_invoke_flash_all_ok_exits_zero(mocks, dist, tmp_path):
+    devices = mocks.start_many(["esp32s3", "esp32s3"])
+    make_dist(dist, "ESP32_GENERIC_S3", "esp32s3", size=64 * 1024)
+    proc = _invoke("flash", "--board", "ESP32_GENERIC_S3", "--dist", str(dist), "--ports",
+                   ",".join(d.port for d in devices), "--logs", str(tmp_path / "logs"),
+                   "--report", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("verified") >= 2

@@ -1,0 +1,533 @@
+"""Flash many boards in parallel: one worker per port, progress as events, verify, retry.
+
+`flash_all(ports, images, on_event=...)` is the library behind `invoke flash`. For every port it
+connects through esptool's Python API, detects the chip, refuses an image built for another chip
+before writing anything, writes, verifies with esptool (MD5 of the flash against the image) and
+hard-resets. A failed attempt is retried at a lower baud, then with the legacy stub, then with no
+stub. Nothing is reported OK unless esptool's verification of every region succeeded. esptool's
+output goes to one log file per port; nothing here prints.
+
+Threads, not processes: each worker owns its ESPLoader and serial port; esptool's shared state is
+its logger (routed per thread, see devices.esptool_session) and the stub choice (made per attempt
+with a StubFlasher subclass instead of the process-wide ESPTOOL_STUB_VERSION). The heavy lifting
+(serial I/O, zlib, md5) releases the GIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from . import devices
+from .buildinfo import BuildInfoError, dist_dir, read_build_info, write_atomic
+from .config import HOST_CHIP, PROJECT_ROOT, ConfigError, chip_definition
+from .devices import Cancelled, DeviceError, SerialPort
+
+DEFAULT_BAUD = 460800
+SAFE_BAUD = 115200
+
+
+class FlashError(RuntimeError):
+    """A flash run cannot start (bad image, no ports); the message says what to do."""
+
+
+class WrongChip(DeviceError):
+    """The detected chip is not the one the image was built for: nothing was written."""
+
+    kind = "wrong-chip"
+
+
+class VerifyFailed(DeviceError):
+    """esptool could not confirm the flash content (mismatch, or verification unsupported)."""
+
+    kind = "verify-failed"
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlashImage:
+    """What to write to one kind of board: files at offsets, for one chip.
+
+    `source` says where it came from (dist/<BOARD>, a release, a file) for the report.
+    """
+
+    board: str
+    chip: str | None               # esptool CHIP_DEFS key; None = unknown (a raw --image file)
+    flash_size: str | None
+    regions: tuple[tuple[Path, int], ...]
+    source: str
+    version: str | None = None
+
+    @property
+    def chip_name(self) -> str:
+        return chip_definition(self.chip).CHIP_NAME if self.chip else "unknown chip"
+
+    @property
+    def size(self) -> int:
+        return sum(path.stat().st_size for path, _ in self.regions)
+
+    def load(self) -> list[tuple[int, bytes]]:
+        return [(offset, path.read_bytes()) for path, offset in self.regions]
+
+    @classmethod
+    def from_dist(cls, board_dir: Path) -> FlashImage:
+        """dist/<BOARD>/: build.json names chip, files, offsets; every sha256 is checked."""
+        try:
+            info = read_build_info(board_dir, verify=True)
+        except BuildInfoError as e:
+            raise FlashError(str(e)) from None
+        if info.chip == HOST_CHIP:
+            raise FlashError(f"{board_dir}: {info.board} is a host build, there is nothing to flash")
+        regions = tuple((board_dir / a.file, int(a.offset)) for a in info.flash_images if a.offset is not None)
+        if not regions:
+            raise FlashError(f"{board_dir / 'build.json'}: lists no file to flash")
+        try:
+            chip_definition(info.chip)
+        except ConfigError as e:
+            raise FlashError(f"{board_dir / 'build.json'}: chip: {e}") from None
+        return cls(board=info.board, chip=info.chip, flash_size=info.flash_size, regions=regions,
+                   source=f"{board_dir} (build.json)", version=info.micropython_version)
+
+    @classmethod
+    def from_file(cls, path: Path, offset: int, chip: str | None = None) -> FlashImage:
+        """A single binary (--image FILE --offset N); chip checked only when given."""
+        if not path.is_file():
+            raise FlashError(f"{path}: no such image file")
+        if chip is not None:
+            try:
+                chip_definition(chip)
+            except ConfigError as e:
+                raise FlashError(str(e)) from None
+        return cls(board=path.stem, chip=chip, flash_size=None, regions=((path, offset),), source=str(path))
+
+
+def dist_images(root: Path | None = None) -> list[FlashImage]:
+    """Every finished, flashable build under dist/ (host builds and unfinished folders skipped)."""
+    base = root if root is not None else dist_dir(PROJECT_ROOT)
+    images = []
+    for board_dir in sorted(p for p in base.glob("*") if (p / "build.json").is_file()):
+        try:
+            images.append(FlashImage.from_dist(board_dir))
+        except FlashError as e:
+            if "host build" not in str(e):
+                raise
+    return images
+
+
+def images_by_chip(images: Sequence[FlashImage]) -> dict[str, FlashImage]:
+    """--auto: chip -> image. Two images for one chip is ambiguous: name them and stop."""
+    by_chip: dict[str, FlashImage] = {}
+    for image in images:
+        if image.chip is None:
+            raise FlashError(f"{image.source}: unknown chip, cannot be picked by --auto")
+        if image.chip in by_chip:
+            raise FlashError(f"--auto: two images for {image.chip_name}: {by_chip[image.chip].board} and "
+                             f"{image.board}; pass --board to choose")
+        by_chip[image.chip] = image
+    if not by_chip:
+        raise FlashError("--auto: no flashable image in dist/ (invoke build --board ...)")
+    return by_chip
+
+
+# --- options, events, results ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try: the baud rate after the stub is up, and which stub ("2", legacy "1", None = ROM only)."""
+
+    baud: int
+    stub: str | None = "2"
+
+    @property
+    def label(self) -> str:
+        stub = {"2": "stub", "1": "legacy stub", None: "no stub"}[self.stub]
+        return f"{self.baud} baud, {stub}"
+
+
+def retry_ladder(baud: int) -> tuple[Attempt, ...]:
+    """Requested baud with the default stub; then slower; then the legacy stub; then ROM only."""
+    slow = min(baud, SAFE_BAUD)
+    ladder = [Attempt(baud, "2"), Attempt(slow, "2"), Attempt(slow, "1"), Attempt(slow, None)]
+    out: list[Attempt] = []
+    for a in ladder:
+        if a not in out:
+            out.append(a)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class FlashOptions:
+    baud: int = DEFAULT_BAUD
+    erase: bool = False                     # erase the whole flash before writing
+    flash_size: str = "keep"                # esptool's --flash-size for the image header ("detect" for ESP8266)
+    connect_attempts: int = devices.DEFAULT_CONNECT_ATTEMPTS
+    attempts: tuple[Attempt, ...] | None = None   # None = retry_ladder(baud)
+    reset_after: bool = True
+
+    def ladder(self) -> tuple[Attempt, ...]:
+        return self.attempts or retry_ladder(self.baud)
+
+
+class Stage(str, Enum):
+    QUEUED = "queued"
+    CONNECTING = "connecting"
+    STUB = "stub"
+    ERASING = "erasing"
+    WRITING = "writing"
+    VERIFYING = "verifying"
+    RESETTING = "resetting"
+    DONE = "done"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class State(str, Enum):
+    OK = "ok"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    NOT_STARTED = "not started"
+
+
+@dataclass(frozen=True)
+class FlashEvent:
+    """Progress of one device; `bytes_done/bytes_total` during WRITING (image bytes, all regions)."""
+
+    port: str
+    stage: Stage
+    attempt: int = 1
+    bytes_done: int = 0
+    bytes_total: int = 0
+    message: str = ""
+    chip: str | None = None
+    mac: str | None = None
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.bytes_done / self.bytes_total if self.bytes_total else 0.0
+
+
+@dataclass
+class AttemptResult:
+    attempt: str
+    stage: str
+    error: str | None = None
+
+
+@dataclass
+class DeviceResult:
+    port: str
+    state: State = State.NOT_STARTED
+    stage: Stage = Stage.QUEUED          # the last stage reached
+    chip: str | None = None
+    chip_name: str | None = None
+    mac: str | None = None
+    board: str | None = None             # the image written (or that would have been)
+    verified: bool = False
+    error: str | None = None
+    error_kind: str | None = None
+    seconds: float = 0.0
+    attempts: list[AttemptResult] = field(default_factory=list)
+    bytes_written: int = 0
+    log_file: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state is State.OK and self.verified
+
+    @property
+    def retries(self) -> int:
+        return max(0, len(self.attempts) - 1)
+
+    @property
+    def left_as(self) -> str:
+        """In words, what the board holds now (the furthest any attempt got decides)."""
+        if self.ok:
+            return "flashed and verified"
+        reached = {a.stage for a in self.attempts} | {self.stage.value}
+        if reached & {Stage.ERASING.value, Stage.WRITING.value, Stage.VERIFYING.value, Stage.RESETTING.value,
+                      Stage.DONE.value}:
+            return "partially written: flash again"
+        if Stage.STUB.value in reached:
+            return "untouched (stub in RAM only)"
+        return "untouched"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(state=self.state.value, stage=self.stage.value, ok=self.ok, retries=self.retries,
+                 left_as=self.left_as, seconds=round(self.seconds, 3))
+        return d
+
+
+@dataclass
+class FlashReport:
+    results: list[DeviceResult]
+    started_at: str
+    seconds: float
+    interrupted: bool = False
+    images: dict[str, str] = field(default_factory=dict)    # board -> source
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and not self.interrupted and all(r.ok for r in self.results)
+
+    @property
+    def failed(self) -> list[DeviceResult]:
+        return [r for r in self.results if not r.ok]
+
+    def to_json(self) -> str:
+        return json.dumps({"ok": self.ok, "interrupted": self.interrupted, "started_at": self.started_at,
+                           "seconds": round(self.seconds, 3), "images": self.images,
+                           "devices": [r.to_dict() for r in self.results]}, indent=2) + "\n"
+
+    def write_json(self, path: Path) -> Path:
+        write_atomic(path, self.to_json())
+        return path
+
+
+ImageChoice = FlashImage | Mapping[str, FlashImage]
+EventHandler = Callable[[FlashEvent], None]
+
+
+# --- one device -----------------------------------------------------------------------------
+
+
+def _stub_flasher(esp: Any, version: str) -> Any:
+    """esptool's StubFlasher preferring stub `version`, without touching the process-wide choice."""
+    from esptool.loader import StubFlasher
+
+    class Chosen(StubFlasher):
+        STUB_SUBDIRS = [version] + [s for s in StubFlasher.STUB_SUBDIRS if s != version]
+        STUB_VERSION_EXPLICIT = True
+
+    return Chosen(esp)
+
+
+def _pick(images: ImageChoice, chip: str) -> FlashImage:
+    """The image for a detected chip; WrongChip (before anything is written) when there is none."""
+    if isinstance(images, FlashImage):
+        if images.chip is not None and images.chip != chip:
+            raise WrongChip(f"found {chip_definition(chip).CHIP_NAME}, but {images.board} is built for "
+                            f"{images.chip_name}: nothing written")
+        return images
+    image = images.get(chip)
+    if image is None:
+        known = ", ".join(f"{i.chip_name} ({i.board})" for i in images.values()) or "none"
+        raise WrongChip(f"found {chip_definition(chip).CHIP_NAME}: no image for it (have: {known}); nothing written")
+    return image
+
+
+class _Worker:
+    def __init__(self, port: SerialPort, images: ImageChoice, options: FlashOptions, emit: EventHandler,
+                 cancel: threading.Event, log_path: Path) -> None:
+        self.port, self.images, self.options, self.emit_cb = port, images, options, emit
+        self.cancel, self.log_path = cancel, log_path
+        self.result = DeviceResult(port=port.device, log_file=str(log_path),
+                                   board=images.board if isinstance(images, FlashImage) else None)
+        self.attempt_no = 1
+        self.total = 0
+        self.done_before = 0       # bytes of earlier regions in this attempt
+        self.region_size = 0
+
+    def emit(self, stage: Stage, message: str = "", done: int = 0, total: int = 0) -> None:
+        if stage not in (Stage.RETRYING, Stage.FAILED, Stage.INTERRUPTED):
+            self.result.stage = stage      # the last working stage: where a failure happened
+        self.emit_cb(FlashEvent(self.port.device, stage, self.attempt_no, done, total, message,
+                                self.result.chip, self.result.mac))
+
+    def on_progress(self, done: int, total: int, description: str) -> None:
+        # esptool reports bytes sent on the wire (compressed); scale to this region's share.
+        if self.result.stage is Stage.WRITING and total:
+            region = self.region_size
+            self.emit(Stage.WRITING, description, self.done_before + min(region, done * region // total), self.total)
+
+    def run(self) -> DeviceResult:
+        started = time.monotonic()
+        try:
+            with devices.esptool_session(self.log_path, self.on_progress, self.cancel, append=False) as log:
+                ladder = self.options.ladder()
+                for number, attempt in enumerate(ladder, 1):
+                    self.attempt_no = number
+                    if self.cancel.is_set():
+                        raise Cancelled()
+                    log.write(f"\n=== attempt {number}/{len(ladder)}: {attempt.label} ===\n")
+                    record = AttemptResult(attempt.label, Stage.CONNECTING.value)
+                    self.result.attempts.append(record)
+                    try:
+                        self._attempt(attempt)
+                        record.stage = Stage.DONE.value
+                        self.result.state = State.OK
+                        self.emit(Stage.DONE, "verified")
+                        break
+                    except DeviceError as e:
+                        record.stage, record.error = self.result.stage.value, str(e)
+                        log.write(f"=== failed: {e}\n")
+                        # A wrong chip, a silent or vanished port: another baud or stub cannot help.
+                        final = isinstance(e, WrongChip | devices.NoAnswer | devices.PortUnavailable)
+                        if final or number == len(ladder):
+                            self._fail(e.kind, self._reason(e))
+                            break
+                    except Exception as e:  # esptool FatalError, SerialException, OSError, NotImplemented...
+                        record.stage, record.error = self.result.stage.value, _describe(e)
+                        log.write(f"=== failed in {record.stage}: {_describe(e)}\n")
+                        if number == len(ladder):
+                            self._fail("esptool", self._reason(e))
+                            break
+                    self.emit(Stage.RETRYING, f"retrying at {ladder[number].label}: {record.error}")
+        except Cancelled:
+            self.result.state = State.INTERRUPTED if self.result.stage is not Stage.QUEUED else State.NOT_STARTED
+            self.result.error = f"interrupted during {self.result.stage.value}"
+            self.result.error_kind = "interrupted"
+            if self.result.attempts:
+                self.result.attempts[-1].error = "interrupted"
+            self.emit_cb(FlashEvent(self.port.device, Stage.INTERRUPTED, self.attempt_no, message=self.result.error))
+        finally:
+            self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def _reason(self, e: BaseException) -> str:
+        """The last error, and the first one when it differs (often the real cause)."""
+        last = str(e) if isinstance(e, DeviceError) else _describe(e)
+        first = self.result.attempts[0]
+        if len(self.result.attempts) > 1 and first.error and first.error != last:
+            return f"{first.stage}: {first.error}; after {self.result.retries} retr{'y' if self.result.retries == 1 else 'ies'}: {last}"
+        return last if isinstance(e, DeviceError) else f"{self.result.stage.value}: {last}"
+
+    def _fail(self, kind: str, message: str) -> None:
+        self.result.state, self.result.error, self.result.error_kind = State.FAILED, message, kind
+        self.emit(Stage.FAILED, message)
+
+    def _attempt(self, attempt: Attempt) -> None:
+        from esptool.cmds import attach_flash, erase_flash, reset_chip, verify_flash, write_flash
+        from esptool.loader import NotImplementedInROMError
+
+        self.result.verified = False
+        self.emit(Stage.CONNECTING, f"attempt {self.attempt_no}: {attempt.label}")
+        esp = devices.connect(self.port.device, self.options.connect_attempts)
+        try:
+            chip = devices.chip_key(esp)
+            self.result.chip, self.result.chip_name = chip, esp.CHIP_NAME
+            with contextlib.suppress(Exception):
+                self.result.mac = devices.format_mac(esp.read_mac())
+            image = _pick(self.images, chip)          # refuses a wrong-chip image before any write
+            self.result.board = image.board
+            data = image.load()
+            self.total = sum(len(d) for _, d in data)
+            if attempt.stub is not None:
+                self.emit(Stage.STUB, attempt.label)
+                if not esp.IS_STUB:
+                    esp = esp.run_stub(_stub_flasher(esp, attempt.stub))
+            if attempt.baud > devices.ROM_BAUD:
+                try:
+                    esp.change_baud(attempt.baud)
+                except NotImplementedInROMError:
+                    pass  # ROM without stub (ESP8266): stay at the sync baud
+            attach_flash(esp)
+            esp.WRITE_FLASH_ATTEMPTS = 1   # our ladder retries, not esptool's 7 s reconnect loop
+            if self.options.erase:
+                self.emit(Stage.ERASING, "erasing the whole flash")
+                erase_flash(esp)
+            self.done_before = 0
+            for offset, blob in data:
+                self.region_size = len(blob)
+                self.emit(Stage.WRITING, f"{offset:#x}", self.done_before, self.total)
+                write_flash(esp, [(offset, blob)], flash_size=self.options.flash_size)
+                self.done_before += len(blob)
+                self.result.bytes_written = self.done_before
+                self.emit(Stage.WRITING, f"{offset:#x} written", self.done_before, self.total)
+            self.emit(Stage.VERIFYING, "md5 of flash vs image", self.total, self.total)
+            try:
+                verify_flash(esp, data, flash_size=self.options.flash_size)
+            except NotImplementedInROMError:
+                raise VerifyFailed(f"{esp.CHIP_NAME} ROM without a stub cannot checksum flash: "
+                                   "written but not verified") from None
+            except Exception as e:
+                if "Verification failed" in str(e):
+                    raise VerifyFailed(f"flash content differs from {image.board} after writing") from None
+                raise
+            self.result.verified = True
+            if self.options.reset_after:
+                self.emit(Stage.RESETTING, "hard reset")
+                with contextlib.suppress(Exception):
+                    reset_chip(esp, "hard-reset")
+        finally:
+            devices._close(esp)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+# --- many devices ---------------------------------------------------------------------------
+
+
+def default_log_dir(root: Path = PROJECT_ROOT) -> Path:
+    return root / "logs" / "flash" / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def flash_all(ports: Sequence[SerialPort | str], images: ImageChoice, options: FlashOptions = FlashOptions(),
+              on_event: EventHandler | None = None, log_dir: Path | None = None,
+              cancel: threading.Event | None = None) -> FlashReport:
+    """Flash every port in parallel (one thread per port) and return one result per port.
+
+    `images` is one FlashImage (every device must have its chip) or chip -> FlashImage (--auto).
+    Ctrl-C (KeyboardInterrupt in the calling thread) or `cancel.set()` stops every worker at its
+    next esptool step; the report then says what each device was left as.
+    """
+    targets = [p if isinstance(p, SerialPort) else SerialPort(p) for p in ports]
+    if not targets:
+        raise FlashError("no serial ports to flash: plug boards in, or pass --ports")
+    if len({t.device for t in targets}) != len(targets):
+        raise FlashError("a port is listed twice")
+    log_dir = log_dir or default_log_dir()
+    cancel = cancel or threading.Event()
+    emit_lock = threading.Lock()
+
+    def emit(event: FlashEvent) -> None:
+        if on_event is not None:
+            with emit_lock:
+                on_event(event)
+
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    workers = [_Worker(t, images, options, emit, cancel, log_dir / f"{devices.log_name(t.device)}.log")
+               for t in targets]
+    for w in workers:
+        emit(FlashEvent(w.port.device, Stage.QUEUED))
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="flash")
+    pending = {pool.submit(w.run) for w in workers}
+    try:
+        while pending:
+            try:
+                _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                if interrupted:      # a second Ctrl-C: stop waiting for the workers
+                    raise
+                interrupted = True
+                cancel.set()         # each worker stops at its next esptool step
+    finally:
+        pool.shutdown(wait=not pending, cancel_futures=True)
+    interrupted = interrupted or cancel.is_set()
+    chosen = [images] if isinstance(images, FlashImage) else list(images.values())
+    return FlashReport(results=[w.result for w in workers], started_at=started_at, seconds=time.monotonic() - t0,
+                       interrupted=interrupted, images={i.board: i.source for i in chosen})
+
+
+__all__ = ["Attempt", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions", "FlashReport",
+           "Stage", "State", "VerifyFailed", "WrongChip", "dist_images", "flash_all", "images_by_chip",
+           "retry_ladder"]
