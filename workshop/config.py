@@ -55,6 +55,8 @@ class Port:
     mpy_cross_args: tuple[str, ...]
     # Stock manifest entries that our stack replaces (checked by `invoke check`).
     replaces: tuple[str, ...] = ()
+    # esptool's --flash-size when writing this port's images ("detect" where modules vary).
+    write_flash_size: str = "keep"
 
     @property
     def manifest(self) -> Path:
@@ -219,9 +221,12 @@ def load_port(name: str, root: Path = PROJECT_ROOT) -> Port:
         outputs=tuple(outputs),
         mpy_cross_args=r.str_list("mpy_cross_args"),
         replaces=r.str_list("replaces"),
+        write_flash_size=r.get("write_flash_size", str, '"keep", "detect" or a size', "keep"),
     )
     make.reject_unknown()
     r.reject_unknown()
+    if port.write_flash_size not in ("keep", "detect", *FLASH_SIZES):
+        raise r.fail("write_flash_size", '"keep", "detect" or one of ' + ", ".join(FLASH_SIZES), port.write_flash_size)
     if port.name != name:
         raise r.fail("name", repr(name) + " (the folder's name)", port.name)
     return port

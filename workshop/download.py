@@ -66,7 +66,7 @@ class DownloadedBoard:
 
     def flash_image(self, version: str | None = None):
         """This board as workshop.flash.FlashImage (what `invoke flash --release V` writes)."""
-        from .flash import FlashError, FlashImage
+        from .flash import FlashError, FlashImage, port_write_flash_size
 
         if self.board.chip == HOST_CHIP:
             raise FlashError(f"{self.board.board} is a host build: there is nothing to flash")
@@ -74,6 +74,7 @@ class DownloadedBoard:
         if not regions:
             raise FlashError(f"{self.board.board}: the release lists no file to flash")
         return FlashImage(board=self.board.board, chip=self.board.chip, flash_size=self.board.flash_size,
+                          write_flash_size=port_write_flash_size(self.board.port),
                           regions=regions, source=" ".join(x for x in ("release", version, f"({regions[0][0].parent})") if x),
                           version=self.board.micropython_version)
 

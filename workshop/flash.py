@@ -29,7 +29,7 @@ from typing import Any
 
 from . import devices
 from .buildinfo import BuildInfoError, dist_dir, read_build_info, write_atomic
-from .config import HOST_CHIP, PROJECT_ROOT, ConfigError, chip_definition
+from .config import HOST_CHIP, PROJECT_ROOT, ConfigError, chip_definition, load_port
 from .devices import Cancelled, DeviceError, SerialPort
 
 DEFAULT_BAUD = 460800
@@ -55,6 +55,14 @@ class VerifyFailed(DeviceError):
 # --- images ---------------------------------------------------------------------------------
 
 
+def port_write_flash_size(port: str) -> str:
+    """The port's esptool --flash-size ("detect" for esp8266); "keep" for a port we do not know."""
+    try:
+        return load_port(port).write_flash_size
+    except ConfigError:
+        return "keep"
+
+
 @dataclass(frozen=True)
 class FlashImage:
     """What to write to one kind of board: files at offsets, for one chip.
@@ -68,6 +76,7 @@ class FlashImage:
     regions: tuple[tuple[Path, int], ...]
     source: str
     version: str | None = None
+    write_flash_size: str = "keep"       # esptool --flash-size for the header (the port's data)
 
     @property
     def chip_name(self) -> str:
@@ -97,6 +106,7 @@ class FlashImage:
         except ConfigError as e:
             raise FlashError(f"{board_dir / 'build.json'}: chip: {e}") from None
         return cls(board=info.board, chip=info.chip, flash_size=info.flash_size, regions=regions,
+                   write_flash_size=port_write_flash_size(info.port),
                    source=f"{board_dir} (build.json)", version=info.micropython_version)
 
     @classmethod
@@ -171,7 +181,7 @@ def retry_ladder(baud: int) -> tuple[Attempt, ...]:
 class FlashOptions:
     baud: int = DEFAULT_BAUD
     erase: bool = False                     # erase the whole flash before writing
-    flash_size: str = "keep"                # esptool's --flash-size for the image header ("detect" for ESP8266)
+    flash_size: str | None = None           # override esptool's --flash-size; None = the image's port data
     connect_attempts: int = devices.DEFAULT_CONNECT_ATTEMPTS
     attempts: tuple[Attempt, ...] | None = None   # None = retry_ladder(baud)
     reset_after: bool = True
@@ -443,13 +453,13 @@ class _Worker:
             for offset, blob in data:
                 self.region_size = len(blob)
                 self.emit(Stage.WRITING, f"{offset:#x}", self.done_before, self.total)
-                write_flash(esp, [(offset, blob)], flash_size=self.options.flash_size)
+                write_flash(esp, [(offset, blob)], flash_size=self.options.flash_size or image.write_flash_size)
                 self.done_before += len(blob)
                 self.result.bytes_written = self.done_before
                 self.emit(Stage.WRITING, f"{offset:#x} written", self.done_before, self.total)
             self.emit(Stage.VERIFYING, "md5 of flash vs image", self.total, self.total)
             try:
-                verify_flash(esp, data, flash_size=self.options.flash_size)
+                verify_flash(esp, data, flash_size=self.options.flash_size or image.write_flash_size)
             except NotImplementedInROMError:
                 raise VerifyFailed(f"{esp.CHIP_NAME} ROM without a stub cannot checksum flash: "
                                    "written but not verified") from None

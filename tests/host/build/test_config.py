@@ -91,3 +91,12 @@ def test_broken_port_file_names_file_and_key(project: Path, edit, message):
 def test_unknown_board_lists_the_known_ones():
     with pytest.raises(config.ConfigError, match=r"unknown board 'ESP32' \(boards: ESP32_GENERIC, .*UNIX\)"):
         config.get_board("ESP32")
+
+
+def test_esp8266_images_are_written_with_detected_flash_size():
+    """ESP8266 modules vary (512 KB to 16 MB): esptool writes the detected size into the header."""
+    from workshop.flash import port_write_flash_size
+
+    assert port_write_flash_size("esp8266") == "detect"
+    assert port_write_flash_size("esp32") == "keep"
+    assert port_write_flash_size("no-such-port") == "keep"
