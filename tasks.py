@@ -282,4 +282,368 @@ def download(c, version, board=None, from_=None, debug=False):
                   f"against SHA256SUMS: {result.directory}")
 
 
+# --- devices / flash (workshop.devices, workshop.flash) ---------------------------------------
+
+_RESULT_STYLE = {"ok": "green", "failed": "red", "interrupted": "yellow", "not started": "yellow"}
+
+
+def _device_ports(ports: str | None) -> list:
+    from workshop import devices as _devices
+
+    try:
+        return _devices.select_ports(_csv(ports))
+    except _devices.DeviceError as e:
+        raise _fail(str(e)) from None
+
+
+@task(help={
+    "ports": "comma-separated device paths or pyserial URLs (socket://host:port, rfc2217://...); default: every USB port that looks like a board",
+    "identify": "connect to each board (in parallel) and read chip, MAC and flash size through esptool",
+    "all": "list every USB serial port, not only known ESP bridges (CP210x, CH34x, FTDI, Espressif USB)",
+    "json": "print JSON instead of a table",
+    "logs": "folder for the esptool logs of --identify (default: logs/flash/<time>/identify)",
+})
+def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  # noqa: A002 - invoke derives --all/--json
+    """List serial ports that look like boards; --identify reads chip, MAC and flash size."""
+    import json as _json
+    from pathlib import Path
+
+    from rich.markup import escape
+
+    from workshop import devices as _devices
+
+    try:
+        found = _devices.select_ports(_csv(ports)) if ports else _devices.list_board_ports(include_unknown=all)
+    except _devices.DeviceError as e:
+        raise _fail(str(e)) from None
+    if identify and found:
+        with console.status(f"identifying {len(found)} port(s)..."):
+            result = _devices.identify_all(found, log_dir=Path(logs) if logs else _flash_log_dir(None) / "identify")
+    else:
+        result = [_devices.Device(p) for p in found]
+    if json:
+        print(_json.dumps([d.to_dict() for d in result], indent=2))
+    else:
+        table = Table(title=f"{len(result)} serial port(s)" + ("" if ports else " that look like boards"))
+        for col in ("port", "by-id", "USB", "bridge", "serial"):
+            table.add_column(col)
+        if identify:
+            for col in ("chip", "MAC", "flash", "error"):
+                table.add_column(col)
+        for d in result:
+            p = d.port
+            row = [p.device, p.by_id or "-", p.usb_id or "-", p.bridge or "-", p.serial_number or "-"]
+            if identify:
+                i = d.identity
+                row += [i.description if i else "-", i.mac if i else "-", (i.flash_size or "?") if i else "-",
+                        f"[red]{escape(d.error)}[/]" if d.error else ""]
+            table.add_row(*row)
+        console.print(table)
+        if not result:
+            console.print("no board found: check the cable (data, not charge-only), or pass --ports / --all")
+    if identify and any(not d.ok for d in result):
+        raise Exit(code=1)
+
+
+def _flash_log_dir(logs: str | None):
+    from pathlib import Path
+
+    from workshop import flash as _flash
+
+    return Path(logs) if logs else _flash.default_log_dir()
+
+
+def _flash_images(board, auto, image, offset, chip, release, dist):
+    """--board / --auto / --image / --release -> one FlashImage or chip -> FlashImage."""
+    from pathlib import Path
+
+    from workshop import buildinfo
+    from workshop import flash as _flash
+
+    chosen = [bool(board), bool(auto), bool(image)]
+    if sum(chosen) != 1:
+        raise _fail("choose what to write: --board NAME, --auto (each board's chip picks its image), "
+                    "or --image FILE --offset N")
+    base = Path(dist) if dist else buildinfo.dist_dir()
+    try:
+        if image:
+            if offset is None:
+                raise _fail("--image needs --offset (e.g. --offset 0x1000)")
+            return _flash.FlashImage.from_file(Path(image), int(str(offset), 0), chip)
+        if release:
+            from workshop import download as _download
+
+            try:
+                images = _download.release_images(release, [board] if board else None)
+            except _download.DownloadError as e:
+                raise _fail(str(e)) from None
+            return _flash.images_by_chip(images) if auto else images[0]
+        if auto:
+            return _flash.images_by_chip(_flash.dist_images(base))
+        try:
+            config.get_board(board)
+        except config.ConfigError as e:
+            raise _fail(str(e)) from None
+        return _flash.FlashImage.from_dist(base / board)
+    except _flash.FlashError as e:
+        raise _fail(str(e)) from None
+    except ValueError:
+        raise _fail(f"--offset: expected a number like 0x1000, got {offset!r}") from None
+
+
+@task(help={
+    "board": "write dist/<BOARD>/ (build.json gives chip and offsets); a board with another chip is refused",
+    "auto": "pick each board's image by its detected chip, among the builds in dist/ (or the --release)",
+    "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
+    "erase": "erase the whole flash first",
+    "baud": "baud rate after the stub is up (a failed attempt retries at 115200, then legacy stub, then no stub)",
+    "image": "write this single file instead (with --offset, and --chip to check the chip)",
+    "offset": "flash offset for --image, e.g. 0x1000",
+    "chip": "esptool chip name the --image is for (esp32, esp32c3...)",
+    "release": "write release V's images (downloaded and verified first) instead of dist/",
+    "dist": "folder with <BOARD>/build.json builds (default: dist/)",
+    "flash_size": "esptool --flash-size for the image header (default: the port's data: detect for ESP8266, else keep)",
+    "report": "JSON report path (default: <logs>/report.json)",
+    "logs": "folder for the per-device esptool logs (default: logs/flash/<time>/)",
+    "provision": "then provision each verified board from this workshop.toml (as 'invoke provision --config')",
+})
+def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image=None, offset=None, chip=None,
+          release=None, dist=None, flash_size=None, report=None, logs=None, provision=None):
+    """Flash every selected board in parallel, verify each, retry slower, report; non-zero exit if any failed."""
+    from pathlib import Path
+
+    from rich.markup import escape
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
+
+    from workshop import flash as _flash
+
+    images = _flash_images(board, auto, image, offset, chip, release, dist)
+    cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
+    targets = _device_ports(ports)
+    if not targets:
+        raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
+    log_dir = _flash_log_dir(logs)
+    options = _flash.FlashOptions(baud=int(baud), erase=erase, flash_size=flash_size)
+    columns = (TextColumn("{task.description}"), TextColumn("{task.fields[stage]:<11}"), BarColumn(),
+               TaskProgressColumn(), DownloadColumn(), TextColumn("{task.fields[note]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        rows = {t.device: progress.add_task(t.device, total=None, stage="queued", note="") for t in targets}
+
+        def on_event(e: _flash.FlashEvent) -> None:
+            note = " ".join(x for x in (e.chip, e.mac, f"try {e.attempt}" if e.attempt > 1 else "") if x)
+            if e.stage in (_flash.Stage.FAILED, _flash.Stage.RETRYING, _flash.Stage.INTERRUPTED):
+                colour = "red" if e.stage is _flash.Stage.FAILED else "yellow"
+                note = f"[{colour}]{escape(e.message)}[/]"
+            update = {"stage": e.stage.value, "note": note}
+            if e.bytes_total:
+                update.update(total=e.bytes_total, completed=e.bytes_done)
+            progress.update(rows[e.port], **update)
+
+        try:
+            result = _flash.flash_all(targets, images, options, on_event=on_event, log_dir=log_dir)
+        except _flash.FlashError as e:
+            raise _fail(str(e)) from None
+    table = Table(title="Flash " + ("interrupted" if result.interrupted else "summary"))
+    for col in ("port", "chip", "MAC", "image", "result", "s", "retries", "left as / why"):
+        table.add_column(col, overflow="fold")
+    for r in result.results:
+        state = "verified" if r.ok else r.state.value
+        why = r.left_as if r.ok else escape(f"{r.left_as}: [{r.error_kind}] {r.error}")
+        table.add_row(r.port, r.chip_name or "-", r.mac or "-", r.board or "-",
+                      f"[{_RESULT_STYLE.get(r.state.value, 'white')}]{state}[/]", f"{r.seconds:.1f}",
+                      str(r.retries), why)
+    console.print(table)
+    report_path = result.write_json(Path(report) if report else log_dir / "report.json")
+    ok = sum(r.ok for r in result.results)
+    console.print(f"{ok}/{len(result.results)} verified in {result.seconds:.1f} s; report {report_path}; "
+                  f"esptool logs in {log_dir}")
+    if result.interrupted:
+        raise Exit(code=130)
+    provisioned = True
+    if provision:
+        verified = [r.port for r in result.results if r.ok]
+        # A freshly flashed board formats its filesystem on first boot: give it time to answer.
+        provisioned = not verified or _run_provision(verified, cfg, connect_timeout=15.0)
+    if not result.ok or not provisioned:
+        raise Exit(code=1)
+
+
+# --- provision / smoke (workshop.provision, workshop.smoke) -----------------------------------
+
+
+def _serial_ports(ports: str | None) -> list[str]:
+    return [p.device for p in _device_ports(ports)]
+
+
+def _provision_config(config_file, **options):
+    from pathlib import Path
+
+    from workshop import provision as _provision
+
+    try:
+        if config_file:
+            return _provision.ProvisionConfig.from_file(Path(config_file), **options)
+        return _provision.ProvisionConfig(**{k: v for k, v in options.items() if v is not None})
+    except _provision.ProvisionError as e:
+        raise _fail(str(e)) from None
+
+
+def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=115200, connect_timeout=3.0,
+                   as_json=False) -> bool:
+    """Provision, render a table (or JSON); True if every board was provisioned."""
+    from rich.markup import escape
+
+    from workshop import provision as _provision
+
+    with console.status(f"provisioning {len(targets)} board(s)...") as status:
+        def on_event(e) -> None:
+            if e.kind in ("provisioned", "failed", "retry"):
+                status.update(f"{e.port}: {e.message}")
+
+        results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
+                                           baudrate=int(baud), connect_timeout=connect_timeout)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        table = Table(title="Provisioning")
+        for col in ("port", "hostname", "MAC", "config", "boot hook", "result", "s"):
+            table.add_column(col, overflow="fold")
+        for r in results:
+            result = "[green]written + verified[/]" if r.ok else f"[red]failed at {r.stage}: {escape(r.error or '')}[/]"
+            table.add_row(r.port, r.hostname or "-", r.mac or "-", r.config_path or "-", r.boot_hook or "-",
+                          result, f"{r.duration_s:.1f}")
+        console.print(table)
+    return all(r.ok for r in results)
+
+
+_PROVISION_HELP = {
+    "wifi": "workshop Wi-Fi SSID",
+    "wifi_password": "Wi-Fi password (or env WORKSHOP_WIFI_PASSWORD, kept out of shell history); never printed",
+    "hostname": "hostname pattern, unique per board: {mac4} {mac6} {mac} {port} {index}, e.g. ws-{mac4}",
+    "telnet_user": "telnet user name",
+    "telnet_password": "telnet password (or env WORKSHOP_TELNET_PASSWORD); never printed",
+    "mqtt": "MQTT broker host the boards use (and --mqtt-port, default 1883)",
+    "mqtt_port": "MQTT broker port written to the config",
+    "start": "services started at boot, comma-separated: wifi,mdns,telnet,webserver",
+    "config": "a workshop.toml in the /workshop.json shape; options given here win over it",
+}
+
+
+def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_password, mqtt, mqtt_port, start):
+    return dict(hostname=hostname, wifi_ssid=wifi,
+                wifi_password=wifi_password or os.environ.get("WORKSHOP_WIFI_PASSWORD"),
+                telnet_user=telnet_user,
+                telnet_password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD"),
+                mqtt_broker=mqtt, mqtt_port=int(mqtt_port) if mqtt_port else None,
+                start=tuple(_csv(start)) if start is not None else None)
+
+
+@task(help={
+    "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
+    **_PROVISION_HELP,
+    "replace": "replace the device config instead of merging into it (merging keeps keys not given here)",
+    "reset": "soft-reset each board afterwards, so boot.py starts the services now",
+    "baud": "serial baud rate of the REPL",
+    "json": "print JSON instead of a table",
+})
+def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telnet_user=None, telnet_password=None,
+              mqtt=None, mqtt_port=None, start=None, config=None, replace=False, reset=False, baud=115200,
+              json=False):  # noqa: A002
+    """Write /workshop.json and the boot hook on every board in parallel (atomic, read back); non-zero exit if any failed."""
+    cfg = _provision_config(config, **_provision_options(wifi, wifi_password, hostname, telnet_user,
+                                                         telnet_password, mqtt, mqtt_port, start))
+    targets = _serial_ports(ports)
+    if not targets:
+        raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
+    if not _run_provision(targets, cfg, replace=replace, reset=reset, baud=baud, as_json=json):
+        raise Exit(code=1)
+
+
+def _smoke_expected(board, dist, release):
+    from pathlib import Path
+
+    from workshop import buildinfo
+    from workshop import smoke as _smoke
+
+    base = Path(dist) if dist else buildinfo.dist_dir()
+    if not board:
+        built = sorted(p.name for p in base.glob("*") if (p / "build.json").is_file())
+        if len(built) != 1:
+            raise _fail("which firmware should the boards run? pass --board NAME"
+                        + (f" (built: {', '.join(built)})" if built else ""))
+        board = built[0]
+    try:
+        if release:
+            return _smoke.Expected.from_release_index(Path("release") / release / "index.json", board)
+        if (base / board / "build.json").is_file():
+            return _smoke.Expected.from_build(base / board)
+        return _smoke.Expected.for_board(config.get_board(board))
+    except (_smoke.SmokeError, config.ConfigError) as e:
+        raise _fail(str(e)) from None
+
+
+@task(help={
+    "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
+    "board": "the board the firmware was built for (default: the only build in dist/)",
+    "dist": "folder with <BOARD>/build.json builds (default: dist/)",
+    "release": "expect release V's firmware (release/V/index.json) instead of dist/'s build",
+    "network": "also check Wi-Fi (with the provisioned config), an MQTT round trip and an HTTP GET",
+    "mqtt": "MQTT broker for --network (default: the device config's mqtt.broker); HOST or HOST:PORT",
+    "http_url": "URL for the --network HTTP GET (default http://micropython.org/ks/test.html)",
+    "json_out": "write the JSON report to this file ('-' = print it instead of the table)",
+    "junit": "write a JUnit XML report to this file",
+    "baud": "serial baud rate of the REPL",
+})
+def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
+          json_out=None, junit=None, baud=115200):
+    """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
+    from pathlib import Path
+
+    from rich.markup import escape
+
+    from workshop import smoke as _smoke
+
+    expected = _smoke_expected(board, dist, release)
+    targets = _serial_ports(ports)
+    if not targets:
+        raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
+    net = None
+    if network:
+        host, _, mport = (mqtt or "").partition(":")
+        net = _smoke.NetworkOptions(mqtt_host=host or None, mqtt_port=int(mport) if mport else None,
+                                    **({"http_url": http_url} if http_url else {}))
+    with console.status(f"checking {len(targets)} board(s)..."):
+        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=int(baud))
+    if json_out:
+        text = _smoke.to_json(reports)
+        if json_out == "-":
+            print(text, end="")
+        else:
+            Path(json_out).write_text(text)
+    if junit:
+        Path(junit).write_text(_smoke.to_junit(reports))
+    if json_out != "-":
+        groups = ["connect", "firmware", "modules", "heap", "flash", "config"] + (["wifi", "mqtt", "http"] if net else [])
+        table = Table(title=f"Smoke: expecting {expected.source}")
+        for col in ("port", *groups, "s", "result"):
+            table.add_column(col, overflow="fold")
+        style = {"pass": "green", "fail": "red", "skip": "dim"}
+        for r in reports:
+            row = _smoke.summary_rows(r)
+            cells = []
+            for g in groups:
+                v = row.get(g, "-")
+                colour = "red" if (g == "modules" and v.split("/")[0] != v.split("/")[-1]) else style.get(v, "green")
+                cells.append(f"[{colour}]{v}[/]")
+            table.add_row(r.port, *cells, f"{r.duration_s:.1f}", "[green]ok[/]" if r.ok else "[red]FAILED[/]")
+        console.print(table)
+        for r in reports:
+            for chk in r.failed:
+                console.print(f"[red]✗[/] {r.port} {chk.name}: {escape(chk.detail)}", soft_wrap=True)
+        ok = sum(r.ok for r in reports)
+        console.print(f"{ok}/{len(reports)} board(s) passed")
+    if not all(r.ok for r in reports):
+        raise Exit(code=1)
+
+
 # --- more tasks below ---

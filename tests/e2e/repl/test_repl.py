@@ -1,0 +1,129 @@
+"""The raw-REPL session against real MicroPython REPLs on PTYs (pyserial, like a board)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from workshop.repl import Pacing, RemoteError, ReplSession, ReplTimeout, TransferError
+
+BLOB = bytes(range(256)) * 6 + b"\r\n\x03\x04\x01 end"      # control bytes the REPL would act on
+
+
+def test_exec_separates_stdout_and_exception(make_peer):
+    peer = make_peer()
+    with ReplSession(peer.port) as s:
+        r = s.exec("print('out')\nraise ValueError('boom')")
+        assert r.text == "out\n"
+        assert "ValueError: boom" in r.error
+        with pytest.raises(RemoteError) as e:
+            s.run("import sys\nprint('before')\nsys.exit_code_nope")
+        assert e.value.exc_type == "AttributeError" and e.value.stdout == "before\n"
+        assert s.eval("{'a': [1, 2.5, None]}") == {"a": [1, 2.5, None]}
+        assert s.stats["raw_paste"] is True          # the unix port offers raw paste
+
+
+def test_put_get_is_atomic_and_exact(make_peer):
+    peer = make_peer()
+    (peer.root / "data.bin").write_bytes(b"old content")
+    with ReplSession(peer.port) as s:
+        s.put("data.bin", BLOB)
+        assert s.get("data.bin") == BLOB
+        assert not s.exists("data.bin.tmp")
+    assert (peer.root / "data.bin").read_bytes() == BLOB
+
+
+@pytest.mark.parametrize("raw_paste", [True, False], ids=["raw-paste", "paced-raw"])
+def test_dropping_uart_still_gets_every_byte(make_peer, drop, raw_paste):
+    """A relay that keeps 270 bytes per 100 ms (like an ESP32 UART) and discards the rest."""
+    peer = make_peer(drop=drop)
+    code = "x = [" + ",".join(str(i) for i in range(400)) + "]\nprint(sum(x))"
+    assert len(code) > 1500
+    with ReplSession(peer.port, raw_paste=raw_paste) as s:
+        assert s.run(code).strip() == str(sum(range(400)))
+        s.put("blob.bin", BLOB)
+        assert s.stats["raw_paste"] is raw_paste
+    assert (peer.root / "blob.bin").read_bytes() == BLOB
+    assert drop.passed > 3000 and drop.dropped == 0
+
+
+def test_unpaced_burst_is_really_dropped_and_never_half_run(make_peer, drop):
+    """Control: without pacing the relay does drop bytes; the session refuses to run what arrived."""
+    peer = make_peer(drop=drop)
+    code = "open('ran.txt','w').write('x')\n" + "y = [" + ",".join(str(i) for i in range(400)) + "]\n"
+    with ReplSession(peer.port, pacing=Pacing.unpaced(), raw_paste=False, retries=0) as s:
+        with pytest.raises(TransferError):
+            s.run(code)
+    assert drop.dropped > 0
+    assert not (peer.root / "ran.txt").exists()
+
+
+def test_unpaced_burst_recovers_by_slowing_down(make_peer, drop):
+    peer = make_peer(drop=drop)
+    events = []
+    code = "y = [" + ",".join(str(i) for i in range(300)) + "]\nprint(len(y))"
+    with ReplSession(peer.port, pacing=Pacing.unpaced(), retries=4, on_event=events.append) as s:
+        assert s.run(code).strip() == "300"
+    assert drop.dropped > 0
+    assert any(e.kind == "retry" for e in events)
+
+
+BUSY_MAIN = """\
+import time
+n = caught = 0
+while True:
+    try:
+        n += 1
+        print('busy', n)
+        time.sleep_ms(1)
+    except KeyboardInterrupt:
+        caught += 1
+        if caught > 1:
+            raise
+        print('caught one, carrying on')
+"""
+
+
+def test_busy_main_py_is_interrupted(make_peer):
+    """main.py prints in a loop and swallows the first KeyboardInterrupt: we still get in."""
+    peer = make_peer(files={"main.py": BUSY_MAIN})
+    time.sleep(0.3)
+    with ReplSession(peer.port) as s:
+        assert s.eval("n > 10 and caught == 2") is True   # main.py ran, swallowed one Ctrl-C, then stopped
+        assert s.run("print('hello')") == "hello\n"
+
+
+def test_soft_reset_runs_boot_py(make_peer):
+    peer = make_peer()
+    (peer.root / "boot.py").write_text("print('booted')\nBOOTED = 1\n")
+    with ReplSession(peer.port) as s:
+        s.run("x = 1")
+        out = s.soft_reset()
+        assert "booted" in out
+        assert s.eval("'x' in globals()") is False       # a fresh VM
+
+
+def test_silent_port_times_out_fast_while_others_finish(make_peer):
+    silent = make_peer("silent", silent=True)
+    good = [make_peer(f"d{i}") for i in range(3)]
+    results: dict[str, object] = {}
+
+    def work(port: str) -> None:
+        t = time.monotonic()
+        try:
+            with ReplSession(port, connect_timeout=1.5) as s:
+                results[port] = s.eval("1 + 1")
+        except ReplTimeout as e:
+            results[port] = (e, time.monotonic() - t)
+
+    threads = [threading.Thread(target=work, args=(p.port,)) for p in [silent, *good]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    err, took = results[silent.port]
+    assert isinstance(err, ReplTimeout) and silent.port in str(err) and "no raw REPL" in str(err)
+    assert took < 4
+    assert all(results[p.port] == 2 for p in good)

@@ -1,0 +1,72 @@
+"""Pure parts of repl/provision/smoke: no device needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from workshop import smoke
+from workshop.provision import ProvisionConfig, ProvisionError, Secret, expand_hostname, masked, merge, with_boot_hook
+from workshop.repl import guard, mask
+
+
+def test_secret_never_shows():
+    cfg = ProvisionConfig(wifi_ssid="W", wifi_password="pw-123456")
+    assert "pw-123456" not in repr(cfg) and "pw-123456" not in str(cfg.wifi_password)
+    assert cfg.updates(None)["wifi"]["password"] == "pw-123456"
+    assert masked(cfg.updates(None))["wifi"]["password"] == "***"
+    assert Secret("a") == Secret("a") and mask("x pw-123456 y", ["pw-123456"]) == "x *** y"
+
+
+def test_hostname_patterns():
+    assert expand_hostname("ws-{mac4}", mac="a0b1c2d3e4f5", port="/dev/ttyUSB0", index=3) == "ws-e4f5"
+    assert expand_hostname("{port}-{index:02d}", mac="0" * 12, port="/dev/ttyUSB0", index=3) == "ttyusb0-03"
+    with pytest.raises(ProvisionError, match=r"unknown \{serial\}"):
+        ProvisionConfig(hostname="ws-{serial}")
+    with pytest.raises(ProvisionError, match="not a valid host name"):
+        expand_hostname("ws {mac4}", mac="a0b1c2d3e4f5", port="p", index=1)
+    with pytest.raises(ProvisionError, match="unknown service"):
+        ProvisionConfig(start=("wifi", "ftp"))
+
+
+def test_merge_keeps_unknown_keys_and_boot_hook_is_idempotent():
+    assert merge({"a": 1, "wifi": {"ssid": "o", "ch": 6}}, {"wifi": {"ssid": "n"}}) == {"a": 1, "wifi": {"ssid": "n", "ch": 6}}
+    assert with_boot_hook(None) == "import workshop_boot\n"
+    assert with_boot_hook("x = 1") == "x = 1\nimport workshop_boot\n"
+    assert with_boot_hook("x = 1\nimport workshop_boot\n") is None
+
+
+def test_config_file(tmp_path):
+    f = tmp_path / "workshop.toml"
+    f.write_text('hostname = "ws-{mac4}"\nstart = ["wifi"]\nled = 2\n[wifi]\nssid = "W"\npassword = "pw"\nchannel = 6\n')
+    cfg = ProvisionConfig.from_file(f, wifi_ssid="Other")
+    assert cfg.wifi_ssid == "Other" and cfg.wifi_password == Secret("pw") and cfg.extra == {"led": 2, "wifi": {"channel": 6}}
+    assert merge({}, cfg.updates("h"))["wifi"] == {"channel": 6, "ssid": "Other", "password": "pw"}
+    f.write_text("[wifi\n")
+    with pytest.raises(ProvisionError, match="workshop.toml: not valid TOML"):
+        ProvisionConfig.from_file(f)
+
+
+def test_guard_carries_length_and_sum():
+    g = guard("print(1)")
+    assert b"len(_c)!=8" in g and b"sum(_c)!=%d" % sum(b"print(1)") in g
+
+
+def test_stack_modules_come_from_the_manifest():
+    names = smoke.stack_module_names(smoke.manifest_modules())
+    for n in ("umqtt.simple", "umqtt.robust", "urequests", "requests", "base64", "ntptime", "wifi", "mdns",
+              "telnet", "webserver", "workshop_boot"):
+        assert n in names
+    assert smoke.module_name("umqtt/__init__.py") == "umqtt"
+
+
+def test_evaluate_rules():
+    exp = smoke.Expected(source="t", chip="esp32s3", chip_name="ESP32-S3", build_name="ESP32_GENERIC_S3",
+                         micropython_version="1.28.0", stack_modules=("wifi",), min_free_heap=80000, flash_size="8MB")
+    facts = {"platform": "esp32", "version": "1.28.0", "build": "ESP32_GENERIC_S3",
+             "machine": "Generic ESP32S3 module with ESP32S3", "modules": {"wifi": ["frozen", "wifi.py"]},
+             "free": 90000, "flash": 8 << 20, "config": {"path": "/workshop.json", "keys": []}}
+    assert all(c.status == "pass" for c in smoke.evaluate(facts, exp))
+    bad = dict(facts, machine="Generic ESP32 module with ESP32", free=1000, flash=4 << 20,
+               modules={"wifi": ["file", "/lib/wifi.py"]}, config={"path": "/workshop.json", "missing": True})
+    failed = {c.name for c in smoke.evaluate(bad, exp) if c.status == "fail"}
+    assert failed == {"firmware", "module wifi", "heap", "flash", "config"}

@@ -1,0 +1,447 @@
+"""Give each board its identity: write the workshop config and the boot hook, on many boards at once.
+
+Per device, over one raw-REPL session: identify (platform, MAC), merge the new settings into an
+existing config (unknown keys are kept), write `/workshop.json` atomically (temporary file +
+rename), read it back and compare, make sure boot.py imports `workshop_boot` (other content
+kept). Hostname patterns (`ws-{mac4}`) are expanded per board and must come out unique.
+
+Secrets (Wi-Fi and telnet passwords) are `Secret`s: masked in reprs, results, events and error
+messages. Library code never prints: progress goes to `on_event`, results are returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .repl import MASK, Pacing, ReplError, ReplEvent, ReplSession, mask
+
+SERVICES = ("wifi", "mdns", "telnet", "webserver")
+BOOT_LINE = "import workshop_boot"
+HOST_PLATFORMS = ("linux", "darwin")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_BOOT_HOOK = re.compile(r"^\s*import\s+workshop_boot\b", re.M)
+PATTERN_KEYS = ("mac", "mac4", "mac6", "port", "index")
+
+
+class ProvisionError(ValueError):
+    """The provisioning settings are unusable; the message says which and why."""
+
+
+class Secret:
+    """A string that never shows itself in a repr, str, log or traceback; `.reveal()` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("a Secret holds a str")
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def _secret(value: str | Secret | None) -> Secret | None:
+    if value is None or isinstance(value, Secret):
+        return value
+    return Secret(value)
+
+
+@dataclass(frozen=True)
+class ProvisionConfig:
+    """What to write. Every field is optional; None leaves that part of the device config alone."""
+
+    hostname: str | None = None               # a pattern: "ws-{mac4}", "{index:02d}-lab"
+    wifi_ssid: str | None = None
+    wifi_password: Secret | None = None
+    telnet_user: str | None = None
+    telnet_password: Secret | None = None
+    mqtt_broker: str | None = None
+    mqtt_port: int | None = None
+    start: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)   # other keys from a config file, kept as given
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wifi_password", _secret(self.wifi_password))
+        object.__setattr__(self, "telnet_password", _secret(self.telnet_password))
+        if self.start is not None:
+            start = tuple(s.strip() for s in self.start if s.strip())
+            unknown = [s for s in start if s not in SERVICES]
+            if unknown:
+                raise ProvisionError(f"start: unknown service {unknown[0]!r} (services: {', '.join(SERVICES)})")
+            object.__setattr__(self, "start", start)
+        if self.mqtt_port is not None and not 0 < int(self.mqtt_port) < 65536:
+            raise ProvisionError(f"mqtt port: expected 1..65535, got {self.mqtt_port!r}")
+        if self.hostname is not None:
+            check_pattern(self.hostname)
+
+    def secrets(self) -> list[str]:
+        return [s.reveal() for s in (self.wifi_password, self.telnet_password) if s]
+
+    def updates(self, hostname: str | None) -> dict[str, Any]:
+        """The config keys this run sets (secrets revealed: only for the device)."""
+        doc: dict[str, Any] = dict(self.extra)
+        if hostname is not None:
+            doc["hostname"] = hostname
+        wifi = {k: v for k, v in (("ssid", self.wifi_ssid),
+                                  ("password", self.wifi_password.reveal() if self.wifi_password else None))
+                if v is not None}
+        if wifi:
+            doc["wifi"] = {**doc.get("wifi", {}), **wifi}
+        telnet = {k: v for k, v in (("user", self.telnet_user),
+                                    ("password", self.telnet_password.reveal() if self.telnet_password else None))
+                  if v is not None}
+        if telnet:
+            doc["telnet"] = {**doc.get("telnet", {}), **telnet}
+        mqtt = {k: v for k, v in (("broker", self.mqtt_broker), ("port", self.mqtt_port)) if v is not None}
+        if mqtt:
+            doc["mqtt"] = {**doc.get("mqtt", {}), **mqtt}
+        if self.start is not None:
+            doc["start"] = list(self.start)
+        return doc
+
+    @classmethod
+    def from_file(cls, path: Path, **overrides: Any) -> ProvisionConfig:
+        """A workshop.toml (or .json) in the device config's shape; keyword overrides win over it."""
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise ProvisionError(f"{path}: cannot read: {e.strerror}") from None
+        try:
+            data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode())
+        except (ValueError, tomllib.TOMLDecodeError) as e:
+            raise ProvisionError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from None
+        data = dict(data)
+
+        def table(key: str) -> dict[str, Any]:
+            value = data.pop(key, {})
+            if not isinstance(value, dict):
+                raise ProvisionError(f"{path}: {key}: expected a table, got {type(value).__name__}")
+            return value
+
+        wifi, telnet, mqtt = table("wifi"), table("telnet"), table("mqtt")
+        start = data.pop("start", None)
+        if start is not None and not (isinstance(start, list) and all(isinstance(s, str) for s in start)):
+            raise ProvisionError(f"{path}: start: expected a list of service names")
+        values: dict[str, Any] = dict(
+            hostname=data.pop("hostname", None),
+            wifi_ssid=wifi.pop("ssid", None), wifi_password=wifi.pop("password", None),
+            telnet_user=telnet.pop("user", None), telnet_password=telnet.pop("password", None),
+            mqtt_broker=mqtt.pop("broker", None), mqtt_port=mqtt.pop("port", None),
+            start=tuple(start) if start is not None else None,
+        )
+        extra = dict(data)
+        for key, rest in (("wifi", wifi), ("telnet", telnet), ("mqtt", mqtt)):
+            if rest:
+                extra[key] = rest           # unknown sub-keys are kept (merged on the device)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(extra=extra, **values)
+        except ProvisionError as e:
+            raise ProvisionError(f"{path}: {e}") from None
+
+
+def check_pattern(pattern: str) -> None:
+    """Reject a hostname pattern with unknown {keys} before any device is touched."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as e:
+        raise ProvisionError(f"hostname pattern {pattern!r}: {e}") from None
+    for f in fields:
+        if f not in PATTERN_KEYS:
+            raise ProvisionError(f"hostname pattern {pattern!r}: unknown {{{f}}} (known: "
+                                 + ", ".join("{" + k + "}" for k in PATTERN_KEYS) + ")")
+
+
+def expand_hostname(pattern: str, *, mac: str, port: str, index: int) -> str:
+    check_pattern(pattern)
+    try:
+        name = pattern.format(mac=mac, mac4=mac[-4:], mac6=mac[-6:], port=Path(port).name, index=index)
+    except (ValueError, IndexError, KeyError) as e:
+        raise ProvisionError(f"hostname pattern {pattern!r}: {e}") from None
+    name = name.lower().replace("_", "-")
+    if not _HOSTNAME.match(name):
+        raise ProvisionError(f"hostname {name!r} (from {pattern!r}) is not a valid host name: "
+                             "letters, digits and '-', at most 63, not starting or ending with '-'")
+    return name
+
+
+# --- on the device ------------------------------------------------------------------------------
+
+# Where the stack reads its config (wsconfig.path()), the boot.py to hook, and a MAC for {mac4}.
+# On the unix port the device root is the current directory: relative paths there.
+IDENTIFY = """
+import sys, os, json
+r = {'platform': sys.platform, 'version': '%d.%d.%d' % sys.implementation.version[:3]}
+host = sys.platform in ('linux', 'darwin')
+try:
+    import wsconfig
+    p = wsconfig.path()
+except Exception:
+    p = '/workshop.json'
+if host and p.startswith('/'):
+    p = 'workshop.json'
+r['config_path'] = p
+r['boot_path'] = 'boot.py' if host else '/boot.py'
+mac = None
+try:
+    import network
+    mac = network.WLAN(network.STA_IF).config('mac')
+except Exception:
+    try:
+        import machine
+        mac = machine.unique_id()
+    except Exception:
+        pass
+if mac:
+    r['mac'] = ''.join('%02x' % b for b in mac)
+if host:
+    r['cwd'] = os.getcwd()
+print(json.dumps(r))
+"""
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    port: str
+    platform: str
+    version: str
+    mac: str                 # 12 hex digits
+    mac_source: str          # "wlan" | "unique_id" | "cwd" (unix port: hash of the device folder)
+    config_path: str
+    boot_path: str
+
+
+def identify(session: ReplSession) -> DeviceIdentity:
+    r = session.eval_json(IDENTIFY)
+    mac = r.get("mac")
+    source = "wlan"
+    if not mac:
+        # The unix port has no radio: a stable stand-in from the device folder.
+        mac = hashlib.sha256(str(r.get("cwd", session.port)).encode()).hexdigest()[:12]
+        source = "cwd"
+    return DeviceIdentity(session.port, r["platform"], r["version"], mac.lower(), source,
+                          r["config_path"], r["boot_path"])
+
+
+def merge(existing: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """Existing config with the updates applied; nested tables merged key by key, unknown keys kept."""
+    out = dict(existing)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def masked(doc: dict[str, Any]) -> dict[str, Any]:
+    """The config as it may be shown: every password replaced by ***."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out[key] = masked(value)
+        elif "password" in key.lower() or "secret" in key.lower() or key.lower() in ("key", "psk", "token"):
+            out[key] = MASK
+        else:
+            out[key] = value
+    return out
+
+
+def _secrets_in(doc: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            found += _secrets_in(value)
+        elif isinstance(value, str) and value and masked({key: value})[key] == MASK:
+            found.append(value)
+    return found
+
+
+def with_boot_hook(boot: str | None) -> str | None:
+    """boot.py content that imports workshop_boot, or None when it already does."""
+    if boot is not None and _BOOT_HOOK.search(boot):
+        return None
+    text = boot or ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + BOOT_LINE + "\n"
+
+
+@dataclass
+class ProvisionResult:
+    port: str
+    ok: bool
+    hostname: str | None = None
+    mac: str | None = None
+    config_path: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)   # as written, secrets masked
+    boot_hook: str | None = None          # "added" | "present"
+    reset: bool = False
+    error: str | None = None
+    stage: str = "connect"                # where it stopped: connect, identify, name, config, boot, reset, done
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("port", "ok", "hostname", "mac", "config_path", "config",
+                                                "boot_hook", "reset", "error", "stage", "duration_s")}
+
+
+def write_config(session: ReplSession, ident: DeviceIdentity, updates: dict[str, Any],
+                 replace: bool = False) -> dict[str, Any]:
+    """Merge `updates` into the device config and write it atomically; returns what was written."""
+    existing: dict[str, Any] = {}
+    if not replace and session.exists(ident.config_path):
+        try:
+            old = json.loads(session.get(ident.config_path))
+            if isinstance(old, dict):
+                existing = old
+        except ValueError:
+            existing = {}                      # unreadable: replaced by a good one
+    for s in _secrets_in(existing):
+        session.add_secret(s)
+    doc = merge(existing, updates)
+    data = (json.dumps(doc, separators=(", ", ": ")) + "\n").encode()
+    session.put(ident.config_path, data, atomic=True, verify=True)
+    return doc
+
+
+def ensure_boot_hook(session: ReplSession, ident: DeviceIdentity) -> str:
+    boot = session.get(ident.boot_path).decode("utf-8", "replace") if session.exists(ident.boot_path) else None
+    new = with_boot_hook(boot)
+    if new is None:
+        return "present"
+    session.put(ident.boot_path, new.encode(), atomic=True, verify=True)
+    return "added"
+
+
+def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
+                  on_event: Callable[[ReplEvent], None] | None = None, replace: bool = False,
+                  reset: bool = False, pacing: Pacing = Pacing(), timeout: float = 10.0,
+                  connect_timeout: float = 3.0, baudrate: int = 115200, workers: int | None = None,
+                  session_factory: Callable[..., ReplSession] | None = None) -> list[ProvisionResult]:
+    """Provision every port in parallel; one result per port, in the order given.
+
+    Two phases: identify all boards (so that hostnames can be checked for uniqueness across the
+    run), then write. A board that fails never stops the others.
+    """
+    secrets = config.secrets()
+    results = [ProvisionResult(port=p, ok=False) for p in ports]
+    sessions: list[ReplSession | None] = [None] * len(ports)
+    idents: list[DeviceIdentity | None] = [None] * len(ports)
+    started = time.monotonic()
+    t0 = [started] * len(ports)
+
+    def event(port: str, kind: str, message: str) -> None:
+        if on_event:
+            on_event(ReplEvent(port, kind, mask(message, secrets)))
+
+    def fail(i: int, e: BaseException) -> None:
+        results[i].error = mask(str(e) if isinstance(e, (ReplError, ProvisionError)) else f"{type(e).__name__}: {e}", secrets)
+        results[i].duration_s = round(time.monotonic() - t0[i], 3)
+        event(ports[i], "failed", results[i].error)
+
+    def phase1(i: int) -> None:
+        t0[i] = time.monotonic()
+        make = session_factory or ReplSession
+        try:
+            s = make(ports[i], baudrate=baudrate, timeout=timeout, connect_timeout=connect_timeout,
+                     pacing=pacing, on_event=on_event, secrets=secrets)
+            s.open()
+            sessions[i] = s
+            s.enter_raw()
+            results[i].stage = "identify"
+            idents[i] = identify(s)
+            results[i].mac = idents[i].mac
+            results[i].config_path = idents[i].config_path
+        except Exception as e:  # noqa: BLE001 - one board's failure is its result
+            fail(i, e)
+
+    def phase2(i: int, hostname: str | None) -> None:
+        s, ident = sessions[i], idents[i]
+        assert s is not None and ident is not None
+        r = results[i]
+        try:
+            r.stage = "config"
+            doc = write_config(s, ident, config.updates(hostname), replace=replace)
+            r.config = masked(doc)
+            r.hostname = doc.get("hostname")
+            r.stage = "boot"
+            r.boot_hook = ensure_boot_hook(s, ident)
+            if reset:
+                r.stage = "reset"
+                s.soft_reset()
+                r.reset = True
+            r.stage = "done"
+            r.ok = True
+            r.duration_s = round(time.monotonic() - t0[i], 3)
+            event(ports[i], "provisioned", f"{r.hostname or '(no hostname)'}: {ident.config_path} written and "
+                                           f"verified, boot hook {r.boot_hook}")
+        except Exception as e:  # noqa: BLE001
+            fail(i, e)
+
+    n = max(1, workers or len(ports))
+    try:
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            list(pool.map(phase1, range(len(ports))))
+            names: dict[int, str | None] = {}
+            for i, ident in enumerate(idents):
+                if ident is None:
+                    continue
+                try:
+                    names[i] = (expand_hostname(config.hostname, mac=ident.mac, port=ports[i], index=i + 1)
+                                if config.hostname else None)
+                except ProvisionError as e:
+                    results[i].stage = "name"
+                    fail(i, e)
+            seen: dict[str, int] = {}
+            for i, name in list(names.items()):
+                if name is None:
+                    continue
+                if name in seen:
+                    for j in (seen[name], i):
+                        results[j].stage = "name"
+                        fail(j, ProvisionError(f"hostname {name!r} would be on both {ports[seen[name]]} and "
+                                               f"{ports[i]}: use {{mac6}}, {{mac}} or {{index}} in the pattern"))
+                        names.pop(j, None)
+                else:
+                    seen[name] = i
+            list(pool.map(lambda i: phase2(i, names[i]), list(names)))
+    finally:
+        for s in sessions:
+            if s is not None:
+                s.close()
+    return results
+
+
+def parse_ports(value: str | Iterable[str] | None) -> list[str]:
+    """'a,b c' or a list -> ['a', 'b', 'c']."""
+    if value is None:
+        return []
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    return [p for p in items if p]

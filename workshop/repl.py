@@ -1,0 +1,599 @@
+"""Raw-REPL session over a serial port: interrupt, exec, eval, put/get files, soft reset.
+
+Built for real boards: UARTs that drop input past a burst (~270 bytes on an ESP32), DTR/RTS
+wired to EN/IO0, boards busy in main.py, ports with nothing on them. Every write is paced
+(`Pacing`); raw-paste flow control is used on top where the firmware offers it; every command is
+sent with its own length and byte sum, so a command that lost bytes on the way is refused by the
+device (never half-run) and re-sent more slowly. A port that does not answer raises `ReplTimeout`
+within `connect_timeout`.
+
+Why not mpremote's `SerialTransport`: it blocks forever on a silent port (`serial.read(2)` with
+no timeout), prints to stdout from library code, pastes in fixed 256-byte bursts every 10 ms when
+raw-paste is unavailable (more than a 270-byte UART keeps), and cannot tell a command corrupted in
+transit from one that failed. The wire protocol is the same (Ctrl-A raw REPL, Ctrl-E 'A' Ctrl-A
+raw paste, Ctrl-D soft reset).
+
+Library code never prints: progress goes to `on_event`, results are returned, errors raised.
+Secrets given to the session are masked in every event and error message.
+"""
+
+from __future__ import annotations
+
+import ast
+import binascii
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+SOFT_REBOOT = b"soft reboot"
+FRIENDLY_PROMPT = b">>> "
+_CORRUPT = "WSREPL-CORRUPT"
+MASK = "***"
+
+
+class ReplError(Exception):
+    """Talking to the board failed; the message names the port and what to do."""
+
+    def __init__(self, port: str, message: str) -> None:
+        super().__init__(f"{port}: {message}")
+        self.port = port
+
+
+class ReplTimeout(ReplError):
+    """The board did not answer in time (silent port, wrong port or baud rate, board stuck)."""
+
+
+class TransferError(ReplError):
+    """Bytes were lost on the way to the board, even after slowing down."""
+
+
+class RemoteError(ReplError):
+    """Code run on the board raised; `exc_type`, `exc_message`, `traceback` and `stdout` hold it."""
+
+    def __init__(self, port: str, traceback: str, stdout: str = "") -> None:
+        self.traceback = traceback.strip()
+        last = self.traceback.splitlines()[-1] if self.traceback else "unknown error"
+        self.exc_type, _, self.exc_message = last.partition(": ")
+        self.stdout = stdout
+        super().__init__(port, f"the board raised {last}")
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How fast to write to the board: `chunk` bytes, then at least `delay` seconds' pause.
+
+    The default (96 bytes per 40 ms, ~2.4 KB/s) stays under what an ESP32 UART keeps in a burst;
+    native-USB boards take `Pacing.fast()`. After a lost-bytes retry the session halves the rate.
+    """
+
+    chunk: int = 96
+    delay: float = 0.04
+
+    @classmethod
+    def fast(cls) -> Pacing:
+        return cls(chunk=256, delay=0.0)
+
+    @classmethod
+    def unpaced(cls) -> Pacing:
+        """No pacing at all (for showing what a burst does to a real UART)."""
+        return cls(chunk=1 << 20, delay=0.0)
+
+    def slower(self) -> Pacing:
+        return Pacing(chunk=max(16, min(self.chunk, 192) // 2), delay=max(0.02, self.delay * 2))
+
+
+@dataclass(frozen=True)
+class ReplEvent:
+    port: str
+    kind: str        # "connect", "raw-repl", "interrupt", "soft-reset", "exec", "retry", "put", "get", "close"
+    message: str
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return not self.stderr.strip()
+
+    @property
+    def text(self) -> str:
+        return _text(self.stdout)
+
+    @property
+    def error(self) -> str:
+        return _text(self.stderr)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace").replace("\r\n", "\n")
+
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret replaced by ***."""
+    for s in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(s, MASK)
+    return text
+
+
+def guard(code: str | bytes) -> bytes:
+    """Wrap code so that the board runs it only if every byte arrived.
+
+    The code travels as a bytes literal with its length and byte sum; a literal that lost bytes
+    fails the check (raising a marker the host recognises), a lost byte elsewhere is a
+    SyntaxError before anything runs. Either way nothing half-arrived is executed.
+    """
+    raw = code.encode() if isinstance(code, str) else code
+    return (b"_c=" + repr(raw).encode() + b"\n"
+            b"if len(_c)!=%d or sum(_c)!=%d:raise OSError('%s')\n"
+            b"exec(_c)\n" % (len(raw), sum(raw), _CORRUPT.encode()))
+
+
+class ReplSession:
+    """One serial port, one raw-REPL session. Use as a context manager.
+
+    `port` is a device path (or any pyserial URL). `timeout` bounds each command, `connect_timeout`
+    bounds getting a raw REPL at all (a silent port fails that fast, with `ReplTimeout`).
+    """
+
+    def __init__(self, port: str, *, baudrate: int = 115200, timeout: float = 10.0,
+                 connect_timeout: float = 3.0, pacing: Pacing = Pacing(), raw_paste: bool = True,
+                 retries: int = 3, on_event: Callable[[ReplEvent], None] | None = None,
+                 secrets: Iterable[str] = (), serial_factory: Callable[..., Any] | None = None) -> None:
+        self.port = port
+        self.baudrate = baudrate
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.pacing = pacing
+        self.use_raw_paste = raw_paste
+        self.retries = retries
+        self._on_event = on_event
+        self._secrets: set[str] = {s for s in secrets if s}
+        self._serial_factory = serial_factory
+        self._ser: Any = None
+        self._buf = bytearray()
+        self.in_raw = False
+        self.raw_paste_window: int | None = None   # set once raw-paste was negotiated
+        self.stats = {"written": 0, "retries": 0, "raw_paste": None if raw_paste else False}
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def add_secret(self, secret: str | None) -> None:
+        if secret:
+            self._secrets.add(secret)
+
+    def _mask(self, text: str) -> str:
+        return mask(text, self._secrets)
+
+    def _event(self, kind: str, message: str) -> None:
+        if self._on_event:
+            self._on_event(ReplEvent(self.port, kind, self._mask(message)))
+
+    def _error(self, cls: type[ReplError], message: str) -> ReplError:
+        return cls(self.port, self._mask(message))
+
+    def open(self) -> ReplSession:
+        if self._ser is not None:
+            return self
+        try:
+            if self._serial_factory:
+                ser = self._serial_factory(self.port)
+            else:
+                ser = serial.serial_for_url(self.port, do_not_open=True, baudrate=self.baudrate,
+                                            timeout=0.05, write_timeout=self.connect_timeout)
+                # ESP boards wire DTR/RTS to IO0/EN: both low before open = no reset, no bootloader
+                # (pyserial would otherwise raise DTR then RTS one after the other on open).
+                ser.dtr = False
+                ser.rts = False
+                ser.open()
+        except (serial.SerialException, OSError) as e:
+            raise self._error(ReplError, f"cannot open: {e}") from None
+        self._ser = ser
+        self._buf.clear()
+        self._event("connect", f"opened at {self.baudrate} baud")
+        return self
+
+    def close(self) -> None:
+        if self._ser is None:
+            return
+        try:
+            if self.in_raw:
+                self._ser.write(b"\r\x02")       # back to the friendly REPL for the next user
+                self._ser.flush()
+        except Exception:  # noqa: BLE001 - closing must not fail on a dead port
+            pass
+        try:
+            self._ser.close()
+        finally:
+            self._ser = None
+            self.in_raw = False
+            self._event("close", "closed")
+
+    def __enter__(self) -> ReplSession:
+        self.open()
+        try:
+            self.enter_raw()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_open(self) -> Any:
+        if self._ser is None:
+            raise self._error(ReplError, "session is not open")
+        return self._ser
+
+    def _write(self, data: bytes) -> None:
+        ser = self._require_open()
+        try:
+            ser.write(data)
+            ser.flush()
+        except (serial.SerialException, OSError) as e:
+            raise self._error(ReplError, f"write failed: {e}") from None
+        self.stats["written"] += len(data)
+
+    def _fill(self, wait: float) -> bool:
+        """Read what is there (waiting up to ~wait s for the first byte); True if anything came."""
+        ser = self._require_open()
+        try:
+            n = ser.in_waiting
+            data = ser.read(n) if n else ser.read(1)
+            if data and not n:
+                more = ser.in_waiting
+                if more:
+                    data += ser.read(more)
+        except (serial.SerialException, OSError) as e:
+            raise self._error(ReplError, f"read failed: {e}") from None
+        if data:
+            self._buf += data
+            return True
+        if wait > 0.05:
+            time.sleep(0)  # the serial timeout already waited
+        return False
+
+    def _discard_input(self, quiet: float = 0.05, limit: float = 1.0) -> None:
+        """Drop pending input until the line is quiet for `quiet` s (at most `limit` s)."""
+        self._buf.clear()
+        end = time.monotonic() + limit
+        last = time.monotonic()
+        while time.monotonic() < end:
+            if self._fill(0.05):
+                self._buf.clear()
+                last = time.monotonic()
+            elif time.monotonic() - last >= quiet:
+                break
+        self._buf.clear()
+
+    def _read_until(self, markers: bytes | tuple[bytes, ...], timeout: float, what: str) -> bytes:
+        """Bytes up to and including the first marker; the rest stays buffered."""
+        if isinstance(markers, bytes):
+            markers = (markers,)
+        deadline = time.monotonic() + timeout
+        while True:
+            hits = [(i, m) for m in markers if (i := self._buf.find(m)) >= 0]
+            if hits:
+                i, m = min(hits)
+                end = i + len(m)
+                data = bytes(self._buf[:end])
+                del self._buf[:end]
+                return data
+            if time.monotonic() >= deadline:
+                raise self._error(ReplTimeout, f"no {what} within {timeout:g} s")
+            self._fill(deadline - time.monotonic())
+
+    def _read_exact(self, n: int, timeout: float, what: str) -> bytes:
+        deadline = time.monotonic() + timeout
+        while len(self._buf) < n:
+            if time.monotonic() >= deadline:
+                raise self._error(ReplTimeout, f"no {what} within {timeout:g} s")
+            self._fill(deadline - time.monotonic())
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    # --- REPL modes ---------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Ctrl-C twice (a main.py may catch the first KeyboardInterrupt)."""
+        self._write(b"\r\x03")
+        time.sleep(0.05)
+        self._write(b"\x03")
+        self._event("interrupt", "sent Ctrl-C")
+
+    def enter_raw(self, interrupt: bool = True, timeout: float | None = None) -> None:
+        """Get to the raw-REPL prompt: interrupt what runs, Ctrl-A, wait for the banner.
+
+        Re-tries the interrupt a few times within `timeout` (default `connect_timeout`): a busy
+        main.py may be printing or catching the first Ctrl-C.
+        """
+        timeout = self.connect_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            if interrupt:
+                self.interrupt()
+            self._discard_input(quiet=0.05, limit=0.5)
+            self._write(b"\r\x01")
+            left = deadline - time.monotonic()
+            try:
+                self._read_until(RAW_BANNER, max(0.2, min(left, 1.0 + 0.5 * attempt)), "raw REPL banner")
+                self._read_until(b">", max(0.2, deadline - time.monotonic()), "raw REPL prompt")
+            except ReplTimeout:
+                if time.monotonic() >= deadline:
+                    raise self._error(ReplTimeout, f"no raw REPL after Ctrl-C/Ctrl-A within {timeout:g} s "
+                                      "(not a MicroPython REPL? check the port, the baud rate, that the board "
+                                      "is not in its bootloader, and that no other program holds the port)") from None
+                continue
+            self._buf.clear()
+            self.in_raw = True
+            self._event("raw-repl", "in raw REPL" + (f" after {attempt} tries" if attempt > 1 else ""))
+            return
+
+    def exit_raw(self) -> None:
+        self._write(b"\r\x02")
+        self.in_raw = False
+
+    def soft_reset(self, timeout: float | None = None) -> str:
+        """Ctrl-D in the raw REPL: the board restarts its VM, runs boot.py, and we are back in raw REPL.
+
+        Returns what the board printed while restarting (boot.py output and the like).
+        On a board that comes back to the friendly REPL and runs main.py (or a unix peer that
+        restarts its process), the restart output is collected and main.py interrupted.
+        """
+        timeout = self.timeout if timeout is None else timeout
+        if not self.in_raw:
+            self.enter_raw()
+        self._write(b"\x04")
+        self.in_raw = False
+        self._event("soft-reset", "soft reset")
+        deadline = time.monotonic() + timeout
+        # Collect output until the board settles: either it is back in raw REPL by itself
+        # (real boards stay in raw mode) or it prints a friendly prompt / runs main.py.
+        out = bytearray()
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            if self._fill(0.05):
+                out += self._buf
+                self._buf.clear()
+                quiet_since = time.monotonic()
+                if out.endswith(RAW_BANNER + b">"):
+                    self.in_raw = True
+                    break
+                if out.endswith(FRIENDLY_PROMPT):
+                    break
+            elif out and time.monotonic() - quiet_since > 0.5:
+                break                             # booted and busy (main.py) or idle: interrupt it
+        if not self.in_raw:
+            self.enter_raw(timeout=max(self.connect_timeout, deadline - time.monotonic()))
+        text = _text(bytes(out))
+        for marker in ("OK", "MPY: soft reboot", "soft reboot"):
+            text = text.replace(marker, "", 1) if text.lstrip().startswith(marker) else text
+        return text.split("raw REPL; CTRL-B to exit")[0].strip()
+
+    # --- exec ---------------------------------------------------------------------------------
+
+    def exec_raw(self, code: bytes, timeout: float | None = None) -> ExecResult:
+        """Send code as is (no integrity guard) and return its stdout and stderr."""
+        timeout = self.timeout if timeout is None else timeout
+        if not self.in_raw:
+            self.enter_raw()
+        if self.use_raw_paste and self.stats["raw_paste"] is not False:
+            self._write(b"\x05A\x01")
+            resp = self._read_exact(2, timeout, "answer to the raw-paste request")
+            if resp == b"R\x01":
+                self.stats["raw_paste"] = True
+                self._raw_paste_write(code, timeout)
+                return self._follow(timeout)
+            if resp == b"R\x00":
+                self.stats["raw_paste"] = False       # firmware has raw paste switched off
+            else:
+                # Old firmware: it took \x05A as input and Ctrl-A reset the raw REPL.
+                self._read_until(RAW_BANNER + b">", timeout, "raw REPL after the raw-paste request")
+                self.stats["raw_paste"] = False
+            self._event("exec", "no raw-paste on this firmware: paced writes")
+        self._paced_write(code)
+        if self.pacing.delay:
+            time.sleep(self.pacing.delay)
+        self._write(b"\x04")
+        try:
+            # The board answers OK at once, before running anything.
+            ok = self._read_exact(2, min(timeout, 1.5), "OK after the command")
+        except ReplTimeout:
+            # No OK: the Ctrl-D itself was lost in a dropped burst. Send it again, after a pause
+            # that lets the UART drain (what arrived is guarded: a damaged command will not run).
+            time.sleep(0.2)
+            self._write(b"\x04")
+            ok = self._read_exact(2, timeout, "OK after the command")
+        if ok != b"OK":
+            raise self._error(ReplError, f"board did not accept the command (answered {ok!r})")
+        return self._follow(timeout)
+
+    def _paced_write(self, data: bytes) -> None:
+        p = self.pacing
+        for i in range(0, len(data), p.chunk):
+            self._write(data[i:i + p.chunk])
+            if p.delay and i + p.chunk < len(data):
+                time.sleep(p.delay)
+
+    def _raw_paste_write(self, data: bytes, timeout: float) -> None:
+        header = self._read_exact(2, timeout, "raw-paste window size")
+        window = int.from_bytes(header, "little")
+        self.raw_paste_window = window
+        remain = window
+        p = self.pacing
+        i = 0
+        last_write = 0.0
+        while i < len(data):
+            # Take window grants (and an abort) as they come; wait when the window is used up.
+            stall_deadline = time.monotonic() + min(timeout, 2.0)
+            while remain == 0 or self._buf or self._ser.in_waiting:
+                if not self._buf:
+                    self._fill(0.05)
+                if self._buf:
+                    b = self._buf[:1]
+                    del self._buf[:1]
+                    if b == b"\x01":
+                        remain += window
+                    elif b == b"\x04":
+                        self._write(b"\x04")      # board ended the paste early: acknowledge
+                        raise self._error(TransferError, "board ended raw paste early")
+                    else:
+                        raise self._error(ReplError, f"unexpected {bytes(b)!r} from the board during raw paste")
+                elif remain == 0 and time.monotonic() > stall_deadline:
+                    raise _PasteStall()
+            n = min(remain, p.chunk, len(data) - i)
+            if p.delay:
+                wait = last_write + p.delay - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            self._write(data[i:i + n])
+            last_write = time.monotonic()
+            remain -= n
+            i += n
+        self._write(b"\x04")
+        self._read_until(b"\x04", timeout, "end of raw paste")
+
+    def _follow(self, timeout: float) -> ExecResult:
+        out = self._read_until(b"\x04", timeout, "end of the command's output")[:-1]
+        err = self._read_until(b"\x04", timeout, "end of the command's error output")[:-1]
+        self._read_until(b">", timeout, "raw REPL prompt after the command")
+        return ExecResult(out, err)
+
+    def _recover_after_stall(self) -> None:
+        """A raw paste stalled (bytes lost, the board waits for the rest): end it, get a prompt."""
+        self._write(b"\x04")
+        try:
+            self._read_until(b"\x04", 2.0, "end of the stalled paste")
+            self._follow(2.0)
+        except ReplTimeout:
+            self.enter_raw()
+
+    def exec(self, code: str | bytes, timeout: float | None = None) -> ExecResult:
+        """Run code on the board (integrity-guarded; re-sent more slowly if bytes were lost).
+
+        Returns stdout and stderr; a traceback on the board is in `stderr`, not raised.
+        """
+        wrapped = guard(code)
+        pacing0 = self.pacing
+        for attempt in range(self.retries + 1):
+            try:
+                result = self.exec_raw(wrapped, timeout)
+            except _PasteStall:
+                self._recover_after_stall()
+                result = None
+            if result is not None and not _corrupted(result):
+                return result
+            if attempt == self.retries:
+                break
+            self.stats["retries"] += 1
+            self.pacing = self.pacing.slower()
+            self._event("retry", f"bytes lost on the way to the board: re-sending at {self.pacing.chunk} bytes "
+                                 f"per {self.pacing.delay * 1000:.0f} ms")
+        self.pacing = pacing0
+        raise self._error(TransferError, f"bytes lost on the way to the board {self.retries + 1} times, "
+                          "even at the slowest pace (bad cable or USB hub? try a lower --baud)")
+
+    def run(self, code: str | bytes, timeout: float | None = None) -> str:
+        """Run code; return its stdout as text; raise RemoteError if it raised."""
+        result = self.exec(code, timeout)
+        if not result.ok:
+            raise RemoteError(self.port, self._mask(result.error), self._mask(result.text))
+        return result.text
+
+    def eval(self, expression: str, timeout: float | None = None) -> Any:
+        """Evaluate a Python literal-valued expression on the board."""
+        text = self.run(f"print(repr({expression}))", timeout)
+        try:
+            return ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise self._error(ReplError, f"not a literal: {text.strip()[:80]!r}") from None
+
+    def eval_json(self, code: str, timeout: float | None = None) -> Any:
+        """Run code that prints one JSON document as its last line; return it parsed."""
+        text = self.run(code, timeout)
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if not lines:
+            raise self._error(ReplError, "the board printed no result")
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            raise self._error(ReplError, f"unreadable result from the board: {lines[-1][:80]!r}") from None
+
+    # --- files --------------------------------------------------------------------------------
+
+    def get(self, path: str, timeout: float | None = None) -> bytes:
+        """Read a file from the board (hex on the wire)."""
+        code = (f"import binascii\nwith open({path!r},'rb') as f:\n"
+                " while 1:\n  b=f.read(256)\n  if not b:break\n  print(binascii.hexlify(b).decode())\n")
+        text = self.run(code, timeout)
+        self._event("get", f"read {path}")
+        return bytes.fromhex("".join(text.split()))
+
+    def exists(self, path: str) -> bool:
+        return self.run(f"import os\ntry:\n os.stat({path!r});print(1)\nexcept OSError:print(0)\n").strip() == "1"
+
+    def remove(self, path: str) -> None:
+        self.run(f"import os\ntry:\n os.remove({path!r})\nexcept OSError:pass\n")
+
+    def put(self, path: str, data: bytes, *, atomic: bool = True, verify: bool = True,
+            block: int = 512, timeout: float | None = None) -> None:
+        """Write `data` to `path` on the board.
+
+        atomic: written to `path + '.tmp'`, then renamed over `path` (readers never see half a
+        file). verify: read back and compared. Each block is guarded like every command, so a
+        block that lost bytes is re-sent, never written short.
+        """
+        target = path + ".tmp" if atomic else path
+        self.run(f"_f=open({target!r},'wb')\n", timeout)
+        try:
+            for i in range(0, len(data), block):
+                chunk = data[i:i + block]
+                literal = repr(chunk)
+                b64 = binascii.b2a_base64(chunk, newline=False).decode()
+                if len(b64) + 24 < len(literal):
+                    self.run(f"from binascii import a2b_base64\n_f.write(a2b_base64('{b64}'))\n", timeout)
+                else:
+                    self.run(f"_f.write({literal})\n", timeout)
+            self.run("_f.close()\ndel _f\n", timeout)
+        except BaseException:
+            try:
+                self.run("try:\n _f.close()\nexcept Exception:pass\n", 2.0)
+                self.remove(target)
+            except ReplError:
+                pass
+            raise
+        if atomic:
+            # os.rename over an existing file is not atomic everywhere (FAT): remove first there.
+            self.run(f"import os\ntry:\n os.rename({target!r},{path!r})\n"
+                     f"except OSError:\n os.remove({path!r})\n os.rename({target!r},{path!r})\n", timeout)
+        if verify:
+            back = self.get(path, timeout)
+            if back != data:
+                raise self._error(TransferError, f"{path}: read back {len(back)} bytes that differ from the "
+                                  f"{len(data)} written")
+        self._event("put", f"wrote {path} ({len(data)} bytes{', verified' if verify else ''})")
+
+
+class _PasteStall(Exception):
+    """Internal: the board stopped granting raw-paste windows (it is missing bytes)."""
+
+
+def _corrupted(result: ExecResult) -> bool:
+    err = result.error
+    if _CORRUPT in err:
+        return True
+    # Our guarded wrapper is always valid Python: a SyntaxError at the top level (<stdin>)
+    # means bytes went missing on the way. Errors inside the sent code say '<string>'.
+    return "SyntaxError" in err and '"<stdin>"' in err and '"<string>"' not in err
+

@@ -1,0 +1,609 @@
+"""Prove each board works: checks over the raw REPL -> structured results -> table, JSON, JUnit XML.
+
+Per device (in parallel): the firmware is the expected one (MicroPython version, port/chip,
+build name); every stack module imports and is frozen (a file on the device filesystem that
+shadows a frozen module fails the check); free heap after importing the stack is at least the
+board's threshold; flash size; the workshop config is present and parseable. With `network`:
+Wi-Fi connects with the provisioned config, an MQTT round trip through a broker, an HTTP GET.
+
+What to expect comes from an `Expected`: built from dist/<BOARD>/build.json, from a release's
+index.json, or from the board file alone. The stack's module list comes from manifest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PROJECT_ROOT, Board
+from .repl import Pacing, ReplError, ReplEvent, ReplSession
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+# Stack modules that start things when imported: checked only if boot.py already imported them.
+RUNS_ON_IMPORT = ("workshop_boot",)
+FLASH_UNITS = {"KB": 1 << 10, "MB": 1 << 20}
+
+
+class SmokeError(ValueError):
+    """The expectation could not be built (missing build.json, unknown board in an index...)."""
+
+
+# --- what to expect -----------------------------------------------------------------------------
+
+
+def module_name(frozen_path: str) -> str:
+    """'umqtt/simple.py' -> 'umqtt.simple'; 'umqtt/__init__.py' -> 'umqtt'."""
+    name = re.sub(r"\.(py|mpy)$", "", frozen_path).replace("/", ".")
+    return name[: -len(".__init__")] if name.endswith(".__init__") else name
+
+
+def manifest_modules(manifest: Path = PROJECT_ROOT / "manifest.py") -> tuple[str, ...]:
+    """The frozen paths our manifest.py adds ('umqtt/simple.py', 'wifi.py', ...), in its order.
+
+    Evaluates the manifest with `module()`/`package()` stand-ins (MicroPython's manifestfile
+    semantics for those two); anything else in it is ignored.
+    """
+    base = manifest.parent
+    found: list[str] = []
+
+    def module(path: str, base_path: str = ".", opt: Any = None) -> None:
+        found.append(Path(path).as_posix())
+
+    def package(name: str, files: Any = None, base_path: str = ".", opt: Any = None) -> None:
+        root = base / base_path
+        for f in sorted((root / name).rglob("*.py")):
+            rel = f.relative_to(root).as_posix()
+            if files is None or rel.split("/", 1)[-1] in files:
+                found.append(rel)
+
+    def ignore(*a: Any, **k: Any) -> None:
+        return None
+
+    env = {"module": module, "package": package, "require": ignore, "include": ignore, "freeze": ignore,
+           "metadata": ignore, "options": type("O", (), {"__getattr__": lambda s, k: None})()}
+    try:
+        exec(compile(manifest.read_text(), str(manifest), "exec"), env)
+    except OSError as e:
+        raise SmokeError(f"{manifest}: cannot read the manifest: {e.strerror}") from None
+    return tuple(dict.fromkeys(found))
+
+
+def stack_module_names(frozen: Sequence[str]) -> tuple[str, ...]:
+    """Importable names for the stack's frozen paths, packages' __init__ folded in."""
+    names = [module_name(p) for p in frozen]
+    return tuple(n for n in dict.fromkeys(names))
+
+
+def _version(v: str | None) -> str | None:
+    if not v:
+        return None
+    m = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", v)
+    return f"{m.group(1)}.{m.group(2)}.{m.group(3) or 0}" if m else v
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a device should run. None means: not checked."""
+
+    source: str                                   # "dist/ESP32_GENERIC/build.json", "release/1.0/index.json", ...
+    board: str | None = None
+    chip: str | None = None                       # esptool chip name or "host"
+    chip_name: str | None = None                  # "ESP32-S3"
+    build_name: str | None = None                 # sys.implementation._build: "ESP32_GENERIC", "standard"
+    micropython_version: str | None = None        # "1.28.0"
+    frozen_modules: tuple[str, ...] = ()          # every frozen path in the image (when known)
+    stack_modules: tuple[str, ...] = ()           # module names the smoke imports
+    min_free_heap: int | None = None
+    flash_size: str | None = None                 # "4MB"
+
+    @classmethod
+    def for_board(cls, board: Board, *, manifest: Path = PROJECT_ROOT / "manifest.py", **changes: Any) -> Expected:
+        build = board.mp_board or board.variant
+        if board.mp_board and board.variant:
+            build = f"{board.mp_board}-{board.variant}"
+        values: dict[str, Any] = dict(
+            source=f"boards/{board.name}.toml", board=board.name, chip=board.chip, chip_name=board.chip_name,
+            build_name=build, stack_modules=stack_module_names(manifest_modules(manifest)),
+            min_free_heap=board.min_free_heap, flash_size=board.flash_size)
+        values.update(changes)
+        return cls(**values)
+
+    @classmethod
+    def from_build(cls, board_dir: Path, board: Board | None = None, *,
+                   manifest: Path = PROJECT_ROOT / "manifest.py") -> Expected:
+        """dist/<BOARD>/ (build.json) + boards/<BOARD>.toml thresholds."""
+        from .buildinfo import BuildInfoError, read_build_info
+        from .config import ConfigError, get_board
+
+        try:
+            info = read_build_info(board_dir, verify=False)
+        except BuildInfoError as e:
+            raise SmokeError(str(e)) from None
+        if board is None:
+            try:
+                board = get_board(info.board)
+            except ConfigError as e:
+                raise SmokeError(str(e)) from None
+        stack = _stack_in_image(manifest_modules(manifest), info.frozen_modules)
+        return cls.for_board(board, manifest=manifest, source=str(board_dir / "build.json"),
+                             micropython_version=_version(info.micropython_version), chip=info.chip,
+                             chip_name=info.chip_name, frozen_modules=tuple(info.frozen_modules),
+                             stack_modules=stack, flash_size=info.flash_size or board.flash_size)
+
+    @classmethod
+    def from_release_index(cls, index: Path, board_name: str, *,
+                           manifest: Path = PROJECT_ROOT / "manifest.py") -> Expected:
+        """release/<V>/index.json: {"boards": {NAME: {...}}} or {"boards": [{"board": NAME, ...}]}."""
+        from .config import ConfigError, get_board
+
+        try:
+            data = json.loads(index.read_text())
+        except (OSError, ValueError) as e:
+            raise SmokeError(f"{index}: cannot read the release index: {e}") from None
+        boards = data.get("boards", data)
+        entry = boards.get(board_name) if isinstance(boards, dict) else next(
+            (b for b in boards if isinstance(b, dict) and (b.get("board") or b.get("name")) == board_name), None)
+        if not isinstance(entry, dict):
+            raise SmokeError(f"{index}: no board {board_name!r} in this release")
+        try:
+            board = get_board(board_name)
+        except ConfigError as e:
+            raise SmokeError(str(e)) from None
+        frozen = tuple(entry.get("frozen_modules") or ())
+        version = entry.get("micropython_version") or data.get("micropython_version")
+        return cls.for_board(board, manifest=manifest, source=str(index),
+                             micropython_version=_version(version),
+                             chip=entry.get("chip", board.chip), chip_name=entry.get("chip_name", board.chip_name),
+                             frozen_modules=frozen,
+                             stack_modules=_stack_in_image(manifest_modules(manifest), frozen) if frozen else
+                             stack_module_names(manifest_modules(manifest)),
+                             flash_size=entry.get("flash_size", board.flash_size))
+
+
+def _stack_in_image(stack_paths: Sequence[str], image: Sequence[str]) -> tuple[str, ...]:
+    """Stack modules to check: the manifest's own (all of them: one missing from the image is a
+    failure the device check reports, not something to leave out)."""
+    return stack_module_names(stack_paths)
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str            # "firmware", "module umqtt.simple", "heap", "flash", "config", "wifi", "mqtt", "http"
+    status: str          # pass | fail | skip
+    detail: str
+    duration_s: float = 0.0
+
+    @property
+    def group(self) -> str:
+        return self.name.split(" ", 1)[0]
+
+
+@dataclass
+class DeviceReport:
+    port: str
+    checks: list[Check] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0
+    expected: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.status != FAIL for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == FAIL]
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"port": self.port, "ok": self.ok, "duration_s": self.duration_s, "expected": self.expected,
+                "facts": self.facts, "checks": [asdict(c) for c in self.checks]}
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    mqtt_host: str | None = None       # default: the device config's mqtt.broker
+    mqtt_port: int | None = None
+    http_url: str | None = "http://micropython.org/ks/test.html"
+    wifi_timeout: float = 20.0
+
+
+# --- on the device ------------------------------------------------------------------------------
+
+DEVICE_CHECK = """
+import sys, os, gc, json
+A = json.loads(%(args)r)
+R = {'platform': sys.platform, 'version': '%%d.%%d.%%d' %% sys.implementation.version[:3],
+     'build': getattr(sys.implementation, '_build', None)}
+try:
+    u = os.uname()
+    R['machine'] = u.machine
+    R['release'] = u.version
+except Exception:
+    pass
+host = sys.platform in ('linux', 'darwin')
+def isfile(f):
+    try:
+        return os.stat(f)[0] & 0x8000 != 0
+    except OSError:
+        return False
+M = {}
+for n in A['mods']:
+    if n in A['lazy'] and n not in sys.modules:
+        M[n] = ['lazy', None]
+        continue
+    try:
+        __import__(n)
+        f = getattr(sys.modules[n], '__file__', None)
+        if f is None:
+            k = 'builtin'
+        elif f.startswith('.frozen/') or not isfile(f):
+            k = 'frozen'
+        else:
+            k = 'file'
+        M[n] = [k, f]
+    except BaseException as e:
+        M[n] = ['error', '%%s: %%s' %% (type(e).__name__, e)]
+R['modules'] = M
+sh = {}
+for n in A['lazy']:
+    if M.get(n, [''])[0] == 'lazy':
+        p = n.replace('.', '/')
+        for d in sys.path:
+            if d == '.frozen':
+                break
+            for ext in ('.py', '.mpy', '/__init__.py'):
+                f = (d + '/' if d else '') + p + ext
+                if isfile(f):
+                    sh[n] = f
+R['lazy_shadow'] = sh
+gc.collect()
+R['free'] = gc.mem_free()
+R['alloc'] = gc.mem_alloc()
+R['flash'] = None
+try:
+    import esp
+    R['flash'] = esp.flash_size()
+except Exception:
+    pass
+try:
+    import wsconfig
+    p = wsconfig.path()
+except Exception:
+    p = '/workshop.json'
+if host and p.startswith('/'):
+    p = 'workshop.json'
+C = {'path': p}
+try:
+    with open(p) as fh:
+        cfg = json.load(fh)
+    if isinstance(cfg, dict):
+        C['keys'] = sorted(cfg)
+        C['hostname'] = cfg.get('hostname')
+        C['start'] = cfg.get('start')
+        C['mqtt'] = cfg.get('mqtt')
+        C['ssid'] = (cfg.get('wifi') or {}).get('ssid')
+    else:
+        C['error'] = 'not a JSON object'
+except OSError:
+    C['missing'] = True
+except ValueError as e:
+    C['error'] = str(e)
+R['config'] = C
+print(json.dumps(R))
+"""
+
+WIFI_CHECK = """
+import json, time
+A = json.loads(%(args)r)
+R = {}
+try:
+    import network
+except ImportError:
+    network = None
+if network is None:
+    R['skip'] = 'no network module (host port: uses the host network)'
+else:
+    with open(A['path']) as fh:
+        w = json.load(fh).get('wifi') or {}
+    if not w.get('ssid'):
+        R['error'] = 'no wifi.ssid in the config'
+    else:
+        s = network.WLAN(network.STA_IF)
+        s.active(True)
+        if not s.isconnected():
+            s.connect(w['ssid'], w.get('password', ''))
+        t = time.ticks_ms()
+        while not s.isconnected() and time.ticks_diff(time.ticks_ms(), t) < A['timeout_ms']:
+            time.sleep_ms(100)
+        if s.isconnected():
+            R['ip'] = s.ifconfig()[0]
+            R['ms'] = time.ticks_diff(time.ticks_ms(), t)
+        else:
+            R['error'] = 'not connected to %%r after %%d ms (status %%r)' %% (w['ssid'], A['timeout_ms'], s.status())
+print(json.dumps(R))
+"""
+
+MQTT_CHECK = """
+import json, time
+from umqtt.simple import MQTTClient
+A = json.loads(%(args)r)
+got = []
+c = MQTTClient(A['client'], A['host'], port=A['port'], keepalive=30)
+c.set_callback(lambda t, m: got.append((t, m)))
+c.connect()
+try:
+    c.subscribe(A['topic'].encode())
+    t = time.ticks_ms()
+    c.publish(A['topic'].encode(), A['payload'].encode())
+    while not got and time.ticks_diff(time.ticks_ms(), t) < A['timeout_ms']:
+        c.check_msg()
+        time.sleep_ms(20)
+    R = {'ms': time.ticks_diff(time.ticks_ms(), t), 'ok': bool(got) and got[0][1] == A['payload'].encode()}
+finally:
+    c.disconnect()
+print(json.dumps(R))
+"""
+
+HTTP_CHECK = """
+import json
+import urequests
+A = json.loads(%(args)r)
+r = urequests.get(A['url'])
+try:
+    R = {'status': r.status_code, 'bytes': len(r.content)}
+finally:
+    r.close()
+print(json.dumps(R))
+"""
+
+
+def _flash_bytes(size: str | None) -> int | None:
+    if not size:
+        return None
+    m = re.fullmatch(r"(\d+)(KB|MB)", size)
+    return int(m.group(1)) * FLASH_UNITS[m.group(2)] if m else None
+
+
+def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
+    """The device's facts against the expectation: pure, so the rules are testable without a board."""
+    checks: list[Check] = []
+    # firmware
+    problems, seen = [], []
+    version = facts.get("version")
+    seen.append(f"MicroPython {version}")
+    if expected.micropython_version and version != expected.micropython_version:
+        problems.append(f"MicroPython {version}, expected {expected.micropython_version}")
+    platform = facts.get("platform")
+    if expected.chip == "host":
+        if platform not in ("linux", "darwin"):
+            problems.append(f"platform {platform}, expected the unix port")
+    elif expected.chip:
+        family = "esp8266" if expected.chip == "esp8266" else "esp32"
+        if platform != family:
+            problems.append(f"platform {platform}, expected {family}")
+        machine = re.sub(r"[^A-Z0-9]", "", str(facts.get("machine", "")).upper())
+        want = re.sub(r"[^A-Z0-9]", "", (expected.chip_name or expected.chip).upper())
+        if machine and want and want not in machine:
+            problems.append(f"chip {facts.get('machine')!r}, expected {expected.chip_name or expected.chip}")
+    build = facts.get("build")
+    if build:
+        seen.append(f"build {build}")
+    if expected.build_name and build and build != expected.build_name:
+        problems.append(f"build {build}, expected {expected.build_name}")
+    checks.append(Check("firmware", FAIL if problems else PASS, "; ".join(problems) if problems else ", ".join(seen)))
+
+    # stack modules: import and frozen
+    modules = facts.get("modules", {})
+    shadows = facts.get("lazy_shadow", {})
+    frozen_set = {module_name(p) for p in expected.frozen_modules}
+    for name in expected.stack_modules:
+        kind, info = modules.get(name, ["error", "not checked"])
+        check = f"module {name}"
+        if kind == "frozen":
+            checks.append(Check(check, PASS, f"frozen ({info})"))
+        elif kind == "builtin":
+            checks.append(Check(check, PASS, "built into the firmware"))
+        elif kind == "file":
+            checks.append(Check(check, FAIL, f"not frozen: imported from the file {info} on the device "
+                                            f"(a file shadows the frozen module, or the firmware lacks it: delete the file)"))
+        elif kind == "lazy":
+            if name in shadows:
+                checks.append(Check(check, FAIL, f"shadowed by the file {shadows[name]} on the device (delete it)"))
+            elif frozen_set and name not in frozen_set:
+                checks.append(Check(check, FAIL, f"not in the image per {expected.source}"))
+            else:
+                checks.append(Check(check, SKIP, "not imported (it starts services; boot.py has not run it) "
+                                                 "and no file shadows it"))
+        else:
+            checks.append(Check(check, FAIL, f"import failed: {info}"))
+
+    # heap
+    free = facts.get("free")
+    if expected.min_free_heap is None:
+        checks.append(Check("heap", SKIP, f"{free} bytes free (no threshold)"))
+    elif free is None:
+        checks.append(Check("heap", FAIL, "could not read free heap"))
+    else:
+        ok = free >= expected.min_free_heap
+        checks.append(Check("heap", PASS if ok else FAIL,
+                            f"{free} bytes free after importing the stack, "
+                            f"{'≥' if ok else 'below the'} {expected.min_free_heap} required"))
+
+    # flash
+    want = _flash_bytes(expected.flash_size)
+    got = facts.get("flash")
+    if want is None:
+        checks.append(Check("flash", SKIP, "no flash size for this board (host)" if expected.chip == "host"
+                            else "no flash size expected"))
+    elif got is None:
+        checks.append(Check("flash", FAIL, "the firmware does not report its flash size (esp.flash_size())"))
+    else:
+        ok = int(got) == want
+        checks.append(Check("flash", PASS if ok else FAIL,
+                            f"{int(got) >> 20} MB" + ("" if ok else f", expected {expected.flash_size}")))
+
+    # config
+    cfg = facts.get("config", {})
+    if cfg.get("missing"):
+        checks.append(Check("config", FAIL, f"no {cfg.get('path')} (run invoke provision)"))
+    elif cfg.get("error"):
+        checks.append(Check("config", FAIL, f"{cfg.get('path')}: unreadable: {cfg['error']}"))
+    else:
+        checks.append(Check("config", PASS, f"{cfg.get('path')}: hostname {cfg.get('hostname')!r}, "
+                                            f"keys {', '.join(cfg.get('keys', []))}"))
+    return checks
+
+
+def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | None = None,
+                 on_event: Callable[[ReplEvent], None] | None = None, pacing: Pacing = Pacing(),
+                 timeout: float = 10.0, connect_timeout: float = 3.0, baudrate: int = 115200,
+                 session_factory: Callable[..., ReplSession] | None = None) -> DeviceReport:
+    report = DeviceReport(port=port, expected=expected.source)
+    t0 = time.monotonic()
+    make = session_factory or ReplSession
+    session = make(port, baudrate=baudrate, timeout=timeout, connect_timeout=connect_timeout, pacing=pacing,
+                   on_event=on_event)
+    try:
+        try:
+            session.open()
+            session.enter_raw()
+        except ReplError as e:
+            report.checks.append(Check("connect", FAIL, str(e), round(time.monotonic() - t0, 3)))
+            return report
+        report.checks.append(Check("connect", PASS, "raw REPL", round(time.monotonic() - t0, 3)))
+        t = time.monotonic()
+        args = {"mods": list(expected.stack_modules), "lazy": list(RUNS_ON_IMPORT)}
+        try:
+            facts = session.eval_json(DEVICE_CHECK % {"args": json.dumps(args)})
+        except ReplError as e:
+            report.checks.append(Check("device", FAIL, str(e), round(time.monotonic() - t, 3)))
+            return report
+        report.facts = {k: v for k, v in facts.items() if k not in ("modules", "lazy_shadow")}
+        report.checks += evaluate(facts, expected)
+        if network is not None:
+            report.checks += _network_checks(session, facts, network, port)
+        return report
+    finally:
+        session.close()
+        report.duration_s = round(time.monotonic() - t0, 3)
+        if on_event:
+            on_event(ReplEvent(port, "smoked", "all checks passed" if report.ok else
+                               "failed: " + ", ".join(c.name for c in report.failed)))
+
+
+def _run_check(session: ReplSession, name: str, script: str, args: dict[str, Any], timeout: float,
+               judge: Callable[[dict[str, Any]], Check]) -> Check:
+    t = time.monotonic()
+    try:
+        result = session.eval_json(script % {"args": json.dumps(args)}, timeout=timeout)
+        check = judge(result)
+    except ReplError as e:
+        check = Check(name, FAIL, str(e))
+    return Check(check.name, check.status, check.detail, round(time.monotonic() - t, 3))
+
+
+def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOptions, port: str) -> list[Check]:
+    cfg = facts.get("config", {})
+    checks: list[Check] = []
+
+    def wifi(r: dict[str, Any]) -> Check:
+        if "skip" in r:
+            return Check("wifi", SKIP, r["skip"])
+        if "error" in r:
+            return Check("wifi", FAIL, r["error"])
+        return Check("wifi", PASS, f"connected to {cfg.get('ssid')!r} as {r['ip']} in {r['ms']} ms")
+
+    if cfg.get("missing") or cfg.get("error"):
+        checks.append(Check("wifi", FAIL, "no usable config to connect with"))
+    else:
+        checks.append(_run_check(session, "wifi", WIFI_CHECK,
+                                 {"path": cfg["path"], "timeout_ms": int(opts.wifi_timeout * 1000)},
+                                 opts.wifi_timeout + 10, wifi))
+    mqtt_cfg = cfg.get("mqtt") or {}
+    host = opts.mqtt_host or mqtt_cfg.get("broker")
+    if not host:
+        checks.append(Check("mqtt", FAIL, "no broker: pass --mqtt HOST or provision with --mqtt"))
+    else:
+        mport = opts.mqtt_port or int(mqtt_cfg.get("port") or 1883)
+        tag = f"{abs(hash((port, time.time()))) & 0xFFFFFF:06x}"
+        args = {"client": f"smoke-{tag}", "host": host, "port": mport, "topic": f"workshop/smoke/{tag}",
+                "payload": f"ping {tag}", "timeout_ms": 5000}
+
+        def mqtt(r: dict[str, Any]) -> Check:
+            return Check("mqtt", PASS if r.get("ok") else FAIL,
+                         f"round trip through {host}:{mport} in {r.get('ms')} ms" if r.get("ok")
+                         else f"no message back from {host}:{mport} within {r.get('ms')} ms")
+        checks.append(_run_check(session, "mqtt", MQTT_CHECK, args, 15, mqtt))
+    if opts.http_url:
+        def http(r: dict[str, Any]) -> Check:
+            ok = 200 <= int(r.get("status", 0)) < 300
+            return Check("http", PASS if ok else FAIL, f"GET {opts.http_url}: {r.get('status')}, {r.get('bytes')} bytes")
+        checks.append(_run_check(session, "http", HTTP_CHECK, {"url": opts.http_url}, 20, http))
+    return checks
+
+
+def smoke_all(ports: Sequence[str], expected: Expected | Callable[[str], Expected], *,
+              workers: int | None = None, **kwargs: Any) -> list[DeviceReport]:
+    """Smoke every port in parallel; one report per port, in the order given."""
+    def one(port: str) -> DeviceReport:
+        try:
+            exp = expected(port) if callable(expected) else expected
+        except SmokeError as e:
+            return DeviceReport(port, [Check("expected", FAIL, str(e))])
+        return smoke_device(port, exp, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers or len(ports))) as pool:
+        return list(pool.map(one, ports))
+
+
+# --- renderings ---------------------------------------------------------------------------------
+
+
+def to_json(reports: Sequence[DeviceReport]) -> str:
+    return json.dumps({"ok": all(r.ok for r in reports), "devices": [r.to_dict() for r in reports]}, indent=2) + "\n"
+
+
+def to_junit(reports: Sequence[DeviceReport], suite: str = "workshop-smoke") -> str:
+    """JUnit XML: one testsuite per device, one testcase per check (fail -> <failure>, skip -> <skipped>)."""
+    root = ET.Element("testsuites", name=suite)
+    for r in reports:
+        ts = ET.SubElement(root, "testsuite", name=r.port, tests=str(len(r.checks)),
+                           failures=str(len(r.failed)), errors="0",
+                           skipped=str(sum(c.status == SKIP for c in r.checks)), time=f"{r.duration_s:.3f}")
+        for c in r.checks:
+            tc = ET.SubElement(ts, "testcase", classname=f"smoke.{Path(r.port).name}", name=c.name,
+                               time=f"{c.duration_s:.3f}")
+            if c.status == FAIL:
+                ET.SubElement(tc, "failure", message=c.detail).text = c.detail
+            elif c.status == SKIP:
+                ET.SubElement(tc, "skipped", message=c.detail)
+            else:
+                ET.SubElement(tc, "system-out").text = c.detail
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def summary_rows(report: DeviceReport) -> dict[str, str]:
+    """Per check group: 'pass', 'fail' or 'skip' (modules folded into one cell: '11/11')."""
+    row: dict[str, str] = {}
+    mods = [c for c in report.checks if c.group == "module"]
+    if mods:
+        ok = sum(c.status != FAIL for c in mods)
+        row["modules"] = f"{ok}/{len(mods)}"
+    for c in report.checks:
+        if c.group != "module":
+            row[c.name] = c.status
+    return row
