@@ -1,0 +1,71 @@
+# umqtt.robust: umqtt.simple that reconnects on network errors, the micropython-lib API.
+#
+# Beyond micropython-lib's: the delay between attempts doubles from DELAY up to MAX_DELAY
+# seconds; subscriptions are made again when the broker lost the session (a restarted broker);
+# an operation cut by a reconnect is retried whole (a QoS 1 publish is sent again rather than
+# waiting forever for an ack of the old connection).
+import time
+from . import simple
+
+
+class MQTTClient(simple.MQTTClient):
+    DELAY = 2
+    MAX_DELAY = 30
+    DEBUG = False
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.subs = {}  # topic (bytes) -> qos, made again after a reconnect without session
+
+    def delay(self, i):
+        time.sleep(min(self.DELAY * (1 << min(i - 1, 10)), self.MAX_DELAY))
+
+    def log(self, in_reconnect, e):
+        if self.DEBUG:
+            print("mqtt reconnect: %r" % e if in_reconnect else "mqtt: %r" % e)
+
+    def reconnect(self):
+        i = 0
+        while 1:
+            try:
+                present = super().connect(False, self._timeout)
+                if not present:
+                    for t in self.subs:
+                        super().subscribe(t, self.subs[t])
+                return present
+            except OSError as e:
+                self.log(True, e)
+                i += 1
+                self.delay(i)
+
+    def _retry(self, f, *args):
+        while 1:
+            try:
+                return f(self, *args)
+            except OSError as e:
+                self.log(False, e)
+            self.reconnect()
+
+    def publish(self, topic, msg, retain=False, qos=0):
+        return self._retry(simple.MQTTClient.publish, topic, msg, retain, qos)
+
+    def subscribe(self, topic, qos=0):
+        r = self._retry(simple.MQTTClient.subscribe, topic, qos)
+        self.subs[simple._b(topic)] = qos
+        return r
+
+    def unsubscribe(self, topic):
+        self.subs.pop(simple._b(topic), None)
+        return self._retry(simple.MQTTClient.unsubscribe, topic)
+
+    def wait_msg(self):
+        return self._retry(simple.MQTTClient.wait_msg)
+
+    def check_msg(self, attempts=2):
+        while attempts:
+            try:
+                return super().check_msg()
+            except OSError as e:
+                self.log(False, e)
+            self.reconnect()
+            attempts -= 1

