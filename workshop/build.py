@@ -285,7 +285,8 @@ def frozen_modules(frozen_content: Path) -> tuple[str, ...]:
     if start < 0:
         raise BuildError(f"{frozen_content}: no mp_frozen_names table (was FROZEN_MANIFEST applied?)")
     end = text.find("};", start)
-    return tuple(FROZEN_NAMES.findall(text[start:end]))
+    # The table ends with an empty name ("\0"), not a module.
+    return tuple(name for name in FROZEN_NAMES.findall(text[start:end]) if name)
 
 
 def _project_version(root: Path) -> tuple[str, str | None, bool]:

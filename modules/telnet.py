@@ -1,0 +1,340 @@
+# telnet: a password-protected telnet REPL, in the spirit of network.telnet.start().
+#
+#   import telnet
+#   telnet.start(user="micro", password="secret")   # or from /workshop.json "telnet"
+#   telnet.stop()
+#
+# One session at a time. The server offers WILL ECHO + WILL SGA (character mode) and refuses
+# every other option. Login: "login:" then "Password:"; 3 tries per connection, and after
+# 3 failed logins in a row every login is refused for lockout_ms, doubling with each further
+# failure (capped at 64x); a good login resets the count. On a board the logged-in session
+# is attached to the REPL with os.dupterm and runs in the background (socket callbacks).
+# The unix port has no os.dupterm: there the session gets a small line evaluator instead
+# (_Session._shell), and wsconfig.serve() drives the sockets.
+import os
+import socket
+import time
+from micropython import const
+import wsconfig
+
+_IAC = const(255)
+_DONT = const(254)
+_DO = const(253)
+_WONT = const(252)
+_WILL = const(251)
+_SB = const(250)
+_SE = const(240)
+_ECHO = const(1)
+_SGA = const(3)
+_MAX_FAILS = const(3)
+_TRIES = const(3)
+_LOGIN_MS = const(60000)
+_LINE = const(64)
+
+_srv = None
+_cl = None
+_cfg = None
+_fails = 0
+_until = 0
+
+
+def _log(*a):
+    print("telnet:", *a)
+
+
+def _peer(a):
+    if isinstance(a, tuple):
+        return "%s:%d" % a[:2]
+    try:
+        a = socket.sockaddr(a)
+        return "%d.%d.%d.%d:%d" % (a[1][0], a[1][1], a[1][2], a[1][3], a[2])
+    except Exception:
+        return "?"
+
+
+def _eq(a, b):
+    # Compare without an early exit on the first differing byte.
+    r = len(a) ^ len(b)
+    n = len(b)
+    for i in range(len(a)):
+        r |= a[i] ^ (b[i % n] if n else 0)
+    return r == 0
+
+
+def _left_s():
+    return (time.ticks_diff(_until, time.ticks_ms()) + 999) // 1000
+
+
+class _Session:
+    def __init__(self, s, peer):
+        self.s = s
+        self.peer = peer
+        self.state = 0  # 0 user, 1 password, 2 REPL
+        self.line = bytearray()
+        self.user = b""
+        self.tries = 0
+        self.t0 = time.ticks_ms()
+        self.iac = 0  # parser: 0 data, 1 after IAC, 2 option byte of cmd self.cmd, 3 in SB, 4 IAC in SB
+        self.cmd = 0
+        self.cr = False
+        self.nego = 0  # options we turned off on request (bit per option)
+
+    # -- telnet protocol -----------------------------------------------------------------
+    def _filter(self, mv, n):
+        # Strip telnet commands from mv[:n] in place, answer option requests; returns data length.
+        j = 0
+        for i in range(n):
+            c = mv[i]
+            st = self.iac
+            if st == 0:
+                if c == _IAC:
+                    self.iac = 1
+                    continue
+                if self.cr and (c == 0 or c == 10):  # CR NUL / CR LF -> CR
+                    self.cr = False
+                    continue
+                self.cr = c == 13
+                mv[j] = c
+                j += 1
+            elif st == 1:
+                if c == _IAC:
+                    mv[j] = c
+                    j += 1
+                    self.iac = 0
+                elif c == _SB:
+                    self.iac = 3
+                elif _WILL <= c <= _DONT:
+                    self.cmd = c
+                    self.iac = 2
+                else:
+                    self.iac = 0
+            elif st == 2:
+                self.iac = 0
+                self._option(self.cmd, c)
+            elif st == 3:
+                if c == _IAC:
+                    self.iac = 4
+            else:
+                self.iac = 0 if c == _SE else 3
+        return j
+
+    def _option(self, cmd, opt):
+        ours = opt == _ECHO or opt == _SGA
+        if cmd == _WILL and opt != _SGA:
+            self._send(bytes((_IAC, _DONT, opt)))  # we do not want the client to do anything else
+        elif cmd == _DO and not ours:
+            self._send(bytes((_IAC, _WONT, opt)))
+        elif cmd == _DONT and ours and not self.nego & (1 << opt):
+            self.nego |= 1 << opt
+            self._send(bytes((_IAC, _WONT, opt)))
+
+    def _send(self, b):
+        mv = memoryview(b)
+        off = 0
+        tries = 0
+        while off < len(b):
+            try:
+                n = self.s.write(mv[off:])
+            except OSError as e:
+                if e.args[0] != 11:  # EAGAIN
+                    raise
+                n = None
+            if n:
+                off += n
+            else:
+                tries += 1
+                if tries > 200:
+                    return
+                time.sleep_ms(5)
+
+    # -- stream protocol for os.dupterm --------------------------------------------------
+    def readinto(self, buf):
+        try:
+            n = self.s.readinto(buf)
+        except OSError:
+            n = 0
+        if n is None:
+            return None
+        if n == 0:
+            return 0  # EOF: dupterm detaches and calls close()
+        n = self._filter(memoryview(buf), n)
+        return n if n else None
+
+    def write(self, b):
+        if _IAC in b:
+            b = bytes(b).replace(b"\xff", b"\xff\xff")
+        try:
+            self._send(b)
+        except OSError:
+            pass
+        return len(b)
+
+    def close(self):
+        global _cl
+        if _cl is self:
+            _cl = None
+            if self.state == 2 and wsconfig._CB:
+                os.dupterm(None)
+        wsconfig.watch(self.s, None)
+        try:
+            self.s.close()
+        except OSError:
+            pass
+        _log(self.peer, "closed")
+
+    # -- login -----------------------------------------------------------------------------
+    def on_data(self, _):
+        buf = bytearray(_LINE)
+        try:
+            n = self.s.readinto(buf)
+        except OSError:
+            n = 0
+        if n is None:
+            return
+        if not n:
+            self.close()
+            return
+        n = self._filter(memoryview(buf), n)
+        for i in range(n):
+            c = buf[i]
+            if c == 13 or c == 10:
+                if self.state == 2:
+                    self._shell()
+                else:
+                    self._enter()
+                if _cl is not self:
+                    return
+            elif c == 8 or c == 127:
+                if self.line:
+                    self.line = self.line[:-1]
+                    if self.state != 1:
+                        self._send(b"\b \b")
+            elif c == 4 and self.state == 2:
+                self.close()
+                return
+            elif c >= 32 and len(self.line) < _LINE:
+                self.line.append(c)
+                if self.state != 1:
+                    self._send(bytes((c,)))
+
+    def _enter(self):
+        global _fails, _until
+        line = bytes(self.line)
+        self.line = bytearray()
+        if self.state == 0:
+            if line:
+                self.user = line
+                self.state = 1
+                self._send(b"\r\nPassword: ")
+            else:
+                self._send(b"\r\nlogin: ")
+            return
+        if _fails >= _MAX_FAILS and time.ticks_diff(_until, time.ticks_ms()) > 0:
+            self._send(b"\r\nLocked: too many failed logins, try again in %d s\r\n" % _left_s())
+            _log(self.peer, "login refused (locked)")
+            self.close()
+            return
+        if _eq(self.user, _cfg[0]) & _eq(line, _cfg[1]):
+            _fails = 0
+            self.state = 2
+            _log(self.peer, "logged in as", self.user.decode())
+            self._send(b"\r\nLogged in: MicroPython REPL. Close telnet to end the session.\r\n")
+            self._attach()
+            return
+        _fails += 1
+        self.tries += 1
+        _log(self.peer, "login failed (%d in a row)" % _fails)
+        if _fails >= _MAX_FAILS:
+            ms = _cfg[2] << min(_fails - _MAX_FAILS, 6)
+            _until = time.ticks_add(time.ticks_ms(), ms)
+            self._send(b"\r\nLogin incorrect. Locked for %d s\r\n" % _left_s())
+            self.close()
+        elif self.tries >= _TRIES:
+            self._send(b"\r\nLogin incorrect\r\n")
+            self.close()
+        else:
+            self.state = 0
+            self._send(b"\r\nLogin incorrect\r\nlogin: ")
+
+    def _attach(self):
+        if wsconfig._CB:
+            self.s.setblocking(False)
+            wsconfig.watch(self.s, os.dupterm_notify)
+            os.dupterm(self)
+        else:
+            self._send(b">>> ")
+
+    def _shell(self):
+        # Unix stand-in for the dupterm'd REPL: evaluate one line, answer repr or the error.
+        line = bytes(self.line).decode()
+        self.line = bytearray()
+        self._send(b"\r\n")
+        if line.strip():
+            try:
+                try:
+                    r = eval(line, _ns)
+                    if r is not None:
+                        self._send(repr(r).encode() + b"\r\n")
+                except SyntaxError:
+                    exec(line, _ns)
+            except Exception as e:
+                self._send(("%s: %s\r\n" % (type(e).__name__, e)).encode())
+        self._send(b">>> ")
+
+
+_ns = {}
+
+
+def _accept(srv):
+    global _cl
+    try:
+        s, a = srv.accept()
+    except OSError:
+        return
+    peer = _peer(a)
+    _log(peer, "connected")
+    if _fails >= _MAX_FAILS and time.ticks_diff(_until, time.ticks_ms()) > 0:
+        s.write(b"Locked: too many failed logins, try again in %d s\r\n" % _left_s())
+        s.close()
+        _log(peer, "refused (locked)")
+        return
+    if _cl is not None:
+        if _cl.state == 2 or time.ticks_diff(time.ticks_ms(), _cl.t0) < _LOGIN_MS:
+            s.write(b"Busy: another telnet session is open\r\n")
+            s.close()
+            _log(peer, "refused (busy)")
+            return
+        _cl.close()  # a login left hanging for too long gives way
+    _cl = _Session(s, peer)
+    s.setblocking(False)
+    _cl._send(b"\xff\xfb\x01\xff\xfb\x03\xff\xfd\x03MicroPython telnet\r\nlogin: ")
+    wsconfig.watch(s, _cl.on_data)
+
+
+def start(user=None, password=None, port=23, lockout_ms=30000, host="0.0.0.0"):
+    global _srv, _cfg
+    if user is None or password is None:
+        c = wsconfig.load().get("telnet") or {}
+        user = user or c.get("user") or "micro"
+        password = password or c.get("password")
+    if not password:
+        raise ValueError("telnet: a password is required (telnet.start(password=...) or /workshop.json)")
+    stop()
+    _cfg = (user.encode(), password.encode(), lockout_ms)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(socket.getaddrinfo(host, port)[0][-1])
+    s.listen(1)
+    _srv = s
+    wsconfig.watch(s, _accept)
+    _log("listening on port", port)
+
+
+def stop():
+    global _srv
+    if _cl:
+        _cl.close()
+    if _srv:
+        wsconfig.watch(_srv, None)
+        _srv.close()
+        _srv = None

@@ -1,0 +1,455 @@
+# webserver: a small asyncio HTTP/1.1 server for MicroPython (ESP8266, ESP32, unix).
+#
+#   from webserver import App, redirect
+#   app = App()
+#   @app.route("/led/<name>", methods=("GET", "POST"))
+#   def led(req, name):
+#       return {"led": name, "on": req.args.get("on")}   # dict/list -> JSON
+#   app.static("/s", "/www")                              # files from the filesystem
+#   app.run(port=80)                                      # or: await app.start(port=80)
+#
+# Handlers get a Request (method, path, args, headers, body, form, json()) plus the path
+# parameters, may be async, and return a Response, str/bytes (HTML), dict/list (JSON), None
+# (204) or a tuple (body, status[, headers]). Raise HTTPError(status) to answer an error.
+# Limits: request line and each header line <= max_line bytes (414/431), head <= max_head
+# bytes and 24 headers (431), body <= max_body (413); a request must arrive within timeout_ms
+# (408) and an idle keep-alive connection is closed after idle_ms, so slow clients cannot hold
+# the server; more than max_clients connections at once get 503.
+import asyncio
+import json
+import os
+import sys
+import time
+from micropython import const
+
+_MAX_HEADERS = const(24)
+_IDLE = const(0)
+_READ = const(1)
+_WRITE = const(2)
+_HANDLE = const(3)
+
+_REASON = {
+    200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently", 302: "Found",
+    303: "See Other", 307: "Temporary Redirect", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+_TYPES = {
+    "html": "text/html; charset=utf-8", "htm": "text/html; charset=utf-8", "css": "text/css",
+    "js": "application/javascript", "json": "application/json", "txt": "text/plain",
+    "png": "image/png", "jpg": "image/jpeg", "gif": "image/gif", "svg": "image/svg+xml",
+    "ico": "image/x-icon",
+}
+HTML = "text/html; charset=utf-8"
+
+
+class HTTPError(Exception):
+    def __init__(self, status, headers=None):
+        self.status = status
+        self.headers = headers
+
+
+class Response:
+    def __init__(self, body=b"", status=200, headers=None, ctype=HTML, file=None):
+        self.body = body
+        self.status = status
+        self.headers = headers
+        self.ctype = ctype
+        self.file = file
+
+
+def redirect(url, status=302):
+    return Response(b"", status, {"Location": url})
+
+
+def send_file(path, ctype=None):
+    if ctype is None:
+        ctype = _TYPES.get(path.rpartition(".")[2].lower(), "application/octet-stream")
+    return Response(None, 200, None, ctype, path)
+
+
+def unquote(b):
+    # URL-decode bytes (%XX and +) to str; ValueError on invalid UTF-8.
+    if b"%" not in b and b"+" not in b:
+        return b.decode()
+    parts = b.replace(b"+", b" ").split(b"%")
+    out = bytearray(parts[0])
+    for p in parts[1:]:
+        try:
+            if len(p) < 2 or p[0] in b"+-_ " or p[1] in b"+-_ ":
+                raise ValueError
+            out.append(int(p[:2], 16))
+            out.extend(memoryview(p)[2:])
+        except ValueError:
+            out.append(37)
+            out.extend(p)
+    return out.decode()
+
+
+def parse_qs(b):
+    # b"a=1&b=x+y" -> {"a": "1", "b": "x y"}; a repeated key keeps its last value.
+    d = {}
+    if b:
+        for kv in b.split(b"&"):
+            if kv:
+                k, _, v = kv.partition(b"=")
+                d[unquote(k)] = unquote(v)
+    return d
+
+
+class Request:
+    def __init__(self, method, path, qs, version, headers, addr):
+        self.method = method
+        self.path = path
+        self.qs = qs
+        self.args = parse_qs(qs)
+        self.version = version
+        self.headers = headers
+        self.addr = addr
+        self.body = b""
+        self._form = None
+
+    @property
+    def form(self):
+        if self._form is None:
+            ct = self.headers.get("content-type", "")
+            try:
+                self._form = parse_qs(self.body) if ct.startswith("application/x-www-form-urlencoded") else {}
+            except ValueError:
+                raise HTTPError(400)
+        return self._form
+
+    def json(self):
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise HTTPError(400)
+
+
+class _Reader:
+    # Reads lines from a stream into one fixed buffer: a line longer than it is refused.
+    def __init__(self, s, size):
+        self.s = s
+        self.buf = bytearray(size)
+        self.mv = memoryview(self.buf)
+        self.a = 0
+        self.b = 0
+
+    def pending(self):
+        return self.b > self.a
+
+    async def _fill(self):
+        if self.a == self.b:
+            self.a = self.b = 0
+        elif self.b == len(self.buf) and self.a:
+            n = self.b - self.a
+            self.buf[:n] = bytes(self.mv[self.a:self.b])
+            self.a, self.b = 0, n
+        n = await self.s.readinto(self.mv[self.b:])
+        if n is None:
+            return
+        if not n:
+            raise EOFError
+        self.b += n
+
+    async def line(self, status):
+        while True:
+            i = self.buf.find(b"\n", self.a, self.b)
+            if i >= 0:
+                j = i - 1 if i > self.a and self.buf[i - 1] == 13 else i
+                l = bytes(self.mv[self.a:j])
+                self.a = i + 1
+                return l
+            if self.b - self.a >= len(self.buf):
+                raise HTTPError(status)
+            await self._fill()
+
+    async def read(self, n):
+        have = self.b - self.a
+        k = have if have < n else n
+        data = bytes(self.mv[self.a:self.a + k])
+        self.a += k
+        if k < n:
+            data += await self.s.readexactly(n - k)
+        return data
+
+
+class App:
+    def __init__(self, max_body=4096, max_head=2048, max_line=512, max_clients=6,
+                 timeout_ms=5000, idle_ms=15000):
+        self.routes = []
+        self.statics = []
+        self.max_body = max_body
+        self.max_head = max_head
+        self.max_line = max_line
+        self.max_clients = max_clients
+        self.timeout_ms = timeout_ms
+        self.idle_ms = idle_ms
+        self._conns = []
+        self.server = None
+
+    def route(self, path, methods=("GET",)):
+        pat = path.split("/")
+
+        def deco(f):
+            self.routes.append((methods, pat, f))
+            return f
+        return deco
+
+    def static(self, prefix, directory):
+        self.statics.append((prefix.rstrip("/") + "/", directory.rstrip("/")))
+
+    def _find(self, req):
+        parts = req.path.split("/")
+        allowed = []
+        get = req.method == "HEAD"
+        for methods, pat, f in self.routes:
+            params = _match(pat, parts)
+            if params is not None:
+                if req.method in methods or (get and "GET" in methods):
+                    return f, params
+                allowed.extend(methods)
+        for prefix, d in self.statics:
+            if req.path.startswith(prefix) or req.path + "/" == prefix:
+                if req.method != "GET" and not get:
+                    raise HTTPError(405, {"Allow": "GET, HEAD"})
+                rel = req.path[len(prefix):]
+                if ".." in rel.split("/"):
+                    raise HTTPError(404)
+                return _static, {"path": d + "/" + (rel or "index.html")}
+        if allowed:
+            raise HTTPError(405, {"Allow": ", ".join(allowed)})
+        raise HTTPError(404)
+
+    async def _head(self, rd, addr):
+        line = await rd.line(414)
+        while not line:
+            line = await rd.line(414)
+        parts = line.split(b" ")
+        if len(parts) != 3:
+            raise HTTPError(400)
+        method, target, ver = parts
+        if ver != b"HTTP/1.1" and ver != b"HTTP/1.0":
+            raise HTTPError(505 if ver.startswith(b"HTTP/") else 400)
+        if not method.isalpha() or not method.isupper() or target[:1] != b"/":
+            raise HTTPError(400)
+        headers = {}
+        total = len(line)
+        while True:
+            l = await rd.line(431)
+            if not l:
+                break
+            total += len(l)
+            if total > self.max_head or len(headers) >= _MAX_HEADERS:
+                raise HTTPError(431)
+            k, sep, v = l.partition(b":")
+            if not sep or not k or l[0] in b" \t" or k[-1] in b" \t":
+                raise HTTPError(400)
+            k = k.lower().decode()
+            v = v.strip().decode()
+            if k in headers and k == "content-length" and headers[k] != v:
+                raise HTTPError(400)
+            headers[k] = v
+        path, _, qs = target.partition(b"?")
+        req = Request(method.decode(), unquote(path), qs, ver, headers, addr)
+        if "transfer-encoding" in headers:
+            raise HTTPError(501)
+        n = headers.get("content-length")
+        if n is not None:
+            if not n.isdigit():
+                raise HTTPError(400)
+            n = int(n)
+            if n > self.max_body:
+                raise HTTPError(413)
+            if n:
+                req.body = await rd.read(n)
+        return req
+
+    async def _send(self, w, resp, keep, head_only):
+        # keep: 0 close, 1 HTTP/1.1 keep-alive, 2 HTTP/1.0 keep-alive
+        body = resp.body
+        if isinstance(body, str):
+            body = body.encode()
+        f = None
+        if resp.file is not None:
+            try:
+                size = os.stat(resp.file)[6]
+                f = open(resp.file, "rb")
+            except OSError:
+                resp = Response("Not Found", 404)
+                body = b"Not Found"
+        n = size if f else len(body)
+        h = ["HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+            resp.status, _REASON.get(resp.status, "-"), resp.ctype, n)]
+        if keep != 1:
+            h.append("Connection: keep-alive\r\n" if keep else "Connection: close\r\n")
+        if resp.headers:
+            for k in resp.headers:
+                h.append("%s: %s\r\n" % (k, resp.headers[k]))
+        h.append("\r\n")
+        h = "".join(h).encode()
+        if f:
+            try:
+                w.write(h)
+                if not head_only:
+                    buf = bytearray(512)
+                    mv = memoryview(buf)
+                    while True:
+                        k = f.readinto(buf)
+                        if not k:
+                            break
+                        await w.drain()
+                        w.write(mv[:k])
+            finally:
+                f.close()
+        else:
+            w.write(h if head_only or not body else h + body)
+        await w.drain()
+
+    async def _call(self, req):
+        try:
+            f, params = self._find(req)
+            r = f(req, **params)
+            if hasattr(r, "send"):
+                r = await r
+        except HTTPError as e:
+            return Response(_REASON.get(e.status, "Error"), e.status, e.headers)
+        except Exception as e:
+            sys.print_exception(e)
+            return Response("Internal Server Error", 500)
+        if isinstance(r, Response):
+            return r
+        st, hd = 200, None
+        if isinstance(r, tuple):
+            if len(r) > 2:
+                hd = r[2]
+            st = r[1]
+            r = r[0]
+        if isinstance(r, (dict, list)):
+            return Response(json.dumps(r), st, hd, "application/json")
+        if r is None:
+            return Response(b"", 204 if st == 200 else st, hd)
+        return Response(r, st, hd)
+
+    def _due(self, c, state, ms):
+        c[1] = state
+        c[2] = time.ticks_add(time.ticks_ms(), ms)
+
+    async def _conn(self, r, w):
+        c = [asyncio.current_task(), _IDLE, 0]
+        s = r.s
+        if len(self._conns) >= self.max_clients:
+            _direct(s, 503)
+            await w.wait_closed()
+            return
+        self._conns.append(c)
+        rd = _Reader(r, self.max_line)
+        addr = r.get_extra_info("peername")
+        try:
+            keep = 1
+            while keep:
+                self._due(c, _READ if rd.pending() else _IDLE, self.timeout_ms if rd.pending() else self.idle_ms)
+                try:
+                    if not rd.pending():
+                        await rd._fill()
+                        self._due(c, _READ, self.timeout_ms)
+                    req = await self._head(rd, addr)
+                except (HTTPError, ValueError) as e:
+                    st = e.status if isinstance(e, HTTPError) else 400
+                    self._due(c, _WRITE, self.timeout_ms)
+                    await self._send(w, Response(_REASON.get(st, "Error"), st, getattr(e, "headers", None)), 0, 0)
+                    # Lingering close: drop what the client still sends (briefly, bounded) so that
+                    # closing with unread data does not reset the connection before it reads the answer.
+                    self._due(c, _WRITE, 1000)
+                    n = 0
+                    while n < 16384:
+                        k = await r.readinto(rd.mv)
+                        if not k and k is not None:
+                            break
+                        n += k or 0
+                    break
+                conn = req.headers.get("connection", "").lower()
+                if req.version == b"HTTP/1.1":
+                    keep = 0 if "close" in conn else 1
+                else:
+                    keep = 2 if "keep-alive" in conn else 0
+                c[1] = _HANDLE
+                resp = await self._call(req)
+                self._due(c, _WRITE, self.timeout_ms)
+                await self._send(w, resp, keep, req.method == "HEAD")
+        except EOFError:
+            pass
+        except asyncio.CancelledError:
+            if c[1] == _READ:
+                _direct(s, 408)
+        except OSError:
+            pass
+        except Exception as e:
+            sys.print_exception(e)
+        finally:
+            self._conns.remove(c)
+            await w.wait_closed()
+
+    async def _reap(self):
+        # Cancel connections past their deadline (one task for all: no timer per read).
+        while True:
+            await asyncio.sleep_ms(200)
+            now = time.ticks_ms()
+            for c in self._conns:
+                if c[1] != _HANDLE and time.ticks_diff(now, c[2]) > 0:
+                    c[2] = time.ticks_add(now, 1 << 20)
+                    c[0].cancel()
+
+    async def start(self, host="0.0.0.0", port=80):
+        self.server = await asyncio.start_server(self._conn, host, port, 8)
+        self._reaper = asyncio.create_task(self._reap())
+        return self.server
+
+    def stop(self):
+        if self.server:
+            self.server.close()
+            self._reaper.cancel()
+            self.server = None
+
+    async def serve(self, host="0.0.0.0", port=80):
+        await self.start(host, port)
+        await self.server.wait_closed()
+
+    def run(self, host="0.0.0.0", port=80):
+        print("webserver: http://%s:%d/" % (host, port))
+        try:
+            asyncio.run(self.serve(host, port))
+        finally:
+            asyncio.new_event_loop()
+
+
+def _direct(s, status):
+    # Best-effort answer on a non-blocking socket, without waiting (timeouts, overload).
+    try:
+        s.write(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % (status, _REASON[status]))
+    except Exception:
+        pass
+
+
+def _match(pat, parts):
+    n = len(pat)
+    params = {}
+    for i in range(n):
+        p = pat[i]
+        if p[:1] == "<":
+            name = p[1:-1]
+            if name.startswith("path:"):
+                params[name[5:]] = "/".join(parts[i:])
+                return params
+            if i >= len(parts) or not parts[i]:
+                return None
+            params[name] = parts[i]
+        elif i >= len(parts) or p != parts[i]:
+            return None
+    return params if len(parts) == n else None
+
+
+def _static(req, path):
+    return send_file(path)

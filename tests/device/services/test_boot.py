@@ -1,0 +1,103 @@
+"""Start-up (boot.py: `import workshop_boot`) with a good, a missing and a corrupt /workshop.json.
+Wi-Fi is the scripted WLAN double (fake/network.py, no radio); telnet and mdns are real and
+answer real clients afterwards; boot always gives way to the rest of boot.py / the REPL."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+
+from peers import free_port
+
+HERE = Path(__file__).resolve().parent
+BOOT = """
+import sys
+sys.path.append("%s")
+import workshop_boot
+print("REPL REACHED")
+""" % (HERE / "fake")
+
+
+def boot(mp, tmp_path, config, script="ok", extra=""):
+    cfg = tmp_path / "workshop.json"
+    if config is not None:
+        cfg.write_text(config if isinstance(config, str) else json.dumps(config))
+    env = {"WORKSHOP_CONFIG": str(cfg), "FAKE_PORT": "esp32", "FAKE_SCRIPT": script}
+    return mp.run(BOOT + extra, env=env, timeout=30)
+
+
+def test_missing_config_is_one_line_and_the_repl_is_reached(micropython, tmp_path):
+    out = boot(micropython, tmp_path, None).stdout.splitlines()
+    assert out == [f"workshop: no config at {tmp_path / 'workshop.json'}", "REPL REACHED"]
+
+
+def test_corrupt_config_is_one_line_and_the_repl_is_reached(micropython, tmp_path):
+    for bad in ('{"start": ["wifi"', "[1, 2]", "\x00\xff"):
+        out = boot(micropython, tmp_path, bad).stdout.splitlines()
+        assert len(out) == 2 and out[0].startswith("workshop: bad config") and out[1] == "REPL REACHED", out
+
+
+def test_no_network_is_bounded_by_the_wifi_timeout(micropython, tmp_path):
+    cfg = {"hostname": "ws-t", "wifi": {"ssid": "Gone", "password": "pw", "timeout_ms": 800},
+           "telnet": {"password": "pw"}, "start": ["wifi", "mdns", "telnet", "ftp"]}
+    t = time.monotonic()
+    out = boot(micropython, tmp_path, cfg, script="silent", extra="import telnet; telnet.stop()").stdout.splitlines()
+    assert time.monotonic() - t < 5
+    assert out[0] == "workshop: wifi not started: wifi: cannot connect to 'Gone': timeout after 800 ms"
+    assert out[1] == "workshop: mdns not started: no network"
+    assert out[2].startswith("telnet: listening on port 23") or "telnet not started" in out[2]
+    assert out[-2:] == ["workshop: unknown service 'ftp' in \"start\"", "REPL REACHED"]
+
+
+def test_good_config_starts_wifi_mdns_and_telnet(micropython, tmp_path):
+    """Real services on loopback: the start-up module wires wifi's IP into mdns, and telnet takes
+    its credentials from the file. Ports: telnet and mdns are on free ports via a tiny shim."""
+    tport, mport = free_port(), free_port(socket.SOCK_DGRAM)
+    cfg = {"hostname": "ws-good", "wifi": {"ssid": "Workshop", "password": "pw"},
+           "telnet": {"user": "micro", "password": "pw2"}, "start": ["wifi", "mdns", "telnet"]}
+    (tmp_path / "workshop.json").write_text(json.dumps(cfg))
+    shim = f"""
+import sys
+sys.path.append("{HERE / 'fake'}")
+import network
+network.WLAN.ifconfig = lambda self: ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")
+import telnet, mdns
+_ts, _ms = telnet.start, mdns.start
+telnet.start = lambda **kw: _ts(port={tport}, host="127.0.0.1", **kw)
+mdns.start = lambda *a, **kw: _ms(*a, port={mport}, **kw)
+import workshop_boot
+print("REPL REACHED")
+import wsconfig
+wsconfig.serve()
+"""
+    env = micropython.environ({"WORKSHOP_CONFIG": str(tmp_path / "workshop.json"), "FAKE_PORT": "esp8266"})
+    proc = subprocess.Popen(micropython.command("-c", shim), env=env, stdout=subprocess.PIPE, text=True,
+                            cwd=HERE)
+    try:
+        lines = []
+        while "REPL REACHED" not in lines:
+            line = proc.stdout.readline()
+            assert line, lines
+            lines.append(line.strip())
+        assert lines[0] == "workshop: wifi up, 127.0.0.1"
+        assert lines[1] == "mdns: ws-good.local -> 127.0.0.1"
+        q = dns.message.make_query("ws-good._telnet._tcp.local.", "SRV")
+        r = dns.query.udp(q, "127.0.0.1", port=mport, timeout=2)
+        assert [str(x) for x in r.answer[0]] == ["0 0 23 ws-good.local."]
+        with socket.create_connection(("127.0.0.1", tport), timeout=5) as s:
+            data = b""
+            s.sendall(b"micro\r\npw2\r\n")
+            while b">>> " not in data:
+                d = s.recv(1024)
+                assert d, data
+                data += d
+            assert b"Logged in" in data
+    finally:
+        proc.kill()
+        proc.wait()

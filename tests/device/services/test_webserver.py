@@ -1,0 +1,294 @@
+"""webserver + the two example apps, served by the real MicroPython runtime to real clients
+(curl, CPython http.client and raw sockets, headless Chromium over the DevTools protocol)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import random
+import socket
+import subprocess
+import time
+
+import pytest
+
+from peers import require_tool
+
+
+def curl(port: int, path: str, *args: str) -> subprocess.CompletedProcess:
+    """curl -i; stdout is the decoded response with its CRLFs kept."""
+    r = subprocess.run([require_tool("curl", "curl"), "-s", "-i", "--path-as-is", "-m", "10", *args,
+                        f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=20)
+    r.stdout = r.stdout.decode()
+    return r
+
+
+def status_of(text: str) -> int:
+    return int(text.split(" ", 2)[1])
+
+
+def body_of(text: str) -> str:
+    return text.split("\r\n\r\n", 1)[1]
+
+
+def raw(port: int, data: bytes, timeout: float = 5) -> bytes:
+    """Send bytes, read one response (head + Content-Length body) or until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        return read_response(s.makefile("rb"))
+
+
+def read_response(f) -> bytes:
+    """One response from a buffered socket file: the head, then Content-Length bytes of body."""
+    head = b""
+    n = 0
+    while True:
+        line = f.readline()
+        if not line:
+            return head
+        head += line
+        if line == b"\r\n":
+            break
+        k, _, v = line.partition(b":")
+        if k.lower() == b"content-length":
+            n = int(v)
+    return head + f.read(n)
+
+
+@pytest.fixture
+def web(serve, tmp_path):
+    (tmp_path / "index.html").write_text("<h1>static index</h1>")
+    (tmp_path / "app.js").write_text("console.log(1)")
+    (tmp_path / "big.bin").write_bytes(bytes(range(256)) * 40)
+    return serve("serve_web.py", str(tmp_path))
+
+
+def test_routes_json_query_path_params_and_form(web):
+    r = curl(web.port, "/items/7?a=1&b=x+y%21&c=%C3%A9")
+    assert status_of(r.stdout) == 200 and "Content-Type: application/json" in r.stdout
+    assert json.loads(body_of(r.stdout)) == {"id": "7", "q": {"a": "1", "b": "x y!", "c": "é"}}
+    r = curl(web.port, "/items/9", "-X", "PUT", "-H", "Content-Type: application/json", "-d", '{"on": [1, 2]}')
+    assert status_of(r.stdout) == 201 and json.loads(body_of(r.stdout)) == {"id": "9", "got": {"on": [1, 2]}}
+    r = curl(web.port, "/items/9", "-X", "PUT", "-d", "{not json")
+    assert status_of(r.stdout) == 400
+    assert status_of(curl(web.port, "/items/9", "-X", "DELETE").stdout) == 204
+    r = curl(web.port, "/form", "-d", "name=Ada+L&x=%26%3D")
+    assert json.loads(body_of(r.stdout)) == {"form": {"name": "Ada L", "x": "&="}}
+    assert body_of(curl(web.port, "/files/a/b/c.txt").stdout) == "a/b/c.txt"
+
+
+def test_errors_redirect_and_head(web):
+    assert status_of(curl(web.port, "/nope").stdout) == 404
+    r = curl(web.port, "/hello", "-X", "POST", "-d", "x")
+    assert status_of(r.stdout) == 405 and "Allow: GET" in r.stdout
+    r = curl(web.port, "/boom")
+    assert status_of(r.stdout) == 500
+    assert status_of(curl(web.port, "/teapot").stdout) == 403
+    r = curl(web.port, "/old", "-L")
+    assert "301 Moved Permanently" in r.stdout and "Location: /hello" in r.stdout and r.stdout.endswith("hello")
+    r = curl(web.port, "/hello", "-I")
+    assert status_of(r.stdout) == 200 and "Content-Length: 5" in r.stdout and body_of(r.stdout) == ""
+    # the 500 left a traceback in the log, and the server still serves
+    assert body_of(curl(web.port, "/hello").stdout) == "hello"
+    assert "RuntimeError: boom" in web.stop()
+
+
+def test_static_files(web, tmp_path):
+    r = curl(web.port, "/static/")
+    assert status_of(r.stdout) == 200 and body_of(r.stdout) == "<h1>static index</h1>"
+    r = curl(web.port, "/static/app.js")
+    assert "Content-Type: application/javascript" in r.stdout and body_of(r.stdout) == "console.log(1)"
+    big = subprocess.run(["curl", "-s", "-m", "10", f"http://127.0.0.1:{web.port}/static/big.bin"],
+                         capture_output=True, timeout=20).stdout
+    assert big == (tmp_path / "big.bin").read_bytes()
+    assert status_of(curl(web.port, "/static/missing.txt").stdout) == 404
+    assert status_of(curl(web.port, "/static/../conftest.py").stdout) == 404
+    assert status_of(curl(web.port, "/static/app.js", "-X", "POST", "-d", "1").stdout) == 405
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET /hello HTTP/1.1\r\nX-Big: " + b"a" * 700 + b"\r\n\r\n", 431),
+    (b"GET /hello HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(40)) + b"\r\n", 431),
+    (b"GET /" + b"a" * 700 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"POST /form HTTP/1.1\r\nContent-Length: 100000\r\n\r\n" + b"x" * 3000, 413),
+    (b"garbage\r\n\r\n", 400),
+    (b"GET /hello HTTP/1.1\r\nno colon here\r\n\r\n", 400),
+    (b"GET /hello HTTP/1.1\r\nContent-Length: -5\r\n\r\n", 400),
+    (b"GET /hello?x=%ff%fe HTTP/1.1\r\n\r\n", 400),
+    (b"GET /hello HTTP/2.0\r\n\r\n", 505),
+    (b"POST /form HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+])
+def test_malformed_and_oversized_requests_get_their_status(web, request_bytes, status):
+    resp = raw(web.port, request_bytes)
+    assert resp.startswith(b"HTTP/1.1 %d " % status), resp[:80]
+    assert b"Connection: close" in resp
+
+
+def test_keep_alive_reuses_one_connection(web):
+    conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=5)
+    conn.connect()
+    sock = conn.sock
+    for i in range(20):
+        conn.request("GET", f"/items/{i}?n={i}")
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["id"] == str(i)
+        assert r.getheader("Connection") is None  # HTTP/1.1: persistent unless told otherwise
+    conn.request("POST", "/form", body="a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert json.loads(conn.getresponse().read()) == {"form": {"a": "1"}}
+    assert conn.sock is sock  # never reconnected
+    # pipelined requests on one socket, and HTTP/1.0 keep-alive (what ab -k sends)
+    with socket.create_connection(("127.0.0.1", web.port), timeout=5) as s:
+        s.sendall(b"GET /hello HTTP/1.1\r\n\r\nGET /items/2 HTTP/1.1\r\n\r\n")
+        f = s.makefile("rb")
+        assert read_response(f).endswith(b"hello")
+        assert read_response(f).endswith(b'"q": {}}')
+        s.sendall(b"GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        resp = read_response(f)
+        assert b"Connection: keep-alive" in resp and resp.endswith(b"hello")
+        s.sendall(b"GET /hello HTTP/1.0\r\n\r\n")
+        assert read_response(f).endswith(b"hello")
+        assert f.read(10) == b""  # HTTP/1.0 without keep-alive: closed after the answer
+    r = subprocess.run(["curl", "-sv", "-m", "10", f"http://127.0.0.1:{web.port}/hello",
+                        f"http://127.0.0.1:{web.port}/pins.json"], capture_output=True, text=True, timeout=20)
+    assert "Re-using existing connection" in r.stderr or "Reusing existing" in r.stderr, r.stderr
+
+
+def test_idle_and_slow_clients_do_not_block_others(web):
+    idle = socket.create_connection(("127.0.0.1", web.port))
+    slow = socket.create_connection(("127.0.0.1", web.port))
+    slow.sendall(b"GET /hello HTTP/1.1\r\nHost: x")  # never finishes its head
+    t = time.monotonic()
+    for _ in range(3):
+        assert body_of(curl(web.port, "/hello").stdout) == "hello"
+    assert time.monotonic() - t < 1.0  # served while both sockets stay open (well below the 1.5 s timeout)
+    slow.settimeout(5)
+    assert read_response(slow.makefile("rb")).startswith(b"HTTP/1.1 408 ")  # the read timeout answers the slow one
+    idle.settimeout(6)
+    assert idle.recv(10) == b""  # and the idle keep-alive connection is closed, not kept forever
+    # a handler awaiting something does not hold up other clients either
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", web.port), timeout=5) as s1:
+        s1.sendall(b"GET /slow HTTP/1.1\r\n\r\n")
+        time.sleep(0.05)
+        assert body_of(curl(web.port, "/hello").stdout) == "hello"
+        fast = time.monotonic() - t
+        assert read_response(s1.makefile("rb")).endswith(b"slow done")
+    assert fast < 0.3
+
+
+def test_several_clients_at_once(web):
+    async def one(i):
+        r, w = await asyncio.open_connection("127.0.0.1", web.port)
+        w.write(f"GET /items/{i} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        data = await r.read()
+        w.close()
+        return json.loads(data.split(b"\r\n\r\n", 1)[1])["id"]
+
+    async def main():
+        got = []
+        for batch in range(10):
+            got += await asyncio.gather(*(one(batch * 5 + i) for i in range(5)))
+        return got
+
+    assert asyncio.run(main()) == [str(i) for i in range(50)]
+
+
+def test_led_page_and_pin_table_in_headless_chromium(web, tmp_path):
+    from cdp import Chromium
+
+    with Chromium(require_tool("chromium", "chromium"), tmp_path / "profile") as browser:
+        browser.goto(f"http://127.0.0.1:{web.port}/?LED=OFF")
+        assert browser.eval("document.getElementById('state').textContent") == "OFF"
+        browser.click_and_wait("document.getElementById('on')")
+        assert browser.eval("location.search") == "?LED=ON"
+        assert browser.eval("document.getElementById('state').textContent") == "ON"
+        browser.click_and_wait("document.getElementById('off')")
+        assert browser.eval("document.getElementById('state').textContent") == "OFF"
+        browser.goto(f"http://127.0.0.1:{web.port}/pins")
+        rows = browser.eval("Array.from(document.querySelectorAll('tr')).map(r => r.innerText.replace(/\\s+/g, ' ').trim())")
+        # pin 2 is the LED (switched OFF above), pin 4 was set high by the serving script
+        assert rows == ["Pin Value", "2 0", "4 1", "5 0"]
+
+
+FUZZ_TOTAL = 10_000
+
+
+def fuzz_cases(rng: random.Random):
+    """Malformed, oversized and truncated requests, with the statuses they must get."""
+    junk = bytes(range(1, 256))
+    while True:
+        k = rng.randrange(12)
+        if k == 0:
+            yield bytes(rng.choice(junk) for _ in range(rng.randrange(1, 80))) + b"\r\n\r\n", None
+        elif k == 1:
+            yield b"GET /" + b"x" * rng.randrange(520, 3000) + b" HTTP/1.1\r\n\r\n", {414}
+        elif k == 2:
+            yield b"GET /hello HTTP/1.1\r\nX: " + b"y" * rng.randrange(520, 4000) + b"\r\n\r\n", {431}
+        elif k == 3:
+            yield b"POST /form HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % rng.randrange(1025, 10**9), {413}
+        elif k == 4:
+            yield b"GET /hello HTTP/1.1\r\nContent-Length: " + rng.choice([b"x", b"1e3", b"-1", b" "]) + b"\r\n\r\n", {400}
+        elif k == 5:
+            yield rng.choice([b"GET", b"get", b"G\x00T", b"PUT"]) + b" /items/%d HTTP/1.1\r\n\r\n" % rng.randrange(9), {200, 400, 405}
+        elif k == 6:
+            yield b"GET /hello HTTP/" + rng.choice([b"0.9", b"2", b"1.1x", b"9.9"]) + b"\r\n\r\n", {400, 505}
+        elif k == 7:
+            yield b"GET /" + bytes(rng.choice(b"%/?&=+ab.<>") for _ in range(rng.randrange(1, 60))) + b" HTTP/1.1\r\n\r\n", {200, 400, 404}
+        elif k == 8:
+            yield b"POST /form HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\na=%zz&b", {200, 400}
+        elif k == 9:
+            yield b"PUT /items/1 HTTP/1.1\r\nContent-Length: 5\r\n\r\n{bad}", {400}
+        elif k == 10:
+            yield b"GET /hello HTTP/1.1\r\n" + b"".join(b"H%d: v\r\n" % i for i in range(rng.randrange(25, 60))) + b"\r\n", {431}
+        else:
+            yield b"GET /hello HTTP/1.1\r\n \tfolded: x\r\n\r\n", {400}
+
+
+def test_fuzz_10k_bad_requests_leave_it_serving_with_bounded_heap(web):
+    """10k malformed/oversized requests plus slow (truncated) clients, 4 at a time; every one gets
+    a well-formed answer, and afterwards the heap in use is where it was after warm-up."""
+    rng = random.Random(4)
+    cases = fuzz_cases(rng)
+
+    def mem():
+        return json.loads(body_of(curl(web.port, "/mem").stdout))["alloc"]
+
+    for _ in range(50):
+        raw(web.port, next(cases)[0])
+    before = mem()
+    bad = []
+
+    async def worker(n):
+        for _ in range(n):
+            data, ok = next(cases)
+            r, w = await asyncio.open_connection("127.0.0.1", web.port)
+            w.write(data)
+            try:
+                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+            except (asyncio.IncompleteReadError, ConnectionError) as e:
+                bad.append((data[:60], repr(e)))
+                w.close()
+                continue
+            st = int(head.split(b" ", 2)[1])
+            if not head.startswith(b"HTTP/1.1 ") or (ok is not None and st not in ok) or not 200 <= st < 600:
+                bad.append((data[:60], head[:60]))
+            w.close()
+
+    async def slow(n):
+        for _ in range(n):
+            r, w = await asyncio.open_connection("127.0.0.1", web.port)
+            w.write(b"POST /form HTTP/1.1\r\nContent-Length: 100\r\n\r\npartial")
+            head = await asyncio.wait_for(r.read(), 10)
+            if not head.startswith(b"HTTP/1.1 408 "):
+                bad.append(("slow", head[:60]))
+            w.close()
+
+    async def main():
+        await asyncio.gather(*(worker(FUZZ_TOTAL // 4 - 3) for _ in range(4)), slow(6), slow(6))
+
+    asyncio.run(main())
+    assert not bad, bad[:5]
+    after = mem()
+    assert after - before < 16 * 1024, (before, after)
+    assert body_of(curl(web.port, "/hello").stdout) == "hello"

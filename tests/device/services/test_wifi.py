@@ -1,0 +1,100 @@
+"""wifi against a scripted WLAN double (fake/network.py). There is NO RADIO here: the double
+replays the status-code sequences each port's network.WLAN really reports (MicroPython v1.28.0
+ESP32: STAT_IDLE=1000, STAT_CONNECTING=1001, STAT_GOT_IP=1010 and ESP-IDF reasons 200-204;
+ESP8266: 0..5 from the SDK), so these tests prove the logic and the per-port constants, not RF."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+FAKE = Path(__file__).resolve().parent / "fake"
+
+RUN = """
+import network, wifi
+try:
+    print("IP", wifi.connect(%s))
+except OSError as e:
+    print("ERR", e)
+print("STATUS", wifi.status())
+print("CALLS", network.calls)
+"""
+
+
+def run(mp, port: str, script: str, args: str = "", config: dict | None = None, tmp: Path | None = None):
+    env = {"MICROPYPATH": f"{FAKE}:{mp.path}", "FAKE_PORT": port, "FAKE_SCRIPT": script}
+    if config is not None:
+        cfg = tmp / "workshop.json"
+        cfg.write_text(json.dumps(config))
+        env["WORKSHOP_CONFIG"] = str(cfg)
+    out = mp.run(RUN % args, env=env).stdout
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines() if " " in line}
+
+
+@pytest.mark.parametrize("port", ["esp32", "esp8266"])
+@pytest.mark.parametrize("script, expect", [
+    ("ok", "IP 10.0.0.23"),
+    ("wrong_password", "ERR wifi: cannot connect to 'Workshop': wrong password"),
+    ("no_ap", "ERR wifi: cannot connect to 'Workshop': no access point with that name"),
+    # ESP32's STAT_CONNECT_FAIL is STAT_ASSOC_FAIL (203); the non-deprecated name wins
+    ("connect_fail", "ERR wifi: cannot connect to 'Workshop': connection failed"),
+    ("silent", "ERR wifi: cannot connect to 'Workshop': timeout after 400 ms"),
+])
+def test_connect_outcomes_per_port(micropython, port, script, expect):
+    out = run(micropython, port, script, '"Workshop", "pw", timeout_ms=400, hostname="ws-1"')
+    kind, _, value = expect.partition(" ")
+    assert out.get(kind) == value, out
+    calls = eval(out["CALLS"])
+    # the hostname is set before the interface is activated, and connect comes after both
+    assert calls[:3] == [("hostname", "ws-1"), ("active", 0, True), ("connect", "Workshop", "pw")]
+    if kind == "ERR":
+        assert calls[-1] == ("disconnect",) and out["STATUS"] == "IDLE"
+    else:
+        assert out["STATUS"] == "GOT_IP"
+
+
+def test_wrong_password_fails_fast_but_no_ap_waits_for_esp32_retries(micropython):
+    import time
+    t = time.monotonic()
+    run(micropython, "esp32", "wrong_password", '"Workshop", "pw", timeout_ms=3000')
+    fast = time.monotonic() - t
+    assert fast < 2.5  # did not wait out the 3 s
+
+
+def test_config_file_and_safe_repeat_calls(micropython, tmp_path):
+    cfg = {"hostname": "ws-3fa2", "wifi": {"ssid": "Workshop", "password": "secret"}, "extra": [1]}
+    code = """
+import network, wifi
+print("IP", wifi.connect(timeout_ms=1000))
+print("IP", wifi.connect(timeout_ms=1000))          # already connected: no reconnect
+network.WLAN(network.STA_IF).connect("Workshop", "secret")   # mid-connection...
+print("IP", wifi.connect(timeout_ms=1000))          # ...joins it instead of restarting it
+print("IP", wifi.connect("Other", "x", timeout_ms=1000))   # another network: reconnects
+print("SCAN", wifi.scan())
+print("IFC", wifi.ifconfig())
+print("AP", wifi.ap("ws-3fa2-ap", "password1"))
+try:
+    wifi.ap("x", "short")
+except ValueError as e:
+    print("APERR", e)
+print("CALLS", network.calls)
+"""
+    f = tmp_path / "workshop.json"
+    f.write_text(json.dumps(cfg))
+    env = {"MICROPYPATH": f"{FAKE}:{micropython.path}", "FAKE_PORT": "esp8266", "WORKSHOP_CONFIG": str(f)}
+    out = micropython.run(code, env=env).stdout.splitlines()
+    assert out[:4] == ["IP 10.0.0.23"] * 4
+    assert out[4] == "SCAN [('Workshop', -40, 1, 3), ('Weak', -80, 6, 3)]"
+    assert out[6] == "AP 192.168.4.1" and out[7].startswith("APERR")
+    calls = eval(out[8].split(" ", 1)[1])
+    connects = [c for c in calls if c[0] == "connect"]
+    assert connects == [("connect", "Workshop", "secret"), ("connect", "Workshop", "secret"), ("connect", "Other", "x")]
+    assert calls[0] == ("hostname", "ws-3fa2")
+    assert ("config", 1, [("authmode", 3), ("essid", "ws-3fa2-ap"), ("password", "password1")]) in calls
+
+
+def test_no_ssid_anywhere_is_an_error_naming_the_fix(micropython, tmp_path):
+    out = run(micropython, "esp32", "ok", "", config={"hostname": "x"}, tmp=tmp_path)
+    assert out["ERR"].startswith("wifi: no ssid")
