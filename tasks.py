@@ -574,7 +574,7 @@ def _smoke_expected(board, dist, release):
         board = built[0]
     try:
         if release:
-            return _smoke.Expected.from_release_index(Path("release") / release / "index.json", board)
+            return _smoke.Expected.from_release_index(_smoke.release_index(release), board)
         if (base / board / "build.json").is_file():
             return _smoke.Expected.from_build(base / board)
         return _smoke.Expected.for_board(config.get_board(board))
@@ -586,7 +586,7 @@ def _smoke_expected(board, dist, release):
     "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
     "board": "the board the firmware was built for (default: the only build in dist/)",
     "dist": "folder with <BOARD>/build.json builds (default: dist/)",
-    "release": "expect release V's firmware (release/V/index.json) instead of dist/'s build",
+    "release": "expect release V's firmware (release/V/index.json, or the downloaded release's) instead of dist/'s build",
     "network": "also check Wi-Fi (with the provisioned config), an MQTT round trip and an HTTP GET",
     "mqtt": "MQTT broker for --network (default: the device config's mqtt.broker); HOST or HOST:PORT",
     "http_url": "URL for the --network HTTP GET (default http://micropython.org/ks/test.html)",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,35 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from support import free_port, require_tool, wait_for_port  # noqa: F401 (re-exported)
+
 REPO = Path(__file__).resolve().parent.parent
 MODULES = REPO / "modules"
 DEVICE_TESTS = REPO / "tests" / "device"
 FROZEN_UNIX = REPO / "dist" / "UNIX" / "micropython"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
-
-
-def require_tool(name: str, package: str) -> str:
-    """A real peer the suite needs: missing means the machine was not set up, which is a failure."""
-    path = shutil.which(name)
-    if not path:
-        pytest.fail(f"{name} not found: run ./kit test (it installs {package}) or apt-get install {package}")
-    return path
 
 
 def _pypi_micropython() -> Path:

@@ -14,6 +14,7 @@ source cannot be reached, a complete cache is used as it is).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import socket
@@ -35,6 +36,8 @@ DEFAULT_REPOSITORY = "micropython-workshop/workshop-kit"
 ENV_REPOSITORY = "WORKSHOP_REPOSITORY"
 GITHUB_RELEASE_URL = "https://github.com/{repository}/releases/download/{version}/"
 CHUNK = 64 * 1024
+# What a broken transfer raises: OSError (reset, timeout) or http.client's IncompleteRead & co.
+TRANSFER_ERRORS = (OSError, socket.timeout, http.client.HTTPException)
 
 
 class DownloadError(RuntimeError):
@@ -150,7 +153,7 @@ class _Source:
             if e.code == 404:
                 raise NotFound(f"{url}: 404 Not Found") from None
             raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
             raise DownloadError(f"cannot reach {self.host}: {reason}. Is the network up? "
                                 f"Use --from with a mirror, the organizer's laptop or a local folder.") from None
@@ -160,11 +163,14 @@ class _Source:
 
 def _read_small(source: _Source, name: str) -> bytes:
     stream, total = source.open(name)
+    data = b""
     with stream:
         try:
-            data = stream.read()
-        except (OSError, socket.timeout) as e:
-            raise DownloadError(f"{source.where(name)}: transfer failed: {e}") from None
+            # In chunks: a whole-body read() raises IncompleteRead instead of returning what came.
+            while chunk := stream.read(CHUNK):
+                data += chunk
+        except TRANSFER_ERRORS as e:
+            raise DownloadError(f"{source.where(name)}: transfer failed after {len(data)} bytes: {e}") from None
     if total is not None and len(data) != total:
         raise DownloadError(f"{source.where(name)}: transfer interrupted ({len(data)} of {total} bytes)")
     return data
@@ -188,7 +194,7 @@ def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, d
             while True:
                 try:
                     chunk = stream.read(CHUNK)
-                except (OSError, socket.timeout) as e:
+                except TRANSFER_ERRORS as e:
                     raise DownloadError(f"{source.where(name)}: transfer failed after {done} bytes: {e}") from None
                 if not chunk:
                     break

@@ -403,6 +403,10 @@ class _Worker:
             if self.result.attempts:
                 self.result.attempts[-1].error = "interrupted"
             self.emit_cb(FlashEvent(self.port.device, Stage.INTERRUPTED, self.attempt_no, message=self.result.error))
+        except Exception as e:  # noqa: BLE001 - outside any attempt (e.g. the log file): still this device's result
+            self.result.verified = False
+            with contextlib.suppress(Exception):       # _fail records first, then emits
+                self._fail("error", f"{self.result.stage.value}: {_describe(e)}")
         finally:
             self.result.seconds = time.monotonic() - started
         return self.result

@@ -87,8 +87,12 @@ class ProvisionConfig:
     extra: dict[str, Any] = field(default_factory=dict)   # other keys from a config file, kept as given
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "wifi_password", _secret(self.wifi_password))
-        object.__setattr__(self, "telnet_password", _secret(self.telnet_password))
+        for name in ("wifi_password", "telnet_password"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str | Secret):
+                # Never the value in the message: it is a password.
+                raise ProvisionError(f"{name.replace('_', ' ')}: expected a string, got a {type(value).__name__}")
+            object.__setattr__(self, name, _secret(value))
         if self.start is not None:
             start = tuple(s.strip() for s in self.start if s.strip())
             unknown = [s for s in start if s not in SERVICES]
@@ -101,7 +105,13 @@ class ProvisionConfig:
             check_pattern(self.hostname)
 
     def secrets(self) -> list[str]:
-        return [s.reveal() for s in (self.wifi_password, self.telnet_password) if s]
+        """Every secret this run writes: the passwords, and secret-looking keys of `extra`
+        (an [mqtt] password in workshop.toml, say), so that all of them are masked."""
+        return [s.reveal() for s in (self.wifi_password, self.telnet_password) if s] + _secrets_in(self.extra)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__dataclass_fields__ if f != "extra")
+        return f"ProvisionConfig({shown}, extra={masked(self.extra)!r})"
 
     def updates(self, hostname: str | None) -> dict[str, Any]:
         """The config keys this run sets (secrets revealed: only for the device)."""
@@ -193,11 +203,10 @@ def expand_hostname(pattern: str, *, mac: str, port: str, index: int) -> str:
 
 # --- on the device ------------------------------------------------------------------------------
 
-# Where the stack reads its config (wsconfig.path()), the boot.py to hook, and a MAC for {mac4}.
-# On the unix port the device root is the current directory: relative paths there.
-IDENTIFY = """
-import sys, os, json
-r = {'platform': sys.platform, 'version': '%d.%d.%d' % sys.implementation.version[:3]}
+# Device code that sets `host` (unix port?) and `p`: where the stack reads its config
+# (wsconfig.path()). On the unix port the device root is the current directory: relative paths
+# there. Shared with the smoke check, which must look where provisioning wrote. No '%' in it.
+CONFIG_PATH_CODE = """
 host = sys.platform in ('linux', 'darwin')
 try:
     import wsconfig
@@ -206,6 +215,13 @@ except Exception:
     p = '/workshop.json'
 if host and p.startswith('/'):
     p = 'workshop.json'
+"""
+
+# The config path, the boot.py to hook, and a MAC for {mac4}.
+IDENTIFY = """
+import sys, os, json
+r = {'platform': sys.platform, 'version': '%d.%d.%d' % sys.implementation.version[:3]}
+""" + CONFIG_PATH_CODE + """
 r['config_path'] = p
 r['boot_path'] = 'boot.py' if host else '/boot.py'
 mac = None

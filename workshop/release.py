@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -265,13 +265,16 @@ def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = Non
 
 
 def scan_for_secrets(directory: Path, secrets: Mapping[str, str]) -> list[tuple[str, str]]:
-    """(relative file, secret name) for every secret found in any file under `directory`."""
-    needles = {name: value.encode() for name, value in secrets.items() if value}
+    """(relative file, secret name) for every secret found in any file under `directory`.
+
+    Each secret is looked for as UTF-8 and as a JSON string body (index.json and the manifests
+    escape quotes, backslashes and non-ASCII characters)."""
+    needles = {name: {value.encode(), json.dumps(value)[1:-1].encode()} for name, value in secrets.items() if value}
     hits = []
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         data = path.read_bytes()
-        for name, needle in needles.items():
-            if needle in data:
+        for name, forms in needles.items():
+            if any(form in data for form in forms):
                 hits.append((path.relative_to(directory).as_posix(), name))
     return hits
 

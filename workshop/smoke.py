@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROJECT_ROOT, Board
+from .provision import CONFIG_PATH_CODE, masked
 from .repl import Pacing, ReplError, ReplEvent, ReplSession
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
@@ -131,46 +132,56 @@ class Expected:
                 board = get_board(info.board)
             except ConfigError as e:
                 raise SmokeError(str(e)) from None
-        stack = _stack_in_image(manifest_modules(manifest), info.frozen_modules)
+        # The stack modules checked are the manifest's own, all of them (for_board's default): one
+        # missing from the image is a failure the device check reports, not something to leave out.
         return cls.for_board(board, manifest=manifest, source=str(board_dir / "build.json"),
                              micropython_version=_version(info.micropython_version), chip=info.chip,
                              chip_name=info.chip_name, frozen_modules=tuple(info.frozen_modules),
-                             stack_modules=stack, flash_size=info.flash_size or board.flash_size)
+                             flash_size=info.flash_size or board.flash_size)
 
     @classmethod
     def from_release_index(cls, index: Path, board_name: str, *,
                            manifest: Path = PROJECT_ROOT / "manifest.py") -> Expected:
-        """release/<V>/index.json: {"boards": {NAME: {...}}} or {"boards": [{"board": NAME, ...}]}."""
+        """A release's index.json (release/<V>/ or a download cache), read by workshop.release."""
         from .config import ConfigError, get_board
+        from .release import ReleaseError, read_index
 
         try:
-            data = json.loads(index.read_text())
-        except (OSError, ValueError) as e:
-            raise SmokeError(f"{index}: cannot read the release index: {e}") from None
-        boards = data.get("boards", data)
-        entry = boards.get(board_name) if isinstance(boards, dict) else next(
-            (b for b in boards if isinstance(b, dict) and (b.get("board") or b.get("name")) == board_name), None)
-        if not isinstance(entry, dict):
-            raise SmokeError(f"{index}: no board {board_name!r} in this release")
+            _, boards = read_index(index.read_bytes(), str(index))
+        except OSError as e:
+            raise SmokeError(f"{index}: cannot read the release index: {e.strerror or e}") from None
+        except ReleaseError as e:
+            raise SmokeError(str(e)) from None
+        entry = next((b for b in boards if b.board == board_name), None)
+        if entry is None:
+            raise SmokeError(f"{index}: no board {board_name!r} in this release "
+                             f"(it has: {', '.join(b.board for b in boards) or 'none'})")
         try:
             board = get_board(board_name)
         except ConfigError as e:
             raise SmokeError(str(e)) from None
-        frozen = tuple(entry.get("frozen_modules") or ())
-        version = entry.get("micropython_version") or data.get("micropython_version")
         return cls.for_board(board, manifest=manifest, source=str(index),
-                             micropython_version=_version(version),
-                             chip=entry.get("chip", board.chip), chip_name=entry.get("chip_name", board.chip_name),
-                             frozen_modules=frozen,
-                             stack_modules=_stack_in_image(manifest_modules(manifest), frozen) if frozen else
-                             stack_module_names(manifest_modules(manifest)),
-                             flash_size=entry.get("flash_size", board.flash_size))
+                             micropython_version=_version(entry.micropython_version), chip=entry.chip,
+                             chip_name=entry.chip_family, frozen_modules=entry.frozen_modules,
+                             flash_size=entry.flash_size or board.flash_size)
 
 
-def _stack_in_image(stack_paths: Sequence[str], image: Sequence[str]) -> tuple[str, ...]:
-    """Stack modules to check: the manifest's own (all of them: one missing from the image is a
-    failure the device check reports, not something to leave out)."""
-    return stack_module_names(stack_paths)
+def release_index(version: str, root: Path = PROJECT_ROOT, cache: Path | None = None) -> Path:
+    """index.json of release `version`: the one made here (release/<V>/), else a downloaded one
+    (what `invoke flash --release V` wrote). SmokeError when there is neither."""
+    from .download import release_cache
+    from .release import INDEX, ReleaseError, normalize_version
+
+    try:
+        v = normalize_version(version)
+    except ReleaseError as e:
+        raise SmokeError(str(e)) from None
+    candidates = [root / "release" / v / INDEX, release_cache(v, cache) / INDEX]
+    for index in candidates:
+        if index.is_file():
+            return index
+    raise SmokeError(f"release {v}: no index.json in {' or '.join(str(c.parent) for c in candidates)} "
+                     f"(invoke release --version {v}, or invoke download --version {v})")
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -233,7 +244,6 @@ try:
     R['release'] = u.version
 except Exception:
     pass
-host = sys.platform in ('linux', 'darwin')
 def isfile(f):
     try:
         return os.stat(f)[0] & 0x8000 != 0
@@ -278,13 +288,7 @@ try:
     R['flash'] = esp.flash_size()
 except Exception:
     pass
-try:
-    import wsconfig
-    p = wsconfig.path()
-except Exception:
-    p = '/workshop.json'
-if host and p.startswith('/'):
-    p = 'workshop.json'
+""" + CONFIG_PATH_CODE + """
 C = {'path': p}
 try:
     with open(p) as fh:
@@ -394,9 +398,12 @@ def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
         family = "esp8266" if expected.chip == "esp8266" else "esp32"
         if platform != family:
             problems.append(f"platform {platform}, expected {family}")
-        machine = re.sub(r"[^A-Z0-9]", "", str(facts.get("machine", "")).upper())
+        # os.uname().machine is "<board> with <MCU>": compare the MCU exactly (ESP32 is not ESP32S3);
+        # a machine string of another shape is only searched for the chip name.
+        board_part, with_, mcu = str(facts.get("machine", "")).rpartition(" with ")
+        machine = re.sub(r"[^A-Z0-9]", "", (mcu if with_ else board_part + mcu).upper())
         want = re.sub(r"[^A-Z0-9]", "", (expected.chip_name or expected.chip).upper())
-        if machine and want and want not in machine:
+        if machine and want and (want != machine if with_ else want not in machine):
             problems.append(f"chip {facts.get('machine')!r}, expected {expected.chip_name or expected.chip}")
     build = facts.get("build")
     if build:
@@ -491,10 +498,15 @@ def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | Non
         except ReplError as e:
             report.checks.append(Check("device", FAIL, str(e), round(time.monotonic() - t, 3)))
             return report
-        report.facts = {k: v for k, v in facts.items() if k not in ("modules", "lazy_shadow")}
+        # Reports are published (JSON, JUnit): the config's secret-looking keys are masked.
+        report.facts = masked({k: v for k, v in facts.items() if k not in ("modules", "lazy_shadow")})
         report.checks += evaluate(facts, expected)
         if network is not None:
             report.checks += _network_checks(session, facts, network, port)
+        return report
+    except Exception as e:  # noqa: BLE001 - an odd answer from one board is its failure, not the run's
+        report.checks.append(Check("device", FAIL, f"unexpected {type(e).__name__}: {e}",
+                                   round(time.monotonic() - t0, 3)))
         return report
     finally:
         session.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from peers import free_port, wait_for_port
+from support import free_port, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-from peers import free_port
+from support import free_port
 
 HERE = Path(__file__).resolve().parent
 BOOT = """

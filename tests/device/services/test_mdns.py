@@ -11,7 +11,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from peers import free_port
+from support import free_port
 
 
 def ask(port: int, name: str, rdtype: str) -> dns.message.Message:

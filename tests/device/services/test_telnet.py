@@ -12,7 +12,7 @@ import time
 import pexpect
 import pytest
 
-from peers import require_tool
+from support import require_tool
 
 IAC, DONT, DO, WONT, WILL = 255, 254, 253, 252, 251
 ECHO, SGA, TTYPE, NAWS = 1, 3, 24, 31

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from peers import require_tool
+from support import require_tool
 
 
 def curl(port: int, path: str, *args: str) -> subprocess.CompletedProcess:

@@ -26,6 +26,8 @@ import pytest
 from workshop.buildinfo import Artifact, BuildInfo, sha256_file, write_atomic
 from workshop.config import chip_definition
 
+from support import free_port
+
 MOCK_FLASH_SIZE = 4 * 1024 * 1024
 
 _MOCK = r"""
@@ -41,12 +43,6 @@ def _dump(*_):
 signal.signal(signal.SIGTERM, _dump)
 server.run_pty_server(None, port_file, chip)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

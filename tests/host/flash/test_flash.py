@@ -295,3 +295,15 @@ def test_invoke_flash_all_ok_exits_zero(mocks, dist, tmp_path):
                    "--report", str(tmp_path / "r.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("verified") >= 2
+
+
+def test_a_failure_outside_any_attempt_is_that_devices_named_error(dist, tmp_path):
+    """The log folder cannot be made (here: it is a file): the device fails with the reason,
+    instead of the worker's exception vanishing into its future and leaving 'not started', no error."""
+    image = FlashImage.from_dist(make_dist(dist, "ESP32_GENERIC", "esp32"))
+    blocked = tmp_path / "logs"
+    blocked.write_text("a file where the log folder should be")
+    report = flash.flash_all(["/dev/null"], image, log_dir=blocked)
+    [r] = report.results
+    assert not report.ok and r.state is State.FAILED and not r.verified
+    assert r.error_kind == "error" and "logs" in r.error, r.error

@@ -177,3 +177,20 @@ def test_release_images_become_flash_images(made, tmp_path):
     assert esp32.load()[0][1] == (made.directory / "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin").read_bytes()
     assert by_board["ESP8266_GENERIC"].regions[0][1] == 0
     assert "release v0.1.0" in esp32.source
+
+
+def test_truncated_sha256sums_is_a_clear_error_not_a_traceback(made, http_server, tmp_path):
+    """A whole-body read of a cut-short response raises http.client.IncompleteRead: it must come out
+    as a DownloadError naming the file (and with a complete cache, the cache is used)."""
+    server = http_server(made.directory)
+    cache = tmp_path / "cache"
+    server.behaviour.truncate.add("SHA256SUMS")
+    with pytest.raises(dl.DownloadError, match=r"SHA256SUMS: transfer (interrupted|failed)"):
+        dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=cache)
+    assert leftovers(cache) == []
+    server.behaviour.truncate.clear()
+    dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=cache)
+    server.behaviour.truncate.add("SHA256SUMS")
+    events = []
+    again = dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=cache, on_event=events.append)
+    assert again.fetched == () and dl.DownloadEvent("offline", "SHA256SUMS") in events

@@ -280,3 +280,41 @@ def test_release_with_the_real_unix_build(tmp_path, dist: Path, fake_web_tools: 
     assert os.access(binary, os.X_OK), "the host binary stays executable"
     proc = subprocess.run([str(binary), "-c", "import sys; print(sys.implementation.name)"], capture_output=True, text=True, timeout=30)
     assert proc.stdout.strip() == "micropython"
+
+
+def test_secret_scan_finds_json_escaped_secrets(tmp_path):
+    """index.json and the manifests are JSON: a secret with a quote or non-ASCII is stored escaped."""
+    secret = 'caf\u00e9 "pass"'
+    (tmp_path / "index.json").write_text(json.dumps({"description": f"x {secret} y"}))
+    (tmp_path / "plain.txt").write_text(f"x {secret} y", encoding="utf-8")
+    (tmp_path / "clean.txt").write_text("nothing here")
+    assert rel.scan_for_secrets(tmp_path, {"wifi.password": secret}) == [
+        ("index.json", "wifi.password"), ("plain.txt", "wifi.password")]
+
+
+def test_smoke_expects_what_the_release_index_says(release_kwargs, tmp_path):
+    """invoke smoke --release V reads index.json through workshop.release, from release/<V>/ or the
+    download cache (where invoke flash --release V put it)."""
+    from workshop import smoke
+
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    exp = smoke.Expected.from_release_index(made.directory / "index.json", "ESP32_GENERIC_S3")
+    assert (exp.board, exp.chip, exp.chip_name, exp.micropython_version, exp.flash_size) == (
+        "ESP32_GENERIC_S3", "esp32s3", "ESP32-S3", "1.28.0", made.board("ESP32_GENERIC_S3").flash_size)
+    assert exp.frozen_modules == made.board("ESP32_GENERIC_S3").frozen_modules
+    assert exp.stack_modules == smoke.stack_module_names(smoke.manifest_modules())
+    assert exp.source == str(made.directory / "index.json")
+    with pytest.raises(smoke.SmokeError, match="no board 'PICO' in this release"):
+        smoke.Expected.from_release_index(made.directory / "index.json", "PICO")
+
+    root = tmp_path / "project"          # release/<V>/ of this project wins over the download cache
+    cache = tmp_path / "cache"
+    with pytest.raises(smoke.SmokeError, match="release v0.1.0: no index.json in"):
+        smoke.release_index("0.1.0", root=root, cache=cache)
+    downloaded = cache / "releases" / "v0.1.0"
+    downloaded.mkdir(parents=True)
+    (downloaded / "index.json").write_bytes((made.directory / "index.json").read_bytes())
+    assert smoke.release_index("0.1.0", root=root, cache=cache) == downloaded / "index.json"
+    (root / "release" / "v0.1.0").mkdir(parents=True)
+    (root / "release" / "v0.1.0" / "index.json").write_text("{}")
+    assert smoke.release_index("v0.1.0", root=root, cache=cache) == root / "release" / "v0.1.0" / "index.json"

@@ -70,3 +70,78 @@ def test_evaluate_rules():
                modules={"wifi": ["file", "/lib/wifi.py"]}, config={"path": "/workshop.json", "missing": True})
     failed = {c.name for c in smoke.evaluate(bad, exp) if c.status == "fail"}
     assert failed == {"firmware", "module wifi", "heap", "flash", "config"}
+
+
+def test_secrets_in_extra_config_keys_are_masked_too(tmp_path):
+    """An [mqtt] password from workshop.toml rides along in `extra`: masked like the Wi-Fi password."""
+    f = tmp_path / "workshop.toml"
+    f.write_text('[wifi]\nssid = "W"\npassword = "wifi-pw-1"\n[mqtt]\nbroker = "10.0.0.2"\npassword = "mqtt-pw-2"\n')
+    cfg = ProvisionConfig.from_file(f)
+    assert "mqtt-pw-2" not in repr(cfg) and "wifi-pw-1" not in repr(cfg) and "10.0.0.2" in repr(cfg)
+    assert set(cfg.secrets()) == {"wifi-pw-1", "mqtt-pw-2"}
+    assert cfg.updates(None)["mqtt"] == {"broker": "10.0.0.2", "password": "mqtt-pw-2"}
+
+
+def test_a_password_that_is_not_a_string_is_a_config_error_without_its_value(tmp_path):
+    f = tmp_path / "workshop.toml"
+    f.write_text("[wifi]\nssid = \"W\"\npassword = 12345678\n")
+    with pytest.raises(ProvisionError, match="workshop.toml: wifi password: expected a string") as err:
+        ProvisionConfig.from_file(f)
+    assert "12345678" not in str(err.value)
+
+
+def test_chip_check_compares_the_mcu_exactly():
+    """'Generic ESP32S3 module with ESP32S3' contains 'ESP32' but is not an ESP32."""
+    exp = smoke.Expected(source="t", chip="esp32", chip_name="ESP32")
+    s3 = {"platform": "esp32", "version": "1.28.0", "machine": "Generic ESP32S3 module with ESP32S3", "config": {}}
+    assert smoke.evaluate(s3, exp)[0].status == "fail"
+    plain = dict(s3, machine="Generic ESP32 module with ESP32")
+    assert smoke.evaluate(plain, exp)[0].status == "pass"
+    exp8266 = smoke.Expected(source="t", chip="esp8266", chip_name="ESP8266")
+    assert smoke.evaluate(dict(s3, platform="esp8266", machine="ESP module with ESP8266"), exp8266)[0].status == "pass"
+
+
+class _FakeSession:
+    """Answers the device check with canned facts (the e2e tests use real REPLs)."""
+
+    def __init__(self, facts):
+        self.facts = facts
+
+    def __call__(self, port, **kwargs):
+        return self
+
+    def open(self):
+        return self
+
+    def enter_raw(self):
+        pass
+
+    def eval_json(self, code, timeout=None):
+        return self.facts if "lazy_shadow" in code else {"skip": "no network here"}
+
+    def close(self):
+        pass
+
+
+def _facts(**config):
+    return {"platform": "linux", "version": "1.28.0", "modules": {}, "free": 1, "flash": None,
+            "config": {"path": "workshop.json", "keys": sorted(config), **config}}
+
+
+def test_smoke_reports_never_carry_a_config_secret():
+    facts = _facts(mqtt={"broker": "10.0.0.2", "user": "u", "password": "mqtt-pw-2"})
+    [r] = smoke.smoke_all(["p0"], smoke.Expected(source="t"), session_factory=_FakeSession(facts))
+    assert r.ok and r.facts["config"]["mqtt"] == {"broker": "10.0.0.2", "user": "u", "password": "***"}
+    assert "mqtt-pw-2" not in smoke.to_json([r]) + smoke.to_junit([r])
+
+
+def test_one_odd_board_fails_its_own_report_not_the_run():
+    odd = _FakeSession(_facts(mqtt="not-a-table"))           # a hand-edited config
+    good = _FakeSession(_facts(mqtt={"broker": "10.0.0.2"}))
+    sessions = {"odd": odd, "good": good}
+    reports = smoke.smoke_all(["odd", "good"], smoke.Expected(source="t"),
+                              network=smoke.NetworkOptions(http_url=None),
+                              session_factory=lambda port, **kw: sessions[port])
+    assert [r.port for r in reports] == ["odd", "good"]
+    assert [c.name for c in reports[0].failed] == ["device"] and "AttributeError" in reports[0].failed[0].detail
+    assert reports[1].check("config").status == "pass"
