@@ -73,7 +73,7 @@ def main() -> None:
     print(f"UNIX board, MicroPython {checkout.label}, make -j{args.jobs}, {os.cpu_count()} cores")
     print(f"{'case':<18}{'ours (s)':>10}{'raw make (s)':>14}{'ours/raw':>10}")
     for case, mine, raw in rows:
-        print(f"{case:<18}{mine:>10.2f}{raw:>14.2f}{mine / raw:>10.2f}")
+        print(f"{case:<18}{mine:>10.3f}{raw:>14.3f}{mine / raw:>10.3f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-# requests: a small HTTP/1.0 client with the micropython-lib `requests` API.
+# requests: a small HTTP/1.1 client (one request per connection) with the micropython-lib `requests` API.
 #
 # Beyond micropython-lib's: str and json bodies are sent as UTF-8 with their byte length; the Host
 # header carries a non-default port; header names match in any case; relative redirects work,
@@ -118,7 +118,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         s.write(method)
         s.write(b" /")
         s.write(path)
-        s.write(b" HTTP/1.0\r\n")
+        s.write(b" HTTP/1.1\r\n")
         for k in headers:  # keys, not items(): no tuple per header
             s.write(k)
             s.write(b": ")

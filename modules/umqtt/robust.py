@@ -2,8 +2,9 @@
 #
 # Beyond micropython-lib's: the delay between attempts doubles from DELAY up to MAX_DELAY
 # seconds; subscriptions are made again when the broker lost the session (a restarted broker);
-# an operation cut by a reconnect is retried whole (a QoS 1 publish is sent again rather than
-# waiting forever for an ack of the old connection).
+# an operation cut by a reconnect is retried whole: a QoS 1 publish is sent again with its packet
+# id and the DUP flag until the broker acknowledges it (none lost across a broker restart), rather
+# than waiting forever for an ack of the old connection.
 import time
 from . import simple
 
@@ -47,7 +48,17 @@ class MQTTClient(simple.MQTTClient):
             self.reconnect()
 
     def publish(self, topic, msg, retain=False, qos=0):
-        return self._retry(simple.MQTTClient.publish, topic, msg, retain, qos)
+        try:
+            while 1:
+                try:
+                    return super().publish(topic, msg, retain, qos)
+                except OSError as e:
+                    self.log(False, e)
+                if qos and not self._dup:
+                    self._dup = self.pid  # sent (perhaps delivered), not acknowledged
+                self.reconnect()
+        finally:
+            self._dup = 0
 
     def subscribe(self, topic, qos=0):
         r = self._retry(simple.MQTTClient.subscribe, topic, qos)

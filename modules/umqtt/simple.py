@@ -3,8 +3,9 @@
 # Same calls as micropython-lib's umqtt.simple (tutorial code runs unchanged), plus:
 # str topics/messages are sent as UTF-8 with their byte length; remaining lengths of any size in
 # every packet; packet ids wrap at 65535; protocol errors raise MQTTException, not assert;
-# check_msg() keeps the connect() timeout and pings when half the keepalive has passed;
-# server=None takes "mqtt": {"broker", "port"} from /workshop.json. A packet is staged in one
+# check_msg() keeps the connect() timeout (TLS sockets too) and pings when half the keepalive has
+# passed; a peer sending garbage gets MQTTException or OSError, never a hang beyond the timeout;
+# server=None takes "mqtt": {"broker", "port"} from /workshop.json (wsconfig). A packet is staged in one
 # preallocated buffer and sent with one write (its payload apart when it does not fit): small
 # writes in a row stall ~40 ms each on Nagle + delayed ACK, which made every QoS 1 publish slow.
 import socket
@@ -25,9 +26,6 @@ _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 _STAGE = const(128)
 
-CONFIG = "/workshop.json"
-
-
 class MQTTException(Exception):
     pass
 
@@ -36,31 +34,24 @@ def _b(s):
     return s.encode() if isinstance(s, str) else s
 
 
-def _config():
-    try:
-        import json
-
-        with open(CONFIG) as f:
-            return json.load(f).get("mqtt") or {}
-    except (OSError, ValueError):
-        return {}
-
-
 class MQTTClient:
     def __init__(self, client_id, server=None, port=0, user=None, password=None, keepalive=0,
                  ssl=None, ssl_params={}):
         if server is None:
-            c = _config()
+            import wsconfig
+
+            c = wsconfig.load(False).get("mqtt") or {}
             server = c.get("broker")
             port = port or c.get("port", 0)
             if not server:
-                raise ValueError("no MQTT broker: pass server or set mqtt.broker in " + CONFIG)
+                raise ValueError("no MQTT broker: pass server or set mqtt.broker in " + wsconfig.path())
         if port == 0:
             port = 8883 if ssl else 1883
         if not 0 <= keepalive < 65536:
             raise ValueError("keepalive")
         self.client_id = client_id
         self.sock = None
+        self._raw = None  # the TCP socket under TLS: timeouts are set on it
         self.server = server
         self.port = port
         self.ssl = ssl
@@ -79,6 +70,7 @@ class MQTTClient:
         self._n = 0
         self._timeout = None
         self._sent = 0
+        self._dup = 0  # umqtt.robust: the packet id of a QoS 1 publish sent again (DUP)
 
     def set_callback(self, f):
         self.cb = f
@@ -143,7 +135,10 @@ class MQTTClient:
             raise OSError(ECONNRESET)
 
     def _read(self, n):
-        d = self.sock.read(n) if n else b""
+        try:
+            d = self.sock.read(n) if n else b""
+        except MemoryError:  # a length no heap holds: garbage, or a message too big for the device
+            raise MQTTException("too large")
         if d is None or len(d) != n:
             raise OSError(ECONNRESET)
         return d
@@ -175,7 +170,7 @@ class MQTTClient:
             self.sock = None
         self._timeout = timeout
         addr = socket.getaddrinfo(self.server, self.port)[0][-1]
-        s = socket.socket()
+        s = self._raw = socket.socket()
         try:
             s.settimeout(timeout)
             s.connect(addr)
@@ -222,7 +217,7 @@ class MQTTClient:
             return b[2] & 1
         except:
             s.close()
-            self.sock = None
+            self.sock = self._raw = None
             raise
 
     def disconnect(self):
@@ -231,7 +226,7 @@ class MQTTClient:
             self._flush()
         finally:
             self.sock.close()
-            self.sock = None
+            self.sock = self._raw = None
 
     def ping(self):
         self._start(_PINGREQ, 0)
@@ -245,10 +240,11 @@ class MQTTClient:
         sz = 2 + len(topic) + len(msg)
         if qos:
             sz += 2
-        self._start(_PUBLISH | qos << 1 | (1 if retain else 0), sz)
+        pid = self._dup if qos else 0
+        self._start(_PUBLISH | qos << 1 | (1 if retain else 0) | (8 if pid else 0), sz)
         self._send_str(topic)
         if qos:
-            pid = self._next_pid()
+            pid = pid or self._next_pid()
             self._u16(pid)
         self._w(msg)
         self._flush()
@@ -303,10 +299,10 @@ class MQTTClient:
     # As wait_msg(), but returns None at once when nothing is pending.
     def check_msg(self):
         self._ping_due()
-        s = self.sock
+        s = self._raw
         s.setblocking(False)
         try:
-            n = s.readinto(self._buf, 1)
+            n = self.sock.readinto(self._buf, 1)
         except OSError as e:
             if e.errno != EAGAIN:
                 raise
@@ -324,19 +320,23 @@ class MQTTClient:
         op = self._buf[0]
         sz = self._recv_len()
         if op & 0xF0 != _PUBLISH:
-            if sz > 7:
+            if sz > 7 or op < 0x20 or op >= 0xE0:  # reserved, or a client's packet type
                 raise MQTTException("bad packet")
             if sz:
                 self._rx(sz)  # PUBACK/UNSUBACK: pid; SUBACK: pid + code
             return None if op == _PINGRESP else op
+        sz -= 2
         self._rx(2)
         n = self._buf[0] << 8 | self._buf[1]
+        if op & 6:
+            sz -= 2
+        sz -= n
+        if sz < 0 or op & 6 == 6:
+            raise MQTTException("bad packet")
         topic = self._read(n)
-        sz -= n + 2
         if op & 6:
             self._rx(2)
             pid = self._buf[0] << 8 | self._buf[1]
-            sz -= 2
         msg = self._read(sz)
         if self.cb:
             self.cb(topic, msg)

@@ -28,10 +28,10 @@ def device_lines(stdout: str) -> list:
 class DeviceProcess:
     """A MicroPython script running in the background; its printed lines arrive in order."""
 
-    def __init__(self, micropython, code: str, tmp_path: Path, *args: str) -> None:
+    def __init__(self, micropython, code: str, tmp_path: Path, *args: str, **kw) -> None:
         script = tmp_path / f"device_{time.monotonic_ns()}.py"
         script.write_text(code)
-        self.proc = micropython.popen(script, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = micropython.popen(script, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()

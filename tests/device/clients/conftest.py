@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -52,7 +53,8 @@ def device_env(micropython, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
+    # An HTTP/1.1 server: it keeps a connection open unless the client asks to close it.
+    protocol_version = "HTTP/1.1"
     requests_seen: list[dict]
 
     def log_message(self, *args) -> None:  # keep pytest output clean
@@ -85,12 +87,18 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         body = self._body()
         self.server.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                 "body": body})
+                                 "body": body, "version": self.request_version})
         if url.path == "/json":
             self._send(200, json.dumps({"ok": True, "unit": "°C"}).encode())
         elif url.path.endswith("/echo"):  # also /redirect/echo: the target of a relative redirect
+            auth = self.headers.get("Authorization") or ""
+            form = None
+            if self.headers.get("Content-Type") == "application/x-www-form-urlencoded":
+                form = {k: v[0] for k, v in parse_qs(body.decode(), strict_parsing=True).items()}
             self._send(200, json.dumps({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                        "body": body.hex()}).encode())
+                                        "body": body.hex(), "form": form,
+                                        "basic": base64.b64decode(auth[6:], validate=True).decode()
+                                        if auth.startswith("Basic ") else None}).encode())
         elif url.path.startswith("/redirect/"):
             self._send(int(url.path.rsplit("/", 1)[1]), b"", Location=query["to"])
         elif url.path == "/loop":
@@ -206,13 +214,19 @@ class Message:
 class Subscriber:
     """A paho-mqtt client on the host: what the broker really delivered."""
 
-    def __init__(self, host: str, port: int, *topics: str) -> None:
+    def __init__(self, host: str, port: int, *topics: str, client_id: str = "", clean_session: bool = True,
+                 user: str | None = None, password: str | None = None, ca: Path | None = None) -> None:
         self.messages: list[Message] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.reconnect_delay_set(0.1, 0.5)  # back soon after a broker restart
+        if user:
+            self.client.username_pw_set(user, password)
+        if ca:
+            self.client.tls_set(ca_certs=str(ca))
         self.client.connect(host, port)
         self.client.loop_start()
         if topics:
@@ -254,33 +268,115 @@ def subscriber(mosquitto):
 class AuthBroker:
     host: str
     port: int
+    config: Path
+    process: subprocess.Popen
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Kill the broker hard (SIGKILL: no goodbye, no final save) and start it again, same port."""
+        self.process.kill()
+        self.process.wait()
+        time.sleep(down_for)
+        self.process = _start_broker(self.config, self.port)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
-@pytest.fixture
-def auth_broker(tmp_path: Path) -> Iterator[AuthBroker]:
-    """mosquitto refusing anonymous clients; one user `micro` with password `s3cret`."""
-    for tool in ("mosquitto", "mosquitto_passwd"):
-        if not shutil.which(tool):
-            pytest.fail(f"{tool} not found: apt-get install mosquitto")
-    pw = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "micro", "s3cret"], check=True, capture_output=True)
-    pw.chmod(0o600)
-    port = _free_port(socket.SOCK_STREAM)
-    config = tmp_path / "auth.conf"
-    # `user root`: stay the user that can read the test's private password file (no-op when not root)
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\npersistence false\n"
-                      "user root\n")
+def _start_broker(config: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen(["mosquitto", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return proc
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail(f"mosquitto did not start: {proc.stderr.read().decode(errors='replace')}")
             time.sleep(0.05)
-    yield AuthBroker("127.0.0.1", port)
-    proc.kill()
-    proc.wait()
+
+
+def _broker(d: Path, conf: str) -> AuthBroker:
+    if not shutil.which("mosquitto"):
+        pytest.fail("mosquitto not found: apt-get install mosquitto")
+    port = _free_port(socket.SOCK_STREAM)
+    config = d / "mosquitto.conf"
+    # `user root`: stay the user that can read the test's private files (no-op when not root)
+    config.write_text(f"listener {port} 127.0.0.1\n{conf}user root\n")
+    return AuthBroker("127.0.0.1", port, config, _start_broker(config, port))
+
+
+def _password_file(d: Path) -> Path:
+    if not shutil.which("mosquitto_passwd"):
+        pytest.fail("mosquitto_passwd not found: apt-get install mosquitto")
+    pw = d / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "micro", "s3cret"], check=True, capture_output=True)
+    pw.chmod(0o600)
+    return pw
+
+
+@pytest.fixture
+def auth_broker(tmp_path: Path) -> Iterator[AuthBroker]:
+    """mosquitto refusing anonymous clients; one user `micro` with password `s3cret`."""
+    broker = _broker(tmp_path, f"allow_anonymous false\npassword_file {_password_file(tmp_path)}\n"
+                               "persistence false\n")
+    yield broker
+    broker.stop()
+
+
+@dataclass
+class PKI:
+    ca_pem: Path  # the test CA (for paho and for mosquitto)
+    ca_der: Path  # the same CA in DER: what MicroPython's SSLContext.load_verify_locations(cadata=) takes
+    other_ca_der: Path  # a CA that signed nothing of ours: verification against it must fail
+    cert: Path  # the broker's certificate (CN and subjectAltName 127.0.0.1), signed by the test CA
+    key: Path
+
+
+def _openssl(*args: str) -> None:
+    openssl = shutil.which("openssl")
+    if not openssl:
+        pytest.fail("openssl not found: apt-get install openssl")
+    subprocess.run([openssl, *args], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A throw-away certificate authority and a server certificate for 127.0.0.1 (EC P-256, 2 days)."""
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for name in ("ca", "other"):
+        _openssl("req", "-x509", *ec, "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.pem"),
+                 "-days", "2", "-subj", f"/CN=Workshop test {name}")
+        _openssl("x509", "-in", str(d / f"{name}.pem"), "-outform", "DER", "-out", str(d / f"{name}.der"))
+    _openssl("req", *ec, "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"), "-subj", "/CN=127.0.0.1")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+             "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "ext.cnf"))
+    return PKI(d / "ca.pem", d / "ca.der", d / "other.der", d / "server.pem", d / "server.key")
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, pki: PKI) -> Iterator[AuthBroker]:
+    """mosquitto with only a TLS listener (certificate from the test CA) and user `micro`/`s3cret`."""
+    broker = _broker(tmp_path, f"cafile {pki.ca_pem}\ncertfile {pki.cert}\nkeyfile {pki.key}\n"
+                               f"allow_anonymous false\npassword_file {_password_file(tmp_path)}\n"
+                               "persistence false\n")
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def persistent_broker(tmp_path: Path) -> Iterator[AuthBroker]:
+    """mosquitto that saves its sessions every second: a SIGKILLed broker comes back with them.
+
+    The shared `mosquitto` fixture has persistence off: after a restart a host subscriber would
+    miss whatever the device published before the subscriber was back, which is not a loss on
+    the device's side. Here the subscriber's session (clean_session=False, QoS 1) survives.
+    """
+    (tmp_path / "db").mkdir()
+    broker = _broker(tmp_path, f"allow_anonymous true\npersistence true\npersistence_location {tmp_path}/db/\n"
+                               "autosave_interval 1\n")
+    yield broker
+    broker.stop()

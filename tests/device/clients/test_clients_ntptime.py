@@ -7,7 +7,7 @@ import struct
 import threading
 import time
 
-from clienttools import device_lines, free_port
+from clienttools import device_lines
 
 PRELUDE = """
 import sys, ntptime

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+from pathlib import Path
 
-from clienttools import BIG, CHUNKS, device_lines, free_port
+from clienttools import BIG, CHUNKS, DeviceProcess, device_lines, free_port
 
 PRELUDE = """
 import sys, json
@@ -30,6 +32,24 @@ print(repr(requests.head(BASE + "/json").status_code))
         (404, "Not Found", "nope"),
         200,
     ]
+
+
+def test_requests_are_http_1_1_with_host_and_one_connection_each(micropython, http_peer):
+    """A chunked request body is only valid in HTTP/1.1; Connection: close ends each exchange
+    even on a keep-alive server, so no request waits for a server timeout."""
+    out = run(micropython, """
+import time
+t = time.ticks_ms()
+for i in range(3):
+    r = requests.post(BASE + "/echo", data=iter((b"a", b"bc")))
+    print(repr((r.status_code, r.json()["body"])))
+print(repr(time.ticks_diff(time.ticks_ms(), t) < 2000))
+""", http_peer.url)
+    assert out == [(200, "616263")] * 3 + [True]
+    mine = http_peer.seen[-3:]   # the peer serves the whole session
+    assert [(s["version"], s["headers"].get("Connection"), s["headers"].get("Transfer-Encoding"))
+            for s in mine] == [("HTTP/1.1", "close", "chunked")] * 3
+    assert all(s["headers"]["Host"] == http_peer.url.split("//")[1].split("/")[0] for s in mine)
 
 
 def test_bodies_are_sent_byte_exact_with_their_byte_length(micropython, http_peer):
@@ -155,3 +175,117 @@ gc.collect()
 print(gc.mem_alloc() - before)
 """, http_peer.url, heapsize="38k", env=device_env)
     assert out[0] < 512, f"{out[0]} bytes still held after 100 requests"
+
+
+def test_form_and_json_posts_with_basic_auth_from_our_base64(micropython, http_peer):
+    out = run(micropython, """
+from base64 import b64encode
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+def show(r):
+    d = r.json()
+    print(repr((d["method"], d["form"], d["basic"], d["headers"].get("Content-Type"), d["body"])))
+show(requests.post(BASE + "/echo", data="temp=23.5&unit=%C2%B0C", headers=FORM, auth=("micro", "s3cret")))
+hdr = {"Content-Type": "application/x-www-form-urlencoded",
+       "Authorization": b"Basic " + b64encode("ünï:pä:ss".encode())}        # built by hand with base64
+show(requests.post(BASE + "/echo", data=b"a=1&b=%20x", headers=hdr))
+show(requests.post(BASE + "/echo", json={"n": [1, 2]}, auth=("micro", "")))
+""", http_peer.url)
+    assert out == [
+        ("POST", {"temp": "23.5", "unit": "°C"}, "micro:s3cret", "application/x-www-form-urlencoded",
+         b"temp=23.5&unit=%C2%B0C".hex()),
+        ("POST", {"a": "1", "b": " x"}, "ünï:pä:ss", "application/x-www-form-urlencoded", b"a=1&b=%20x".hex()),
+        ("POST", None, "micro:", "application/json", b'{"n": [1, 2]}'.hex()),
+    ]
+
+
+def test_every_redirect_kind(micropython, http_peer):
+    # 301/302/303: the browser rule, the next request is a GET without body or Content-Type;
+    # 307/308: the same method, body and Content-Type. Relative and absolute Locations alike.
+    out = run(micropython, """
+for code in (301, 302, 303, 307, 308):
+    for to in ("/echo", "echo", BASE + "/echo"):
+        r = requests.post(BASE + "/redirect/%d?to=%s" % (code, to), data="x=°",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        d = r.json()
+        print(repr((code, r.status_code, d["method"], d["path"], d["body"], d["headers"].get("Content-Type"))))
+    d = requests.put(BASE + "/redirect/%d?to=/echo" % code, data=b"put").json()
+    print(repr((code, d["method"], d["body"])))
+""", http_peer.url)
+    form = "application/x-www-form-urlencoded"
+    body = "x=°".encode().hex()
+    expected = []
+    for code in (301, 302, 303, 307, 308):
+        keep = code in (307, 308)
+        for path in ("/echo", "/redirect/echo", "/echo"):
+            expected.append((code, 200, "POST" if keep else "GET", path, body if keep else "", form if keep else None))
+        expected.append((code, "PUT" if keep else "GET", b"put".hex() if keep else ""))
+    assert out == expected
+
+
+def test_connect_and_read_timeouts_are_separate_oserrors(micropython, http_peer):
+    # A listener whose accept queue is full: the kernel drops the SYN, connect() waits (on
+    # loopback, nothing else makes a connect hang). Then a server that accepts and never answers.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    fill = []
+    for _ in range(3):
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(srv.getsockname())
+        fill.append(c)
+    try:
+        out = run(micropython, f"""
+import time
+from errno import ETIMEDOUT
+for url in ("http://127.0.0.1:{srv.getsockname()[1]}/", BASE + "/slow"):
+    t = time.ticks_ms()
+    try:
+        requests.get(url, timeout=0.6)
+        print(repr("answered"))
+    except OSError as e:
+        print(repr((e.errno == ETIMEDOUT, 500 <= time.ticks_diff(time.ticks_ms(), t) < 2000)))
+""", http_peer.url)
+    finally:
+        for c in fill:
+            c.close()
+        srv.close()
+    assert out == [(True, True), (True, True)]
+
+
+def test_1000_sequential_requests_hold_no_sockets_and_no_heap(micropython, http_peer, device_env, tmp_path):
+    dev = DeviceProcess(micropython, PRELUDE + """
+import gc
+for i in range(1000):
+    k = i % 5
+    if k == 0:
+        requests.get(BASE + "/json").json()
+    elif k == 1:
+        with requests.post(BASE + "/echo", data=b"x" * 100) as r:
+            r.content
+    elif k == 2:
+        requests.get(BASE + "/redirect/302?to=/missing").text
+    elif k == 3:
+        requests.head(BASE + "/json").close()
+    else:
+        r = requests.get(BASE + "/big", stream=True)      # streamed, half read, then closed
+        r.raw.read(1000)
+        r.close()
+    if i % 100 == 99:
+        gc.collect()
+        print(repr((i + 1, gc.mem_free())))
+""", tmp_path, http_peer.url, heapsize="38k", env=device_env)
+    fds = Path(f"/proc/{dev.proc.pid}/fd")
+    try:
+        base = len(list(fds.iterdir()))
+        seen = []
+        for n in range(100, 1001, 100):
+            done, free = dev.expect(..., timeout=60)
+            assert done == n
+            seen.append((free, len(list(fds.iterdir()))))
+        dev.finish()
+    finally:
+        dev.kill()
+    assert max(fd for _, fd in seen) <= base + 2, f"open fds {[fd for _, fd in seen]}, {base} at start"
+    frees = [free for free, _ in seen]
+    assert max(frees) - min(frees[1:]) < 512, f"gc.mem_free() after each 100 requests: {frees}"

@@ -7,10 +7,14 @@ receives is printed by the device script as Python literals.
 from __future__ import annotations
 
 import json
+import random
+import socket
+import threading
 import time
 
 import pytest
 from clienttools import DeviceProcess, device_lines, free_port
+from conftest import Subscriber
 
 LONG_TOPIC = "ws/" + "t" * 200  # > 127 bytes: a multi-byte remaining length even in SUBSCRIBE
 BIG = 20000  # a 3-byte remaining length
@@ -202,31 +206,32 @@ except OSError as e:
 
 
 def test_errors_a_user_can_act_on(micropython, mosquitto, tmp_path):
+    # server=None reads "mqtt" from the device config through wsconfig, the one reader of
+    # /workshop.json; WORKSHOP_CONFIG is its unix seam.
     config = tmp_path / "workshop.json"
     config.write_text(json.dumps({"hostname": "ws-1", "mqtt": {"broker": mosquitto.host, "port": mosquitto.port}}))
     out = run(micropython, f"""
-import umqtt.simple as simple
 try:
     MQTTClient("e1", HOST, {free_port()}).connect()
 except OSError as e:
     print(repr("refused"))
-simple.CONFIG = {str(tmp_path / "absent.json")!r}
 try:
     MQTTClient("e2")
 except ValueError as e:
     print(repr(str(e)))
-simple.CONFIG = {str(config)!r}
+""", mosquitto, env={"WORKSHOP_CONFIG": str(tmp_path / "absent.json")})
+    assert device_lines(out.stdout) == ["refused", "no MQTT broker: pass server or set mqtt.broker in "
+                                        + str(tmp_path / "absent.json")]
+    out = run(micropython, """
 c = MQTTClient("e3")
+print(repr((c.server, c.port)))
 print(c.connect())
 try:
     c.publish("ws/x", "y", qos=2)
 except ValueError:
     print(repr("qos2"))
-""", mosquitto)
-    lines = device_lines(out.stdout)
-    assert lines[0] == "refused"
-    assert lines[1].startswith("no MQTT broker: pass server or set mqtt.broker in ")
-    assert lines[2:] == [0, "qos2"]
+""", mosquitto, env={"WORKSHOP_CONFIG": str(config)})
+    assert device_lines(out.stdout) == [(mosquitto.host, mosquitto.port), 0, "qos2"]
 
 
 def test_robust_client_resubscribes_after_broker_restart(micropython, mosquitto, subscriber, tmp_path):
@@ -312,3 +317,276 @@ c.disconnect()
     assert len(sub.wait_for(200)) == 200
     leaked = device_lines(out.stdout)[0]
     assert leaked < 512, f"{leaked} bytes still held after 200 round trips"
+
+
+
+TLS = PRELUDE + """
+import ssl
+from errno import ETIMEDOUT
+CA = open(sys.argv[3], "rb").read()
+def context(cadata):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=cadata)
+    return ctx
+"""
+
+
+def test_port_0_means_1883_or_8883_with_tls(micropython, pki):
+    out = micropython.run(TLS + """
+print(repr([MQTTClient("p", "broker").port, MQTTClient("p", "broker", ssl=True).port,
+            MQTTClient("p", "broker", ssl=context(CA)).port, MQTTClient("p", "broker", 1234, ssl=True).port,
+            MQTTClient("p", "broker", 0, ssl=None).port]))
+""", "127.0.0.1", "0", str(pki.ca_der))
+    assert device_lines(out.stdout) == [[1883, 8883, 8883, 1234, 1883]]
+
+
+@pytest.mark.parametrize("mode", ["ssl=True", "ssl=True verified", "SSLContext"])
+def test_tls_with_password_publishes_and_subscribes(micropython, tls_broker, pki, tmp_path, mode):
+    # The broker speaks only TLS and wants user/password; paho on the host trusts the test CA.
+    host = Subscriber(tls_broker.host, tls_broker.port, "ws/tls/out", user="micro", password="s3cret", ca=pki.ca_pem)
+    dev = DeviceProcess(micropython, TLS + """
+mode = sys.argv[4]
+if mode == "SSLContext":
+    kw = {"ssl": context(CA)}                      # verifies the chain and server_hostname=HOST
+elif mode == "ssl=True verified":
+    kw = {"ssl": True, "ssl_params": {"cert_reqs": ssl.CERT_REQUIRED, "cadata": CA, "server_hostname": HOST}}
+else:
+    kw = {"ssl": True}                               # legacy: encrypted, not verified
+c = MQTTClient("tls1", HOST, PORT, user="micro", password="s3cret", keepalive=30, **kw)
+c.set_callback(show)
+print(c.connect(timeout=1.5))
+print(c.subscribe("ws/tls/ïn", 1))
+c.publish("ws/tls/out", "über TLS " + mode, qos=1)
+c.publish(b"ws/tls/out", bytes(range(256)) * 24)       # > one TLS record
+print(repr("ready"))
+c.wait_msg()
+t = time.ticks_ms()
+while c.check_msg() is None:                      # check_msg on a TLS socket, then its timeout
+    if time.ticks_diff(time.ticks_ms(), t) > 5000:
+        raise SystemExit("nothing came")
+    time.sleep_ms(10)
+t = time.ticks_ms()
+try:
+    c.wait_msg()
+except OSError as e:
+    print(repr(("timeout", e.errno == ETIMEDOUT, time.ticks_diff(time.ticks_ms(), t) < 4000)))
+""", tmp_path, tls_broker.host, str(tls_broker.port), str(pki.ca_der), mode)
+    try:
+        assert dev.expect(...) == 0
+        assert dev.expect(...) == 1
+        dev.expect("ready")
+        host.publish("ws/tls/ïn", "°C".encode(), qos=1)
+        host.publish("ws/tls/ïn", b"two", qos=0)
+        assert dev.expect(...) == ("ws/tls/ïn".encode(), "°C".encode())
+        assert dev.expect(...) == ("ws/tls/ïn".encode(), b"two")
+        assert dev.expect(...) == ("timeout", True, True)
+        dev.finish()
+        got = host.wait_for(2)
+        assert [(m.payload, m.qos) for m in got] == [(f"über TLS {mode}".encode(), 1), (bytes(range(256)) * 24, 0)]
+    finally:
+        dev.kill()
+        host.close()
+
+
+def test_tls_refuses_an_untrusted_broker_and_a_wrong_password(micropython, tls_broker, pki):
+    out = micropython.run(TLS + """
+for name, kw in (("other CA", {"ssl": context(open(sys.argv[4], "rb").read())}),
+                 ("verified, other CA", {"ssl": True, "ssl_params": {"cert_reqs": ssl.CERT_REQUIRED,
+                                         "cadata": open(sys.argv[4], "rb").read(), "server_hostname": HOST}}),
+                 ("wrong password", {"ssl": context(CA), "password": "wrong"}),
+                 ("plain MQTT to the TLS port", {})):
+    kw.setdefault("password", "s3cret")
+    try:
+        MQTTClient("tls2", HOST, PORT, user="micro", **kw).connect(timeout=3)
+        print(repr((name, "connected")))
+    except MQTTException as e:
+        print(repr((name, "MQTTException", e.args[0])))
+    except (OSError, ValueError) as e:              # mbedtls reports a failed verification as ValueError
+        print(repr((name, "refused")))
+""", tls_broker.host, str(tls_broker.port), str(pki.ca_der), str(pki.other_ca_der))
+    assert device_lines(out.stdout) == [("other CA", "refused"), ("verified, other CA", "refused"),
+                                        ("wrong password", "MQTTException", 5),
+                                        ("plain MQTT to the TLS port", "refused")]
+
+
+def test_mixed_bytes_and_str_with_non_ascii_both_ways(micropython, mosquitto, subscriber, tmp_path):
+    host = subscriber("ws/mix/#")
+    dev = DeviceProcess(micropython, PRELUDE + """
+c = MQTTClient(b"mix1", HOST, PORT)
+c.set_callback(show)
+c.set_last_will(b"ws/mix/will", "unused °")
+c.connect()
+c.publish(b"ws/mix/bytes-topic", "str payload °C")
+c.publish("ws/mix/tøpic°", b"\\xff\\x00 bytes", qos=1)
+c.publish("ws/mix/ünï", "ünïcode ✓", qos=1)
+c.publish(bytearray(b"ws/mix/ba"), bytearray(b"bytearray"), qos=1)
+c.subscribe("ws/dev/ünï/#", 1)                  # str topic filter with non-ASCII
+c.subscribe("ws/dev/býtes".encode())             # the same kind as bytes
+c.subscribe("ws/dev/gone")
+c.unsubscribe(b"ws/dev/gone")
+print(repr("ready"))
+for i in range(3):
+    c.wait_msg()
+c.disconnect()
+""", tmp_path, mosquitto.host, str(mosquitto.port))
+    try:
+        dev.expect("ready")
+        got = host.wait_for(4)
+        assert [(m.topic, m.payload) for m in got] == [
+            ("ws/mix/bytes-topic", "str payload °C".encode()),
+            ("ws/mix/tøpic°", b"\xff\x00 bytes"),
+            ("ws/mix/ünï", "ünïcode ✓".encode()),
+            ("ws/mix/ba", b"bytearray"),
+        ]
+        host.publish("ws/dev/gone", b"not for the device")
+        host.publish("ws/dev/ünï/°", "wärme °C")
+        host.publish("ws/dev/býtes", bytes(range(256)), qos=0)
+        host.publish("ws/dev/ünï/x", "")
+        assert dev.expect(...) == ("ws/dev/ünï/°".encode(), "wärme °C".encode())
+        assert dev.expect(...) == ("ws/dev/býtes".encode(), bytes(range(256)))
+        assert dev.expect(...) == ("ws/dev/ünï/x".encode(), b"")
+        dev.finish()
+    finally:
+        dev.kill()
+
+
+def test_robust_loses_no_qos1_message_across_a_broker_kill(micropython, persistent_broker, tmp_path):
+    # The host subscriber has a persistent session (clean_session=False, QoS 1) on a broker that
+    # saves it every second, so whatever the broker accepted reaches the host even while the host
+    # is reconnecting. The device's QoS 1 stream runs through a SIGKILL and restart of the broker.
+    b = persistent_broker
+    host = Subscriber(b.host, b.port, "ws/seq", client_id="host-seq", clean_session=False)
+    time.sleep(1.5)  # the broker has saved the host's session
+    dev = DeviceProcess(micropython, PRELUDE + """
+from umqtt.robust import MQTTClient
+MQTTClient.DELAY = 0.1
+MQTTClient.MAX_DELAY = 0.4
+c = MQTTClient("rob3", HOST, PORT)
+c.set_callback(show)
+c.connect(timeout=3)
+c.subscribe("ws/cmd3", 1)
+print(repr("ready"))
+for i in range(50):
+    c.publish("ws/seq", str(i), qos=1)
+    if i == 15:
+        print(repr("kill now"))
+    time.sleep(0.04)
+print(repr("sent"))
+c.wait_msg()                                       # the subscription came back with the device
+""", tmp_path, b.host, str(b.port))
+    try:
+        dev.expect("ready")
+        dev.expect("kill now")
+        b.restart(down_for=1.0)
+        dev.expect("sent", timeout=20)
+        Subscriber(b.host, b.port).publish("ws/cmd3", b"still subscribed")
+        assert dev.expect(...) == (b"ws/cmd3", b"still subscribed")
+        dev.finish()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            numbers = {int(m.payload) for m in host.wait_for(50, timeout=1)}
+            if numbers >= set(range(50)):
+                break
+        assert sorted(set(range(50)) - numbers) == [], "lost QoS 1 messages"
+    finally:
+        dev.kill()
+        host.close()
+
+
+CONNACK = b"\x20\x02\x00\x00"
+_rng = random.Random(4)
+NOISE = [bytes(_rng.getrandbits(8) for _ in range(n)) for n in (1, 7, 64, 300)]
+# (name, what the peer sends after accepting, then closes (True) or stays silent (False))
+BAD_CONNECT = [
+    ("silent", b"", False),
+    ("closed at once", b"", True),
+    ("CONNACK too long", b"\x20\x03\x00\x00\x00", True),
+    ("SUBACK instead", b"\x90\x03\x00\x01\x00", True),
+    ("truncated CONNACK", b"\x20\x02\x00", True),
+    ("truncated CONNACK, silent", b"\x20\x02", False),
+    ("HTTP", b"HTTP/1.1 400 Bad Request\r\n\r\n", True),
+] + [(f"noise {len(n)}{'' if c else ', silent'}", n, c) for n in NOISE for c in (True, False)]
+BAD_SESSION = [
+    ("length of 5 bytes", b"\x30\xff\xff\xff\xff\x01", False),
+    ("topic longer than packet", b"\x30\x03\xff\xff\x00", False),
+    ("QoS 3", b"\x36\x05\x00\x01a\x00\x01", False),
+    ("reserved type 0", b"\x00\x00", False),
+    ("reserved type 15", b"\xf0\x00", False),
+    ("CONNECT from the server", b"\x10\x00", False),
+    ("truncated PUBLISH", b"\x30\x10\x00\x05ab", True),
+    ("truncated PUBLISH, silent", b"\x32\x10\x00\x05abcde\x00", False),
+    ("PUBLISH larger than any heap", b"\x30\xff\xff\xff\x7f\x00\x01a", False),
+    ("PUBACK too long", b"\x40\x08" + b"\x00" * 8, False),
+    ("closed", b"", True),
+] + [(f"noise {len(n)}{'' if c else ', silent'}", n, c) for n in NOISE for c in (True, False)]
+
+
+class GarbagePeer:
+    """A TCP server that answers each connection with the next scripted reply."""
+
+    def __init__(self, script: list[tuple[bytes, bool]]) -> None:
+        self.script = list(script)
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        for reply, close in self.script:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            conn.settimeout(2)
+            try:
+                conn.recv(1024)  # the CONNECT
+                conn.sendall(reply)
+            except OSError:
+                pass
+            if close:
+                conn.close()
+            else:
+                self.held.append(conn)
+
+    def close(self) -> None:
+        self.srv.close()
+        for c in self.held:
+            c.close()
+
+
+@pytest.mark.parametrize("stage", ["connect", "wait_msg", "check_msg"])
+def test_a_peer_sending_garbage_gets_a_clean_exception_not_a_hang(micropython, stage):
+    cases = BAD_CONNECT if stage == "connect" else BAD_SESSION
+    peer = GarbagePeer([(r if stage == "connect" else CONNACK + r, c) for _, r, c in cases])
+    try:
+        out = micropython.run(PRELUDE + f"""
+stage = sys.argv[3]
+for i in range({len(cases)}):
+    c = MQTTClient("g", HOST, PORT)
+    c.set_callback(show)
+    t = time.ticks_ms()
+    try:
+        c.connect(timeout=0.5)
+        if stage == "wait_msg":
+            c.wait_msg()
+        elif stage == "check_msg":
+            while c.check_msg() is None:
+                if time.ticks_diff(time.ticks_ms(), t) > 3000:
+                    break
+        r = "no error"
+    except MQTTException:
+        r = "MQTTException"
+    except OSError:
+        r = "OSError"
+    except Exception as e:
+        r = repr(e)
+    print(repr((r, time.ticks_diff(time.ticks_ms(), t) < 1500)))
+    if c.sock:
+        c.sock.close()
+""", "127.0.0.1", str(peer.port), stage, timeout=120)
+    finally:
+        peer.close()
+    got = dict(zip([name for name, _, _ in cases], device_lines(out.stdout)))
+    bad = {k: v for k, v in got.items() if v[0] not in ("MQTTException", "OSError") or not v[1]}
+    assert len(got) == len(cases) and not bad, f"not a clean, prompt exception: {bad}"
