@@ -534,7 +534,7 @@ def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_passwo
                 wifi_password=wifi_password or os.environ.get("WORKSHOP_WIFI_PASSWORD"),
                 telnet_user=telnet_user,
                 telnet_password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD"),
-                mqtt_broker=mqtt, mqtt_port=int(mqtt_port) if mqtt_port else None,
+                mqtt_broker=mqtt, mqtt_port=mqtt_port,   # checked (and made an int) by ProvisionConfig
                 start=tuple(_csv(start)) if start is not None else None)
 
 
@@ -601,17 +601,20 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
 
     from rich.markup import escape
 
+    from workshop import buildinfo
     from workshop import smoke as _smoke
 
+    net = None
+    if network:
+        try:
+            host, mport = _smoke.parse_broker(mqtt)
+        except _smoke.SmokeError as e:
+            raise _fail(str(e)) from None
+        net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport, **({"http_url": http_url} if http_url else {}))
     expected = _smoke_expected(board, dist, release)
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
-    net = None
-    if network:
-        host, _, mport = (mqtt or "").partition(":")
-        net = _smoke.NetworkOptions(mqtt_host=host or None, mqtt_port=int(mport) if mport else None,
-                                    **({"http_url": http_url} if http_url else {}))
     with console.status(f"checking {len(targets)} board(s)..."):
         reports = _smoke.smoke_all(targets, expected, network=net, baudrate=int(baud))
     if json_out:
@@ -619,9 +622,9 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
         if json_out == "-":
             print(text, end="")
         else:
-            Path(json_out).write_text(text)
+            buildinfo.write_atomic(Path(json_out), text)
     if junit:
-        Path(junit).write_text(_smoke.to_junit(reports))
+        buildinfo.write_atomic(Path(junit), _smoke.to_junit(reports))
     if json_out != "-":
         groups = ["connect", "firmware", "modules", "heap", "flash", "config"] + (["wifi", "mqtt", "http"] if net else [])
         table = Table(title=f"Smoke: expecting {expected.source}")

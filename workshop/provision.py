@@ -82,7 +82,7 @@ class ProvisionConfig:
     telnet_user: str | None = None
     telnet_password: Secret | None = None
     mqtt_broker: str | None = None
-    mqtt_port: int | None = None
+    mqtt_port: int | str | None = None         # "1883" is taken as 1883
     start: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)   # other keys from a config file, kept as given
 
@@ -99,8 +99,14 @@ class ProvisionConfig:
             if unknown:
                 raise ProvisionError(f"start: unknown service {unknown[0]!r} (services: {', '.join(SERVICES)})")
             object.__setattr__(self, "start", start)
-        if self.mqtt_port is not None and not 0 < int(self.mqtt_port) < 65536:
-            raise ProvisionError(f"mqtt port: expected 1..65535, got {self.mqtt_port!r}")
+        if self.mqtt_port is not None:
+            # From TOML or the command line a port may come as "1883": written as the number 1883.
+            port = self.mqtt_port
+            if isinstance(port, str) and port.strip().isdigit():
+                port = int(port.strip())
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ProvisionError(f"mqtt port: expected a port number 1..65535, got {self.mqtt_port!r}")
+            object.__setattr__(self, "mqtt_port", port)
         if self.hostname is not None:
             check_pattern(self.hostname)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROJECT_ROOT, Board
-from .provision import CONFIG_PATH_CODE, masked
-from .repl import Pacing, ReplError, ReplEvent, ReplSession
+from .provision import CONFIG_PATH_CODE, HOST_PLATFORMS, masked
+from .repl import Pacing, ReplError, ReplEvent, ReplSession, ReplTimeout
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 # Stack modules that start things when imported: checked only if boot.py already imported them.
@@ -229,6 +229,8 @@ class NetworkOptions:
     mqtt_port: int | None = None
     http_url: str | None = "http://micropython.org/ks/test.html"
     wifi_timeout: float = 20.0
+    mqtt_timeout: float = 5.0          # each of connect, subscribe, the message coming back (on the device)
+    http_timeout: float = 10.0         # socket timeout of the GET (on the device)
 
 
 # --- on the device ------------------------------------------------------------------------------
@@ -309,6 +311,10 @@ R['config'] = C
 print(json.dumps(R))
 """
 
+# The network checks catch their own errors and report them as {'error': ..., 'stage': ...}: a
+# failure names the step that failed (connect, subscribe, ...) and never leaves the board stuck.
+# Every socket has a timeout (below the host's), so a silent broker or server is a named failure.
+
 WIFI_CHECK = """
 import json, time
 A = json.loads(%(args)r)
@@ -318,11 +324,20 @@ try:
 except ImportError:
     network = None
 if network is None:
-    R['skip'] = 'no network module (host port: uses the host network)'
+    if A['host']:
+        R['skip'] = 'no radio: the unix port has no network module (it uses the host network)'
+    else:
+        R['error'] = 'this firmware has no network module'
 else:
-    with open(A['path']) as fh:
-        w = json.load(fh).get('wifi') or {}
-    if not w.get('ssid'):
+    try:
+        with open(A['path']) as fh:
+            w = json.load(fh).get('wifi') or {}
+    except Exception as e:
+        w = None
+        R['error'] = 'no usable config %%s: %%s: %%s' %% (A['path'], type(e).__name__, e)
+    if w is None:
+        pass
+    elif not w.get('ssid'):
         R['error'] = 'no wifi.ssid in the config'
     else:
         s = network.WLAN(network.STA_IF)
@@ -342,36 +357,101 @@ print(json.dumps(R))
 
 MQTT_CHECK = """
 import json, time
-from umqtt.simple import MQTTClient
 A = json.loads(%(args)r)
-got = []
-c = MQTTClient(A['client'], A['host'], port=A['port'], keepalive=30)
-c.set_callback(lambda t, m: got.append((t, m)))
-c.connect()
+R = {}
+st = 'import'
+c = None
 try:
+    from umqtt.simple import MQTTClient
+    got = []
+    c = MQTTClient(A['client'], A['host'], port=A['port'], keepalive=30)
+    c.set_callback(lambda t, m: got.append((t, m)))
+    st = 'connect'
+    c.connect(timeout=A['timeout_s'])
+    st = 'subscribe'
     c.subscribe(A['topic'].encode())
+    st = 'publish'
     t = time.ticks_ms()
     c.publish(A['topic'].encode(), A['payload'].encode())
+    st = 'wait'
     while not got and time.ticks_diff(time.ticks_ms(), t) < A['timeout_ms']:
         c.check_msg()
         time.sleep_ms(20)
-    R = {'ms': time.ticks_diff(time.ticks_ms(), t), 'ok': bool(got) and got[0][1] == A['payload'].encode()}
-finally:
-    c.disconnect()
+    R['ms'] = time.ticks_diff(time.ticks_ms(), t)
+    if not got:
+        R['error'] = 'no message back within %%d ms' %% R['ms']
+    elif got[0][1] != A['payload'].encode():
+        R['error'] = 'another message came back: %%r' %% (got[0][1][:40],)
+except Exception as e:
+    R['error'] = '%%s: %%s' %% (type(e).__name__, e)
+if 'error' in R:
+    R['stage'] = st
+if c is not None and c.sock:
+    try:
+        c.disconnect()
+    except Exception:
+        pass
 print(json.dumps(R))
 """
 
 HTTP_CHECK = """
 import json
-import urequests
 A = json.loads(%(args)r)
-r = urequests.get(A['url'])
+R = {}
+st = 'import'
 try:
-    R = {'status': r.status_code, 'bytes': len(r.content)}
-finally:
-    r.close()
+    import urequests
+    st = 'request'
+    r = urequests.get(A['url'], timeout=A['timeout_s'])
+    try:
+        st = 'read'
+        R['status'] = r.status_code
+        R['reason'] = str(getattr(r, 'reason', '') or '')
+        R['bytes'] = len(r.content)
+    finally:
+        r.close()
+except Exception as e:
+    R['error'] = '%%s: %%s' %% (type(e).__name__, e)
+    R['stage'] = st
 print(json.dumps(R))
 """
+
+MQTT_STAGES = {"import": "cannot import umqtt.simple", "connect": "cannot connect to the broker",
+               "subscribe": "subscribe failed", "publish": "publish failed", "wait": "no round trip"}
+HTTP_STAGES = {"import": "cannot import urequests", "request": "request failed", "read": "reading the answer failed"}
+# Hints for the errors a person meets first (errno names as MicroPython prints them).
+_HINTS = {"ECONNREFUSED": "nothing listens there", "ETIMEDOUT": "no answer", "EHOSTUNREACH": "host unreachable"}
+
+
+def _reason(error: str) -> str:
+    hint = next((h for code, h in _HINTS.items() if code in error), None)
+    return f"{error} ({hint})" if hint else error
+
+
+def parse_broker(value: str | None) -> tuple[str | None, int | None]:
+    """'--mqtt' as given: 'HOST', 'HOST:PORT', '[v6]:PORT' or a bare IPv6 address -> (host, port)."""
+    value = (value or "").strip()
+    if not value:
+        return None, None
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (None if not rest else rest)
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, None
+    if not host:
+        raise SmokeError(f"--mqtt {value!r}: no host (HOST or HOST:PORT)")
+    return host, None if port is None else mqtt_port(port, f"--mqtt {value!r}")
+
+
+def mqtt_port(value: Any, what: str = "mqtt port") -> int:
+    """A port number from an int or a string of digits; SmokeError naming `what` otherwise."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise SmokeError(f"{what}: expected a port number 1..65535, got {value!r}")
+    return value
 
 
 def _flash_bytes(size: str | None) -> int | None:
@@ -522,6 +602,13 @@ def _run_check(session: ReplSession, name: str, script: str, args: dict[str, Any
     try:
         result = session.eval_json(script % {"args": json.dumps(args)}, timeout=timeout)
         check = judge(result)
+    except ReplTimeout as e:
+        # The board is still inside the check: interrupt it, so that the next check can run.
+        check = Check(name, FAIL, f"{e} (the check did not finish; interrupted)")
+        try:
+            session.enter_raw()
+        except ReplError:
+            pass
     except ReplError as e:
         check = Check(name, FAIL, str(e))
     return Check(check.name, check.status, check.detail, round(time.monotonic() - t, 3))
@@ -530,6 +617,7 @@ def _run_check(session: ReplSession, name: str, script: str, args: dict[str, Any
 def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOptions, port: str) -> list[Check]:
     cfg = facts.get("config", {})
     checks: list[Check] = []
+    host_port = facts.get("platform") in HOST_PLATFORMS
 
     def wifi(r: dict[str, Any]) -> Check:
         if "skip" in r:
@@ -538,32 +626,54 @@ def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOp
             return Check("wifi", FAIL, r["error"])
         return Check("wifi", PASS, f"connected to {cfg.get('ssid')!r} as {r['ip']} in {r['ms']} ms")
 
-    if cfg.get("missing") or cfg.get("error"):
-        checks.append(Check("wifi", FAIL, "no usable config to connect with"))
-    else:
-        checks.append(_run_check(session, "wifi", WIFI_CHECK,
-                                 {"path": cfg["path"], "timeout_ms": int(opts.wifi_timeout * 1000)},
-                                 opts.wifi_timeout + 10, wifi))
+    # Run on the device even without a usable config: the unix port skips (no radio) either way,
+    # a board says that it has no config to connect with.
+    checks.append(_run_check(session, "wifi", WIFI_CHECK,
+                             {"path": cfg.get("path") or "/workshop.json", "host": host_port,
+                              "timeout_ms": int(opts.wifi_timeout * 1000)},
+                             opts.wifi_timeout + 10, wifi))
     mqtt_cfg = cfg.get("mqtt") or {}
     host = opts.mqtt_host or mqtt_cfg.get("broker")
     if not host:
         checks.append(Check("mqtt", FAIL, "no broker: pass --mqtt HOST or provision with --mqtt"))
     else:
-        mport = opts.mqtt_port or int(mqtt_cfg.get("port") or 1883)
-        tag = f"{abs(hash((port, time.time()))) & 0xFFFFFF:06x}"
-        args = {"client": f"smoke-{tag}", "host": host, "port": mport, "topic": f"workshop/smoke/{tag}",
-                "payload": f"ping {tag}", "timeout_ms": 5000}
+        try:
+            if opts.mqtt_port:
+                mport = mqtt_port(opts.mqtt_port)
+            elif opts.mqtt_host and opts.mqtt_host != mqtt_cfg.get("broker"):
+                mport = 1883                   # another broker than the config's: not the config's port
+            else:
+                mport = mqtt_port(mqtt_cfg.get("port") or 1883, f"{cfg.get('path')}: mqtt.port")
+        except SmokeError as e:
+            mport = None
+            checks.append(Check("mqtt", FAIL, str(e)))
+        if mport is not None:
+            tag = f"{abs(hash((port, time.time()))) & 0xFFFFFF:06x}"
+            wait_ms = int(opts.mqtt_timeout * 1000)
+            args = {"client": f"smoke-{tag}", "host": host, "port": mport, "topic": f"workshop/smoke/{tag}",
+                    "payload": f"ping {tag}", "timeout_ms": wait_ms, "timeout_s": opts.mqtt_timeout}
 
-        def mqtt(r: dict[str, Any]) -> Check:
-            return Check("mqtt", PASS if r.get("ok") else FAIL,
-                         f"round trip through {host}:{mport} in {r.get('ms')} ms" if r.get("ok")
-                         else f"no message back from {host}:{mport} within {r.get('ms')} ms")
-        checks.append(_run_check(session, "mqtt", MQTT_CHECK, args, 15, mqtt))
+            def mqtt(r: dict[str, Any]) -> Check:
+                if "error" in r:
+                    stage = MQTT_STAGES.get(r.get("stage"), r.get("stage"))
+                    return Check("mqtt", FAIL, f"broker {host}:{mport}: {stage}: {_reason(r['error'])}")
+                return Check("mqtt", PASS, f"round trip through {host}:{mport} in {r.get('ms')} ms")
+            # connect + subscribe + wait, each bounded on the device by mqtt_timeout
+            checks.append(_run_check(session, "mqtt", MQTT_CHECK, args, 3 * opts.mqtt_timeout + 5, mqtt))
     if opts.http_url:
+        url = opts.http_url
+
         def http(r: dict[str, Any]) -> Check:
-            ok = 200 <= int(r.get("status", 0)) < 300
-            return Check("http", PASS if ok else FAIL, f"GET {opts.http_url}: {r.get('status')}, {r.get('bytes')} bytes")
-        checks.append(_run_check(session, "http", HTTP_CHECK, {"url": opts.http_url}, 20, http))
+            if "error" in r:
+                stage = HTTP_STAGES.get(r.get("stage"), r.get("stage"))
+                return Check("http", FAIL, f"GET {url}: {stage}: {_reason(r['error'])}")
+            status = r.get("status")
+            ok = isinstance(status, int) and 200 <= status < 300
+            said = f"HTTP {status}" + (f" {r['reason']}" if r.get("reason") else "")
+            return Check("http", PASS if ok else FAIL, f"GET {url}: {said}, {r.get('bytes')} bytes"
+                         + ("" if ok else " (expected a 2xx status)"))
+        checks.append(_run_check(session, "http", HTTP_CHECK, {"url": url, "timeout_s": opts.http_timeout},
+                                 2 * opts.http_timeout + 5, http))
     return checks
 
 
@@ -588,22 +698,35 @@ def to_json(reports: Sequence[DeviceReport]) -> str:
     return json.dumps({"ok": all(r.ok for r in reports), "devices": [r.to_dict() for r in reports]}, indent=2) + "\n"
 
 
+# XML 1.0 cannot carry most control characters (not even escaped): a check detail with an ANSI
+# colour code or a NUL from a board would make the whole report unreadable.
+_XML_INVALID = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` with every character XML 1.0 cannot hold written as an escape: '\\x1b', '\\x00'."""
+    return _XML_INVALID.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", text)
+
+
 def to_junit(reports: Sequence[DeviceReport], suite: str = "workshop-smoke") -> str:
     """JUnit XML: one testsuite per device, one testcase per check (fail -> <failure>, skip -> <skipped>)."""
-    root = ET.Element("testsuites", name=suite)
+    x = xml_safe
+    root = ET.Element("testsuites", name=x(suite))
     for r in reports:
-        ts = ET.SubElement(root, "testsuite", name=r.port, tests=str(len(r.checks)),
+        ts = ET.SubElement(root, "testsuite", name=x(r.port), tests=str(len(r.checks)),
                            failures=str(len(r.failed)), errors="0",
                            skipped=str(sum(c.status == SKIP for c in r.checks)), time=f"{r.duration_s:.3f}")
         for c in r.checks:
-            tc = ET.SubElement(ts, "testcase", classname=f"smoke.{Path(r.port).name}", name=c.name,
+            tc = ET.SubElement(ts, "testcase", classname=x(f"smoke.{Path(r.port).name}"), name=x(c.name),
                                time=f"{c.duration_s:.3f}")
+            detail = x(c.detail)
             if c.status == FAIL:
-                ET.SubElement(tc, "failure", message=c.detail).text = c.detail
+                ET.SubElement(tc, "failure", message=detail).text = detail
             elif c.status == SKIP:
-                ET.SubElement(tc, "skipped", message=c.detail)
+                ET.SubElement(tc, "skipped", message=detail)
             else:
-                ET.SubElement(tc, "system-out").text = c.detail
+                ET.SubElement(tc, "system-out").text = detail
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 

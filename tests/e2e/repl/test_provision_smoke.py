@@ -168,3 +168,18 @@ def test_frozen_unix_firmware_passes_after_provisioning(make_peer):
     for r in reports:
         assert r.ok, [(c.name, c.detail) for c in r.failed]
         assert all(c.status == "pass" for c in r.checks if c.name.startswith("module ") and c.name != "module workshop_boot")
+
+
+def test_control_characters_from_a_board_keep_the_junit_report_valid(make_peer):
+    """A module on the device fails with an ANSI colour code and a NUL in its message: the JUnit XML
+    still parses, with the characters written as escapes, and the failure names the check."""
+    broken = "raise ImportError('\\x1b[31mbroken\\x1b[0m \\x00 module')\n"
+    peer = make_peer(stack_on_path=False, files={"workshop.json": "{}", "asyncio.py": broken})
+    [r] = smoke.smoke_all([peer.port], unix_expected(stack_modules=("asyncio",)))
+    check = r.check("module asyncio")
+    assert check.status == "fail" and "\x1b[31mbroken\x1b[0m \x00 module" in check.detail
+    root = ET.fromstring(smoke.to_junit([r]))
+    failure = root.find(".//testcase[@name='module asyncio']/failure")
+    assert "\\x1b[31mbroken\\x1b[0m \\x00 module" in failure.get("message") == failure.text
+    [device] = json.loads(smoke.to_json([r]))["devices"]
+    assert [c["detail"] for c in device["checks"] if c["name"] == "module asyncio"] == [check.detail]

@@ -145,3 +145,52 @@ def test_one_odd_board_fails_its_own_report_not_the_run():
     assert [r.port for r in reports] == ["odd", "good"]
     assert [c.name for c in reports[0].failed] == ["device"] and "AttributeError" in reports[0].failed[0].detail
     assert reports[1].check("config").status == "pass"
+
+
+def test_junit_stays_valid_xml_when_a_detail_has_control_characters():
+    import xml.etree.ElementTree as ET
+
+    bad = "import failed: \x1b[31mred\x1b[0m and a NUL \x00 here \x7f\ufffe"
+    r = smoke.DeviceReport("/dev/tty\x01USB0", [smoke.Check("module x\x1b", smoke.FAIL, bad),
+                                                  smoke.Check("heap", smoke.SKIP, "skip \x00"),
+                                                  smoke.Check("flash", smoke.PASS, "ok \x08")])
+    root = ET.fromstring(smoke.to_junit([r]))                 # raises ParseError on invalid XML
+    failure = root.find(".//testcase/failure")
+    assert failure.text == failure.get("message") == ("import failed: \\x1b[31mred\\x1b[0m and a NUL \\x00 here "
+                                                      "\x7f\\ufffe")
+    assert root.find("testsuite").get("name") == "/dev/tty\\x01USB0"
+    assert root.find(".//testcase/skipped").get("message") == "skip \\x00"
+    assert root.find(".//testcase[@name='flash']/system-out").text == "ok \\x08"
+    assert "\tkept\nas is\r" == smoke.xml_safe("\tkept\nas is\r")
+
+
+def test_mqtt_port_from_a_config_file_or_the_command_line(tmp_path):
+    f = tmp_path / "workshop.toml"
+    f.write_text('[mqtt]\nbroker = "10.0.0.2"\nport = "1883"\n')
+    cfg = ProvisionConfig.from_file(f)
+    assert cfg.mqtt_port == 1883 and cfg.updates(None)["mqtt"] == {"broker": "10.0.0.2", "port": 1883}
+    assert ProvisionConfig(mqtt_port=" 8883 ").mqtt_port == 8883
+    f.write_text('[mqtt]\nport = "abc"\n')
+    with pytest.raises(ProvisionError, match=r"workshop.toml: mqtt port: expected a port number 1..65535, got 'abc'"):
+        ProvisionConfig.from_file(f)
+    for bad in ("abc", "", "70000", 0, 1.5, True, "-1"):
+        with pytest.raises(ProvisionError, match="mqtt port: expected a port number"):
+            ProvisionConfig(mqtt_port=bad)
+
+
+def test_broker_option_parsing():
+    assert smoke.parse_broker(None) == (None, None) and smoke.parse_broker("") == (None, None)
+    assert smoke.parse_broker("10.0.0.2") == ("10.0.0.2", None)
+    assert smoke.parse_broker("broker.lan:1884") == ("broker.lan", 1884)
+    assert smoke.parse_broker("[::1]:1884") == ("::1", 1884) and smoke.parse_broker("fe80::1") == ("fe80::1", None)
+    for bad in ("host:abc", "host:", ":1883", "host:99999"):
+        with pytest.raises(smoke.SmokeError, match="--mqtt"):
+            smoke.parse_broker(bad)
+
+
+def test_a_device_config_mqtt_port_that_is_no_number_fails_the_mqtt_check_by_name():
+    facts = _facts(mqtt={"broker": "10.0.0.2", "port": "abc"})
+    [r] = smoke.smoke_all(["p0"], smoke.Expected(source="t"), network=smoke.NetworkOptions(http_url=None),
+                          session_factory=_FakeSession(facts))
+    [failed] = r.failed
+    assert failed.name == "mqtt" and failed.detail == "workshop.json: mqtt.port: expected a port number 1..65535, got 'abc'"

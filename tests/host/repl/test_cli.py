@@ -1,0 +1,29 @@
+"""The provision and smoke command lines refuse bad options with one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "invoke"), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("provision", "--ports", "/dev/null", "--mqtt", "10.0.0.2", "--mqtt-port", "abc"),
+     "mqtt port: expected a port number 1..65535, got 'abc'"),
+    (("smoke", "--ports", "/dev/null", "--board", "UNIX", "--network", "--mqtt", "10.0.0.2:abc"),
+     "--mqtt '10.0.0.2:abc': expected a port number 1..65535, got 'abc'"),
+])
+def test_a_bad_mqtt_port_is_a_clear_error(args, message):
+    proc = invoke(*args)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "ValueError" not in proc.stderr, proc.stderr
+    assert "error:" in proc.stderr and message in " ".join(proc.stderr.split())
