@@ -7,6 +7,10 @@ Each mock runs the package's own PTY server (`server.run_pty_server`, exactly wh
 writes its emulated 4 MB SPI flash to a file before exiting. The mock keeps flash in memory and
 has no command to read it out-of-band; this dump lets a test compare the device's flash byte for
 byte with the image without going back through esptool.
+
+A PTY has no baud rate: bytes cross it as fast as the two processes run. `MockFarm.uart_links`
+puts a relay in front of the mocks that paces every link like a UART (see `_RELAY`), so a
+flash spends its time waiting on the line, as with a real board.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +36,14 @@ MOCK_FLASH_SIZE = 4 * 1024 * 1024
 _MOCK = r"""
 import os, signal, sys
 from esp32_mock_bootloader import server
-chip, port_file, dump = sys.argv[1:4]
+chip, port_file, dump, fast_slip = sys.argv[1:5]
+if fast_slip == "1":
+    # The package re-decodes its whole receive buffer, byte by byte in Python, on every read: fine
+    # for a PTY's 4 KB reads, quadratic for a UART's trickle. Same frames (for valid SLIP), in C.
+    def _frames(raw):
+        return [f.replace(b"\xdb\xdc", b"\xc0").replace(b"\xdb\xdd", b"\xdb")
+                for f in raw.split(b"\xc0")[1:-1] if f]
+    server.slip_decode_frames = _frames
 def _dump(*_):
     data = bytes(server.get_flash_image().data)
     with open(dump + ".tmp", "wb") as f:
@@ -42,6 +52,100 @@ def _dump(*_):
     os._exit(0)
 signal.signal(signal.SIGTERM, _dump)
 server.run_pty_server(None, port_file, chip)
+"""
+
+
+# One process, one select() loop, serving every link: each mock's PTY <-> a new PTY for the flasher.
+# Each direction is paced like an 8N1 UART at `baud` (baud / 10 bytes per second): a byte read from
+# one side is written to the other once the line would have carried it, in chunks of at most one
+# time slice (default 2 ms, ~92 bytes at 460800 baud; a short reply goes as soon as its last byte is
+# "on the wire"). At most 4 KB waits per direction (a USB-serial bridge's buffer); past that the
+# relay stops reading and the writer blocks, as on a real link. DTR/RTS and baud changes on the
+# flasher's PTY are not seen by the relay: the line stays at `baud` throughout.
+_RELAY = r"""
+import errno, os, select, signal, sys, time, tty
+baud, slice_s = float(sys.argv[1]), float(sys.argv[2])
+rate = baud / 10.0
+chunk = max(1, int(rate * slice_s))
+BUF = 4096
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+def raw_fd(path=None):
+    if path is None:
+        master, slave = os.openpty()
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        return master, slave
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    tty.setraw(fd)
+    return fd, None
+
+class Pipe:
+    def __init__(self, src, dst, link):
+        self.src, self.dst, self.link, self.buf, self.t = src, dst, link, bytearray(), 0.0
+
+links, pipes, out = [], [], []
+for path in sys.argv[3:]:
+    dev, _ = raw_fd(path)
+    master, slave = raw_fd()
+    link = {"fds": [dev, master, slave], "open": True}
+    links.append(link)
+    pipes += [Pipe(master, dev, link), Pipe(dev, master, link)]
+    out.append(os.ttyname(slave))
+print("\n".join(out), flush=True)
+
+def hang_up(link):
+    # the board went away: close our side, the flasher's PTY reports it like an unplugged adapter
+    link["open"] = False
+    for fd in link["fds"]:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+while True:
+    now = time.monotonic()
+    wait = None
+    for p in pipes:
+        if not p.buf or not p.link["open"]:
+            continue
+        p.t = max(p.t, now - 5 * slice_s)          # no catch-up burst after a stall
+        due = min(len(p.buf), chunk)
+        if (now - p.t) * rate >= due:
+            try:
+                n = os.write(p.dst, p.buf[:due])
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                hang_up(p.link)
+                continue
+            del p.buf[:n]
+            p.t += n / rate
+        if p.buf:
+            left = p.t + min(len(p.buf), chunk) / rate - now
+            wait = max(left, 0.0002) if wait is None else min(wait, max(left, 0.0002))
+    readers = [p.src for p in pipes if p.link["open"] and len(p.buf) < BUF]
+    try:
+        ready, _, _ = select.select(readers, [], [], wait)
+    except InterruptedError:
+        continue
+    now = time.monotonic()
+    for p in pipes:
+        if p.src in ready and p.link["open"]:
+            try:
+                data = os.read(p.src, BUF - len(p.buf))
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                data = b"" if e.errno == errno.EIO else None
+                if data is None:
+                    raise
+            if not data:
+                hang_up(p.link)
+                continue
+            if not p.buf:
+                p.t = max(p.t, now)                # an idle line starts now
+            p.buf += data
 """
 
 
@@ -80,11 +184,13 @@ class MockFarm:
     root: Path
     devices: list[MockDevice] = field(default_factory=list)
     bridges: list[subprocess.Popen] = field(default_factory=list)
+    relays: list[subprocess.Popen] = field(default_factory=list)
 
-    def start(self, chip: str) -> MockDevice:
+    def start(self, chip: str, fast_slip: bool = False) -> MockDevice:
+        """A mock on a fresh PTY; `fast_slip` swaps the mock's Python SLIP decoder for one in C (for paced links)."""
         n = len(self.devices)
         port_file, dump, log = (self.root / f"mock{n}.{ext}" for ext in ("port", "flash", "log"))
-        proc = subprocess.Popen([sys.executable, "-c", _MOCK, chip, str(port_file), str(dump)],
+        proc = subprocess.Popen([sys.executable, "-c", _MOCK, chip, str(port_file), str(dump), str(int(fast_slip))],
                                 stdout=log.open("wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -96,8 +202,8 @@ class MockFarm:
         self.devices.append(device)
         return device
 
-    def start_many(self, chips: list[str]) -> list[MockDevice]:
-        return [self.start(chip) for chip in chips]
+    def start_many(self, chips: list[str], fast_slip: bool = False) -> list[MockDevice]:
+        return [self.start(chip, fast_slip) for chip in chips]
 
     def tcp_bridge(self, device: MockDevice, port: int | None = None) -> str:
         """Expose a mock's PTY on 127.0.0.1 through socat (one connection); returns the socket:// URL."""
@@ -116,8 +222,19 @@ class MockFarm:
             time.sleep(0.02)
         return f"socket://127.0.0.1:{port}"
 
+    def uart_links(self, devices: list[MockDevice], baud: int = 460800, slice_s: float = 0.002) -> list[str]:
+        """A UART-paced PTY in front of each device (one relay process for all); returns the paths to open."""
+        proc = subprocess.Popen([sys.executable, "-c", _RELAY, str(baud), str(slice_s), *(d.port for d in devices)],
+                                stdout=subprocess.PIPE, stderr=(self.root / f"relay{len(self.relays)}.log").open("wb"),
+                                text=True)
+        self.relays.append(proc)
+        paths = [proc.stdout.readline().strip() for _ in devices]
+        if not all(paths):
+            raise AssertionError(f"baud relay did not start (exit {proc.poll()})")
+        return paths
+
     def close(self) -> None:
-        for proc in self.bridges:
+        for proc in self.relays + self.bridges:
             proc.kill()
             proc.wait()
         for d in self.devices:

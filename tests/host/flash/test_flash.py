@@ -147,6 +147,24 @@ def test_socket_url_ports_work(mocks, dist, tmp_path):
     assert_flashed(device, image_dir, 0x0)
 
 
+def test_uart_paced_links_carry_a_flash_at_the_set_baud(mocks, dist, tmp_path):
+    # The bench's "real UART" figures rest on this relay: bytes arrive intact, no faster than the baud.
+    baud = 921600
+    devices = mocks.start_many(["esp32", "esp32"], fast_slip=True)
+    links = mocks.uart_links(devices, baud)
+    image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=64 * 1024)
+
+    report = flash.flash_all(links, FlashImage.from_dist(image_dir), log_dir=tmp_path / "logs")
+
+    assert report.ok, [(r.port, r.error) for r in report.results]
+    for r in report.results:
+        log = Path(r.log_file).read_text()
+        compressed = int(log.split("Compressed 65536 bytes to ", 1)[1].split("...", 1)[0])
+        assert r.seconds > compressed / (baud / 10), "the link was not paced"
+    for d in devices:
+        assert_flashed(d, image_dir, 0x1000)
+
+
 def test_a_dead_port_times_out_fast_with_a_named_error_without_stalling_the_others(mocks, dist, tmp_path):
     master, slave = pty.openpty()        # a port with nothing behind it
     dead = os.ttyname(slave)
