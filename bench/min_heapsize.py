@@ -87,10 +87,10 @@ class Peer(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def attempt(heap_kb: int, mqtt: int, http_port: int) -> bool:
+def attempt(binary: Path, path: str, heap_kb: int, mqtt: int, http_port: int) -> bool:
     web = free_port()
     code = ALL.format(mqtt=mqtt, http=http_port, web=web)
-    p = subprocess.Popen([str(MP), "-X", f"heapsize={heap_kb}K", "-c", code], env=dict(os.environ, MICROPYPATH=PATH),
+    p = subprocess.Popen([str(binary), "-X", f"heapsize={heap_kb}K", "-c", code], env=dict(os.environ, MICROPYPATH=path),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = p.stdout.readline()
@@ -121,12 +121,14 @@ def held(binary: Path, path: str, label: str) -> None:
 def main() -> None:
     # Source modules put their bytecode on the heap; frozen ones (what a board runs) keep it in
     # flash, so the budget is judged on the frozen UNIX firmware when it is built.
-    held(MP, PATH, "source modules/ on the PyPI runtime (bytecode on the heap)")
+    runtimes = [(MP, PATH, "source modules/ on the PyPI runtime (bytecode on the heap)")]
     frozen = REPO / "dist" / "UNIX" / "micropython"
     if frozen.exists():
-        held(frozen, ".frozen", "frozen UNIX firmware (bytecode in the image)")
+        runtimes.append((frozen, ".frozen", "frozen UNIX firmware (bytecode in the image)"))
     else:
-        print("frozen UNIX firmware not built (invoke build --board UNIX): frozen figure not measured")
+        print("frozen UNIX firmware not built (invoke build --board UNIX): frozen figures not measured")
+    for binary, path, label in runtimes:
+        held(binary, path, label)
     tmp = Path(tempfile.mkdtemp())
     mport = free_port()
     (tmp / "m.conf").write_text(f"listener {mport} 127.0.0.1\nallow_anonymous true\npersistence false\n")
@@ -136,16 +138,18 @@ def main() -> None:
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     time.sleep(0.3)
     try:
-        if not attempt(1024, mport, srv.server_port):
-            raise SystemExit("the scenario fails even with 1 MB of heap: are umqtt/urequests in modules/?")
-        lo, hi = 4, 1024  # lo fails (assumed), hi works
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if attempt(mid, mport, srv.server_port):
-                hi = mid
-            else:
-                lo = mid
-        print(f"smallest -X heapsize for MQTT pub/sub + HTTP GET + a served web request in one process: {hi} KB")
+        for binary, path, label in runtimes:
+            if not attempt(binary, path, 1024, mport, srv.server_port):
+                raise SystemExit(f"{label}: the scenario fails even with 1 MB of heap")
+            lo, hi = 4, 1024  # lo fails (assumed), hi works
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if attempt(binary, path, mid, mport, srv.server_port):
+                    hi = mid
+                else:
+                    lo = mid
+            print(f"smallest -X heapsize for MQTT pub/sub + HTTP GET + a served web request in one process, "
+                  f"{label}: {hi} KB")
     finally:
         broker.kill()
         srv.shutdown()
