@@ -15,6 +15,7 @@ class Response:
         self.encoding = "utf-8"
         self._cached = None
         self._chunked = False
+        self._len = None  # Content-Length: the body is read in one allocation, not up to EOF
 
     def __enter__(self):
         return self
@@ -32,7 +33,10 @@ class Response:
     def content(self):
         if self._cached is None:
             try:
-                self._cached = self._dechunk() if self._chunked else self.raw.read()
+                if self._chunked:
+                    self._cached = self._dechunk()
+                else:
+                    self._cached = self.raw.read() if self._len is None else self.raw.read(self._len)
             finally:
                 self.raw.close()
                 self.raw = None
@@ -85,6 +89,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         raise ValueError("Unsupported protocol: " + proto)
     if "Host" not in headers:
         headers["Host"] = host
+    netloc = host
     if ":" in host:
         host, port = host.split(":", 1)
         port = int(port)
@@ -146,6 +151,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         resp_d = None if parse_headers is False else {}
         location = None
         dechunk = False
+        clen = 0 if method == "HEAD" or status in (204, 304) or status < 200 else None
         while 1:
             l = s.readline()
             if not l or l == b"\r\n":
@@ -153,6 +159,8 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             c = l[0] | 0x20  # names in any case; lower() only the two that matter
             if c == 116 and l[:18].lower() == b"transfer-encoding:":
                 dechunk = b"chunked" in l.lower()
+            elif c == 99 and clen is None and l[:15].lower() == b"content-length:":
+                clen = int(l[15:])
             elif c == 108 and 300 <= status <= 399 and l[:9].lower() == b"location:":
                 location = str(l[9:].strip(), "utf-8")
             if parse_headers is True:
@@ -168,12 +176,17 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         s.close()
         if not _hops:
             raise ValueError("too many redirects")
-        if location[0] == "/":
+        if location[:2] == "//":  # scheme-relative
+            location = proto + location
+        elif location[0] == "/":
             location = proto + "//" + headers["Host"] + location
         elif "//" not in location:  # relative to the current directory
             d = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
             location = proto + "//" + headers["Host"] + "/" + d + location
         headers.pop("Host", None)
+        to = location.split("/", 3)
+        if to[2] != netloc or proto == "https:" and to[0] != proto:
+            headers.pop("Authorization", None)  # credentials stay with the host they were for
         headers.pop("Content-Length", None)
         if status < 304 and method != "HEAD":  # 301/302/303: the browser rule, GET without body
             headers.pop("Content-Type", None)
@@ -183,6 +196,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
     resp.status_code = status
     resp.reason = reason
     resp._chunked = dechunk
+    resp._len = clen
     if resp_d is not None:
         resp.headers = resp_d
     return resp

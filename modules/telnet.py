@@ -149,16 +149,20 @@ class _Session:
 
     # -- stream protocol for os.dupterm --------------------------------------------------
     def readinto(self, buf):
-        try:
-            n = self.s.readinto(buf)
-        except OSError:
-            n = 0
-        if n is None:
-            return None
-        if n == 0:
-            return 0  # EOF: dupterm detaches and calls close()
-        n = self._filter(memoryview(buf), n)
-        return n if n else None
+        # Until data or nothing is left: on ESP8266 a socket callback fires once per packet, so a
+        # None after swallowing a telnet command would leave the rest unread until the next one.
+        while True:
+            try:
+                n = self.s.readinto(buf)
+            except OSError:
+                n = 0
+            if n is None:
+                return None
+            if n == 0:
+                return 0  # EOF: dupterm detaches and calls close()
+            n = self._filter(memoryview(buf), n)
+            if n:
+                return n
 
     def write(self, b):
         if _IAC in b:
@@ -184,17 +188,21 @@ class _Session:
 
     # -- login -----------------------------------------------------------------------------
     def on_data(self, _):
+        # Drain the socket: on ESP8266 the callback fires once per packet, not while data is left.
         buf = bytearray(_LINE)
-        try:
-            n = self.s.readinto(buf)
-        except OSError:
-            n = 0
-        if n is None:
-            return
-        if not n:
-            self.close()
-            return
-        n = self._filter(memoryview(buf), n)
+        while _cl is self and not (self.state == 2 and wsconfig._CB):  # attached: dupterm reads
+            try:
+                n = self.s.readinto(buf)
+            except OSError:
+                n = 0
+            if n is None:
+                return
+            if not n:
+                self.close()
+                return
+            self._input(buf, self._filter(memoryview(buf), n))
+
+    def _input(self, buf, n):
         for i in range(n):
             c = buf[i]
             if c == 13 or c == 10:
@@ -202,7 +210,7 @@ class _Session:
                     self._shell()
                 else:
                     self._enter()
-                if _cl is not self:
+                if _cl is not self or self.state == 2 and wsconfig._CB:
                     return
             elif c == 8 or c == 127:
                 if self.line:

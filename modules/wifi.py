@@ -59,9 +59,17 @@ def disconnect():
     _sta().disconnect()
 
 
+def _ssid(b):
+    # SSIDs are bytes, not always UTF-8: one odd network nearby must not break scan().
+    try:
+        return b.decode()
+    except UnicodeError:
+        return repr(b)[2:-1]
+
+
 def scan():
     # [(ssid, rssi, channel, authmode)], strongest first.
-    r = [(s[0].decode(), s[3], s[2], s[4]) for s in _sta().scan()]
+    r = [(_ssid(s[0]), s[3], s[2], s[4]) for s in _sta().scan()]
     r.sort(key=lambda s: -s[1])
     return r
 
@@ -77,9 +85,9 @@ def connect(ssid=None, password=None, timeout_ms=15000, hostname=None):
         hostname = hostname or cfg.get("hostname")
     if not ssid:
         raise WifiError("wifi: no ssid (wifi.connect(ssid, password) or \"wifi\" in /workshop.json)")
+    sta = _sta()
     if hostname:
         network.hostname(hostname)  # before the interface comes up: DHCP and mDNS use it
-    sta = _sta()
     if not sta.active():
         sta.active(True)
     st = sta.status()

@@ -20,8 +20,9 @@ def main():
         try:
             if name == "wifi":
                 import wifi
-                w = cfg.get("wifi") or {}
-                ip = wifi.connect(timeout_ms=w.get("timeout_ms") or TIMEOUT_MS)
+                w = cfg.get("wifi") or {}  # passed on: the services do not parse the file again
+                ip = wifi.connect(w.get("ssid"), w.get("password"), w.get("timeout_ms") or TIMEOUT_MS,
+                                  cfg.get("hostname") or "")
                 print("workshop: wifi up,", ip)
             elif name == "mdns":
                 if ip is None:
@@ -33,7 +34,8 @@ def main():
                     mdns.add_service("_telnet._tcp", 23)
             else:
                 import telnet
-                telnet.start()
+                t = cfg.get("telnet") or {}
+                telnet.start(user=t.get("user") or "micro", password=t.get("password"))
         except KeyboardInterrupt:
             print("workshop: start-up interrupted")
             return

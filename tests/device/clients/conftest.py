@@ -149,6 +149,12 @@ def http_peer() -> Iterator[HTTPPeer]:
 
 
 @pytest.fixture(scope="module")
+def other_http_peer() -> Iterator[HTTPPeer]:
+    """A second server: another host:port, as far as a redirect's credentials are concerned."""
+    yield from _serve(None, "http")
+
+
+@pytest.fixture(scope="module")
 def https_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HTTPPeer]:
     openssl = shutil.which("openssl")
     if not openssl:

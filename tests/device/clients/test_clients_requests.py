@@ -289,3 +289,63 @@ for i in range(1000):
     assert max(fd for _, fd in seen) <= base + 2, f"open fds {[fd for _, fd in seen]}, {base} at start"
     frees = [free for free, _ in seen]
     assert max(frees) - min(frees[1:]) < 512, f"gc.mem_free() after each 100 requests: {frees}"
+
+
+def test_credentials_stay_with_their_host_across_redirects(micropython, http_peer, other_http_peer):
+    """Basic auth follows a redirect on the same host:port, never to another one (CPython requests'
+    rule; micropython-lib forwards it). A scheme-relative Location (//host/path) keeps the scheme."""
+    out = run(micropython, f"""
+OTHER = "{other_http_peer.url}"
+def show(r):
+    d = r.json()
+    print(repr((d["path"], d["basic"])))
+show(requests.get(BASE + "/redirect/302?to=/echo?same=1", auth=("micro", "s3cret")))
+show(requests.get(BASE + "/redirect/307?to=" + OTHER + "/echo?other=1", auth=("micro", "s3cret")))
+show(requests.get(BASE + "/redirect/302?to=" + OTHER[5:] + "/echo?rel=1",
+                  headers={{"Authorization": "Basic bWljcm86czNjcmV0"}}))
+""", http_peer.url)
+    assert out == [("/echo?same=1", "micro:s3cret"), ("/echo?other=1", None), ("/echo?rel=1", None)]
+    assert "Authorization" not in other_http_peer.seen[-1]["headers"]
+
+
+def test_bodies_end_at_content_length_on_a_server_that_keeps_the_connection(micropython):
+    """Content-Length frames the body (read in one allocation): a server that keeps the
+    connection open despite `Connection: close` does not make .content wait for the timeout,
+    and a HEAD answer (Content-Length, no body) is empty at once."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            held.append(c)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                d = c.recv(1024)
+                if not d:
+                    break
+                data += d
+            body = b"" if data.startswith(b"HEAD") else b"hello"
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + body)  # and never closes
+
+    import threading
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        out = run(micropython, """
+import time
+t = time.ticks_ms()
+print(repr(requests.get(BASE + "/", timeout=3).content))
+print(repr(requests.head(BASE + "/", timeout=3).content))
+print(repr(requests.get(BASE + "/", timeout=3).text))
+print(repr(time.ticks_diff(time.ticks_ms(), t) < 2000))
+""", f"http://127.0.0.1:{srv.getsockname()[1]}")
+    finally:
+        srv.close()
+        for c in held:
+            c.close()
+    assert out == [b"hello", b"", "hello", True]

@@ -98,3 +98,22 @@ print("CALLS", network.calls)
 def test_no_ssid_anywhere_is_an_error_naming_the_fix(micropython, tmp_path):
     out = run(micropython, "esp32", "ok", "", config={"hostname": "x"}, tmp=tmp_path)
     assert out["ERR"].startswith("wifi: no ssid")
+
+
+def test_scan_survives_a_non_utf8_ssid_and_no_radio_is_a_wifi_error(micropython):
+    """SSIDs are raw bytes (a Latin-1 router name nearby is common): scan() must not raise
+    UnicodeError for them. Without any network module (plain unix port) connect() names that."""
+    code = """
+import network, wifi
+network.WLAN.scan = lambda self: [(b"Caf\\xe9", b"\\x01" * 6, 6, -50, 3, False), (b"Ok", b"\\x02" * 6, 1, -40, 3, False)]
+print("SCAN", wifi.scan())
+wifi.network = None
+try:
+    wifi.connect("Workshop", "pw", hostname="ws-1")
+except OSError as e:
+    print("ERR", type(e).__name__, e)
+"""
+    env = {"MICROPYPATH": f"{FAKE}:{micropython.path}", "FAKE_PORT": "esp32"}
+    out = micropython.run(code, env=env).stdout.splitlines()
+    assert out == ["SCAN [('Ok', -40, 1, 3), ('Caf\\\\xe9', -50, 6, 3)]",
+                   "ERR WifiError wifi: this port has no network module"]
