@@ -4,8 +4,10 @@
 # seconds; subscriptions are made again when the broker lost the session (a restarted broker);
 # an operation cut by a reconnect is retried whole: a QoS 1 publish is sent again with its packet
 # id and the DUP flag until the broker acknowledges it (none lost across a broker restart), rather
-# than waiting forever for an ack of the old connection.
+# than waiting forever for an ack of the old connection; an idle wait_msg() that times out pings
+# instead of reconnecting.
 import time
+from errno import ETIMEDOUT
 from . import simple
 
 
@@ -70,7 +72,23 @@ class MQTTClient(simple.MQTTClient):
         return self._retry(simple.MQTTClient.unsubscribe, topic)
 
     def wait_msg(self):
-        return self._retry(simple.MQTTClient.wait_msg)
+        # With connect(timeout=...) an idle wait ends in ETIMEDOUT, which alone is no failure:
+        # ping once; a second timeout with the ping unanswered means the connection is gone.
+        pinged = False
+        while 1:
+            try:
+                return super().wait_msg()
+            except OSError as e:
+                if e.errno == ETIMEDOUT and not pinged:
+                    try:
+                        self.ping()
+                        pinged = True
+                        continue
+                    except OSError as e2:
+                        e = e2
+                self.log(False, e)
+            self.reconnect()
+            pinged = False
 
     def check_msg(self, attempts=2):
         while attempts:

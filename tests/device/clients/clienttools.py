@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import ast
 import queue
-import socket
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from support import free_port  # noqa: F401 (re-exported for the tests)
 
 BIG = bytes(range(256)) * 200  # /big on the test HTTP server: 51,200 bytes
 CHUNKS = [b"hello", b" ", "chunked °world".encode(), b"!" * 300]  # /chunked, one chunk each
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def device_lines(stdout: str) -> list:
@@ -70,3 +67,51 @@ class DeviceProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Subscriber:
+    """A paho-mqtt client on the host: what the broker really delivered."""
+
+    def __init__(self, host: str, port: int, *topics: str, client_id: str = "", clean_session: bool = True,
+                 user: str | None = None, password: str | None = None, ca: Path | None = None) -> None:
+        self.messages: list[Message] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.reconnect_delay_set(0.1, 0.5)  # back soon after a broker restart
+        if user:
+            self.client.username_pw_set(user, password)
+        if ca:
+            self.client.tls_set(ca_certs=str(ca))
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if topics:
+            self.client.subscribe([(t, 1) for t in topics])
+            assert self._subscribed.wait(5), "paho subscriber got no SUBACK"
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._cond:
+            self.messages.append(Message(msg.topic, msg.payload, msg.qos, bool(msg.retain)))
+            self._cond.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 10) -> list[Message]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.messages) >= n, timeout)
+            return list(self.messages)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos, retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

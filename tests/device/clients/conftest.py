@@ -17,15 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import paho.mqtt.client as mqtt
 import pytest
-from clienttools import BIG, CHUNKS
-
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support import free_port
+from clienttools import BIG, CHUNKS, Subscriber
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +177,7 @@ def chrony(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NTPPeer]:
     if not chronyd:
         pytest.fail("chronyd not found: apt-get install chrony")
     d = tmp_path_factory.mktemp("chrony")
-    port = _free_port(socket.SOCK_DGRAM)
+    port = free_port(socket.SOCK_DGRAM)
     conf = d / "chrony.conf"
     conf.write_text(f"port {port}\nbindaddress 127.0.0.1\nallow 127.0.0.1\nlocal stratum 8\ncmdport 0\n"
                     f"pidfile {d}/chronyd.pid\n")
@@ -208,54 +202,6 @@ def chrony(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NTPPeer]:
 
 
 # --- MQTT ------------------------------------------------------------------------------------
-
-@dataclass
-class Message:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-
-
-class Subscriber:
-    """A paho-mqtt client on the host: what the broker really delivered."""
-
-    def __init__(self, host: str, port: int, *topics: str, client_id: str = "", clean_session: bool = True,
-                 user: str | None = None, password: str | None = None, ca: Path | None = None) -> None:
-        self.messages: list[Message] = []
-        self._cond = threading.Condition()
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
-        self.client.reconnect_delay_set(0.1, 0.5)  # back soon after a broker restart
-        if user:
-            self.client.username_pw_set(user, password)
-        if ca:
-            self.client.tls_set(ca_certs=str(ca))
-        self.client.connect(host, port)
-        self.client.loop_start()
-        if topics:
-            self.client.subscribe([(t, 1) for t in topics])
-            assert self._subscribed.wait(5), "paho subscriber got no SUBACK"
-
-    def _on_message(self, client, userdata, msg) -> None:
-        with self._cond:
-            self.messages.append(Message(msg.topic, msg.payload, msg.qos, bool(msg.retain)))
-            self._cond.notify_all()
-
-    def wait_for(self, n: int, timeout: float = 10) -> list[Message]:
-        with self._cond:
-            self._cond.wait_for(lambda: len(self.messages) >= n, timeout)
-            return list(self.messages)
-
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos, retain).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
 
 @pytest.fixture
 def subscriber(mosquitto):
@@ -306,7 +252,7 @@ def _start_broker(config: Path, port: int) -> subprocess.Popen:
 def _broker(d: Path, conf: str) -> AuthBroker:
     if not shutil.which("mosquitto"):
         pytest.fail("mosquitto not found: apt-get install mosquitto")
-    port = _free_port(socket.SOCK_STREAM)
+    port = free_port(socket.SOCK_STREAM)
     config = d / "mosquitto.conf"
     # `user root`: stay the user that can read the test's private files (no-op when not root)
     config.write_text(f"listener {port} 127.0.0.1\n{conf}user root\n")

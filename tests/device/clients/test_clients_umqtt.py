@@ -13,8 +13,7 @@ import threading
 import time
 
 import pytest
-from clienttools import DeviceProcess, device_lines, free_port
-from conftest import Subscriber
+from clienttools import DeviceProcess, Subscriber, device_lines, free_port
 
 LONG_TOPIC = "ws/" + "t" * 200  # > 127 bytes: a multi-byte remaining length even in SUBSCRIBE
 BIG = 20000  # a 3-byte remaining length
@@ -264,6 +263,38 @@ while 1:
             except AssertionError:
                 if time.monotonic() > deadline or dev.proc.poll() is not None:
                     raise
+    finally:
+        dev.kill()
+
+
+def test_robust_idle_wait_with_a_timeout_pings_instead_of_reconnecting(micropython, mosquitto, subscriber, tmp_path):
+    """connect(timeout=0.3) then a quiet topic: wait_msg() times out again and again; the client
+    must keep its connection (one ping per timeout) and still get the message that comes later."""
+    dev = DeviceProcess(micropython, PRELUDE + """
+from umqtt.robust import MQTTClient
+class Counting(MQTTClient):
+    reconnects = 0
+    def reconnect(self):
+        Counting.reconnects += 1
+        return super().reconnect()
+def got(topic, msg):
+    show(topic, msg)
+    print(repr(("reconnects", Counting.reconnects)))
+c = Counting("rob-idle", HOST, PORT)
+c.set_callback(got)
+c.connect(timeout=0.3)
+c.subscribe("ws/quiet", 1)
+print(repr("ready"))
+while 1:
+    c.wait_msg()
+""", tmp_path, mosquitto.host, str(mosquitto.port))
+    try:
+        dev.expect("ready")
+        time.sleep(2.0)                      # about six read timeouts
+        pub = subscriber()
+        pub.publish("ws/quiet", b"finally")
+        assert dev.expect(...) == (b"ws/quiet", b"finally")
+        assert dev.expect(...) == ("reconnects", 0)
     finally:
         dev.kill()
 
