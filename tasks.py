@@ -102,11 +102,14 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
     docker_reason = _build.docker_engine_reason() if toolchain == "auto" else None
     for b in selected:
         try:
-            checkout = source.locate(micropython, [b.port.name])
+            # The toolchain first: a board that cannot be built here needs no checkout either.
             status = _build.toolchain_status(b, docker_reason=docker_reason) if toolchain == "auto" else None
-            if status and status.kind is None and all and skip_unavailable:
-                results.append(_build.BuildResult(b.name, "skipped", 0.0, error=status.reason))
-                continue
+            if status and status.kind is None:
+                if all and skip_unavailable:
+                    results.append(_build.BuildResult(b.name, "skipped", 0.0, error=status.reason))
+                    continue
+                raise _build.no_toolchain(b, status)
+            checkout = source.locate(micropython, [b.port.name])
             plans.append(_build.plan(b, checkout, toolchain, image, make_jobs, status=status))
         except (source.SourceError, _build.BuildError, config.ConfigError) as e:
             results.append(_build.BuildResult(b.name, "failed", 0.0, error=str(e)))

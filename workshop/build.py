@@ -101,6 +101,10 @@ def toolchain_status(board: Board, which: Callable[[str], str | None] = shutil.w
     return ToolchainStatus(None, f"{reason}; no {', '.join(missing)} on PATH")
 
 
+def no_toolchain(board: Board, status: ToolchainStatus) -> BuildError:
+    return BuildError(f"{board.name}: no toolchain here: {status.reason} (force one with --toolchain docker|native)")
+
+
 # --- the plan (pure) -------------------------------------------------------------------------
 
 
@@ -164,8 +168,7 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
     if toolchain == "auto":
         status = status or toolchain_status(board)
         if status.kind is None:
-            raise BuildError(f"{board.name}: no toolchain here: {status.reason} "
-                             f"(force one with --toolchain docker|native)")
+            raise no_toolchain(board, status)
         toolchain = status.kind
     if toolchain == "docker":
         image = image or board.port.docker_image(checkout.version)

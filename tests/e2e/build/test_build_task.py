@@ -1,0 +1,41 @@
+"""`invoke build --all` on a machine with only some toolchains: nothing is skipped silently."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, COLUMNS="200", **(env or {})))
+
+
+def test_build_all_names_every_board_and_why_it_was_not_built(mp_checkout, tmp_path: Path):
+    # A PATH with the host compiler but no docker and no ESP toolchains: only UNIX can build.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("make", "cc", "gcc", "pkg-config", "git", "sh", "python3", "ld", "as", "ar", "strip", "size",
+                 "objcopy", "cpp", "sed", "grep", "mkdir", "rm", "cat", "cp", "mv", "touch", "uname", "find",
+                 "echo", "env", "which", "tr", "head", "tail", "sort", "dirname", "basename", "expr", "ln"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": f"{bin_dir}"}
+    strict = invoke("build", "--all", env=env)
+    assert strict.returncode == 1
+    for board in ("ESP32_GENERIC", "ESP32_GENERIC_S2", "ESP32_GENERIC_S3", "ESP32_GENERIC_C3", "ESP8266_GENERIC"):
+        assert f"{board}: no toolchain here: no docker client; no " in strict.stdout, strict.stdout
+    assert "UNIX" in strict.stdout and ("built" in strict.stdout or "up to date" in strict.stdout)
+
+    lenient = invoke("build", "--all", "--skip-unavailable", env=env)
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    rows = {line.split("│")[1].strip(): line for line in lenient.stdout.splitlines() if line.startswith("│")}
+    assert set(rows) == {"ESP32_GENERIC", "ESP32_GENERIC_S2", "ESP32_GENERIC_S3", "ESP32_GENERIC_C3",
+                         "ESP8266_GENERIC", "UNIX"}
+    assert all("skipped" in rows[b] and "no docker client" in rows[b] for b in rows if b != "UNIX")
+    assert "up to date" in rows["UNIX"]
