@@ -74,7 +74,7 @@ def setup(c, ports="", micropython=None, git_url=None, check=False):
         if check:
             checkout = source.locate(micropython, chosen)
         else:
-            checkout = source.setup(chosen, micropython, git_url, on_event=lambda m: console.print(f"  {m}"))
+            checkout = source.setup(chosen, micropython, git_url, on_event=lambda m: console.print(f"  {m}", soft_wrap=True))
     except (source.SourceError, config.ConfigError) as e:
         raise _fail(str(e)) from None
     pin = "pinned" if checkout.pinned else "NOT the pinned release"

@@ -157,7 +157,8 @@ def _checkout_submodule(subdir: Path, url: str, commit: str) -> None:
     (Path(_git(subdir, "rev-parse", "--absolute-git-dir")) / "info").mkdir(exist_ok=True)
     (Path(_git(subdir, "rev-parse", "--absolute-git-dir")) / "info" / "sparse-checkout").write_text(SPARSE_PATTERNS)
     if _git(subdir, "cat-file", "-t", commit, check=False) != "commit":
-        _git(subdir, "-c", "protocol.file.allow=always", "fetch", "--quiet", "--filter=blob:none", "origin", commit)
+        # From the URL asked for now, not the one the submodule was first cloned from.
+        _git(subdir, "-c", "protocol.file.allow=always", "fetch", "--quiet", "--filter=blob:none", url, commit)
     _git(subdir, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit)
 
 
