@@ -195,18 +195,20 @@ def test_several_clients_at_once(web):
 
 
 def test_led_page_and_pin_table_in_headless_chromium(web, tmp_path):
-    from cdp import Chromium
+    from chromium import Browser
 
-    with Chromium(require_tool("chromium", "chromium"), tmp_path / "profile") as browser:
+    loaded = "document.readyState === 'complete'"
+    with Browser(require_tool("chromium", "chromium"), tmp_path / "profile", tmp_path / "chromium.log") as browser:
         browser.goto(f"http://127.0.0.1:{web.port}/?LED=OFF")
-        assert browser.eval("document.getElementById('state').textContent") == "OFF"
-        browser.click_and_wait("document.getElementById('on')")
-        assert browser.eval("location.search") == "?LED=ON"
-        assert browser.eval("document.getElementById('state').textContent") == "ON"
-        browser.click_and_wait("document.getElementById('off')")
-        assert browser.eval("document.getElementById('state').textContent") == "OFF"
+        assert browser.evaluate("document.getElementById('state').textContent") == "OFF"
+        browser.evaluate("document.getElementById('on').click()")        # the form submits GET /?LED=ON
+        browser.wait_for(f"location.search === '?LED=ON' && {loaded}")
+        assert browser.evaluate("document.getElementById('state').textContent") == "ON"
+        browser.evaluate("document.getElementById('off').click()")
+        browser.wait_for(f"location.search === '?LED=OFF' && {loaded}")
+        assert browser.evaluate("document.getElementById('state').textContent") == "OFF"
         browser.goto(f"http://127.0.0.1:{web.port}/pins")
-        rows = browser.eval("Array.from(document.querySelectorAll('tr')).map(r => r.innerText.replace(/\\s+/g, ' ').trim())")
+        rows = browser.evaluate("Array.from(document.querySelectorAll('tr')).map(r => r.innerText.replace(/\\s+/g, ' ').trim())")
         # pin 2 is the LED (switched OFF above), pin 4 was set high by the serving script
         assert rows == ["Pin Value", "2 0", "4 1", "5 0"]
 

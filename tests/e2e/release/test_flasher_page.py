@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "host" / "release"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from chromium import Browser, find_chromium  # noqa: E402
 from placeholders import ESP_BOARDS, clean_tree, never_stale, write_placeholder_build  # noqa: E402

@@ -1,5 +1,7 @@
 """Headless Chromium driven over the DevTools protocol: load a page, record console messages,
-exceptions and every network response, evaluate JavaScript, take a screenshot."""
+exceptions and every network response, evaluate JavaScript, click, take a screenshot.
+
+Shared by every test that shows a page to a real browser (`from chromium import Browser`)."""
 
 from __future__ import annotations
 
@@ -110,13 +112,28 @@ class Browser:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def goto(self, url: str, ready: str, timeout: float = 30) -> None:
+    def goto(self, url: str, ready: str = "document.readyState === 'complete'", timeout: float = 30) -> None:
         self.call("Page.navigate", url=url)
+        self.wait_for(ready, timeout, url)
+
+    def wait_for(self, ready: str, timeout: float = 30, what: str = "page") -> None:
+        """Until the expression is true; a navigation in between (a submitted form) is fine."""
         deadline = time.monotonic() + timeout
-        while not self.evaluate(ready):
+        while True:
+            try:
+                if self.evaluate(ready):
+                    return
+            except RuntimeError:  # the old document went away while evaluating
+                pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{url}: {ready} not true after {timeout} s; errors: {self.log.errors}")
-            self.pump(0.2)
+                raise TimeoutError(f"{what}: {ready} not true after {timeout} s; errors: {self.log.errors}")
+            self.pump(0.1)
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
