@@ -119,9 +119,20 @@ def _project_files(board: Board, root: Path) -> list[Path]:
 
 
 def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], image: str | None,
-                  root: Path = PROJECT_ROOT, checkout_dirty: bool = False) -> str:
+                  root: Path = PROJECT_ROOT, checkout_dirty: bool = False,
+                  places: dict[Path, str] | None = None) -> str:
     """The cache key: manifests, every module file, board/port data, MicroPython commit,
-    toolchain image and the exact commands. Same key -> the image in dist/ is current."""
+    toolchain image and the exact commands. Same key -> the image in dist/ is current.
+
+    `places` names the folders (checkout, project, build tree) whose location is not content:
+    the same sources built from another clone or cache folder give the same key."""
+    names = sorted(((str(p), n) for p, n in (places or {}).items()), key=lambda pn: -len(pn[0]))
+
+    def placeless(text: str) -> str:
+        for path, name in names:
+            text = text.replace(path, name)
+        return text
+
     h = hashlib.sha256()
     for path in _project_files(board, root):
         rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
@@ -132,7 +143,7 @@ def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], 
         # Neither parallelism nor the container user changes the image: not part of the key.
         argv = [a for i, a in enumerate(step.argv)
                 if not re.fullmatch(r"-j\d+", a) and not (i and step.argv[i - 1] == "--user") and a != "--user"]
-        h.update(json.dumps([argv, step.env]).encode() + b"\n")
+        h.update(placeless(json.dumps([argv, step.env])).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -205,7 +216,8 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
             steps.append(Step(tuple(docker), (), name))
     else:
         steps = [Step(tuple(argv), env, name) for name, argv in commands]
-    key = inputs_sha256(board, checkout.commit, steps, image, root, checkout.dirty)
+    key = inputs_sha256(board, checkout.commit, steps, image, root, checkout.dirty,
+                        {mp: "$(MPY_DIR)", root.resolve(): "$(PROJECT)", build: "$(BUILD)"})
     return BuildPlan(board=board, checkout=mp, micropython_version=checkout.version,
                      micropython_commit=checkout.commit, toolchain=toolchain, image=image, build_dir=build,
                      dist_dir=dist or root / "dist", manifest=manifest, steps=tuple(steps),

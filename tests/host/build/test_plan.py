@@ -132,6 +132,15 @@ def test_cache_key_changes_with_each_input_and_only_then(project: Path):
     dirty = source.Checkout(MP, source.MICROPYTHON_COMMIT, "v1.28.0", True, True)
     assert _key(project, checkout=dirty) not in seen
     assert _key(project, image="espressif/idf:v5.3") not in seen
+    # Where things are is not an input: another checkout folder, cache folder or project clone.
+    now = _key(project)
+    moved = source.Checkout(Path("/elsewhere/mp"), source.MICROPYTHON_COMMIT, "v1.28.0", False, True)
+    assert _key(project, checkout=moved) == now
+    b = config.get_board("ESP32_GENERIC", project)
+    assert build.plan(b, CHECKOUT, "docker", root=project, cache=Path("/other-cache"), uid_gid=(1000, 1000)).inputs_sha256 == now
+    clone = project.parent / "clone"
+    shutil.copytree(project, clone)
+    assert _key(clone) == _key(project)
     # Another board's data is not an input of this one.
     before = _key(project)
     (project / "boards" / "ESP32_GENERIC_S3.toml").write_text(
