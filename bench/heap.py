@@ -22,12 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import frozen_note
+from benchlib import anchor_lib, frozen_note
 
 REPO = Path(__file__).resolve().parent.parent
 PYPI = Path(sys.executable).parent / "micropython"
 FROZEN = REPO / "dist" / "UNIX" / "micropython"
-DEFAULT_LIB = Path.home() / ".cache/workshop-kit/micropython-v1.28.0/lib/micropython-lib"
 GOAL = 24 * 1024
 
 # (module, our file): the clients, then the services (their engineer's files; absent ones are noted)
@@ -73,11 +72,8 @@ def held(binary: Path, path: str, mods: list[str]) -> int | str:
 
 
 def main(argv: list[str]) -> int:
-    lib = Path(argv[1]) if len(argv) > 1 else DEFAULT_LIB
-    missing = [p for p in ANCHORS.values() if not (lib / p).exists()]
-    if missing:
-        print(f"no micropython-lib at {lib} (missing {missing[0]}): run 'invoke setup' or pass its path",
-              file=sys.stderr)
+    lib = anchor_lib(argv, ANCHORS.values())
+    if lib is None:
         return 2
     present = [(m, f) for m, f in STACK if (REPO / "modules" / f).exists()]
     for m, f in STACK:

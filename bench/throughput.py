@@ -26,11 +26,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchlib import frozen_note
+from benchlib import anchor_lib, frozen_note
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-DEFAULT_LIB = Path.home() / ".cache/workshop-kit/micropython-v1.28.0/lib/micropython-lib"
 
 FROZEN = REPO / "dist" / "UNIX" / "micropython"
 ANCHOR_FILES = {  # module path -> micropython-lib path
@@ -122,11 +121,8 @@ def _stack(out: Path, files: dict[str, Path]) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    lib = Path(argv[1]) if len(argv) > 1 else DEFAULT_LIB
-    missing = [p for p in ANCHOR_FILES.values() if not (lib / p).exists()]
-    if missing:
-        print(f"no micropython-lib at {lib} (missing {missing[0]}): run 'invoke setup' or pass its path",
-              file=sys.stderr)
+    lib = anchor_lib(argv, ANCHOR_FILES.values())
+    if lib is None:
         return 2
     mosquitto = shutil.which("mosquitto")
     if not mosquitto:
