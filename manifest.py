@@ -19,3 +19,9 @@ module("workshop_boot.py", base_path="modules")
 module("wsconfig.py", base_path="modules")
 module("led_app.py", base_path="modules")
 module("pins_app.py", base_path="modules")
+
+# Build identity for smoke: `invoke build` generates it and names its folder; `invoke check` has none.
+import os
+
+if os.environ.get("WORKSHOP_BUILD_IDENTITY"):
+    module("_workshop_build.py", base_path=os.environ["WORKSHOP_BUILD_IDENTITY"])

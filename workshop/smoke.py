@@ -1,8 +1,9 @@
 """Prove each board works: checks over the raw REPL -> structured results -> table, JSON, JUnit XML.
 
 Per device (in parallel): the firmware is the expected one (MicroPython version, port/chip,
-build name); every stack module imports and is frozen (a file on the device filesystem that
-shadows a frozen module fails the check); free heap after importing the stack is at least the
+build name, and the build identity frozen into the image: board and inputs hash against
+build.json's or index.json's); every stack module imports and is frozen (a file on the device
+filesystem that shadows a frozen module fails the check); free heap after importing the stack is at least the
 board's threshold; flash size; the workshop config is present and parseable. With `network`:
 Wi-Fi connects with the provisioned config, an MQTT round trip through a broker, an HTTP GET.
 
@@ -18,10 +19,11 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .buildinfo import IDENTITY_MODULE
 from .config import PROJECT_ROOT, Board
 from .provision import CONFIG_PATH_CODE, HOST_PLATFORMS, masked
 from .repl import Pacing, ReplError, ReplEvent, ReplSession, ReplTimeout
@@ -49,7 +51,8 @@ def manifest_modules(manifest: Path = PROJECT_ROOT / "manifest.py") -> tuple[str
     """The frozen paths our manifest.py adds ('umqtt/simple.py', 'wifi.py', ...), in its order.
 
     Evaluates the manifest with `module()`/`package()` stand-ins (MicroPython's manifestfile
-    semantics for those two); anything else in it is ignored.
+    semantics for those two); anything else in it is ignored. The build identity module is not
+    part of the stack (the firmware check reads it), even when WORKSHOP_BUILD_IDENTITY is set here.
     """
     base = manifest.parent
     found: list[str] = []
@@ -73,7 +76,7 @@ def manifest_modules(manifest: Path = PROJECT_ROOT / "manifest.py") -> tuple[str
         exec(compile(manifest.read_text(), str(manifest), "exec"), env)
     except OSError as e:
         raise SmokeError(f"{manifest}: cannot read the manifest: {e.strerror}") from None
-    return tuple(dict.fromkeys(found))
+    return tuple(p for p in dict.fromkeys(found) if p != IDENTITY_MODULE)
 
 
 def stack_module_names(frozen: Sequence[str]) -> tuple[str, ...]:
@@ -100,6 +103,7 @@ class Expected:
     build_name: str | None = None                 # sys.implementation._build: "ESP32_GENERIC", "standard"
     micropython_version: str | None = None        # "1.28.0"
     frozen_modules: tuple[str, ...] = ()          # every frozen path in the image (when known)
+    inputs_sha256: str | None = None              # the build's inputs hash, as its frozen identity must say
     stack_modules: tuple[str, ...] = ()           # module names the smoke imports
     min_free_heap: int | None = None
     flash_size: str | None = None                 # "4MB"
@@ -134,10 +138,13 @@ class Expected:
                 raise SmokeError(str(e)) from None
         # The stack modules checked are the manifest's own, all of them (for_board's default): one
         # missing from the image is a failure the device check reports, not something to leave out.
-        return cls.for_board(board, manifest=manifest, source=str(board_dir / "build.json"),
-                             micropython_version=_version(info.micropython_version), chip=info.chip,
-                             chip_name=info.chip_name, frozen_modules=tuple(info.frozen_modules),
-                             flash_size=info.flash_size or board.flash_size)
+        expected = cls.for_board(board, manifest=manifest, source=str(board_dir / "build.json"),
+                                 micropython_version=_version(info.micropython_version), chip=info.chip,
+                                 chip_name=info.chip_name, frozen_modules=tuple(info.frozen_modules),
+                                 flash_size=info.flash_size or board.flash_size,
+                                 inputs_sha256=info.inputs_sha256)
+        # The image's identity names the board it was built for: build.json's.
+        return replace(expected, board=info.board)
 
     @classmethod
     def from_release_index(cls, index: Path, board_name: str, *,
@@ -163,7 +170,8 @@ class Expected:
         return cls.for_board(board, manifest=manifest, source=str(index),
                              micropython_version=_version(entry.micropython_version), chip=entry.chip,
                              chip_name=entry.chip_family, frozen_modules=entry.frozen_modules,
-                             flash_size=entry.flash_size or board.flash_size)
+                             flash_size=entry.flash_size or board.flash_size,
+                             inputs_sha256=entry.inputs_sha256)   # None in indexes made before identities
 
 
 def release_index(version: str, root: Path = PROJECT_ROOT, cache: Path | None = None) -> Path:
@@ -251,6 +259,17 @@ def isfile(f):
         return os.stat(f)[0] & 0x8000 != 0
     except OSError:
         return False
+try:
+    import _workshop_build as W
+    f = getattr(W, '__file__', None) or ''
+    R['identity'] = {'board': getattr(W, 'board', None), 'inputs': getattr(W, 'inputs', None),
+                     'project': getattr(W, 'project', None),
+                     'shadow': f if f and not f.startswith('.frozen/') and isfile(f) else None}
+    del W
+except ImportError:
+    R['identity'] = None
+except Exception as e:
+    R['identity'] = {'error': '%%s: %%s' %% (type(e).__name__, e)}
 M = {}
 for n in A['mods']:
     if n in A['lazy'] and n not in sys.modules:
@@ -461,6 +480,33 @@ def _flash_bytes(size: str | None) -> int | None:
     return int(m.group(1)) * FLASH_UNITS[m.group(2)] if m else None
 
 
+def short_hash(value: Any) -> str:
+    return str(value)[:12] if value else "none"
+
+
+def _identity_problems(identity: Any, expected: Expected, seen: list[str]) -> list[str]:
+    """The image's frozen _workshop_build (board, inputs hash) against the expectation."""
+    want = expected.inputs_sha256
+    if not isinstance(identity, dict):
+        if want:
+            return [f"no build identity in the image: rebuild and flash (expected inputs {short_hash(want)} "
+                    f"per {expected.source}; the image predates build identities or is not this kit's)"]
+        return []
+    if identity.get("error"):
+        return [f"build identity unreadable: {identity['error']}"]
+    if identity.get("shadow"):
+        return [f"the file {identity['shadow']} on the device shadows the image's build identity (delete it)"]
+    board, inputs = identity.get("board"), identity.get("inputs")
+    seen.append(f"identity {board} inputs {short_hash(inputs)}")
+    problems = []
+    if expected.board and board != expected.board:
+        problems.append(f"image built for board {board}, expected {expected.board}")
+    if want and inputs != want:
+        problems.append(f"image built from inputs {short_hash(inputs)}, expected {short_hash(want)} per "
+                        f"{expected.source} (another build of the stack: flash the expected image)")
+    return problems
+
+
 def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
     """The device's facts against the expectation: pure, so the rules are testable without a board."""
     checks: list[Check] = []
@@ -490,6 +536,7 @@ def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
         seen.append(f"build {build}")
     if expected.build_name and build and build != expected.build_name:
         problems.append(f"build {build}, expected {expected.build_name}")
+    problems += _identity_problems(facts.get("identity"), expected, seen)
     checks.append(Check("firmware", FAIL if problems else PASS, "; ".join(problems) if problems else ", ".join(seen)))
 
     # stack modules: import and frozen

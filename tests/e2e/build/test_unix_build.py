@@ -38,9 +38,29 @@ def test_build_json_describes_the_image(unix_build, mp_checkout):
     assert [a.file for a in info.artifacts] == ["micropython"] and os.access(binary, os.X_OK)
     assert info.artifacts[0].size == binary.stat().st_size and info.flash_images == ()
     assert info.manifest_sha256 == buildinfo.sha256_file(REPO / "ports" / "unix" / "manifest.py")
-    # The frozen list in build.json is what the manifest resolves to.
-    expected = [f.target for f in check.resolve(config.get_board("UNIX"), mp_checkout)]
+    # The frozen list in build.json is what the manifest resolves to, resolved as the build does:
+    # with the build's identity folder named (WORKSHOP_BUILD_IDENTITY), so with _workshop_build.py.
+    expected = [f.target for f in check.resolve(config.get_board("UNIX"), mp_checkout,
+                                                identity=build.identity_dir(plan.build_dir))]
     assert sorted(info.frozen_modules) == sorted(expected)
+    # `invoke check` resolves without a build: everything but the identity module.
+    plain = [f.target for f in check.resolve(config.get_board("UNIX"), mp_checkout)]
+    assert sorted(plain + ["_workshop_build.py"]) == sorted(info.frozen_modules)
+
+
+def test_the_image_carries_its_build_identity(unix_build, tmp_path: Path):
+    """The built binary's frozen _workshop_build says which build it is: build.json's inputs hash."""
+    plan, result = unix_build
+    code = ("import json, _workshop_build as b\n"
+            "print(json.dumps([b.board, b.inputs, b.project, b.__file__]))\n")
+    proc = subprocess.run([str(plan.board_dist / "micropython"), "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, MICROPYPATH=".frozen"))
+    assert proc.returncode == 0, proc.stderr
+    board, inputs, project, file = json.loads(proc.stdout.splitlines()[-1])
+    info = buildinfo.read_build_info(plan.board_dist)
+    assert inputs == info.inputs_sha256 == plan.inputs_sha256
+    assert (board, project) == (info.board, info.project_version) == ("UNIX", info.project_version)
+    assert file == "_workshop_build.py" and "_workshop_build.py" in info.frozen_modules
 
 
 def test_every_frozen_module_imports_from_frozen_only(unix_build, mp_checkout, tmp_path: Path):

@@ -170,6 +170,41 @@ def test_frozen_unix_firmware_passes_after_provisioning(make_peer):
         assert all(c.status == "pass" for c in r.checks if c.name.startswith("module ") and c.name != "module workshop_boot")
 
 
+@pytest.mark.skipif(_FROZEN_SKIP is not None, reason=str(_FROZEN_SKIP))
+def test_firmware_check_compares_the_images_build_identity(make_peer, tmp_path):
+    """dist/UNIX/micropython carries its build identity: against its own build.json the firmware
+    check passes; against another build's (same board, MicroPython and chip; other inputs) it
+    fails, naming both inputs hashes."""
+    dist = Path(__file__).resolve().parents[3] / "dist" / "UNIX"
+    real = json.loads((dist / "build.json").read_text())
+    peer = make_peer(runtime="frozen", files={"workshop.json": '{"hostname": "x"}'})
+    [ok] = smoke.smoke_all([peer.port], smoke.Expected.from_build(dist))
+    fw = ok.check("firmware")
+    assert fw.status == "pass" and f"identity UNIX inputs {real['inputs_sha256'][:12]}" in fw.detail
+    assert ok.facts["identity"]["inputs"] == real["inputs_sha256"]
+
+    other_hash = "f" * 64 if real["inputs_sha256"] != "f" * 64 else "e" * 64
+    other = tmp_path / "other" / "UNIX"
+    other.mkdir(parents=True)
+    (other / "build.json").write_text(json.dumps(dict(real, inputs_sha256=other_hash)))
+    [r] = smoke.smoke_all([peer.port], smoke.Expected.from_build(other))
+    fw = r.check("firmware")
+    assert fw.status == "fail" and [c.name for c in r.failed] == ["firmware"]
+    assert real["inputs_sha256"][:12] in fw.detail and other_hash[:12] in fw.detail
+    assert str(other / "build.json") in fw.detail
+
+
+def test_an_image_without_build_identity_fails_when_one_is_expected(make_peer, tmp_path):
+    """The PyPI runtime stands in for an image built before identities: no _workshop_build."""
+    peer = make_peer(stack_on_path=False, files={"workshop.json": "{}"})
+    [r] = smoke.smoke_all([peer.port], unix_expected(stack_modules=(), inputs_sha256="c" * 64))
+    fw = r.check("firmware")
+    assert fw.status == "fail" and fw.detail.startswith("no build identity in the image: rebuild")
+    assert "c" * 12 in fw.detail
+    [plain] = smoke.smoke_all([peer.port], unix_expected(stack_modules=()))
+    assert plain.check("firmware").status == "pass"
+
+
 def test_control_characters_from_a_board_keep_the_junit_report_valid(make_peer):
     """A module on the device fails with an ANSI colour code and a NUL in its message: the JUnit XML
     still parses, with the characters written as escapes, and the failure names the check."""

@@ -62,6 +62,28 @@ def test_build_without_outputs_is_a_failure_not_a_dist(unix_plan: build.BuildPla
     assert not unix_plan.board_dist.exists() and list(unix_plan.dist_dir.iterdir()) == []
 
 
+def test_identity_module_is_written_before_make_and_kept_when_unchanged(unix_plan: build.BuildPlan):
+    """make sees <build>/identity/_workshop_build.py (named by WORKSHOP_BUILD_IDENTITY) with the
+    plan's inputs hash; an unchanged identity is not rewritten (make would recompile it)."""
+    seen = []
+
+    def make(argv, **kw):
+        folder = Path(kw["env"]["WORKSHOP_BUILD_IDENTITY"])
+        module = folder / "_workshop_build.py"
+        seen.append((folder, module.read_text(), module.stat().st_mtime_ns))
+        return subprocess.CompletedProcess(argv, 0)
+
+    build.run(unix_plan, runner=make)                  # fails at staging (no outputs): not the point here
+    folder, text, mtime = seen[0]
+    assert folder == unix_plan.build_dir / "identity" and len(seen) == 2 and seen[1] == seen[0]
+    ns: dict = {}
+    exec(text, ns)
+    assert ns["board"] == "UNIX" and ns["inputs"] == unix_plan.inputs_sha256 and ns["project"]
+    assert text == build.identity_source("UNIX", unix_plan.inputs_sha256, ns["project"])
+    build.run(unix_plan, runner=make)
+    assert seen[2][2] == mtime                          # same text: same file, same time stamp
+
+
 def test_read_build_info_rejects_changed_images(tmp_path: Path):
     board_dir = tmp_path / "ESP32_GENERIC"
     board_dir.mkdir()

@@ -14,11 +14,13 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def stack_targets() -> list[str]:
-    """What manifest.py freezes from modules/, read from the manifest itself."""
+    """What manifest.py freezes from modules/, read from the manifest itself: its unconditional
+    module()/package() calls (the build identity, frozen only in a build, is conditional)."""
     targets = []
-    for node in ast.walk(ast.parse((REPO / "manifest.py").read_text())):
-        if isinstance(node, ast.Call) and node.func.id in ("module", "package"):
-            targets.append(node.args[0].value)
+    for node in ast.parse((REPO / "manifest.py").read_text()).body:
+        call = node.value if isinstance(node, ast.Expr) else None
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in ("module", "package"):
+            targets.append(call.args[0].value)
     return targets
 
 
@@ -70,3 +72,25 @@ def test_bytecode_size_is_mpy_cross_output(tmp_path: Path):
     src.write_text("def f(:\n")
     with pytest.raises(SyntaxError, match="m.py: mpy-cross failed"):
         check.bytecode_size([src], ())
+
+
+def test_identity_module_is_frozen_only_when_a_build_names_its_folder(mp_checkout, tmp_path: Path, monkeypatch):
+    """`invoke build` sets WORKSHOP_BUILD_IDENTITY: then the manifest adds _workshop_build.py from
+    that folder. `invoke check` resolves without it, whatever the shell's environment says."""
+    assert len(stack_targets()) >= 10 and "_workshop_build.py" not in stack_targets()
+    identity = tmp_path / "identity"
+    identity.mkdir()
+    (identity / "_workshop_build.py").write_text('board = "UNIX"\ninputs = "x"\nproject = "0"\n')
+    board = config.get_board("UNIX")
+    plain = check.resolve(board, mp_checkout)
+    built = check.resolve(board, mp_checkout, identity=identity)
+    assert [f.target for f in built] == [f.target for f in plain] + ["_workshop_build.py"]
+    assert built[-1].source == identity / "_workshop_build.py" and built[-1].module == "_workshop_build"
+    monkeypatch.setenv("WORKSHOP_BUILD_IDENTITY", str(identity))
+    assert check.resolve(board, mp_checkout) == plain
+    assert check.check_board(board, mp_checkout).files == plain
+    import os
+    assert os.environ["WORKSHOP_BUILD_IDENTITY"] == str(identity)   # restored after each resolution
+    (identity / "_workshop_build.py").unlink()
+    with pytest.raises(Exception, match="Cannot stat .*_workshop_build.py"):
+        check.resolve(board, mp_checkout, identity=identity)

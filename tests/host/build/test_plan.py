@@ -29,7 +29,8 @@ def test_esp32_docker_plan_is_micropython_ci_in_espressif_idf():
     for m in (MP, REPO, bdir):
         mounts += ["-v", f"{m}:{m}"]
     docker = ["docker", "run", "--rm", "--user", "1000:1000", "-e", "HOME=/tmp",
-              "-e", f"MICROPY_MPYCROSS={bdir}/mpy-cross/mpy-cross", *mounts, "-w", str(MP), "espressif/idf:v5.5.1"]
+              "-e", f"MICROPY_MPYCROSS={bdir}/mpy-cross/mpy-cross", "-e", f"WORKSHOP_BUILD_IDENTITY={bdir}/identity",
+              *mounts, "-w", str(MP), "espressif/idf:v5.5.1"]
     assert [list(s.argv) for s in p.steps] == [
         docker + ["make", "-j4", "-C", f"{MP}/mpy-cross", f"BUILD={bdir}/mpy-cross"],
         docker + ["make", "-j4", "-C", f"{MP}/ports/esp32", "BOARD=ESP32_GENERIC_S3",
@@ -58,7 +59,8 @@ def test_native_plans_run_the_same_make_without_docker():
         ["make", "-j4", "-C", f"{MP}/ports/unix", "VARIANT=standard",
          f"FROZEN_MANIFEST={REPO}/ports/unix/manifest.py", f"BUILD={bdir}", "MICROPY_PY_BTREE=0"],
     ]
-    assert all(dict(s.env) == {"MICROPY_MPYCROSS": f"{bdir}/mpy-cross/mpy-cross"} for s in unix.steps)
+    assert all(dict(s.env) == {"MICROPY_MPYCROSS": f"{bdir}/mpy-cross/mpy-cross",
+                               "WORKSHOP_BUILD_IDENTITY": f"{bdir}/identity"} for s in unix.steps)
     esp32 = make_plan("ESP32_GENERIC", "native")
     assert esp32.steps[1].argv[:5] == ("make", "-j4", "-C", f"{MP}/ports/esp32", "BOARD=ESP32_GENERIC")
     assert esp32.image is None and not esp32.mounts
@@ -146,3 +148,36 @@ def test_cache_key_changes_with_each_input_and_only_then(project: Path):
     (project / "boards" / "ESP32_GENERIC_S3.toml").write_text(
         (project / "boards" / "ESP32_GENERIC_S3.toml").read_text().replace("80000", "81000"))
     assert _key(project) == before
+
+
+def test_identity_folder_is_in_every_step_and_its_location_is_not_an_input():
+    """The manifest freezes <build>/identity/_workshop_build.py when WORKSHOP_BUILD_IDENTITY names
+    the folder: every step gets it (docker: as -e, the build tree is mounted at its own path), and
+    another cache folder (so another identity path) gives the same key."""
+    b = config.get_board("ESP32_GENERIC")
+    keys = set()
+    for cache in (CACHE, Path("/other-cache")):
+        p = build.plan(b, CHECKOUT, "docker", root=REPO, cache=cache, jobs=4, uid_gid=(1000, 1000))
+        bdir = build.build_dir_for(b, REPO, cache)
+        assert build.identity_dir(bdir) == bdir / "identity" and bdir.is_relative_to(cache)
+        for step in p.steps:
+            argv = list(step.argv)
+            i = argv.index(f"WORKSHOP_BUILD_IDENTITY={bdir}/identity")
+            assert argv[i - 1] == "-e" and i < argv.index("-w") and step.env == ()
+            assert f"{bdir}:{bdir}" in argv          # the folder is inside a mount, at its own path
+        keys.add(p.inputs_sha256)
+    native = set()
+    for cache in (CACHE, Path("/other-cache")):
+        p = build.plan(config.get_board("UNIX"), CHECKOUT, "native", root=REPO, cache=cache, jobs=4)
+        bdir = build.build_dir_for(config.get_board("UNIX"), REPO, cache)
+        assert all(dict(s.env)["WORKSHOP_BUILD_IDENTITY"] == f"{bdir}/identity" for s in p.steps)
+        native.add(p.inputs_sha256)
+    assert len(keys) == 1 and len(native) == 1
+
+
+def test_identity_module_is_plain_assignments():
+    text = build.identity_source("UNIX", "ab" * 32, "0.1.0")
+    assert text == f'board = "UNIX"\ninputs = "{"ab" * 32}"\nproject = "0.1.0"\n'
+    ns: dict = {}
+    exec(text, ns)
+    assert (ns["board"], ns["inputs"], ns["project"]) == ("UNIX", "ab" * 32, "0.1.0")

@@ -71,7 +71,7 @@ def test_release_layout_index_sums_and_manifests_exact(release_kwargs, dist: Pat
             "chip_family": family, "flash_size": get_board(board).flash_size, "micropython_version": "v1.28.0",
             "micropython_commit": MP_COMMIT, "project_commit": info.project_commit, "project_dirty": False,
             "frozen_modules": list(FROZEN), "built_at": BUILT_AT, "manifest": f"{board}.manifest.json",
-            "files": files,
+            "files": files, "inputs_sha256": info.inputs_sha256,
         })
         # The released image is byte-for-byte the built one.
         assert sha256_file(out / f"{base}.bin") == by_source[image].sha256
@@ -302,6 +302,7 @@ def test_smoke_expects_what_the_release_index_says(release_kwargs, tmp_path):
     assert (exp.board, exp.chip, exp.chip_name, exp.micropython_version, exp.flash_size) == (
         "ESP32_GENERIC_S3", "esp32s3", "ESP32-S3", "1.28.0", made.board("ESP32_GENERIC_S3").flash_size)
     assert exp.frozen_modules == made.board("ESP32_GENERIC_S3").frozen_modules
+    assert exp.inputs_sha256 == made.board("ESP32_GENERIC_S3").inputs_sha256 == "1" * 64
     assert exp.stack_modules == smoke.stack_module_names(smoke.manifest_modules())
     assert exp.source == str(made.directory / "index.json")
     with pytest.raises(smoke.SmokeError, match="no board 'PICO' in this release"):
@@ -318,3 +319,32 @@ def test_smoke_expects_what_the_release_index_says(release_kwargs, tmp_path):
     (root / "release" / "v0.1.0").mkdir(parents=True)
     (root / "release" / "v0.1.0" / "index.json").write_text("{}")
     assert smoke.release_index("v0.1.0", root=root, cache=cache) == root / "release" / "v0.1.0" / "index.json"
+
+
+def test_an_index_from_before_build_identities_still_reads(release_kwargs, tmp_path):
+    """index.json without boards' inputs_sha256 (made before images carried an identity) reads, and
+    smoke --release then has no inputs hash to compare (the rest of the firmware check stands)."""
+    from workshop import smoke
+
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    index = json.loads((made.directory / "index.json").read_text())
+    assert all(len(b["inputs_sha256"]) == 64 for b in index["boards"])
+    for b in index["boards"]:
+        del b["inputs_sha256"]
+    old = tmp_path / "old-index.json"
+    old.write_text(json.dumps(index))
+    version, boards = rel.read_index(old.read_text())
+    assert version == "v0.1.0" and [b.inputs_sha256 for b in boards] == [None] * len(boards)
+    assert [b.files for b in boards] == [b.files for b in made.boards]
+    exp = smoke.Expected.from_release_index(old, "ESP32_GENERIC")
+    assert exp.inputs_sha256 is None and exp.board == "ESP32_GENERIC"
+
+
+def test_an_index_from_a_newer_kit_still_reads():
+    """Fields a later version adds to index.json are ignored, not fatal."""
+    board = {"board": "ESP32_GENERIC", "description": "", "port": "esp32", "chip": "esp32", "chip_family": "ESP32",
+             "flash_size": "4MB", "micropython_version": "v1.28.0", "micropython_commit": "e0e9fbb",
+             "project_commit": None, "project_dirty": False, "frozen_modules": ["wifi.py"],
+             "built_at": "2026-11-21T00:00:00Z", "files": [], "manifest": None, "added_in_a_later_kit": {"x": 1}}
+    parsed = rel.ReleaseBoard.from_dict(board)
+    assert parsed.board == "ESP32_GENERIC" and not hasattr(parsed, "added_in_a_later_kit")

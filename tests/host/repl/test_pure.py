@@ -72,6 +72,47 @@ def test_evaluate_rules():
     assert failed == {"firmware", "module wifi", "heap", "flash", "config"}
 
 
+def test_identity_module_is_not_a_stack_module(monkeypatch, tmp_path):
+    """A build sets WORKSHOP_BUILD_IDENTITY; the stack the smoke imports is the same either way."""
+    plain = smoke.manifest_modules()
+    monkeypatch.setenv("WORKSHOP_BUILD_IDENTITY", str(tmp_path))
+    assert smoke.manifest_modules() == plain and "_workshop_build.py" not in plain
+
+
+A, B = "a" * 12 + "1" * 52, "b" * 12 + "2" * 52
+
+
+def test_firmware_check_compares_the_frozen_build_identity():
+    exp = smoke.Expected(source="dist/UNIX/build.json", board="UNIX", chip="host", build_name="standard",
+                         micropython_version="1.28.0", inputs_sha256=A)
+    facts = {"platform": "linux", "version": "1.28.0", "build": "standard", "config": {}}
+
+    def firmware(identity, expected=exp):
+        return smoke.evaluate(dict(facts, identity=identity), expected)[0]
+
+    same = firmware({"board": "UNIX", "inputs": A, "project": "0.1.0", "shadow": None})
+    assert same.status == "pass" and same.detail == "MicroPython 1.28.0, build standard, identity UNIX inputs aaaaaaaaaaaa"
+    other = firmware({"board": "UNIX", "inputs": B, "project": "0.1.0", "shadow": None})
+    assert other.status == "fail" and other.detail == (
+        "image built from inputs bbbbbbbbbbbb, expected aaaaaaaaaaaa per dist/UNIX/build.json "
+        "(another build of the stack: flash the expected image)")
+    board = firmware({"board": "ESP32_GENERIC", "inputs": A, "project": "0.1.0", "shadow": None})
+    assert board.status == "fail" and board.detail == "image built for board ESP32_GENERIC, expected UNIX"
+    old = firmware(None)                              # an image built before identities existed
+    assert old.status == "fail" and old.detail.startswith("no build identity in the image: rebuild")
+    assert "aaaaaaaaaaaa" in old.detail
+    shadow = firmware({"board": "UNIX", "inputs": A, "project": "0", "shadow": "_workshop_build.py"})
+    assert shadow.status == "fail" and "shadows the image's build identity" in shadow.detail
+    broken = firmware({"error": "SyntaxError: invalid syntax"})
+    assert broken.status == "fail" and "SyntaxError" in broken.detail
+    # Without an inputs hash to compare (boards/<BOARD>.toml, an index from before identities):
+    # an image without identity passes as before; one with an identity still names its board.
+    loose = smoke.Expected(source="boards/UNIX.toml", board="UNIX", chip="host")
+    assert firmware(None, loose).status == "pass"
+    assert firmware({"board": "UNIX", "inputs": B, "shadow": None}, loose).status == "pass"
+    assert firmware({"board": "ESP32_GENERIC", "inputs": B, "shadow": None}, loose).status == "fail"
+
+
 def test_secrets_in_extra_config_keys_are_masked_too(tmp_path):
     """An [mqtt] password from workshop.toml rides along in `extra`: masked like the Wi-Fi password."""
     f = tmp_path / "workshop.toml"
