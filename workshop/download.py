@@ -184,7 +184,11 @@ def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, d
     """Stream `name` into a temporary file beside `dest`, hashing as it goes; rename when it matches."""
     stream, total = source.open(name)
     total = total if total is not None else size
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest.parent)
+    except BaseException:
+        stream.close()  # e.g. a full or read-only cache: do not leave the connection open
+        raise
     tmp = Path(tmp_name)
     digest = hashlib.sha256()
     done = 0

@@ -96,6 +96,9 @@ class FlashImage:
             info = read_build_info(board_dir, verify=True)
         except BuildInfoError as e:
             raise FlashError(str(e)) from None
+        if info.board != board_dir.name:
+            raise FlashError(f"{board_dir / 'build.json'}: describes board {info.board}, not {board_dir.name} "
+                             "(copied from another build?): rebuild it")
         if info.chip == HOST_CHIP:
             raise FlashError(f"{board_dir}: {info.board} is a host build, there is nothing to flash")
         regions = tuple((board_dir / a.file, int(a.offset)) for a in info.flash_images if a.offset is not None)

@@ -325,3 +325,14 @@ def test_a_failure_outside_any_attempt_is_that_devices_named_error(dist, tmp_pat
     [r] = report.results
     assert not report.ok and r.state is State.FAILED and not r.verified
     assert r.error_kind == "error" and "logs" in r.error, r.error
+
+
+def test_a_build_in_another_boards_folder_is_refused(tmp_path):
+    """dist/ESP32_GENERIC_S3 holding ESP32_GENERIC's build.json would flash the wrong image."""
+    import shutil
+
+    source = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=4096)
+    shutil.copytree(source, tmp_path / "dist" / "ESP32_GENERIC_S3")
+    with pytest.raises(flash.FlashError, match=r"describes board ESP32_GENERIC, not ESP32_GENERIC_S3"):
+        flash.FlashImage.from_dist(tmp_path / "dist" / "ESP32_GENERIC_S3")
+    assert flash.FlashImage.from_dist(source).board == "ESP32_GENERIC"
