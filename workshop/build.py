@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
@@ -238,12 +238,13 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
 # --- staleness -------------------------------------------------------------------------------
 
 
-def up_to_date(p: BuildPlan) -> bool:
+def current_build(p: BuildPlan) -> BuildInfo | None:
+    """dist/<BOARD>/'s build info when it is complete and built from exactly this plan's inputs."""
     try:
         info = read_build_info(p.board_dist)
     except BuildInfoError:
-        return False
-    return info.inputs_sha256 == p.inputs_sha256
+        return None
+    return info if info.inputs_sha256 == p.inputs_sha256 else None
 
 
 def stale_reason(board_name: str, root: Path = PROJECT_ROOT, dist: Path | None = None,
@@ -338,9 +339,10 @@ def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = F
     """Execute a plan: 'up to date' without running make when the inputs are unchanged."""
     name = p.board.name
     started = time.monotonic()
-    if not force and up_to_date(p):
+    current = None if force else current_build(p)
+    if current:
         on_event(name, "up to date")
-        return BuildResult(name, "up to date", time.monotonic() - started, read_build_info(p.board_dist, verify=False))
+        return BuildResult(name, "up to date", time.monotonic() - started, current)
     # Invalidate first: from here until the final rename there is no complete dist/<BOARD>/.
     shutil.rmtree(p.board_dist, ignore_errors=True)
     p.build_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,15 @@ from .config import PROJECT_ROOT, Board
 from .source import Checkout
 
 
+def module_name(frozen_path: str) -> str:
+    """The import name a frozen path defines: 'umqtt/simple.py' -> 'umqtt.simple',
+    'umqtt/__init__.py' -> 'umqtt'."""
+    name = frozen_path.rsplit(".", 1)[0]
+    if name == "__init__" or name.endswith("/__init__"):
+        name = name[: -len("__init__")].rstrip("/")
+    return name.replace("/", ".")
+
+
 @dataclass(frozen=True)
 class FrozenFile:
     source: Path
@@ -32,11 +41,7 @@ class FrozenFile:
 
     @property
     def module(self) -> str:
-        """The import name this file defines: 'umqtt/simple.py' -> 'umqtt.simple'."""
-        name = self.target.rsplit(".", 1)[0]
-        if name.endswith("/__init__"):
-            name = name[: -len("/__init__")]
-        return name.replace("/", ".")
+        return module_name(self.target)
 
 
 @dataclass

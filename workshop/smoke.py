@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .buildinfo import IDENTITY_MODULE
+from .check import module_name
 from .config import PROJECT_ROOT, Board
 from .provision import CONFIG_PATH_CODE, HOST_PLATFORMS, masked
 from .repl import Pacing, ReplError, ReplEvent, ReplSession, ReplTimeout
@@ -39,12 +40,6 @@ class SmokeError(ValueError):
 
 
 # --- what to expect -----------------------------------------------------------------------------
-
-
-def module_name(frozen_path: str) -> str:
-    """'umqtt/simple.py' -> 'umqtt.simple'; 'umqtt/__init__.py' -> 'umqtt'."""
-    name = re.sub(r"\.(py|mpy)$", "", frozen_path).replace("/", ".")
-    return name[: -len(".__init__")] if name.endswith(".__init__") else name
 
 
 def manifest_modules(manifest: Path = PROJECT_ROOT / "manifest.py") -> tuple[str, ...]:
