@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 from invoke import Exit, task
 from rich.console import Console
@@ -65,14 +64,14 @@ def boards(c):
     "ports": "ports whose submodules to fetch (default: unix,esp32,esp8266)",
     "micropython": "checkout folder to create or complete (default: the user cache dir, or $WORKSHOP_MICROPYTHON)",
     "git_url": "URL template for sources, e.g. '/srv/mirror/{owner}+{name}/repo' (default: GitHub, or $WORKSHOP_GIT_URL)",
-    "check": "only verify the existing checkout (no fetching); exit 1 when it is missing or wrong",
+    "check": "only verify the existing checkout and native toolchains (no fetching); exit 1 when one is missing or wrong",
 })
 def setup(c, ports="", micropython=None, git_url=None, check=False):
-    """Fetch MicroPython v1.28.0 and the submodules the ports need into the cache; verify it."""
+    """Fetch MicroPython v1.28.0, the submodules the ports need and native toolchains (ESP8266 SDK) into the cache."""
     chosen = _csv(ports) or list(source.ALL_PORTS)
     try:
         if check:
-            checkout = source.locate(micropython, chosen)
+            checkout = source.verify(chosen, micropython)
         else:
             checkout = source.setup(chosen, micropython, git_url, on_event=lambda m: console.print(f"  {m}", soft_wrap=True))
     except (source.SourceError, config.ConfigError) as e:
@@ -96,31 +95,12 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
           micropython=None, force=False):
     """Build images into dist/<BOARD>/ (image, build.json); 'up to date' when nothing changed."""
     selected = _selected_boards(board, all)
-    jobs = max(1, int(jobs))
-    make_jobs = max(1, (os.cpu_count() or 1) // jobs)
-    plans, results = [], []
-    docker_reason = _build.docker_engine_reason() if toolchain == "auto" else None
-    for b in selected:
-        try:
-            # The toolchain first: a board that cannot be built here needs no checkout either.
-            status = _build.toolchain_status(b, docker_reason=docker_reason) if toolchain == "auto" else None
-            if status and status.kind is None:
-                if all and skip_unavailable:
-                    results.append(_build.BuildResult(b.name, "skipped", 0.0, error=status.reason))
-                    continue
-                raise _build.no_toolchain(b, status)
-            checkout = source.locate(micropython, [b.port.name])
-            plans.append(_build.plan(b, checkout, toolchain, image, make_jobs, status=status))
-        except (source.SourceError, _build.BuildError, config.ConfigError) as e:
-            results.append(_build.BuildResult(b.name, "failed", 0.0, error=str(e)))
 
     def on_event(name: str, message: str) -> None:
         console.print(f"[bold]{name}[/]: {message}", highlight=False, soft_wrap=True)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results += list(pool.map(lambda p: _build.run(p, on_event, force=force), plans))
-    order = {b.name: i for i, b in enumerate(selected)}
-    results.sort(key=lambda r: order[r.board])
+    results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=int(jobs), micropython=micropython,
+                               force=force, skip_unavailable=all and skip_unavailable, on_event=on_event)
     table = Table(title="Build")
     for col in ("board", "result", "image size", "time", "detail"):
         table.add_column(col)

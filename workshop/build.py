@@ -15,12 +15,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 
-from . import source
+from . import check, elf, source
 from .buildinfo import (BUILD_INFO, IDENTITY_ENV, IDENTITY_MODULE, Artifact, BuildInfo, BuildInfoError,
                         read_build_info, sha256_file, write_atomic)
 from .config import PROJECT_ROOT, Board, ConfigError, cache_dir, get_board
@@ -57,6 +58,8 @@ class BuildPlan:
     steps: tuple[Step, ...]
     inputs_sha256: str
     mounts: tuple[Path, ...] = ()
+    compiler: str | None = None        # what compiles the image: the native compiler's version, or the image
+    native: source.NativeToolchain | None = None
 
     @property
     def board_dist(self) -> Path:
@@ -91,14 +94,21 @@ def toolchain_status(board: Board, which: Callable[[str], str | None] = shutil.w
                      docker_reason: str | None | type(...) = ...) -> ToolchainStatus:
     """Which toolchain `--toolchain auto` would use for this board here, and why."""
     missing = [t for t in board.port.native_tools if not which(t)]
+    unprepared = None
     if not missing:
-        return ToolchainStatus("native", "native: " + ", ".join(board.port.native_tools) + " on PATH")
+        try:
+            source.native_toolchain(board.port)
+            return ToolchainStatus("native", "native: " + ", ".join(board.port.native_tools) + " on PATH")
+        except source.SourceError:
+            unprepared = f"{', '.join(board.port.native_tools)} on PATH but its SDK is not prepared (invoke setup --ports {board.port.name})"
+            missing = []
+    native_reason = unprepared or f"no {', '.join(missing)} on PATH"
     if not board.port.docker_images:
-        return ToolchainStatus(None, f"needs {', '.join(missing)} on PATH")
+        return ToolchainStatus(None, unprepared or f"needs {', '.join(missing)} on PATH")
     reason = docker_engine_reason() if docker_reason is ... else docker_reason
     if reason is None:
         return ToolchainStatus("docker", "docker engine available")
-    return ToolchainStatus(None, f"{reason}; no {', '.join(missing)} on PATH")
+    return ToolchainStatus(None, f"{reason}; {native_reason}")
 
 
 def no_toolchain(board: Board, status: ToolchainStatus) -> BuildError:
@@ -110,7 +120,8 @@ def no_toolchain(board: Board, status: ToolchainStatus) -> BuildError:
 
 def _project_files(board: Board, root: Path) -> list[Path]:
     """Every project file that decides the image's content."""
-    files = [root / STACK_MANIFEST, board.port.manifest, board.port.directory / "port.toml", board.source]
+    port_files = sorted(p for p in board.port.directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files = [root / STACK_MANIFEST, *port_files, board.source]
     modules = root / "modules"
     if modules.is_dir():
         files += sorted(p for p in modules.rglob("*") if p.is_file() and "__pycache__" not in p.parts
@@ -120,7 +131,7 @@ def _project_files(board: Board, root: Path) -> list[Path]:
 
 def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], image: str | None,
                   root: Path = PROJECT_ROOT, checkout_dirty: bool = False,
-                  places: dict[Path, str] | None = None) -> str:
+                  places: dict[Path, str] | None = None, toolchain_identity: str | None = None) -> str:
     """The cache key: manifests, every module file, board/port data, MicroPython commit,
     toolchain image and the exact commands. Same key -> the image in dist/ is current.
 
@@ -139,6 +150,8 @@ def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], 
         h.update(f"file {rel} {sha256_file(path) if path.exists() else 'missing'}\n".encode())
     h.update(f"micropython {micropython_commit}{' dirty' if checkout_dirty else ''}\n".encode())
     h.update(f"image {image}\n".encode())
+    if toolchain_identity:
+        h.update(f"toolchain {toolchain_identity}\n".encode())
     for step in steps:
         # Neither parallelism nor the container user changes the image: not part of the key.
         argv = [a for i, a in enumerate(step.argv)
@@ -163,7 +176,7 @@ def build_dir_for(board: Board, root: Path = PROJECT_ROOT, cache: Path | None = 
     return (cache or cache_dir()) / "build" / f"{board.name}-{tag}"
 
 
-def _make_vars(board: Board, manifest: Path, build: Path) -> list[str]:
+def _make_vars(board: Board, manifest: Path, build: Path, native: source.NativeToolchain | None) -> list[str]:
     port = board.port
     args = []
     if port.board_var and board.mp_board:
@@ -171,18 +184,28 @@ def _make_vars(board: Board, manifest: Path, build: Path) -> list[str]:
     if board.variant:
         args.append(f"{port.variant_var}={board.variant}")
     args += [f"FROZEN_MANIFEST={manifest}", f"BUILD={build}", *port.make_args]
+    if not board.btree:
+        args += port.btree_off
+    if native:
+        where = {"sdk": native.sdk, "python": native.python_bin, "port": port.directory.resolve()}
+        args += [a.format(**where) for a in port.native.make_args]
     return args
 
 
 def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image: str | None = None,
          jobs: int | None = None, root: Path = PROJECT_ROOT, dist: Path | None = None,
          cache: Path | None = None, uid_gid: tuple[int, int] | None = None,
-         status: ToolchainStatus | None = None) -> BuildPlan:
+         status: ToolchainStatus | None = None, native: source.NativeToolchain | None = None,
+         compiler: str | None = None) -> BuildPlan:
     """The exact commands that build `board`, the way MicroPython's CI does: mpy-cross first,
     then `make -C ports/<port> BOARD=... FROZEN_MANIFEST=<abs path>`.
 
     Docker runs as the calling user, with the checkout, the project and the build tree mounted
     at their own paths, so every path in the command means the same inside and out.
+
+    A native build of a port with a prepared toolchain (ESP8266: the SDK folder `setup` makes)
+    uses `native` (default: the one in the cache) and the port's [native] make arguments;
+    `compiler` (default: asked from the port's compiler) is part of the cache key and build.json.
     """
     if toolchain not in TOOLCHAINS:
         raise BuildError(f"{board.name}: toolchain must be one of {', '.join(TOOLCHAINS)}, got {toolchain!r}")
@@ -198,6 +221,21 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
                              f"ports/{board.port.name}/port.toml); use --toolchain native")
     elif image:
         raise BuildError(f"{board.name}: --image needs --toolchain docker")
+    spec = board.port.native
+    if toolchain == "native" and spec.prepare and native is None:
+        try:
+            native = source.native_toolchain(board.port)
+        except source.SourceError as e:
+            raise BuildError(f"{board.name}: {e}") from None
+    if toolchain != "native":
+        native = None
+    if toolchain == "native" and spec.compiler:
+        compiler = compiler or source.compiler_version(spec.compiler)
+        if not compiler:
+            raise BuildError(f"{board.name}: {spec.compiler} is not on PATH (install Debian's gcc-xtensa-lx106, "
+                             "or build with --toolchain docker)")
+    elif toolchain == "docker":
+        compiler = image
     mp = checkout.path
     build = build_dir_for(board, root, cache)
     manifest = board.port.manifest.resolve()
@@ -207,7 +245,7 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
     commands = [
         ("mpy-cross", ["make", *parallel, "-C", str(mp / "mpy-cross"), f"BUILD={mpy_cross_build}"]),
         (board.port.name, ["make", *parallel, "-C", str(mp / board.port.make_dir),
-                           *_make_vars(board, manifest, build)]),
+                           *_make_vars(board, manifest, build, native)]),
     ]
     # Environment, not a make variable: the esp32 port's CMake reads it from there. The identity
     # folder is in the build tree: its location is not content (the key names it $(BUILD)).
@@ -227,12 +265,18 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
             steps.append(Step(tuple(docker), (), name))
     else:
         steps = [Step(tuple(argv), env, name) for name, argv in commands]
-    key = inputs_sha256(board, checkout.commit, steps, image, root, checkout.dirty,
-                        {mp: "$(MPY_DIR)", root.resolve(): "$(PROJECT)", build: "$(BUILD)"})
+    places = {mp: "$(MPY_DIR)", root.resolve(): "$(PROJECT)", build: "$(BUILD)"}
+    identity = None
+    if native:
+        places[native.path] = "$(TOOLCHAIN)"
+        identity = native.identity
+    if compiler and toolchain == "native":
+        identity = f"{identity or ''} {compiler}".strip()
+    key = inputs_sha256(board, checkout.commit, steps, image, root, checkout.dirty, places, identity)
     return BuildPlan(board=board, checkout=mp, micropython_version=checkout.version,
                      micropython_commit=checkout.commit, toolchain=toolchain, image=image, build_dir=build,
                      dist_dir=dist or root / "dist", manifest=manifest, steps=tuple(steps),
-                     inputs_sha256=key, mounts=mounts)
+                     inputs_sha256=key, mounts=mounts, compiler=compiler, native=native)
 
 
 # --- staleness -------------------------------------------------------------------------------
@@ -268,9 +312,24 @@ def stale_reason(board_name: str, root: Path = PROJECT_ROOT, dist: Path | None =
     except source.SourceError:
         checkout = source.Checkout(Path(info.extra.get("checkout", "")), info.micropython_commit,
                                    info.micropython_version, False, True)
+    # A native toolchain as recorded when this machine has none (a release machine); a
+    # different prepared toolchain or compiler here is a change of inputs.
+    native = None
+    recorded = info.extra.get("native")
+    if info.toolchain == "native" and board.port.native.prepare:
+        try:
+            native = source.native_toolchain(board.port)
+        except source.SourceError:
+            if recorded:
+                native = source.NativeToolchain(board.port.name, Path(recorded["path"]), recorded["stamp"])
+    compiler = None
+    if info.toolchain == "native" and board.port.native.compiler:
+        compiler = source.compiler_version(board.port.native.compiler) or info.compiler
+    uid_gid = info.extra.get("uid_gid")
     try:
         p = plan(board, checkout, info.toolchain, info.toolchain_image, root=root, dist=dist,
-                 status=ToolchainStatus(info.toolchain, "as recorded"), uid_gid=tuple(info.extra["uid_gid"]) if info.extra.get("uid_gid") else None)
+                 status=ToolchainStatus(info.toolchain, "as recorded"),
+                 uid_gid=(uid_gid[0], uid_gid[1]) if uid_gid else None, native=native, compiler=compiler)
     except BuildError as e:
         return str(e)
     if p.inputs_sha256 != info.inputs_sha256:
@@ -324,9 +383,8 @@ def _project_version(root: Path) -> tuple[str, str | None, bool]:
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
+        dirty = bool(source.tree_changes(root))
+    except (OSError, subprocess.CalledProcessError, source.SourceError):
         commit, dirty = None, False
     return ver, commit, dirty
 
@@ -336,15 +394,16 @@ Event = Callable[[str, str], None]   # (board, message)
 
 def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = False,
         runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> BuildResult:
-    """Execute a plan: 'up to date' without running make when the inputs are unchanged."""
+    """Execute a plan: 'up to date' without running make when the inputs are unchanged.
+
+    The last good dist/<BOARD>/ stays until the new one is staged and complete: a failed build
+    leaves it in place and says so (stale, since its inputs differ from this plan's)."""
     name = p.board.name
     started = time.monotonic()
     current = None if force else current_build(p)
     if current:
         on_event(name, "up to date")
         return BuildResult(name, "up to date", time.monotonic() - started, current)
-    # Invalidate first: from here until the final rename there is no complete dist/<BOARD>/.
-    shutil.rmtree(p.board_dist, ignore_errors=True)
     p.build_dir.mkdir(parents=True, exist_ok=True)
     log = p.build_dir / "build.log"
     _write_identity(p)
@@ -361,9 +420,20 @@ def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = F
         info = _stage(p, started)
     except BuildError as e:
         on_event(name, "failed")
-        return BuildResult(name, "failed", time.monotonic() - started, error=str(e), log=log)
+        return BuildResult(name, "failed", time.monotonic() - started, error=str(e) + _previous_note(p), log=log)
     on_event(name, "built")
     return BuildResult(name, "built", time.monotonic() - started, info, log=log)
+
+
+def _previous_note(p: BuildPlan) -> str:
+    """What a failed build left in dist/<BOARD>/: the previous image, and whether it is current."""
+    try:
+        old = read_build_info(p.board_dist)
+    except BuildInfoError:
+        return f"; no image in dist/{p.board.name}/"
+    freshness = ("still current: same inputs" if old.inputs_sha256 == p.inputs_sha256
+                 else "stale: built from other inputs")
+    return f"; dist/{p.board.name}/ still holds the previous image, built {old.built_at} ({freshness})"
 
 
 def _write_identity(p: BuildPlan) -> Path:
@@ -376,8 +446,51 @@ def _write_identity(p: BuildPlan) -> Path:
     return path
 
 
+def image_budget(p: BuildPlan) -> tuple[elf.Region, ...]:
+    """The linked image's budget per region, with the board's margins (empty: the port has none)."""
+    port = p.board.port
+    if not port.budget or not port.elf:
+        return ()
+    try:
+        return elf.budget(p.build_dir / port.elf, p.build_dir / port.budget.map, port.budget.regions,
+                          p.board.margins)
+    except elf.ElfError as e:
+        raise BuildError(f"{p.board.name}: {e}") from None
+
+
+def check_frozen(p: BuildPlan, listed: tuple[str, ...]) -> None:
+    """The linked image freezes exactly what the manifest resolves to (and frozen_content.c
+    lists), each module once: a module the manifest lists but the image lacks fails the build."""
+    port = p.board.port
+    expected = [f.target for f in check.resolve(p.board, source.Checkout(p.checkout, p.micropython_commit,
+                                                p.micropython_version, False, True),
+                                                identity=identity_dir(p.build_dir))]
+    problems = []
+    if port.elf:
+        try:
+            linked = elf.frozen_names(p.build_dir / port.elf)
+        except elf.ElfError as e:
+            raise BuildError(f"{p.board.name}: {e}") from None
+        missing = sorted(set(expected) - set(linked))
+        extra = sorted(set(linked) - set(expected))
+        twice = sorted({n for n in linked if linked.count(n) > 1})
+        if missing:
+            problems.append(f"the manifest freezes {', '.join(missing)} but the linked {port.elf} lacks "
+                            f"{'it' if len(missing) == 1 else 'them'}")
+        if extra:
+            problems.append(f"the linked {port.elf} freezes {', '.join(extra)}, which the manifest does not list")
+        if twice:
+            problems.append(f"the linked {port.elf} freezes {', '.join(twice)} more than once")
+    if sorted(listed) != sorted(expected) and not problems:
+        problems.append("frozen_content.c lists other modules than the manifest resolves to: "
+                        f"{', '.join(sorted(set(listed) ^ set(expected)))}")
+    if problems:
+        raise BuildError(f"{p.board.name}: " + "; ".join(problems))
+
+
 def _stage(p: BuildPlan, started: float) -> BuildInfo:
-    """Copy outputs + build.json into a hidden folder beside dist/<BOARD>, then rename it in."""
+    """Copy outputs + build.json into a hidden folder beside dist/<BOARD>, then swap it in: the
+    previous dist/<BOARD> is replaced only by a complete, checked build."""
     board = p.board
     staging = p.dist_dir / f".{board.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -395,25 +508,51 @@ def _stage(p: BuildPlan, started: float) -> BuildInfo:
         frozen_c = p.build_dir / "frozen_content.c"
         if not frozen_c.is_file():
             raise BuildError(f"{board.name}: no {frozen_c}: the frozen manifest was not applied")
+        listed = frozen_modules(frozen_c)
+        check_frozen(p, listed)
+        regions = image_budget(p)
+        short = [r for r in regions if not r.ok]
+        if short:
+            raise BuildError(f"{board.name}: the image leaves less than the board's margin free: "
+                             + "; ".join(r.describe() for r in short)
+                             + f" (margins: {board.source.name}, margins)")
         ver, commit, dirty = _project_version(PROJECT_ROOT)
+        extra: dict[str, object] = {"checkout": str(p.checkout), "uid_gid": _uid_gid_of(p)}
+        if p.native:
+            extra["native"] = {"path": str(p.native.path), "stamp": p.native.stamp}
         info = BuildInfo(
             board=board.name, port=board.port.name, chip=board.chip, chip_name=board.chip_name,
             flash_size=board.flash_size, mp_board=board.mp_board, variant=board.variant,
             micropython_version=p.micropython_version, micropython_commit=p.micropython_commit,
             project_version=ver, project_commit=commit, project_dirty=dirty,
             manifest_sha256=sha256_file(p.manifest), inputs_sha256=p.inputs_sha256,
-            frozen_modules=frozen_modules(frozen_c), artifacts=tuple(artifacts), toolchain=p.toolchain,
+            frozen_modules=listed, artifacts=tuple(artifacts), toolchain=p.toolchain,
             toolchain_image=p.image, built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             duration_s=round(time.monotonic() - started, 2),
-            extra={"checkout": str(p.checkout), "uid_gid": _uid_gid_of(p)},
+            extra=extra, compiler=p.compiler, budget={r.name: r.to_dict() for r in regions} or None,
         )
         write_atomic(staging / BUILD_INFO, info.to_json())
-        shutil.rmtree(p.board_dist, ignore_errors=True)
-        staging.rename(p.board_dist)
+        _swap_in(staging, p.board_dist)
         return info
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` with the complete `staging` folder: the old one is moved aside first and
+    removed only after the new one has its name."""
+    old = target.with_name(f".{target.name}.previous")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            old.rename(target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _uid_gid_of(p: BuildPlan) -> list[int] | None:
@@ -422,3 +561,38 @@ def _uid_gid_of(p: BuildPlan) -> list[int] | None:
         return None
     uid, gid = argv[argv.index("--user") + 1].split(":")
     return [int(uid), int(gid)]
+
+
+# --- many boards -----------------------------------------------------------------------------
+
+
+def build_all(boards: Iterable[Board], *, toolchain: str = "auto", image: str | None = None, jobs: int = 1,
+              micropython: str | Path | None = None, force: bool = False, skip_unavailable: bool = False,
+              on_event: Event = lambda board, msg: None, root: Path = PROJECT_ROOT,
+              dist: Path | None = None) -> list[BuildResult]:
+    """Build several boards, `jobs` at a time (the CPU cores shared out as make -j), in the
+    order given. A board without a toolchain here is failed, or with `skip_unavailable` listed
+    as "skipped" with the reason, before any checkout check (it needs none)."""
+    selected = list(boards)
+    jobs = max(1, int(jobs))
+    make_jobs = max(1, (os.cpu_count() or 1) // jobs)
+    plans: list[BuildPlan] = []
+    results: list[BuildResult] = []
+    docker_reason = docker_engine_reason() if toolchain == "auto" else None
+    for b in selected:
+        try:
+            status = toolchain_status(b, docker_reason=docker_reason) if toolchain == "auto" else None
+            if status and status.kind is None:
+                if skip_unavailable:
+                    results.append(BuildResult(b.name, "skipped", 0.0, error=status.reason))
+                    continue
+                raise no_toolchain(b, status)
+            checkout = source.locate(micropython, [b.port.name])
+            plans.append(plan(b, checkout, toolchain, image, make_jobs, root=root, dist=dist, status=status))
+        except (source.SourceError, BuildError, ConfigError) as e:
+            results.append(BuildResult(b.name, "failed", 0.0, error=str(e)))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results += list(pool.map(lambda p: run(p, on_event, force=force), plans))
+    order = {b.name: i for i, b in enumerate(selected)}
+    results.sort(key=lambda r: order[r.board])
+    return results

@@ -66,6 +66,10 @@ class BuildInfo:
     duration_s: float
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
+    # What compiled it: the native compiler's `--version` line, or the container image.
+    compiler: str | None = None
+    # Per region read from the ELF: {"iram": {"region", "used", "size", "free", "margin"}}; None = not measured.
+    budget: dict[str, dict[str, Any]] | None = None
 
     @property
     def flash_images(self) -> tuple[Artifact, ...]:

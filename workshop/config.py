@@ -41,6 +41,36 @@ class PortOutput:
 
 
 @dataclass(frozen=True)
+class NativeSource:
+    """One pinned source repository a native toolchain is prepared from."""
+
+    name: str
+    owner: str
+    repo: str
+    commit: str
+    exclude: tuple[str, ...] = ()      # sparse-checkout patterns left out of the checkout
+
+
+@dataclass(frozen=True)
+class NativeSpec:
+    """How a port's native toolchain is prepared ([native] in port.toml; empty = tools on PATH only)."""
+
+    compiler: str | None = None        # the compiler whose --version build.json records
+    prepare: str | None = None         # recipe name in workshop.source.RECIPES, run by `invoke setup`
+    python: tuple[str, ...] = ()       # pip requirements for the prepared folder's own venv
+    make_args: tuple[str, ...] = ()    # with {sdk}, {python}, {port} filled in by the plan
+    sources: tuple[NativeSource, ...] = ()
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """Where an image's size budget is read after linking ([budget] in port.toml)."""
+
+    map: str                               # the linker map in the build tree (its memory regions)
+    regions: tuple[tuple[str, str], ...]   # (our name, the linker's MEMORY region), e.g. ("iram", "iram1_0_seg")
+
+
+@dataclass(frozen=True)
 class Port:
     name: str
     directory: Path
@@ -57,6 +87,11 @@ class Port:
     replaces: tuple[str, ...] = ()
     # esptool's --flash-size when writing this port's images ("detect" where modules vary).
     write_flash_size: str = "keep"
+    btree_submodule: str | None = None       # needed only by boards with btree = true
+    btree_off: tuple[str, ...] = ()          # make arguments that build without btree
+    native: NativeSpec = NativeSpec()
+    budget: BudgetSpec | None = None
+    elf: str | None = None                   # the linked image with symbols, in the build tree
 
     @property
     def manifest(self) -> Path:
@@ -84,6 +119,9 @@ class Board:
     description: str
     source: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    btree: bool = True                 # MicroPython's default; the workshop boards set false
+    # Bytes that must stay free per budget region after linking (e.g. {"iram": 1024}).
+    margins: dict[str, int] = field(default_factory=dict)
 
     @property
     def is_host(self) -> bool:
@@ -222,6 +260,11 @@ def load_port(name: str, root: Path = PROJECT_ROOT) -> Port:
         mpy_cross_args=r.str_list("mpy_cross_args"),
         replaces=r.str_list("replaces"),
         write_flash_size=r.get("write_flash_size", str, '"keep", "detect" or a size', "keep"),
+        btree_submodule=r.get("btree_submodule", str, "a submodule path", None),
+        btree_off=r.str_list("btree_off"),
+        native=_native_spec(path, r.get("native", dict, "a [native] table", {}), root),
+        budget=_budget_spec(path, r.get("budget", dict, "a [budget] table", None), root),
+        elf=r.get("elf", str, "a file in the build tree", None),
     )
     make.reject_unknown()
     r.reject_unknown()
@@ -230,6 +273,45 @@ def load_port(name: str, root: Path = PROJECT_ROOT) -> Port:
     if port.name != name:
         raise r.fail("name", repr(name) + " (the folder's name)", port.name)
     return port
+
+
+def _native_spec(path: Path, data: dict[str, Any], root: Path) -> NativeSpec:
+    n = _Reader(path, data, root, "native.")
+    sources = []
+    for i, raw in enumerate(n.get("sources", list, "a list of [[native.sources]] tables", [])):
+        if not isinstance(raw, dict):
+            raise n.fail(f"sources[{i}]", "a table", raw)
+        s = _Reader(path, raw, root, f"native.sources[{i}].")
+        repo = s.get("repo", str, "'owner/name'")
+        commit = s.get("commit", str, "a full 40-digit commit")
+        if repo.count("/") != 1:
+            raise s.fail("repo", "'owner/name'", repo)
+        if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit):
+            raise s.fail("commit", "a full 40-digit commit", commit)
+        owner, name = repo.split("/")
+        sources.append(NativeSource(s.get("name", str, "a folder name"), owner, name, commit, s.str_list("exclude")))
+        s.reject_unknown()
+    spec = NativeSpec(
+        compiler=n.get("compiler", str, "a compiler command", None),
+        prepare=n.get("prepare", str, "a recipe name", None),
+        python=n.str_list("python"),
+        make_args=n.str_list("make_args"),
+        sources=tuple(sources),
+    )
+    n.reject_unknown()
+    return spec
+
+
+def _budget_spec(path: Path, data: dict[str, Any] | None, root: Path) -> BudgetSpec | None:
+    if data is None:
+        return None
+    b = _Reader(path, data, root, "budget.")
+    regions = b.get("regions", dict, "a table of name -> linker memory region")
+    if not regions or not all(isinstance(v, str) for v in regions.values()):
+        raise b.fail("regions", "a table of name -> linker memory region", regions)
+    spec = BudgetSpec(b.get("map", str, "a file in the build tree"), tuple(regions.items()))
+    b.reject_unknown()
+    return spec
 
 
 def load_board(path: Path, root: Path = PROJECT_ROOT) -> Board:
@@ -265,9 +347,24 @@ def load_board(path: Path, root: Path = PROJECT_ROOT) -> Board:
         min_free_heap=min_heap,
         description=r.get("description", str, "a short text", ""),
         source=path,
+        btree=r.get("btree", bool, "true/false", True),
+        margins=_margins(r, port),
     )
+    if not board.btree and not port.btree_off:
+        raise r.fail("btree", f"true (port {port.name} has no btree_off in its port.toml)", False)
     r.reject_unknown()
     return board
+
+
+def _margins(r: _Reader, port: Port) -> dict[str, int]:
+    margins = r.get("margins", dict, "a table of budget region -> bytes", {})
+    known = tuple(name for name, _ in port.budget.regions) if port.budget else ()
+    for key, value in margins.items():
+        if key not in known:
+            raise r.fail(f"margins.{key}", f"a budget region of port {port.name} ({', '.join(known) or 'none'})", key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise r.fail(f"margins.{key}", "a number of bytes >= 0", value)
+    return dict(margins)
 
 
 def load_boards(root: Path = PROJECT_ROOT) -> dict[str, Board]:

@@ -19,15 +19,31 @@ def unix_plan(tmp_path: Path) -> build.BuildPlan:
                       cache=tmp_path / "cache")
 
 
-def _previous_build(p: build.BuildPlan) -> None:
-    """A complete dist/UNIX/ from an earlier build, as a user would have it."""
+def _previous_build(p: build.BuildPlan) -> bytes:
+    """A complete dist/UNIX/ from an earlier build (other inputs), as a user would have it."""
     p.board_dist.mkdir(parents=True)
-    (p.board_dist / "micropython").write_bytes(b"old image")
-    (p.board_dist / "build.json").write_text("{}")
+    image = p.board_dist / "micropython"
+    image.write_bytes(b"old image")
+    info = buildinfo.BuildInfo(
+        board="UNIX", port="unix", chip="host", chip_name="host", flash_size=None, mp_board=None,
+        variant="standard", micropython_version="v1.28.0", micropython_commit=source.MICROPYTHON_COMMIT,
+        project_version="0.1.0", project_commit=None, project_dirty=False, manifest_sha256="0",
+        inputs_sha256="an older build", frozen_modules=("wifi.py",), toolchain="native", toolchain_image=None,
+        built_at="2026-11-20T10:00:00Z", duration_s=1.0,
+        artifacts=(buildinfo.Artifact("micropython", buildinfo.sha256_file(image), image.stat().st_size, None, False),))
+    buildinfo.write_atomic(p.board_dist / "build.json", info.to_json())
+    return (p.board_dist / "build.json").read_bytes()
 
 
-def test_failed_step_removes_dist_and_reports_the_log(unix_plan: build.BuildPlan):
-    _previous_build(unix_plan)
+def _kept(p: build.BuildPlan, build_json: bytes) -> None:
+    assert (p.board_dist / "micropython").read_bytes() == b"old image"
+    assert (p.board_dist / "build.json").read_bytes() == build_json
+    assert buildinfo.read_build_info(p.board_dist).inputs_sha256 == "an older build"
+    assert sorted(x.name for x in p.dist_dir.iterdir()) == ["UNIX"]  # no half-staged folder beside it
+
+
+def test_failed_rebuild_keeps_the_last_good_image_and_says_it_is_stale(unix_plan: build.BuildPlan):
+    before = _previous_build(unix_plan)
     calls = []
 
     def failing_make(argv, **kw):
@@ -37,29 +53,49 @@ def test_failed_step_removes_dist_and_reports_the_log(unix_plan: build.BuildPlan
 
     result = build.run(unix_plan, runner=failing_make)
     assert result.status == "failed" and len(calls) == 2
-    assert result.error == f"UNIX: unix step failed (exit 2); see {unix_plan.build_dir / 'build.log'}"
+    assert result.error == (f"UNIX: unix step failed (exit 2); see {unix_plan.build_dir / 'build.log'}; "
+                            "dist/UNIX/ still holds the previous image, built 2026-11-20T10:00:00Z "
+                            "(stale: built from other inputs)")
     assert "cc: error: something broke" in (unix_plan.build_dir / "build.log").read_text()
-    assert not unix_plan.board_dist.exists()
-    assert list(unix_plan.dist_dir.iterdir()) == []  # no half-staged folder either
+    _kept(unix_plan, before)
+    assert build.current_build(unix_plan) is None      # flash/release see it as stale, not current
 
 
-def test_interrupted_build_leaves_no_dist(unix_plan: build.BuildPlan):
-    _previous_build(unix_plan)
+def test_failed_first_build_says_there_is_no_image(unix_plan: build.BuildPlan):
+    result = build.run(unix_plan, runner=lambda argv, **kw: subprocess.CompletedProcess(argv, 2))
+    assert result.status == "failed" and result.error.endswith("; no image in dist/UNIX/")
+    assert not unix_plan.dist_dir.exists() or list(unix_plan.dist_dir.iterdir()) == []
+
+
+def test_interrupted_build_keeps_the_last_good_image(unix_plan: build.BuildPlan):
+    before = _previous_build(unix_plan)
 
     def interrupted(argv, **kw):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         build.run(unix_plan, runner=interrupted)
-    assert not unix_plan.board_dist.exists()
+    _kept(unix_plan, before)
 
 
 def test_build_without_outputs_is_a_failure_not_a_dist(unix_plan: build.BuildPlan):
     """make exiting 0 is not enough: the images and frozen_content.c must be there."""
+    before = _previous_build(unix_plan)
     result = build.run(unix_plan, runner=lambda argv, **kw: subprocess.CompletedProcess(argv, 0))
     assert result.status == "failed"
-    assert "the build did not produce" in result.error and result.error.endswith("/micropython")
-    assert not unix_plan.board_dist.exists() and list(unix_plan.dist_dir.iterdir()) == []
+    assert f"the build did not produce {unix_plan.build_dir / 'micropython'};" in result.error
+    _kept(unix_plan, before)
+
+
+def test_swap_in_replaces_the_old_folder_only_with_a_complete_one(tmp_path: Path):
+    target, staging = tmp_path / "UNIX", tmp_path / ".UNIX.partial"
+    target.mkdir()
+    (target / "micropython").write_bytes(b"old")
+    staging.mkdir()
+    (staging / "micropython").write_bytes(b"new")
+    build._swap_in(staging, target)
+    assert (target / "micropython").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["UNIX"]
 
 
 def test_identity_module_is_written_before_make_and_kept_when_unchanged(unix_plan: build.BuildPlan):
