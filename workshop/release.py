@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
+from . import source
 from .buildinfo import Artifact, BuildInfo, BuildInfoError, dist_dir, read_build_info, sha256_file, write_atomic
 from .config import HOST_CHIP, PROJECT_ROOT, ConfigError, cache_dir, chip_definition, load_boards
 
@@ -65,7 +66,7 @@ class ReleaseError(RuntimeError):
 
 @dataclass(frozen=True)
 class ReleaseEvent:
-    kind: str                 # "check" | "board" | "file" | "web-tools" | "scan" | "done"
+    kind: str                 # "check" | "warning" | "board" | "file" | "web-tools" | "scan" | "done"
     message: str
     board: str | None = None
 
@@ -223,17 +224,28 @@ def esp_web_tools_manifest(board: ReleaseBoard, version: str) -> dict | None:
 def git_tree_dirty(root: Path = PROJECT_ROOT) -> str | None:
     """What is uncommitted in the project tree (None = clean). Not a git tree counts as dirty."""
     try:
-        proc = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
-                              text=True, timeout=60)
-    except FileNotFoundError:
-        return "git is not installed, so the tree cannot be checked"
-    if proc.returncode != 0:
-        return f"{root} is not a git work tree ({proc.stderr.strip() or 'git status failed'})"
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        lines = source.tree_changes(root, untracked=True)
+    except source.SourceError as e:
+        return str(e)
     if not lines:
         return None
     shown = ", ".join(line[3:] for line in lines[:5]) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
     return f"uncommitted changes: {shown}"
+
+
+def toolchain_mix(infos: Iterable[BuildInfo]) -> str | None:
+    """A warning when the device images of one release were built by different toolchains
+    (e.g. ESP8266 natively with Debian's gcc, ESP32 in Espressif's Docker image); None when one
+    toolchain built them all. The host (UNIX) board is not a device image."""
+    by: dict[str, list[str]] = {}
+    for info in infos:
+        if info.chip == HOST_CHIP:
+            continue
+        label = f"{info.toolchain} ({info.compiler or info.toolchain_image or 'compiler not recorded'})"
+        by.setdefault(label, []).append(info.board)
+    if len(by) < 2:
+        return None
+    return "this release mixes toolchains: " + "; ".join(f"{', '.join(sorted(b))} by {t}" for t, b in sorted(by.items()))
 
 
 def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = None,
@@ -454,6 +466,9 @@ def make_release(
         infos[name] = info
     if problems:
         raise ReleaseError("refusing to release " + version + ":\n  - " + "\n  - ".join(problems))
+    mixed = toolchain_mix(infos.values())
+    if mixed:
+        emit(ReleaseEvent("warning", mixed))
 
     if out.exists() and not force:
         raise ReleaseError(f"{out} already exists: releases are immutable; remove it or pass --force to replace it")

@@ -114,9 +114,9 @@ def locate(path: str | Path | None = None, ports: Iterable[str] = ("unix",),
     try:
         commit = _git(where, "rev-parse", "HEAD")
         version = _git(where, "describe", "--tags", "--always")
-        dirty = bool(_git(where, "status", "--porcelain", "--untracked-files=no", "--ignore-submodules=all"))
     except subprocess.CalledProcessError as e:
         raise SourceError(f"{where}: not a git checkout ({e.stderr.strip()}): run 'invoke setup'") from None
+    dirty = bool(tree_changes(where, submodules=False))
     pinned = commit == MICROPYTHON_COMMIT
     if not explicit and not pinned:
         raise SourceError(f"{where} is MicroPython {version} ({commit[:10]}), expected {MICROPYTHON_VERSION}: "
