@@ -181,3 +181,64 @@ def test_identity_module_is_plain_assignments():
     ns: dict = {}
     exec(text, ns)
     assert (ns["board"], ns["inputs"], ns["project"]) == ("UNIX", "ab" * 32, "0.1.0")
+
+
+# --- the native ESP8266 toolchain --------------------------------------------------------------
+
+TOOLCHAIN = source.NativeToolchain("esp8266", Path("/cache/esp8266-toolchain-x"),
+                                   {"sources": {"ESP8266_NONOS_SDK": "espressif/ESP8266_NONOS_SDK@61248df"}})
+GCC = "xtensa-lx106-elf-gcc (12.2.0-14+deb12u1+13+b2) 12.2.0"
+
+
+def test_esp8266_native_plan_is_micropython_make_with_the_prepared_sdk():
+    p = make_plan("ESP8266_GENERIC", "native", native=TOOLCHAIN, compiler=GCC)
+    bdir = build.build_dir_for(config.get_board("ESP8266_GENERIC"), REPO, CACHE)
+    sdk = "/cache/esp8266-toolchain-x/sdk"
+    assert [list(s.argv) for s in p.steps] == [
+        ["make", "-j4", "-C", f"{MP}/mpy-cross", f"BUILD={bdir}/mpy-cross"],
+        ["make", "-j4", "-C", f"{MP}/ports/esp8266", "BOARD=ESP8266_GENERIC",
+         f"FROZEN_MANIFEST={REPO}/ports/esp8266/manifest.py", f"BUILD={bdir}", "MICROPY_PY_BTREE=0",
+         f"ESP_SDK={sdk}", "ESPTOOL=/cache/esp8266-toolchain-x/venv/bin/python -m esptool",
+         f"CFLAGS_EXTRA=-I{REPO}/ports/esp8266/native -isystem {sdk}/include -fcommon -Wno-array-bounds "
+         "-Wno-error=unused-const-variable -D__PICOLIBC_ERRNO_FUNCTION=__errno"],
+    ]
+    assert (p.toolchain, p.image, p.compiler, p.native) == ("native", None, GCC, TOOLCHAIN)
+    # The same sources prepared in another cache folder are the same build; another compiler or
+    # another prepared SDK is another one.
+    moved = source.NativeToolchain("esp8266", Path("/other/esp8266-toolchain-x"), TOOLCHAIN.stamp)
+    assert make_plan("ESP8266_GENERIC", "native", native=moved, compiler=GCC).inputs_sha256 == p.inputs_sha256
+    assert make_plan("ESP8266_GENERIC", "native", native=TOOLCHAIN,
+                     compiler=GCC.replace("12.2.0", "13.1.0")).inputs_sha256 != p.inputs_sha256
+    other_sdk = source.NativeToolchain("esp8266", TOOLCHAIN.path, {"sources": {"ESP8266_NONOS_SDK": "x@0"}})
+    assert make_plan("ESP8266_GENERIC", "native", native=other_sdk, compiler=GCC).inputs_sha256 != p.inputs_sha256
+    # Docker keeps MicroPython's reference toolchain, with the same board settings.
+    docker = make_plan("ESP8266_GENERIC", "docker")
+    assert docker.compiler == "larsks/esp-open-sdk" and docker.native is None
+    assert docker.steps[1].argv[-1] == "MICROPY_PY_BTREE=0" and not any("ESP_SDK" in a for a in docker.steps[1].argv)
+
+
+def test_esp8266_native_without_a_prepared_sdk_says_run_setup(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path))
+    with pytest.raises(build.BuildError, match=r"ESP8266_GENERIC: no prepared esp8266 toolchain at .*: "
+                                                r"run 'invoke setup --ports esp8266'"):
+        make_plan("ESP8266_GENERIC", "native", compiler=GCC)
+    b = config.get_board("ESP8266_GENERIC")
+    gcc = lambda tool: "/usr/bin/" + tool
+    status = build.toolchain_status(b, which=gcc, docker_reason="no docker engine running")
+    assert status.kind is None and status.reason == (
+        "no docker engine running; xtensa-lx106-elf-gcc on PATH but its SDK is not prepared "
+        "(invoke setup --ports esp8266)")
+    none = build.toolchain_status(b, which=lambda tool: None, docker_reason="no docker client")
+    assert none.reason == "no docker client; no xtensa-lx106-elf-gcc on PATH"
+
+
+def test_esp8266_native_with_a_prepared_sdk_is_auto(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path))
+    port = config.load_port("esp8266")
+    folder = source.toolchain_path(port)
+    folder.mkdir(parents=True)
+    (folder / source.TOOLCHAIN_STAMP).write_text('{"recipe": "esp-open-sdk"}')
+    gcc = lambda tool: "/usr/bin/" + tool
+    status = build.toolchain_status(config.get_board("ESP8266_GENERIC"), which=gcc, docker_reason="no docker client")
+    assert status.kind == "native"
+    assert source.native_toolchain(port) == source.NativeToolchain("esp8266", folder, {"recipe": "esp-open-sdk"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,85 @@ def test_default_checkout_must_be_the_pinned_release(mirror, tmp_path, monkeypat
     assert other.version == "v1.27.0" and not other.pinned
     monkeypatch.setenv("WORKSHOP_MICROPYTHON", str(checkout.path))
     assert source.locate(None, ["unix"], submodules=[]) == other
+
+
+# --- the native ESP8266 toolchain (the SDK folder esp-open-sdk assembles) ----------------------
+
+
+@pytest.fixture
+def sdk_sources() -> str:
+    """A URL template that has the ESP8266 SDK sources (fetched code: never in the repo)."""
+    from workshop import config
+
+    template = os.environ.get(source.ENV_GIT_URL)
+    if not template:
+        pytest.skip(f"no mirror of the ESP8266 SDK sources: set {source.ENV_GIT_URL}")
+    for s in config.load_port("esp8266").native.sources:
+        url = source.git_url(s.owner, s.repo, template)
+        if subprocess.run(["git", "ls-remote", url], capture_output=True).returncode != 0:
+            pytest.skip(f"{url}: not reachable, so the ESP8266 SDK cannot be prepared")
+    if not shutil.which("xtensa-lx106-elf-gcc"):
+        pytest.skip("no xtensa-lx106-elf-gcc (apt-get install gcc-xtensa-lx106 binutils-xtensa-lx106 picolibc-xtensa-lx106-elf)")
+    return template
+
+
+def test_setup_prepares_the_esp8266_sdk_folder_the_way_esp_open_sdk_does(sdk_sources, tmp_path, monkeypatch):
+    from workshop import config
+
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path / "cache"))
+    port = config.load_port("esp8266")
+    events: list[str] = []
+    tc = source.prepare_toolchain(port, sdk_sources, on_event=events.append)
+    assert tc is not None and tc.path == source.toolchain_path(port) and tc.path.is_relative_to(tmp_path / "cache")
+    sdk = tc.sdk
+    # esp-open-sdk's sdk_patch for 2.1.0-18-g61248df: the version define, the C99 c_types patch,
+    # libcrypto merged into libwpa, user_rf_cal_sector_set.o in libmain.
+    assert (sdk / "include" / "esp_sdk_ver.h").read_text().endswith("#define ESP_SDK_VERSION 020100\n")
+    assert "#include <stdint.h>" in (sdk / "include" / "c_types.h").read_text()
+    members = lambda lib: set(_git_free(["xtensa-lx106-elf-ar", "t", str(sdk / "lib" / lib)]).split())
+    assert members("libcrypto.a") <= members("libwpa.a")
+    assert "user_rf_cal_sector_set.o" in members("libmain.a")
+    # esp-open-lwip built with the lx106 gcc, its headers beside the SDK's; lx106-hal's headers.
+    assert {"tcp.o", "dhcpserver.o", "espconn_dummy.o"} <= members("liblwip_open.a")
+    for header in ("lwipopts.h", "lwip/tcp.h", "arch/cc.h", "netif/etharp.h", "xtensa/config/core-isa.h"):
+        assert (sdk / "include" / header).is_file(), header
+    assert not (sdk / "lib" / "libc.a").exists()            # MicroPython links its own libc
+    # esptool 3.3.1 for elf2image in its own venv, not the host's esptool 5.
+    version = subprocess.run([str(tc.python_bin / "python"), "-m", "esptool", "version"], capture_output=True, text=True)
+    assert "3.3.1" in version.stdout
+    assert tc.stamp["sources"] == {s.name: f"{s.owner}/{s.repo}@{s.commit}" for s in port.native.sources}
+    assert tc.stamp["compiler"].startswith("xtensa-lx106-elf-gcc")
+    assert any(e.startswith("fetching ESP8266_NONOS_SDK at 61248df5f6") for e in events)
+    # Prepared once: a second setup has nothing to do, and it is what builds find.
+    again: list[str] = []
+    assert source.prepare_toolchain(port, sdk_sources, on_event=again.append) == tc and again == []
+    assert source.native_toolchain(port) == tc
+
+
+def _git_free(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def test_a_failed_prepare_leaves_nothing_that_looks_prepared(tmp_path, monkeypatch):
+    from workshop import config
+
+    if not shutil.which("xtensa-lx106-elf-gcc"):
+        pytest.skip("no xtensa-lx106-elf-gcc (apt-get install gcc-xtensa-lx106)")
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path / "cache"))
+    port = config.load_port("esp8266")
+    with pytest.raises(source.SourceError, match=r"^preparing the esp8266 toolchain failed: cannot fetch .*offline"):
+        source.prepare_toolchain(port, str(tmp_path / "offline" / "{owner}+{name}"))
+    assert not source.toolchain_path(port).exists()
+    assert not source.toolchain_path(port).with_name(source.toolchain_path(port).name + ".partial").exists()
+    with pytest.raises(source.SourceError, match="run 'invoke setup --ports esp8266'"):
+        source.native_toolchain(port)
+
+
+def test_setup_without_the_compiler_names_it_and_prepares_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    events: list[str] = []
+    source.prepare_toolchains(["unix", "esp8266"], on_event=events.append)
+    assert events == ["esp8266: no xtensa-lx106-elf-gcc on PATH, so no native toolchain to prepare "
+                      "(Docker builds still work)"]
+    assert not (tmp_path / "cache").exists()
