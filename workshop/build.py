@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
+from types import EllipsisType
 
 from . import check, elf, source
 from .buildinfo import (BUILD_INFO, IDENTITY_ENV, IDENTITY_MODULE, Artifact, BuildInfo, BuildInfoError,
@@ -91,7 +92,7 @@ def docker_engine_reason(docker: str | None = None) -> str | None:
 
 
 def toolchain_status(board: Board, which: Callable[[str], str | None] = shutil.which,
-                     docker_reason: str | None | type(...) = ...) -> ToolchainStatus:
+                     docker_reason: str | None | EllipsisType = ...) -> ToolchainStatus:
     """Which toolchain `--toolchain auto` would use for this board here, and why."""
     missing = [t for t in board.port.native_tools if not which(t)]
     unprepared = None
@@ -284,7 +285,7 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
                 docker += ["-e", f"{key}={value}"]
             for m in mounts:
                 docker += ["-v", f"{m}:{m}"]
-            docker += ["-w", str(mp), image, *argv]
+            docker += ["-w", str(mp), image or "", *argv]
             steps.append(Step(tuple(docker), (), name))
     else:
         steps = [Step(tuple(argv), env, name) for name, argv in commands]

@@ -39,3 +39,35 @@ def test_build_all_names_every_board_and_why_it_was_not_built(mp_checkout, tmp_p
                          "ESP8266_GENERIC", "UNIX"}
     assert all("skipped" in rows[b] and "no docker client" in rows[b] for b in rows if b != "UNIX")
     assert "up to date" in rows["UNIX"]
+
+
+def test_boards_json_lists_every_board_with_its_toolchain_here(tmp_path: Path):
+    import json
+
+    from workshop import build, config
+
+    proc = invoke("boards", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["board"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == set(config.load_boards())
+    for name, row in rows.items():
+        status = build.toolchain_status(config.get_board(name))
+        assert (row["toolchain"], row["toolchain_reason"]) == (status.kind, status.reason), name
+    assert rows["ESP8266_GENERIC"]["images"] == [{"file": "firmware.bin", "offset": 0}]
+    assert rows["ESP32_GENERIC"]["images"] == [{"file": "firmware.bin", "offset": 0x1000}]
+    assert rows["ESP8266_GENERIC"]["btree"] is False and rows["ESP8266_GENERIC"]["margins"]["iram"] == 1024
+    assert rows["UNIX"]["toolchain"] == "native"
+
+
+def test_check_json_is_the_findings(mp_checkout):
+    import json
+
+    proc = invoke("check", "--board", "UNIX,ESP8266_GENERIC", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    found = json.loads(proc.stdout)
+    assert set(found) == {"UNIX", "ESP8266_GENERIC"}
+    for name, r in found.items():
+        assert r["ok"] and r["problems"] == [] and "umqtt/simple.py" in r["frozen"] and r["stack_bytecode"] > 1000
+        assert "umqtt.simple" in r["stack_modules"]
+    # The budget of the last build, when there is one in dist/ (UNIX has no budget regions).
+    assert found["UNIX"]["budget"] is None
