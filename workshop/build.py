@@ -233,6 +233,8 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
     """
     if toolchain not in TOOLCHAINS:
         raise BuildError(f"{board.name}: toolchain must be one of {', '.join(TOOLCHAINS)}, got {toolchain!r}")
+    if toolchain == "auto" and image:
+        toolchain = "docker"           # a container image asked for is a Docker build
     if toolchain == "auto":
         status = status or toolchain_status(board)
         if status.kind is None:

@@ -131,6 +131,24 @@ def test_every_stack_module_is_in_the_linked_image_exactly_once(built, checkout,
     assert len(linked) == len(set(linked))
 
 
+def test_a_module_the_manifest_lists_but_the_image_lacks_fails_the_build(built, checkout, project):
+    """The frozen list is checked against the linked ELF, not only frozen_content.c: here the
+    manifest names one more module than the image that was linked holds."""
+    p, result = built
+    manifest = project / "manifest.py"
+    text = manifest.read_text()
+    (project / "modules" / "late.py").write_text("x = 1\n")
+    manifest.write_text(text + '\nmodule("late.py", base_path="modules")\n')
+    try:
+        with pytest.raises(build.BuildError, match=r"^ESP8266_GENERIC: the manifest freezes late.py but the linked "
+                                                    r"firmware.elf lacks it$"):
+            build.check_frozen(p, result.info.frozen_modules)
+    finally:
+        manifest.write_text(text)
+        (project / "modules" / "late.py").unlink()
+    build.check_frozen(p, result.info.frozen_modules)       # as built: consistent
+
+
 def test_check_shows_the_budget_of_the_last_build(built, checkout, project):
     p, result = built
     r = check.check_board(config.get_board(BOARD, project), checkout, project, dist=p.dist_dir)

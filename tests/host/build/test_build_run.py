@@ -143,3 +143,24 @@ def test_read_build_info_rejects_changed_images(tmp_path: Path):
     (board_dir / "build.json").unlink()
     with pytest.raises(buildinfo.BuildInfoError, match="has no finished build"):
         buildinfo.read_build_info(board_dir)
+
+
+def test_release_warns_when_its_images_mix_toolchains():
+    from workshop import release
+
+    def info(board: str, chip: str, toolchain: str, compiler: str | None) -> buildinfo.BuildInfo:
+        return buildinfo.BuildInfo(
+            board=board, port="x", chip=chip, chip_name=chip, flash_size=None, mp_board=None, variant=None,
+            micropython_version="v1.28.0", micropython_commit="0", project_version="0.1.0", project_commit=None,
+            project_dirty=False, manifest_sha256="0", inputs_sha256="1", frozen_modules=(), artifacts=(),
+            toolchain=toolchain, toolchain_image=None if toolchain == "native" else compiler, built_at="", duration_s=0,
+            compiler=compiler)
+
+    gcc = "xtensa-lx106-elf-gcc (12.2.0-14) 12.2.0"
+    native = info("ESP8266_GENERIC", "esp8266", "native", gcc)
+    idf = info("ESP32_GENERIC", "esp32", "docker", "espressif/idf:v5.5.1")
+    host = info("UNIX", "host", "native", None)
+    assert release.toolchain_mix([native, host]) is None          # the host binary is no device image
+    assert release.toolchain_mix([idf, info("ESP32_GENERIC_S3", "esp32s3", "docker", "espressif/idf:v5.5.1")]) is None
+    assert release.toolchain_mix([native, idf, host]) == (
+        f"this release mixes toolchains: ESP32_GENERIC by docker (espressif/idf:v5.5.1); ESP8266_GENERIC by native ({gcc})")

@@ -82,6 +82,10 @@ def test_auto_toolchain_prefers_native_then_docker_else_says_why():
 def test_image_without_docker_and_unknown_toolchain_are_refused():
     with pytest.raises(build.BuildError, match="--image needs --toolchain docker"):
         make_plan("UNIX", "native", image="x")
+    # With auto, an image asked for means Docker, whatever is on PATH.
+    native_here = build.ToolchainStatus("native", "native: xtensa-lx106-elf-gcc on PATH")
+    p = make_plan("ESP8266_GENERIC", "auto", image="my/esp-open-sdk:latest", status=native_here)
+    assert p.toolchain == "docker" and "my/esp-open-sdk:latest" in p.steps[1].argv
     with pytest.raises(build.BuildError, match="toolchain must be one of auto, docker, native, got 'podman'"):
         make_plan("UNIX", "podman")
     with pytest.raises(build.BuildError, match="port unix has no Docker image"):

@@ -173,3 +173,16 @@ def test_setup_without_the_compiler_names_it_and_prepares_nothing(tmp_path, monk
     assert events == ["esp8266: no xtensa-lx106-elf-gcc on PATH, so no native toolchain to prepare "
                       "(Docker builds still work)"]
     assert not (tmp_path / "cache").exists()
+
+
+def test_setup_check_fails_when_the_sdk_could_be_prepared_but_is_not(tmp_path, monkeypatch):
+    """`setup --check` (what ./kit build runs first) must not pass while the SDK is missing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "xtensa-lx106-elf-gcc").write_text("#!/bin/sh\necho 'xtensa-lx106-elf-gcc (test) 12.2.0'\n")
+    (bin_dir / "xtensa-lx106-elf-gcc").chmod(0o755)
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(source.SourceError, match=r"no prepared esp8266 toolchain at .*esp8266-toolchain-[0-9a-f]{10}: "
+                                                 r"run 'invoke setup --ports esp8266'"):
+        source.prepare_toolchains(["unix", "esp8266"], check=True)
