@@ -81,6 +81,14 @@ def _ld_regions(checkout: source.Checkout) -> dict[str, tuple[int, int]]:
     return out
 
 
+def test_invoke_boards_shows_the_native_toolchain_once_prepared(checkout):
+    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "boards", "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    row = next(r for r in json.loads(proc.stdout) if r["board"] == BOARD)
+    assert (row["toolchain"], row["toolchain_reason"]) == ("native", "native: xtensa-lx106-elf-gcc on PATH")
+
+
 def test_the_image_links_and_build_json_says_what_built_it(built, checkout):
     p, result = built
     info = buildinfo.read_build_info(p.board_dist)       # verifies every artifact's sha256
