@@ -164,3 +164,25 @@ def test_release_warns_when_its_images_mix_toolchains():
     assert release.toolchain_mix([idf, info("ESP32_GENERIC_S3", "esp32s3", "docker", "espressif/idf:v5.5.1")]) is None
     assert release.toolchain_mix([native, idf, host]) == (
         f"this release mixes toolchains: ESP32_GENERIC by docker (espressif/idf:v5.5.1); ESP8266_GENERIC by native ({gcc})")
+
+
+def test_build_all_keeps_the_order_and_names_why_each_board_was_not_built(tmp_path: Path, monkeypatch):
+    """The fan-out and skip policy `invoke build` renders: boards without a toolchain here are
+    failed, or skipped with --skip-unavailable, before any checkout is looked for."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setattr(build, "docker_engine_reason", lambda docker=None: "no docker client")
+    boards = [config.get_board(n) for n in ("UNIX", "ESP8266_GENERIC", "ESP32_GENERIC")]
+    nowhere = tmp_path / "no-checkout"
+    strict = build.build_all(boards, micropython=nowhere)
+    assert [(r.board, r.status) for r in strict] == [("UNIX", "failed"), ("ESP8266_GENERIC", "failed"),
+                                                     ("ESP32_GENERIC", "failed")]
+    assert strict[0].error == "UNIX: no toolchain here: needs cc, pkg-config on PATH (force one with --toolchain docker|native)"
+    assert strict[1].error.startswith("ESP8266_GENERIC: no toolchain here: no docker client; no xtensa-lx106-elf-gcc on PATH")
+    lenient = build.build_all(boards, micropython=nowhere, skip_unavailable=True)
+    assert [(r.board, r.status, r.error) for r in lenient] == [
+        ("UNIX", "skipped", "needs cc, pkg-config on PATH"),
+        ("ESP8266_GENERIC", "skipped", "no docker client; no xtensa-lx106-elf-gcc on PATH"),
+        ("ESP32_GENERIC", "skipped", "no docker client; no idf.py on PATH")]
+    # A forced toolchain skips the availability check: the missing checkout is the reason then.
+    forced = build.build_all(boards[:1], toolchain="native", micropython=nowhere)
+    assert forced[0].status == "failed" and forced[0].error.startswith(f"no MicroPython checkout at {nowhere}")

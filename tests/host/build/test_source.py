@@ -186,3 +186,26 @@ def test_setup_check_fails_when_the_sdk_could_be_prepared_but_is_not(tmp_path, m
     with pytest.raises(source.SourceError, match=r"no prepared esp8266 toolchain at .*esp8266-toolchain-[0-9a-f]{10}: "
                                                  r"run 'invoke setup --ports esp8266'"):
         source.prepare_toolchains(["unix", "esp8266"], check=True)
+
+
+def test_one_tree_probe_for_build_release_and_locate(tmp_path):
+    """source.tree_changes is the one "is this tree dirty" probe: build records it, release
+    refuses on it (untracked files count there), locate marks a modified checkout."""
+    from workshop import release
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git("init", "-q", cwd=repo)
+    (repo / "a.txt").write_text("a\n")
+    _git("add", "a.txt", cwd=repo)
+    _git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-q", "-m", "a", cwd=repo)
+    assert source.tree_changes(repo) == [] and release.git_tree_dirty(repo) is None
+    (repo / "new.txt").write_text("untracked\n")
+    assert source.tree_changes(repo) == []                                  # build/locate: tracked files only
+    assert source.tree_changes(repo, untracked=True) == ["?? new.txt"]
+    assert release.git_tree_dirty(repo) == "uncommitted changes: new.txt"  # release: everything counts
+    (repo / "a.txt").write_text("changed\n")
+    assert source.tree_changes(repo) == [" M a.txt"]
+    with pytest.raises(source.SourceError, match=r"is not a git work tree"):
+        source.tree_changes(tmp_path / "elsewhere")
+    assert release.git_tree_dirty(tmp_path).startswith(f"{tmp_path} is not a git work tree")
