@@ -488,9 +488,11 @@ def check_frozen(p: BuildPlan, listed: tuple[str, ...]) -> None:
     """The linked image freezes exactly what the manifest resolves to (and frozen_content.c
     lists), each module once: a module the manifest lists but the image lacks fails the build."""
     port = p.board.port
-    expected = [f.target for f in check.resolve(p.board, source.Checkout(p.checkout, p.micropython_commit,
-                                                p.micropython_version, False, True),
-                                                identity=identity_dir(p.build_dir))]
+    checkout = source.Checkout(p.checkout, p.micropython_commit, p.micropython_version, False, True)
+    try:
+        expected = [f.target for f in check.resolve(p.board, checkout, identity=identity_dir(p.build_dir))]
+    except Exception as e:  # manifestfile raises its own error class
+        raise BuildError(f"{p.board.name}: the manifest does not resolve: {e}") from None
     problems = []
     if port.elf:
         try:
@@ -541,7 +543,7 @@ def _stage(p: BuildPlan, started: float) -> BuildInfo:
         if short:
             raise BuildError(f"{board.name}: the image leaves less than the board's margin free: "
                              + "; ".join(r.describe() for r in short)
-                             + f" (margins: {board.source.name}, margins)")
+                             + f" (margins in boards/{board.source.name})")
         ver, commit, dirty = _project_version(PROJECT_ROOT)
         extra: dict[str, object] = {"checkout": str(p.checkout), "uid_gid": _uid_gid_of(p)}
         if p.native:
