@@ -58,13 +58,15 @@ def checkout() -> source.Checkout:
 
 
 def _plan(project: Path, checkout: source.Checkout) -> build.BuildPlan:
-    return build.plan(config.get_board(BOARD, project), checkout, "native", root=project, dist=project / "dist")
+    # The build tree beside the project copy (not the user cache): it goes with the test's tmp folder.
+    return build.plan(config.get_board(BOARD, project), checkout, "native", root=project, dist=project / "dist",
+                      cache=project.parent / "cache")
 
 
 @pytest.fixture(scope="module")
 def built(project: Path, checkout: source.Checkout) -> tuple[build.BuildPlan, build.BuildResult]:
     p = _plan(project, checkout)
-    shutil.rmtree(p.build_dir, ignore_errors=True)       # a clean build, as on a fresh machine
+    assert not p.build_dir.exists()                       # a clean build, as on a fresh machine
     result = build.run(p)
     assert result.status == "built", result.error and (result.log.read_text()[-4000:] if result.log else result.error)
     return p, result
