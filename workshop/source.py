@@ -201,25 +201,41 @@ def setup(ports: Iterable[str] = ALL_PORTS, path: str | Path | None = None, url_
     head = _git(where, "rev-parse", "HEAD")
     if head != MICROPYTHON_COMMIT and not explicit:
         raise SourceError(f"{where} is at {head[:10]}, not {MICROPYTHON_VERSION}: delete it and run 'invoke setup' again")
-    wanted: list[str] = []
+    # Port by port: a source one port lacks (e.g. a pin the mirror does not have) does not stop
+    # the others; the error names every port that is not ready, after the rest is done.
+    failed: dict[str, str] = {}
+    fetched: dict[str, str | None] = {}          # submodule -> None (ok) or the error
     for port in ports:
         for sub in port_submodules(port):
-            if sub not in wanted:
-                wanted.append(sub)
-    for sub in wanted:
-        want = submodule_commit(where, sub)
-        if _submodule_head(where, sub) == want:
-            continue
-        upstream = _git(where, "config", "-f", ".gitmodules", f"submodule.{sub}.url")
-        url = git_url(*_owner_name(upstream), template=url_template)
-        on_event(f"fetching {sub} at {want[:10]} from {url}")
+            if sub not in fetched:
+                fetched[sub] = _fetch_submodule(where, sub, url_template, on_event)
+            if fetched[sub] and port not in failed:
+                failed[port] = str(fetched[sub])
+    ready = [p for p in ports if p not in failed]
+    for port in ready:
         try:
-            _checkout_submodule(where / sub, url, want)
-        except subprocess.CalledProcessError as e:
-            raise _network_error(url, e) from None
-    checkout = locate(where, ports)
-    prepare_toolchains(ports, url_template, on_event)
-    return checkout
+            prepare_toolchains([port], url_template, on_event)
+        except SourceError as e:
+            failed[port] = str(e)
+    if failed:
+        raise SourceError("; ".join(f"{port}: {error}" if len(failed) > 1 or len(ports) > 1 else error
+                                    for port, error in failed.items()))
+    return locate(where, ports)
+
+
+def _fetch_submodule(where: Path, sub: str, url_template: str | None, on_event: Callable[[str], None]) -> str | None:
+    """Check out one submodule at its pin; None when done, else the error (one line)."""
+    want = submodule_commit(where, sub)
+    if _submodule_head(where, sub) == want:
+        return None
+    upstream = _git(where, "config", "-f", ".gitmodules", f"submodule.{sub}.url")
+    url = git_url(*_owner_name(upstream), template=url_template)
+    on_event(f"fetching {sub} at {want[:10]} from {url}")
+    try:
+        _checkout_submodule(where / sub, url, want)
+    except subprocess.CalledProcessError as e:
+        return str(_network_error(url, e))
+    return None
 
 
 def verify(ports: Iterable[str] = ALL_PORTS, path: str | Path | None = None,
