@@ -179,7 +179,7 @@ def check(c, board=None, all=False, micropython=None, json_out=None):
     "board": "board name(s), comma-separated (default: every board in boards/)",
     "allow_dirty": "release builds made from, or a tree with, uncommitted changes (test releases only)",
     "force": "replace an existing release/<version>/",
-    "config": "workshop.toml whose secrets ([wifi] password, [telnet] password) must not occur in any output",
+    "config": "workshop.toml whose secrets (every password/secret/token key: [wifi], [telnet], [mqtt] password...) must not occur in any output",
     "wifi_password": "a Wi-Fi password to scan for (also $WORKSHOP_WIFI_PASSWORD)",
     "telnet_password": "a telnet password to scan for (also $WORKSHOP_TELNET_PASSWORD)",
 })

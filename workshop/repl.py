@@ -30,11 +30,12 @@ from typing import Any
 
 import serial
 
+from .devconfig import MASK
+
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"soft reboot"
 FRIENDLY_PROMPT = b">>> "
 _CORRUPT = "WSREPL-CORRUPT"
-MASK = "***"
 
 
 class ReplError(Exception):

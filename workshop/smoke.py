@@ -26,7 +26,8 @@ from typing import Any
 from .buildinfo import IDENTITY_MODULE
 from .check import module_name
 from .config import Board, project_root
-from .provision import CONFIG_PATH_CODE, HOST_PLATFORMS, masked
+from .devconfig import DevConfigError, masked, port_number
+from .provision import CONFIG_PATH_CODE, HOST_PLATFORMS
 from .repl import Pacing, ReplError, ReplEvent, ReplSession, ReplTimeout
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
@@ -463,11 +464,10 @@ def parse_broker(value: str | None) -> tuple[str | None, int | None]:
 
 def mqtt_port(value: Any, what: str = "mqtt port") -> int:
     """A port number from an int or a string of digits; SmokeError naming `what` otherwise."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise SmokeError(f"{what}: expected a port number 1..65535, got {value!r}")
-    return value
+    try:
+        return port_number(value, what)
+    except DevConfigError as e:
+        raise SmokeError(str(e)) from None
 
 
 def _flash_bytes(size: str | None) -> int | None:
