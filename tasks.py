@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from invoke import Exit, task
 from rich.console import Console
@@ -254,13 +255,13 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
 })
 def download(c, version, board=None, from_=None, debug=False):
     """Fetch release images into the cache, each checked against SHA256SUMS; cached files are reused."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
     from workshop import download as _download
 
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=False) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def on_event(e: _download.DownloadEvent) -> None:
             if e.kind == "start":
@@ -440,7 +441,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
             if e.stage in (_flash.Stage.FAILED, _flash.Stage.RETRYING, _flash.Stage.INTERRUPTED):
                 colour = "red" if e.stage is _flash.Stage.FAILED else "yellow"
                 note = f"[{colour}]{escape(e.message)}[/]"
-            update = {"stage": e.stage.value, "note": note}
+            update: dict[str, Any] = {"stage": e.stage.value, "note": note}
             if e.bytes_total:
                 update.update(total=e.bytes_total, completed=e.bytes_done)
             progress.update(rows[e.port], **update)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
+from types import EllipsisType
 
 from . import source
 from .buildinfo import (BUILD_INFO, IDENTITY_ENV, IDENTITY_MODULE, Artifact, BuildInfo, BuildInfoError,
@@ -88,7 +89,7 @@ def docker_engine_reason(docker: str | None = None) -> str | None:
 
 
 def toolchain_status(board: Board, which: Callable[[str], str | None] = shutil.which,
-                     docker_reason: str | None | type(...) = ...) -> ToolchainStatus:
+                     docker_reason: str | None | EllipsisType = ...) -> ToolchainStatus:
     """Which toolchain `--toolchain auto` would use for this board here, and why."""
     missing = [t for t in board.port.native_tools if not which(t)]
     if not missing:
@@ -226,6 +227,7 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
                 docker += ["-e", f"{key}={value}"]
             for m in mounts:
                 docker += ["-v", f"{m}:{m}"]
+            assert image is not None      # a docker plan without an image was refused above
             docker += ["-w", str(mp), image, *argv]
             steps.append(Step(tuple(docker), (), name))
     else:

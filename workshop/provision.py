@@ -357,7 +357,7 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     def fail(i: int, e: BaseException) -> None:
         results[i].error = mask(str(e) if isinstance(e, (ReplError, ProvisionError)) else f"{type(e).__name__}: {e}", secrets)
         results[i].duration_s = round(time.monotonic() - t0[i], 3)
-        event(ports[i], "failed", results[i].error)
+        event(ports[i], "failed", results[i].error or "")
 
     def phase1(i: int) -> None:
         t0[i] = time.monotonic()
@@ -369,9 +369,9 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
             sessions[i] = s
             s.enter_raw()
             results[i].stage = "identify"
-            idents[i] = identify(s)
-            results[i].mac = idents[i].mac
-            results[i].config_path = idents[i].config_path
+            ident = idents[i] = identify(s)
+            results[i].mac = ident.mac
+            results[i].config_path = ident.config_path
         except Exception as e:  # noqa: BLE001 - one board's failure is its result
             fail(i, e)
 

@@ -26,7 +26,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import serial
 
@@ -36,6 +36,12 @@ RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"soft reboot"
 FRIENDLY_PROMPT = b">>> "
 _CORRUPT = "WSREPL-CORRUPT"
+
+
+class ReplStats(TypedDict):
+    written: int                 # bytes sent to the board
+    retries: int                 # commands re-sent after bytes were lost
+    raw_paste: bool | None       # None until the first command found out
 
 
 class ReplError(Exception):
@@ -174,7 +180,7 @@ class ReplSession:
         self._buf = bytearray()
         self.in_raw = False
         self.raw_paste_window: int | None = None   # set once raw-paste was negotiated
-        self.stats = {"written": 0, "retries": 0, "raw_paste": None if raw_paste else False}
+        self.stats: ReplStats = {"written": 0, "retries": 0, "raw_paste": None if raw_paste else False}
 
     # --- plumbing ---------------------------------------------------------------------------
 

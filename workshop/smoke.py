@@ -574,15 +574,15 @@ def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
                             f"{'≥' if ok else 'below the'} {expected.min_free_heap} required"))
 
     # flash
-    want = _flash_bytes(expected.flash_size)
+    want_bytes = _flash_bytes(expected.flash_size)
     got = facts.get("flash")
-    if want is None:
+    if want_bytes is None:
         checks.append(Check("flash", SKIP, "no flash size for this board (host)" if expected.chip == "host"
                             else "no flash size expected"))
     elif got is None:
         checks.append(Check("flash", FAIL, "the firmware does not report its flash size (esp.flash_size())"))
     else:
-        ok = int(got) == want
+        ok = int(got) == want_bytes
         checks.append(Check("flash", PASS if ok else FAIL,
                             f"{int(got) >> 20} MB" + ("" if ok else f", expected {expected.flash_size}")))
 
@@ -699,7 +699,7 @@ def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOp
 
             def mqtt(r: dict[str, Any]) -> Check:
                 if "error" in r:
-                    stage = MQTT_STAGES.get(r.get("stage"), r.get("stage"))
+                    stage = MQTT_STAGES.get(str(r.get("stage")), r.get("stage"))
                     return Check("mqtt", FAIL, f"broker {host}:{mport}: {stage}: {_reason(r['error'])}")
                 return Check("mqtt", PASS, f"round trip through {host}:{mport} in {r.get('ms')} ms")
             # connect + subscribe + wait, each bounded on the device by mqtt_timeout
@@ -709,7 +709,7 @@ def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOp
 
         def http(r: dict[str, Any]) -> Check:
             if "error" in r:
-                stage = HTTP_STAGES.get(r.get("stage"), r.get("stage"))
+                stage = HTTP_STAGES.get(str(r.get("stage")), r.get("stage"))
                 return Check("http", FAIL, f"GET {url}: {stage}: {_reason(r['error'])}")
             status = r.get("status")
             ok = isinstance(status, int) and 200 <= status < 300
