@@ -171,6 +171,31 @@ class Expected:
                              inputs_sha256=entry.inputs_sha256)   # None in indexes made before identities
 
 
+def choose_expected(board: str | None = None, *, dist: Path | None = None,
+                    release: str | None = None) -> Expected:
+    """What the boards should run, as `invoke smoke` chooses it: release V's index.json
+    (--release), else dist/<BOARD>/build.json, else the board file alone. Without a board
+    name, the only build in dist/ is the one (SmokeError when there are none or several)."""
+    from .buildinfo import dist_dir
+    from .config import ConfigError, get_board
+
+    base = dist if dist is not None else dist_dir()
+    if not board:
+        built = sorted(p.name for p in base.glob("*") if (p / "build.json").is_file())
+        if len(built) != 1:
+            raise SmokeError("which firmware should the boards run? pass --board NAME"
+                             + (f" (built: {', '.join(built)})" if built else f" (nothing built in {base})"))
+        board = built[0]
+    if release:
+        return Expected.from_release_index(release_index(release), board)
+    if (base / board / "build.json").is_file():
+        return Expected.from_build(base / board)
+    try:
+        return Expected.for_board(get_board(board))
+    except ConfigError as e:
+        raise SmokeError(str(e)) from None
+
+
 def release_index(version: str, root: Path | None = None, cache: Path | None = None) -> Path:
     """index.json of release `version`: the one made here (release/<V>/), else a downloaded one
     (what `invoke flash --release V` wrote). SmokeError when there is neither."""
@@ -775,14 +800,32 @@ def to_junit(reports: Sequence[DeviceReport], suite: str = "workshop-smoke") -> 
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
+@dataclass(frozen=True)
+class GroupSummary:
+    """One cell of the summary table: what to show, and the status that colours it."""
+
+    text: str            # "pass", "fail", "skip", or for the modules "11/11"
+    status: str          # pass | fail | skip
+
+
+def summary(report: DeviceReport) -> dict[str, GroupSummary]:
+    """Per check group, in check order (the modules folded into one cell: '10/11' fails)."""
+    row: dict[str, GroupSummary] = {}
+    mods = [c for c in report.checks if c.group == "module"]
+    for c in report.checks:
+        if c.group == "module":
+            if "modules" not in row:
+                ok = sum(m.status != FAIL for m in mods)
+                row["modules"] = GroupSummary(f"{ok}/{len(mods)}", PASS if ok == len(mods) else FAIL)
+        else:
+            row[c.name] = GroupSummary(c.status, c.status)
+    return row
+
+
 def summary_rows(report: DeviceReport) -> dict[str, str]:
     """Per check group: 'pass', 'fail' or 'skip' (modules folded into one cell: '11/11')."""
-    row: dict[str, str] = {}
-    mods = [c for c in report.checks if c.group == "module"]
-    if mods:
-        ok = sum(c.status != FAIL for c in mods)
-        row["modules"] = f"{ok}/{len(mods)}"
-    for c in report.checks:
-        if c.group != "module":
-            row[c.name] = c.status
-    return row
+    return {group: cell.text for group, cell in summary(report).items()}
+
+
+SUMMARY_GROUPS = ("connect", "firmware", "modules", "heap", "flash", "config")
+NETWORK_GROUPS = ("wifi", "mqtt", "http")
