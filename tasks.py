@@ -575,11 +575,14 @@ def _smoke_expected(board, dist, release):
     "mqtt": "MQTT broker for --network (default: the device config's mqtt.broker); HOST or HOST:PORT",
     "http_url": "URL for the --network HTTP GET (default http://micropython.org/ks/test.html)",
     "json_out": "write the JSON report to this file ('-' = print it instead of the table)",
+    "json": "print the JSON report instead of the table (as --json-out -)",
     "junit": "write a JUnit XML report to this file",
     "baud": "serial baud rate of the REPL",
+    "timeout": "seconds the device check may take on one board (default 10; slow or emulated boards need more); "
+               "a board that runs out says which step it was in and what it had found",
 })
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
-          json_out=None, junit=None, baud=115200):
+          json_out=None, junit=None, baud=115200, json=False, timeout=10.0):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
     from pathlib import Path
 
@@ -588,6 +591,14 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     from workshop import buildinfo
     from workshop import smoke as _smoke
 
+    if json:
+        json_out = "-"
+    try:
+        budget = float(timeout)
+        if not budget > 0:
+            raise ValueError
+    except ValueError:
+        raise _fail(f"--timeout: expected a number of seconds above 0, got {timeout!r}") from None
     net = None
     if network:
         try:
@@ -600,7 +611,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     with console.status(f"checking {len(targets)} board(s)..."):
-        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=int(baud))
+        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=int(baud), timeout=budget)
     if json_out:
         text = _smoke.to_json(reports)
         if json_out == "-":
