@@ -582,7 +582,7 @@ def _smoke_expected(board, dist, release):
                "a board that runs out says which step it was in and what it had found",
 })
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
-          json_out=None, junit=None, baud=115200, json=False, timeout=10.0):  # noqa: A002 - invoke derives --json
+          json_out=None, junit=None, baud=115200, json=False, timeout=None):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
     from pathlib import Path
 
@@ -594,7 +594,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     if json:
         json_out = "-"
     try:
-        budget = float(timeout)
+        budget = 10.0 if timeout is None else float(timeout)   # a string: invoke would cast "soon" itself, unkindly
         if not budget > 0:
             raise ValueError
     except ValueError:

@@ -64,7 +64,15 @@ PORT_BUSY = ("port busy: held by another program (Thonny, a serial terminal, mpr
 
 
 class ReplTimeout(ReplError):
-    """The board did not answer in time (silent port, wrong port or baud rate, board stuck)."""
+    """The board did not answer in time (silent port, wrong port or baud rate, board stuck).
+
+    `partial` holds what the board had sent of the awaited answer when time ran out (a command's
+    output so far, say), so a caller can tell how far the board got.
+    """
+
+    def __init__(self, port: str, message: str, partial: bytes = b"") -> None:
+        super().__init__(port, message)
+        self.partial = partial
 
 
 class TransferError(ReplError):
@@ -311,7 +319,7 @@ class ReplSession:
                 del self._buf[:end]
                 return data
             if time.monotonic() >= deadline:
-                raise self._error(ReplTimeout, f"no {what} within {timeout:g} s")
+                raise ReplTimeout(self.port, self._mask(f"no {what} within {timeout:g} s"), bytes(self._buf))
             self._fill(deadline - time.monotonic())
 
     def _read_exact(self, n: int, timeout: float, what: str) -> bytes:

@@ -23,7 +23,8 @@ import json, sys
 from pathlib import Path
 import workshop.build, workshop.flash, workshop.smoke, workshop.release, workshop.check   # importable anywhere
 from workshop import buildinfo, config, flash
-out = {"package": str(Path(config.__file__).parent)}
+out = {"package": str(Path(config.__file__).parent),
+       "device_scripts": {n: len(workshop.smoke.device_source(n)) for n in workshop.smoke.DEVICE_SCRIPTS}}
 try:
     out["root"] = str(config.project_root())
     out["boards"] = sorted(config.load_boards())
@@ -70,6 +71,8 @@ def test_outside_a_checkout_it_refuses_and_says_what_to_do(installed: Path, tmp_
     out = probe(installed, tmp_path)
     assert REPO.as_posix() not in out["package"]          # the wheel's copy, not this tree
     assert "no workshop kit checkout in" in out["error"]
+    assert set(out["device_scripts"]) == {"check", "wifi", "mqtt", "http"}      # shipped as package data
+    assert all(size > 100 for size in out["device_scripts"].values())
     assert str(tmp_path.resolve()) in out["error"] and "WORKSHOP_PROJECT=" in out["error"]
     assert site_files(installed) == before                  # nothing written into site-packages
 
