@@ -1,12 +1,12 @@
 # Smoke check on the board, run over the raw REPL: firmware, build identity, the stack's modules
 # (imported, and frozen rather than shadowed by a file), free heap, flash size, the config.
-# Sent as text by workshop.smoke after a prelude that sets A (arguments: 'mods', 'lazy'), imports
-# sys and json, and sets `host` and `p` (the config path, as provisioning computes it).
+# Sent as text by workshop.smoke after a prelude that sets A (arguments: 'mods', 'lazy'),
+# `host` and `p` (the config path, as provisioning computes it).
 #
 # Each step announces itself ('@step NAME') and prints what it found ('@fact {...}', '@mod [...]')
 # as it goes: a host that runs out of time can say which step the board was in and what it had
 # found. The last line is every fact as one JSON object.
-import os, gc
+import sys, os, gc, json
 
 R = {}
 
