@@ -54,3 +54,16 @@ def test_progress_is_read_from_partial_output():
     assert p.facts == {"platform": "esp32", "version": "1.28.0"}
     assert p.modules == {"umqtt.simple": ["frozen", ".frozen/umqtt/simple.py"]}
     assert smoke.read_progress(b"").step is None
+
+
+@pytest.mark.parametrize("name", smoke.DEVICE_SCRIPTS)
+def test_the_compacted_script_is_the_same_program(name):
+    """What goes over the UART has no comments and one-space indents, and the same syntax tree."""
+    import ast
+
+    from workshop.smoke.run import compact
+
+    source = smoke.device_source(name)
+    small = compact(source)
+    assert ast.dump(ast.parse(small)) == ast.dump(ast.parse(source))
+    assert len(small) < 0.85 * len(source) and "\n#" not in small and "    " not in small.split("'")[0]
