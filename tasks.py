@@ -7,17 +7,28 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from invoke import Exit, task
 from rich.console import Console
-from rich.table import Table
 
 from workshop import build as _build
 from workshop import check as _check
-from workshop import config, source
+from workshop import config, render, source
+from workshop.render import Cell, Column
+
+# This CLI works on the checkout it lives in, wherever invoke was started from (invoke -r ...).
+os.environ.setdefault(config.PROJECT_ENV, os.path.dirname(os.path.abspath(__file__)))
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _table(title: str | None, columns: list, rows: list) -> None:
+    """Every table goes through here (workshop.render): key columns never cut, details wrap,
+    plain lines when piped. `columns`: names, or render.Column(name, wrap=True) for details;
+    cells: text, or render.Cell(text, status) to colour by status."""
+    render.print_table(console, title, columns, rows)
 
 
 def _csv(value: str | None) -> list[str]:
@@ -52,16 +63,15 @@ def boards(c, json=False):  # noqa: A002 - invoke derives --json
     if json:
         print(_json.dumps([row.to_dict() for row in known], indent=2))
         return
-    table = Table(title="Boards")
-    for col in ("board", "port", "chip", "MicroPython BOARD/VARIANT", "flash", "offsets", "toolchain here"):
-        table.add_column(col)
+    rows = []
     for row in known:
-        offsets = ", ".join(f"{r.file}@0x{r.offset:x}" for r in row.board.flash_regions()) or "-"
-        target = "/".join(x for x in (row.board.mp_board, row.board.variant) if x) or "-"
-        toolchain = f"[green]{row.toolchain.kind}[/]" if row.toolchain.kind else f"[red]none[/]: {row.toolchain.reason}"
-        table.add_row(row.board.name, row.board.port.name, row.board.chip_name, target, row.board.flash_size or "-",
-                      offsets, toolchain)
-    console.print(table)
+        b, status = row.board, row.toolchain
+        offsets = ", ".join(f"{r.file}@0x{r.offset:x}" for r in b.flash_regions()) or "-"
+        target = "/".join(x for x in (b.mp_board, b.variant) if x) or "-"
+        toolchain = Cell(status.kind, "ok") if status.kind else Cell(f"none: {status.reason}", "none")
+        rows.append([b.name, b.port.name, b.chip_name, target, b.flash_size, offsets, toolchain])
+    _table("Boards", ["board", "port", "chip", Column("MicroPython BOARD/VARIANT", wrap=True), "flash", Column("offsets", wrap=True),
+                      Column("toolchain here", wrap=True)], rows)
 
 
 @task(help={
@@ -105,15 +115,13 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
 
     results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=int(jobs), micropython=micropython,
                                force=force, skip_unavailable=all and skip_unavailable, on_event=on_event)
-    table = Table(title="Build")
-    for col in ("board", "result", "image size", "time", "detail"):
-        table.add_column(col)
+    rows = []
     for r in results:
-        colour = {"built": "green", "up to date": "green", "skipped": "yellow"}.get(r.status, "red")
         size = f"{r.image_size:,} B" if r.image_size else "-"
         detail = r.error or (f"dist/{r.board}/" if r.ok else "")
-        table.add_row(r.board, f"[{colour}]{r.status}[/]", size, f"{r.seconds:.1f} s", detail)
-    console.print(table)
+        rows.append([r.board, Cell(r.status, r.status), size, f"{r.seconds:.1f} s", detail])
+    _table("Build", ["board", "result", Column("image size", justify="right"), Column("time", justify="right"),
+                     Column("detail", wrap=True)], rows)
     if any(r.status == "failed" for r in results):
         raise Exit(code=1)
 
@@ -138,14 +146,13 @@ def check(c, board=None, all=False, micropython=None, json_out=None, json=False)
     if json:
         print(_json.dumps(findings, indent=2))
     else:
-        table = Table(title="Manifest check")
-        for col in ("board", "frozen files", "stack modules", "stack bytecode", "budget (last build)", "result"):
-            table.add_column(col)
+        rows = []
         for r in results:
-            result = "[green]ok[/]" if r.ok else "[red]" + "\n".join(r.problems) + "[/]"
+            result = Cell("ok", "ok") if r.ok else Cell("\n".join(r.problems), "failed")
             budget = "\n".join(f"{name} {b['free']:,} B free" for name, b in r.budget.items()) if r.budget else "-"
-            table.add_row(r.board, str(len(r.files)), str(len(r.stack_modules)), f"{r.stack_bytecode:,} B", budget, result)
-        console.print(table)
+            rows.append([r.board, str(len(r.files)), str(len(r.stack_modules)), f"{r.stack_bytecode:,} B", budget, result])
+        _table("Manifest check", ["board", "frozen files", "stack modules", "stack bytecode",
+                                  Column("budget (last build)", wrap=True), Column("result", wrap=True)], rows)
     if json_out:
         with open(json_out, "w") as f:
             _json.dump(findings, f, indent=2)
@@ -161,7 +168,7 @@ def check(c, board=None, all=False, micropython=None, json_out=None, json=False)
     "board": "board name(s), comma-separated (default: every board in boards/)",
     "allow_dirty": "release builds made from, or a tree with, uncommitted changes (test releases only)",
     "force": "replace an existing release/<version>/",
-    "config": "workshop.toml whose secrets ([wifi] password, [telnet] password) must not occur in any output",
+    "config": "workshop.toml whose secrets (every password/secret/token key: [wifi], [telnet], [mqtt] password...) must not occur in any output",
     "wifi_password": "a Wi-Fi password to scan for (also $WORKSHOP_WIFI_PASSWORD)",
     "telnet_password": "a telnet password to scan for (also $WORKSHOP_TELNET_PASSWORD)",
 })
@@ -181,14 +188,13 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
                                      on_event=lambda e: console.print(f"  {e.message}", highlight=False))
     except _release.ReleaseError as e:
         raise _fail(str(e)) from None
-    table = Table(title=f"Release {made.version}")
-    for col in ("board", "chip", "MicroPython", "image", "size", "offset"):
-        table.add_column(col)
+    rows = []
     for b in made.boards:
         for f in b.images:
             offset = f"0x{f.offset:x}" if f.offset is not None else "-"
-            table.add_row(b.board, b.chip_family, b.micropython_version, f.name, f"{f.size:,} B", offset)
-    console.print(table)
+            rows.append([b.board, b.chip_family, b.micropython_version, f.name, f"{f.size:,} B", offset])
+    _table(f"Release {made.version}", ["board", "chip", "MicroPython", "image", Column("size", justify="right"),
+                                       "offset"], rows)
     console.print(f"{made.directory}: {len(made.files)} files, secrets scanned: "
                   f"{', '.join(sorted(secrets)) or 'none configured'}. Try it: invoke serve --version {made.version}")
 
@@ -209,7 +215,7 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
     if not directory and not version:
         raise _fail("name the release (--version V) or a folder (--directory DIR)")
     try:
-        folder = Path(directory) if directory else config.PROJECT_ROOT / "release" / _release.normalize_version(version)
+        folder = Path(directory) if directory else config.project_root() / "release" / _release.normalize_version(version)
         server = _serve.make_server(folder, host, int(port),
                                     on_request=lambda who, line: console.print(f"[dim]{who}[/] {line}", highlight=False))
     except (_release.ReleaseError, _serve.ServeError) as e:
@@ -236,13 +242,13 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
 })
 def download(c, version, board=None, from_=None, debug=False):
     """Fetch release images into the cache, each checked against SHA256SUMS; cached files are reused."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
     from workshop import download as _download
 
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=False) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def on_event(e: _download.DownloadEvent) -> None:
             if e.kind == "start":
@@ -257,23 +263,18 @@ def download(c, version, board=None, from_=None, debug=False):
                                                 on_event=on_event)
         except _download.DownloadError as e:
             raise _fail(str(e)) from None
-    table = Table(title=f"Release {result.version} from {result.source}")
-    for col in ("board", "chip", "file", "offset"):
-        table.add_column(col)
+    rows = []
     for b in result.boards:
         for f in b.board.files:
             if f.name in b.paths:
-                table.add_row(b.board.board, b.board.chip_family, str(b.paths[f.name]),
-                              f"0x{f.offset:x}" if f.offset is not None else "-")
-    console.print(table)
+                rows.append([b.board.board, b.board.chip_family, str(b.paths[f.name]),
+                             f"0x{f.offset:x}" if f.offset is not None else "-"])
+    _table(f"Release {result.version} from {result.source}", ["board", "chip", "file", "offset"], rows)
     console.print(f"{len(result.fetched)} fetched, {len(result.cached)} already in the cache, all verified "
                   f"against SHA256SUMS: {result.directory}")
 
 
 # --- devices / flash (workshop.devices, workshop.flash) ---------------------------------------
-
-_RESULT_STYLE = {"ok": "green", "failed": "red", "interrupted": "yellow", "not started": "yellow"}
-
 
 def _device_ports(ports: str | None) -> list:
     from workshop import devices as _devices
@@ -296,8 +297,6 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  #
     import json as _json
     from pathlib import Path
 
-    from rich.markup import escape
-
     from workshop import devices as _devices
 
     try:
@@ -312,21 +311,19 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  #
     if json:
         print(_json.dumps([d.to_dict() for d in result], indent=2))
     else:
-        table = Table(title=f"{len(result)} serial port(s)" + ("" if ports else " that look like boards"))
-        for col in ("port", "by-id", "USB", "bridge", "serial"):
-            table.add_column(col)
+        columns: list = ["port", Column("by-id", wrap=True), "USB", "bridge", "serial"]
         if identify:
-            for col in ("chip", "MAC", "flash", "error"):
-                table.add_column(col)
+            columns += ["chip", "MAC", "flash", Column("error", wrap=True)]
+        rows = []
         for d in result:
             p = d.port
-            row = [p.device, p.by_id or "-", p.usb_id or "-", p.bridge or "-", p.serial_number or "-"]
+            row: list = [p.device, p.by_id, p.usb_id, p.bridge, p.serial_number]
             if identify:
                 i = d.identity
                 row += [i.description if i else "-", i.mac if i else "-", (i.flash_size or "?") if i else "-",
-                        f"[red]{escape(d.error)}[/]" if d.error else ""]
-            table.add_row(*row)
-        console.print(table)
+                        Cell(d.error, "failed") if d.error else ""]
+            rows.append(row)
+        _table(f"{len(result)} serial port(s)" + ("" if ports else " that look like boards"), columns, rows)
         if not result:
             console.print("no board found: check the cable (data, not charge-only), or pass --ports / --all")
     if identify and any(not d.ok for d in result):
@@ -422,7 +419,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
             if e.stage in (_flash.Stage.FAILED, _flash.Stage.RETRYING, _flash.Stage.INTERRUPTED):
                 colour = "red" if e.stage is _flash.Stage.FAILED else "yellow"
                 note = f"[{colour}]{escape(e.message)}[/]"
-            update = {"stage": e.stage.value, "note": note}
+            update: dict[str, Any] = {"stage": e.stage.value, "note": note}
             if e.bytes_total:
                 update.update(total=e.bytes_total, completed=e.bytes_done)
             progress.update(rows[e.port], **update)
@@ -431,16 +428,15 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
             result = _flash.flash_all(targets, images, options, on_event=on_event, log_dir=log_dir)
         except _flash.FlashError as e:
             raise _fail(str(e)) from None
-    table = Table(title="Flash " + ("interrupted" if result.interrupted else "summary"))
-    for col in ("port", "chip", "MAC", "image", "result", "s", "retries", "left as / why"):
-        table.add_column(col, overflow="fold")
+    summary = []
     for r in result.results:
         state = "verified" if r.ok else r.state.value
-        why = r.left_as if r.ok else escape(f"{r.left_as}: [{r.error_kind}] {r.error}")
-        table.add_row(r.port, r.chip_name or "-", r.mac or "-", r.board or "-",
-                      f"[{_RESULT_STYLE.get(r.state.value, 'white')}]{state}[/]", f"{r.seconds:.1f}",
-                      str(r.retries), why)
-    console.print(table)
+        why = r.left_as if r.ok else f"{r.left_as}: [{r.error_kind}] {r.error}"
+        summary.append([r.port, r.chip_name, r.mac, r.board, Cell(state, r.state.value), f"{r.seconds:.1f}",
+                        str(r.retries), why])
+    _table("Flash " + ("interrupted" if result.interrupted else "summary"),
+           ["port", "chip", "MAC", "image", "result", Column("s", justify="right"), "retries",
+            Column("left as / why", wrap=True)], summary)
     report_path = result.write_json(Path(report) if report else log_dir / "report.json")
     ok = sum(r.ok for r in result.results)
     console.print(f"{ok}/{len(result.results)} verified in {result.seconds:.1f} s; report {report_path}; "
@@ -479,8 +475,6 @@ def _provision_config(config_file, **options):
 def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=115200, connect_timeout=3.0,
                    as_json=False) -> bool:
     """Provision, render a table (or JSON); True if every board was provisioned."""
-    from rich.markup import escape
-
     from workshop import provision as _provision
 
     with console.status(f"provisioning {len(targets)} board(s)...") as status:
@@ -493,14 +487,13 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        table = Table(title="Provisioning")
-        for col in ("port", "hostname", "MAC", "config", "boot hook", "result", "s"):
-            table.add_column(col, overflow="fold")
+        rows = []
         for r in results:
-            result = "[green]written + verified[/]" if r.ok else f"[red]failed at {r.stage}: {escape(r.error or '')}[/]"
-            table.add_row(r.port, r.hostname or "-", r.mac or "-", r.config_path or "-", r.boot_hook or "-",
-                          result, f"{r.duration_s:.1f}")
-        console.print(table)
+            result = Cell("written + verified", "ok") if r.ok else Cell(f"failed at {r.stage}", "failed")
+            rows.append([r.port, r.hostname, r.mac, r.config_path, r.boot_hook, result, f"{r.duration_s:.1f}",
+                         r.error or ""])
+        _table("Provisioning", ["port", "hostname", "MAC", "config", "boot hook", "result",
+                                Column("s", justify="right"), Column("error", wrap=True)], rows)
     return all(r.ok for r in results)
 
 
@@ -550,23 +543,11 @@ def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telne
 def _smoke_expected(board, dist, release):
     from pathlib import Path
 
-    from workshop import buildinfo
     from workshop import smoke as _smoke
 
-    base = Path(dist) if dist else buildinfo.dist_dir()
-    if not board:
-        built = sorted(p.name for p in base.glob("*") if (p / "build.json").is_file())
-        if len(built) != 1:
-            raise _fail("which firmware should the boards run? pass --board NAME"
-                        + (f" (built: {', '.join(built)})" if built else ""))
-        board = built[0]
     try:
-        if release:
-            return _smoke.Expected.from_release_index(_smoke.release_index(release), board)
-        if (base / board / "build.json").is_file():
-            return _smoke.Expected.from_build(base / board)
-        return _smoke.Expected.for_board(config.get_board(board))
-    except (_smoke.SmokeError, config.ConfigError) as e:
+        return _smoke.choose_expected(board, dist=Path(dist) if dist else None, release=release)
+    except _smoke.SmokeError as e:
         raise _fail(str(e)) from None
 
 
@@ -579,11 +560,14 @@ def _smoke_expected(board, dist, release):
     "mqtt": "MQTT broker for --network (default: the device config's mqtt.broker); HOST or HOST:PORT",
     "http_url": "URL for the --network HTTP GET (default http://micropython.org/ks/test.html)",
     "json_out": "write the JSON report to this file ('-' = print it instead of the table)",
+    "json": "print the JSON report instead of the table (as --json-out -)",
     "junit": "write a JUnit XML report to this file",
     "baud": "serial baud rate of the REPL",
+    "timeout": "seconds the device check may take on one board (default 10; slow or emulated boards need more); "
+               "a board that runs out says which step it was in and what it had found",
 })
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
-          json_out=None, junit=None, baud=115200):
+          json_out=None, junit=None, baud=115200, json=False, timeout=None):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
     from pathlib import Path
 
@@ -592,6 +576,14 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     from workshop import buildinfo
     from workshop import smoke as _smoke
 
+    if json:
+        json_out = "-"
+    try:
+        budget = 10.0 if timeout is None else float(timeout)   # a string: invoke would cast "soon" itself, unkindly
+        if not budget > 0:
+            raise ValueError
+    except ValueError:
+        raise _fail(f"--timeout: expected a number of seconds above 0, got {timeout!r}") from None
     net = None
     if network:
         try:
@@ -604,7 +596,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     with console.status(f"checking {len(targets)} board(s)..."):
-        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=int(baud))
+        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=int(baud), timeout=budget)
     if json_out:
         text = _smoke.to_json(reports)
         if json_out == "-":
@@ -614,20 +606,13 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     if junit:
         buildinfo.write_atomic(Path(junit), _smoke.to_junit(reports))
     if json_out != "-":
-        groups = ["connect", "firmware", "modules", "heap", "flash", "config"] + (["wifi", "mqtt", "http"] if net else [])
-        table = Table(title=f"Smoke: expecting {expected.source}")
-        for col in ("port", *groups, "s", "result"):
-            table.add_column(col, overflow="fold")
-        style = {"pass": "green", "fail": "red", "skip": "dim"}
+        groups = [*_smoke.SUMMARY_GROUPS, *(_smoke.NETWORK_GROUPS if net else ())]
+        rows = []
         for r in reports:
-            row = _smoke.summary_rows(r)
-            cells = []
-            for g in groups:
-                v = row.get(g, "-")
-                colour = "red" if (g == "modules" and v.split("/")[0] != v.split("/")[-1]) else style.get(v, "green")
-                cells.append(f"[{colour}]{v}[/]")
-            table.add_row(r.port, *cells, f"{r.duration_s:.1f}", "[green]ok[/]" if r.ok else "[red]FAILED[/]")
-        console.print(table)
+            cells = _smoke.summary(r)
+            rows.append([r.port, *(Cell(cells[g].text, cells[g].status) if g in cells else "-" for g in groups),
+                         f"{r.duration_s:.1f}", Cell("ok", "ok") if r.ok else Cell("FAILED", "failed")])
+        _table(f"Smoke: expecting {expected.source}", ["port", *groups, Column("s", justify="right"), "result"], rows)
         for r in reports:
             for chk in r.failed:
                 console.print(f"[red]✗[/] {r.port} {chk.name}: {escape(chk.detail)}", soft_wrap=True)

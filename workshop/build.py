@@ -25,7 +25,7 @@ from types import EllipsisType
 from . import check, elf, source
 from .buildinfo import (BUILD_INFO, IDENTITY_ENV, IDENTITY_MODULE, Artifact, BuildInfo, BuildInfoError,
                         read_build_info, sha256_file, write_atomic)
-from .config import PROJECT_ROOT, Board, ConfigError, cache_dir, get_board, load_boards
+from .config import Board, ConfigError, cache_dir, get_board, load_boards, project_root
 
 TOOLCHAINS = ("auto", "docker", "native")
 # Files whose content decides what is frozen, besides everything under modules/.
@@ -129,7 +129,7 @@ class BoardRow:
                 "description": b.description}
 
 
-def board_rows(root: Path = PROJECT_ROOT) -> list[BoardRow]:
+def board_rows(root: Path | None = None) -> list[BoardRow]:
     """Every board in boards/ with the toolchain `--toolchain auto` would use for it here."""
     docker_reason = docker_engine_reason()
     return [BoardRow(b, toolchain_status(b, docker_reason=docker_reason)) for b in load_boards(root).values()]
@@ -154,13 +154,14 @@ def _project_files(board: Board, root: Path) -> list[Path]:
 
 
 def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], image: str | None,
-                  root: Path = PROJECT_ROOT, checkout_dirty: bool = False,
+                  root: Path | None = None, checkout_dirty: bool = False,
                   places: dict[Path, str] | None = None, toolchain_identity: str | None = None) -> str:
     """The cache key: manifests, every module file, board/port data, MicroPython commit,
     toolchain image and the exact commands. Same key -> the image in dist/ is current.
 
     `places` names the folders (checkout, project, build tree) whose location is not content:
     the same sources built from another clone or cache folder give the same key."""
+    root = project_root(root)
     names = sorted(((str(p), n) for p, n in (places or {}).items()), key=lambda pn: -len(pn[0]))
 
     def placeless(text: str) -> str:
@@ -194,8 +195,9 @@ def identity_source(board: str, inputs: str, project: str) -> str:
     return f"board = {json.dumps(board)}\ninputs = {json.dumps(inputs)}\nproject = {json.dumps(project)}\n"
 
 
-def build_dir_for(board: Board, root: Path = PROJECT_ROOT, cache: Path | None = None) -> Path:
+def build_dir_for(board: Board, root: Path | None = None, cache: Path | None = None) -> Path:
     """Build trees live in the cache (outside the repo), one per board and project checkout."""
+    root = project_root(root)
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
     return (cache or cache_dir()) / "build" / f"{board.name}-{tag}"
 
@@ -217,7 +219,7 @@ def _make_vars(board: Board, manifest: Path, build: Path, native: source.NativeT
 
 
 def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image: str | None = None,
-         jobs: int | None = None, root: Path = PROJECT_ROOT, dist: Path | None = None,
+         jobs: int | None = None, root: Path | None = None, dist: Path | None = None,
          cache: Path | None = None, uid_gid: tuple[int, int] | None = None,
          status: ToolchainStatus | None = None, native: source.NativeToolchain | None = None,
          compiler: str | None = None) -> BuildPlan:
@@ -231,6 +233,7 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
     uses `native` (default: the one in the cache) and the port's [native] make arguments;
     `compiler` (default: asked from the port's compiler) is part of the cache key and build.json.
     """
+    root = project_root(root)
     if toolchain not in TOOLCHAINS:
         raise BuildError(f"{board.name}: toolchain must be one of {', '.join(TOOLCHAINS)}, got {toolchain!r}")
     if toolchain == "auto" and image:
@@ -287,7 +290,8 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
                 docker += ["-e", f"{key}={value}"]
             for m in mounts:
                 docker += ["-v", f"{m}:{m}"]
-            docker += ["-w", str(mp), image or "", *argv]
+            assert image is not None      # a docker plan without an image was refused above
+            docker += ["-w", str(mp), image, *argv]
             steps.append(Step(tuple(docker), (), name))
     else:
         steps = [Step(tuple(argv), env, name) for name, argv in commands]
@@ -317,13 +321,14 @@ def current_build(p: BuildPlan) -> BuildInfo | None:
     return info if info.inputs_sha256 == p.inputs_sha256 else None
 
 
-def stale_reason(board_name: str, root: Path = PROJECT_ROOT, dist: Path | None = None,
+def stale_reason(board_name: str, root: Path | None = None, dist: Path | None = None,
                  micropython: str | Path | None = None) -> str | None:
     """None when dist/<BOARD>/ is complete and built from the current inputs; else why not.
 
     The plan is recomputed with the toolchain and image the build recorded. Without a checkout
     (e.g. on a release machine), the MicroPython commit recorded in build.json is assumed.
     """
+    root = project_root(root)
     try:
         board = get_board(board_name, root)
     except ConfigError as e:
@@ -466,7 +471,7 @@ def _write_identity(p: BuildPlan) -> Path:
     """<build_dir>/identity/_workshop_build.py for this plan; rewritten only when its text changes
     (an unchanged file keeps its time stamp, so make does not recompile it)."""
     path = identity_dir(p.build_dir) / IDENTITY_MODULE
-    text = identity_source(p.board.name, p.inputs_sha256, _project_version(PROJECT_ROOT)[0])
+    text = identity_source(p.board.name, p.inputs_sha256, _project_version(project_root())[0])
     if not path.is_file() or path.read_text() != text:
         write_atomic(path, text)
     return path
@@ -544,7 +549,7 @@ def _stage(p: BuildPlan, started: float) -> BuildInfo:
             raise BuildError(f"{board.name}: the image leaves less than the board's margin free: "
                              + "; ".join(r.describe() for r in short)
                              + f" (margins in boards/{board.source.name})")
-        ver, commit, dirty = _project_version(PROJECT_ROOT)
+        ver, commit, dirty = _project_version(project_root())
         extra: dict[str, object] = {"checkout": str(p.checkout), "uid_gid": _uid_gid_of(p)}
         if p.native:
             extra["native"] = {"path": str(p.native.path), "stamp": p.native.stamp}
@@ -596,7 +601,7 @@ def _uid_gid_of(p: BuildPlan) -> list[int] | None:
 
 def build_all(boards: Iterable[Board], *, toolchain: str = "auto", image: str | None = None, jobs: int = 1,
               micropython: str | Path | None = None, force: bool = False, skip_unavailable: bool = False,
-              on_event: Event = lambda board, msg: None, root: Path = PROJECT_ROOT,
+              on_event: Event = lambda board, msg: None, root: Path | None = None,
               dist: Path | None = None) -> list[BuildResult]:
     """Build several boards, `jobs` at a time (the CPU cores shared out as make -j), in the
     order given. A board without a toolchain here is failed, or with `skip_unavailable` listed

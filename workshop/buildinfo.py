@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import PROJECT_ROOT
+from .config import project_root
 
 BUILD_INFO = "build.json"
 FORMAT = 1
@@ -29,8 +29,8 @@ class BuildInfoError(ValueError):
     """dist/<BOARD>/ is missing, incomplete or does not match its build.json."""
 
 
-def dist_dir(root: Path = PROJECT_ROOT) -> Path:
-    return root / "dist"
+def dist_dir(root: Path | None = None) -> Path:
+    return project_root(root) / "dist"
 
 
 @dataclass(frozen=True)

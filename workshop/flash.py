@@ -29,7 +29,7 @@ from typing import Any
 
 from . import devices
 from .buildinfo import BuildInfoError, dist_dir, read_build_info, write_atomic
-from .config import HOST_CHIP, PROJECT_ROOT, ConfigError, chip_definition, load_port
+from .config import HOST_CHIP, ConfigError, chip_definition, load_port, project_root
 from .devices import Cancelled, DeviceError, SerialPort
 
 DEFAULT_BAUD = 460800
@@ -127,7 +127,7 @@ class FlashImage:
 
 def dist_images(root: Path | None = None) -> list[FlashImage]:
     """Every finished, flashable build under dist/ (host builds and unfinished folders skipped)."""
-    base = root if root is not None else dist_dir(PROJECT_ROOT)
+    base = root if root is not None else dist_dir()
     images = []
     for board_dir in sorted(p for p in base.glob("*") if (p / "build.json").is_file()):
         try:
@@ -492,8 +492,8 @@ def _describe(e: BaseException) -> str:
 # --- many devices ---------------------------------------------------------------------------
 
 
-def default_log_dir(root: Path = PROJECT_ROOT) -> Path:
-    return root / "logs" / "flash" / datetime.now().strftime("%Y%m%d-%H%M%S")
+def default_log_dir(root: Path | None = None) -> Path:
+    return project_root(root) / "logs" / "flash" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 def flash_all(ports: Sequence[SerialPort | str], images: ImageChoice, options: FlashOptions = FlashOptions(),

@@ -5,8 +5,9 @@ existing config (unknown keys are kept), write `/workshop.json` atomically (temp
 rename), read it back and compare, make sure boot.py imports `workshop_boot` (other content
 kept). Hostname patterns (`ws-{mac4}`) are expanded per board and must come out unique.
 
-Secrets (Wi-Fi and telnet passwords) are `Secret`s: masked in reprs, results, events and error
-messages. Library code never prints: progress goes to `on_event`, results are returned.
+Secrets (Wi-Fi and telnet passwords, and whatever else `devconfig.is_secret_key` calls secret)
+are masked in reprs, results, events and error messages. Library code never prints: progress
+goes to `on_event`, results are returned.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ import json
 import re
 import string
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .repl import MASK, Pacing, ReplError, ReplEvent, ReplSession, mask
+from .devconfig import MASK, DevConfigError, load_file, masked, port_number, secret_values
+from .repl import Pacing, ReplError, ReplEvent, ReplSession, mask
 
 SERVICES = ("wifi", "mdns", "telnet", "webserver")
 BOOT_LINE = "import workshop_boot"
@@ -101,19 +102,17 @@ class ProvisionConfig:
             object.__setattr__(self, "start", start)
         if self.mqtt_port is not None:
             # From TOML or the command line a port may come as "1883": written as the number 1883.
-            port = self.mqtt_port
-            if isinstance(port, str) and port.strip().isdigit():
-                port = int(port.strip())
-            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-                raise ProvisionError(f"mqtt port: expected a port number 1..65535, got {self.mqtt_port!r}")
-            object.__setattr__(self, "mqtt_port", port)
+            try:
+                object.__setattr__(self, "mqtt_port", port_number(self.mqtt_port, "mqtt port"))
+            except DevConfigError as e:
+                raise ProvisionError(str(e)) from None
         if self.hostname is not None:
             check_pattern(self.hostname)
 
     def secrets(self) -> list[str]:
         """Every secret this run writes: the passwords, and secret-looking keys of `extra`
         (an [mqtt] password in workshop.toml, say), so that all of them are masked."""
-        return [s.reveal() for s in (self.wifi_password, self.telnet_password) if s] + _secrets_in(self.extra)
+        return [s.reveal() for s in (self.wifi_password, self.telnet_password) if s] + secret_values(self.extra)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__dataclass_fields__ if f != "extra")
@@ -145,14 +144,9 @@ class ProvisionConfig:
     def from_file(cls, path: Path, **overrides: Any) -> ProvisionConfig:
         """A workshop.toml (or .json) in the device config's shape; keyword overrides win over it."""
         try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise ProvisionError(f"{path}: cannot read: {e.strerror}") from None
-        try:
-            data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode())
-        except (ValueError, tomllib.TOMLDecodeError) as e:
-            raise ProvisionError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from None
-        data = dict(data)
+            data = load_file(path)
+        except DevConfigError as e:
+            raise ProvisionError(str(e)) from None
 
         def table(key: str) -> dict[str, Any]:
             value = data.pop(key, {})
@@ -282,29 +276,6 @@ def merge(existing: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def masked(doc: dict[str, Any]) -> dict[str, Any]:
-    """The config as it may be shown: every password replaced by ***."""
-    out: dict[str, Any] = {}
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            out[key] = masked(value)
-        elif "password" in key.lower() or "secret" in key.lower() or key.lower() in ("key", "psk", "token"):
-            out[key] = MASK
-        else:
-            out[key] = value
-    return out
-
-
-def _secrets_in(doc: dict[str, Any]) -> list[str]:
-    found: list[str] = []
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            found += _secrets_in(value)
-        elif isinstance(value, str) and value and masked({key: value})[key] == MASK:
-            found.append(value)
-    return found
-
-
 def with_boot_hook(boot: str | None) -> str | None:
     """boot.py content that imports workshop_boot, or None when it already does."""
     if boot is not None and _BOOT_HOOK.search(boot):
@@ -345,7 +316,7 @@ def write_config(session: ReplSession, ident: DeviceIdentity, updates: dict[str,
                 existing = old
         except ValueError:
             existing = {}                      # unreadable: replaced by a good one
-    for s in _secrets_in(existing):
+    for s in secret_values(existing):
         session.add_secret(s)
     doc = merge(existing, updates)
     data = (json.dumps(doc, separators=(", ", ": ")) + "\n").encode()
@@ -386,7 +357,7 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     def fail(i: int, e: BaseException) -> None:
         results[i].error = mask(str(e) if isinstance(e, (ReplError, ProvisionError)) else f"{type(e).__name__}: {e}", secrets)
         results[i].duration_s = round(time.monotonic() - t0[i], 3)
-        event(ports[i], "failed", results[i].error)
+        event(ports[i], "failed", results[i].error or "")
 
     def phase1(i: int) -> None:
         t0[i] = time.monotonic()
@@ -398,9 +369,9 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
             sessions[i] = s
             s.enter_raw()
             results[i].stage = "identify"
-            idents[i] = identify(s)
-            results[i].mac = idents[i].mac
-            results[i].config_path = idents[i].config_path
+            ident = idents[i] = identify(s)
+            results[i].mac = ident.mac
+            results[i].config_path = ident.config_path
         except Exception as e:  # noqa: BLE001 - one board's failure is its result
             fail(i, e)
 

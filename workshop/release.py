@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -35,7 +34,8 @@ from pathlib import Path
 
 from . import source
 from .buildinfo import Artifact, BuildInfo, BuildInfoError, dist_dir, read_build_info, sha256_file, write_atomic
-from .config import HOST_CHIP, PROJECT_ROOT, ConfigError, cache_dir, chip_definition, load_boards
+from .devconfig import DevConfigError, load_file, secret_items
+from .config import HOST_CHIP, ConfigError, cache_dir, chip_definition, load_boards, project_root
 
 INDEX = "index.json"
 SUMS = "SHA256SUMS"
@@ -50,8 +50,8 @@ ESP_WEB_TOOLS_INTEGRITY = (
 )
 ENV_WEB_TOOLS = "WORKSHOP_ESP_WEB_TOOLS"   # a folder holding install-button.js (offline override)
 
-# Secrets that must never appear in a published file: workshop.toml key -> environment variable.
-# workshop.toml uses the same shape as the device config (/workshop.json): [wifi] password, [telnet] password.
+# Secrets given through the environment (workshop.toml key -> variable). In a --config file every
+# key devconfig calls secret is scanned for ([wifi] password, [telnet] password, [mqtt] password...).
 SECRET_KEYS: dict[str, str] = {
     "wifi.password": "WORKSHOP_WIFI_PASSWORD",
     "telnet.password": "WORKSHOP_TELNET_PASSWORD",
@@ -221,8 +221,9 @@ def esp_web_tools_manifest(board: ReleaseBoard, version: str) -> dict | None:
 # --- checks ----------------------------------------------------------------------------------
 
 
-def git_tree_dirty(root: Path = PROJECT_ROOT) -> str | None:
+def git_tree_dirty(root: Path | None = None) -> str | None:
     """What is uncommitted in the project tree (None = clean). Not a git tree counts as dirty."""
+    root = project_root(root)
     try:
         lines = source.tree_changes(root, untracked=True)
     except source.SourceError as e:
@@ -250,28 +251,23 @@ def toolchain_mix(infos: Iterable[BuildInfo]) -> str | None:
 
 def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = None,
                  extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
-    """Secrets to scan for, by name ('wifi.password', ...): from workshop.toml, then the
-    environment (WORKSHOP_WIFI_PASSWORD, WORKSHOP_TELNET_PASSWORD), then `extra` (options)."""
+    """Secrets to scan for, by name ('wifi.password', 'mqtt.password', ...): every secret key of
+    workshop.toml (devconfig's definition), then the environment (WORKSHOP_WIFI_PASSWORD,
+    WORKSHOP_TELNET_PASSWORD), then `extra` (options)."""
     env = os.environ if env is None else env
     found: dict[str, str] = {}
     if config is not None:
         config = Path(config)
-        kind = "JSON" if config.suffix == ".json" else "TOML"
         try:
-            raw = config.read_bytes()
-            data = json.loads(raw) if kind == "JSON" else tomllib.loads(raw.decode())
-        except FileNotFoundError:
-            raise ReleaseError(f"{config}: not found (the workshop config whose secrets the release must not contain)") from None
-        except (ValueError, tomllib.TOMLDecodeError) as e:
-            raise ReleaseError(f"{config}: not valid {kind}: {e}") from None
-        for key in SECRET_KEYS:
-            value: object = data
-            for part in key.split("."):
-                value = value.get(part) if isinstance(value, dict) else None
-            if value is not None:
-                if not isinstance(value, str):
-                    raise ReleaseError(f"{config}: {key}: expected a string, got {value!r}")
-                found[key] = value
+            data = load_file(config)
+        except DevConfigError as e:
+            hint = " (the workshop config whose secrets the release must not contain)" if "not found" in str(e) else ""
+            raise ReleaseError(f"{e}{hint}") from None
+        for key, value in secret_items(data):
+            if not isinstance(value, str):
+                # Never the value itself in the message: it is a secret.
+                raise ReleaseError(f"{config}: {key}: expected a string (in quotes), got a {type(value).__name__}")
+            found[key] = value
     for key, var in SECRET_KEYS.items():
         if env.get(var):
             found[key] = env[var]
@@ -403,7 +399,7 @@ def make_release(
     version: str,
     *,
     boards: Iterable[str] | None = None,
-    root: Path = PROJECT_ROOT,
+    root: Path | None = None,
     dist: Path | None = None,
     out: Path | None = None,
     allow_dirty: bool = False,
@@ -422,6 +418,7 @@ def make_release(
     `tree_dirty()` -> reason or None default to the build's staleness check and `git status`.
     `web_tools`: ESP Web Tools' dist/web folder (default: `ensure_web_tools()`).
     """
+    root = project_root(root)
     emit = on_event or (lambda e: None)
     version = normalize_version(version)
     dist = dist or dist_dir(root)

@@ -5,7 +5,7 @@ wired to EN/IO0, boards busy in main.py, ports with nothing on them. Every write
 (`Pacing`); raw-paste flow control is used on top where the firmware offers it; every command is
 sent with its own length and byte sum, so a command that lost bytes on the way is refused by the
 device (never half-run) and re-sent more slowly. A port that does not answer raises `ReplTimeout`
-within `connect_timeout`.
+within `connect_timeout`. Ports are opened exclusively: one another program holds is `PortBusy`.
 
 Why not mpremote's `SerialTransport`: it blocks forever on a silent port (`serial.read(2)` with
 no timeout), prints to stdout from library code, pastes in fixed 256-byte bursts every 10 ms when
@@ -21,19 +21,27 @@ from __future__ import annotations
 
 import ast
 import binascii
+import errno
 import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import serial
+
+from .devconfig import MASK
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"soft reboot"
 FRIENDLY_PROMPT = b">>> "
 _CORRUPT = "WSREPL-CORRUPT"
-MASK = "***"
+
+
+class ReplStats(TypedDict):
+    written: int                 # bytes sent to the board
+    retries: int                 # commands re-sent after bytes were lost
+    raw_paste: bool | None       # None until the first command found out
 
 
 class ReplError(Exception):
@@ -44,8 +52,27 @@ class ReplError(Exception):
         self.port = port
 
 
+class PortBusy(ReplError):
+    """Another program (Thonny, a terminal, another kit run) holds the port open exclusively."""
+
+
+# How "another program holds it" surfaces: our exclusive lock refused (flock: EWOULDBLOCK), or
+# the holder set TIOCEXCL (open: EBUSY).
+_BUSY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY)
+PORT_BUSY = ("port busy: held by another program (Thonny, a serial terminal, mpremote, another "
+             "invoke run?): close it and try again")
+
+
 class ReplTimeout(ReplError):
-    """The board did not answer in time (silent port, wrong port or baud rate, board stuck)."""
+    """The board did not answer in time (silent port, wrong port or baud rate, board stuck).
+
+    `partial` holds what the board had sent of the awaited answer when time ran out (a command's
+    output so far, say), so a caller can tell how far the board got.
+    """
+
+    def __init__(self, port: str, message: str, partial: bytes = b"") -> None:
+        super().__init__(port, message)
+        self.partial = partial
 
 
 class TransferError(ReplError):
@@ -161,7 +188,7 @@ class ReplSession:
         self._buf = bytearray()
         self.in_raw = False
         self.raw_paste_window: int | None = None   # set once raw-paste was negotiated
-        self.stats = {"written": 0, "retries": 0, "raw_paste": None if raw_paste else False}
+        self.stats: ReplStats = {"written": 0, "retries": 0, "raw_paste": None if raw_paste else False}
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -186,14 +213,18 @@ class ReplSession:
             if self._serial_factory:
                 ser = self._serial_factory(self.port)
             else:
+                # exclusive (as mpremote opens ports): a port another program holds is refused,
+                # instead of two programs interleaving bytes on one REPL.
                 ser = serial.serial_for_url(self.port, do_not_open=True, baudrate=self.baudrate,
-                                            timeout=0.05, write_timeout=self.connect_timeout)
+                                            timeout=0.05, write_timeout=self.connect_timeout, exclusive=True)
                 # ESP boards wire DTR/RTS to IO0/EN: both low before open = no reset, no bootloader
                 # (pyserial would otherwise raise DTR then RTS one after the other on open).
                 ser.dtr = False
                 ser.rts = False
                 ser.open()
         except (serial.SerialException, OSError) as e:
+            if e.errno in _BUSY_ERRNOS:
+                raise self._error(PortBusy, PORT_BUSY) from None
             raise self._error(ReplError, f"cannot open: {e}") from None
         self._ser = ser
         self._buf.clear()
@@ -288,7 +319,7 @@ class ReplSession:
                 del self._buf[:end]
                 return data
             if time.monotonic() >= deadline:
-                raise self._error(ReplTimeout, f"no {what} within {timeout:g} s")
+                raise ReplTimeout(self.port, self._mask(f"no {what} within {timeout:g} s"), bytes(self._buf))
             self._fill(deadline - time.monotonic())
 
     def _read_exact(self, n: int, timeout: float, what: str) -> bytes:

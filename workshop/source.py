@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROJECT_ROOT, Port, cache_dir, load_boards, load_port
+from .config import Port, cache_dir, load_boards, load_port
 
 MICROPYTHON_VERSION = "v1.28.0"
 MICROPYTHON_COMMIT = "e0e9fbb17ed6fd06bb76e266ae554784c9c80804"
@@ -88,7 +88,7 @@ def _submodule_head(path: Path, submodule: str) -> str | None:
         return None
 
 
-def port_submodules(port: str, root: Path = PROJECT_ROOT) -> tuple[str, ...]:
+def port_submodules(port: str, root: Path | None = None) -> tuple[str, ...]:
     """The checkout's submodules a port's boards need: the port's own, plus berkeley-db only when
     one of its boards builds btree (the workshop boards do not: an image does not change with
     what the machine could fetch)."""

@@ -127,3 +127,39 @@ def test_silent_port_times_out_fast_while_others_finish(make_peer):
     assert isinstance(err, ReplTimeout) and silent.port in str(err) and "no raw REPL" in str(err)
     assert took < 4
     assert all(results[p.port] == 2 for p in good)
+
+
+HOLDER = ("import serial, sys, time\n"
+          "s = serial.Serial(sys.argv[1], exclusive=True)\n"
+          "print('held', flush=True)\n"
+          "sys.stdin.read()\n")
+
+
+def test_a_port_held_by_another_program_is_port_busy(make_peer):
+    """Another program (here a separate process, as Thonny or mpremote would) holds the board's
+    port exclusively: the session refuses it by name instead of interleaving bytes with it."""
+    import subprocess
+    import sys
+
+    from workshop import smoke
+    from workshop.repl import PortBusy
+
+    peer = make_peer()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, peer.port], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(PortBusy) as e:
+            ReplSession(peer.port, connect_timeout=2).open()
+        assert str(e.value) == f"{peer.port}: port busy: held by another program " \
+                               "(Thonny, a serial terminal, mpremote, another invoke run?): close it and try again"
+        report = smoke.smoke_device(peer.port, smoke.Expected(source="test"), connect_timeout=2)
+        assert report.checks[0].name == "connect" and report.checks[0].status == smoke.FAIL
+        assert "port busy: held by another program" in report.checks[0].detail
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    with ReplSession(peer.port) as s:                 # released: ours, and exclusively so
+        with pytest.raises(PortBusy):
+            ReplSession(peer.port, connect_timeout=2).open()
+        assert s.eval("1 + 1") == 2

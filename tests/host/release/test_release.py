@@ -348,3 +348,20 @@ def test_an_index_from_a_newer_kit_still_reads():
              "built_at": "2026-11-21T00:00:00Z", "files": [], "manifest": None, "added_in_a_later_kit": {"x": 1}}
     parsed = rel.ReleaseBoard.from_dict(board)
     assert parsed.board == "ESP32_GENERIC" and not hasattr(parsed, "added_in_a_later_kit")
+
+
+def test_every_secret_key_of_the_config_is_scanned_for(tmp_path, dist, release_kwargs):
+    """The release scan uses provisioning's definition of a secret: an [mqtt] password (and any
+    other password/token key) is refused in the output, not only [wifi] and [telnet] passwords."""
+    from workshop import provision
+
+    config = tmp_path / "workshop.toml"
+    config.write_text('[wifi]\nssid = "W"\npassword = "wifi-pw-1"\n\n[mqtt]\nbroker = "10.0.0.2"\n'
+                      'password = "mqtt-pw-2"\n\n[announce]\napi_token = "tok-3"\n')
+    secrets = rel.load_secrets(config, env={})
+    assert secrets == {"wifi.password": "wifi-pw-1", "mqtt.password": "mqtt-pw-2", "announce.api_token": "tok-3"}
+    assert set(secrets.values()) == set(provision.ProvisionConfig.from_file(config).secrets())
+    write_placeholder_build(dist, "ESP32_GENERIC_S2", extra_bytes=b"\x00MQTT_PW = 'mqtt-pw-2'\x00")
+    with pytest.raises(rel.ReleaseError, match="contains the mqtt.password") as e:
+        rel.make_release("v0.1.0", secrets=secrets, **release_kwargs)
+    assert "mqtt-pw-2" not in str(e.value)

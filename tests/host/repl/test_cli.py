@@ -27,3 +27,10 @@ def test_a_bad_mqtt_port_is_a_clear_error(args, message):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "ValueError" not in proc.stderr, proc.stderr
     assert "error:" in proc.stderr and message in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon"])
+def test_a_bad_smoke_timeout_is_a_clear_error(value):
+    proc = invoke("smoke", "--ports", "/dev/null", "--board", "UNIX", "--timeout", value)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"--timeout: expected a number of seconds above 0, got '{value}'" in " ".join(proc.stderr.split())

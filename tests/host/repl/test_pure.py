@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from workshop import smoke
@@ -235,3 +237,40 @@ def test_a_device_config_mqtt_port_that_is_no_number_fails_the_mqtt_check_by_nam
                           session_factory=_FakeSession(facts))
     [failed] = r.failed
     assert failed.name == "mqtt" and failed.detail == "workshop.json: mqtt.port: expected a port number 1..65535, got 'abc'"
+
+
+def test_one_definition_of_a_secret_for_provision_smoke_and_release(tmp_path):
+    """devconfig decides what is secret; provisioning, smoke reports and the release scan agree."""
+    from workshop import devconfig, release
+
+    doc = {"hostname": "ws-1", "wifi": {"ssid": "W", "password": "p1"}, "mqtt": {"broker": "b", "password": "p2"},
+           "announce": {"api_token": "p3", "interval_s": 30}, "psk": "p4", "keyboard": "de"}
+    assert [k for k, _ in devconfig.secret_items(doc)] == ["wifi.password", "mqtt.password", "announce.api_token", "psk"]
+    shown = devconfig.masked(doc)
+    assert shown["mqtt"] == {"broker": "b", "password": "***"} and shown["keyboard"] == "de"
+    f = tmp_path / "workshop.json"
+    f.write_text(json.dumps(doc))
+    assert sorted(ProvisionConfig.from_file(f).secrets()) == ["p1", "p2", "p3", "p4"]
+    assert sorted(release.load_secrets(f, env={}).values()) == ["p1", "p2", "p3", "p4"]
+    [r] = smoke.smoke_all(["p0"], smoke.Expected(source="t"), session_factory=_FakeSession(_facts(**doc)))
+    assert r.facts["config"]["announce"]["api_token"] == "***" and r.facts["config"]["psk"] == "***"
+
+
+def test_one_port_number_rule_and_one_config_file_reader(tmp_path):
+    """Provisioning and smoke validate ports, provisioning and release read files, the same way."""
+    from workshop import devconfig, release
+
+    for bad in ("abc", "", "70000", 0, 1.5, True):
+        with pytest.raises(ProvisionError) as p:
+            ProvisionConfig(mqtt_port=bad)
+        with pytest.raises(smoke.SmokeError) as s:
+            smoke.mqtt_port(bad)
+        assert str(p.value) == str(s.value) == f"mqtt port: expected a port number 1..65535, got {bad!r}"
+    bad_file = tmp_path / "workshop.toml"
+    bad_file.write_text("[wifi\n")
+    for call, error in ((ProvisionConfig.from_file, ProvisionError), (release.load_secrets, release.ReleaseError)):
+        with pytest.raises(error, match=r"workshop.toml: not valid TOML: "):
+            call(bad_file)
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(devconfig.DevConfigError, match="list.json: expected a JSON object at the top, got list"):
+        devconfig.load_file(tmp_path / "list.json")

@@ -1,0 +1,56 @@
+"""The provision and smoke tasks as a person runs them, against real REPLs on PTYs: --json
+prints machine-readable results, piped tables keep every port and hostname whole."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSHOP_")}
+    return subprocess.run([str(Path(sys.executable).parent / "invoke"), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_provision_json_and_table(make_peer):
+    peers = [make_peer(f"d{i}") for i in range(2)]
+    ports = ",".join(p.port for p in peers)
+    proc = invoke("provision", "--ports", ports, "--hostname", "lab-workshop-room-b-{index:02d}",
+                  "--telnet-password", "tn-secret-9", "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert [r["port"] for r in results] == [p.port for p in peers]
+    assert [r["hostname"] for r in results] == ["lab-workshop-room-b-01", "lab-workshop-room-b-02"]
+    assert all(r["ok"] and r["config"]["telnet"]["password"] == "***" for r in results)
+    assert "tn-secret-9" not in proc.stdout + proc.stderr
+
+    table = invoke("provision", "--ports", ports, "--hostname", "lab-workshop-room-b-{index:02d}")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["port", "hostname"])
+    rows = [line.split() for line in lines[header + 1:] if line.strip()]
+    assert [(r[0], r[1]) for r in rows] == [(p.port, f"lab-workshop-room-b-0{i + 1}") for i, p in enumerate(peers)]
+    assert all("written + verified" in line for line in lines[header + 1:] if line.strip())
+
+
+def test_smoke_json_and_table(make_peer):
+    peer = make_peer(stack_on_path=False, files={"workshop.json": '{"hostname": "x"}'})
+    proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--dist", str(REPO / "nowhere"), "--json")
+    report = json.loads(proc.stdout)
+    [device] = report["devices"]
+    assert device["port"] == peer.port and device["facts"]["platform"] == "linux"
+    assert {c["name"] for c in device["checks"]} >= {"connect", "firmware", "heap", "flash", "config"}
+    assert proc.returncode == (0 if report["ok"] else 1)
+
+    table = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--dist", str(REPO / "nowhere"))
+    lines = table.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["port", "connect"])
+    assert lines[header].split() == ["port", "connect", "firmware", "modules", "heap", "flash", "config", "s", "result"]
+    row = lines[header + 1].split()
+    assert row[0] == peer.port and row[1] == "pass" and row[-1] in ("ok", "FAILED")

@@ -1,0 +1,125 @@
+"""Tables never cut the column a person needs: at 80 columns, piped, and from the real CLI."""
+
+from __future__ import annotations
+
+import io
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from workshop import render, smoke
+from workshop.render import Cell, Column
+
+REPO = Path(__file__).resolve().parents[3]
+INVOKE = str(Path(sys.executable).parent / "invoke")
+BOARDS = sorted(p.stem for p in (REPO / "boards").glob("*.toml"))
+ANSI = re.compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
+
+LONG_PORT = "/dev/serial/by-id/usb-Silicon_Labs_CP2102N_USB_to_UART_Bridge_Controller_3c61e2f1-if00-port0"
+ROWS = [[LONG_PORT, "ws-3fa2", Cell("failed at config", "failed"),
+         "the board raised OSError: [Errno 28] ENOSPC while writing /workshop.json.tmp (filesystem full?)"],
+        ["/dev/ttyUSB1", "lab-workshop-room-b-12", Cell("written + verified", "ok"), ""]]
+COLUMNS = ["port", "hostname", "result", Column("error", wrap=True)]
+
+
+def draw(width: int, terminal: bool) -> str:
+    out = io.StringIO()
+    render.print_table(Console(file=out, width=width, force_terminal=terminal, color_system=None), "Provisioning",
+                       COLUMNS, ROWS)
+    return out.getvalue()
+
+
+def test_key_columns_are_whole_at_80_columns_and_details_wrap():
+    text = draw(80, terminal=True)
+    lines = text.splitlines()
+    for whole in ("ws-3fa2", "lab-workshop-room-b-12", "failed at config", "written + verified", "/dev/ttyUSB1"):
+        assert any(whole in line for line in lines), whole
+    # A port longer than the terminal is drawn whole (the table widens) rather than cut.
+    assert any(LONG_PORT in line for line in lines)
+    assert "…" not in text
+    assert "ENOSPC" in text and "(filesystem full?)" not in text.replace("\n", "")  # the detail wrapped...
+    assert "(filesystem" in text and "full?)" in text                                # ...not lost
+
+
+def test_a_table_that_fits_stays_within_80_columns():
+    rows = [["ESP32_GENERIC_S3", "esp32", "firmware.bin@0x0, partition-table.bin@0x8000, micropython.bin@0x10000",
+             Cell("none: no docker engine running; no idf.py on PATH", "none")]]
+    out = io.StringIO()
+    render.print_table(Console(file=out, width=80, force_terminal=True, color_system=None), "Boards",
+                       ["board", "port", Column("offsets", wrap=True), Column("toolchain here", wrap=True)], rows)
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert any("ESP32_GENERIC_S3" in line for line in lines) and "…" not in out.getvalue()
+
+
+def test_piped_tables_are_plain_lines_one_per_row():
+    text = draw(80, terminal=False)
+    lines = text.splitlines()
+    assert lines[0] == "Provisioning"
+    assert lines[1].split() == ["port", "hostname", "result", "error"]
+    assert re.match(re.escape(LONG_PORT) + r"  ws-3fa2 +failed at config +the board raised OSError", lines[2])
+    assert lines[2].endswith("(filesystem full?)") and lines[3].startswith("/dev/ttyUSB1")
+    assert not set("┏┃━│└") & set(text) and "\x1b" not in text
+    assert all(line == line.rstrip() for line in lines)
+
+
+def test_cells_are_text_not_markup_and_colour_comes_from_status():
+    out = io.StringIO()
+    console = Console(file=out, width=100, force_terminal=True, color_system="standard")
+    render.print_table(console, None, ["port", "result"], [["/dev/tty[red]0[/]", Cell("ok", "ok")],
+                                                            ["p1", Cell("FAILED", "failed")]])
+    text = out.getvalue()
+    assert "/dev/tty[red]0[/]" in ANSI.sub("", text)
+    assert "\x1b[32mok" in text and "\x1b[31mFAILED" in text
+
+
+def test_smoke_summary_carries_a_status_instead_of_being_parsed():
+    r = smoke.DeviceReport("p", [smoke.Check("connect", smoke.PASS, ""),
+                                 smoke.Check("module wifi", smoke.PASS, ""),
+                                 smoke.Check("module mdns", smoke.FAIL, "import failed"),
+                                 smoke.Check("heap", smoke.SKIP, "")])
+    cells = smoke.summary(r)
+    assert cells["modules"] == smoke.GroupSummary("1/2", smoke.FAIL)
+    assert cells["heap"] == smoke.GroupSummary("skip", smoke.SKIP) and list(cells) == ["connect", "modules", "heap"]
+
+
+def run_tty(*argv: str, columns: int = 80) -> str:
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on a terminal of `columns` columns
+        os.chdir(REPO)
+        os.environ.update(COLUMNS=str(columns), LINES="50", TERM="xterm")
+        os.execv(argv[0], list(argv))
+    out = b""
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    os.waitpid(pid, 0)
+    return ANSI.sub("", out.decode())
+
+
+def test_invoke_boards_in_an_80_column_terminal():
+    text = run_tty(INVOKE, "boards")
+    lines = text.splitlines()
+    assert "┃ board" in text                                    # a terminal: boxes
+    assert max(len(line) for line in lines) <= 80 and "…" not in text
+    for name in BOARDS:
+        assert any(f"│ {name} " in line for line in lines), name
+
+
+def test_invoke_boards_piped():
+    proc = subprocess.run([INVOKE, "boards"], cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "Boards" and lines[1].split()[:3] == ["board", "port", "chip"]
+    assert [line.split()[0] for line in lines[2:]] == BOARDS          # one whole line per board
+    esp32 = next(line for line in lines if line.startswith("ESP32_GENERIC "))
+    assert "firmware.bin@0x1000" in esp32 and "…" not in proc.stdout and "━" not in proc.stdout

@@ -1,0 +1,80 @@
+"""The workshop config in its one shape (/workshop.json on a device; workshop.toml or .json on
+the host): reading a file, what in it is secret, how it may be shown, port numbers.
+
+One definition of a secret serves every caller: provisioning masks what it writes and every
+event it emits, smoke reports mask the device config they quote, and a release refuses any
+output that contains one. A key is secret when its name says so (`password`, `secret`,
+`passphrase`, `token`, or exactly `key`/`psk`), at any depth: `[wifi] password`,
+`[telnet] password`, `[mqtt] password` alike.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+MASK = "***"
+_SECRET_PARTS = ("password", "secret", "passphrase", "token")
+_SECRET_NAMES = ("key", "psk")
+
+
+class DevConfigError(ValueError):
+    """The config file or a value in it is unusable; the message names the file or key."""
+
+
+def is_secret_key(key: str) -> bool:
+    """True for a key whose value must never be shown or published."""
+    k = key.lower()
+    return k in _SECRET_NAMES or any(part in k for part in _SECRET_PARTS)
+
+
+def secret_items(doc: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for every secret key in `doc`, nested tables included: ('mqtt.password', 'x')."""
+    found: list[tuple[str, Any]] = []
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            found += secret_items(value, name + ".")
+        elif is_secret_key(str(key)):
+            found.append((name, value))
+    return found
+
+
+def secret_values(doc: Mapping[str, Any]) -> list[str]:
+    """The non-empty string secrets in `doc` (what to mask in text)."""
+    return [v for _, v in secret_items(doc) if isinstance(v, str) and v]
+
+
+def masked(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as it may be shown: every secret value replaced by ***."""
+    return {key: masked(value) if isinstance(value, Mapping) else MASK if is_secret_key(str(key)) else value
+            for key, value in doc.items()}
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """A workshop config file: JSON when it ends in .json, else TOML; a table at the top."""
+    kind = "JSON" if path.suffix == ".json" else "TOML"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DevConfigError(f"{path}: not found") from None
+    except OSError as e:
+        raise DevConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        data = json.loads(raw) if kind == "JSON" else tomllib.loads(raw.decode())
+    except (ValueError, tomllib.TOMLDecodeError) as e:   # UnicodeDecodeError is a ValueError
+        raise DevConfigError(f"{path}: not valid {kind}: {e}") from None
+    if not isinstance(data, dict):
+        raise DevConfigError(f"{path}: expected a {kind} object at the top, got {type(data).__name__}")
+    return data
+
+
+def port_number(value: Any, what: str) -> int:
+    """A TCP/UDP port from an int or a string of digits ("1883" from TOML or a command line)."""
+    port = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise DevConfigError(f"{what}: expected a port number 1..65535, got {value!r}")   # as it was given
+    return port

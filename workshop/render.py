@@ -1,0 +1,132 @@
+"""Tables for the command line: one way to show rows, so every listing behaves the same.
+
+No policy here, only presentation. The rules every table follows:
+- a column is never truncated: board names, ports, hostnames, results keep every character;
+  only columns marked `wrap` (long details: errors, offsets, reasons) fold onto more lines,
+  and when even that does not fit the terminal the table is drawn wider than the terminal
+  rather than cut;
+- cells are plain text (never parsed as markup: a port named `[x]` stays `[x]`); a cell's
+  colour comes from its `status` (ok, fail, skip...), never from parsing its text;
+- piped or redirected (stdout not a terminal), a table is printed without boxes or colour, one
+  line per row at its natural width, so `grep` and `cut` see whole rows.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+# A cell's status -> its colour. Statuses are what results carry ("ok", "failed", "pass"...).
+STATUS_STYLES = {
+    "ok": "green", "pass": "green", "passed": "green", "built": "green", "up to date": "green", "verified": "green",
+    "fail": "red", "failed": "red", "error": "red", "none": "red",
+    "skip": "dim", "skipped": "yellow", "interrupted": "yellow", "not started": "yellow", "warn": "yellow",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    wrap: bool = False           # a long detail column: folds onto more lines instead of widening the table
+    justify: Literal["left", "right"] = "left"
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    status: str | None = None    # colours the cell (STATUS_STYLES); None = plain
+
+
+CellLike = str | Cell | None
+
+
+def _cell(value: CellLike) -> Cell:
+    if isinstance(value, Cell):
+        return value
+    return Cell("-" if value is None or value == "" else str(value))
+
+
+def _columns(columns: Sequence[str | Column]) -> list[Column]:
+    return [c if isinstance(c, Column) else Column(c) for c in columns]
+
+
+def _longest(header: str, texts: Iterable[str]) -> int:
+    return max([len(header), *(len(line) for t in texts for line in (t.splitlines() or [""]))])
+
+
+# A wrapped column is squeezed to no less than WRAP_MIN to fit a terminal; when the unwrapped
+# columns alone are too wide for it, the table is drawn wider and wrapped columns get WRAP_WIDE.
+WRAP_MIN = 6
+WRAP_WIDE = 32
+
+
+def build_table(title: str | None, columns: Sequence[str | Column], rows: Iterable[Sequence[CellLike]], *,
+                plain: bool = False) -> Table:
+    """A rich Table following the rules above (`plain`: no box, no colour, as for a pipe)."""
+    cols = _columns(columns)
+    cells = [[_cell(v) for v in row] for row in rows]
+    for row in cells:
+        if len(row) != len(cols):
+            raise ValueError(f"a row of {len(row)} cells in a table of {len(cols)} columns: {row}")
+    table = Table(title=None if plain else title, box=None if plain else box.HEAVY_HEAD, show_edge=not plain,
+                  pad_edge=not plain, header_style="" if plain else "bold", title_style="italic")
+    for i, col in enumerate(cols):
+        justify = col.justify
+        if col.wrap:
+            table.add_column(col.header, overflow="fold", justify=justify)
+        else:
+            # Never narrower than its longest cell: rich would otherwise cut it with an ellipsis.
+            table.add_column(col.header, no_wrap=True, min_width=_longest(col.header, (r[i].text for r in cells)),
+                             justify=justify)
+    for row in cells:
+        table.add_row(*(Text(c.text, style="" if plain or not c.status else STATUS_STYLES.get(c.status, ""))
+                        for c in row))
+    return table
+
+
+def minimum_width(columns: Sequence[str | Column], rows: Sequence[Sequence[CellLike]], plain: bool = False,
+                  wrap_min: int = WRAP_MIN) -> int:
+    """The narrowest drawing that cuts nothing: unwrapped columns whole, wrapped ones at `wrap_min`."""
+    cols = _columns(columns)
+    cells = [[_cell(v) for v in row] for row in rows]
+    width = 0
+    for i, col in enumerate(cols):
+        longest = _longest(col.header, (r[i].text for r in cells))
+        width += (min(longest, wrap_min) if col.wrap else longest) + 2      # 1 space of padding each side
+    return width + (0 if plain else len(cols) + 1)                           # the box's vertical lines
+
+
+def print_table(console: Console, title: str | None, columns: Sequence[str | Column],
+                rows: Iterable[Sequence[CellLike]], *, plain: bool | None = None) -> None:
+    """Print a table on `console`; `plain` defaults to "not a terminal"."""
+    plain = (not console.is_terminal) if plain is None else plain
+    rows = [list(r) for r in rows]
+    table = build_table(title, columns, rows, plain=plain)
+    if plain:
+        # Natural width, one line per row, no padding after the last column.
+        measure = Measurement.get(console, console.options.update_width(1 << 16), table)
+        sink = Console(width=max(1, measure.maximum), color_system=None, force_terminal=False,
+                       highlight=False, record=False, file=io.StringIO())
+        with sink.capture() as captured:
+            sink.print(table, crop=False)
+        text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+        console.out((title + "\n" if title else "") + text, highlight=False)
+        return
+    width = console.width
+    if minimum_width(columns, rows, plain) > width:
+        width = minimum_width(columns, rows, plain, WRAP_WIDE)
+    # Console.print never draws wider than the console: widen it for this table only.
+    saved = console.width
+    console.width = width
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = saved

@@ -1,0 +1,20 @@
+# Smoke check on the board: an HTTP GET of A['url'] with urequests (socket timeout A['timeout_s']).
+# Sent as text by workshop.smoke after a prelude that sets A; a failure is {'error': ..., 'stage': ...}.
+import json
+R = {}
+st = 'import'
+try:
+    import urequests
+    st = 'request'
+    r = urequests.get(A['url'], timeout=A['timeout_s'])
+    try:
+        st = 'read'
+        R['status'] = r.status_code
+        R['reason'] = str(getattr(r, 'reason', '') or '')
+        R['bytes'] = len(r.content)
+    finally:
+        r.close()
+except Exception as e:
+    R['error'] = '%s: %s' % (type(e).__name__, e)
+    R['stage'] = st
+print(json.dumps(R))
