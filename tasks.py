@@ -653,3 +653,131 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
 
 
 # --- more tasks below ---
+
+
+# --- the room on the network: broker, roster, fleet, identify (workshop.roster/fleet/broker) ------
+
+_ROOM_HELP = {
+    "mqtt": "the workshop broker: HOST or HOST:PORT (default port 1883); omit to rely on mDNS only",
+    "mqtt_user": "broker user (when the broker has a password file)",
+    "mqtt_password": "broker password (or $WORKSHOP_MQTT_PASSWORD)",
+    "release": "compare images with release V's index.json instead of dist/",
+    "registry": "join boards with the station's registry (sqlite file): stickers and MACs",
+    "no_mdns": "do not browse mDNS (_workshop._tcp) for boards that do not reach the broker",
+    "interface": "mDNS on these interface addresses only, comma-separated (default: all)",
+    "wait": "seconds to listen before answering (retained statuses come at once; mDNS takes ~1-2 s)",
+}
+
+
+def _room_lookup(registry):
+    """hostname -> registry record, when workshop.registry exists (the station's board registry)."""
+    if not registry:
+        return None
+    try:
+        from workshop.registry import Registry  # type: ignore[import-not-found]
+    except ImportError:
+        raise _fail("--registry: this kit has no board registry (workshop.registry) yet") from None
+    return Registry(registry).by_hostname
+
+
+def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, interface):
+    from workshop import roster as _roster
+
+    try:
+        expected = _roster.expected_from_release(release) if release else _roster.expected_from_dist()
+        broker = _roster.parse_address(mqtt) if mqtt else None
+    except _roster.RosterError as e:
+        raise _fail(str(e)) from None
+    if not broker and no_mdns:
+        raise _fail("nothing to listen to: give --mqtt HOST[:PORT] (or drop --no-mdns)")
+    room = _roster.Roster(expected, _room_lookup(registry),
+                          on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False))
+    watcher = _roster.RoomWatcher(room, broker, mdns=not no_mdns, interfaces=_csv(interface) or None,
+                                  user=mqtt_user, password=mqtt_password or os.environ.get("WORKSHOP_MQTT_PASSWORD"))
+    try:
+        watcher.start()
+    except _roster.RosterError as e:
+        raise _fail(str(e)) from None
+    return room, watcher
+
+
+def _ago(seconds):
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def _roster_table(rows, title):
+    table = Table(title=title)
+    # The columns a person reads a board by never shrink below their longest value.
+    keep = {"hostname": max((len(r.hostname) for r in rows), default=8), "IP": max((len(r.ip or "") for r in rows), default=2),
+            "state": 7}
+    for col in ("hostname", "sticker/MAC", "IP", "board", "firmware", "outdated", "heap", "RSSI", "uptime",
+                "last seen", "state"):
+        table.add_column(col, overflow="fold", min_width=keep.get(col), no_wrap=col in keep)
+    state_style = {"online": "green", "stale": "yellow", "offline": "red"}
+    for r in rows:
+        out = "[red]yes[/]" if r.outdated else ("no" if r.outdated is False else "[dim]?[/]")
+        fw = " ".join(x for x in (r.micropython and f"v{r.micropython}", r.inputs and r.inputs[:12]) if x) or "-"
+        seen = _ago(r.age_s) + (" (retained)" if r.retained else "")
+        table.add_row(r.hostname, " ".join(x for x in (r.sticker, r.mac) if x) or "-", r.ip or "-", r.board or "-",
+                      fw, out, f"{r.heap_free:,}" if r.heap_free is not None else "-",
+                      str(r.rssi) if r.rssi is not None else "-",
+                      f"{r.uptime_s} s" if r.uptime_s is not None else "-", seen,
+                      f"[{state_style.get(r.state, 'white')}]{r.state}[/]")
+    return table
+
+
+@task(help={**_ROOM_HELP, "watch": "keep a live table (Ctrl-C ends)", "json": "print JSON instead of a table",
+            "serve": "also serve the live /room page on this [HOST:]PORT (e.g. 8000 or 0.0.0.0:8000)"})
+def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, registry=None, no_mdns=False,
+           interface=None, wait=2.0, watch=False, json=False, serve=None):  # noqa: A002
+    """Every board that announced itself: online/stale/offline, outdated image, heap, RSSI, uptime."""
+    import json as _json
+    import time
+
+    room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, interface)
+    server = None
+    try:
+        if serve:
+            server = _room_server(serve, room)
+        if not (watch or server):
+            time.sleep(float(wait))
+            if json:
+                print(_json.dumps(room.report(), indent=2))
+            else:
+                rows = room.rows()
+                console.print(_roster_table(rows, f"Room: {len(rows)} board(s); images compared with "
+                                                  f"{room.expected.source if room.expected else '-'}"))
+            return
+        if json and not watch:
+            while True:
+                time.sleep(1)
+        from rich.live import Live
+
+        with Live(_roster_table(room.rows(), "Room (live; Ctrl-C ends)"), console=console, refresh_per_second=2) as live:
+            while True:
+                room.changed.wait(1.0)
+                room.changed.clear()
+                live.update(_roster_table(room.rows(), "Room (live; Ctrl-C ends)"))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server:
+            server.shutdown()
+            server.server_close()
+        watcher.stop()
+
+
+def _room_server(address, room):
+    from workshop import serve as _serve
+
+    host, _, port = str(address).rpartition(":")
+    try:
+        server = _serve.make_room_server(room, host or "0.0.0.0", int(port))
+    except (_serve.ServeError, ValueError) as e:
+        raise _fail(f"--serve {address}: {e}") from None
+    _serve.start_in_thread(server)
+    for url in _serve.urls(server):
+        err_console.print(f"Room page: {url}room")
+    return server

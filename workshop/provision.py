@@ -25,7 +25,20 @@ from typing import Any
 
 from .repl import MASK, Pacing, ReplError, ReplEvent, ReplSession, mask
 
-SERVICES = ("wifi", "mdns", "telnet", "webserver")
+
+
+def _device_services() -> tuple[str, ...]:
+    """What the board's start-up can start: `SERVICES` in modules/workshop_boot.py, the one list."""
+    import ast
+
+    boot = Path(__file__).resolve().parent.parent / "modules" / "workshop_boot.py"
+    for node in ast.parse(boot.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SERVICES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError(f"{boot}: no SERVICES tuple")  # pragma: no cover - the repo ships it
+
+
+SERVICES = _device_services()
 BOOT_LINE = "import workshop_boot"
 HOST_PLATFORMS = ("linux", "darwin")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
