@@ -728,10 +728,10 @@ def _roster_table(rows, title):
     return table
 
 
-@task(help={**_ROOM_HELP, "watch": "keep a live table (Ctrl-C ends)", "json": "print JSON instead of a table",
+@task(auto_shortflags=False, help={**_ROOM_HELP, "watch": "keep a live table (Ctrl-C ends)", "json": "print JSON instead of a table",
             "serve": "also serve the live /room page on this [HOST:]PORT (e.g. 8000 or 0.0.0.0:8000)"})
 def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, registry=None, no_mdns=False,
-           interface=None, wait=2.0, watch=False, json=False, serve=None):  # noqa: A002
+           interface=None, wait="2", watch=False, json=False, serve=None):  # noqa: A002
     """Every board that announced itself: online/stale/offline, outdated image, heap, RSSI, uptime."""
     import json as _json
     import time
@@ -781,3 +781,129 @@ def _room_server(address, room):
     for url in _serve.urls(server):
         err_console.print(f"Room page: {url}room")
     return server
+
+
+_FLEET_HELP = {
+    **{k: v for k, v in _ROOM_HELP.items() if k != "registry"},
+    "hosts": "these boards (hostnames, comma-separated)",
+    "all": "every board in the roster",
+    "outdated": "the boards whose image differs from dist/ (or --release V)",
+    "resume": "skip the boards that completed this same command in the last run's report",
+    "telnet_user": "telnet login (default micro)",
+    "telnet_password": "telnet password (or $WORKSHOP_TELNET_PASSWORD)",
+    "jobs": "boards at once (default 16)",
+    "timeout": "seconds each command may take on a board (default 20)",
+    "report": "the JSON report (default logs/fleet/last.json; --resume reads it)",
+    "json": "print the JSON report instead of result lines",
+}
+
+
+def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_user, mqtt_password, release,
+               no_mdns, interface, wait, telnet_user, telnet_password, jobs, timeout, report, as_json):
+    import json as _json
+    import time
+    from pathlib import Path
+
+    from rich.markup import escape
+
+    from workshop import fleet as _fleet
+
+    room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, None, no_mdns, interface)
+    try:
+        time.sleep(float(wait))
+        rows = room.rows()
+    finally:
+        watcher.stop()
+    path = Path(report) if report else config.PROJECT_ROOT / "logs" / "fleet" / "last.json"
+    try:
+        targets = _fleet.resolve(rows, _csv(hosts), all_boards=all_boards, outdated=outdated)
+        command = make_command(targets)
+        first = command(targets[0]) if callable(command) and targets else command
+        skip = _fleet.completed_in(path, first) if resume and not callable(command) else set()
+        runner = _fleet.Fleet(user=telnet_user or "micro",
+                              password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD", ""),
+                              jobs=int(jobs), timeout=float(timeout),
+                              on_event=None if as_json else
+                              (lambda e: err_console.print(f"[dim]{e.hostname}: {escape(e.message)}[/]", highlight=False)
+                               if e.kind in ("start",) else None))
+    except _fleet.FleetError as e:
+        raise _fail(str(e)) from None
+    try:
+        done = runner.run(targets, command, skip=skip)
+    except KeyboardInterrupt:
+        runner.cancel()
+        raise Exit(code=130) from None
+    _fleet.write_report(done, path)
+    if as_json:
+        print(_json.dumps(done.to_json(), indent=2))
+    else:
+        for r in done.results:
+            if r.resumed:
+                console.print(f"[dim]- {r.hostname}: skipped (completed in the resumed run)[/]", highlight=False)
+            elif r.ok:
+                text = r.result.strip() or "ok"
+                console.print(f"[green]✓[/] {r.hostname}: {escape(text)}", highlight=False, soft_wrap=True)
+            else:
+                console.print(f"[red]✗[/] {r.hostname}: {escape(r.error)}", highlight=False, soft_wrap=True)
+        ok = sum(r.ok for r in done.results)
+        console.print(f"{ok}/{len(done.results)} board(s) ok; report: {path}"
+                      + ("" if done.ok else "  (retry the rest: add --resume)"))
+    if not done.ok:
+        raise Exit(code=1)
+
+
+@task(auto_shortflags=False, help={"action": "exec | run | put", "arg": "exec: the code; run: a .py file; put: the file to send",
+            "dest": "put: the path on the board (default: the file's name in the board's root)", **_FLEET_HELP},
+      positional=["action", "arg"])
+def fleet(c, action, arg, dest=None, hosts=None, all=False, outdated=False, resume=False, mqtt=None,  # noqa: A002
+          mqtt_user=None, mqtt_password=None, release=None, no_mdns=False, interface=None, wait="2",
+          telnet_user=None, telnet_password=None, jobs=16, timeout="20", report=None, json=False):
+    """exec CODE | run FILE | put SRC [--dest D] on many boards over Wi-Fi (telnet REPL); JSON report, --resume."""
+    from pathlib import Path
+
+    from workshop import fleet as _fleet
+
+    def make(_targets):
+        if action == "exec":
+            return _fleet.Command.exec(arg)
+        if action == "run":
+            return _fleet.Command.run(Path(arg))
+        if action == "put":
+            return _fleet.Command.put(Path(arg), dest or None)
+        raise _fleet.FleetError(f"unknown action {action!r}: exec CODE, run FILE, put SRC (reset: ./kit fleet-reset)")
+
+    _fleet_run(make, hosts=hosts, all_boards=all, outdated=outdated, resume=resume, mqtt=mqtt, mqtt_user=mqtt_user,
+               mqtt_password=mqtt_password, release=release, no_mdns=no_mdns, interface=interface, wait=wait,
+               telnet_user=telnet_user, telnet_password=telnet_password, jobs=jobs, timeout=timeout,
+               report=report, as_json=json)
+
+
+# Invoke has no optional positional arguments, so the command without one is its own task.
+@task(auto_shortflags=False, help=_FLEET_HELP)
+def fleet_reset(c, hosts=None, all=False, outdated=False, resume=False, mqtt=None,  # noqa: A002
+                mqtt_user=None, mqtt_password=None, release=None, no_mdns=False, interface=None, wait="2",
+                telnet_user=None, telnet_password=None, jobs=16, timeout="20", report=None, json=False):
+    """Reset many boards over Wi-Fi (machine.reset() through the telnet REPL)."""
+    from workshop import fleet as _fleet
+
+    _fleet_run(lambda _t: _fleet.Command.reset(), hosts=hosts, all_boards=all, outdated=outdated, resume=resume,
+               mqtt=mqtt, mqtt_user=mqtt_user, mqtt_password=mqtt_password, release=release, no_mdns=no_mdns,
+               interface=interface, wait=wait, telnet_user=telnet_user, telnet_password=telnet_password, jobs=jobs,
+               timeout=timeout, report=report, as_json=json)
+
+
+@task(auto_shortflags=False, help={**{k: v for k, v in _FLEET_HELP.items() if k not in ("outdated", "resume", "jobs", "release")},
+            "seconds": "how long to blink (default 5)"})
+def identify(c, hosts=None, all=False, mqtt=None, mqtt_user=None, mqtt_password=None, no_mdns=False,  # noqa: A002
+             interface=None, wait="2", telnet_user=None, telnet_password=None, seconds="5", timeout="20",
+             report=None, json=False):
+    """Blink boards over the network (LED pin from boards/<BOARD>.toml; else a banner on the console)."""
+    from workshop import fleet as _fleet
+
+    def make(_targets):
+        return lambda t: _fleet.Command.identify(*_fleet.led_for(t.board), seconds=float(seconds))
+
+    _fleet_run(make, hosts=hosts, all_boards=all, outdated=False, resume=False, mqtt=mqtt, mqtt_user=mqtt_user,
+               mqtt_password=mqtt_password, release=None, no_mdns=no_mdns, interface=interface, wait=wait,
+               telnet_user=telnet_user, telnet_password=telnet_password, jobs=16, timeout=timeout,
+               report=report, as_json=json)

@@ -682,7 +682,11 @@ class TelnetTransport:
         ready, _, _ = select.select([self._sock], [], [], max(0.0, wait))
         if not ready:
             return
-        data = self._sock.recv(65536)
+        try:
+            data = self._sock.recv(65536)
+        except ConnectionError as e:
+            self._eof = True
+            raise OSError(f"the board dropped the telnet connection ({e.strerror or e})") from None
         if not data:
             self._eof = True
             raise OSError("the board closed the telnet connection")
@@ -719,9 +723,16 @@ class TelnetTransport:
     def write(self, data: bytes) -> int:
         # NVT: CR LF is an end of line (the board reads CR); a lone CR travels as CR NUL.
         n = len(data)
+        try:
+            self._send_escaped(data)
+        except ConnectionError as e:
+            self._eof = True
+            raise OSError(f"the board dropped the telnet connection ({e.strerror or e})") from None
+        return n
+
+    def _send_escaped(self, data: bytes) -> None:
         self._sock.sendall(bytes(data).replace(b"\xff", b"\xff\xff").replace(b"\r", b"\r\x00")
                            .replace(b"\r\x00\n", b"\r\n"))
-        return n
 
     def flush(self) -> None:
         pass
