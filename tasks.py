@@ -907,3 +907,32 @@ def identify(c, hosts=None, all=False, mqtt=None, mqtt_user=None, mqtt_password=
                mqtt_password=mqtt_password, release=None, no_mdns=no_mdns, interface=interface, wait=wait,
                telnet_user=telnet_user, telnet_password=telnet_password, jobs=16, timeout=timeout,
                report=report, as_json=json)
+
+
+@task(auto_shortflags=False, help={
+    "bind": "address to listen on (default 0.0.0.0: the whole workshop LAN)",
+    "port": "TCP port (default 1883)",
+    "password_file": "only these users (a mosquitto_passwd file); default: anonymous access",
+})
+def broker(c, bind="0.0.0.0", port=1883, password_file=None):
+    """Run the workshop's MQTT broker (mosquitto) in the foreground; Ctrl-C stops it."""
+    from workshop import broker as _broker
+
+    try:
+        plan = _broker.plan(bind, int(port), password_file)
+        running = _broker.Broker(plan, on_line=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
+        running.start()
+    except _broker.BrokerError as e:
+        raise _fail(str(e)) from None
+    console.print(f"MQTT broker on {bind}:{plan.port} ({'users from ' + str(plan.password_file) if plan.password_file else 'anonymous'}); "
+                  f"persistence in {plan.directory}")
+    for address in _broker.provision_addresses(plan):
+        console.print(f"  boards: ./kit provision --mqtt {address} ...   roster: ./kit roster --mqtt {address}")
+    console.print("Ctrl-C stops it.")
+    try:
+        code = running.wait()
+    except KeyboardInterrupt:
+        running.stop()
+        console.print("broker stopped")
+        return
+    raise _fail(f"mosquitto exited with code {code}")
