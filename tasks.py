@@ -213,9 +213,12 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
     "directory": "serve this folder instead (a release folder or a download cache)",
     "host": "address to listen on (default 0.0.0.0: the whole LAN)",
     "port": "TCP port (default 8000)",
+    "mqtt": "also serve the live room page /room from this broker: HOST[:PORT]",
+    "room": "serve /room from mDNS alone (no broker)",
+    "interface": "mDNS for /room on these interface addresses only, comma-separated",
 })
-def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
-    """Serve a release on the LAN: the flasher page and every image (WebSerial needs https or localhost)."""
+def serve(c, version=None, directory=None, host="0.0.0.0", port=8000, mqtt=None, room=False, interface=None):
+    """Serve a release on the LAN: the flasher page and every image (WebSerial needs https or localhost); /room with --mqtt."""
     from pathlib import Path
 
     from workshop import release as _release
@@ -223,11 +226,16 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
 
     if not directory and not version:
         raise _fail("name the release (--version V) or a folder (--directory DIR)")
+    watcher = the_room = None
+    if mqtt or room:
+        the_room, watcher = _room_watcher(mqtt, None, None, None, None, False, interface)
     try:
         folder = Path(directory) if directory else config.PROJECT_ROOT / "release" / _release.normalize_version(version)
-        server = _serve.make_server(folder, host, int(port),
+        server = _serve.make_server(folder, host, int(port), room=the_room,
                                     on_request=lambda who, line: console.print(f"[dim]{who}[/] {line}", highlight=False))
     except (_release.ReleaseError, _serve.ServeError) as e:
+        if watcher:
+            watcher.stop()
         raise _fail(str(e)) from None
     console.print(f"Serving {folder}")
     for url in _serve.urls(server):
@@ -235,12 +243,16 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
     console.print("Flashing from the page needs Chrome/Edge on localhost or https; over plain http on the LAN "
                   "attendees can download images, or run: invoke download --version V --from http://<this laptop>:"
                   f"{server.server_address[1]}/  (Ctrl-C stops)")
+    if the_room is not None:
+        console.print(f"  the room: {_serve.urls(server)[0]}room")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        if watcher:
+            watcher.stop()
 
 
 @task(help={
