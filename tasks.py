@@ -840,11 +840,7 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                                if e.kind in ("start",) else None))
     except _fleet.FleetError as e:
         raise _fail(str(e)) from None
-    try:
-        done = runner.run(targets, command, skip=skip)
-    except KeyboardInterrupt:
-        runner.cancel()
-        raise Exit(code=130) from None
+    done = runner.run(targets, command, skip=skip)   # Ctrl-C: returns at once, unfinished boards "cancelled"
     _fleet.write_report(done, path)
     if as_json:
         print(_json.dumps(done.to_json(), indent=2))
@@ -860,6 +856,8 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
         ok = sum(r.ok for r in done.results)
         console.print(f"{ok}/{len(done.results)} board(s) ok; report: {path}"
                       + ("" if done.ok else "  (retry the rest: add --resume)"))
+    if done.cancelled:
+        raise Exit(code=130)
     if not done.ok:
         raise Exit(code=1)
 

@@ -133,6 +133,7 @@ class FleetReport:
     key: str
     started: float
     results: list[BoardResult] = field(default_factory=list)
+    cancelled: bool = False     # Ctrl-C: boards not finished are failed "cancelled"
 
     @property
     def ok(self) -> bool:
@@ -140,6 +141,7 @@ class FleetReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"command": self.command, "key": self.key, "started": self.started, "ok": self.ok,
+                "cancelled": self.cancelled,
                 "results": [asdict(r) for r in self.results]}
 
 
@@ -222,9 +224,27 @@ class Fleet:
                 return
             results[t.hostname] = self._one(t, command(t) if callable(command) else command)
 
-        with ThreadPoolExecutor(max_workers=min(self.jobs, len(targets))) as pool:
-            list(pool.map(one, targets))
-        report.results = [results[t.hostname] for t in targets]
+        pool = ThreadPoolExecutor(max_workers=min(self.jobs, len(targets)), thread_name_prefix="fleet")
+        futures = [pool.submit(one, t) for t in targets]
+        try:
+            for f in futures:
+                f.result()
+        except KeyboardInterrupt:
+            # Ctrl-C: close every session (blocked reads end at once), keep what finished.
+            self.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + 1.5
+            for f in futures:
+                if not f.done():
+                    try:
+                        f.exception(timeout=max(0.0, deadline - time.monotonic()))
+                    except Exception:  # noqa: BLE001 - a worker still ending is reported as cancelled
+                        pass
+            report.cancelled = True
+        else:
+            pool.shutdown()
+        report.results = [results.get(t.hostname) or BoardResult(t.hostname, False, error="cancelled")
+                          for t in targets]
         return report
 
     def _one(self, t: Target, command: Command) -> BoardResult:

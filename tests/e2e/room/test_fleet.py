@@ -124,3 +124,18 @@ def test_reset_restarts_the_board_and_identify_reaches_it(room, three, tmp_path)
     assert all(r["ok"] for r in results(proc).values())
     assert three[0].wait_exit(10) == 0 and three[2].wait_exit(10) == 0   # the unix "board" restarts = ends
     assert three[1].proc.poll() is None
+
+
+def test_ctrl_c_ends_a_fleet_run_within_two_seconds_and_keeps_the_report(room, three, tmp_path):
+    import signal
+
+    report = tmp_path / "r.json"
+    proc = kit(room, "fleet", "exec", "import time\nwhile True:\n    time.sleep(1)\n", "--all", report=report, popen=True)
+    time.sleep(4)  # roster wait + logins: every board is inside the endless loop now
+    assert proc.poll() is None
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert time.monotonic() - t < 2.0 and proc.returncode == 130
+    doc = json.loads(report.read_text())
+    assert doc["cancelled"] and {r["error"] for r in doc["results"]} == {"cancelled"}
