@@ -48,6 +48,9 @@ def _ident():
         return None, None, None
 
 
+_w = None  # the station interface (None: no radio, the unix port)
+
+
 def _wlan():
     try:
         import network
@@ -59,26 +62,23 @@ def _wlan():
 def _ip():
     if _ipfn:
         return _ipfn()
-    w = _wlan()
     try:
-        return w.ifconfig()[0]
+        return _w.ifconfig()[0]
     except Exception:
         return None
 
 
 def _rssi():
-    w = _wlan()
     try:
-        return w.status("rssi")
+        return _w.status("rssi")
     except Exception:
         return None  # no radio (unix) or not connected
 
 
 def _mac():
-    w = _wlan()
     try:
         import binascii
-        return binascii.hexlify(w.config("mac"), ":").decode()
+        return binascii.hexlify(_w.config("mac"), ":").decode()
     except Exception:
         return None
 
@@ -253,8 +253,9 @@ def _step():
 def start(cfg=None, ip=None, telnet_port=None):
     # cfg: the loaded /workshop.json (workshop_boot passes it); ip: a function returning the IP
     # (default: the station interface's).
-    global _cfg, _info, _timer, _due, _backoff, _ipfn, _state
+    global _cfg, _info, _timer, _due, _backoff, _ipfn, _state, _w
     stop()
+    _w = _wlan()
     if cfg is None:
         cfg = wsconfig.load()
     m = cfg.get("mqtt") or {}
@@ -282,13 +283,10 @@ def start(cfg=None, ip=None, telnet_port=None):
     _state = 0
     _due = time.ticks_ms()
     _backoff = 1
-    try:
-        import mdns
-        if mdns._sock:
-            mdns.add_service("_workshop._tcp", telnet_port or 0,
-                             {"board": board or "", "inputs": inputs or "", "project": project or ""})
-    except ImportError:
-        pass
+    mdns = sys.modules.get("mdns")  # only when mdns runs: importing it here would cost its heap
+    if mdns and mdns._sock:
+        mdns.add_service("_workshop._tcp", telnet_port or 0,
+                         {"board": board or "", "inputs": inputs or "", "project": project or ""})
     _tick(None)
     _timer = wsconfig.every(_TICK_MS, _tick)
     print("announce: %s via %s:%d every %d s" % (topic.decode(), m["broker"], int(m.get("port") or 1883), interval))
