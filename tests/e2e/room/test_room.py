@@ -146,3 +146,15 @@ def test_mdns_fills_in_a_board_that_cannot_reach_the_broker(room):
     assert row.sources == ("mdns",) and row.board == "UNIX" and row.inputs == "ab" * 32
     assert row.state == "online" and row.ip == "127.0.0.1"
     assert closed
+
+
+def test_roster_table_keeps_hostnames_whole_on_a_narrow_terminal(room):
+    import os
+
+    room("classroom-lab-board-0042", "pypi")
+    time.sleep(1.2)
+    env = dict(os.environ, COLUMNS="70")
+    proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{room.broker.host}:{room.broker.port}",
+                           "--no-mdns", "--wait", "1"], cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "classroom-lab-board-0042" in proc.stdout and "127.0.0.1" in proc.stdout and "online" in proc.stdout
