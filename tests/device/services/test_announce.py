@@ -53,7 +53,10 @@ def test_status_fields_ip_change_and_clean_stop(micropython, mosquitto, tmp_path
         out = micropython.run(p, timeout=30).stdout
         elapsed = time.monotonic() - t
         assert "stopped" in out
-        sub.wait_for(3, timeout=5)
+        deadline = time.monotonic() + 5
+        while not (sub.messages and json.loads(sub.messages[-1].payload)["state"] == "offline"):
+            assert time.monotonic() < deadline, statuses(sub)
+            time.sleep(0.05)
         got = statuses(sub)
         first = got[0]
         assert {"hostname", "ip", "board", "micropython", "inputs", "project", "heap_free", "rssi", "uptime_s",

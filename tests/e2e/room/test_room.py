@@ -158,3 +158,40 @@ def test_roster_table_keeps_hostnames_whole_on_a_narrow_terminal(room):
                            "--no-mdns", "--wait", "1"], cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "classroom-lab-board-0042" in proc.stdout and "127.0.0.1" in proc.stdout and "online" in proc.stdout
+
+
+def test_roster_watch_shows_a_live_table_and_ends_on_ctrl_c(room):
+    import signal
+
+    room("lab-07", "pypi")
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{room.broker.host}:{room.broker.port}",
+                             "--no-mdns", "--watch"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - t < 2 and proc.returncode == 0, err
+    assert "lab-07" in out and "online" in out
+
+
+def test_roster_without_a_registry_module_says_so_in_one_line(room, tmp_path):
+    try:
+        import workshop.registry  # noqa: F401
+        pytest.skip("workshop.registry exists here: the join is tested with a lookup (test_roster_joins_...)")
+    except ImportError:
+        pass
+    proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{room.broker.host}:{room.broker.port}",
+                           "--no-mdns", "--registry", str(tmp_path / "boards.sqlite")], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: --registry: this kit has no board registry (workshop.registry) yet"
+
+
+def test_an_unreachable_broker_is_one_clear_line(tmp_path):
+    from support import free_port
+
+    proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--mqtt", f"127.0.0.1:{free_port()}", "--no-mdns"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    line = proc.stderr.strip()
+    assert line.startswith("error: cannot reach the MQTT broker at 127.0.0.1:") and "./kit broker" in line
