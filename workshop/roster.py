@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -312,12 +312,13 @@ class RoomWatcher:
 
     def _start_mqtt(self) -> None:
         import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
 
         assert self.mqtt
         host, port = self.mqtt
         connected = threading.Event()
         failure: list[str] = []
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"workshop-roster-{time.time_ns() % 10**9}")
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"workshop-roster-{time.time_ns() % 10**9}")
         if self.user:
             client.username_pw_set(self.user, self.password)
 
@@ -426,7 +427,3 @@ def select(rows: Iterable[Row], *, hosts: Iterable[str] = (), outdated: bool = F
     if outdated:
         return [r for r in rows if r.outdated]
     return rows
-
-
-def with_state(row: Row, state: str) -> Row:
-    return replace(row, state=state)
