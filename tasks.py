@@ -204,9 +204,12 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
     "directory": "serve this folder instead (a release folder or a download cache)",
     "host": "address to listen on (default 0.0.0.0: the whole LAN)",
     "port": "TCP port (default 8000)",
+    "mqtt": "also serve the live room page /room from this broker: HOST[:PORT]",
+    "room": "serve /room from mDNS alone (no broker)",
+    "interface": "mDNS for /room on these interface addresses only, comma-separated",
 })
-def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
-    """Serve a release on the LAN: the flasher page and every image (WebSerial needs https or localhost)."""
+def serve(c, version=None, directory=None, host="0.0.0.0", port=8000, mqtt=None, room=False, interface=None):
+    """Serve a release on the LAN: the flasher page and every image (WebSerial needs https or localhost); /room with --mqtt."""
     from pathlib import Path
 
     from workshop import release as _release
@@ -214,11 +217,16 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
 
     if not directory and not version:
         raise _fail("name the release (--version V) or a folder (--directory DIR)")
+    watcher = the_room = None
+    if mqtt or room:
+        the_room, watcher = _room_watcher(mqtt, None, None, None, None, False, interface)
     try:
         folder = Path(directory) if directory else config.project_root() / "release" / _release.normalize_version(version)
-        server = _serve.make_server(folder, host, int(port),
+        server = _serve.make_server(folder, host, int(port), room=the_room,
                                     on_request=lambda who, line: console.print(f"[dim]{who}[/] {line}", highlight=False))
     except (_release.ReleaseError, _serve.ServeError) as e:
+        if watcher:
+            watcher.stop()
         raise _fail(str(e)) from None
     console.print(f"Serving {folder}")
     for url in _serve.urls(server):
@@ -226,12 +234,16 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port=8000):
     console.print("Flashing from the page needs Chrome/Edge on localhost or https; over plain http on the LAN "
                   "attendees can download images, or run: invoke download --version V --from http://<this laptop>:"
                   f"{server.server_address[1]}/  (Ctrl-C stops)")
+    if the_room is not None:
+        console.print(f"  the room: {_serve.urls(server)[0]}room")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        if watcher:
+            watcher.stop()
 
 
 @task(help={
@@ -623,3 +635,293 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
 
 
 # --- more tasks below ---
+
+
+# --- the room on the network: broker, roster, fleet, identify (workshop.roster/fleet/broker) ------
+
+_ROOM_HELP = {
+    "mqtt": "the workshop broker: HOST or HOST:PORT (default port 1883); omit to rely on mDNS only",
+    "mqtt_user": "broker user (when the broker has a password file)",
+    "mqtt_password": "broker password (or $WORKSHOP_MQTT_PASSWORD)",
+    "release": "compare images with release V's index.json instead of dist/",
+    "registry": "join boards with the station's registry (sqlite file): stickers and MACs",
+    "no_mdns": "do not browse mDNS (_workshop._tcp) for boards that do not reach the broker",
+    "interface": "mDNS on these interface addresses only, comma-separated (default: all)",
+    "wait": "seconds to listen before answering (retained statuses come at once; mDNS takes ~1-2 s)",
+}
+
+
+def _room_lookup(registry):
+    """hostname -> registry record, when workshop.registry exists (the station's board registry)."""
+    if not registry:
+        return None
+    try:
+        from workshop.registry import Registry  # type: ignore[import-not-found]
+    except ImportError:
+        raise _fail("--registry: this kit has no board registry (workshop.registry) yet") from None
+    return Registry(registry).by_hostname
+
+
+def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, interface):
+    from workshop import roster as _roster
+
+    try:
+        expected = _roster.expected_from_release(release) if release else _roster.expected_from_dist()
+        broker = _roster.parse_address(mqtt) if mqtt else None
+    except _roster.RosterError as e:
+        raise _fail(str(e)) from None
+    if not broker and no_mdns:
+        raise _fail("nothing to listen to: give --mqtt HOST[:PORT] (or drop --no-mdns)")
+    room = _roster.Roster(expected, _room_lookup(registry),
+                          on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False))
+    watcher = _roster.RoomWatcher(room, broker, mdns=not no_mdns, interfaces=_csv(interface) or None,
+                                  user=mqtt_user, password=mqtt_password or os.environ.get("WORKSHOP_MQTT_PASSWORD"))
+    try:
+        watcher.start()
+    except _roster.RosterError as e:
+        raise _fail(str(e)) from None
+    return room, watcher
+
+
+def _ago(seconds):
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+_ROSTER_COLUMNS: list[str | Column] = ["hostname", Column("sticker/MAC"), "IP", "board", Column("firmware", wrap=True), "outdated",
+                   Column("heap", justify="right"), "RSSI", "uptime", Column("last seen", wrap=True), "state"]
+
+
+def _roster_rows(rows):
+    """Cells for the room table: state and outdated carry their status (colour), never markup."""
+    out = []
+    for r in rows:
+        outdated = Cell("yes", "failed") if r.outdated else (Cell("no", "ok") if r.outdated is False else Cell("?", "skip"))
+        fw = " ".join(x for x in (r.micropython and f"v{r.micropython}", r.inputs and r.inputs[:12]) if x) or "-"
+        seen = _ago(r.age_s) + (" (retained)" if r.retained else "")
+        state = {"online": "ok", "stale": "warn", "offline": "failed"}.get(r.state)
+        out.append([r.hostname, " ".join(x for x in (r.sticker, r.mac) if x) or "-", r.ip or "-", r.board or "-",
+                    fw, outdated, f"{r.heap_free:,}" if r.heap_free is not None else "-",
+                    str(r.rssi) if r.rssi is not None else "-",
+                    f"{r.uptime_s} s" if r.uptime_s is not None else "-", seen, Cell(r.state, state)])
+    return out
+
+
+def _roster_table(rows, title):
+    """The live view's table on a terminal (rich Live redraws it); everything else prints through _table."""
+    return render.build_table(title, _ROSTER_COLUMNS, _roster_rows(rows))
+
+
+@task(auto_shortflags=False, help={**_ROOM_HELP, "watch": "keep a live table (Ctrl-C ends)", "json": "print JSON instead of a table",
+            "serve": "also serve the live /room page on this [HOST:]PORT (e.g. 8000 or 0.0.0.0:8000)"})
+def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, registry=None, no_mdns=False,
+           interface=None, wait="2", watch=False, json=False, serve=None):  # noqa: A002
+    """Every board that announced itself: online/stale/offline, outdated image, heap, RSSI, uptime."""
+    import json as _json
+    import time
+
+    room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, interface)
+    server = None
+    try:
+        if serve:
+            server = _room_server(serve, room)
+        if not (watch or server):
+            time.sleep(float(wait))
+            if json:
+                print(_json.dumps(room.report(), indent=2))
+            else:
+                rows = room.rows()
+                _table(f"Room: {len(rows)} board(s); images compared with "
+                       f"{room.expected.source if room.expected else '-'}", _ROSTER_COLUMNS, _roster_rows(rows))
+            return
+        if json and not watch:
+            while True:
+                time.sleep(1)
+        if not console.is_terminal:
+            # Piped: a whole plain table each time the room changes (a live redraw would be cut).
+            while True:
+                if room.changed.wait(1.0):
+                    room.changed.clear()
+                    _table("Room (Ctrl-C ends)", _ROSTER_COLUMNS, _roster_rows(room.rows()))
+        from rich.live import Live
+
+        with Live(_roster_table(room.rows(), "Room (live; Ctrl-C ends)"), console=console, refresh_per_second=2) as live:
+            while True:
+                room.changed.wait(1.0)
+                room.changed.clear()
+                live.update(_roster_table(room.rows(), "Room (live; Ctrl-C ends)"))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server:
+            server.shutdown()
+            server.server_close()
+        watcher.stop()
+
+
+def _room_server(address, room):
+    from workshop import serve as _serve
+
+    host, _, port = str(address).rpartition(":")
+    try:
+        server = _serve.make_room_server(room, host or "0.0.0.0", int(port))
+    except (_serve.ServeError, ValueError) as e:
+        raise _fail(f"--serve {address}: {e}") from None
+    _serve.start_in_thread(server)
+    for url in _serve.urls(server):
+        err_console.print(f"Room page: {url}room")
+    return server
+
+
+_FLEET_HELP = {
+    **{k: v for k, v in _ROOM_HELP.items() if k != "registry"},
+    "hosts": "these boards (hostnames, comma-separated)",
+    "all": "every board in the roster",
+    "outdated": "the boards whose image differs from dist/ (or --release V)",
+    "resume": "skip the boards that completed this same command in the last run's report",
+    "telnet_user": "telnet login (default micro)",
+    "telnet_password": "telnet password (or $WORKSHOP_TELNET_PASSWORD)",
+    "jobs": "boards at once (default 16)",
+    "timeout": "seconds each command may take on a board (default 20)",
+    "report": "the JSON report (default logs/fleet/last.json; --resume reads it)",
+    "json": "print the JSON report instead of result lines",
+}
+
+
+def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_user, mqtt_password, release,
+               no_mdns, interface, wait, telnet_user, telnet_password, jobs, timeout, report, as_json):
+    import json as _json
+    import time
+    from pathlib import Path
+
+    from rich.markup import escape
+
+    from workshop import fleet as _fleet
+
+    room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, None, no_mdns, interface)
+    try:
+        time.sleep(float(wait))
+        rows = room.rows()
+    finally:
+        watcher.stop()
+    path = Path(report) if report else config.project_root() / "logs" / "fleet" / "last.json"
+    try:
+        targets = _fleet.resolve(rows, _csv(hosts), all_boards=all_boards, outdated=outdated)
+        command = make_command(targets)
+        first = command(targets[0]) if callable(command) and targets else command
+        skip = _fleet.completed_in(path, first) if resume and not callable(command) else set()
+        runner = _fleet.Fleet(user=telnet_user or "micro",
+                              password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD", ""),
+                              jobs=int(jobs), timeout=float(timeout),
+                              on_event=None if as_json else
+                              (lambda e: err_console.print(f"[dim]{e.hostname}: {escape(e.message)}[/]", highlight=False)
+                               if e.kind in ("start",) else None))
+    except _fleet.FleetError as e:
+        raise _fail(str(e)) from None
+    done = runner.run(targets, command, skip=skip)   # Ctrl-C: returns at once, unfinished boards "cancelled"
+    _fleet.write_report(done, path)
+    if as_json:
+        print(_json.dumps(done.to_json(), indent=2))
+    else:
+        for r in done.results:
+            if r.resumed:
+                console.print(f"[dim]- {r.hostname}: skipped (completed in the resumed run)[/]", highlight=False)
+            elif r.ok:
+                text = r.result.strip() or "ok"
+                console.print(f"[green]✓[/] {r.hostname}: {escape(text)}", highlight=False, soft_wrap=True)
+            else:
+                console.print(f"[red]✗[/] {r.hostname}: {escape(r.error)}", highlight=False, soft_wrap=True)
+        ok = sum(r.ok for r in done.results)
+        console.print(f"{ok}/{len(done.results)} board(s) ok; report: {path}"
+                      + ("" if done.ok else "  (retry the rest: add --resume)"))
+    if done.cancelled:
+        raise Exit(code=130)
+    if not done.ok:
+        raise Exit(code=1)
+
+
+@task(auto_shortflags=False, help={"action": "exec | run | put", "arg": "exec: the code; run: a .py file; put: the file to send",
+            "dest": "put: the path on the board (default: the file's name in the board's root)", **_FLEET_HELP},
+      positional=["action", "arg"])
+def fleet(c, action, arg, dest=None, hosts=None, all=False, outdated=False, resume=False, mqtt=None,  # noqa: A002
+          mqtt_user=None, mqtt_password=None, release=None, no_mdns=False, interface=None, wait="2",
+          telnet_user=None, telnet_password=None, jobs=16, timeout="20", report=None, json=False):
+    """exec CODE | run FILE | put SRC [--dest D] on many boards over Wi-Fi (telnet REPL); JSON report, --resume."""
+    from pathlib import Path
+
+    from workshop import fleet as _fleet
+
+    def make(_targets):
+        if action == "exec":
+            return _fleet.Command.exec(arg)
+        if action == "run":
+            return _fleet.Command.run(Path(arg))
+        if action == "put":
+            return _fleet.Command.put(Path(arg), dest or None)
+        raise _fleet.FleetError(f"unknown action {action!r}: exec CODE, run FILE, put SRC (reset: ./kit fleet-reset)")
+
+    _fleet_run(make, hosts=hosts, all_boards=all, outdated=outdated, resume=resume, mqtt=mqtt, mqtt_user=mqtt_user,
+               mqtt_password=mqtt_password, release=release, no_mdns=no_mdns, interface=interface, wait=wait,
+               telnet_user=telnet_user, telnet_password=telnet_password, jobs=jobs, timeout=timeout,
+               report=report, as_json=json)
+
+
+# Invoke has no optional positional arguments, so the command without one is its own task.
+@task(auto_shortflags=False, help=_FLEET_HELP)
+def fleet_reset(c, hosts=None, all=False, outdated=False, resume=False, mqtt=None,  # noqa: A002
+                mqtt_user=None, mqtt_password=None, release=None, no_mdns=False, interface=None, wait="2",
+                telnet_user=None, telnet_password=None, jobs=16, timeout="20", report=None, json=False):
+    """Reset many boards over Wi-Fi (machine.reset() through the telnet REPL)."""
+    from workshop import fleet as _fleet
+
+    _fleet_run(lambda _t: _fleet.Command.reset(), hosts=hosts, all_boards=all, outdated=outdated, resume=resume,
+               mqtt=mqtt, mqtt_user=mqtt_user, mqtt_password=mqtt_password, release=release, no_mdns=no_mdns,
+               interface=interface, wait=wait, telnet_user=telnet_user, telnet_password=telnet_password, jobs=jobs,
+               timeout=timeout, report=report, as_json=json)
+
+
+@task(auto_shortflags=False, help={**{k: v for k, v in _FLEET_HELP.items() if k not in ("outdated", "resume", "jobs", "release")},
+            "seconds": "how long to blink (default 5)"})
+def identify(c, hosts=None, all=False, mqtt=None, mqtt_user=None, mqtt_password=None, no_mdns=False,  # noqa: A002
+             interface=None, wait="2", telnet_user=None, telnet_password=None, seconds="5", timeout="20",
+             report=None, json=False):
+    """Blink boards over the network (LED pin from boards/<BOARD>.toml; else a banner on the console)."""
+    from workshop import fleet as _fleet
+
+    def make(_targets):
+        return lambda t: _fleet.Command.identify(*_fleet.led_for(t.board), seconds=float(seconds))
+
+    _fleet_run(make, hosts=hosts, all_boards=all, outdated=False, resume=False, mqtt=mqtt, mqtt_user=mqtt_user,
+               mqtt_password=mqtt_password, release=None, no_mdns=no_mdns, interface=interface, wait=wait,
+               telnet_user=telnet_user, telnet_password=telnet_password, jobs=16, timeout=timeout,
+               report=report, as_json=json)
+
+
+@task(auto_shortflags=False, help={
+    "bind": "address to listen on (default 0.0.0.0: the whole workshop LAN)",
+    "port": "TCP port (default 1883)",
+    "password_file": "only these users (a mosquitto_passwd file); default: anonymous access",
+})
+def broker(c, bind="0.0.0.0", port=1883, password_file=None):
+    """Run the workshop's MQTT broker (mosquitto) in the foreground; Ctrl-C stops it."""
+    from workshop import broker as _broker
+
+    try:
+        plan = _broker.plan(bind, int(port), password_file)
+        running = _broker.Broker(plan, on_line=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
+        running.start()
+    except _broker.BrokerError as e:
+        raise _fail(str(e)) from None
+    console.print(f"MQTT broker on {bind}:{plan.port} ({'users from ' + str(plan.password_file) if plan.password_file else 'anonymous'}); "
+                  f"persistence in {plan.directory}")
+    for address in _broker.provision_addresses(plan):
+        console.print(f"  boards: ./kit provision --mqtt {address} ...   roster: ./kit roster --mqtt {address}")
+    console.print("Ctrl-C stops it.")
+    try:
+        code = running.wait()
+    except KeyboardInterrupt:
+        running.stop()
+        console.print("broker stopped")
+        return
+    raise _fail(f"mosquitto exited with code {code}")

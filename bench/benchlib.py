@@ -34,3 +34,88 @@ def anchor_lib(argv: list[str], files) -> Path | None:
               file=sys.stderr)
         return None
     return lib
+
+
+# announce's cost on a device: heap held once it runs (connected, first status out) and the CPU
+# time of its ticks, measured inside one MicroPython process against a real mosquitto.
+ANNOUNCE_PROBE = """
+import gc, time, json
+import wsconfig, announce, select, socket
+gc.collect(); gc.collect()
+a = gc.mem_free()
+announce.start(json.loads({cfg!r}), ip=lambda: "127.0.0.1")
+for _ in range(40):
+    wsconfig.serve(50)
+    if announce._state == 3:
+        break
+gc.collect(); gc.collect()
+print("HELD", a - gc.mem_free(), announce._state)
+ts = []
+for i in range(200):
+    t = time.ticks_us()
+    announce._tick(None)
+    ts.append(time.ticks_diff(time.ticks_us(), t))
+    time.sleep_ms(2)
+ts.sort()
+print("TICK", ts[len(ts) // 2], ts[-1])
+pub = []
+for i in range(20):
+    announce._t = time.ticks_add(time.ticks_ms(), -10 ** 6)   # due: this tick publishes
+    t = time.ticks_us()
+    announce._tick(None)
+    pub.append(time.ticks_diff(time.ticks_us(), t))
+pub.sort()
+print("PUBLISH", pub[len(pub) // 2], pub[-1])
+announce.stop()
+"""
+
+
+def mosquitto(port: int, directory: Path):
+    """A throw-away mosquitto on 127.0.0.1:port (the caller kills it)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    conf = directory / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.3).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("mosquitto did not start")
+            time.sleep(0.05)
+
+
+def announce_cost(binary: Path, path: str, broker_port: int) -> dict[str, int | str]:
+    """{'held': B, 'tick_median_us', 'tick_max_us', 'publish_median_us', 'publish_max_us'} or {'error': ...}."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    cfg = json.dumps({"hostname": "bench-1", "mqtt": {"broker": "127.0.0.1", "port": broker_port},
+                      "announce": {"interval_s": 30}})
+    env = dict(os.environ, MICROPYPATH=path, WORKSHOP_CONFIG="/nonexistent/workshop.json")
+    proc = subprocess.run([str(binary), "-c", ANNOUNCE_PROBE.format(cfg=cfg)], capture_output=True, text=True,
+                          env=env, cwd=tempfile.gettempdir(), timeout=60)
+    out: dict[str, int | str] = {}
+    for line in proc.stdout.splitlines():
+        w = line.split()
+        if w[0] == "HELD":
+            out["held"] = int(w[1])
+            if w[2] != "3":
+                out["error"] = "announce did not connect"
+        elif w[0] == "TICK":
+            out["tick_median_us"], out["tick_max_us"] = int(w[1]), int(w[2])
+        elif w[0] == "PUBLISH":
+            out["publish_median_us"], out["publish_max_us"] = int(w[1]), int(w[2])
+    if "held" not in out:
+        out["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return out

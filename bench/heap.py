@@ -5,7 +5,8 @@ in a fresh MicroPython process, so nothing imported earlier is shared or counted
   py      our modules/ as .py on the PyPI runtime (MICROPYPATH=<repo>/modules:.frozen)
   frozen  the stack frozen into dist/UNIX/micropython (MICROPYPATH=.frozen), when it is built
   anchor  micropython-lib's umqtt.simple, requests, base64 as .py on the PyPI runtime
-plus the whole stack imported together in one process (goal: <= 24 KB on 64-bit unix, frozen).
+plus the whole stack imported together in one process (goal: <= 24 KB on 64-bit unix, frozen),
+and what announce holds once it runs (connected to a real mosquitto; goal: <= 2 KB, frozen).
 
     .venv/bin/python bench/heap.py [MICROPYTHON_LIB_DIR]
 
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import anchor_lib, frozen_note
+from benchlib import announce_cost, anchor_lib, frozen_note, mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 PYPI = Path(sys.executable).parent / "micropython"
@@ -32,7 +33,7 @@ GOAL = 24 * 1024
 # (module, our file): the clients, then the services (their engineer's files; absent ones are noted)
 STACK = [("umqtt.simple", "umqtt/simple.py"), ("umqtt.robust", "umqtt/robust.py"), ("urequests", "urequests.py"),
          ("requests", "requests.py"), ("base64", "base64.py"), ("ntptime", "ntptime.py"), ("wifi", "wifi.py"),
-         ("mdns", "mdns.py"), ("telnet", "telnet.py"), ("webserver", "webserver.py"),
+         ("mdns", "mdns.py"), ("telnet", "telnet.py"), ("webserver", "webserver.py"), ("announce", "announce.py"),
          ("workshop_boot", "workshop_boot.py")]
 ANCHORS = {"umqtt.simple": "micropython/umqtt.simple/umqtt/simple.py",
            "requests": "python-ecosys/requests/requests/__init__.py",
@@ -121,7 +122,36 @@ def main(argv: list[str]) -> int:
         if isinstance(best, int):
             kind = "frozen" if best is whole_fz else "py (frozen not built)"
             print(f"whole stack {kind}: {best} B = {best / GOAL:.0%} of the {GOAL} B goal")
+    announce_running(frozen)
     return 0
+
+
+ANNOUNCE_GOAL = 2048
+
+
+def announce_running(frozen: Path | None) -> None:
+    """What announce holds once it runs (connected to a real mosquitto, first status sent)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = mosquitto(port, Path(tmp))
+        try:
+            for name, binary, path in (("py", PYPI, f"{REPO / 'modules'}:.frozen"), ("frozen", frozen, ".frozen")):
+                if binary is None:
+                    continue
+                c = announce_cost(binary, path, port)
+                if "error" in c:
+                    print(f"announce running ({name}): {c['error']}")
+                    continue
+                print(f"announce running ({name}): {c['held']} B held (goal <= {ANNOUNCE_GOAL} B on frozen: "
+                      f"{int(c['held']) / ANNOUNCE_GOAL:.0%}); tick {c['tick_median_us']} us median, "
+                      f"{c['tick_max_us']} us max; publishing tick {c['publish_median_us']} us median")
+        finally:
+            broker.kill()
+            broker.wait()
 
 
 if __name__ == "__main__":

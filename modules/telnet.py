@@ -10,7 +10,8 @@
 # failure (capped at 64x); a good login resets the count. On a board the logged-in session
 # is attached to the REPL with os.dupterm and runs in the background (socket callbacks).
 # The unix port has no os.dupterm: there the session gets a small line evaluator instead
-# (_Session._shell), and wsconfig.serve() drives the sockets.
+# (_Session._shell) and the raw REPL protocol (_Session._raw, what ./kit fleet speaks), and
+# wsconfig.serve() drives the sockets.
 import os
 import socket
 import time
@@ -78,6 +79,7 @@ class _Session:
         self.cmd = 0
         self.cr = False
         self.nego = 0  # options we turned off on request (bit per option)
+        self.raw = 0  # unix raw REPL: 0 off, 1 on, 2/3 inside a raw-paste request (Ctrl-E A Ctrl-A)
 
     # -- telnet protocol -----------------------------------------------------------------
     def _filter(self, mv, n):
@@ -165,13 +167,15 @@ class _Session:
                 return n
 
     def write(self, b):
-        if _IAC in b:
+        # dupterm hands us a bytearray: `255 in bytearray` is not implemented in MicroPython.
+        n = len(b)
+        if bytes(b).find(b"\xff") >= 0:
             b = bytes(b).replace(b"\xff", b"\xff\xff")
         try:
             self._send(b)
         except OSError:
             pass
-        return len(b)
+        return n
 
     def close(self):
         global _cl
@@ -205,7 +209,14 @@ class _Session:
     def _input(self, buf, n):
         for i in range(n):
             c = buf[i]
-            if c == 13 or c == 10:
+            if self.raw:
+                self._raw(c)
+                continue
+            if c == 1 and self.state == 2:  # Ctrl-A: the raw REPL host tools speak
+                self.raw = 1
+                self.line = bytearray()
+                self._send(b"raw REPL; CTRL-B to exit\r\n>")
+            elif c == 13 or c == 10:
                 if self.state == 2:
                     self._shell()
                 else:
@@ -290,6 +301,66 @@ class _Session:
         self._send(b">>> ")
 
 
+    def _raw(self, c):
+        # Unix stand-in for the board's raw REPL (pyexec's protocol): code until Ctrl-D, then
+        # "OK", its output, Ctrl-D, its traceback, Ctrl-D, ">". Raw paste is declined (R\x00), as
+        # firmware with it switched off does. print() in the sent code is what reaches the client.
+        if self.raw > 1:
+            self.raw = self.raw + 1 if self.raw == 2 and c == 65 else 1
+            if self.raw == 3:
+                return
+            if c == 1:
+                self._send(b"R\x00")
+                return
+        if c == 5:
+            self.raw = 2
+        elif c == 2:  # Ctrl-B: back to the friendly REPL
+            self.raw = 0
+            self.line = bytearray()
+            self._send(b"\r\n>>> ")
+        elif c == 1:
+            self.line = bytearray()
+            self._send(b"raw REPL; CTRL-B to exit\r\n>")
+        elif c == 3:
+            self.line = bytearray()
+        elif c == 4:
+            code = bytes(self.line)
+            self.line = bytearray()
+            self._send(b"OK")
+            if not code:  # soft reset: on the unix port the process is the board, it ends
+                self._send(b"\r\n")
+                raise SystemExit
+            out = bytearray()
+
+            def prn(*a, sep=" ", end="\n", file=None):
+                t = sep.join([str(x) for x in a]) + end
+                if file is None:
+                    out.extend(t.encode())
+                else:
+                    file.write(t)
+
+            err = b""
+            _ns["print"] = prn
+            try:
+                exec(code, _ns)
+            except SystemExit:  # machine.soft_reset(): the unix "board" restarts
+                self.write(out)
+                self._send(b"\x04\x04>")
+                raise
+            except Exception as e:
+                import io
+                import sys
+                f = io.StringIO()
+                sys.print_exception(e, f)
+                err = f.getvalue().encode()
+            out.extend(b"\x04")
+            out.extend(err)
+            out.extend(b"\x04>")
+            self.write(out)  # one write: one packet back per command
+        else:
+            self.line.append(c)
+
+
 _ns = {}
 
 
@@ -314,6 +385,10 @@ def _accept(srv):
             return
         _cl.close()  # a login left hanging for too long gives way
     _cl = _Session(s, peer)
+    try:
+        s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: REPL answers are small and interactive
+    except (OSError, AttributeError):
+        pass
     s.setblocking(False)
     _cl._send(b"\xff\xfb\x01\xff\xfb\x03\xff\xfd\x03MicroPython telnet\r\nlogin: ")
     wsconfig.watch(s, _cl.on_data)

@@ -1,9 +1,11 @@
 # workshop_boot: boot.py on a workshop board is `import workshop_boot`. It reads /workshop.json
-# and starts the services listed under "start" ("wifi", "mdns", "telnet"), in that order of
-# need: Wi-Fi is bounded by wifi.timeout_ms (default 15 s) so a board without a network still
-# reaches its REPL; every problem (missing or broken config, a service failing) is one line.
+# and starts the services listed under "start" (SERVICES, in that order of need): Wi-Fi is
+# bounded by wifi.timeout_ms (default 15 s) so a board without a network still reaches its REPL;
+# every problem (missing or broken config, a service failing) is one line.
+# SERVICES is the one list of what "start" may name: the host's provision reads it from here.
 import wsconfig
 
+SERVICES = ("wifi", "mdns", "telnet", "announce")
 TIMEOUT_MS = 15000
 
 
@@ -14,7 +16,9 @@ def main():
         print("workshop: \"start\" must be a list of service names")
         return
     ip = None
-    for name in ("wifi", "mdns", "telnet"):
+    t = cfg.get("telnet") or {}
+    tport = t.get("port") or 23
+    for name in SERVICES:
         if name not in start:
             continue
         try:
@@ -24,25 +28,27 @@ def main():
                 ip = wifi.connect(w.get("ssid"), w.get("password"), w.get("timeout_ms") or TIMEOUT_MS,
                                   cfg.get("hostname") or "")
                 print("workshop: wifi up,", ip)
+            elif ip is None and name != "telnet":
+                print("workshop: %s not started: no network" % name)
             elif name == "mdns":
-                if ip is None:
-                    print("workshop: mdns not started: no network")
-                    continue
                 import mdns
                 mdns.start(cfg.get("hostname"), ip)
                 if "telnet" in start:
-                    mdns.add_service("_telnet._tcp", 23)
-            else:
+                    mdns.add_service("_telnet._tcp", tport)
+            elif name == "telnet":
                 import telnet
-                t = cfg.get("telnet") or {}
-                telnet.start(user=t.get("user") or "micro", password=t.get("password"))
+                kw = {"port": tport} if t.get("port") else {}
+                telnet.start(user=t.get("user") or "micro", password=t.get("password"), **kw)
+            else:
+                import announce
+                announce.start(cfg, telnet_port=tport if "telnet" in start else None)
         except KeyboardInterrupt:
             print("workshop: start-up interrupted")
             return
         except Exception as e:
             print("workshop: %s not started: %s" % (name, e))
     for name in start:
-        if name not in ("wifi", "mdns", "telnet"):
+        if name not in SERVICES:
             print("workshop: unknown service %r in \"start\"" % name)
 
 

@@ -2,6 +2,8 @@
 # On a board, telnet and mdns run in the background through socket callbacks
 # (setsockopt(SOL_SOCKET, 20, handler), as webrepl does) while the REPL stays free.
 # The unix port has no such callbacks: there watch() records the socket and serve() polls.
+# Periodic work (announce) goes through every(): a machine.Timer on a board, whose callback
+# schedules the function (it runs between bytecodes, never inside an interrupt); serve() on unix.
 import os
 
 import sys
@@ -11,6 +13,7 @@ import sys
 PATH = "workshop.json" if sys.platform in ("linux", "darwin") else "/workshop.json"
 _CB = hasattr(os, "dupterm_notify")  # esp32/esp8266: socket callbacks + dupterm
 _watched = {}
+_timers = []  # unix: [period ms, next due ticks_ms, fn]
 
 
 def path():
@@ -51,17 +54,56 @@ def watch(sock, handler):
         _watched[id(sock)] = (sock, handler)
 
 
+def every(ms, fn):
+    # Call fn(None) every ms milliseconds in the background; returns a handle for cancel().
+    if _CB:
+        import machine
+        import micropython
+        try:
+            t = machine.Timer(-1)  # ESP8266: a virtual (software) timer
+        except Exception:
+            t = machine.Timer(0)
+        t.init(period=ms, mode=machine.Timer.PERIODIC, callback=lambda _: micropython.schedule(fn, None))
+        return t
+    import time
+    t = [ms, time.ticks_add(time.ticks_ms(), ms), fn]
+    _timers.append(t)
+    return t
+
+
+def cancel(t):
+    if _CB:
+        t.deinit()
+    elif t in _timers:
+        _timers.remove(t)
+
+
+def _due():
+    # Unix: run the timers that are due; returns ms until the next one (200 when none).
+    import time
+    wait = 200
+    for t in _timers:
+        d = time.ticks_diff(t[1], time.ticks_ms())
+        if d <= 0:
+            t[1] = time.ticks_add(time.ticks_ms(), t[0])
+            t[2](None)
+            d = t[0]
+        wait = min(wait, d)
+    return wait
+
+
 def serve(ms=-1):
-    # Unix: dispatch readable watched sockets until none is left or ms ran out (one pass if 0).
+    # Unix: dispatch readable watched sockets and due timers until none is left or ms ran out.
     import select
     import time
     t0 = time.ticks_ms()
-    while _watched:
+    while _watched or _timers:
+        wait = _due()
         p = select.poll()
         for s, _ in _watched.values():
             p.register(s, select.POLLIN)
         left = -1 if ms < 0 else max(0, ms - time.ticks_diff(time.ticks_ms(), t0))
-        for ev in p.poll(left if ms < 0 or left < 200 else 200):
+        for ev in p.poll(wait if ms < 0 or left > wait else left):
             w = _watched.get(id(ev[0]))
             if w:
                 w[1](w[0])

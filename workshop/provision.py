@@ -12,6 +12,7 @@ goes to `on_event`, results are returned.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -23,10 +24,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import project_root
 from .devconfig import MASK, DevConfigError, load_file, masked, port_number, secret_values
 from .repl import Pacing, ReplError, ReplEvent, ReplSession, mask
 
-SERVICES = ("wifi", "mdns", "telnet", "webserver")
+
+
+@functools.cache
+def device_services() -> tuple[str, ...]:
+    """What the board's start-up can start: `SERVICES` in the project's modules/workshop_boot.py,
+    the one list (read when first needed: a wheel finds its project at run time, not import)."""
+    import ast
+
+    boot = project_root() / "modules" / "workshop_boot.py"
+    for node in ast.parse(boot.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SERVICES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    raise RuntimeError(f"{boot}: no SERVICES tuple")  # pragma: no cover - the repo ships it
+
+
 BOOT_LINE = "import workshop_boot"
 HOST_PLATFORMS = ("linux", "darwin")
 _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -96,9 +112,10 @@ class ProvisionConfig:
             object.__setattr__(self, name, _secret(value))
         if self.start is not None:
             start = tuple(s.strip() for s in self.start if s.strip())
-            unknown = [s for s in start if s not in SERVICES]
+            services = device_services()
+            unknown = [s for s in start if s not in services]
             if unknown:
-                raise ProvisionError(f"start: unknown service {unknown[0]!r} (services: {', '.join(SERVICES)})")
+                raise ProvisionError(f"start: unknown service {unknown[0]!r} (services: {', '.join(services)})")
             object.__setattr__(self, "start", start)
         if self.mqtt_port is not None:
             # From TOML or the command line a port may come as "1883": written as the number 1883.

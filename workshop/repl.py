@@ -628,3 +628,180 @@ def _corrupted(result: ExecResult) -> bool:
     # means bytes went missing on the way. Errors inside the sent code say '<string>'.
     return "SyntaxError" in err and '"<stdin>"' in err and '"<string>"' not in err
 
+
+
+# --- telnet: the same session over a board's telnet REPL ------------------------------------------
+
+class LoginError(ReplError):
+    """The board's telnet refused the login (wrong user or password, locked out, busy)."""
+
+
+_IAC, _DONT, _DO, _WONT, _WILL, _SB, _SE = 255, 254, 253, 252, 251, 250, 240
+
+
+class TelnetTransport:
+    """A board's telnet REPL (modules/telnet.py) as the byte stream `ReplSession` reads and writes.
+
+    Logs in, strips telnet commands from what the board sends, and escapes what we send (IAC
+    doubled, CR sent as CR NUL) so the REPL sees exactly our bytes. The serial-like surface
+    (`write`, `flush`, `read` waiting up to `read_timeout`, `in_waiting`, `close`) is what
+    `ReplSession` uses; pass it as `serial_factory`, see `telnet_session`. A closed connection is
+    an `OSError`, which the session reports as a failed read or write.
+    """
+
+    def __init__(self, host: str, port: int = 23, *, user: str = "micro", password: str = "",
+                 timeout: float = 5.0, read_timeout: float = 0.05) -> None:
+        import socket
+
+        self.name = f"{host}:{port}"
+        self.read_timeout = read_timeout
+        self._rx = bytearray()
+        self._iac = 0          # parser state: 0 data, 1 after IAC, 2 option byte, 3 in SB, 4 IAC in SB
+        self._eof = False
+        try:
+            self._sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as e:
+            raise ReplError(self.name, f"cannot connect: {e.strerror or e}") from None
+        # Small commands and answers go back and forth: Nagle + delayed ACKs would add ~40 ms each.
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self._login(user, password, timeout)
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def _login(self, user: str, password: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        secrets = [password]
+
+        def until(*markers: bytes) -> bytes:
+            while True:
+                for m in markers:
+                    if m in self._rx:
+                        return m
+                for refusal in (b"Locked", b"Busy", b"Login incorrect"):
+                    i = self._rx.find(refusal)
+                    if i >= 0 and b"\n" in self._rx[i:]:
+                        line = bytes(self._rx[i:]).split(b"\r\n")[0].decode(errors="replace").strip()
+                        raise LoginError(self.name, mask(f"telnet login refused: {line}", secrets))
+                if time.monotonic() > deadline:
+                    seen = bytes(self._rx[-60:]).decode(errors="replace")
+                    raise ReplTimeout(self.name, f"no telnet login prompt within {timeout:g} s (saw {seen!r})")
+                try:
+                    self._recv(max(0.01, deadline - time.monotonic()))
+                except OSError:
+                    raise ReplError(self.name, "the board closed the telnet connection during login") from None
+
+        until(b"login: ")
+        self._rx.clear()
+        self.write(user.encode() + b"\r\n")
+        until(b"Password: ")
+        self._rx.clear()
+        self.write(password.encode() + b"\r\n")
+        until(b"Logged in")
+        i = self._rx.find(b"\r\n", self._rx.find(b"Logged in"))
+        if i < 0:
+            until(b"\r\n")
+            i = self._rx.find(b"\r\n", self._rx.find(b"Logged in"))
+        del self._rx[:i + 2]
+
+    def _recv(self, wait: float) -> None:
+        import select
+
+        if self._eof:
+            raise OSError("the board closed the telnet connection")
+        ready, _, _ = select.select([self._sock], [], [], max(0.0, wait))
+        if not ready:
+            return
+        try:
+            data = self._sock.recv(65536)
+        except ConnectionError as e:
+            self._eof = True
+            raise OSError(f"the board dropped the telnet connection ({e.strerror or e})") from None
+        if not data:
+            self._eof = True
+            raise OSError("the board closed the telnet connection")
+        self._filter(data)
+
+    def _filter(self, data: bytes) -> None:
+        out = self._rx
+        for c in data:
+            st = self._iac
+            if st == 0:
+                if c == _IAC:
+                    self._iac = 1
+                else:
+                    out.append(c)
+            elif st == 1:
+                if c == _IAC:
+                    out.append(c)
+                    self._iac = 0
+                elif c == _SB:
+                    self._iac = 3
+                elif _WILL <= c <= _DONT:
+                    self._iac = 2
+                else:
+                    self._iac = 0
+            elif st == 2:
+                self._iac = 0     # option negotiation: the board's defaults (it echoes, SGA) are fine
+            elif st == 3:
+                if c == _IAC:
+                    self._iac = 4
+            else:
+                self._iac = 0 if c == _SE else 3
+
+    # the serial-like surface ReplSession uses
+    def write(self, data: bytes) -> int:
+        # NVT: CR LF is an end of line (the board reads CR); a lone CR travels as CR NUL.
+        n = len(data)
+        try:
+            self._send_escaped(data)
+        except ConnectionError as e:
+            self._eof = True
+            raise OSError(f"the board dropped the telnet connection ({e.strerror or e})") from None
+        return n
+
+    def _send_escaped(self, data: bytes) -> None:
+        self._sock.sendall(bytes(data).replace(b"\xff", b"\xff\xff").replace(b"\r", b"\r\x00")
+                           .replace(b"\r\x00\n", b"\r\n"))
+
+    def flush(self) -> None:
+        pass
+
+    def read(self, n: int = 1) -> bytes:
+        if not self._rx:
+            self._recv(self.read_timeout)
+        data = bytes(self._rx[:n])
+        del self._rx[:n]
+        return data
+
+    @property
+    def in_waiting(self) -> int:
+        if not self._eof:
+            try:
+                self._recv(0)
+            except OSError:
+                if not self._rx:
+                    raise
+        return len(self._rx)
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+def telnet_session(host: str, port: int = 23, *, user: str = "micro", password: str = "", name: str | None = None,
+                   timeout: float = 10.0, connect_timeout: float = 5.0,
+                   on_event: Callable[[ReplEvent], None] | None = None) -> ReplSession:
+    """A `ReplSession` over a board's telnet REPL (login included): the same guarded raw REPL.
+
+    TCP does not drop bytes the way a UART does, so writes go at `Pacing.fast()`; the length and
+    checksum guard still refuses anything damaged. `name` labels events and errors (the hostname).
+    """
+    def factory(_: str) -> TelnetTransport:
+        return TelnetTransport(host, port, user=user, password=password, timeout=connect_timeout)
+
+    return ReplSession(name or f"{host}:{port}", timeout=timeout, connect_timeout=connect_timeout,
+                       pacing=Pacing.fast(), secrets=[password], on_event=on_event, serial_factory=factory)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from .release import INDEX
 
+ROOM_PAGE = Path(__file__).resolve().parent / "room" / "room.html"
+
 mimetypes.add_type("text/javascript", ".js")
 mimetypes.add_type("application/json", ".json")
 
@@ -34,14 +36,43 @@ class _Handler(SimpleHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         super().end_headers()
 
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        room = getattr(self.server, "room", None)
+        path = self.path.split("?")[0]
+        if room is not None and path in ("/room", "/room/", "/room.json"):
+            self._send_room(room, path)
+            return
+        if getattr(self.server, "room_only", False):
+            self.send_error(404, "the room server serves /room and /room.json only")
+            return
+        super().do_GET()
+
+    def _send_room(self, room, path: str) -> None:
+        import json
+
+        if path == "/room.json":
+            body = json.dumps(room.report()).encode()
+            ctype = "application/json"
+        else:
+            body = ROOM_PAGE.read_bytes()
+            ctype = "text/html; charset=utf-8"
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - library code never prints
         log = getattr(self.server, "on_request", None)
         if log:
             log(self.address_string(), format % args)
 
 
-def make_server(directory: Path, host: str = "0.0.0.0", port: int = 8000, on_request=None) -> ThreadingHTTPServer:
-    """An HTTP server for `directory` (not started: call serve_forever, or use start_in_thread)."""
+def make_server(directory: Path, host: str = "0.0.0.0", port: int = 8000, on_request=None,
+                room=None) -> ThreadingHTTPServer:
+    """An HTTP server for `directory` (not started: call serve_forever, or use start_in_thread).
+
+    `room`: a `workshop.roster.Roster` to show on /room (the live page) and /room.json."""
     directory = Path(directory)
     if not (directory / INDEX).is_file():
         raise ServeError(f"{directory}: no {INDEX}; make the release first (invoke release --version V)")
@@ -52,6 +83,20 @@ def make_server(directory: Path, host: str = "0.0.0.0", port: int = 8000, on_req
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e} (try another --port)") from None
     server.daemon_threads = True
     server.on_request = on_request  # type: ignore[attr-defined]
+    server.room = room  # type: ignore[attr-defined]
+    return server
+
+
+def make_room_server(room, host: str = "0.0.0.0", port: int = 8000, on_request=None) -> ThreadingHTTPServer:
+    """Only the live room page (/room) and its data (/room.json), for `roster --serve`."""
+    try:
+        server = ThreadingHTTPServer((host, port), functools.partial(_Handler, directory=str(ROOM_PAGE.parent)))
+    except OSError as e:
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e} (try another port)") from None
+    server.daemon_threads = True
+    server.on_request = on_request  # type: ignore[attr-defined]
+    server.room = room  # type: ignore[attr-defined]
+    server.room_only = True  # type: ignore[attr-defined]
     return server
 
 

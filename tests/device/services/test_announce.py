@@ -1,0 +1,145 @@
+"""announce on the real MicroPython runtimes against a real mosquitto (loopback): the retained
+status and its fields, a new status at once when the IP changes, the offline will and a clean
+stop, reconnecting with backoff after the broker restarts, broker credentials, and ticks that
+never hold the REPL (a broker that accepts and then says nothing)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support import free_port, require_tool
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients"))
+from clienttools import Subscriber  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def script(tmp_path: Path, broker: str, port: int, body: str, *, interval: int = 30, user: str | None = None,
+           password: str | None = None) -> Path:
+    mqtt = {"broker": broker, "port": port}
+    if user:
+        mqtt.update(user=user, password=password)
+    cfg = {"hostname": "ann-1", "mqtt": mqtt, "announce": {"interval_s": interval}}
+    p = tmp_path / "ann.py"
+    p.write_text(f"""
+import sys, time, json
+import wsconfig, announce
+ips = ["127.0.0.1"]
+cfg = json.loads({json.dumps(json.dumps(cfg))})
+announce.start(cfg, ip=lambda: ips[0], telnet_port=2323)
+{body}
+""")
+    return p
+
+
+def statuses(sub: Subscriber) -> list[dict]:
+    return [json.loads(m.payload) for m in sub.messages]
+
+
+def test_status_fields_ip_change_and_clean_stop(micropython, mosquitto, tmp_path):
+    sub = Subscriber(mosquitto.host, mosquitto.port, "workshop/ann-1/status")
+    try:
+        p = script(tmp_path, mosquitto.host, mosquitto.port,
+                   "wsconfig.serve(1500)\nips[0] = '127.0.0.2'\nwsconfig.serve(2500)\nannounce.stop()\nprint('stopped')")
+        t = time.monotonic()
+        out = micropython.run(p, timeout=30).stdout
+        elapsed = time.monotonic() - t
+        assert "stopped" in out
+        deadline = time.monotonic() + 5
+        while not (sub.messages and json.loads(sub.messages[-1].payload)["state"] == "offline"):
+            assert time.monotonic() < deadline, statuses(sub)
+            time.sleep(0.05)
+        got = statuses(sub)
+        first = got[0]
+        assert {"hostname", "ip", "board", "micropython", "inputs", "project", "heap_free", "rssi", "uptime_s",
+                "state"} <= set(first)
+        assert first["hostname"] == "ann-1" and first["state"] == "online" and first["telnet"] == 2323
+        assert first["rssi"] is None and first["heap_free"] > 0 and first["interval_s"] == 30
+        ips = [s["ip"] for s in got if s["state"] == "online"]
+        assert ips[:2] == ["127.0.0.1", "127.0.0.2"]     # the new IP well before the 30 s interval
+        assert elapsed < 15
+        assert got[-1]["state"] == "offline" and got[-1]["ip"] == "127.0.0.2"   # stop(): said goodbye
+    finally:
+        sub.close()
+    late = Subscriber(mosquitto.host, mosquitto.port, "workshop/ann-1/status")
+    try:
+        m = late.wait_for(1, timeout=5)[0]
+        assert m.retain and json.loads(m.payload)["state"] == "offline"
+    finally:
+        late.close()
+
+
+def test_reconnects_with_backoff_after_the_broker_restarts(micropython, mosquitto, tmp_path):
+    p = script(tmp_path, mosquitto.host, mosquitto.port, "print('up', flush=True) if 0 else print('up')\n"
+               "wsconfig.serve(1500)\nprint('serving')\nwsconfig.serve(20000)", interval=30)
+    proc = micropython.popen(p, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(2)
+        mosquitto.restart(down_for=2.5)   # persistence off: the retained status is gone with it
+        sub = Subscriber(mosquitto.host, mosquitto.port, "workshop/ann-1/status")
+        try:
+            got = sub.wait_for(1, timeout=12)
+            assert got and json.loads(got[0].payload)["state"] == "online"
+        finally:
+            sub.close()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=5)
+
+
+def test_broker_credentials_and_a_refusal_that_is_reported(micropython, tmp_path):
+    passwd = require_tool("mosquitto_passwd", "mosquitto")
+    pw = tmp_path / "passwd"
+    subprocess.run([passwd, "-b", "-c", str(pw), "board", "b0ard-pw"], check=True, capture_output=True)
+    port = free_port()
+    conf = tmp_path / "m.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\npersistence false\nuser root\n")
+    broker = subprocess.Popen([require_tool("mosquitto", "mosquitto"), "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        from support import wait_for_port
+
+        wait_for_port(port)
+        body = "wsconfig.serve(2500)\nprint('STATE', announce._state, announce.last_error)"
+        ok = micropython.run(script(tmp_path, "127.0.0.1", port, body, user="board", password="b0ard-pw")).stdout
+        assert "STATE 3 None" in ok
+        bad = micropython.run(script(tmp_path, "127.0.0.1", port, body, user="board", password="wrong")).stdout
+        assert "broker refused: bad user or password" in bad
+    finally:
+        broker.kill()
+        broker.wait()
+
+
+def test_a_silent_broker_never_holds_the_repl(micropython, tmp_path):
+    # Accepts TCP (the kernel's backlog) and never answers: CONNACK never comes.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    refused = free_port()
+    body = """
+worst = 0
+for broker_down in (0, 1):
+    for _ in range(60):
+        t = time.ticks_us()
+        announce._tick(None)
+        worst = max(worst, time.ticks_diff(time.ticks_us(), t))
+        time.sleep_ms(100)
+    print('after', announce._state, announce._backoff, announce.last_error)
+    cfg["mqtt"]["port"] = %d
+    announce.start(cfg, ip=lambda: ips[0])
+print('WORST_US', worst)
+""" % refused
+    out = micropython.run(script(tmp_path, "127.0.0.1", silent.getsockname()[1], body), timeout=60).stdout
+    silent.close()
+    lines = out.splitlines()
+    assert any("no CONNACK" in ln for ln in lines), out           # gave up on the silent broker after 5 s
+    assert any("refused" in ln and ln.startswith("after 0") for ln in lines), out
+    worst = int(next(ln for ln in lines if ln.startswith("WORST_US")).split()[1])
+    assert worst < 20_000, f"a tick took {worst} us"               # a few ms at most, even on a slow CI

@@ -1,0 +1,141 @@
+"""fleet and identify against the telnet REPLs of several unix "boards" (real telnet servers,
+real logins, the guarded raw REPL), found through a real mosquitto: the CLI end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from roomtools import PASSWORD
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def kit(room, *args: str, report: Path, timeout: float = 120, popen: bool = False):
+    argv = [sys.executable, "-m", "invoke", *args, "--mqtt", f"{room.broker.host}:{room.broker.port}", "--no-mdns",
+            "--wait", "1.5", "--report", str(report), "--json"]
+    env = dict(os.environ, WORKSHOP_TELNET_PASSWORD=PASSWORD)
+    if popen:
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def results(proc) -> dict[str, dict]:
+    doc = json.loads(proc.stdout)
+    return {r["hostname"]: r for r in doc["results"]}
+
+
+@pytest.fixture
+def three(room):
+    boards = [room("fl-01", "pypi"), room("fl-02", "pypi"), room("fl-03", "frozen")]
+    time.sleep(1.2)
+    return boards
+
+
+def test_exec_and_run_on_every_board(room, three, tmp_path):
+    proc = kit(room, "fleet", "exec", "import sys; print(sys.platform, 6 * 7)", "--all", report=tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    res = results(proc)
+    assert set(res) == {"fl-01", "fl-02", "fl-03"}
+    assert all(r["ok"] and r["result"].strip() == "linux 42" for r in res.values()), res
+    script = tmp_path / "lesson.py"
+    script.write_text("import os\nprint('cwd', os.getcwd())\nfor i in range(3):\n    print('step', i)\n")
+    proc = kit(room, "fleet", "run", str(script), "--hosts", "fl-01,fl-03", report=tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    res = results(proc)
+    assert set(res) == {"fl-01", "fl-03"}
+    assert res["fl-03"]["result"].split("\n")[0] == f"cwd {three[2].root}"
+    assert res["fl-01"]["result"].strip().endswith("step 2")
+
+
+def test_put_lands_intact_and_a_remote_error_is_a_failure(room, three, tmp_path):
+    src = tmp_path / "data.bin"
+    payload = os.urandom(20 * 1024)
+    src.write_bytes(payload)
+    proc = kit(room, "fleet", "put", str(src), "--dest", "copy.bin", "--all", report=tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    for b in three:
+        assert (b.root / "copy.bin").read_bytes() == payload
+        assert not (b.root / "copy.bin.tmp").exists()
+    assert all(hashlib.sha256(payload).hexdigest()[:16] in r["result"] for r in results(proc).values())
+    proc = kit(room, "fleet", "exec", "1/0", "--hosts", "fl-02", report=tmp_path / "r.json")
+    assert proc.returncode == 1
+    assert results(proc)["fl-02"]["error"] == "the board raised ZeroDivisionError: divide by zero"
+
+
+def test_wrong_password_and_unknown_board_fail_alone(room, tmp_path):
+    room("pw-01", "pypi")
+    odd = room("pw-02", "pypi")
+    odd.kill()
+    odd.config["telnet"]["password"] = "another-one"
+    odd.start()
+    time.sleep(1.2)
+    proc = kit(room, "fleet", "exec", "print('hi')", "--hosts", "pw-01,pw-02,nosuch", report=tmp_path / "r.json")
+    assert proc.returncode == 1
+    res = results(proc)
+    assert res["pw-01"]["ok"] and res["pw-01"]["result"].strip() == "hi"
+    assert not res["pw-02"]["ok"] and "Login incorrect" in res["pw-02"]["error"]
+    assert not res["nosuch"]["ok"] and "never announced" in res["nosuch"]["error"]
+    assert PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_a_board_dropping_mid_transfer_fails_alone_and_resume_finishes_the_rest(room, three, tmp_path):
+    src = tmp_path / "big.bin"
+    payload = os.urandom(1536 * 1024)   # long enough to cut the power half-way
+    src.write_bytes(payload)
+    report = tmp_path / "r.json"
+    victim = three[1]
+    proc = kit(room, "fleet", "put", str(src), "--all", report=report, popen=True)
+    deadline = time.monotonic() + 60
+    while not (victim.root / "big.bin.tmp").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the transfer never started"
+        time.sleep(0.01)
+    victim.kill()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    res = {r["hostname"]: r for r in json.loads(out)["results"]}
+    assert res["fl-01"]["ok"] and res["fl-03"]["ok"]
+    assert not res["fl-02"]["ok"] and "telnet connection" in res["fl-02"]["error"], res["fl-02"]
+    assert not (victim.root / "big.bin").exists()          # never a half file under the real name
+    assert (three[0].root / "big.bin").read_bytes() == payload
+    # Power back on; --resume sends to fl-02 only.
+    victim.start()
+    time.sleep(1.2)
+    proc = kit(room, "fleet", "put", str(src), "--all", "--resume", report=report)
+    assert proc.returncode == 0, proc.stderr
+    res = results(proc)
+    assert res["fl-01"]["resumed"] and res["fl-03"]["resumed"] and not res["fl-02"]["resumed"]
+    assert (victim.root / "big.bin").read_bytes() == payload
+
+
+def test_reset_restarts_the_board_and_identify_reaches_it(room, three, tmp_path):
+    proc = kit(room, "identify", "--hosts", "fl-01", report=tmp_path / "i.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "no LED pin known" in results(proc)["fl-01"]["result"]  # unix: no machine.Pin, the console banner
+    proc = kit(room, "fleet-reset", "--hosts", "fl-01,fl-03", report=tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    assert all(r["ok"] for r in results(proc).values())
+    assert three[0].wait_exit(10) == 0 and three[2].wait_exit(10) == 0   # the unix "board" restarts = ends
+    assert three[1].proc.poll() is None
+
+
+def test_ctrl_c_ends_a_fleet_run_within_two_seconds_and_keeps_the_report(room, three, tmp_path):
+    import signal
+
+    report = tmp_path / "r.json"
+    proc = kit(room, "fleet", "exec", "import time\nwhile True:\n    time.sleep(1)\n", "--all", report=report, popen=True)
+    time.sleep(4)  # roster wait + logins: every board is inside the endless loop now
+    assert proc.poll() is None
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert time.monotonic() - t < 2.0 and proc.returncode == 130
+    doc = json.loads(report.read_text())
+    assert doc["cancelled"] and {r["error"] for r in doc["results"]} == {"cancelled"}

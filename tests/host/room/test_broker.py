@@ -1,0 +1,130 @@
+"""./kit broker: the generated configuration, and the real mosquitto it runs (loopback only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+
+from support import free_port, require_tool, wait_for_port
+from workshop import broker
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_plan_anonymous_and_with_a_password_file(tmp_path):
+    p = broker.plan("127.0.0.1", 1884, None, tmp_path / "b")
+    assert "listener 1884 127.0.0.1\n" in p.config_text and "allow_anonymous true\n" in p.config_text
+    assert f"persistence_location {tmp_path / 'b'}/\n" in p.config_text
+    assert p.argv("mosquitto") == ["mosquitto", "-c", str(tmp_path / "b" / "mosquitto.conf")]
+    pw = tmp_path / "passwd"
+    pw.write_text("")
+    p = broker.plan("0.0.0.0", 1883, pw, tmp_path / "b")
+    assert "allow_anonymous false\n" in p.config_text and f"password_file {pw}\n" in p.config_text
+    with pytest.raises(broker.BrokerError, match="no such file"):
+        broker.plan(password_file=tmp_path / "missing")
+
+
+def connect(port: int, user: str | None, password: str | None) -> str:
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    result: list[str] = []
+    c.on_connect = lambda c, u, f, rc, p=None: result.append(str(rc))
+    if user:
+        c.username_pw_set(user, password)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    deadline = time.monotonic() + 5
+    while not result and time.monotonic() < deadline:
+        time.sleep(0.02)
+    c.loop_stop()
+    c.disconnect()
+    return result[0] if result else "no answer"
+
+
+def start_kit(port: int, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "invoke", "broker", "--bind", "127.0.0.1", "--port", str(port), *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_broker_with_a_password_file_refuses_a_wrong_password_and_stops_on_ctrl_c(tmp_path):
+    passwd = require_tool("mosquitto_passwd", "mosquitto")
+    pw = tmp_path / "passwd"
+    subprocess.run([passwd, "-b", "-c", str(pw), "micro", "s3cret"], check=True, capture_output=True)
+    port = free_port()
+    env = dict(os.environ, WORKSHOP_CACHE=str(tmp_path / "cache"))
+    proc = start_kit(port, "--password-file", str(pw), env=env)
+    try:
+        wait_for_port(port)
+        assert connect(port, "micro", "s3cret") == "Success"
+        assert connect(port, "micro", "wrong") == "Not authorized"
+        assert connect(port, None, None) == "Not authorized"
+        assert (tmp_path / "cache" / "broker" / "mosquitto.conf").is_file()
+    finally:
+        t = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and time.monotonic() - t < 3, err
+    assert f"--mqtt 127.0.0.1:{port}" in out and "broker stopped" in out
+    with pytest.raises(OSError):
+        wait_for_port(port, timeout=0.5)
+
+
+def test_anonymous_broker_keeps_retained_messages_across_a_restart(tmp_path):
+    port = free_port()
+    env = dict(os.environ, WORKSHOP_CACHE=str(tmp_path / "cache"))
+    proc = start_kit(port, env=env)
+    wait_for_port(port)
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.publish("workshop/lab-01/status", b'{"state": "online"}', retain=True).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    proc = start_kit(port, env=env)
+    try:
+        wait_for_port(port)
+        got: list[bytes] = []
+        s = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        s.on_message = lambda c, u, m: got.append(m.payload)
+        s.connect("127.0.0.1", port)
+        s.subscribe("workshop/+/status")
+        s.loop_start()
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s.loop_stop()
+        assert got == [b'{"state": "online"}']
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+
+
+def test_missing_mosquitto_is_one_line_from_the_task(monkeypatch, capsys):
+    import invoke
+
+    sys.path.insert(0, str(REPO))
+    import tasks
+
+    monkeypatch.setattr(broker.shutil, "which", lambda name: None)
+    monkeypatch.setattr(broker, "SBIN", ())
+    with pytest.raises(invoke.Exit) as e:
+        tasks.broker(invoke.Context(), bind="127.0.0.1", port=free_port())
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: {broker.INSTALL_HINT}"]
+
+
+def test_missing_mosquitto_error(monkeypatch):
+    monkeypatch.setattr(broker.shutil, "which", lambda name: None)
+    monkeypatch.setattr(broker, "SBIN", (Path("/nonexistent"),))
+    with pytest.raises(broker.BrokerError) as e:
+        broker.mosquitto_binary()
+    assert str(e.value) == broker.INSTALL_HINT

@@ -1,0 +1,110 @@
+"""Pure parts of roster and fleet: message validation, state rules, target choice, identify code."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from workshop import fleet, roster
+
+
+def status(**kw) -> bytes:
+    base = {"hostname": "lab-01", "ip": "10.0.0.5", "board": "ESP32_GENERIC", "micropython": "1.28.0",
+            "inputs": "a" * 64, "project": "0.1.0", "heap_free": 100000, "rssi": -60, "uptime_s": 5,
+            "interval_s": 10, "telnet": 23, "state": "online"}
+    base.update(kw)
+    return json.dumps(base).encode()
+
+
+def test_stale_after_two_intervals_and_the_will_keeps_what_the_board_said():
+    now = [1000.0]
+    r = roster.Roster(roster.Expected({"ESP32_GENERIC": "a" * 64}, "dist"), clock=lambda: now[0])
+    assert r.ingest_mqtt("workshop/lab-01/status", status(), retained=True)
+    row = r.rows()[0]
+    assert (row.state, row.outdated, row.retained, row.telnet) == ("online", False, True, 23)
+    now[0] += 20.5   # > 2 x interval_s
+    assert r.rows()[0].state == "stale"
+    r.ingest_mqtt("workshop/lab-01/status", b'{"hostname": "lab-01", "state": "offline", "ip": "10.0.0.5"}')
+    row = r.rows()[0]
+    assert row.state == "offline" and row.board == "ESP32_GENERIC" and row.heap_free == 100000
+
+
+def test_outdated_unknown_and_mismatch():
+    r = roster.Roster(roster.Expected({"ESP32_GENERIC": "b" * 64}, "dist"))
+    r.ingest_mqtt("workshop/lab-01/status", status())
+    r.ingest_mqtt("workshop/lab-02/status", status(hostname="lab-02", inputs=None))
+    r.ingest_mqtt("workshop/lab-03/status", status(hostname="lab-03", board="ESP8266_GENERIC"))
+    by = {x.hostname: x for x in r.rows()}
+    assert by["lab-01"].outdated is True and "bbbbbbbbbbbb" in by["lab-01"].outdated_reason
+    assert by["lab-02"].outdated is None and by["lab-02"].outdated_reason == "no build identity in the image"
+    assert by["lab-03"].outdated is None and "no build of ESP8266_GENERIC" in by["lab-03"].outdated_reason
+
+
+@pytest.mark.parametrize("topic,payload,why", [
+    ("workshop/x/status", b"{", "not a JSON status"),
+    ("workshop/x/status", b'"online"', "not a JSON object"),
+    ("workshop/x/status", b'{"state": "sleeping"}', "neither"),
+    ("workshop/x/other", b'{"state": "online"}', "not a workshop/<hostname>/status topic"),
+    ("workshop/x/status", b'{"state": "online", "hostname": "y"}', "says hostname"),
+])
+def test_malformed_statuses_are_skipped_with_a_warning(topic, payload, why):
+    seen: list[str] = []
+    r = roster.Roster(None, on_warning=seen.append)
+    assert not r.ingest_mqtt(topic, payload)
+    assert r.rows() == [] and len(seen) == 1 and why in seen[0] and topic in seen[0]
+
+
+def test_a_broken_registry_lookup_is_a_warning_not_a_crash():
+    def lookup(host: str):
+        raise RuntimeError("database is locked")
+
+    r = roster.Roster(None, lookup)
+    r.ingest_mqtt("workshop/lab-01/status", status())
+    assert r.rows()[0].sticker is None and "database is locked" in r.warnings[0]
+
+
+def test_resolve_targets():
+    r = roster.Roster(roster.Expected({"ESP32_GENERIC": "a" * 64}, "dist"))
+    r.ingest_mqtt("workshop/lab-01/status", status())
+    r.ingest_mqtt("workshop/lab-02/status", status(hostname="lab-02", inputs="c" * 64, telnet=2323))
+    rows = r.rows()
+    assert [t.hostname for t in fleet.resolve(rows, all_boards=True)] == ["lab-01", "lab-02"]
+    out = fleet.resolve(rows, outdated=True)
+    assert [(t.hostname, t.host, t.port) for t in out] == [("lab-02", "10.0.0.5", 2323)]
+    named = fleet.resolve(rows, ["lab-02", "ghost"])
+    assert [(t.hostname, t.state) for t in named] == [("lab-02", "online"), ("ghost", "unknown")]
+    with pytest.raises(fleet.FleetError, match="choose the boards"):
+        fleet.resolve(rows)
+    with pytest.raises(fleet.FleetError, match="choose the boards"):
+        fleet.resolve(rows, ["lab-01"], all_boards=True)
+
+
+def test_resume_reads_only_the_same_command(tmp_path):
+    c1 = fleet.Command("put", data=b"one", dest="main.py")
+    c2 = fleet.Command("put", data=b"two", dest="main.py")
+    rep = fleet.FleetReport("put", c1.key, 0.0, [fleet.BoardResult("a", True), fleet.BoardResult("b", False, error="x")])
+    path = tmp_path / "last.json"
+    fleet.write_report(rep, path)
+    assert fleet.completed_in(path, c1) == {"a"}
+    assert fleet.completed_in(path, c2) == set()          # other content: nothing is skipped
+    assert fleet.completed_in(tmp_path / "none.json", c1) == set()
+    path.write_text("{half")
+    with pytest.raises(fleet.FleetError, match="cannot read"):
+        fleet.completed_in(path, c1)
+
+
+def test_identify_code_blinks_the_board_led_or_prints_a_banner():
+    code = fleet.identify_code(2, active_low=True, seconds=1)
+    compile(code, "identify", "exec")
+    assert "Pin(2,Pin.OUT)" in code and "range(4)" in code and "p.value(0 if i%2==0 else 1)" in code
+    banner = fleet.identify_code(None)
+    compile(banner, "identify", "exec")
+    assert "IDENTIFY" in banner and "Pin" not in banner
+    assert fleet.led_for("NO_SUCH_BOARD") == (None, False)
+    assert fleet.led_for("X", {"X": {"led_pin": 8, "led_active_low": True}}) == (8, True)
+
+
+def test_fleet_refuses_to_run_without_a_password():
+    with pytest.raises(fleet.FleetError, match="no telnet password"):
+        fleet.Fleet(password="")

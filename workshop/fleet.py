@@ -1,0 +1,352 @@
+"""Commands to many boards over the network, in parallel, through their telnet REPL.
+
+Each board gets its own `ReplSession` over `TelnetTransport` (workshop.repl): the login, then the
+same guarded raw REPL the serial side uses (every command carries its length and byte sum).
+A board that is offline, refuses the login or drops mid-command fails alone, with the reason;
+the others go on. Every run leaves a JSON report; `resume=` skips the boards that completed the
+same command in that report, so a failure never restarts the whole fleet.
+
+Targets come from the roster (hostname, IP, telnet port from the board's status or mDNS).
+Library code never prints: progress goes to `on_event`, results are returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .repl import LoginError, RemoteError, ReplError, ReplSession, telnet_session
+
+KINDS = ("exec", "run", "put", "reset", "identify")
+RESET_MARK = "WS-RESET"
+PUT_BLOCK = 1024   # bytes per guarded write: ~7 KB peak heap to receive and run it (ESP8266-safe; 2048 fails in 16 KB)
+
+
+class FleetError(ValueError):
+    """The command or the target list is unusable (nothing was sent to any board)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    hostname: str
+    host: str | None            # IP (or name) to connect to; None: not known (offline, never seen)
+    port: int = 23
+    board: str | None = None
+    state: str = "online"       # the roster's view: online | stale | offline | unknown
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: str                   # exec | run | put | reset | identify
+    code: str = ""              # exec/run: the code; identify: the blink code
+    data: bytes = b""           # put: the file's bytes
+    dest: str = ""              # put: the path on the board
+    label: str = ""             # what a person typed (for reports)
+
+    @property
+    def key(self) -> str:
+        """Identity for --resume: the same command on the same content."""
+        h = hashlib.sha256(f"{self.kind}\0{self.dest}\0{self.code}\0".encode() + self.data)
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def exec(cls, code: str) -> Command:
+        if not code.strip():
+            raise FleetError("exec: no code given")
+        return cls("exec", code=code, label=f"exec {code!r}")
+
+    @classmethod
+    def run(cls, path: Path) -> Command:
+        try:
+            code = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise FleetError(f"run: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        return cls("run", code=code, label=f"run {path}")
+
+    @classmethod
+    def put(cls, src: Path, dest: str | None = None) -> Command:
+        try:
+            data = Path(src).read_bytes()
+        except OSError as e:
+            raise FleetError(f"put: cannot read {src}: {e.strerror or e}") from None
+        # Relative: the board's root (on the unix port, its current folder) like mpremote's ':name'.
+        return cls("put", data=data, dest=dest or Path(src).name, label=f"put {src} {dest or Path(src).name}")
+
+    @classmethod
+    def reset(cls) -> Command:
+        return cls("reset", label="reset")
+
+    @classmethod
+    def identify(cls, led_pin: int | None, active_low: bool = False, seconds: float = 5.0) -> Command:
+        return cls("identify", code=identify_code(led_pin, active_low, seconds),
+                   label=f"identify (LED pin {led_pin})" if led_pin is not None else "identify (console)")
+
+
+def identify_code(led_pin: int | None, active_low: bool = False, seconds: float = 5.0) -> str:
+    """Blink the board's LED for `seconds` (or, without a known LED, print a banner on its console)."""
+    n = max(1, int(seconds * 4))
+    banner = ("import sys\nfor _ in range(3):sys.stdout.write('\\n*** IDENTIFY: this board ***\\n')\n"
+              "print('no LED pin known: banner on the console')\n")
+    if led_pin is None:
+        return banner
+    on, off = (0, 1) if active_low else (1, 0)
+    return (f"import time\ntry:\n from machine import Pin\nexcept ImportError:\n Pin=None\n"
+            f"if Pin is None:\n{_indent(banner)}"
+            f"else:\n p=Pin({int(led_pin)},Pin.OUT)\n for i in range({n}):\n  p.value({on} if i%2==0 else {off})\n"
+            f"  time.sleep_ms(250)\n p.value({off})\n print('blinked LED pin {int(led_pin)}')\n")
+
+
+def _indent(code: str) -> str:
+    return "".join(" " + line + "\n" for line in code.splitlines())
+
+
+@dataclass(frozen=True)
+class BoardResult:
+    hostname: str
+    ok: bool
+    result: str = ""            # what the board printed (exec/run), or what was done
+    error: str = ""             # why it failed
+    seconds: float = 0.0
+    resumed: bool = False       # skipped: completed in the run being resumed
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class FleetEvent:
+    hostname: str
+    kind: str                   # "start", "connect", "done", "failed", "skipped"
+    message: str
+
+
+@dataclass
+class FleetReport:
+    command: str
+    key: str
+    started: float
+    results: list[BoardResult] = field(default_factory=list)
+    cancelled: bool = False     # Ctrl-C: boards not finished are failed "cancelled"
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"command": self.command, "key": self.key, "started": self.started, "ok": self.ok,
+                "cancelled": self.cancelled,
+                "results": [asdict(r) for r in self.results]}
+
+
+def write_report(report: FleetReport, path: Path) -> None:
+    """Atomically (temp file + rename): a cut-off run never leaves half a report to resume from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report.to_json(), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def completed_in(path: Path, command: Command) -> set[str]:
+    """Hostnames that completed `command` in the report at `path` (none if it ran another command)."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as e:
+        raise FleetError(f"--resume: cannot read {path}: {e}") from None
+    if not isinstance(doc, dict) or doc.get("key") != command.key:
+        return set()
+    return {r["hostname"] for r in doc.get("results", []) if isinstance(r, dict) and r.get("ok")}
+
+
+def targets_from_rows(rows: Iterable[Any]) -> list[Target]:
+    """Roster rows (workshop.roster.Row) -> targets."""
+    out = []
+    for r in rows:
+        out.append(Target(r.hostname, r.ip, r.telnet or 23, r.board, r.state))
+    return out
+
+
+class Fleet:
+    """One command on many boards; `cancel()` (Ctrl-C) closes every open session at once."""
+
+    def __init__(self, *, user: str = "micro", password: str = "", jobs: int = 16, timeout: float = 20.0,
+                 connect_timeout: float = 5.0, on_event: Callable[[FleetEvent], None] | None = None) -> None:
+        if not password:
+            raise FleetError("no telnet password: --telnet-password or $WORKSHOP_TELNET_PASSWORD")
+        self.user = user
+        self.password = password
+        self.jobs = max(1, jobs)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.on_event = on_event
+        self._open: set[ReplSession] = set()
+        self._lock = threading.Lock()
+        self._cancelled = threading.Event()
+
+    def _event(self, hostname: str, kind: str, message: str) -> None:
+        if self.on_event:
+            self.on_event(FleetEvent(hostname, kind, message.replace(self.password, "***")))
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        with self._lock:
+            sessions = list(self._open)
+        for s in sessions:
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001 - cancelling must not fail
+                pass
+
+    def run(self, targets: Sequence[Target], command: Command | Callable[[Target], Command], *,
+            skip: Iterable[str] = ()) -> FleetReport:
+        """`command` may be one per board (identify: each board's own LED pin)."""
+        if not targets:
+            raise FleetError("no boards to run on (see ./kit roster; --hosts, --all or --outdated)")
+        skip = set(skip)
+        first = command(targets[0]) if callable(command) else command
+        report = FleetReport(first.label if not callable(command) else first.kind, first.key, time.time())
+        results: dict[str, BoardResult] = {}
+
+        def one(t: Target) -> None:
+            if t.hostname in skip:
+                results[t.hostname] = BoardResult(t.hostname, True, "completed in the resumed run", resumed=True)
+                self._event(t.hostname, "skipped", "completed in the resumed run")
+                return
+            results[t.hostname] = self._one(t, command(t) if callable(command) else command)
+
+        pool = ThreadPoolExecutor(max_workers=min(self.jobs, len(targets)), thread_name_prefix="fleet")
+        futures = [pool.submit(one, t) for t in targets]
+        try:
+            for f in futures:
+                f.result()
+        except KeyboardInterrupt:
+            # Ctrl-C: close every session (blocked reads end at once), keep what finished.
+            self.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            deadline = time.monotonic() + 1.5
+            for f in futures:
+                if not f.done():
+                    try:
+                        f.exception(timeout=max(0.0, deadline - time.monotonic()))
+                    except Exception:  # noqa: BLE001 - a worker still ending is reported as cancelled
+                        pass
+            report.cancelled = True
+        else:
+            pool.shutdown()
+        report.results = [results.get(t.hostname) or BoardResult(t.hostname, False, error="cancelled")
+                          for t in targets]
+        return report
+
+    def _one(self, t: Target, command: Command) -> BoardResult:
+        t0 = time.monotonic()
+        address = f"{t.host}:{t.port}" if t.host else ""
+
+        def fail(why: str) -> BoardResult:
+            self._event(t.hostname, "failed", why)
+            return BoardResult(t.hostname, False, error=why, seconds=round(time.monotonic() - t0, 2), address=address)
+
+        if t.state == "unknown" or not t.host:
+            return fail("not in the roster: it never announced itself (is announce in its start list?)")
+        if t.state == "offline":
+            return fail("offline (its last will, or it left cleanly)")
+        if self._cancelled.is_set():
+            return fail("cancelled")
+        self._event(t.hostname, "start", f"{command.kind} via telnet {address}")
+        session = telnet_session(t.host, t.port, user=self.user, password=self.password, name=t.hostname,
+                                 timeout=self.timeout, connect_timeout=self.connect_timeout)
+        with self._lock:
+            self._open.add(session)
+        try:
+            with session:
+                self._event(t.hostname, "connect", "logged in, raw REPL")
+                text = self._do(session, command)
+        except LoginError as e:
+            return fail(str(e).split(": ", 1)[-1])
+        except RemoteError as e:
+            return fail(f"the board raised {e.exc_type}: {e.exc_message}".rstrip(": "))
+        except ReplError as e:
+            why = str(e).split(": ", 1)[-1]
+            return fail("cancelled" if self._cancelled.is_set() else why)
+        finally:
+            with self._lock:
+                self._open.discard(session)
+        self._event(t.hostname, "done", text.strip().splitlines()[-1] if text.strip() else "ok")
+        return BoardResult(t.hostname, True, text, seconds=round(time.monotonic() - t0, 2), address=address)
+
+    def _do(self, s: ReplSession, c: Command) -> str:
+        if c.kind in ("exec", "run", "identify"):
+            return s.run(c.code)
+        if c.kind == "put":
+            return self._put(s, c)
+        if c.kind == "reset":
+            s.run("import machine")
+            try:
+                # machine.reset() on a board; on the unix port soft_reset ends the process (the "board").
+                s.run(f"import machine\nprint({RESET_MARK!r})\n(getattr(machine,'reset',None) or machine.soft_reset)()\n",
+                      timeout=5.0)
+            except RemoteError:
+                raise
+            except ReplError as e:
+                if "closed" not in str(e) and "no end of the command" not in str(e):
+                    raise
+            return "reset"
+        raise FleetError(f"unknown command {c.kind!r} (one of {', '.join(KINDS)})")
+
+    def _put(self, s: ReplSession, c: Command) -> str:
+        s.put(c.dest, c.data, atomic=True, verify=False, block=PUT_BLOCK)
+        want = hashlib.sha256(c.data).hexdigest()
+        got = s.run(f"import hashlib,binascii\nh=hashlib.sha256()\nwith open({c.dest!r},'rb') as f:\n"
+                    " while 1:\n  b=f.read(512)\n  if not b:break\n  h.update(b)\n"
+                    "print(binascii.hexlify(h.digest()).decode())\n").strip()
+        if got != want:
+            raise ReplError(s.port, f"{c.dest}: sha256 on the board {got[:16]} differs from the file's {want[:16]}")
+        return f"{c.dest}: {len(c.data)} bytes, sha256 {want[:16]} verified"
+
+
+def resolve(rows: Sequence[Any], hosts: Iterable[str] = (), *, all_boards: bool = False,
+            outdated: bool = False) -> list[Target]:
+    """Pick targets from roster rows: named hosts (unknown ones kept, to fail with a reason), the
+    outdated ones, or all. Exactly one way must be chosen."""
+    from .roster import select
+
+    names = [h for h in hosts if h]
+    if sum((bool(names), all_boards, outdated)) != 1:
+        raise FleetError("choose the boards: --hosts h1,h2 or --all or --outdated")
+    chosen = select(rows, hosts=names, outdated=outdated)
+    if not chosen and outdated:
+        raise FleetError("no outdated board in the roster (every image matches, or none is known)")
+    return targets_from_rows(chosen)
+
+
+def led_for(board: str | None, boards: Mapping[str, Any] | None = None) -> tuple[int | None, bool]:
+    """The LED pin and polarity from boards/<BOARD>.toml (`led_pin`, `led_active_low`), if known."""
+    if not board:
+        return None, False
+    if boards is None:
+        from .config import ConfigError, get_board
+
+        try:
+            b = get_board(board)
+        except ConfigError:
+            return None, False
+        extra = dict(getattr(b, "extra", {}) or {})
+        pin = getattr(b, "led_pin", None)
+        if pin is None:
+            pin = extra.get("led_pin")
+        low = getattr(b, "led_active_low", None)
+        if low is None:
+            low = extra.get("led_active_low", False)
+        return (int(pin) if isinstance(pin, int) else None), bool(low)
+    entry = boards.get(board) or {}
+    pin = entry.get("led_pin")
+    return (int(pin) if isinstance(pin, int) else None), bool(entry.get("led_active_low", False))

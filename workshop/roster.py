@@ -1,0 +1,428 @@
+"""The room on the network: which boards are online, which run an old image.
+
+Boards running `announce` (modules/announce.py) keep a retained JSON status on
+`workshop/<hostname>/status` (last will: `"state": "offline"`) and advertise `_workshop._tcp` over
+mDNS. `Roster` joins what arrives from both with the expected build identities (the inputs hash
+in `dist/<BOARD>/build.json`, or a release's `index.json`) and, when one is given, a registry
+lookup (hostname -> {mac, sticker, ...}). `RoomWatcher` feeds a roster from a live MQTT
+subscription (paho-mqtt) and an mDNS browser (python-zeroconf), in background threads.
+
+Row states: `online`; `stale` when no status arrived within 2 announce intervals (a board that
+hangs, or lost power before the broker's keepalive ran out); `offline` (its last will, or it
+left cleanly). A retained status seen when the watcher starts is as old as the broker keeps
+it: `retained` says so until the board publishes again.
+
+Library code never prints: malformed messages become warnings (`Roster.warnings`, `on_warning`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+STATUS_TOPIC = "workshop/+/status"
+SERVICE_TYPE = "_workshop._tcp.local."
+DEFAULT_INTERVAL_S = 30
+STALE_INTERVALS = 2
+STATES = ("online", "stale", "offline")
+
+Lookup = Callable[[str], Mapping[str, Any] | None]
+
+
+class RosterError(RuntimeError):
+    """The roster cannot be assembled (broker unreachable, unreadable release index...)."""
+
+
+def parse_address(value: str, default_port: int = 1883) -> tuple[str, int]:
+    """'HOST', 'HOST:PORT', '[v6]:PORT' or a bare IPv6 address -> (host, port)."""
+    from .smoke import SmokeError, parse_broker
+
+    try:
+        host, port = parse_broker(value)
+    except SmokeError as e:
+        raise RosterError(str(e)) from None
+    if not host:
+        raise RosterError("--mqtt: no broker address (HOST or HOST:PORT)")
+    return host, port or default_port
+
+
+# --- what boards should run ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Expected:
+    """Board name -> the inputs hash its current image has; `source` says where that came from."""
+
+    inputs: Mapping[str, str]
+    source: str
+
+
+def expected_from_dist(root: Path | None = None) -> Expected:
+    """Every dist/<BOARD>/build.json (unreadable ones are left out: that board shows 'unknown')."""
+    from .buildinfo import BuildInfoError, dist_dir, read_build_info
+
+    found: dict[str, str] = {}
+    d = dist_dir(root)
+    for board_dir in sorted(d.glob("*/")) if d.is_dir() else ():
+        try:
+            info = read_build_info(board_dir, verify=False)
+        except (BuildInfoError, OSError, ValueError, KeyError, TypeError):
+            continue
+        found[info.board] = info.inputs_sha256
+    return Expected(found, f"{d}/*/build.json")
+
+
+def expected_from_release(version: str, root: Path | None = None) -> Expected:
+    """The inputs hashes in release `version`'s index.json (made here, or downloaded)."""
+    from .release import ReleaseError, read_index
+    from .smoke import SmokeError, release_index
+
+    try:
+        index = release_index(version, root)
+        _, boards = read_index(index.read_bytes(), str(index))
+    except (SmokeError, ReleaseError) as e:
+        raise RosterError(str(e)) from None
+    except OSError as e:
+        raise RosterError(f"cannot read the release index: {e.strerror or e}") from None
+    return Expected({b.board: b.inputs_sha256 for b in boards if b.inputs_sha256}, str(index))
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Row:
+    hostname: str
+    state: str                      # online | stale | offline
+    ip: str | None = None
+    telnet: int | None = None       # the board's telnet port (None: telnet not started)
+    board: str | None = None
+    micropython: str | None = None
+    inputs: str | None = None       # the image's build identity (inputs hash)
+    project: str | None = None
+    outdated: bool | None = None    # None: unknown (no identity in the image, or no build to compare)
+    outdated_reason: str = ""
+    heap_free: int | None = None
+    rssi: int | None = None
+    uptime_s: int | None = None
+    interval_s: int = DEFAULT_INTERVAL_S
+    last_seen: float | None = None  # when the last status (or mDNS answer) arrived, epoch s
+    age_s: float | None = None
+    retained: bool = False          # only the broker's retained copy has been seen so far
+    sources: tuple[str, ...] = ()   # "mqtt", "mdns"
+    mac: str | None = None
+    sticker: str | None = None
+    registry: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sources"] = list(self.sources)
+        return d
+
+
+_INT_FIELDS = ("heap_free", "rssi", "uptime_s", "telnet")
+_STR_FIELDS = ("ip", "board", "micropython", "inputs", "project", "mac")
+
+
+class Roster:
+    """What is known about each board, by hostname; `rows()` adds the derived columns."""
+
+    def __init__(self, expected: Expected | None = None, lookup: Lookup | None = None,
+                 clock: Callable[[], float] = time.time, on_warning: Callable[[str], None] | None = None) -> None:
+        self.expected = expected
+        self.lookup = lookup
+        self.clock = clock
+        self.on_warning = on_warning
+        self.warnings: list[str] = []
+        self._boards: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self.changed = threading.Event()
+
+    def _warn(self, message: str) -> None:
+        with self._lock:
+            self.warnings.append(message)
+        if self.on_warning:
+            self.on_warning(message)
+
+    def ingest_mqtt(self, topic: str, payload: bytes, retained: bool = False) -> bool:
+        """One message from `workshop/<hostname>/status`; False (and a warning) if unusable."""
+        parts = topic.split("/")
+        if len(parts) != 3 or parts[0] != "workshop" or parts[2] != "status" or not parts[1]:
+            self._warn(f"{topic}: not a workshop/<hostname>/status topic, skipped")
+            return False
+        name = parts[1]
+        try:
+            doc = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            self._warn(f"{topic}: not a JSON status ({e}), skipped")
+            return False
+        if not isinstance(doc, dict):
+            self._warn(f"{topic}: status is not a JSON object, skipped")
+            return False
+        state = doc.get("state")
+        if state not in ("online", "offline"):
+            self._warn(f"{topic}: state {state!r} is neither 'online' nor 'offline', skipped")
+            return False
+        if doc.get("hostname") not in (None, name):
+            self._warn(f"{topic}: says hostname {doc.get('hostname')!r}, skipped")
+            return False
+        clean: dict[str, Any] = {"state": state}
+        for k in _STR_FIELDS:
+            v = doc.get(k)
+            if v is not None and not isinstance(v, str):
+                self._warn(f"{topic}: {k}: expected a string, got {v!r}; field ignored")
+                v = None
+            clean[k] = v
+        for k in _INT_FIELDS:
+            v = doc.get(k)
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                self._warn(f"{topic}: {k}: expected a number, got {v!r}; field ignored")
+                v = None
+            clean[k] = v
+        iv = doc.get("interval_s")
+        clean["interval_s"] = iv if isinstance(iv, int) and not isinstance(iv, bool) and iv > 0 else None
+        with self._lock:
+            b = self._boards.setdefault(name, {"sources": set()})
+            if state == "offline":
+                # The last will carries less: keep what the board said while it was online.
+                clean = {k: v for k, v in clean.items() if v is not None}
+            b.update(clean)
+            b["sources"].add("mqtt")
+            b["last_seen"] = self.clock()
+            b["retained"] = retained
+        self.changed.set()
+        return True
+
+    def ingest_mdns(self, hostname: str, ip: str | None, port: int | None, txt: Mapping[str, str]) -> None:
+        """A `_workshop._tcp` answer: fills in boards that do not reach the broker."""
+        with self._lock:
+            b = self._boards.setdefault(hostname, {"sources": set()})
+            b["sources"].add("mdns")
+            if "mqtt" not in b["sources"] or b.get("state") != "online":
+                if "mqtt" not in b["sources"]:
+                    b["state"] = "online"
+                    b["last_seen"] = self.clock()
+                b.setdefault("ip", ip)
+                if port:
+                    b.setdefault("telnet", port)
+                for k in ("board", "inputs", "project"):
+                    if txt.get(k) and not b.get(k):
+                        b[k] = txt[k]
+        self.changed.set()
+
+    def _outdated(self, board: str | None, inputs: str | None) -> tuple[bool | None, str]:
+        if self.expected is None:
+            return None, "not compared"
+        if not inputs:
+            return None, "no build identity in the image"
+        want = self.expected.inputs.get(board or "")
+        if not want:
+            return None, f"no build of {board or 'an unnamed board'} in {self.expected.source}"
+        if want == inputs:
+            return False, ""
+        return True, f"image {inputs[:12]}, current build {want[:12]}"
+
+    def rows(self, now: float | None = None) -> list[Row]:
+        now = self.clock() if now is None else now
+        with self._lock:
+            boards = {k: dict(v, sources=set(v["sources"])) for k, v in self._boards.items()}
+        rows = []
+        for name, b in sorted(boards.items()):
+            interval = b.get("interval_s") or DEFAULT_INTERVAL_S
+            age = now - b["last_seen"] if b.get("last_seen") is not None else None
+            state = b.get("state") or "online"
+            if state == "online" and "mqtt" in b["sources"] and age is not None and age > STALE_INTERVALS * interval:
+                state = "stale"
+            outdated, why = self._outdated(b.get("board"), b.get("inputs"))
+            reg: dict[str, Any] = {}
+            if self.lookup:
+                try:
+                    reg = dict(self.lookup(name) or {})
+                except Exception as e:  # noqa: BLE001 - a broken registry must not hide the room
+                    self._warn(f"registry lookup of {name} failed: {e}")
+            rows.append(Row(
+                hostname=name, state=state, ip=b.get("ip"), telnet=b.get("telnet"), board=b.get("board"),
+                micropython=b.get("micropython"), inputs=b.get("inputs"), project=b.get("project"),
+                outdated=outdated, outdated_reason=why, heap_free=b.get("heap_free"), rssi=b.get("rssi"),
+                uptime_s=b.get("uptime_s"), interval_s=interval, last_seen=b.get("last_seen"),
+                age_s=None if age is None else round(age, 1), retained=bool(b.get("retained")),
+                sources=tuple(sorted(b["sources"])), mac=b.get("mac") or reg.get("mac"),
+                sticker=reg.get("sticker"), registry={k: v for k, v in reg.items() if _jsonable(v)}))
+        return rows
+
+    def report(self, now: float | None = None) -> dict[str, Any]:
+        rows = self.rows(now)
+        counts = {s: sum(r.state == s for r in rows) for s in STATES}
+        counts["outdated"] = sum(bool(r.outdated) for r in rows)
+        return {"boards": [r.to_json() for r in rows], "counts": counts,
+                "expected": self.expected.source if self.expected else None,
+                "warnings": list(self.warnings), "time": self.clock() if now is None else now}
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+# --- live sources --------------------------------------------------------------------------------
+
+class RoomWatcher:
+    """Feeds a `Roster` from MQTT (paho-mqtt) and mDNS (python-zeroconf) until `stop()`.
+
+    `mqtt`: (host, port) of the broker, or None. `mdns`: browse `_workshop._tcp`;
+    `interfaces`: zeroconf's interface list (None: all). A broker that cannot be reached is a
+    `RosterError` from `start()`; a broker that goes away later is a warning, and paho reconnects.
+    """
+
+    def __init__(self, roster: Roster, mqtt: tuple[str, int] | None = None, *, mdns: bool = True,
+                 interfaces: Iterable[str] | None = None, user: str | None = None, password: str | None = None,
+                 connect_timeout: float = 5.0) -> None:
+        self.roster = roster
+        self.mqtt = mqtt
+        self.mdns = mdns
+        self.interfaces = list(interfaces) if interfaces is not None else None
+        self.user = user
+        self.password = password
+        self.connect_timeout = connect_timeout
+        self._client: Any = None
+        self._zc: Any = None
+        self._browser: Any = None
+        self.subscribed = threading.Event()
+
+    def start(self) -> RoomWatcher:
+        try:
+            if self.mqtt:
+                self._start_mqtt()
+            if self.mdns:
+                self._start_mdns()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_mqtt(self) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        assert self.mqtt
+        host, port = self.mqtt
+        connected = threading.Event()
+        failure: list[str] = []
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"workshop-roster-{time.time_ns() % 10**9}")
+        if self.user:
+            client.username_pw_set(self.user, self.password)
+
+        def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+            if reason.is_failure:
+                failure.append(str(reason))
+                connected.set()
+                return
+            c.subscribe(STATUS_TOPIC, qos=0)
+            connected.set()
+
+        def on_subscribe(*_: Any) -> None:
+            self.subscribed.set()
+
+        def on_message(c: Any, userdata: Any, msg: Any) -> None:
+            self.roster.ingest_mqtt(msg.topic, msg.payload, bool(msg.retain))
+
+        def on_disconnect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+            if connected.is_set() and not failure and reason.is_failure:
+                self.roster._warn(f"lost the broker at {host}:{port} ({reason}); reconnecting")
+
+        client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
+        client.on_message = on_message
+        client.on_disconnect = on_disconnect
+        try:
+            client.connect(host, port, keepalive=30)
+        except OSError as e:
+            raise RosterError(f"cannot reach the MQTT broker at {host}:{port}: {e.strerror or e} "
+                              "(is it running? ./kit broker)") from None
+        client.loop_start()
+        self._client = client
+        if not connected.wait(self.connect_timeout):
+            raise RosterError(f"the MQTT broker at {host}:{port} did not answer within {self.connect_timeout:g} s")
+        if failure:
+            raise RosterError(f"the MQTT broker at {host}:{port} refused us: {failure[0]}")
+
+    def _start_mdns(self) -> None:
+        from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
+
+        kw: dict[str, Any] = {"ip_version": IPVersion.V4Only}
+        if self.interfaces is not None:
+            kw["interfaces"] = self.interfaces
+        self._zc = Zeroconf(**kw)
+        roster = self.roster
+
+        def on_change(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+            if state_change is ServiceStateChange.Removed:
+                return
+            info = zeroconf.get_service_info(service_type, name, timeout=1500)
+            if info is None:
+                return
+            host = (info.server or name).split(".")[0]
+            addrs = info.parsed_addresses()
+            txt = {}
+            for k, v in (info.properties or {}).items():
+                try:
+                    txt[k.decode()] = (v or b"").decode()
+                except (UnicodeDecodeError, AttributeError):
+                    continue
+            roster.ingest_mdns(host, addrs[0] if addrs else None, info.port or None, txt)
+
+        self._browser = ServiceBrowser(self._zc, SERVICE_TYPE, handlers=[on_change])
+
+    def stop(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.disconnect()
+                self._client.loop_stop()
+            except Exception:  # noqa: BLE001 - stopping must not fail
+                pass
+            self._client = None
+        if self._browser is not None:
+            self._browser.cancel()
+            self._browser = None
+        if self._zc is not None:
+            self._zc.close()
+            self._zc = None
+
+    def __enter__(self) -> RoomWatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def snapshot(mqtt: tuple[str, int] | None, *, wait: float = 2.0, expected: Expected | None = None,
+             lookup: Lookup | None = None, mdns: bool = True, interfaces: Iterable[str] | None = None,
+             user: str | None = None, password: str | None = None) -> Roster:
+    """Listen for `wait` seconds (retained statuses arrive at once; mDNS answers take a moment)."""
+    if not mqtt and not mdns:
+        raise RosterError("nothing to listen to: give --mqtt HOST or allow mDNS")
+    roster = Roster(expected, lookup)
+    with RoomWatcher(roster, mqtt, mdns=mdns, interfaces=interfaces, user=user, password=password):
+        time.sleep(wait)
+    return roster
+
+
+def select(rows: Iterable[Row], *, hosts: Iterable[str] = (), outdated: bool = False) -> list[Row]:
+    """Rows by hostname (in the order asked), or the outdated ones, or all."""
+    rows = list(rows)
+    names = [h for h in hosts if h]
+    if names:
+        by = {r.hostname: r for r in rows}
+        return [by.get(h) or Row(hostname=h, state="unknown") for h in names]
+    if outdated:
+        return [r for r in rows if r.outdated]
+    return rows
