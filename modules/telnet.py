@@ -322,7 +322,7 @@ def _accept(srv):
 def start(user=None, password=None, port=23, lockout_ms=30000, host="0.0.0.0"):
     global _srv, _cfg
     if user is None or password is None:
-        c = wsconfig.load().get("telnet") or {}
+        c = wsconfig.section(wsconfig.load(), "telnet")
         user = user or c.get("user") or "micro"
         password = password or c.get("password")
     if not password:

@@ -20,7 +20,7 @@ def main():
         try:
             if name == "wifi":
                 import wifi
-                w = cfg.get("wifi") or {}  # passed on: the services do not parse the file again
+                w = wsconfig.section(cfg, "wifi")  # passed on: the services do not parse the file again
                 ip = wifi.connect(w.get("ssid"), w.get("password"), w.get("timeout_ms") or TIMEOUT_MS,
                                   cfg.get("hostname") or "")
                 print("workshop: wifi up,", ip)
@@ -34,7 +34,7 @@ def main():
                     mdns.add_service("_telnet._tcp", 23)
             else:
                 import telnet
-                t = cfg.get("telnet") or {}
+                t = wsconfig.section(cfg, "telnet")
                 telnet.start(user=t.get("user") or "micro", password=t.get("password"))
         except KeyboardInterrupt:
             print("workshop: start-up interrupted")

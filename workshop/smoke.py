@@ -314,7 +314,8 @@ try:
         C['hostname'] = cfg.get('hostname')
         C['start'] = cfg.get('start')
         C['mqtt'] = cfg.get('mqtt')
-        C['ssid'] = (cfg.get('wifi') or {}).get('ssid')
+        w = cfg.get('wifi')
+        C['ssid'] = w.get('ssid') if isinstance(w, dict) else None
     else:
         C['error'] = 'not a JSON object'
 except OSError:
@@ -502,6 +503,14 @@ def _identity_problems(identity: Any, expected: Expected, seen: list[str]) -> li
     return problems
 
 
+def config_shape_error(cfg: dict[str, Any]) -> str | None:
+    """The device config's "mqtt" section as read back when it is not an object (a hand edit), named."""
+    mqtt = cfg.get("mqtt")
+    if mqtt is None or isinstance(mqtt, dict):
+        return None
+    return f"{cfg.get('path')}: \"mqtt\" must be an object, got {mqtt!r}"
+
+
 def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
     """The device's facts against the expectation: pure, so the rules are testable without a board."""
     checks: list[Check] = []
@@ -590,6 +599,8 @@ def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
         checks.append(Check("config", FAIL, f"no {cfg.get('path')} (run invoke provision)"))
     elif cfg.get("error"):
         checks.append(Check("config", FAIL, f"{cfg.get('path')}: unreadable: {cfg['error']}"))
+    elif config_shape_error(cfg):
+        checks.append(Check("config", FAIL, config_shape_error(cfg)))
     else:
         checks.append(Check("config", PASS, f"{cfg.get('path')}: hostname {cfg.get('hostname')!r}, "
                                             f"keys {', '.join(cfg.get('keys', []))}"))
@@ -674,9 +685,12 @@ def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOp
                              {"path": cfg.get("path") or "/workshop.json", "host": host_port,
                               "timeout_ms": int(opts.wifi_timeout * 1000)},
                              opts.wifi_timeout + 10, wifi))
-    mqtt_cfg = cfg.get("mqtt") or {}
+    shape = config_shape_error(cfg)
+    mqtt_cfg = {} if shape else cfg.get("mqtt") or {}
     host = opts.mqtt_host or mqtt_cfg.get("broker")
-    if not host:
+    if shape and not host:
+        checks.append(Check("mqtt", FAIL, f"no broker: {shape}"))
+    elif not host:
         checks.append(Check("mqtt", FAIL, "no broker: pass --mqtt HOST or provision with --mqtt"))
     else:
         try:

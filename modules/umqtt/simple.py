@@ -40,7 +40,7 @@ class MQTTClient:
         if server is None:
             import wsconfig
 
-            c = wsconfig.load(False).get("mqtt") or {}
+            c = wsconfig.section(wsconfig.load(False), "mqtt")
             server = c.get("broker")
             port = port or c.get("port", 0)
             if not server:

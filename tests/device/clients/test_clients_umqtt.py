@@ -231,6 +231,14 @@ except ValueError:
     print(repr("qos2"))
 """, mosquitto, env={"WORKSHOP_CONFIG": str(config)})
     assert device_lines(out.stdout) == [(mosquitto.host, mosquitto.port), 0, "qos2"]
+    config.write_text(json.dumps({"mqtt": "not-a-table"}))  # hand-edited: a named error, not AttributeError
+    out = run(micropython, """
+try:
+    MQTTClient("e4")
+except ValueError as e:
+    print(repr(str(e)))
+""", mosquitto, env={"WORKSHOP_CONFIG": str(config)})
+    assert device_lines(out.stdout) == [f"{config}: \"mqtt\" must be an object, got 'not-a-table'"]
 
 
 def test_robust_client_resubscribes_after_broker_restart(micropython, mosquitto, subscriber, tmp_path):
