@@ -10,7 +10,7 @@
 # writes in a row stall ~40 ms each on Nagle + delayed ACK, which made every QoS 1 publish slow.
 import socket
 import time
-from errno import EAGAIN, ECONNRESET
+from errno import EAGAIN, ECONNRESET, ETIMEDOUT
 from micropython import const
 
 _CONNECT = const(0x10)
@@ -25,6 +25,7 @@ _PINGREQ = const(0xC0)
 _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 _STAGE = const(128)
+_WAIT = const(10)  # s: connect() and each ack wait, when connect() was given no timeout
 
 class MQTTException(Exception):
     pass
@@ -138,6 +139,7 @@ class MQTTClient:
         try:
             d = self.sock.read(n) if n else b""
         except MemoryError:  # a length no heap holds: garbage, or a message too big for the device
+            self.sock.close()  # the stream is out of step: later calls get OSError (robust reconnects)
             raise MQTTException("too large")
         if d is None or len(d) != n:
             raise OSError(ECONNRESET)
@@ -172,7 +174,7 @@ class MQTTClient:
         addr = socket.getaddrinfo(self.server, self.port)[0][-1]
         s = self._raw = socket.socket()
         try:
-            s.settimeout(timeout)
+            s.settimeout(_WAIT if timeout is None else timeout)  # a silent broker is no hang
             s.connect(addr)
             if self.ssl is True:
                 import ssl
@@ -214,6 +216,7 @@ class MQTTClient:
                 raise MQTTException("bad CONNACK")
             if b[3]:
                 raise MQTTException(b[3])
+            self._raw.settimeout(timeout)  # None: wait_msg() blocks, as tutorials expect
             return b[2] & 1
         except:
             s.close()
@@ -280,9 +283,19 @@ class MQTTClient:
     def _wait_ack(self, op, pid):
         # Messages arriving meanwhile go to the callback. Not through wait_msg(): a subclass that
         # reconnects there (umqtt.robust) would wait forever for an ack of the lost connection.
+        # Bounded by the connect() timeout, or _WAIT s without one: an unanswered ack is OSError.
+        to = self._timeout
+        if to is None:
+            self._raw.settimeout(_WAIT)
+        # (After a failed wait the stream may be mid-packet: reconnect, as umqtt.robust does.)
+        t = time.ticks_ms()
         while 1:
+            if time.ticks_diff(time.ticks_ms(), t) > (_WAIT if to is None else to) * 1000:
+                raise OSError(ETIMEDOUT)
             self._rx(1)
             if self._packet() == op and (self._buf[0] << 8 | self._buf[1]) == pid:
+                if to is None:
+                    self._raw.settimeout(None)
                 return
 
     def _ping_due(self):
