@@ -30,16 +30,24 @@ _MAX_FAILS = const(3)
 _TRIES = const(3)
 _LOGIN_MS = const(60000)
 _LINE = const(64)
+_STALL_MS = const(3000)  # a client that takes no output for this long is detached
 
 _srv = None
 _cl = None
 _cfg = None
 _fails = 0
 _until = 0
+_quiet = False  # while logging: the console's copy for the attached session is dropped
 
 
 def _log(*a):
-    print("telnet:", *a)
+    # To the board's console only: with dupterm attached, print() would also reach the session.
+    global _quiet
+    _quiet = True
+    try:
+        print("telnet:", *a)
+    finally:
+        _quiet = False
 
 
 def _peer(a):
@@ -78,6 +86,7 @@ class _Session:
         self.cmd = 0
         self.cr = False
         self.nego = 0  # options we turned off on request (bit per option)
+        self.stall = None  # ticks_ms when output first found the socket full
 
     # -- telnet protocol -----------------------------------------------------------------
     def _filter(self, mv, n):
@@ -129,23 +138,23 @@ class _Session:
             self._send(bytes((_IAC, _WONT, opt)))
 
     def _send(self, b):
-        mv = memoryview(b)
-        off = 0
-        tries = 0
-        while off < len(b):
-            try:
-                n = self.s.write(mv[off:])
-            except OSError as e:
-                if e.args[0] != 11:  # EAGAIN
-                    raise
-                n = None
-            if n:
-                off += n
-            else:
-                tries += 1
-                if tries > 200:
-                    return
-                time.sleep_ms(5)
+        # One non-blocking write, never a wait: every REPL write (UART echo included) passes here
+        # through dupterm, so what a client that stopped reading cannot take now is dropped, and
+        # after _STALL_MS without taking everything the client is detached.
+        if _cl is not self:
+            return
+        try:
+            n = self.s.write(b)
+        except OSError as e:
+            if e.args[0] != 11:  # EAGAIN
+                raise
+            n = 0
+        if n is not None and n >= len(b):
+            self.stall = None
+        elif self.stall is None:
+            self.stall = time.ticks_ms()
+        elif time.ticks_diff(time.ticks_ms(), self.stall) > _STALL_MS:
+            self.close("not reading")
 
     # -- stream protocol for os.dupterm --------------------------------------------------
     def readinto(self, buf):
@@ -165,6 +174,8 @@ class _Session:
                 return n
 
     def write(self, b):
+        if _quiet:
+            return len(b)
         if _IAC in b:
             b = bytes(b).replace(b"\xff", b"\xff\xff")
         try:
@@ -173,7 +184,7 @@ class _Session:
             pass
         return len(b)
 
-    def close(self):
+    def close(self, why="closed"):
         global _cl
         if _cl is self:
             _cl = None
@@ -184,7 +195,7 @@ class _Session:
             self.s.close()
         except OSError:
             pass
-        _log(self.peer, "closed")
+        _log(self.peer, why)
 
     # -- login -----------------------------------------------------------------------------
     def on_data(self, _):
