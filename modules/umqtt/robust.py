@@ -64,11 +64,11 @@ class MQTTClient(simple.MQTTClient):
 
     def subscribe(self, topic, qos=0):
         r = self._retry(simple.MQTTClient.subscribe, topic, qos)
-        self.subs[simple._b(topic)] = qos
+        self.subs[topic.encode() if isinstance(topic, str) else topic] = qos
         return r
 
     def unsubscribe(self, topic):
-        self.subs.pop(simple._b(topic), None)
+        self.subs.pop(topic.encode() if isinstance(topic, str) else topic, None)
         return self._retry(simple.MQTTClient.unsubscribe, topic)
 
     def wait_msg(self):
