@@ -2,77 +2,24 @@
 #
 # Beyond micropython-lib's: str and json bodies are sent as UTF-8 with their byte length; the Host
 # header carries a non-default port; header names match in any case; relative redirects work,
-# and at most MAX_REDIRECTS are followed; `r.raw` is the body without its framing (Content-Length
+# and at most 5 are followed; `r.raw` is the body without its framing (Content-Length
 # or chunked), so stream=True reads it piecewise; the request head (and a small body) leaves in one
 # write; https verifies the server when given `cadata=` (a CA, DER), else it is unauthenticated;
 # the socket is closed on any error; Response is a context manager (`with requests.get(url) as r:`).
 import socket
+from micropython import const
 
-MAX_REDIRECTS = 5
-
-
-class _Body:
-    # The response body as a stream. n: bytes left (of the body, or of the current chunk), -1 up to
-    # EOF; c: chunked, the next size line is due when n reaches 0.
-    def __init__(self, s, n, c):
-        self.s = s
-        self.n = n
-        self.c = c
-
-    def _left(self):
-        if not self.n and self.c:
-            s = self.s
-            self.n = int(s.readline().split(b";", 1)[0], 16)
-            if not self.n:  # the last chunk: skip trailers up to the blank line
-                self.c = False
-                while len(s.readline()) > 2:
-                    pass
-        return self.n
-
-    def _took(self, k):
-        if self.n > 0:
-            if not k:
-                raise ValueError("HTTP body cut short")
-            self.n -= k
-            if not self.n and self.c:
-                self.s.readline()
-
-    def readinto(self, buf):
-        n = self._left()
-        if not n:
-            return 0
-        k = self.s.readinto(memoryview(buf)[:n] if 0 < n < len(buf) else buf) or 0
-        self._took(k)
-        return k
-
-    def read(self, sz=-1):
-        # A Content-Length body or a sized read: one allocation. A whole chunked body: one
-        # bytearray grown chunk by chunk, returned as it is (no second copy of the body).
-        out = None
-        while sz:
-            n = self._left()
-            if n < 0:
-                return self.s.read() if sz < 0 else self.s.read(sz)
-            if not n:
-                break
-            if 0 < sz < n:
-                n = sz
-            d = self.s.read(n)
-            self._took(len(d) == n and n)
-            if sz > 0 or not self.c and out is None:
-                return d
-            if out is None:
-                out = bytearray()
-            out.extend(d)
-        return b"" if out is None else out
-
-    def close(self):
-        self.s.close()
+_MAX_REDIRECTS = const(5)
 
 
 class Response:
-    def __init__(self, f):
-        self.raw = f
+    # The response and, as r.raw, its body as a stream without the framing. _n: bytes left (of
+    # the body, or of the current chunk), -1 up to EOF; _c: chunked, a size line is due at _n 0.
+    def __init__(self, s, n, c):
+        self.raw = self
+        self._s = s
+        self._n = n
+        self._c = c
         self.encoding = "utf-8"
         self._cached = None
 
@@ -84,18 +31,65 @@ class Response:
 
     def close(self):
         if self.raw:
-            self.raw.close()
             self.raw = None
+            self._s.close()
         self._cached = None
+
+    def _left(self):
+        s = self._s
+        if not self._n and self._c:
+            self._n = int(s.readline().split(b";", 1)[0], 16)
+            if not self._n:  # the last chunk: skip trailers up to the blank line
+                self._c = False
+                while len(s.readline()) > 2:
+                    pass
+        return self._n
+
+    def readinto(self, buf):
+        n = self._left()
+        if not n:
+            return 0
+        k = self._s.readinto(memoryview(buf)[:n] if 0 < n < len(buf) else buf) or 0
+        if n > 0:
+            self._took(k)
+        return k
+
+    def _took(self, k):
+        if not k:
+            raise ValueError("HTTP body cut short")
+        self._n -= k
+        if not self._n and self._c:
+            self._s.readline()
+
+    def read(self, sz=-1):
+        # A Content-Length body or a sized read: one allocation. A whole chunked body: one
+        # bytearray grown chunk by chunk, returned as it is (no second copy of the body).
+        out = None
+        while sz:
+            n = self._left()
+            if n < 0:
+                return self._s.read() if sz < 0 else self._s.read(sz)
+            if not n:
+                break
+            if 0 < sz < n:
+                n = sz
+            d = self._s.read(n)
+            self._took(len(d) == n and n)
+            if sz > 0 or not self._c and out is None:
+                return d
+            if out is None:
+                out = bytearray()
+            out += d
+        return out or b""
 
     @property
     def content(self):
         if self._cached is None:
             try:
-                self._cached = self.raw.read()
+                c = self.read()
             finally:
-                self.raw.close()
-                self.raw = None
+                self.close()
+            self._cached = c
         return self._cached
 
     @property
@@ -109,7 +103,7 @@ class Response:
 
 
 def request(method, url, data=None, json=None, headers=None, stream=None, auth=None,
-            timeout=None, parse_headers=True, cadata=None, _hops=MAX_REDIRECTS):
+            timeout=None, parse_headers=True, cadata=None, _hops=_MAX_REDIRECTS):
     headers = {} if headers is None else headers.copy()
     if auth is not None:
         from binascii import b2a_base64
@@ -245,7 +239,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             data = None
         return request(method, location, data, None, headers, stream, None, timeout, parse_headers,
                        cadata, _hops - 1)
-    resp = Response(_Body(s, 0 if dechunk else clen, dechunk and clen != 0))
+    resp = Response(s, 0 if dechunk else clen, dechunk and clen != 0)
     resp.status_code = status
     resp.reason = reason
     if resp_d is not None:
