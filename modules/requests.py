@@ -7,9 +7,6 @@
 # write; https verifies the server when given `cadata=` (a CA, DER), else it is unauthenticated;
 # the socket is closed on any error; Response is a context manager (`with requests.get(url) as r:`).
 import socket
-from micropython import const
-
-_MAX_REDIRECTS = const(5)
 
 
 class Response:
@@ -35,7 +32,9 @@ class Response:
             self._s.close()
         self._cached = None
 
-    def _left(self):
+    # (The chunk bookkeeping is written out in both readers: a shared method would cost heap in
+    # every image, the copy costs only flash.)
+    def readinto(self, buf):
         s = self._s
         if not self._n and self._c:
             self._n = int(s.readline().split(b";", 1)[0], 16)
@@ -43,38 +42,43 @@ class Response:
                 self._c = False
                 while len(s.readline()) > 2:
                     pass
-        return self._n
-
-    def readinto(self, buf):
-        n = self._left()
+        n = self._n
         if not n:
             return 0
-        k = self._s.readinto(memoryview(buf)[:n] if 0 < n < len(buf) else buf) or 0
+        k = s.readinto(memoryview(buf)[:n] if 0 < n < len(buf) else buf) or 0
         if n > 0:
-            self._took(k)
+            if not k:
+                raise ValueError("HTTP body cut short")
+            self._n -= k
+            if not self._n and self._c:
+                s.readline()
         return k
-
-    def _took(self, k):
-        if not k:
-            raise ValueError("HTTP body cut short")
-        self._n -= k
-        if not self._n and self._c:
-            self._s.readline()
 
     def read(self, sz=-1):
         # A Content-Length body or a sized read: one allocation. A whole chunked body: one
         # bytearray grown chunk by chunk, returned as it is (no second copy of the body).
+        s = self._s
         out = None
         while sz:
-            n = self._left()
+            if not self._n and self._c:
+                self._n = int(s.readline().split(b";", 1)[0], 16)
+                if not self._n:
+                    self._c = False
+                    while len(s.readline()) > 2:
+                        pass
+            n = self._n
             if n < 0:
-                return self._s.read() if sz < 0 else self._s.read(sz)
+                return s.read() if sz < 0 else s.read(sz)
             if not n:
                 break
             if 0 < sz < n:
                 n = sz
-            d = self._s.read(n)
-            self._took(len(d) == n and n)
+            d = s.read(n)
+            if len(d) < n:
+                raise ValueError("HTTP body cut short")
+            self._n -= n
+            if not self._n and self._c:
+                s.readline()
             if sz > 0 or not self._c and out is None:
                 return d
             if out is None:
@@ -103,7 +107,7 @@ class Response:
 
 
 def request(method, url, data=None, json=None, headers=None, stream=None, auth=None,
-            timeout=None, parse_headers=True, cadata=None, _hops=_MAX_REDIRECTS):
+            timeout=None, parse_headers=True, cadata=None, _hops=5):  # at most 5 redirects
     headers = {} if headers is None else headers.copy()
     if auth is not None:
         from binascii import b2a_base64

@@ -16,10 +16,6 @@ class MQTTClient(simple.MQTTClient):
     MAX_DELAY = 30
     DEBUG = False
 
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.subs = {}  # topic (bytes) -> qos, made again after a reconnect without session
-
     def delay(self, i):
         time.sleep(min(self.DELAY * (1 << min(i - 1, 10)), self.MAX_DELAY))
 
@@ -33,8 +29,9 @@ class MQTTClient(simple.MQTTClient):
             try:
                 present = super().connect(False, self._timeout)
                 if not present:
-                    for t in self.subs:
-                        super().subscribe(t, self.subs[t])
+                    s = getattr(self, "subs", {})  # topic (bytes) -> qos, made again without session
+                    for t in s:
+                        super().subscribe(t, s[t])
                 return present
             except OSError as e:
                 self.log(True, e)
@@ -64,11 +61,13 @@ class MQTTClient(simple.MQTTClient):
 
     def subscribe(self, topic, qos=0):
         r = self._retry(simple.MQTTClient.subscribe, topic, qos)
+        if not hasattr(self, "subs"):
+            self.subs = {}
         self.subs[topic.encode() if isinstance(topic, str) else topic] = qos
         return r
 
     def unsubscribe(self, topic):
-        self.subs.pop(topic.encode() if isinstance(topic, str) else topic, None)
+        getattr(self, "subs", {}).pop(topic.encode() if isinstance(topic, str) else topic, None)
         return self._retry(simple.MQTTClient.unsubscribe, topic)
 
     def wait_msg(self):

@@ -66,9 +66,13 @@ class MQTTClient:
         self.lw_qos = qos
         self.lw_retain = retain
 
-    def _send(self, op, parts=(), msg=b""):
-        # One packet: parts are 2-byte numbers (int) or strings sent with their 2-byte length,
-        # msg goes last as it is. str is UTF-8.
+    def _send(self, op, parts, msg, ack, pid):
+        # One packet in one write: parts are 2-byte numbers (int) or strings sent with their
+        # 2-byte length, msg goes last as it is (str is UTF-8); a large msg is written apart.
+        # With ack, wait for that packet type carrying pid: messages arriving meanwhile go to the
+        # callback. Not through wait_msg(): a subclass that reconnects there (umqtt.robust) would
+        # wait forever for an ack of the lost connection. Bounded by the connect() timeout, _WAIT s
+        # without one; after a failed wait the stream may be mid-packet: reconnect.
         b = bytearray()
         for p in parts:
             if isinstance(p, str):
@@ -95,10 +99,25 @@ class MQTTClient:
         if big:
             self.sock.write(msg)
         self._sent = time.ticks_ms()
+        if not ack:
+            return
+        to = self._timeout
+        if to is None:
+            self._raw.settimeout(_WAIT)
+        t = time.ticks_ms()
+        while 1:
+            if time.ticks_diff(time.ticks_ms(), t) > (_WAIT if to is None else to) * 1000:
+                raise OSError(ETIMEDOUT)
+            self._rx(1)
+            if self._packet() == ack and self._rx(0) == pid:
+                if to is None:
+                    self._raw.settimeout(None)
+                return
 
     def _rx(self, n):
-        # n (<= 7) bytes into self._buf; a short read means the peer closed.
-        if self.sock.readinto(self._buf, n) != n:
+        # n (<= 7) bytes into self._buf, returning the first two as a number (a packet id or a
+        # length); a short read means the peer closed. _rx(0) reads nothing.
+        if n and self.sock.readinto(self._buf, n) != n:
             raise OSError(ECONNRESET)
         return self._buf[0] << 8 | self._buf[1]
 
@@ -142,7 +161,7 @@ class MQTTClient:
                     f |= 64
                     p.append(self.pswd)
             p[1] = 1024 | f
-            self._send(0x10, p)
+            self._send(0x10, p, b"", 0, 0)
             self._rx(4)
             b = self._buf
             if b[0] != 0x20 or b[1] != 2:
@@ -158,13 +177,13 @@ class MQTTClient:
 
     def disconnect(self):
         try:
-            self._send(0xE0)
+            self._send(0xE0, (), b"", 0, 0)
         finally:
             self.sock.close()
             self.sock = self._raw = None
 
     def ping(self):
-        self._send(0xC0)
+        self._send(0xC0, (), b"", 0, 0)
 
     def publish(self, topic, msg, retain=False, qos=0):
         if not 0 <= qos <= 1:
@@ -173,48 +192,24 @@ class MQTTClient:
         if qos:
             if not pid:
                 self.pid = pid = self.pid % 65535 + 1
-            self._send(0x32 | (8 if self._dup else 0) | (1 if retain else 0), (topic, pid), msg)
-            self._wait_ack(0x40, pid)
+            self._send(0x32 | (8 if self._dup else 0) | (1 if retain else 0), (topic, pid), msg, 0x40, pid)
         else:
-            self._send(0x30 | (1 if retain else 0), (topic,), msg)
+            self._send(0x30 | (1 if retain else 0), (topic,), msg, 0, 0)
 
     def subscribe(self, topic, qos=0):
         if self.cb is None:
             raise MQTTException("set_callback() before subscribe()")
         if not 0 <= qos <= 1:
             raise ValueError("qos")
-        self._wait_ack(0x82, (topic,), bytes((qos,)))
+        self.pid = pid = self.pid % 65535 + 1
+        self._send(0x82, (pid, topic), bytes((qos,)), 0x90, pid)
         if self._buf[2] & 0x80:
             raise MQTTException(self._buf[2])
         return self._buf[2]
 
     def unsubscribe(self, topic):
-        self._wait_ack(0xA2, (topic,))
-
-    def _wait_ack(self, op, parts, msg=b""):
-        # Send a packet (SUBSCRIBE, UNSUBSCRIBE: with a new packet id) or take parts as the packet
-        # id of one sent (PUBLISH), then wait for its ack; messages arriving meanwhile go to the
-        # callback. Not through wait_msg(): a subclass that reconnects there (umqtt.robust) would
-        # wait forever for an ack of the lost connection. Bounded by the connect() timeout, _WAIT
-        # s without one; after a failed wait the stream may be mid-packet: reconnect.
-        if isinstance(parts, int):
-            pid = parts
-        else:
-            self.pid = pid = self.pid % 65535 + 1
-            self._send(op, (pid,) + parts, msg)
-            op += 0xE  # SUBSCRIBE 0x82 -> SUBACK 0x90, UNSUBSCRIBE 0xA2 -> UNSUBACK 0xB0
-        to = self._timeout
-        if to is None:
-            self._raw.settimeout(_WAIT)
-        t = time.ticks_ms()
-        while 1:
-            if time.ticks_diff(time.ticks_ms(), t) > (_WAIT if to is None else to) * 1000:
-                raise OSError(ETIMEDOUT)
-            self._rx(1)
-            if self._packet() == op and (self._buf[0] << 8 | self._buf[1]) == pid:
-                if to is None:
-                    self._raw.settimeout(None)
-                return
+        self.pid = pid = self.pid % 65535 + 1
+        self._send(0xA2, (pid, topic), b"", 0xB0, pid)
 
     # Wait for a single incoming MQTT message and process it: subscribed messages go to the
     # callback set with set_callback(), others are handled here. Returns the packet type.
@@ -274,7 +269,7 @@ class MQTTClient:
         if self.cb:
             self.cb(topic, msg)
         if op & 6 == 2:
-            self._send(0x40, (pid,))
+            self._send(0x40, (pid,), b"", 0, 0)
         elif op & 6:
             raise MQTTException("QoS 2 not supported")
         return op
