@@ -7,7 +7,6 @@
 # than waiting forever for an ack of the old connection; an idle wait_msg() that times out pings
 # instead of reconnecting.
 import time
-from errno import ETIMEDOUT
 from . import simple
 
 
@@ -38,14 +37,6 @@ class MQTTClient(simple.MQTTClient):
                 i += 1
                 self.delay(i)
 
-    def _retry(self, f, *args):
-        while 1:
-            try:
-                return f(self, *args)
-            except OSError as e:
-                self.log(False, e)
-            self.reconnect()
-
     def publish(self, topic, msg, retain=False, qos=0):
         try:
             while 1:
@@ -60,7 +51,13 @@ class MQTTClient(simple.MQTTClient):
             self._dup = 0
 
     def subscribe(self, topic, qos=0):
-        r = self._retry(simple.MQTTClient.subscribe, topic, qos)
+        while 1:  # an operation cut by a reconnect is made again whole
+            try:
+                r = super().subscribe(topic, qos)
+                break
+            except OSError as e:
+                self.log(False, e)
+            self.reconnect()
         if not hasattr(self, "subs"):
             self.subs = {}
         self.subs[topic.encode() if isinstance(topic, str) else topic] = qos
@@ -68,7 +65,12 @@ class MQTTClient(simple.MQTTClient):
 
     def unsubscribe(self, topic):
         getattr(self, "subs", {}).pop(topic.encode() if isinstance(topic, str) else topic, None)
-        return self._retry(simple.MQTTClient.unsubscribe, topic)
+        while 1:
+            try:
+                return super().unsubscribe(topic)
+            except OSError as e:
+                self.log(False, e)
+            self.reconnect()
 
     def wait_msg(self):
         # With connect(timeout=...) an idle wait ends in ETIMEDOUT, which alone is no failure:
@@ -78,7 +80,7 @@ class MQTTClient(simple.MQTTClient):
             try:
                 return super().wait_msg()
             except OSError as e:
-                if e.errno == ETIMEDOUT and not pinged:
+                if e.errno == simple.errno.ETIMEDOUT and not pinged:  # no errno global of our own
                     try:
                         self.ping()
                         pinged = True

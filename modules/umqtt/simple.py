@@ -4,17 +4,16 @@
 # messages are sent as UTF-8 with their byte length; remaining lengths of any size; packet ids wrap
 # at 65535; protocol errors raise MQTTException, not assert; a peer sending garbage gets
 # MQTTException or OSError, never a hang beyond the timeout; connect() and each ack wait end
-# after the connect() timeout, _WAIT s without one (wait_msg() then blocks, as tutorials expect);
+# after the connect() timeout, 10 s without one (wait_msg() then blocks, as tutorials expect);
 # check_msg() keeps that timeout (TLS sockets too) and pings when half the keepalive has passed;
 # server=None takes "mqtt": {"broker", "port"} from /workshop.json. Each packet leaves in one
 # write (its payload apart when large): small writes in a row stall ~40 ms each on Nagle +
 # delayed ACK, which made every QoS 1 publish slow.
+import errno
 import socket
 import time
-from errno import EAGAIN, ECONNRESET, ETIMEDOUT
-from micropython import const
 
-_WAIT = const(10)
+# (errno by module, and the 10 s default wait as a literal: every module global is heap.)
 
 
 class MQTTException(Exception):
@@ -54,6 +53,7 @@ class MQTTClient:
         self._timeout = None
         self._sent = 0
         self._dup = 0  # umqtt.robust: the packet id of a QoS 1 publish sent again (DUP)
+        self._got = False  # check_msg() read the first byte of a packet into _buf
 
     def set_callback(self, f):
         self.cb = f
@@ -71,7 +71,7 @@ class MQTTClient:
         # 2-byte length, msg goes last as it is (str is UTF-8); a large msg is written apart.
         # With ack, wait for that packet type carrying pid: messages arriving meanwhile go to the
         # callback. Not through wait_msg(): a subclass that reconnects there (umqtt.robust) would
-        # wait forever for an ack of the lost connection. Bounded by the connect() timeout, _WAIT s
+        # wait forever for an ack of the lost connection. Bounded by the connect() timeout, 10 s
         # without one; after a failed wait the stream may be mid-packet: reconnect.
         b = bytearray()
         for p in parts:
@@ -103,13 +103,12 @@ class MQTTClient:
             return
         to = self._timeout
         if to is None:
-            self._raw.settimeout(_WAIT)
+            self._raw.settimeout(10)
         t = time.ticks_ms()
         while 1:
-            if time.ticks_diff(time.ticks_ms(), t) > (_WAIT if to is None else to) * 1000:
-                raise OSError(ETIMEDOUT)
-            self._rx(1)
-            if self._packet() == ack and self._rx(0) == pid:
+            if time.ticks_diff(time.ticks_ms(), t) > (10 if to is None else to) * 1000:
+                raise OSError(errno.ETIMEDOUT)
+            if MQTTClient.wait_msg(self) == ack and self._rx(0) == pid:
                 if to is None:
                     self._raw.settimeout(None)
                 return
@@ -118,18 +117,8 @@ class MQTTClient:
         # n (<= 7) bytes into self._buf, returning the first two as a number (a packet id or a
         # length); a short read means the peer closed. _rx(0) reads nothing.
         if n and self.sock.readinto(self._buf, n) != n:
-            raise OSError(ECONNRESET)
+            raise OSError(errno.ECONNRESET)
         return self._buf[0] << 8 | self._buf[1]
-
-    def _read(self, n):
-        try:
-            d = self.sock.read(n) if n else b""
-        except MemoryError:  # a length no heap holds: garbage, or a message too big for the device
-            self.sock.close()  # the stream is out of step: later calls get OSError (robust reconnects)
-            raise MQTTException("too large")
-        if d is None or len(d) != n:
-            raise OSError(ECONNRESET)
-        return d
 
     def connect(self, clean_session=True, timeout=None):
         if self.sock:
@@ -141,7 +130,7 @@ class MQTTClient:
         addr = socket.getaddrinfo(self.server, self.port)[0][-1]
         s = self._raw = self.sock = socket.socket()
         try:
-            s.settimeout(_WAIT if timeout is None else timeout)  # a silent broker is no hang
+            s.settimeout(10 if timeout is None else timeout)  # a silent broker is no hang
             s.connect(addr)
             if self.ssl is True:
                 import ssl
@@ -214,34 +203,13 @@ class MQTTClient:
     # Wait for a single incoming MQTT message and process it: subscribed messages go to the
     # callback set with set_callback(), others are handled here. Returns the packet type.
     def wait_msg(self):
-        if self.keepalive and time.ticks_diff(time.ticks_ms(), self._sent) >= self.keepalive * 500:
-            self.ping()
-        self._rx(1)
-        return self._packet()
-
-    # As wait_msg(), but returns None at once when nothing is pending.
-    def check_msg(self):
-        if self.keepalive and time.ticks_diff(time.ticks_ms(), self._sent) >= self.keepalive * 500:
-            self.ping()
-        s = self._raw
-        s.setblocking(False)
-        try:
-            n = self.sock.readinto(self._buf, 1)
-        except OSError as e:
-            if e.errno != EAGAIN:
-                raise
-            n = None
-        finally:
-            s.settimeout(self._timeout)
-        if n is None:
-            return None
-        if not n:
-            raise OSError(ECONNRESET)
-        return self._packet()
-
-    def _packet(self):
-        # self._buf[0] holds the packet type byte just read; then the remaining length.
-        op = self._buf[0]
+        if self._got:  # from check_msg(), which pinged when due
+            self._got = False
+        else:
+            if self.keepalive and time.ticks_diff(time.ticks_ms(), self._sent) >= self.keepalive * 500:
+                self.ping()
+            self._rx(1)
+        op = self._buf[0]  # the packet type; then the remaining length
         sz = 0
         sh = 0
         while 1:
@@ -262,10 +230,16 @@ class MQTTClient:
         sz -= n + (4 if op & 6 else 2)
         if sz < 0 or op & 6 == 6:
             raise MQTTException("bad packet")
-        topic = self._read(n)
-        if op & 6:
-            pid = self._rx(2)
-        msg = self._read(sz)
+        try:
+            topic = self.sock.read(n) if n else b""
+            if op & 6:
+                pid = self._rx(2)
+            msg = self.sock.read(sz) if sz else b""
+        except MemoryError:  # a length no heap holds: garbage, or a message too big for the device
+            self.sock.close()  # the stream is out of step: later calls get OSError (robust reconnects)
+            raise MQTTException("too large")
+        if len(topic or b"") != n or len(msg or b"") != sz:
+            raise OSError(errno.ECONNRESET)
         if self.cb:
             self.cb(topic, msg)
         if op & 6 == 2:
@@ -273,3 +247,24 @@ class MQTTClient:
         elif op & 6:
             raise MQTTException("QoS 2 not supported")
         return op
+
+    # As wait_msg(), but returns None at once when nothing is pending.
+    def check_msg(self):
+        if self.keepalive and time.ticks_diff(time.ticks_ms(), self._sent) >= self.keepalive * 500:
+            self.ping()
+        s = self._raw
+        s.setblocking(False)
+        try:
+            n = self.sock.readinto(self._buf, 1)
+        except OSError as e:
+            if e.errno != errno.EAGAIN:
+                raise
+            n = None
+        finally:
+            s.settimeout(self._timeout)
+        if n is None:
+            return None
+        if not n:
+            raise OSError(errno.ECONNRESET)
+        self._got = True
+        return MQTTClient.wait_msg(self)  # this class's: a subclass's would reconnect mid-packet
