@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         whole_fz = held(frozen, ".frozen", mods) if frozen else "-"
         print(f"{'whole stack':14} {whole_mpy!s:>7} {'':>7} {'':>6}   {whole_fz!s:>8}   ({len(mods)} modules in one "
               f"process; goal frozen <= {GOAL} B)")
+        # webserver imports asyncio when it starts serving, not at import: what a running server adds
+        run_mpy = held(PYPI, ours_path, mods + ["asyncio"])
+        run_fz = held(frozen, ".frozen", mods + ["asyncio"]) if frozen else "-"
+        print(f"{'+ asyncio':14} {run_mpy!s:>7} {'':>7} {'':>6}   {run_fz!s:>8}   (the whole stack with asyncio loaded, "
+              "as once webserver serves)")
         clients = list(ANCHORS)
         cm, cma = held(PYPI, ours_path, clients), held(PYPI, anchor_path, clients)
         cf = held(frozen, ".frozen", clients) if frozen else "-"
