@@ -73,29 +73,39 @@ class MQTTClient:
         # callback. Not through wait_msg(): a subclass that reconnects there (umqtt.robust) would
         # wait forever for an ack of the lost connection. Bounded by the connect() timeout, 10 s
         # without one; after a failed wait the stream may be mid-packet: reconnect.
-        b = bytearray()
+        # One allocation: the packet, sized first (a str part is encoded twice rather than kept).
+        if isinstance(msg, str):
+            msg = msg.encode()
+        n = len(msg)
+        for p in parts:
+            n += 2 if isinstance(p, int) else 2 + len(p.encode() if isinstance(p, str) else p)
+        if n > 268435455:
+            raise ValueError("packet too large")
+        big = len(msg) > 512
+        b = bytearray(n + 5 - (len(msg) if big else 0))
+        b[0] = op
+        i = 1
+        while 1:  # the remaining length, 7 bits a byte, least significant first
+            b[i] = n & 127 | (128 if n > 127 else 0)
+            i += 1
+            n >>= 7
+            if not n:
+                break
         for p in parts:
             if isinstance(p, str):
                 p = p.encode()
             n = isinstance(p, int)
-            b += (p if n else len(p)).to_bytes(2, "big")
+            k = p if n else len(p)
+            b[i] = k >> 8
+            b[i + 1] = k & 255
+            i += 2
             if not n:
-                b += p
-        if isinstance(msg, str):
-            msg = msg.encode()
-        n = len(b) + len(msg)
-        if n > 268435455:
-            raise ValueError("packet too large")
-        h = bytearray((op,))
-        while n > 127:
-            h.append(n & 127 | 128)
-            n >>= 7
-        h.append(n)
-        h += b
-        big = len(msg) > 512
+                b[i : i + k] = p
+                i += k
         if not big:
-            h += msg
-        self.sock.write(h)
+            b[i : i + len(msg)] = msg
+            i += len(msg)
+        self.sock.write(b, 0, i)
         if big:
             self.sock.write(msg)
         self._sent = time.ticks_ms()
