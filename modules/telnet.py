@@ -30,7 +30,7 @@ _MAX_FAILS = const(3)
 _TRIES = const(3)
 _LOGIN_MS = const(60000)
 _LINE = const(64)
-_STALL_MS = const(3000)  # a client that takes no output for this long is detached
+_STALL_MS = const(3000)  # output dropped for a client this long in a row: it is detached
 
 _srv = None
 _cl = None
