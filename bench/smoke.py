@@ -8,6 +8,7 @@ Run: .venv/bin/python bench/smoke.py
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 import tempfile
@@ -26,7 +27,8 @@ from workshop.config import get_board  # noqa: E402
 from workshop.provision import ProvisionConfig, provision_all  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help; no options
     runtime = "frozen" if peers.FROZEN_UNIX.exists() else "pypi"
     expected = (smoke.Expected.from_build(REPO / "dist" / "UNIX") if runtime == "frozen"
                 else smoke.Expected.for_board(get_board("UNIX")))

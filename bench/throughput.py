@@ -15,6 +15,7 @@ MICROPYTHON_LIB_DIR defaults to ~/.cache/workshop-kit/micropython-v1.28.0/lib/mi
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import socket
@@ -120,8 +121,11 @@ def _stack(out: Path, files: dict[str, Path]) -> Path:
     return out / "mpy"
 
 
-def main(argv: list[str]) -> int:
-    lib = anchor_lib(argv, ANCHOR_FILES.values())
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("lib", nargs="?", help="micropython-lib checkout (default: the pinned checkout's lib/micropython-lib)")
+    args = ap.parse_args(argv)
+    lib = anchor_lib([sys.argv[0]] + ([args.lib] if args.lib else []), ANCHOR_FILES.values())
     if lib is None:
         return 2
     mosquitto = shutil.which("mosquitto")
@@ -191,4 +195,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main())

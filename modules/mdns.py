@@ -55,6 +55,50 @@ def _txt(d):
     return bytes(out) or b"\x00"
 
 
+def _is(p, off, name):
+    # Is the (possibly compressed) name at p[off] our wire-format `name`? No allocation: it runs
+    # for every packet on the LAN. Labels compare case-insensitively (our names are lower case).
+    j = 0
+    for _ in range(40):
+        n = p[off]
+        if n >= 0xC0:
+            off = ((n & 0x3F) << 8) | p[off + 1]
+            continue
+        if n != name[j]:
+            return False
+        if not n:
+            return True
+        for i in range(1, n + 1):
+            c = p[off + i]
+            if 65 <= c <= 90:
+                c |= 0x20
+            if c != name[j + i]:
+                return False
+        off += n + 1
+        j += n + 1
+    return False
+
+
+def _ours(p, n):
+    # Does any question in p[:n] ask for one of our names? Allocation-free, so a LAN full of
+    # other hosts' traffic costs no garbage; answers are built only after this says yes.
+    if n < 12 or p[2] & 0x80:  # short, or a response
+        return False
+    off = 12
+    for _ in range((p[4] << 8) | p[5]):
+        if _is(p, off, _host) or _svcs and _is(p, off, _META):
+            return True
+        for t, inst, port, txt in _svcs:
+            if _is(p, off, t) or _is(p, off, inst):
+                return True
+        while p[off] and p[off] < 0xC0:  # to the end of this name, then past type and class
+            off += p[off] + 1
+        off += 6 if p[off] else 5
+        if off > n:
+            return False
+    return False
+
+
 def _name_at(p, off):
     # Read a (possibly compressed) name; returns (lower-case wire bytes, offset after it).
     out = bytearray()
@@ -140,7 +184,12 @@ def _port(addr):
 
 def _on_packet(s):
     try:
+        # recvfrom's own copy of the packet and of the sender is the one allocation left for a
+        # packet that is not for us: MicroPython sockets have no recvfrom_into, and readinto
+        # would lose the sender (legacy unicast answers go back to it) and datagram boundaries.
         p, addr = s.recvfrom(512)
+        if not _ours(p, len(p)):
+            return
         legacy = _port(addr) != 5353
         out, qu = _answer(p, legacy)
         if out:

@@ -6,8 +6,8 @@
 # `except OSError` covers a missing network, a timeout and a bad reply alike.
 import socket
 import struct
-from errno import EIO
-from time import gmtime, ticks_us
+from errno import EIO, ETIMEDOUT
+from time import gmtime, ticks_diff, ticks_ms, ticks_us
 
 # Configurable at run time: ntptime.host = "10.0.0.2"; ntptime.timeout = 2
 host = "pool.ntp.org"
@@ -25,9 +25,13 @@ def time():
     addr = socket.getaddrinfo(host, port)[0][-1]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        s.settimeout(timeout)
         s.sendto(q, addr)
-        while 1:
+        t = ticks_ms()
+        while 1:  # one deadline for the whole exchange: a flood of other datagrams cannot extend it
+            left = timeout * 1000 - ticks_diff(ticks_ms(), t)
+            if left <= 0:
+                raise OSError(ETIMEDOUT)
+            s.settimeout(left / 1000)
             msg = s.recv(48)
             if len(msg) == 48 and msg[24:32] == q[40:48]:
                 break  # a reply to this request; anything else (a late earlier reply) is skipped

@@ -2,20 +2,23 @@
 #
 # Beyond micropython-lib's: str and json bodies are sent as UTF-8 with their byte length; the Host
 # header carries a non-default port; header names match in any case; relative redirects work,
-# and at most MAX_REDIRECTS are followed; chunked responses are decoded by .content; the socket
-# is closed on any error; Response is a context manager (`with requests.get(url) as r:`).
+# and at most 5 are followed; `r.raw` is the body without its framing (Content-Length
+# or chunked), so stream=True reads it piecewise; the request head (and a small body) leaves in one
+# write; https verifies the server when given `cadata=` (a CA, DER), else it is unauthenticated;
+# the socket is closed on any error; Response is a context manager (`with requests.get(url) as r:`).
 import socket
-
-MAX_REDIRECTS = 5
 
 
 class Response:
-    def __init__(self, f):
-        self.raw = f
+    # The response and, as r.raw, its body as a stream without the framing. _n: bytes left (of
+    # the body, or of the current chunk), -1 up to EOF; _c: chunked, a size line is due at _n 0.
+    def __init__(self, s, n, c):
+        self.raw = self
+        self._s = s
+        self._n = n
+        self._c = c
         self.encoding = "utf-8"
         self._cached = None
-        self._chunked = False
-        self._len = None  # Content-Length: the body is read in one allocation, not up to EOF
 
     def __enter__(self):
         return self
@@ -25,32 +28,73 @@ class Response:
 
     def close(self):
         if self.raw:
-            self.raw.close()
             self.raw = None
+            self._s.close()
         self._cached = None
+
+    # (The chunk bookkeeping is written out in both readers: a shared method would cost heap in
+    # every image, the copy costs only flash.)
+    def readinto(self, buf):
+        s = self._s
+        if not self._n and self._c:
+            self._n = int(s.readline().split(b";", 1)[0], 16)
+            if not self._n:  # the last chunk: skip trailers up to the blank line
+                self._c = False
+                while len(s.readline()) > 2:
+                    pass
+        n = self._n
+        if not n:
+            return 0
+        k = s.readinto(memoryview(buf)[:n] if 0 < n < len(buf) else buf) or 0
+        if n > 0:
+            if not k:
+                raise ValueError("HTTP body cut short")
+            self._n -= k
+            if not self._n and self._c:
+                s.readline()
+        return k
+
+    def read(self, sz=-1):
+        # A Content-Length body or a sized read: one allocation. A whole chunked body: one
+        # bytearray grown chunk by chunk, returned as it is (no second copy of the body).
+        s = self._s
+        out = None
+        while sz:
+            if not self._n and self._c:
+                self._n = int(s.readline().split(b";", 1)[0], 16)
+                if not self._n:
+                    self._c = False
+                    while len(s.readline()) > 2:
+                        pass
+            n = self._n
+            if n < 0:
+                return s.read() if sz < 0 else s.read(sz)
+            if not n:
+                break
+            if 0 < sz < n:
+                n = sz
+            d = s.read(n)
+            if len(d) < n:
+                raise ValueError("HTTP body cut short")
+            self._n -= n
+            if not self._n and self._c:
+                s.readline()
+            if sz > 0 or not self._c and out is None:
+                return d
+            if out is None:
+                out = bytearray()
+            out += d
+        return out or b""
 
     @property
     def content(self):
         if self._cached is None:
             try:
-                if self._chunked:
-                    self._cached = self._dechunk()
-                else:
-                    self._cached = self.raw.read() if self._len is None else self.raw.read(self._len)
+                c = self.read()
             finally:
-                self.raw.close()
-                self.raw = None
+                self.close()
+            self._cached = c
         return self._cached
-
-    def _dechunk(self):
-        s = self.raw
-        out = bytearray()
-        while 1:
-            n = int(s.readline().split(b";", 1)[0], 16)
-            if not n:
-                return bytes(out)
-            out.extend(s.read(n))
-            s.readline()
 
     @property
     def text(self):
@@ -62,12 +106,8 @@ class Response:
         return json.loads(self.content)
 
 
-def _b(s):
-    return s.encode() if isinstance(s, str) else s
-
-
 def request(method, url, data=None, json=None, headers=None, stream=None, auth=None,
-            timeout=None, parse_headers=True, _hops=MAX_REDIRECTS):
+            timeout=None, parse_headers=True, cadata=None, _hops=5):  # at most 5 redirects
     headers = {} if headers is None else headers.copy()
     if auth is not None:
         from binascii import b2a_base64
@@ -79,6 +119,9 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
     except ValueError:
         proto, _, host = url.split("/", 2)
         path = ""
+    if "?" in host:  # http://host?x=1
+        host, q = host.split("?", 1)
+        path = "?" + q
     if proto == "http:":
         port = 80
     elif proto == "https:":
@@ -102,7 +145,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             headers["Content-Type"] = "application/json"
     chunked = data and getattr(data, "__next__", None) and not getattr(data, "__len__", None)
     if data and not chunked:
-        data = _b(data)
+        data = data.encode() if isinstance(data, str) else data
         if "Content-Length" not in headers:
             headers["Content-Length"] = str(len(data))
     elif chunked and "Content-Length" not in headers:
@@ -118,29 +161,35 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         s.connect(ai[-1])
         if proto == "https:":
             ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-            ctx.verify_mode = tls.CERT_NONE
+            if cadata:
+                ctx.verify_mode = tls.CERT_REQUIRED
+                ctx.load_verify_locations(cadata)  # tls takes it positionally
+            else:
+                ctx.verify_mode = tls.CERT_NONE
             s = ctx.wrap_socket(s, server_hostname=host)
-        s.write(method)
-        s.write(b" /")
-        s.write(path)
-        s.write(b" HTTP/1.1\r\n")
+        # The head in one buffer, one write (each write is a TCP segment, under TLS a record; small
+        # ones in a row stall on Nagle + delayed ACK); a small body rides along.
+        h = bytearray(b"%s /%s HTTP/1.1\r\n" % (method, path))
         for k in headers:  # keys, not items(): no tuple per header
-            s.write(k)
-            s.write(b": ")
-            s.write(headers[k])
-            s.write(b"\r\n")
-        s.write(b"\r\n")
+            h += k
+            h += b": "
+            h += headers[k]
+            h += b"\r\n"
+        h += b"\r\n"
+        small = data and not chunked and len(data) <= 1024
+        if small:
+            h += data
+        s.write(h)
+        h = None
         if chunked:
             te = headers.get("Transfer-Encoding") == "chunked"
             for chunk in data:
                 if te:
-                    s.write(b"%x\r\n" % len(chunk))
+                    chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
                 s.write(chunk)
-                if te:
-                    s.write(b"\r\n")
             if te:
                 s.write(b"0\r\n\r\n")
-        elif data:
+        elif data and not small:
             s.write(data)
 
         l = s.readline().split(None, 2)
@@ -151,7 +200,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         resp_d = None if parse_headers is False else {}
         location = None
         dechunk = False
-        clen = 0 if method == "HEAD" or status in (204, 304) or status < 200 else None
+        clen = 0 if method == "HEAD" or status in (204, 304) or status < 200 else -1
         while 1:
             l = s.readline()
             if not l or l == b"\r\n":
@@ -159,7 +208,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             c = l[0] | 0x20  # names in any case; lower() only the two that matter
             if c == 116 and l[:18].lower() == b"transfer-encoding:":
                 dechunk = b"chunked" in l.lower()
-            elif c == 99 and clen is None and l[:15].lower() == b"content-length:":
+            elif c == 99 and clen < 0 and l[:15].lower() == b"content-length:":
                 clen = int(l[15:])
             elif c == 108 and 300 <= status <= 399 and l[:9].lower() == b"location:":
                 location = str(l[9:].strip(), "utf-8")
@@ -190,13 +239,13 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         headers.pop("Content-Length", None)
         if status < 304 and method != "HEAD":  # 301/302/303: the browser rule, GET without body
             headers.pop("Content-Type", None)
-            return request("GET", location, None, None, headers, stream, None, timeout, parse_headers, _hops - 1)
-        return request(method, location, data, None, headers, stream, None, timeout, parse_headers, _hops - 1)
-    resp = Response(s)
+            method = "GET"
+            data = None
+        return request(method, location, data, None, headers, stream, None, timeout, parse_headers,
+                       cadata, _hops - 1)
+    resp = Response(s, 0 if dechunk else clen, dechunk and clen != 0)
     resp.status_code = status
     resp.reason = reason
-    resp._chunked = dechunk
-    resp._len = clen
     if resp_d is not None:
         resp.headers = resp_d
     return resp

@@ -31,16 +31,24 @@ _MAX_FAILS = const(3)
 _TRIES = const(3)
 _LOGIN_MS = const(60000)
 _LINE = const(64)
+_STALL_MS = const(3000)  # output dropped for a client this long in a row: it is detached
 
 _srv = None
 _cl = None
 _cfg = None
 _fails = 0
 _until = 0
+_quiet = False  # while logging: the console's copy for the attached session is dropped
 
 
 def _log(*a):
-    print("telnet:", *a)
+    # To the board's console only: with dupterm attached, print() would also reach the session.
+    global _quiet
+    _quiet = True
+    try:
+        print("telnet:", *a)
+    finally:
+        _quiet = False
 
 
 def _peer(a):
@@ -80,6 +88,7 @@ class _Session:
         self.cr = False
         self.nego = 0  # options we turned off on request (bit per option)
         self.raw = 0  # unix raw REPL: 0 off, 1 on, 2/3 inside a raw-paste request (Ctrl-E A Ctrl-A)
+        self.stall = None  # ticks_ms when output first found the socket full
 
     # -- telnet protocol -----------------------------------------------------------------
     def _filter(self, mv, n):
@@ -131,23 +140,23 @@ class _Session:
             self._send(bytes((_IAC, _WONT, opt)))
 
     def _send(self, b):
-        mv = memoryview(b)
-        off = 0
-        tries = 0
-        while off < len(b):
-            try:
-                n = self.s.write(mv[off:])
-            except OSError as e:
-                if e.args[0] != 11:  # EAGAIN
-                    raise
-                n = None
-            if n:
-                off += n
-            else:
-                tries += 1
-                if tries > 200:
-                    return
-                time.sleep_ms(5)
+        # One non-blocking write, never a wait: every REPL write (UART echo included) passes here
+        # through dupterm, so what a client that stopped reading cannot take now is dropped, and
+        # after _STALL_MS without taking everything the client is detached.
+        if _cl is not self:
+            return
+        try:
+            n = self.s.write(b)
+        except OSError as e:
+            if e.args[0] != 11:  # EAGAIN
+                raise
+            n = 0
+        if n is not None and n >= len(b):
+            self.stall = None
+        elif self.stall is None:
+            self.stall = time.ticks_ms()
+        elif time.ticks_diff(time.ticks_ms(), self.stall) > _STALL_MS:
+            self.close("not reading")
 
     # -- stream protocol for os.dupterm --------------------------------------------------
     def readinto(self, buf):
@@ -167,9 +176,12 @@ class _Session:
                 return n
 
     def write(self, b):
-        # dupterm hands us a bytearray: `255 in bytearray` is not implemented in MicroPython.
         n = len(b)
-        if bytes(b).find(b"\xff") >= 0:
+        if _quiet:
+            return n
+        # dupterm hands us a bytearray, where `255 in b` is not implemented in MicroPython;
+        # a bytes needle is (and allocates nothing).
+        if b"\xff" in b:
             b = bytes(b).replace(b"\xff", b"\xff\xff")
         try:
             self._send(b)
@@ -177,7 +189,7 @@ class _Session:
             pass
         return n
 
-    def close(self):
+    def close(self, why="closed"):
         global _cl
         if _cl is self:
             _cl = None
@@ -188,7 +200,7 @@ class _Session:
             self.s.close()
         except OSError:
             pass
-        _log(self.peer, "closed")
+        _log(self.peer, why)
 
     # -- login -----------------------------------------------------------------------------
     def on_data(self, _):
@@ -397,7 +409,7 @@ def _accept(srv):
 def start(user=None, password=None, port=23, lockout_ms=30000, host="0.0.0.0"):
     global _srv, _cfg
     if user is None or password is None:
-        c = wsconfig.load().get("telnet") or {}
+        c = wsconfig.section(wsconfig.load(), "telnet")
         user = user or c.get("user") or "micro"
         password = password or c.get("password")
     if not password:

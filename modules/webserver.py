@@ -15,7 +15,6 @@
 # bytes and 24 headers (431), body <= max_body (413); a request must arrive within timeout_ms
 # (408) and an idle keep-alive connection is closed after idle_ms, so slow clients cannot hold
 # the server; more than max_clients connections at once get 503.
-import asyncio
 import json
 import os
 import sys
@@ -338,6 +337,7 @@ class App:
         c[2] = time.ticks_add(time.ticks_ms(), ms)
 
     async def _conn(self, r, w):
+        import asyncio  # here, not at import: importing webserver alone does not load asyncio (~4 KB)
         c = [asyncio.current_task(), _IDLE, 0]
         s = r.s
         if len(self._conns) >= self.max_clients:
@@ -393,6 +393,7 @@ class App:
             await w.wait_closed()
 
     async def _reap(self):
+        import asyncio
         # Cancel connections past their deadline (one task for all: no timer per read).
         while True:
             await asyncio.sleep_ms(200)
@@ -403,6 +404,7 @@ class App:
                     c[0].cancel()
 
     async def start(self, host="0.0.0.0", port=80):
+        import asyncio
         self.server = await asyncio.start_server(self._conn, host, port, 8)
         self._reaper = asyncio.create_task(self._reap())
         return self.server
@@ -418,6 +420,7 @@ class App:
         await self.server.wait_closed()
 
     def run(self, host="0.0.0.0", port=80):
+        import asyncio
         print("webserver: http://%s:%d/" % (host, port))
         try:
             asyncio.run(self.serve(host, port))

@@ -78,7 +78,7 @@ def connect(ssid=None, password=None, timeout_ms=15000, hostname=None):
     if ssid is None or hostname is None:
         cfg = wsconfig.load(ssid is None)
         if ssid is None:
-            w = cfg.get("wifi") or {}
+            w = wsconfig.section(cfg, "wifi")
             ssid = w.get("ssid")
             if password is None:
                 password = w.get("password")

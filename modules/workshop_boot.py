@@ -16,15 +16,15 @@ def main():
         print("workshop: \"start\" must be a list of service names")
         return
     ip = None
-    t = cfg.get("telnet") or {}
-    tport = t.get("port") or 23
+    t = cfg.get("telnet")
+    tport = t.get("port") or 23 if isinstance(t, dict) else 23  # a bad section is named when telnet starts
     for name in SERVICES:
         if name not in start:
             continue
         try:
             if name == "wifi":
                 import wifi
-                w = cfg.get("wifi") or {}  # passed on: the services do not parse the file again
+                w = wsconfig.section(cfg, "wifi")  # passed on: the services do not parse the file again
                 ip = wifi.connect(w.get("ssid"), w.get("password"), w.get("timeout_ms") or TIMEOUT_MS,
                                   cfg.get("hostname") or "")
                 print("workshop: wifi up,", ip)
@@ -37,6 +37,7 @@ def main():
                     mdns.add_service("_telnet._tcp", tport)
             elif name == "telnet":
                 import telnet
+                t = wsconfig.section(cfg, "telnet")
                 kw = {"port": tport} if t.get("port") else {}
                 telnet.start(user=t.get("user") or "micro", password=t.get("password"), **kw)
             else:

@@ -43,6 +43,14 @@ def load(report=True):
     return {}
 
 
+def section(cfg, key):
+    # cfg[key] as a dict ({} when absent); a hand-edited "mqtt": "x" is a named error.
+    v = cfg.get(key) or {}
+    if not isinstance(v, dict):
+        raise ValueError('%s: "%s" must be an object, got %r' % (path(), key, v))
+    return v
+
+
 def watch(sock, handler):
     # Call handler(sock) whenever sock is readable; None stops watching.
     if _CB:

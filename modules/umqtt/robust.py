@@ -7,7 +7,6 @@
 # than waiting forever for an ack of the old connection; an idle wait_msg() that times out pings
 # instead of reconnecting.
 import time
-from errno import ETIMEDOUT
 from . import simple
 
 
@@ -15,10 +14,6 @@ class MQTTClient(simple.MQTTClient):
     DELAY = 2
     MAX_DELAY = 30
     DEBUG = False
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.subs = {}  # topic (bytes) -> qos, made again after a reconnect without session
 
     def delay(self, i):
         time.sleep(min(self.DELAY * (1 << min(i - 1, 10)), self.MAX_DELAY))
@@ -33,21 +28,14 @@ class MQTTClient(simple.MQTTClient):
             try:
                 present = super().connect(False, self._timeout)
                 if not present:
-                    for t in self.subs:
-                        super().subscribe(t, self.subs[t])
+                    s = getattr(self, "subs", {})  # topic (bytes) -> qos, made again without session
+                    for t in s:
+                        super().subscribe(t, s[t])
                 return present
             except OSError as e:
                 self.log(True, e)
                 i += 1
                 self.delay(i)
-
-    def _retry(self, f, *args):
-        while 1:
-            try:
-                return f(self, *args)
-            except OSError as e:
-                self.log(False, e)
-            self.reconnect()
 
     def publish(self, topic, msg, retain=False, qos=0):
         try:
@@ -63,13 +51,26 @@ class MQTTClient(simple.MQTTClient):
             self._dup = 0
 
     def subscribe(self, topic, qos=0):
-        r = self._retry(simple.MQTTClient.subscribe, topic, qos)
-        self.subs[simple._b(topic)] = qos
+        while 1:  # an operation cut by a reconnect is made again whole
+            try:
+                r = super().subscribe(topic, qos)
+                break
+            except OSError as e:
+                self.log(False, e)
+            self.reconnect()
+        if not hasattr(self, "subs"):
+            self.subs = {}
+        self.subs[topic.encode() if isinstance(topic, str) else topic] = qos
         return r
 
     def unsubscribe(self, topic):
-        self.subs.pop(simple._b(topic), None)
-        return self._retry(simple.MQTTClient.unsubscribe, topic)
+        getattr(self, "subs", {}).pop(topic.encode() if isinstance(topic, str) else topic, None)
+        while 1:
+            try:
+                return super().unsubscribe(topic)
+            except OSError as e:
+                self.log(False, e)
+            self.reconnect()
 
     def wait_msg(self):
         # With connect(timeout=...) an idle wait ends in ETIMEDOUT, which alone is no failure:
@@ -79,7 +80,7 @@ class MQTTClient(simple.MQTTClient):
             try:
                 return super().wait_msg()
             except OSError as e:
-                if e.errno == ETIMEDOUT and not pinged:
+                if e.errno == simple.errno.ETIMEDOUT and not pinged:  # no errno global of our own
                     try:
                         self.ping()
                         pinged = True

@@ -1,37 +1,23 @@
 # umqtt.simple: a small MQTT 3.1.1 client (QoS 0 and 1), the micropython-lib API.
 #
-# Same calls as micropython-lib's umqtt.simple (tutorial code runs unchanged), plus:
-# str topics/messages are sent as UTF-8 with their byte length; remaining lengths of any size in
-# every packet; packet ids wrap at 65535; protocol errors raise MQTTException, not assert;
-# check_msg() keeps the connect() timeout (TLS sockets too) and pings when half the keepalive has
-# passed; a peer sending garbage gets MQTTException or OSError, never a hang beyond the timeout;
-# server=None takes "mqtt": {"broker", "port"} from /workshop.json (wsconfig). A packet is staged in one
-# preallocated buffer and sent with one write (its payload apart when it does not fit): small
-# writes in a row stall ~40 ms each on Nagle + delayed ACK, which made every QoS 1 publish slow.
+# Same calls as micropython-lib's umqtt.simple (tutorial code runs unchanged), plus: str topics and
+# messages are sent as UTF-8 with their byte length; remaining lengths of any size; packet ids wrap
+# at 65535; protocol errors raise MQTTException, not assert; a peer sending garbage gets
+# MQTTException or OSError, never a hang beyond the timeout; connect() and each ack wait end
+# after the connect() timeout, 10 s without one (wait_msg() then blocks, as tutorials expect);
+# check_msg() keeps that timeout (TLS sockets too) and pings when half the keepalive has passed;
+# server=None takes "mqtt": {"broker", "port"} from /workshop.json. Each packet leaves in one
+# write (its payload apart when large): small writes in a row stall ~40 ms each on Nagle +
+# delayed ACK, which made every QoS 1 publish slow.
+import errno
 import socket
 import time
-from errno import EAGAIN, ECONNRESET
-from micropython import const
 
-_CONNECT = const(0x10)
-_CONNACK = const(0x20)
-_PUBLISH = const(0x30)
-_PUBACK = const(0x40)
-_SUBSCRIBE = const(0x82)
-_SUBACK = const(0x90)
-_UNSUBSCRIBE = const(0xA2)
-_UNSUBACK = const(0xB0)
-_PINGREQ = const(0xC0)
-_PINGRESP = const(0xD0)
-_DISCONNECT = const(0xE0)
-_STAGE = const(128)
+# (errno by module, and the 10 s default wait as a literal: every module global is heap.)
+
 
 class MQTTException(Exception):
     pass
-
-
-def _b(s):
-    return s.encode() if isinstance(s, str) else s
 
 
 class MQTTClient:
@@ -40,20 +26,18 @@ class MQTTClient:
         if server is None:
             import wsconfig
 
-            c = wsconfig.load(False).get("mqtt") or {}
+            c = wsconfig.section(wsconfig.load(False), "mqtt")
             server = c.get("broker")
             port = port or c.get("port", 0)
             if not server:
                 raise ValueError("no MQTT broker: pass server or set mqtt.broker in " + wsconfig.path())
-        if port == 0:
-            port = 8883 if ssl else 1883
         if not 0 <= keepalive < 65536:
             raise ValueError("keepalive")
         self.client_id = client_id
         self.sock = None
         self._raw = None  # the TCP socket under TLS: timeouts are set on it
         self.server = server
-        self.port = port
+        self.port = port or (8883 if ssl else 1883)
         self.ssl = ssl
         self.ssl_params = ssl_params
         self.pid = 0
@@ -66,11 +50,10 @@ class MQTTClient:
         self.lw_qos = 0
         self.lw_retain = False
         self._buf = bytearray(7)  # received: type, length bytes, packet id + return code
-        self._pkt = bytearray(_STAGE)  # sent: one packet staged for a single write
-        self._n = 0
         self._timeout = None
         self._sent = 0
         self._dup = 0  # umqtt.robust: the packet id of a QoS 1 publish sent again (DUP)
+        self._got = False  # check_msg() read the first byte of a packet into _buf
 
     def set_callback(self, f):
         self.cb = f
@@ -78,142 +61,113 @@ class MQTTClient:
     def set_last_will(self, topic, msg, retain=False, qos=0):
         if not topic or not 0 <= qos <= 1:
             raise ValueError("last will")
-        self.lw_topic = _b(topic)
-        self.lw_msg = _b(msg)
+        self.lw_topic = topic
+        self.lw_msg = msg
         self.lw_qos = qos
         self.lw_retain = retain
 
-    # -- wire helpers: nothing allocated per byte or per packet
-    def _start(self, op, sz):
-        if sz > 268435455:
+    def _send(self, op, parts, msg, ack, pid):
+        # One packet in one write: parts are 2-byte numbers (int) or strings sent with their
+        # 2-byte length, msg goes last as it is (str is UTF-8); a large msg is written apart.
+        # With ack, wait for that packet type carrying pid: messages arriving meanwhile go to the
+        # callback. Not through wait_msg(): a subclass that reconnects there (umqtt.robust) would
+        # wait forever for an ack of the lost connection. Bounded by the connect() timeout, 10 s
+        # without one; after a failed wait the stream may be mid-packet: reconnect.
+        # One allocation: the packet, sized first (a str part is encoded twice rather than kept).
+        if isinstance(msg, str):
+            msg = msg.encode()
+        n = len(msg)
+        for p in parts:
+            n += 2 if isinstance(p, int) else 2 + len(p.encode() if isinstance(p, str) else p)
+        if n > 268435455:
             raise ValueError("packet too large")
-        b = self._pkt
+        big = len(msg) > 512
+        b = bytearray(n + 5 - (len(msg) if big else 0))
         b[0] = op
         i = 1
-        while sz > 0x7F:
-            b[i] = (sz & 0x7F) | 0x80
-            sz >>= 7
+        while 1:  # the remaining length, 7 bits a byte, least significant first
+            b[i] = n & 127 | (128 if n > 127 else 0)
             i += 1
-        b[i] = sz
-        self._n = i + 1
-
-    def _w(self, data):
-        n = len(data)
-        i = self._n
-        if i + n > _STAGE:
-            self._flush()
-            if n > _STAGE // 2:
-                self.sock.write(data)
+            n >>= 7
+            if not n:
+                break
+        for p in parts:
+            if isinstance(p, str):
+                p = p.encode()
+            n = isinstance(p, int)
+            k = p if n else len(p)
+            b[i] = k >> 8
+            b[i + 1] = k & 255
+            i += 2
+            if not n:
+                b[i : i + k] = p
+                i += k
+        if not big:
+            b[i : i + len(msg)] = msg
+            i += len(msg)
+        self.sock.write(b, 0, i)
+        if big:
+            self.sock.write(msg)
+        self._sent = time.ticks_ms()
+        if not ack:
+            return
+        to = self._timeout
+        if to is None:
+            self._raw.settimeout(10)
+        t = time.ticks_ms()
+        while 1:
+            if time.ticks_diff(time.ticks_ms(), t) > (10 if to is None else to) * 1000:
+                raise OSError(errno.ETIMEDOUT)
+            if MQTTClient.wait_msg(self) == ack and self._rx(0) == pid:
+                if to is None:
+                    self._raw.settimeout(None)
                 return
-            i = 0
-        self._pkt[i : i + n] = data
-        self._n = i + n
-
-    def _u8(self, v):
-        if self._n == _STAGE:
-            self._flush()
-        self._pkt[self._n] = v
-        self._n += 1
-
-    def _u16(self, v):
-        self._u8(v >> 8)
-        self._u8(v & 0xFF)
-
-    def _send_str(self, s):
-        self._u16(len(s))
-        self._w(s)
-
-    def _flush(self):
-        if self._n:
-            self.sock.write(self._pkt, self._n)
-            self._n = 0
-            self._sent = time.ticks_ms()
 
     def _rx(self, n):
-        # n (<= 7) bytes into self._buf; a short read means the peer closed.
-        if self.sock.readinto(self._buf, n) != n:
-            raise OSError(ECONNRESET)
+        # n (<= 7) bytes into self._buf, returning the first two as a number (a packet id or a
+        # length); a short read means the peer closed. _rx(0) reads nothing.
+        if n and self.sock.readinto(self._buf, n) != n:
+            raise OSError(errno.ECONNRESET)
+        return self._buf[0] << 8 | self._buf[1]
 
-    def _read(self, n):
-        try:
-            d = self.sock.read(n) if n else b""
-        except MemoryError:  # a length no heap holds: garbage, or a message too big for the device
-            raise MQTTException("too large")
-        if d is None or len(d) != n:
-            raise OSError(ECONNRESET)
-        return d
-
-    def _recv_len(self):
-        n = 0
-        sh = 0
-        while 1:
-            self._rx(1)
-            b = self._buf[0]
-            n |= (b & 0x7F) << sh
-            if not b & 0x80:
-                return n
-            sh += 7
-            if sh > 21:
-                raise MQTTException("bad length")
-
-    def _next_pid(self):
-        self.pid = self.pid % 65535 + 1
-        return self.pid
-
-    # -- MQTT operations
     def connect(self, clean_session=True, timeout=None):
         if self.sock:
             try:
                 self.sock.close()
             except OSError:
                 pass
-            self.sock = None
         self._timeout = timeout
         addr = socket.getaddrinfo(self.server, self.port)[0][-1]
-        s = self._raw = socket.socket()
+        s = self._raw = self.sock = socket.socket()
         try:
-            s.settimeout(timeout)
+            s.settimeout(10 if timeout is None else timeout)  # a silent broker is no hang
             s.connect(addr)
             if self.ssl is True:
                 import ssl
 
-                s = ssl.wrap_socket(s, **self.ssl_params)
+                self.sock = ssl.wrap_socket(s, **self.ssl_params)
             elif self.ssl:
-                s = self.ssl.wrap_socket(s, server_hostname=self.server)
-            self.sock = s
-            cid = _b(self.client_id)
-            user = _b(self.user)
-            pswd = _b(self.pswd)
-            sz = 10 + 2 + len(cid)
-            flags = 2 if clean_session else 0
-            if user:
-                sz += 2 + len(user)
-                flags |= 0x80
-                if pswd is not None:
-                    sz += 2 + len(pswd)
-                    flags |= 0x40
+                self.sock = self.ssl.wrap_socket(s, server_hostname=self.server)
+            f = 2 if clean_session else 0
+            p = [b"MQTT", 0, self.keepalive, self.client_id]  # "MQTT", level 4 + flags
             if self.lw_topic:
-                sz += 2 + len(self.lw_topic) + 2 + len(self.lw_msg)
-                flags |= 0x4 | self.lw_qos << 3 | (0x20 if self.lw_retain else 0)
-            self._start(_CONNECT, sz)
-            self._w(b"\0\x04MQTT\x04")
-            self._u8(flags)
-            self._u16(self.keepalive)
-            self._send_str(cid)
-            if self.lw_topic:
-                self._send_str(self.lw_topic)
-                self._send_str(self.lw_msg)
-            if flags & 0x80:
-                self._send_str(user)
-            if flags & 0x40:
-                self._send_str(pswd)
-            self._flush()
+                f |= 4 | self.lw_qos << 3 | (32 if self.lw_retain else 0)
+                p += (self.lw_topic, self.lw_msg)
+            if self.user:
+                f |= 128
+                p.append(self.user)
+                if self.pswd is not None:
+                    f |= 64
+                    p.append(self.pswd)
+            p[1] = 1024 | f
+            self._send(0x10, p, b"", 0, 0)
             self._rx(4)
             b = self._buf
-            if b[0] != _CONNACK or b[1] != 2:
+            if b[0] != 0x20 or b[1] != 2:
                 raise MQTTException("bad CONNACK")
             if b[3]:
                 raise MQTTException(b[3])
+            s.settimeout(timeout)  # None: wait_msg() blocks, as tutorials expect
             return b[2] & 1
         except:
             s.close()
@@ -222,89 +176,98 @@ class MQTTClient:
 
     def disconnect(self):
         try:
-            self._start(_DISCONNECT, 0)
-            self._flush()
+            self._send(0xE0, (), b"", 0, 0)
         finally:
             self.sock.close()
             self.sock = self._raw = None
 
     def ping(self):
-        self._start(_PINGREQ, 0)
-        self._flush()
+        self._send(0xC0, (), b"", 0, 0)
 
     def publish(self, topic, msg, retain=False, qos=0):
         if not 0 <= qos <= 1:
             raise ValueError("qos")
-        topic = _b(topic)
-        msg = _b(msg)
-        sz = 2 + len(topic) + len(msg)
+        pid = self._dup
         if qos:
-            sz += 2
-        pid = self._dup if qos else 0
-        self._start(_PUBLISH | qos << 1 | (1 if retain else 0) | (8 if pid else 0), sz)
-        self._send_str(topic)
-        if qos:
-            pid = pid or self._next_pid()
-            self._u16(pid)
-        self._w(msg)
-        self._flush()
-        if qos:
-            self._wait_ack(_PUBACK, pid)
+            if not pid:
+                self.pid = pid = self.pid % 65535 + 1
+            self._send(0x32 | (8 if self._dup else 0) | (1 if retain else 0), (topic, pid), msg, 0x40, pid)
+        else:
+            self._send(0x30 | (1 if retain else 0), (topic,), msg, 0, 0)
 
     def subscribe(self, topic, qos=0):
         if self.cb is None:
             raise MQTTException("set_callback() before subscribe()")
         if not 0 <= qos <= 1:
             raise ValueError("qos")
-        topic = _b(topic)
-        pid = self._next_pid()
-        self._start(_SUBSCRIBE, 2 + 2 + len(topic) + 1)
-        self._u16(pid)
-        self._send_str(topic)
-        self._u8(qos)
-        self._flush()
-        self._wait_ack(_SUBACK, pid)
+        self.pid = pid = self.pid % 65535 + 1
+        self._send(0x82, (pid, topic), bytes((qos,)), 0x90, pid)
         if self._buf[2] & 0x80:
             raise MQTTException(self._buf[2])
         return self._buf[2]
 
     def unsubscribe(self, topic):
-        topic = _b(topic)
-        pid = self._next_pid()
-        self._start(_UNSUBSCRIBE, 2 + 2 + len(topic))
-        self._u16(pid)
-        self._send_str(topic)
-        self._flush()
-        self._wait_ack(_UNSUBACK, pid)
-
-    def _wait_ack(self, op, pid):
-        # Messages arriving meanwhile go to the callback. Not through wait_msg(): a subclass that
-        # reconnects there (umqtt.robust) would wait forever for an ack of the lost connection.
-        while 1:
-            self._rx(1)
-            if self._packet() == op and (self._buf[0] << 8 | self._buf[1]) == pid:
-                return
-
-    def _ping_due(self):
-        if self.keepalive and time.ticks_diff(time.ticks_ms(), self._sent) >= self.keepalive * 500:
-            self.ping()
+        self.pid = pid = self.pid % 65535 + 1
+        self._send(0xA2, (pid, topic), b"", 0xB0, pid)
 
     # Wait for a single incoming MQTT message and process it: subscribed messages go to the
     # callback set with set_callback(), others are handled here. Returns the packet type.
     def wait_msg(self):
-        self._ping_due()
-        self._rx(1)
-        return self._packet()
+        if self._got:  # from check_msg(), which pinged when due
+            self._got = False
+        else:
+            if self.keepalive and time.ticks_diff(time.ticks_ms(), self._sent) >= self.keepalive * 500:
+                self.ping()
+            self._rx(1)
+        op = self._buf[0]  # the packet type; then the remaining length
+        sz = 0
+        sh = 0
+        while 1:
+            self._rx(1)
+            sz |= (self._buf[0] & 0x7F) << sh
+            if not self._buf[0] & 0x80:
+                break
+            sh += 7
+            if sh > 21:
+                raise MQTTException("bad length")
+        if op & 0xF0 != 0x30:
+            if sz > 7 or op < 0x20 or op >= 0xE0:  # reserved, or a client's packet type
+                raise MQTTException("bad packet")
+            if sz:
+                self._rx(sz)  # PUBACK/UNSUBACK: pid; SUBACK: pid + code
+            return None if op == 0xD0 else op
+        n = self._rx(2)
+        sz -= n + (4 if op & 6 else 2)
+        if sz < 0 or op & 6 == 6:
+            raise MQTTException("bad packet")
+        try:
+            topic = self.sock.read(n) if n else b""
+            if op & 6:
+                pid = self._rx(2)
+            msg = self.sock.read(sz) if sz else b""
+        except MemoryError:  # a length no heap holds: garbage, or a message too big for the device
+            self.sock.close()  # the stream is out of step: later calls get OSError (robust reconnects)
+            raise MQTTException("too large")
+        if len(topic or b"") != n or len(msg or b"") != sz:
+            raise OSError(errno.ECONNRESET)
+        if self.cb:
+            self.cb(topic, msg)
+        if op & 6 == 2:
+            self._send(0x40, (pid,), b"", 0, 0)
+        elif op & 6:
+            raise MQTTException("QoS 2 not supported")
+        return op
 
     # As wait_msg(), but returns None at once when nothing is pending.
     def check_msg(self):
-        self._ping_due()
+        if self.keepalive and time.ticks_diff(time.ticks_ms(), self._sent) >= self.keepalive * 500:
+            self.ping()
         s = self._raw
         s.setblocking(False)
         try:
             n = self.sock.readinto(self._buf, 1)
         except OSError as e:
-            if e.errno != EAGAIN:
+            if e.errno != errno.EAGAIN:
                 raise
             n = None
         finally:
@@ -312,38 +275,6 @@ class MQTTClient:
         if n is None:
             return None
         if not n:
-            raise OSError(ECONNRESET)
-        return self._packet()
-
-    def _packet(self):
-        # self._buf[0] holds the packet type byte just read.
-        op = self._buf[0]
-        sz = self._recv_len()
-        if op & 0xF0 != _PUBLISH:
-            if sz > 7 or op < 0x20 or op >= 0xE0:  # reserved, or a client's packet type
-                raise MQTTException("bad packet")
-            if sz:
-                self._rx(sz)  # PUBACK/UNSUBACK: pid; SUBACK: pid + code
-            return None if op == _PINGRESP else op
-        sz -= 2
-        self._rx(2)
-        n = self._buf[0] << 8 | self._buf[1]
-        if op & 6:
-            sz -= 2
-        sz -= n
-        if sz < 0 or op & 6 == 6:
-            raise MQTTException("bad packet")
-        topic = self._read(n)
-        if op & 6:
-            self._rx(2)
-            pid = self._buf[0] << 8 | self._buf[1]
-        msg = self._read(sz)
-        if self.cb:
-            self.cb(topic, msg)
-        if op & 6 == 2:
-            self._start(_PUBACK, 2)
-            self._u16(pid)
-            self._flush()
-        elif op & 6:
-            raise MQTTException("QoS 2 not supported")
-        return op
+            raise OSError(errno.ECONNRESET)
+        self._got = True
+        return MQTTClient.wait_msg(self)  # this class's: a subclass's would reconnect mid-packet

@@ -83,6 +83,14 @@ def _identity_problems(identity: Any, expected: Expected, seen: list[str]) -> li
     return problems
 
 
+def config_shape_error(cfg: dict[str, Any]) -> str | None:
+    """The device config's "mqtt" section as read back when it is not an object (a hand edit), named."""
+    mqtt = cfg.get("mqtt")
+    if mqtt is None or isinstance(mqtt, dict):
+        return None
+    return f"{cfg.get('path')}: \"mqtt\" must be an object, got {mqtt!r}"
+
+
 def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
     """The device's facts against the expectation: pure, so the rules are testable without a board."""
     checks: list[Check] = []
@@ -171,6 +179,8 @@ def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
         checks.append(Check("config", FAIL, f"no {cfg.get('path')} (run invoke provision)"))
     elif cfg.get("error"):
         checks.append(Check("config", FAIL, f"{cfg.get('path')}: unreadable: {cfg['error']}"))
+    elif shape := config_shape_error(cfg):
+        checks.append(Check("config", FAIL, shape))
     else:
         checks.append(Check("config", PASS, f"{cfg.get('path')}: hostname {cfg.get('hostname')!r}, "
                                             f"keys {', '.join(cfg.get('keys', []))}"))

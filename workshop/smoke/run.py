@@ -21,7 +21,7 @@ from typing import Any
 from ..devconfig import masked
 from ..provision import CONFIG_PATH_CODE, HOST_PLATFORMS
 from ..repl import Pacing, ReplError, ReplEvent, ReplSession, ReplTimeout
-from .evaluate import HTTP_STAGES, MQTT_STAGES, _reason, evaluate, mqtt_port
+from .evaluate import HTTP_STAGES, MQTT_STAGES, _reason, config_shape_error, evaluate, mqtt_port
 from .expect import RUNS_ON_IMPORT, Expected
 from .model import FAIL, PASS, SKIP, Check, DeviceReport, NetworkOptions, SmokeError
 
@@ -209,9 +209,12 @@ def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOp
                              {"path": cfg.get("path") or "/workshop.json", "host": host_port,
                               "timeout_ms": int(opts.wifi_timeout * 1000)},
                              opts.wifi_timeout + 10, wifi))
-    mqtt_cfg = cfg.get("mqtt") or {}
+    shape = config_shape_error(cfg)
+    mqtt_cfg = {} if shape else cfg.get("mqtt") or {}
     host = opts.mqtt_host or mqtt_cfg.get("broker")
-    if not host:
+    if shape and not host:
+        checks.append(Check("mqtt", FAIL, f"no broker: {shape}"))
+    elif not host:
         checks.append(Check("mqtt", FAIL, "no broker: pass --mqtt HOST or provision with --mqtt"))
     else:
         try:

@@ -138,6 +138,14 @@ def _serve(context: ssl.SSLContext | None, scheme: str) -> Iterator[HTTPPeer]:
 
 
 @pytest.fixture(scope="module")
+def pki_https_peer(pki: "PKI") -> Iterator[HTTPPeer]:
+    """The HTTPS server with a certificate for 127.0.0.1 signed by the test CA (pki)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.cert, pki.key)
+    yield from _serve(ctx, "https")
+
+
+@pytest.fixture(scope="module")
 def http_peer() -> Iterator[HTTPPeer]:
     yield from _serve(None, "http")
 

@@ -77,3 +77,37 @@ except OSError as e:
             value = device_lines(micropython.run(code, "127.0.0.1", port).stdout)[0]
             t.join(5)
             assert check(value), (kiss, value)
+
+
+def _flood(sock: socket.socket, seconds: float) -> None:
+    """Answer the query with a stream of replies to someone else (wrong origin), 200 a second."""
+    q, addr = sock.recvfrom(48)
+    stale = bytearray(48)
+    stale[0], stale[1] = 0x24, 2
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        struct.pack_into("!II", stale, 40, int(time.time()) + 2208988800, 0)
+        try:
+            sock.sendto(stale, addr)
+        except OSError:
+            return
+        time.sleep(0.005)
+
+
+def test_a_flood_of_other_datagrams_does_not_extend_the_timeout(micropython):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv:
+        srv.bind(("127.0.0.1", 0))
+        t = threading.Thread(target=_flood, args=(srv, 6), daemon=True)
+        t.start()
+        out = micropython.run(PRELUDE + """
+import time
+ntptime.timeout = 0.5
+t = time.ticks_ms()
+try:
+    ntptime.time()
+except OSError:
+    print(repr(("OSError", time.ticks_diff(time.ticks_ms(), t))))
+""", "127.0.0.1", str(srv.getsockname()[1]), timeout=30)
+        t.join(10)
+    kind, ms = device_lines(out.stdout)[0]
+    assert kind == "OSError" and 400 <= ms < 1000

@@ -113,7 +113,8 @@ except ValueError as e:
 def test_chunked_and_streamed_responses(micropython, http_peer):
     out = run(micropython, """
 r = requests.get(BASE + "/chunked")
-print(repr(r.content))
+c = r.content
+print(repr((type(c).__name__, bytes(c))))  # the chunks joined in place: a bytearray, not copied again
 r = requests.get(BASE + "/big", stream=True)
 n = 0
 h = 0
@@ -130,7 +131,113 @@ print(repr((r.headers["Content-Length"], n, h)))
     h = 0
     for x in BIG:
         h = (h * 31 + x) & 0xFFFFFFFF
-    assert out == [b"".join(CHUNKS), (str(len(BIG)), len(BIG), h)]
+    assert out == [("bytearray", b"".join(CHUNKS)), (str(len(BIG)), len(BIG), h)]
+
+
+def test_stream_true_reads_a_chunked_body_without_its_framing(micropython, http_peer):
+    out = run(micropython, """
+r = requests.get(BASE + "/chunked", stream=True)
+parts = []
+while 1:
+    b = r.raw.read(7)                      # pieces across chunk boundaries
+    if not b:
+        break
+    parts.append(bytes(b))
+r.close()
+print(repr(b"".join(parts)))
+print(repr(max(len(p) for p in parts)))
+r = requests.get(BASE + "/chunked", stream=True)
+buf = bytearray(64)
+got = b""
+while 1:
+    n = r.raw.readinto(buf)
+    if not n:
+        break
+    got += buf[:n]
+print(repr(got))
+print(repr(r.raw.read()))                  # at the end: empty, not a hang
+r.close()
+with requests.get(BASE + "/big", stream=True) as r:
+    buf = bytearray(1000)
+    n = 0
+    while 1:
+        k = r.raw.readinto(buf)
+        if not k:
+            break
+        n += k
+    print(repr(n))
+""", http_peer.url)
+    assert out == [b"".join(CHUNKS), 7, b"".join(CHUNKS), b"", len(BIG)]
+
+
+def test_a_query_right_after_the_host_is_split_off(micropython, http_peer):
+    out = run(micropython, """
+r = requests.get(BASE + "?x=1&y=2")
+print(repr(r.status_code))
+""", http_peer.url)
+    assert out == [400]  # the peer's "unknown route", reached with the right request line
+    assert http_peer.seen[-1]["path"] == "/?x=1&y=2"
+    assert http_peer.seen[-1]["headers"]["Host"] == http_peer.url.split("//")[1]
+
+
+def _writes_per_connection(trace: str, port: int) -> list[int]:
+    """From `strace -e trace=connect,write,sendto,close`: how many writes each connection to port made."""
+    import re
+
+    counts, open_fds = [], {}
+    for line in trace.splitlines():
+        m = re.search(r"connect\((\d+), .*htons\(%d\)" % port, line)
+        if m:
+            open_fds[m.group(1)] = len(counts)
+            counts.append(0)
+            continue
+        m = re.search(r"(?:write|sendto)\((\d+),", line)
+        if m and m.group(1) in open_fds:
+            counts[open_fds[m.group(1)]] += 1
+        m = re.search(r"close\((\d+)\)", line)
+        if m:
+            open_fds.pop(m.group(1), None)
+    return counts
+
+
+def test_the_request_head_leaves_in_one_write(micropython, http_peer, tmp_path):
+    # Counted at the system call (strace), on the real socket: each write is a TCP segment (a TLS
+    # record under https); small ones in a row stall on Nagle + delayed ACK.
+    import shutil
+    import subprocess
+
+    strace = shutil.which("strace")
+    assert strace, "strace not found: apt-get install strace"
+    trace = tmp_path / "trace"
+    script = PRELUDE + """
+requests.get(BASE + "/echo?a=1", headers={"X-One": "1", "X-Two": b"2"}, auth=("micro", "pw")).close()
+requests.post(BASE + "/echo", json={"t": 23.5}).close()
+requests.put(BASE + "/echo", data=b"x" * 3000).close()
+print(repr("done"))
+"""
+    proc = subprocess.run([strace, "-f", "-e", "trace=connect,write,sendto,close", "-o", str(trace),
+                           *micropython.command("-c", script, http_peer.url)], env=micropython.environ(),
+                          capture_output=True, text=True, timeout=60)
+    assert device_lines(proc.stdout) == ["done"], proc.stderr
+    port = int(http_peer.url.rsplit(":", 1)[1])
+    assert _writes_per_connection(trace.read_text(), port) == [1, 1, 2]  # head (+ small body); big body apart
+    assert [s["body"] for s in http_peer.seen[-3:]] == [b"", b'{"t": 23.5}', b"x" * 3000]
+
+
+def test_https_verifies_the_server_against_a_given_ca(micropython, pki_https_peer, pki):
+    code = PRELUDE + """
+ca = open(sys.argv[2], "rb").read()
+other = open(sys.argv[3], "rb").read()
+print(repr(requests.get(BASE + "/json", cadata=ca).json()))
+try:
+    requests.get(BASE + "/json", cadata=other)
+    print(repr("accepted an unknown CA"))
+except (OSError, ValueError) as e:
+    print(repr("refused"))
+print(repr(requests.get(BASE + "/json").status_code))   # no CA: encrypted, not authenticated
+"""
+    out = device_lines(micropython.run(code, pki_https_peer.url, str(pki.ca_der), str(pki.other_ca_der)).stdout)
+    assert out == [{"ok": True, "unit": "°C"}, "refused", 200]
 
 
 def test_network_errors_are_oserrors(micropython, http_peer):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import subprocess
 import threading
 import time
 
@@ -231,6 +232,14 @@ except ValueError:
     print(repr("qos2"))
 """, mosquitto, env={"WORKSHOP_CONFIG": str(config)})
     assert device_lines(out.stdout) == [(mosquitto.host, mosquitto.port), 0, "qos2"]
+    config.write_text(json.dumps({"mqtt": "not-a-table"}))  # hand-edited: a named error, not AttributeError
+    out = run(micropython, """
+try:
+    MQTTClient("e4")
+except ValueError as e:
+    print(repr(str(e)))
+""", mosquitto, env={"WORKSHOP_CONFIG": str(config)})
+    assert device_lines(out.stdout) == [f"{config}: \"mqtt\" must be an object, got 'not-a-table'"]
 
 
 def test_robust_client_resubscribes_after_broker_restart(micropython, mosquitto, subscriber, tmp_path):
@@ -621,3 +630,71 @@ for i in range({len(cases)}):
     got = dict(zip([name for name, _, _ in cases], device_lines(out.stdout)))
     bad = {k: v for k, v in got.items() if v[0] not in ("MQTTException", "OSError") or not v[1]}
     assert len(got) == len(cases) and not bad, f"not a clean, prompt exception: {bad}"
+
+
+SILENT = {  # what the tutorial code calls -> what a broker that never answers it sends first
+    "connect": (b"", "c.connect()"),
+    "publish qos 1": (CONNACK, "c.connect()\nc.publish('ws/x', 'y', qos=1)"),
+    "subscribe": (CONNACK, "c.connect()\nc.set_callback(show)\nc.subscribe('ws/x')"),
+}
+
+
+def test_tutorial_defaults_end_on_a_silent_broker(micropython):
+    # No timeout passed anywhere: connect() and each ack wait end in OSError after umqtt's 10 s
+    # default (one process per case, in parallel), instead of blocking forever.
+    peers, procs = [], []
+    try:
+        for reply, code in SILENT.values():
+            peer = GarbagePeer([(reply, False)])
+            peers.append(peer)
+            script = PRELUDE + f"""
+t = time.ticks_ms()
+try:
+    c = MQTTClient("silent", HOST, PORT)
+{''.join('    ' + line + chr(10) for line in code.splitlines())}    print(repr("no error"))
+except OSError as e:
+    print(repr(("OSError", time.ticks_diff(time.ticks_ms(), t) // 1000)))
+"""
+            procs.append(subprocess.Popen(micropython.command("-c", script, "127.0.0.1", str(peer.port)),
+                                          env=micropython.environ(), stdout=subprocess.PIPE, text=True))
+        got = {name: device_lines(p.communicate(timeout=30)[0]) for name, p in zip(SILENT, procs)}
+    finally:
+        for p in procs:
+            p.kill()
+        for peer in peers:
+            peer.close()
+    assert got == {name: [("OSError", 10)] for name in SILENT}
+
+
+def test_too_large_closes_the_stream_and_robust_reconnects(micropython):
+    # A PUBLISH no heap can hold: MQTTException("too large"), and the rest of that packet is never
+    # parsed as the next one: the stream is closed, robust reconnects and gets the next message.
+    huge = b"\x30\xff\xff\xff\x7f\x00\x01a" + b"\x30\x08\x00\x04ws/xno"  # its "body" looks like a packet
+    good = b"\x30\x08\x00\x04ws/xok"
+    peer = GarbagePeer([(CONNACK + huge, False), (CONNACK + good, False), (CONNACK + huge, False)])
+    try:
+        out = micropython.run(PRELUDE + """
+from umqtt import robust
+robust.MQTTClient.DELAY = 0
+c = robust.MQTTClient("big", HOST, PORT)
+c.set_callback(show)
+c.connect(timeout=2)
+for i in range(2):
+    try:
+        c.wait_msg()
+    except MQTTException as e:
+        print(repr(str(e)))
+s = MQTTClient("big", HOST, PORT)
+s.connect(timeout=2)
+try:
+    s.wait_msg()
+except MQTTException as e:
+    print(repr(str(e)))
+try:
+    s.wait_msg()
+except OSError:
+    print(repr("closed"))
+""", "127.0.0.1", str(peer.port), timeout=60)
+    finally:
+        peer.close()
+    assert device_lines(out.stdout) == ["too large", (b"ws/x", b"ok"), "too large", "closed"]

@@ -101,3 +101,13 @@ wsconfig.serve()
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_section_that_is_not_an_object_is_a_named_error(micropython, tmp_path):
+    # A hand-edited config ("wifi": "Workshop") names the key, not "'str' object has no attribute 'get'".
+    cfg = {"wifi": "Workshop", "telnet": ["micro"], "start": ["wifi", "telnet"]}
+    out = boot(micropython, tmp_path, cfg).stdout.splitlines()
+    path = tmp_path / "workshop.json"
+    assert out == [f"workshop: wifi not started: {path}: \"wifi\" must be an object, got 'Workshop'",
+                   f"workshop: telnet not started: {path}: \"telnet\" must be an object, got ['micro']",
+                   "REPL REACHED"]

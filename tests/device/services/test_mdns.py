@@ -8,7 +8,10 @@ import socket
 import dns.flags
 import dns.message
 import dns.query
+import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
+import dns.name
 import pytest
 
 from support import free_port
@@ -66,3 +69,55 @@ def test_multicast_on_loopback_with_python_zeroconf(serve):
         assert host.request(zc, 3000) and host.parsed_addresses() == ["127.0.0.1"]
     finally:
         zc.close()
+
+
+IGNORED = r"""
+import sys, gc, socket, binascii
+import mdns
+port = int(sys.argv[1])
+mdns.start("ws-test", "127.0.0.1", [("_http._tcp", 80, {"path": "/"})], port=port)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dst = socket.getaddrinfo("127.0.0.1", port)[0][-1]
+def cost(pkt, handle):
+    for i in range(20):
+        c.sendto(pkt, dst)
+    gc.collect()
+    gc.disable()
+    a = gc.mem_alloc()
+    for i in range(20):
+        handle(mdns._sock)
+    b = gc.mem_alloc()
+    gc.enable()
+    return b - a
+for h in sys.argv[2:]:
+    pkt = binascii.unhexlify(h)
+    print(repr((cost(pkt, mdns._on_packet), cost(pkt, lambda s: s.recvfrom(512)))))
+"""
+
+
+def test_a_packet_that_is_not_for_us_costs_nothing_beyond_the_socket_read(micropython):
+    # A LAN full of laptops: every query for another name and every response is matched without
+    # allocating; what remains is recvfrom's own copy (measured alongside: bench/mdns_alloc.py).
+    other = dns.message.make_query("laptop.local.", "A")
+    svc = dns.message.make_query("_airplay._tcp.local.", "PTR")
+    two = dns.message.make_query("laptop.local.", "A")
+    two.question.append(dns.rrset.RRset(dns.name.from_text("printer.local."), dns.rdataclass.IN, dns.rdatatype.AAAA))
+    resp = dns.message.make_response(other)
+    resp.answer.append(dns.rrset.from_text("laptop.local.", 120, "IN", "A", "10.0.0.7"))
+    port = free_port(socket.SOCK_DGRAM)
+    out = micropython.run(IGNORED, str(port), *(m.to_wire().hex() for m in (other, svc, two, resp)))
+    costs = [eval(line) for line in out.stdout.splitlines() if line.startswith("(")]
+    assert costs and all(handler == floor for handler, floor in costs), costs
+
+
+def test_a_question_for_us_after_others_and_compressed_is_answered(serve):
+    srv = serve("serve_mdns.py", port=free_port(socket.SOCK_DGRAM), ready="ready")
+    q = dns.message.make_query("laptop.local.", "A")
+    q.question.append(dns.rrset.RRset(dns.name.from_text("WS-TEST.Local."), dns.rdataclass.IN, dns.rdatatype.A))
+    wire = q.to_wire()  # dnspython compresses the second "local" into a pointer to the first
+    assert b"\xc0" in wire[12 + len(b"\x06laptop\x05local\x00") + 4:]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(wire, ("127.0.0.1", srv.port))
+        r = dns.message.from_wire(s.recv(512))
+    assert records(r.answer) == {"ws-test.local. 10 A 127.0.0.1"}

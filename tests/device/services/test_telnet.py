@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pexpect
 import pytest
 
-from support import require_tool
+from support import free_port, require_tool
+
+HERE = Path(__file__).resolve().parent
 
 IAC, DONT, DO, WONT, WILL = 255, 254, 253, 252, 251
 ECHO, SGA, TTYPE, NAWS = 1, 3, 24, 31
@@ -158,3 +163,69 @@ def test_refuses_to_start_without_password_and_reads_the_config(micropython, ser
     s, out = login(srv.port, b"ada", b"lovelace")
     assert b"Logged in" in out
     s.close()
+
+
+class Console:
+    """serve_telnet_dupterm.py: telnet on a board-style console (os.dupterm replayed on unix);
+    its stdin is the UART REPL's input, its stdout the UART."""
+
+    def __init__(self, micropython) -> None:
+        self.port = free_port()
+        self.proc = micropython.popen(HERE / "serve_telnet_dupterm.py", str(self.port), stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._drain, daemon=True).start()  # the UART never backs up
+        self.wait_for("ready")
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 60) -> str:
+        """The last UART line containing text, waiting for one."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                hit = [x for x in self.lines if text in x]
+                if hit:
+                    return hit[-1]
+                if not self.cond.wait(max(0.0, end - time.monotonic())):
+                    raise AssertionError(f"no {text!r} on the UART: {self.lines[-20:]}")
+
+    def type(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def test_a_stalled_client_never_slows_the_uart_and_is_detached(micropython):
+    con = Console(micropython)
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a laptop that stops reading
+        s.connect(("127.0.0.1", con.port))
+        recv_until(s, b"login: ")
+        s.sendall(b"micro\r\ns3cret\r\n")
+        assert b"Logged in" in recv_until(s, b"session.\r\n")
+        s.sendall(b"6*7\r")
+        assert b"42\r\n" in recv_until(s, b"42\r\n")  # the session is the console
+        # the log lines of a second connection go to the UART, not into the logged-in session
+        with socket.create_connection(("127.0.0.1", con.port)) as other:
+            assert b"Busy" in recv_until(other, b"\r\n")
+        assert con.wait_for("refused (busy)", 5).startswith("telnet: 127.0.0.1:")
+        assert recv_quiet(s) == b"", "telnet's log reached the logged-in session"
+        # now the client stops reading while the UART REPL prints for 7 s (buffers fill, then 3 s stalled)
+        con.type("flood(7000)")
+        _, n, worst_ms, attached = con.wait_for("FLOOD", 30).split()
+        assert int(worst_ms) < 50, f"a console print took {worst_ms} ms while the client stalled"
+        assert int(n) > 7000 and attached == "False"  # full speed; the stalled client detached
+        assert con.wait_for("not reading", 5).startswith("telnet: 127.0.0.1:")
+        s.close()
+    finally:
+        con.stop()

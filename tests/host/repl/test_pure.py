@@ -186,7 +186,9 @@ def test_one_odd_board_fails_its_own_report_not_the_run():
                               network=smoke.NetworkOptions(http_url=None),
                               session_factory=lambda port, **kw: sessions[port])
     assert [r.port for r in reports] == ["odd", "good"]
-    assert [c.name for c in reports[0].failed] == ["device"] and "AttributeError" in reports[0].failed[0].detail
+    odd_failed = {c.name: c.detail for c in reports[0].failed}
+    assert odd_failed == {"config": "workshop.json: \"mqtt\" must be an object, got 'not-a-table'",
+                          "mqtt": "no broker: workshop.json: \"mqtt\" must be an object, got 'not-a-table'"}
     assert reports[1].check("config").status == "pass"
 
 

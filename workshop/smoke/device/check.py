@@ -113,7 +113,8 @@ try:
         C['hostname'] = cfg.get('hostname')
         C['start'] = cfg.get('start')
         C['mqtt'] = cfg.get('mqtt')
-        C['ssid'] = (cfg.get('wifi') or {}).get('ssid')
+        w = cfg.get('wifi')
+        C['ssid'] = w.get('ssid') if isinstance(w, dict) else None
     else:
         C['error'] = 'not a JSON object'
 except OSError:
