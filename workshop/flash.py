@@ -486,6 +486,7 @@ class _Worker:
             self.result.error = f"interrupted during {self.result.stage.value}"
             self.result.error_kind = "interrupted"
             if self.result.attempts:
+                self.result.attempts[-1].stage = self.result.stage.value
                 self.result.attempts[-1].error = "interrupted"
             self.emit_cb(FlashEvent(self.port.device, Stage.INTERRUPTED, self.attempt_no, message=self.result.error))
         except Exception as e:  # noqa: BLE001 - outside any attempt (e.g. the log file): still this device's result
@@ -516,13 +517,11 @@ class _Worker:
             except BaseException as e:  # noqa: BLE001 - handed to the watcher
                 outcome.append(e)
 
-        thread = threading.Thread(target=body, name=f"esptool {self.port.device}", daemon=True)
-        thread.start()
+        thread = Runner(body, f"esptool {self.port.device}")
         timed_out: StageTimeout | None = None
         aborted_at: float | None = None
         while thread.is_alive():
-            thread.join(0.05)
-            if not thread.is_alive():
+            if thread.done.wait(0.05):
                 break
             now = time.monotonic()
             if aborted_at is None:
@@ -703,9 +702,7 @@ def flash_all(ports: Sequence[SerialPort | str], images: ImageChoice, options: F
                for t in targets]
     for w in workers:
         emit(FlashEvent(w.port.device, Stage.QUEUED))
-    threads = [threading.Thread(target=w.run, name=f"flash {w.port.device}", daemon=True) for w in workers]
-    for t in threads:
-        t.start()
+    threads = [Runner(w.run, f"flash {w.port.device}") for w in workers]
     interrupted = wait_threads(threads, cancel)
     interrupted = interrupted or cancel.is_set()
     for w, t in zip(workers, threads):
@@ -718,21 +715,43 @@ def flash_all(ports: Sequence[SerialPort | str], images: ImageChoice, options: F
                        interrupted=interrupted, images={i.board: i.source for i in chosen})
 
 
-def wait_threads(threads: Sequence[threading.Thread], cancel: threading.Event,
-                 stop_wait: float = STOP_WAIT_S) -> bool:
-    """Wait for worker threads; on Ctrl-C set `cancel` and wait at most `stop_wait` more. Interrupted?"""
+class Runner:
+    """A daemon thread whose end is an Event: waiting on it survives Ctrl-C.
+
+    (A KeyboardInterrupt inside Thread.join() can leave Thread.is_alive() wrong on CPython 3.11,
+    so nothing here joins threads.)
+    """
+
+    def __init__(self, target: Callable[[], Any], name: str) -> None:
+        self.done = threading.Event()
+
+        def body() -> None:
+            try:
+                target()
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=body, name=name, daemon=True)
+        self.thread.start()
+
+    def is_alive(self) -> bool:
+        return not self.done.is_set()
+
+
+def wait_threads(runners: Sequence[Runner], cancel: threading.Event, stop_wait: float = STOP_WAIT_S) -> bool:
+    """Wait for workers; on Ctrl-C set `cancel` and wait at most `stop_wait` more. Interrupted?"""
     interrupted = False
     stop_by: float | None = None
     while True:
         try:
-            alive = [t for t in threads if t.is_alive()]
+            alive = [r for r in runners if r.is_alive()]
             if not alive:
                 return interrupted
             if cancel.is_set() and stop_by is None:
                 stop_by = time.monotonic() + stop_wait
             if stop_by is not None and time.monotonic() > stop_by:
                 return interrupted
-            alive[0].join(0.05)
+            time.sleep(0.05)
         except KeyboardInterrupt:
             interrupted = True
             cancel.set()         # each worker aborts its attempt now
@@ -740,4 +759,4 @@ def wait_threads(threads: Sequence[threading.Thread], cancel: threading.Event,
 
 __all__ = ["Attempt", "Budgets", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions",
            "FlashReport", "Stage", "StageTimeout", "State", "VerifyFailed", "WrongChip", "dist_images", "flash_all",
-           "flash_device", "images_by_chip", "retry_ladder", "wait_threads"]
+           "flash_device", "images_by_chip", "retry_ladder", "Runner", "wait_threads"]
