@@ -435,6 +435,16 @@ def verify(esp: Any, data: list[tuple[int, bytes]], flash_size: str, what: str) 
         raise
 
 
+def flash_size(esp: Any) -> str | None:
+    """The flash chip's size from its JEDEC ID ("4MB"); None when unknown or not attached."""
+    from esptool.cmds import detect_flash_size
+
+    try:
+        return detect_flash_size(esp)
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
 def read_identity_fields(esp: Any, flash: bool = True) -> dict[str, Any]:
     """Chip, MAC, description, features (and flash size: needs the stub and attached flash)."""
     from esptool.cmds import detect_flash_size
@@ -455,5 +465,5 @@ def read_identity_fields(esp: Any, flash: bool = True) -> dict[str, Any]:
 
 
 __all__ = ["Cancelled", "DeviceError", "NoAnswer", "PORT_BUSY", "PortBusy", "PortUnavailable", "VerifyFailed",
-           "abort_port", "change_baud", "chip_key", "close", "connect", "esptool_session", "format_mac",
+           "abort_port", "change_baud", "chip_key", "close", "connect", "esptool_session", "flash_size", "format_mac",
            "open_port", "port_error", "read_mac", "run_stub", "stub_flasher", "stub_size", "verify"]

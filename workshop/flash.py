@@ -24,6 +24,7 @@ once (a lower baud cannot help a stub that never answered). Ctrl-C ends a run wi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -49,7 +50,13 @@ class FlashError(RuntimeError):
     """A flash run cannot start (bad image, no ports); the message says what to do."""
 
 
-class WrongChip(DeviceError):
+class Refused(DeviceError):
+    """The board was refused before anything was written (no retry can change that)."""
+
+    kind = "refused"
+
+
+class WrongChip(Refused):
     """The detected chip is not the one the image was built for: nothing was written."""
 
     kind = "wrong-chip"
@@ -90,6 +97,20 @@ class FlashImage:
     source: str
     version: str | None = None
     write_flash_size: str = "keep"       # esptool --flash-size for the header (the port's data)
+    inputs_sha256: str | None = None     # the build's inputs hash (build.json / index.json)
+    build_dir: Path | None = None        # dist/<BOARD>/ it came from (smoke expectations)
+    release: str | None = None           # the release version it came from
+
+    @property
+    def identity(self) -> str:
+        """What makes two images the same for the registry: the inputs hash, else the bytes' sha256."""
+        if self.inputs_sha256:
+            return self.inputs_sha256
+        digest = hashlib.sha256()
+        for path, offset in self.regions:
+            digest.update(f"{offset}:".encode())
+            digest.update(path.read_bytes())
+        return "sha256:" + digest.hexdigest()
 
     @property
     def chip_name(self) -> str:
@@ -123,7 +144,22 @@ class FlashImage:
             raise FlashError(f"{board_dir / 'build.json'}: chip: {e}") from None
         return cls(board=info.board, chip=info.chip, flash_size=info.flash_size, regions=regions,
                    write_flash_size=port_write_flash_size(info.port),
-                   source=f"{board_dir} (build.json)", version=info.micropython_version)
+                   source=f"{board_dir} (build.json)", version=info.micropython_version,
+                   inputs_sha256=info.inputs_sha256, build_dir=board_dir)
+
+    @classmethod
+    def from_release(cls, board: str, chip: str, port: str, flash_size: str | None,
+                     regions: Sequence[tuple[Path, int]], version: str | None, micropython_version: str | None,
+                     inputs_sha256: str | None = None) -> FlashImage:
+        """A downloaded, verified release board (workshop.download.DownloadedBoard.flash_image)."""
+        if chip == HOST_CHIP:
+            raise FlashError(f"{board} is a host build: there is nothing to flash")
+        if not regions:
+            raise FlashError(f"{board}: the release lists no file to flash")
+        return cls(board=board, chip=chip, flash_size=flash_size, write_flash_size=port_write_flash_size(port),
+                   regions=tuple(regions),
+                   source=" ".join(x for x in ("release", version, f"({regions[0][0].parent})") if x),
+                   version=micropython_version, inputs_sha256=inputs_sha256, release=version)
 
     @classmethod
     def from_file(cls, path: Path, offset: int, chip: str | None = None) -> FlashImage:
@@ -164,6 +200,45 @@ def images_by_chip(images: Sequence[FlashImage]) -> dict[str, FlashImage]:
     if not by_chip:
         raise FlashError("--auto: no flashable image in dist/ (invoke build --board ...)")
     return by_chip
+
+
+def choose_images(*, board: str | None = None, auto: bool = False, image: Path | None = None,
+                  offset: int | str | None = None, chip: str | None = None, release: str | None = None,
+                  dist: Path | None = None) -> ImageChoice:
+    """--board / --auto / --image / --release -> one FlashImage, or chip -> FlashImage (--auto).
+
+    The one place that decides what `flash` and `station` write; FlashError says what to fix.
+    """
+    if sum((bool(board), bool(auto), bool(image))) != 1:
+        raise FlashError("choose what to write: --board NAME, --auto (each board's chip picks its image), "
+                         "or --image FILE --offset N")
+    base = dist if dist is not None else dist_dir(PROJECT_ROOT)
+    if image:
+        if offset is None:
+            raise FlashError("--image needs --offset (e.g. --offset 0x1000)")
+        try:
+            number = int(str(offset), 0)
+        except ValueError:
+            raise FlashError(f"--offset: expected a number like 0x1000, got {offset!r}") from None
+        return FlashImage.from_file(Path(image), number, chip)
+    if release:
+        from .download import DownloadError, release_images
+
+        try:
+            images = release_images(release, [board] if board else None)
+        except DownloadError as e:
+            raise FlashError(str(e)) from None
+        return images_by_chip(images) if auto else images[0]
+    if auto:
+        return images_by_chip(dist_images(base))
+    assert board is not None
+    from .config import get_board
+
+    try:
+        get_board(board)
+    except ConfigError as e:
+        raise FlashError(str(e)) from None
+    return FlashImage.from_dist(base / board)
 
 
 # --- options, events, results ---------------------------------------------------------------
@@ -306,6 +381,7 @@ class DeviceResult:
     chip: str | None = None
     chip_name: str | None = None
     mac: str | None = None
+    flash_size: str | None = None        # as the flash chip reports it ("4MB")
     board: str | None = None             # the image written (or that would have been)
     verified: bool = False
     error: str | None = None
@@ -471,7 +547,7 @@ class _Worker:
                 record.stage, record.error = self.result.stage.value, text
                 self._log(f"=== failed in {record.stage}: {text}\n")
                 # A wrong chip, a silent, busy or vanished port: another baud or stub cannot help.
-                final = isinstance(error, WrongChip | devices.NoAnswer | devices.PortUnavailable)
+                final = isinstance(error, Refused | devices.NoAnswer | devices.PortUnavailable)
                 if self.result.stage is Stage.STUB:
                     # The stub never started: a lower baud does not change the stub; take the next one.
                     while number < len(ladder) and ladder[number].stub == attempt.stub:
@@ -595,6 +671,10 @@ class _Worker:
             if self.gate is not None and self.attempt_no == 1:
                 self.skipped = self.gate(self.result)
                 if self.skipped is not None:
+                    if self.options.reset_after:        # back into its firmware, as after a flash
+                        self.box(Stage.RESETTING, budgets.fixed(budgets.reset), "hard reset", "hard reset")
+                        with contextlib.suppress(Exception):
+                            reset_chip(esp, "hard-reset")
                     return
             data = image.load()
             self.total = sum(len(d) for _, d in data)
@@ -610,6 +690,7 @@ class _Worker:
                     baud = attempt.baud
             self.box(Stage.ATTACH, budgets.fixed(budgets.attach), "attaching the SPI flash")
             attach_flash(esp)
+            self.result.flash_size = esptool.flash_size(esp) or self.result.flash_size
             esp.WRITE_FLASH_ATTEMPTS = 1   # our ladder retries, not esptool's 7 s reconnect loop
             if self.options.erase:
                 self.box(Stage.ERASING, budgets.fixed(budgets.chip_erase), "erasing the whole flash",
@@ -758,5 +839,6 @@ def wait_threads(runners: Sequence[Runner], cancel: threading.Event, stop_wait: 
 
 
 __all__ = ["Attempt", "Budgets", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions",
-           "FlashReport", "Stage", "StageTimeout", "State", "VerifyFailed", "WrongChip", "dist_images", "flash_all",
+           "FlashReport", "Refused", "Stage", "StageTimeout", "State", "VerifyFailed", "WrongChip", "choose_images", "dist_images",
+           "flash_all",
            "flash_device", "images_by_chip", "retry_ladder", "Runner", "wait_threads"]

@@ -9,7 +9,7 @@ API (stable; the room view joins with it):
     reg.boards() -> list[BoardRecord]           # sorted by sticker
     reg.get(mac) / reg.by_hostname(name) / reg.by_sticker(n) -> BoardRecord | None
     reg.see(mac, chip=..., flash_size=..., port=..., usb_serial=..., usb_id=...) -> BoardRecord
-    reg.record_flash(mac, ok=..., board=..., image=..., release=..., inputs=..., detail=...)
+    reg.record_flash(mac, ok=..., board=..., image=..., release=..., inputs=..., detail=..., flash_size=...)
     reg.record_provision(mac, ok=..., hostname=..., detail=...)
     reg.record_smoke(mac, ok=..., detail=...)
     reg.record_event(mac, stage, ok, detail)    # anything else worth keeping (duplicate MAC...)
@@ -250,9 +250,11 @@ class Registry:
 
     def record_flash(self, mac: str, *, ok: bool, board: str | None = None, image: str | None = None,
                      release: str | None = None, inputs: str | None = None, detail: str | None = None,
-                     port: str | None = None) -> BoardRecord:
+                     port: str | None = None, flash_size: str | None = None) -> BoardRecord:
         """A flash ended; `ok` only when esptool verified it. A failed flash leaves the board 'failed'."""
         columns: dict[str, Any] = {"flash_ok": int(ok), "flashed_at": _now(), "state": "flashed" if ok else "failed"}
+        if flash_size:
+            columns["flash_size"] = flash_size
         if ok:
             columns.update(board=board, image=image, release=release, inputs=inputs,
                            provision_ok=None, smoke_ok=None)    # a new image: earlier results are void

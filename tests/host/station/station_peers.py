@@ -74,7 +74,7 @@ if cfg.get("fast_slip"):
         return [f.replace(b"\xdb\xdc", b"\xc0").replace(b"\xdb\xdd", b"\xdb")
                 for f in raw.split(b"\xc0")[1:-1] if f]
     server.slip_decode_frames = _frames
-state = {"flashed": False, "repl": None}
+state = {"flashed": False, "repl": None}   # flashed: the flash holds firmware (it boots)
 
 def new_pty():
     master, slave = pty.openpty()
@@ -186,30 +186,8 @@ class Conn:
             return
         self._send(data)
 
-master, path = new_pty()
-publish(path)
-print("bootloader on", path, flush=True)
-while True:
-    conn = Conn(master)
-    try:
-        server.handle_client(conn, __import__("threading").Event(), cfg["chip"])
-    except Switch:
-        pass
-    if state["flashed"] and cfg.get("repl"):
-        break
-leftover = conn.leftover
-
-# --- the flashed board: MicroPython --------------------------------------------------------
-if cfg.get("reenumerate"):
-    time.sleep(cfg.get("reenumerate_delay", 0.3))
-    os.close(master)                      # the old port vanishes...
-    master, path = new_pty()              # ...and the board comes back under another name
-    publish(path)
-    leftover = b""
-print("micropython on", path, flush=True)
-repl = cfg["repl"]
-
 def spawn():
+    repl = cfg["repl"]
     a_master, a_slave = pty.openpty()
     tty.setraw(a_slave)
     attrs = termios.tcgetattr(a_slave)
@@ -226,27 +204,80 @@ def spawn():
     state["repl"] = proc
     return a_master
 
-a = spawn()
-if leftover:
-    os.write(a, leftover)
-while True:
-    if state["repl"].poll() is not None:
+SYNC = bytes([0xc0, 0x00, protocol.CMD_SYNC])
+
+def micropython(master, leftover):
+    # The flashed board: MicroPython until esptool syncs again (a reset into download mode).
+    a = spawn()
+    if leftover:
+        os.write(a, leftover)
+    try:
+        while True:
+            if state["repl"].poll() is not None:
+                os.close(a)
+                a = spawn()                   # MicroPython exited: the board reboots
+            ready, _, _ = select.select([a, master], [], [], 0.05)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    if fd == master:
+                        time.sleep(0.02)      # nobody has the port open
+                    continue
+                if not data:
+                    continue
+                if fd == master and SYNC in data:
+                    return data[data.index(SYNC):]
+                try:
+                    os.write(master if fd == a else a, data)
+                except OSError:
+                    pass                      # no listener: a UART's bytes go nowhere
+    finally:
+        state["repl"].kill()
+        state["repl"].wait()
+        state["repl"] = None
         os.close(a)
-        a = spawn()                       # MicroPython exited: the board reboots
-    ready, _, _ = select.select([a, master], [], [], 0.05)
-    for fd in ready:
+
+class Replay(Conn):
+    # A session whose first bytes were already read (the sync that ended MicroPython).
+    def __init__(self, fd, first):
+        super().__init__(fd)
+        self.first = first
+        self.seen_client = True
+
+    def recv(self, n):
+        if self.first:
+            data, self.first = self.first, b""
+            self._inspect(data)
+            return data
+        return super().recv(n)
+
+master, path = new_pty()
+publish(path)
+print("bootloader on", path, flush=True)
+first = b""
+renumerated = False
+while True:
+    while True:                           # the bootloader, until a session ends on a flashed board
+        conn = Replay(master, first) if first else Conn(master)
+        first = b""
         try:
-            data = os.read(fd, 4096)
-        except OSError:
-            if fd == master:
-                time.sleep(0.02)          # nobody has the port open
-            continue
-        if not data:
-            continue
-        try:
-            os.write(master if fd == a else a, data)
-        except OSError:
-            pass                          # no listener: a UART's bytes go nowhere
+            server.handle_client(conn, __import__("threading").Event(), cfg["chip"])
+        except Switch:
+            pass
+        if state["flashed"] and cfg.get("repl"):
+            break
+    leftover = conn.leftover
+    if cfg.get("reenumerate") and not renumerated:
+        renumerated = True
+        time.sleep(cfg.get("reenumerate_delay", 0.3))
+        os.close(master)                  # the old port vanishes...
+        master, path = new_pty()          # ...and the board comes back under another name
+        publish(path)
+        leftover = b""
+    print("micropython on", path, flush=True)
+    first = micropython(master, leftover)
+    print("back in the bootloader", flush=True)
 """
 
 
