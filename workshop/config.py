@@ -84,6 +84,8 @@ class Board:
     description: str
     source: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    led_pin: int | None = None           # a plain GPIO LED `identify` blinks; None = none known
+    led_active_low: bool = False         # lit when the pin is low (ESP8266 modules)
 
     @property
     def is_host(self) -> bool:
@@ -265,6 +267,8 @@ def load_board(path: Path, root: Path = PROJECT_ROOT) -> Board:
         min_free_heap=min_heap,
         description=r.get("description", str, "a short text", ""),
         source=path,
+        led_pin=r.get("led_pin", int, "a GPIO number", None),
+        led_active_low=r.get("led_active_low", bool, "true or false", False),
     )
     r.reject_unknown()
     return board

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -548,6 +549,9 @@ class _Worker:
                 self._log(f"=== failed in {record.stage}: {text}\n")
                 # A wrong chip, a silent, busy or vanished port: another baud or stub cannot help.
                 final = isinstance(error, Refused | devices.NoAnswer | devices.PortUnavailable)
+                if not self.port.is_url and not os.path.exists(self.port.device):
+                    self._fail("unplugged", f"{self.result.stage.value}: the port vanished (unplugged?): {text}")
+                    break
                 if self.result.stage is Stage.STUB:
                     # The stub never started: a lower baud does not change the stub; take the next one.
                     while number < len(ladder) and ladder[number].stub == attempt.stub:

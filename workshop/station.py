@@ -133,6 +133,20 @@ class PortTracker:
         self.present: dict[tuple[str, str | None], SerialPort] = {}
         self._waiting: dict[str, tuple[str | None, threading.Event, list[SerialPort]]] = {}
         self._claims: dict[str, str] = {}             # mac -> the port of the board that has it
+        self._owned: dict[str, str] = {}              # USB serial -> the journey (key) that has that board
+        self._parked: dict[str, SerialPort] = {}      # its board's new port, before the journey asked
+
+    def own(self, serial: str | None, key: str) -> None:
+        if serial:
+            with self._lock:
+                self._owned[serial] = key
+
+    def disown(self, serial: str | None, key: str) -> None:
+        if serial:
+            with self._lock:
+                if self._owned.get(serial) == key:
+                    del self._owned[serial]
+                    self._parked.pop(serial, None)
 
     def refresh(self) -> tuple[list[SerialPort], list[SerialPort]]:
         """Scan once: (appeared, vanished)."""
@@ -158,12 +172,18 @@ class PortTracker:
                     box.append(port)
                     event.set()
                     return True
+            if port.serial_number and port.serial_number in self._owned:
+                self._parked[port.serial_number] = port      # its journey will ask for it
+                return True
         return False
 
     def wait_for(self, key: str, serial: str | None, timeout: float, cancel: threading.Event,
                  poll: Callable[[], None] | None = None) -> SerialPort | None:
-        event, box = threading.Event(), []
+        event, box = threading.Event(), list[SerialPort]()
         with self._lock:
+            parked = self._parked.pop(serial, None) if serial else None
+            if parked is not None:
+                return parked
             self._waiting[key] = (serial, event, box)
         try:
             deadline = time.monotonic() + timeout
@@ -395,6 +415,14 @@ class _Journey:
 
     def _run(self) -> BoardResult:
         plan, r = self.plan, self.result
+        self.tracker.own(self.port.serial_number, r.key)
+        try:
+            return self._journey()
+        finally:
+            self.tracker.disown(self.port.serial_number, r.key)
+
+    def _journey(self) -> BoardResult:
+        plan, r = self.plan, self.result
         self.emit("appeared", self.port.by_id or self.port.device)
         log = self.log_dir / f"{log_name(self.port.device)}.log"
         flashed = _flash.flash_device(self.port, plan.images, plan.flash_options, self.on_flash, log, self.cancel,
@@ -415,8 +443,8 @@ class _Journey:
                                            detail=flashed.error or "verified", port=r.port,
                                            flash_size=flashed.flash_size)
             if not flashed.ok:
-                if self._gone():
-                    return self.finish("unplugged", f"unplugged during {flashed.stage.value}: {flashed.error}")
+                if flashed.error_kind == "unplugged" or self._gone():
+                    return self.finish("unplugged", f"unplugged during {flashed.stage.value} ({flashed.error})")
                 return self.finish("failed", f"{flashed.stage.value}: {flashed.error}")
         else:
             r.recognized = r.recognized or flashed.error
@@ -605,7 +633,7 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
             for p in vanished:
                 j = active.get(p.device)
                 if j is not None and j.result.state == "in progress":
-                    emit(StationEvent(j.result.key, p.device, "unplugged", "the port vanished", elapsed=round(
+                    emit(StationEvent(j.result.key, p.device, "vanished", "the port vanished (unplugged, or re-enumerating after its reset)", elapsed=round(
                         time.monotonic() - j.t0, 3)))
             for p in appeared:
                 if tracker.offer(p):
@@ -628,6 +656,66 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
                          interrupted or cancel.is_set())
 
 
+# --- recording plain verbs (flash, provision, smoke --registry) ---------------------------------
+
+
+def record_flash_report(registry: Registry, report: _flash.FlashReport, images: ImageChoice) -> None:
+    """`flash --registry`: every board that answered, with what it holds now."""
+    for r in report.results:
+        if not r.mac:
+            continue
+        registry.see(r.mac, chip=r.chip, port=r.port)
+        image = _flash._pick(images, r.chip) if r.chip and r.board else None
+        registry.record_flash(r.mac, ok=r.ok, board=r.board, image=image.source if image else None,
+                              release=image.release if image else None,
+                              inputs=image.identity if image and r.ok else None,
+                              detail=r.error or "verified", port=r.port, flash_size=r.flash_size)
+
+
+def sticker_index(registry: Registry) -> Callable[[str, str], int]:
+    """`provision --registry`: {index} is the board's sticker (assigned on first sight of its MAC)."""
+    def index_of(port: str, mac: str) -> int:
+        return registry.see(mac, port=port).sticker
+    return index_of
+
+
+def record_provision_results(registry: Registry, results: Sequence[Any]) -> None:
+    for r in results:
+        if r.mac:
+            registry.see(r.mac, port=r.port)
+            registry.record_provision(r.mac, ok=r.ok, hostname=r.hostname,
+                                      detail=r.error or "written and verified", port=r.port)
+
+
+def board_macs(ports: Sequence[str], baudrate: int = 115200) -> dict[str, str]:
+    """The MAC each port's MicroPython reports (ports that do not answer are left out)."""
+    from .identify import exclusive_serial
+    from .provision import identify as repl_identify
+    from .repl import ReplError, ReplSession
+
+    def one(port: str) -> tuple[str, str | None]:
+        try:
+            with ReplSession(port, baudrate=baudrate, serial_factory=exclusive_serial(baudrate)) as s:
+                return port, repl_identify(s).mac
+        except ReplError:
+            return port, None
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
+        return {p: m for p, m in pool.map(one, ports) if m}
+
+
+def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[str, str]) -> None:
+    for r in reports:
+        mac = macs.get(r.port)
+        if mac:
+            registry.see(mac, port=r.port)
+            detail = "all checks passed" if r.ok else "; ".join(f"{c.name}: {c.detail}" for c in r.failed)
+            registry.record_smoke(mac, ok=r.ok, detail=detail, port=r.port)
+
+
 __all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",
-           "StationError", "StationEvent", "StationReport", "SystemSource", "default_source", "expected_for",
-           "run_board", "run_boards", "serial_from_link", "watch"]
+           "StationError", "StationEvent", "StationReport", "SystemSource", "board_macs", "default_source",
+           "expected_for", "record_flash_report", "record_provision_results", "record_smoke_reports", "run_board",
+           "run_boards", "serial_from_link", "sticker_index", "watch"]
