@@ -10,7 +10,6 @@ on its own console (the friendly REPL, what a terminal on that port shows) inste
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -116,7 +115,9 @@ def show(port: str, registry: Registry | None, *, baudrate: int = 115200, rounds
         session.exit_raw()
         text = f"*** {_label(rec, port)} ***"
         session._write((CONSOLE % text).encode())  # noqa: SLF001 - one line at the friendly prompt
-        time.sleep(0.1)
+        # Confirm the board printed it (its output line, not the echo of our command).
+        session._read_until((f"\n{text}\r\n".encode(), f"\n{text}\n".encode()), 5.0,  # noqa: SLF001
+                            "printing the name on the console")
         result.how = "console"
         result.ok = True
         return result

@@ -266,3 +266,22 @@ def test_ctrl_c_on_invoke_station_during_a_hung_stub_exits_130_within_2_s(farm, 
     assert proc.returncode == 130, out + err
     assert "interrupted" in out and "untouched" in out
     assert "Traceback" not in err
+
+
+def test_invoke_flash_provision_runs_the_same_pipeline(farm, tmp_path):
+    boards = [farm.start("esp32", runtime="pypi") for _ in range(2)]
+    make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=32 * 1024)
+    cfg = tmp_path / "workshop.toml"
+    cfg.write_text('hostname = "lab-{index:02d}"\nstart = ["wifi"]\n[wifi]\nssid = "Workshop"\n')
+    db = tmp_path / "w.db"
+    proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(tmp_path / "dist"), "--ports",
+                   ",".join(b.port for b in boards), "--provision", str(cfg), "--registry", str(db),
+                   "--logs", str(tmp_path / "logs"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert out.count("ready: unplug me") >= 2
+    recs = Registry(db).boards()
+    assert sorted(r.hostname for r in recs) == ["lab-01", "lab-02"] and all(r.state == "ready" for r in recs)
+    for b in boards:
+        doc = json.loads((b.root / "workshop.json").read_text())
+        assert doc["wifi"] == {"ssid": "Workshop"} and doc["hostname"] in ("lab-01", "lab-02")
