@@ -227,7 +227,7 @@ class Plan:
     registry: Registry | None = None
     reflash: bool = False                   # flash even a board the registry knows as ready with this image
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
-    settle: float = 0.5                     # after the reset: a native-USB board re-enumerates within this
+    settle: float = 0.2                     # after the reset: a native-USB board has vanished by then
     repl_baud: int = 115200
     repl_timeout: float = 10.0
     log_dir: Path | None = None

@@ -106,7 +106,7 @@ class Conn:
     # The mock's transport on our PTY master, with the optional faults.
     def __init__(self, fd):
         self.fd, self.timeout, self.rx = fd, 0.05, bytearray()
-        self.seen_client = self.swallow_ohai = self.hung = self.saw_slip = False
+        self.seen_client = self.swallow_ohai = self.hung = False
         self.blocks, self.trickle_at, self.leftover = 0, 0.0, b""
 
     def set_timeout(self, t):
@@ -166,10 +166,9 @@ class Conn:
                 raise socket.timeout()
             return b""                    # the flasher closed the port
         self.seen_client = True
-        if state["flashed"] and not self.saw_slip and b"\xc0" not in data:
-            self.leftover = data          # REPL bytes before any SLIP: the board has left the bootloader
+        if state["flashed"] and bytes(self.rx) in (b"", b"\xc0") and b"\xc0" not in data:
+            self.leftover = data          # REPL bytes between frames: the board has left the bootloader
             raise Switch()
-        self.saw_slip = self.saw_slip or b"\xc0" in data
         self._inspect(data)
         return data
 
@@ -244,7 +243,7 @@ class Replay(Conn):
     def __init__(self, fd, first):
         super().__init__(fd)
         self.first = first
-        self.seen_client = self.saw_slip = True
+        self.seen_client = True
 
     def recv(self, n):
         if self.first:
