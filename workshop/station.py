@@ -460,7 +460,12 @@ class _Journey:
             return self.finish("interrupted" if self.cancel.is_set() else "failed",
                                f"the board did not come back after its reset within {plan.boot_timeout:.0f} s")
         if plan.provision is not None or plan.files is not None:
-            if not self.provision(port):
+            ok = self.provision(port)
+            if not ok and self.port.serial_number and not self.tracker.is_present(self.port):
+                # It re-enumerated after we looked (late USB reset): follow it and try once more.
+                port = self.follow() or ""
+                ok = bool(port) and self.provision(port)
+            if not ok:
                 return self.finish("unplugged" if self._gone() else "failed", self.result.reason)
         if plan.smoke:
             if not self.smoke(port):
@@ -482,6 +487,11 @@ class _Journey:
             return None
         if self.tracker.is_present(self.port):
             return self.port.device
+        return self.follow()
+
+    def follow(self) -> str | None:
+        """Wait for the board's new port (same USB serial), or for a manual reset when it has none."""
+        plan, r = self.plan, self.result
         serial = self.port.serial_number
         self.emit("booting", f"re-enumerating: following USB serial {serial}" if serial else
                   f"press RESET on {self.port.by_id or self.port.device}")
