@@ -182,34 +182,74 @@ def read_identity(esp: Any, flash: bool = True) -> Identity:
     return Identity(**esptool_adapter.read_identity_fields(esp, flash))
 
 
+# Time boxes of identify: connect (per sync attempt), then stub start + flash ID together.
+IDENTIFY_CONNECT_S = 2.5
+IDENTIFY_STUB_S = 4.0
+
+
 def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS,
              reset_after: bool = True) -> Device:
-    """Connect, read chip/MAC/flash size, hard-reset the board back into its firmware."""
-    from esptool.cmds import attach_flash, reset_chip, run_stub
+    """Connect, read chip/MAC (ROM), then flash size (stub), hard-reset the board into its firmware.
+
+    Time-boxed like a flash: a port that stops answering, or a stub that never starts, is
+    aborted (its port closed); chip and MAC read from the ROM before the stub are kept.
+    """
+    import threading
+
+    from esptool.cmds import attach_flash, reset_chip
 
     started = time.monotonic()
     log_path = log_dir / f"{log_name(port.device)}.log" if log_dir else None
-    with esptool_session(log_path):
+    found: dict[str, Any] = {}
+    abort = threading.Event()
+    done = threading.Event()
+    ser_box: list[Any] = []
+    deadline = [started + 1.0 + IDENTIFY_CONNECT_S * max(1, connect_attempts)]
+
+    def body() -> None:
+        esp = None
         try:
-            esp = connect(port.device, connect_attempts)
-        except DeviceError as e:
-            return Device(port, error=str(e), error_kind=e.kind, seconds=time.monotonic() - started)
-        try:
-            try:
-                esp = run_stub(esp)
-                attach_flash(esp)
-                identity = read_identity(esp)
-            except Exception:  # no stub/flash access: chip and MAC still come from the ROM
-                identity = read_identity(esp, flash=False)
-            if reset_after:
-                with contextlib.suppress(Exception):
-                    reset_chip(esp, "hard-reset")
-            return Device(port, identity=identity, seconds=time.monotonic() - started)
-        except Exception as e:
-            return Device(port, error=f"{port.device}: {e}", error_kind=DeviceError.kind,
-                          seconds=time.monotonic() - started)
+            with esptool_session(log_path, abort=abort):
+                ser = esptool_adapter.open_port(port.device)
+                ser_box.append(ser)
+                esp = connect(ser, connect_attempts)
+                found["identity"] = read_identity(esp, flash=False)
+                deadline[0] = time.monotonic() + IDENTIFY_STUB_S
+                try:
+                    esp = esptool_adapter.run_stub(esp, "2")
+                    attach_flash(esp)
+                    found["identity"] = read_identity(esp)
+                except Exception:  # noqa: BLE001 - no stub/flash access: chip and MAC came from the ROM
+                    pass
+                if reset_after:
+                    with contextlib.suppress(Exception):
+                        reset_chip(esp, "hard-reset")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            found["error"] = e
         finally:
-            esptool_adapter.close(esp)
+            if ser_box:
+                esptool_adapter.abort_port(ser_box[0])
+            done.set()
+
+    threading.Thread(target=body, name=f"identify {port.device}", daemon=True).start()
+    while not done.wait(0.05):
+        if time.monotonic() > deadline[0]:
+            abort.set()
+            if ser_box:
+                esptool_adapter.abort_port(ser_box[0])
+            done.wait(1.0)
+            found.setdefault("timeout", True)
+            break
+    seconds = time.monotonic() - started
+    if "identity" in found:
+        return Device(port, identity=found["identity"], seconds=seconds)
+    error = found.get("error")
+    if isinstance(error, DeviceError):
+        return Device(port, error=str(error), error_kind=error.kind, seconds=seconds)
+    if found.get("timeout"):
+        return Device(port, error=f"{port.device}: no answer within {deadline[0] - started:.1f} s: aborted",
+                      error_kind="timeout", seconds=seconds)
+    return Device(port, error=f"{port.device}: {error}", error_kind=DeviceError.kind, seconds=seconds)
 
 
 def identify_all(ports: Sequence[SerialPort], log_dir: Path | None = None,

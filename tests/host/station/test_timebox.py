@@ -123,3 +123,14 @@ def test_sigint_during_a_hung_stage_ends_the_run_within_2_s_with_each_boards_sta
     assert (d["state"], d["stage"], d["ok"]) == ("interrupted", "stub", False)
     assert d["error"] == "interrupted during stub" and d["left_as"] == "untouched (stub in RAM only)"
     assert os.path.exists(hung.port)
+
+
+def test_identify_on_a_board_whose_stub_hangs_returns_chip_and_mac_from_the_rom(farm):
+    from workshop import devices
+
+    board = farm.start("esp32", runtime=None, hang_stub=True)
+    t0 = time.monotonic()
+    d = devices.identify(devices.SerialPort(board.port))
+    assert d.ok, d.error
+    assert (d.identity.chip, d.identity.mac, d.identity.flash_size) == ("esp32", board.mac, None)
+    assert time.monotonic() - t0 < devices.IDENTIFY_STUB_S + 3
