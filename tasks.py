@@ -327,21 +327,19 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  #
     if json:
         print(_json.dumps([d.to_dict() for d in result], indent=2))
     else:
-        table = Table(title=f"{len(result)} serial port(s)" + ("" if ports else " that look like boards"))
-        for col in ("port", "by-id", "USB", "bridge", "serial"):
-            table.add_column(col)
+        columns = [("port", True), ("by-id", False), ("USB", True), ("bridge", True), ("serial", True)]
         if identify:
-            for col in ("chip", "MAC", "flash", "error"):
-                table.add_column(col)
+            columns += [("chip", False), ("MAC", True), ("flash", True), ("error", False)]
+        rows = []
         for d in result:
             p = d.port
-            row = [p.device, p.by_id or "-", p.usb_id or "-", p.bridge or "-", p.serial_number or "-"]
+            row = [escape(p.device), escape(p.by_id or "-"), p.usb_id or "-", p.bridge or "-", escape(p.serial_number or "-")]
             if identify:
                 i = d.identity
                 row += [i.description if i else "-", i.mac if i else "-", (i.flash_size or "?") if i else "-",
                         f"[red]{escape(d.error)}[/]" if d.error else ""]
-            table.add_row(*row)
-        console.print(table)
+            rows.append(row)
+        _table(f"{len(result)} serial port(s)" + ("" if ports else " that look like boards"), columns, rows)
         if not result:
             console.print("no board found: check the cable (data, not charge-only), or pass --ports / --all")
     if identify and any(not d.ok for d in result):
@@ -434,16 +432,16 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
             result = _flash.flash_all(targets, images, options, on_event=on_event, log_dir=log_dir)
         except _flash.FlashError as e:
             raise _fail(str(e)) from None
-    table = Table(title="Flash " + ("interrupted" if result.interrupted else "summary"))
-    for col in ("port", "chip", "MAC", "image", "result", "s", "retries", "left as / why"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for r in result.results:
         state = "verified" if r.ok else r.state.value
         why = r.left_as if r.ok else escape(f"{r.left_as}: [{r.error_kind}] {r.error}")
-        table.add_row(r.port, r.chip_name or "-", r.mac or "-", r.board or "-",
-                      f"[{_RESULT_STYLE.get(r.state.value, 'white')}]{state}[/]", f"{r.seconds:.1f}",
-                      str(r.retries), why)
-    console.print(table)
+        rows.append((escape(r.port), r.chip_name or "-", r.mac or "-", escape(r.board or "-"),
+                     f"[{_RESULT_STYLE.get(r.state.value, 'white')}]{state}[/]", f"{r.seconds:.1f}",
+                     str(r.retries), why))
+    _table("Flash " + ("interrupted" if result.interrupted else "summary"),
+           [("port", True), ("chip", True), ("MAC", True), ("image", True), ("result", True), ("s", True),
+            ("retries", True), ("left as / why", False)], rows)
     report_path = result.write_json(Path(report) if report else log_dir / "report.json")
     if reg is not None:
         from workshop import station as _station

@@ -28,8 +28,11 @@ def test_the_tested_esptool_is_installed():
 
 
 def test_output_goes_to_the_threads_log_through_the_public_set_logger(mocks, tmp_path, capfd):
+    from esptool import reset
+
     device = mocks.start("esp32")
     log = tmp_path / "one.log"
+    reset.ResetStrategy.print_once.already_printed = False        # one-shot per process: arm it again
     with adapter.esptool_session(log):
         esp = adapter.connect(device.port)
         adapter.close(esp)

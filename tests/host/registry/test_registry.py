@@ -107,3 +107,22 @@ def test_csv_and_json_exports_round_trip(tmp_path):
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["sticker"] for r in rows] == ["1", "2"] and rows[0]["mac"] == mac(1)
     assert json.loads(reg.to_json())[1]["provision_detail"] == "connect: no raw REPL\nafter 3 s"
+
+
+def test_invoke_registry_table_never_cuts_names_ports_or_results_when_piped(tmp_path):
+    import os
+
+    reg = Registry(tmp_path / "w.db")
+    long_port = "/dev/serial/by-id/usb-Espressif_USB_JTAG_serial_debug_unit_F4:12:FA:12:34:56-if00"
+    reg.see(mac(1), chip="esp32s3", port=long_port)
+    reg.record_flash(mac(1), ok=True, board="ESP32_GENERIC_S3")
+    reg.record_provision(mac(1), ok=True, hostname="chemistry-lab-table-07-left")
+    reg.record_smoke(mac(1), ok=False, detail="heap: 41,312 B free, expected at least 60,000 B " * 3)
+    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "registry", "--registry",
+                           str(tmp_path / "w.db")], capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for whole in (long_port, "chemistry-lab-table-07-left", "ESP32_GENERIC_S3", mac(1), "failed"):
+        assert whole in out, whole
+    assert "…" not in out and "│" not in out and "┃" not in out         # no cut cells, no box when piped
