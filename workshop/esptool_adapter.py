@@ -88,18 +88,21 @@ class Cancelled(BaseException):
 # --- ports ----------------------------------------------------------------------------------
 
 
-def open_port(port: str, baudrate: int = ROM_BAUD, timeout: float | None = None) -> serial.Serial:
+def open_port(port: str, baudrate: int = ROM_BAUD, timeout: float | None = None,
+              write_timeout: float | None = None) -> serial.Serial:
     """Open a device path or pyserial URL exclusively, DTR/RTS low; our errors, by errno.
 
     Exclusive (flock on POSIX, as mpremote does): a second opener gets `PortBusy` instead of
     reading half of the other program's bytes.
     """
     try:
-        ser = serial.serial_for_url(port, do_not_open=True, exclusive=True, baudrate=baudrate, timeout=timeout)
+        ser = serial.serial_for_url(port, do_not_open=True, exclusive=True, baudrate=baudrate, timeout=timeout,
+                                    write_timeout=write_timeout)
     except ValueError:
         # URL handlers (socket://, rfc2217://) have no exclusive option: a socket is ours anyway.
         try:
-            ser = serial.serial_for_url(port, do_not_open=True, baudrate=baudrate, timeout=timeout)
+            ser = serial.serial_for_url(port, do_not_open=True, baudrate=baudrate, timeout=timeout,
+                                        write_timeout=write_timeout)
         except (ValueError, serial.SerialException) as e:
             raise PortUnavailable(f"{port}: not a usable port: {e}") from None
     except serial.SerialException as e:

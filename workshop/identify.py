@@ -42,14 +42,20 @@ print('blinked')
 CONSOLE = "print(%r)\r\n"
 
 
-def exclusive_serial(baudrate: int) -> Callable[[str], Any]:
-    """A ReplSession serial factory that opens the port exclusively (DTR/RTS low)."""
+def exclusive_serial(baudrate: int, write_timeout: float = 3.0) -> Callable[[str], Any]:
+    """A ReplSession serial factory that opens the port exclusively (DTR/RTS low, as ReplSession does)."""
     def make(port: str) -> Any:
         try:
-            return esptool_adapter.open_port(port, baudrate, timeout=0.05)
+            return esptool_adapter.open_port(port, baudrate, timeout=0.05, write_timeout=write_timeout)
         except esptool_adapter.PortUnavailable as e:
             raise serial.SerialException(str(e)) from None
     return make
+
+
+def exclusive_session(port: str, **kwargs: Any) -> ReplSession:
+    """A ReplSession on an exclusively opened port (a session_factory for provision_all/smoke_device)."""
+    return ReplSession(port, serial_factory=exclusive_serial(kwargs.get("baudrate", 115200),
+                                                             kwargs.get("connect_timeout", 3.0)), **kwargs)
 
 
 @dataclass
@@ -150,4 +156,4 @@ def _show_one(port: str, registry: Registry | None, only: str | None, baudrate: 
     return show(port, registry, baudrate=baudrate, rounds=rounds)
 
 
-__all__ = ["Shown", "digits", "exclusive_serial", "identify_boards", "show"]
+__all__ = ["Shown", "digits", "exclusive_serial", "exclusive_session", "identify_boards", "show"]

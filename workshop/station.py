@@ -136,13 +136,15 @@ class PortTracker:
         self._owned: dict[str, str] = {}              # USB serial -> the journey (key) that has that board
         self._parked: dict[str, SerialPort] = {}      # its board's new port, before the journey asked
 
+    # Serial "" stands for "a board without a serial number, just reset": the next port without
+    # one that appears is taken to be it (such boards cannot be told apart by their port).
     def own(self, serial: str | None, key: str) -> None:
-        if serial:
+        if serial is not None:
             with self._lock:
                 self._owned[serial] = key
 
     def disown(self, serial: str | None, key: str) -> None:
-        if serial:
+        if serial is not None:
             with self._lock:
                 if self._owned.get(serial) == key:
                     del self._owned[serial]
@@ -172,8 +174,9 @@ class PortTracker:
                     box.append(port)
                     event.set()
                     return True
-            if port.serial_number and port.serial_number in self._owned:
-                self._parked[port.serial_number] = port      # its journey will ask for it
+            owner = port.serial_number or ""
+            if owner in self._owned and owner not in self._parked:
+                self._parked[owner] = port                   # its journey will ask for it
                 return True
         return False
 
@@ -181,7 +184,7 @@ class PortTracker:
                  poll: Callable[[], None] | None = None) -> SerialPort | None:
         event, box = threading.Event(), list[SerialPort]()
         with self._lock:
-            parked = self._parked.pop(serial, None) if serial else None
+            parked = self._parked.pop(serial or "", None)
             if parked is not None:
                 return parked
             self._waiting[key] = (serial, event, box)
@@ -420,6 +423,7 @@ class _Journey:
             return self._journey()
         finally:
             self.tracker.disown(self.port.serial_number, r.key)
+            self.tracker.disown("", r.key)
 
     def _journey(self) -> BoardResult:
         plan, r = self.plan, self.result
@@ -455,13 +459,15 @@ class _Journey:
             if plan.registry is not None and r.mac:
                 plan.registry.record_ready(r.mac, "flashed and verified", r.port)
             return self.finish("ready")
+        if not self.port.serial_number:
+            self.tracker.own("", r.key)          # from its reset on, a new serial-less port may be it
         port = self.boot()
         if port is None:
             return self.finish("interrupted" if self.cancel.is_set() else "failed",
                                f"the board did not come back after its reset within {plan.boot_timeout:.0f} s")
         if plan.provision is not None or plan.files is not None:
             ok = self.provision(port)
-            if not ok and self.port.serial_number and not self.tracker.is_present(self.port):
+            if not ok and self._vanishing():
                 # It re-enumerated after we looked (late USB reset): follow it and try once more.
                 port = self.follow() or ""
                 ok = bool(port) and self.provision(port)
@@ -475,6 +481,15 @@ class _Journey:
         if plan.registry is not None and r.mac:
             plan.registry.record_ready(r.mac, "ready", r.port)
         return self.finish("ready")
+
+    def _vanishing(self, within: float = 1.0) -> bool:
+        """After a lost connection: is the board's port going away (a late re-enumeration)?"""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if not self.tracker.is_present(self.port):
+                return True
+            time.sleep(0.05)
+        return False
 
     def boot(self) -> str | None:
         """The port MicroPython answers on after the reset: the same one, or its re-enumerated successor."""
@@ -512,8 +527,11 @@ class _Journey:
         def index_of(_port: str, _mac: str) -> int:
             return sticker if sticker is not None else 1
 
+        from .identify import exclusive_session
+
         [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
-                            connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud)
+                            connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
+                            session_factory=exclusive_session)
         r.provision = p
         r.hostname = p.hostname or r.hostname
         if plan.registry is not None and r.mac:
@@ -537,8 +555,10 @@ class _Journey:
             r.reason = f"smoke: {e}"
             return False
         connect = 3.0 if plan.provision is not None or plan.files is not None else plan.boot_timeout
+        from .identify import exclusive_session
+
         report = _smoke.smoke_device(port, expected, network=plan.network, timeout=plan.repl_timeout,
-                                     connect_timeout=connect, baudrate=plan.repl_baud)
+                                     connect_timeout=connect, baudrate=plan.repl_baud, session_factory=exclusive_session)
         r.smoke = report
         detail = "all checks passed" if report.ok else "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
         if plan.registry is not None and r.mac:

@@ -89,3 +89,16 @@ def test_blink_one_board_by_name_among_several(tmp_path):
     assert [s.how for s in shown] == [None, "LED GPIO2", None]
     assert [(p.root / "pin.log").exists() for p in peers] == [False, True, False]
     assert json.dumps([s.to_dict() for s in shown])
+
+
+def test_a_port_held_by_another_program_is_named_busy(tmp_path):
+    import serial
+
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi")
+    with peer:
+        holder = serial.Serial(peer.port, exclusive=True)        # Thonny, screen, mpremote...
+        try:
+            shown = identify.show(peer.port, None)
+        finally:
+            holder.close()
+    assert not shown.ok and "port busy: held by another program" in shown.error

@@ -285,3 +285,23 @@ def test_invoke_flash_provision_runs_the_same_pipeline(farm, tmp_path):
     for b in boards:
         doc = json.loads((b.root / "workshop.json").read_text())
         assert doc["wifi"] == {"ssid": "Workshop"} and doc["hostname"] in ("lab-01", "lab-02")
+
+
+@needs_frozen
+def test_a_board_without_a_serial_number_that_vanishes_waits_for_reset_and_continues(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC_S2", "esp32s2", size=32 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False)
+    board = farm.start("esp32s2", name="s2", reenumerate=True)
+    events: list[station.StationEvent] = []
+    hub.plug(board, name="ttyACM0")                              # no serial number in the name
+    mover = Mover(hub, board, "ttyACM1")
+    mover.start()
+
+    report = station.watch(plan, station.FolderSource(hub.folder), on_event=events.append, stop_after=1)
+
+    assert len(report.results) == 1, [(r.key, r.state, r.reason) for r in report.results]
+    [r] = report.results
+    assert r.ok, (r.stage, r.reason, [(e.stage, e.message) for e in events][-6:])
+    assert any(e.message == f"press RESET on {hub.folder / 'ttyACM0'}" for e in events)
+    assert r.port == board.port
