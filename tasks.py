@@ -689,11 +689,18 @@ def _table(title: str, columns, rows):
     tty = sys.stdout.isatty()
     table = Table(title=title, box=_box.HEAVY_HEAD if tty else None, show_edge=tty, pad_edge=tty)
     for name, key in columns:
-        width = max([len(name)] + [Text.from_markup(str(r[len(table.columns)])).cell_len for r in rows]) if key else None
-        table.add_column(name, no_wrap=key, min_width=width, overflow="fold")
+        longest = max([len(name)] + [Text.from_markup(str(r[len(table.columns)])).cell_len for r in rows])
+        # key columns keep their whole width; a detail column keeps at least 24 cells and wraps
+        table.add_column(name, no_wrap=key, min_width=longest if key else min(longest, 24), overflow="fold")
     for r in rows:
         table.add_row(*r)
-    if tty:
+    needed = sum((c.min_width or 0) + 3 for c in table.columns) + 1
+    if tty and needed > console.width:
+        # Too narrow a terminal for one line per row: one block per row instead, nothing cut.
+        console.print(f"[bold]{title}[/]")
+        for r in rows:
+            console.print("  ".join(f"[dim]{name}[/] {cell}" for (name, _), cell in zip(columns, r)), soft_wrap=False)
+    elif tty:
         console.print(table)
     else:
         Console(width=max(console.width, sum((c.min_width or 12) + 3 for c in table.columns))).print(table)
@@ -735,7 +742,7 @@ class _StationView:
         counts = {"ready": 0, "failed": 0, "in progress": 0}
         table = Table(box=None, show_header=True, pad_edge=False)
         for col in ("port", "stage", "%", "chip", "MAC", "hostname", "s", "note"):
-            table.add_column(col, no_wrap=col != "note", overflow="fold")
+            table.add_column(col, no_wrap=col != "note", overflow="fold", min_width=12 if col == "note" else None)
         for e in self.rows.values():
             state = "ready" if e.final and e.ok else "failed" if e.final else "in progress"
             counts[state] += 1

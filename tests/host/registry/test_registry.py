@@ -126,3 +126,41 @@ def test_invoke_registry_table_never_cuts_names_ports_or_results_when_piped(tmp_
     for whole in (long_port, "chemistry-lab-table-07-left", "ESP32_GENERIC_S3", mac(1), "failed"):
         assert whole in out, whole
     assert "…" not in out and "│" not in out and "┃" not in out         # no cut cells, no box when piped
+
+
+_KILLED = r"""
+import sys
+from workshop.registry import Registry
+reg = Registry(sys.argv[1])
+i = 0
+while True:
+    m = "24:0a:c4:01:%02x:%02x" % (i >> 8 & 0xff, i & 0xff)
+    reg.see(m, chip="esp32")
+    reg.record_flash(m, ok=True, board="ESP32_GENERIC")
+    i += 1
+    if i == 20:
+        print("going", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_run_leaves_the_registry_consistent(tmp_path):
+    import signal
+    import time
+
+    path = tmp_path / "workshop.db"
+    Registry(path)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "going"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    reg = Registry(path)
+    boards = reg.boards()
+    assert len(boards) >= 20
+    assert sorted(b.sticker for b in boards) == list(range(1, len(boards) + 1))
+    # every board that made it in is whole: seen, then flashed (or the flash had not committed yet)
+    assert all(b.state in ("seen", "flashed") for b in boards)
+    assert sum(b.state == "seen" for b in boards) <= 1
+    assert reg.see("24:0a:c4:ff:ff:ff").sticker == len(boards) + 1

@@ -82,3 +82,17 @@ def test_invoke_provision_with_files_and_registry_names_boards_by_sticker(tmp_pa
     finally:
         for p in peers:
             p.stop()
+
+
+def test_invoke_smoke_with_registry_records_each_boards_result_by_its_mac(tmp_path):
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi").start()     # the stack is not frozen there: smoke fails
+    db = tmp_path / "w.db"
+    try:
+        proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "smoke", "--ports",
+                               peer.port, "--board", "UNIX", "--dist", str(tmp_path / "no-dist"), "--registry", str(db)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+    finally:
+        peer.stop()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [rec] = Registry(db).boards()
+    assert rec.smoke_ok is False and rec.state == "failed" and "modules" in rec.smoke_detail
