@@ -351,41 +351,16 @@ def _flash_log_dir(logs: str | None):
 
 
 def _flash_images(board, auto, image, offset, chip, release, dist):
-    """--board / --auto / --image / --release -> one FlashImage or chip -> FlashImage."""
+    """--board / --auto / --image / --release -> one FlashImage or chip -> FlashImage (workshop.flash.choose_images)."""
     from pathlib import Path
 
-    from workshop import buildinfo
     from workshop import flash as _flash
 
-    chosen = [bool(board), bool(auto), bool(image)]
-    if sum(chosen) != 1:
-        raise _fail("choose what to write: --board NAME, --auto (each board's chip picks its image), "
-                    "or --image FILE --offset N")
-    base = Path(dist) if dist else buildinfo.dist_dir()
     try:
-        if image:
-            if offset is None:
-                raise _fail("--image needs --offset (e.g. --offset 0x1000)")
-            return _flash.FlashImage.from_file(Path(image), int(str(offset), 0), chip)
-        if release:
-            from workshop import download as _download
-
-            try:
-                images = _download.release_images(release, [board] if board else None)
-            except _download.DownloadError as e:
-                raise _fail(str(e)) from None
-            return _flash.images_by_chip(images) if auto else images[0]
-        if auto:
-            return _flash.images_by_chip(_flash.dist_images(base))
-        try:
-            config.get_board(board)
-        except config.ConfigError as e:
-            raise _fail(str(e)) from None
-        return _flash.FlashImage.from_dist(base / board)
+        return _flash.choose_images(board=board, auto=auto, image=Path(image) if image else None, offset=offset,
+                                    chip=chip, release=release, dist=Path(dist) if dist else None)
     except _flash.FlashError as e:
         raise _fail(str(e)) from None
-    except ValueError:
-        raise _fail(f"--offset: expected a number like 0x1000, got {offset!r}") from None
 
 
 @task(help={
@@ -402,10 +377,14 @@ def _flash_images(board, auto, image, offset, chip, release, dist):
     "flash_size": "esptool --flash-size for the image header (default: the port's data: detect for ESP8266, else keep)",
     "report": "JSON report path (default: <logs>/report.json)",
     "logs": "folder for the per-device esptool logs (default: logs/flash/<time>/)",
-    "provision": "then provision each verified board from this workshop.toml (as 'invoke provision --config')",
+    "provision": "then provision each verified board from this workshop.toml (the station pipeline, as 'invoke station')",
+    "files": "with --provision: also copy this folder of lesson files onto every board",
+    "registry": "record every board in this registry (SQLite; e.g. workshop.db)",
+    "json_out": "with --provision: write one JSON line per event to this file",
 })
 def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image=None, offset=None, chip=None,
-          release=None, dist=None, flash_size=None, report=None, logs=None, provision=None):
+          release=None, dist=None, flash_size=None, report=None, logs=None, provision=None, files=None,
+          registry=None, json_out=None):
     """Flash every selected board in parallel, verify each, retry slower, report; non-zero exit if any failed."""
     from pathlib import Path
 
@@ -421,6 +400,15 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     log_dir = _flash_log_dir(logs)
     options = _flash.FlashOptions(baud=int(baud), erase=erase, flash_size=flash_size)
+    reg = _open_registry(registry)
+    if provision or files:
+        from workshop import station as _station
+
+        plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=Path(files) if files else None,
+                             registry=reg, log_dir=log_dir)
+        _run_station(lambda on_event, cancel: _station.run_boards(targets, plan, on_event=on_event, cancel=cancel),
+                     json_out)
+        return
     columns = (TextColumn("{task.description}"), TextColumn("{task.fields[stage]:<11}"), BarColumn(),
                TaskProgressColumn(), DownloadColumn(), TextColumn("{task.fields[note]}"))
     with Progress(*columns, console=console, transient=False) as progress:
@@ -450,17 +438,16 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
            ["port", "chip", "MAC", "image", "result", Column("s", justify="right"), "retries",
             Column("left as / why", wrap=True)], summary)
     report_path = result.write_json(Path(report) if report else log_dir / "report.json")
+    if reg is not None:
+        from workshop import station as _station
+
+        _station.record_flash_report(reg, result, images)
     ok = sum(r.ok for r in result.results)
     console.print(f"{ok}/{len(result.results)} verified in {result.seconds:.1f} s; report {report_path}; "
                   f"esptool logs in {log_dir}")
     if result.interrupted:
         raise Exit(code=130)
-    provisioned = True
-    if provision:
-        verified = [r.port for r in result.results if r.ok]
-        # A freshly flashed board formats its filesystem on first boot: give it time to answer.
-        provisioned = not verified or _run_provision(verified, cfg, connect_timeout=15.0)
-    if not result.ok or not provisioned:
+    if not result.ok:
         raise Exit(code=1)
 
 
@@ -485,26 +472,39 @@ def _provision_config(config_file, **options):
 
 
 def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=115200, connect_timeout=3.0,
-                   as_json=False) -> bool:
+                   as_json=False, files=None, registry=None) -> bool:
     """Provision, render a table (or JSON); True if every board was provisioned."""
-    from workshop import provision as _provision
+    from pathlib import Path
 
+    from workshop import lessons as _lessons
+    from workshop import provision as _provision
+    from workshop import station as _station
+
+    reg = _open_registry(registry)
     with console.status(f"provisioning {len(targets)} board(s)...") as status:
         def on_event(e) -> None:
-            if e.kind in ("provisioned", "failed", "retry"):
+            if e.kind in ("provisioned", "failed", "retry", "files"):
                 status.update(f"{e.port}: {e.message}")
 
-        results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
-                                           baudrate=int(baud), connect_timeout=connect_timeout)
+        try:
+            results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
+                                               baudrate=int(baud), connect_timeout=connect_timeout,
+                                               files=Path(files) if files else None,
+                                               index_of=_station.sticker_index(reg) if reg is not None else None)
+        except (_lessons.LessonError, _provision.ProvisionError) as e:
+            raise _fail(str(e)) from None
+    if reg is not None:
+        _station.record_provision_results(reg, results)
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         rows = []
         for r in results:
             result = Cell("written + verified", "ok") if r.ok else Cell(f"failed at {r.stage}", "failed")
-            rows.append([r.port, r.hostname, r.mac, r.config_path, r.boot_hook, result, f"{r.duration_s:.1f}",
+            copied = f"{len(r.files['written'])} new, {len(r.files['unchanged'])} same" if r.files else "-"
+            rows.append([r.port, r.hostname, r.mac, r.config_path, r.boot_hook, copied, result, f"{r.duration_s:.1f}",
                          r.error or ""])
-        _table("Provisioning", ["port", "hostname", "MAC", "config", "boot hook", "result",
+        _table("Provisioning", ["port", "hostname", "MAC", "config", "boot hook", Column("files", wrap=True), "result",
                                 Column("s", justify="right"), Column("error", wrap=True)], rows)
     return all(r.ok for r in results)
 
@@ -538,17 +538,20 @@ def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_passwo
     "reset": "soft-reset each board afterwards, so boot.py starts the services now",
     "baud": "serial baud rate of the REPL",
     "json": "print JSON instead of a table",
+    "files": "also copy this folder of lesson files (main.py, lib/, ...) onto every board: atomic, verified, identical files skipped",
+    "registry": "record the boards in this registry; {index} is then each board's sticker number",
 })
 def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telnet_user=None, telnet_password=None,
               mqtt=None, mqtt_port=None, start=None, config=None, replace=False, reset=False, baud=115200,
-              json=False):  # noqa: A002
+              json=False, files=None, registry=None):  # noqa: A002
     """Write /workshop.json and the boot hook on every board in parallel (atomic, read back); non-zero exit if any failed."""
     cfg = _provision_config(config, **_provision_options(wifi, wifi_password, hostname, telnet_user,
                                                          telnet_password, mqtt, mqtt_port, start))
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
-    if not _run_provision(targets, cfg, replace=replace, reset=reset, baud=baud, as_json=json):
+    if not _run_provision(targets, cfg, replace=replace, reset=reset, baud=baud, as_json=json, files=files,
+                          registry=registry):
         raise Exit(code=1)
 
 
@@ -577,9 +580,10 @@ def _smoke_expected(board, dist, release):
     "baud": "serial baud rate of the REPL",
     "timeout": "seconds the device check may take on one board (default 10; slow or emulated boards need more); "
                "a board that runs out says which step it was in and what it had found",
+    "registry": "record each board's result in this registry (by the MAC its firmware reports)",
 })
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
-          json_out=None, junit=None, baud=115200, json=False, timeout=None):  # noqa: A002 - invoke derives --json
+          json_out=None, junit=None, baud=115200, json=False, timeout=None, registry=None):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
     from pathlib import Path
 
@@ -607,8 +611,14 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
+    reg = _open_registry(registry)
     with console.status(f"checking {len(targets)} board(s)..."):
+        from workshop import station as _station
+
+        macs = _station.board_macs(targets, int(baud)) if reg is not None else {}
         reports = _smoke.smoke_all(targets, expected, network=net, baudrate=int(baud), timeout=budget)
+        if reg is not None:
+            _station.record_smoke_reports(reg, reports, macs)
     if json_out:
         text = _smoke.to_json(reports)
         if json_out == "-":
@@ -652,14 +662,15 @@ _ROOM_HELP = {
 
 
 def _room_lookup(registry):
-    """hostname -> registry record, when workshop.registry exists (the station's board registry)."""
-    if not registry:
+    """--registry PATH -> hostname -> the station's record of that board (sticker, MAC, ...), or None."""
+    reg = _open_registry(registry)
+    if reg is None:
         return None
-    try:
-        from workshop.registry import Registry  # type: ignore[import-not-found]
-    except ImportError:
-        raise _fail("--registry: this kit has no board registry (workshop.registry) yet") from None
-    return Registry(registry).by_hostname
+
+    def lookup(hostname):
+        record = reg.by_hostname(hostname)
+        return record.to_dict() if record else None
+    return lookup
 
 
 def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, interface):
@@ -881,23 +892,6 @@ def fleet_reset(c, hosts=None, all=False, outdated=False, resume=False, mqtt=Non
                timeout=timeout, report=report, as_json=json)
 
 
-@task(auto_shortflags=False, help={**{k: v for k, v in _FLEET_HELP.items() if k not in ("outdated", "resume", "jobs", "release")},
-            "seconds": "how long to blink (default 5)"})
-def identify(c, hosts=None, all=False, mqtt=None, mqtt_user=None, mqtt_password=None, no_mdns=False,  # noqa: A002
-             interface=None, wait="2", telnet_user=None, telnet_password=None, seconds="5", timeout="20",
-             report=None, json=False):
-    """Blink boards over the network (LED pin from boards/<BOARD>.toml; else a banner on the console)."""
-    from workshop import fleet as _fleet
-
-    def make(_targets):
-        return lambda t: _fleet.Command.identify(*_fleet.led_for(t.board), seconds=float(seconds))
-
-    _fleet_run(make, hosts=hosts, all_boards=all, outdated=False, resume=False, mqtt=mqtt, mqtt_user=mqtt_user,
-               mqtt_password=mqtt_password, release=None, no_mdns=no_mdns, interface=interface, wait=wait,
-               telnet_user=telnet_user, telnet_password=telnet_password, jobs=16, timeout=timeout,
-               report=report, as_json=json)
-
-
 @task(auto_shortflags=False, help={
     "bind": "address to listen on (default 0.0.0.0: the whole workshop LAN)",
     "port": "TCP port (default 1883)",
@@ -925,3 +919,263 @@ def broker(c, bind="0.0.0.0", port=1883, password_file=None):
         console.print("broker stopped")
         return
     raise _fail(f"mosquitto exited with code {code}")
+
+
+# --- station / registry / identify (workshop.station, workshop.registry, workshop.identify) -------
+
+
+def _open_registry(path):
+    """--registry PATH -> Registry, or None when not given."""
+    if not path:
+        return None
+    from workshop import registry as _registry
+
+    try:
+        return _registry.Registry(path)
+    except _registry.RegistryError as e:
+        raise _fail(str(e)) from None
+
+
+class _StationView:
+    """Renders station events: a live line per board on a terminal, plain lines otherwise; JSON lines to a file."""
+
+    def __init__(self, json_out=None) -> None:
+        import sys
+        import time
+
+        self.tty = sys.stdout.isatty()
+        self.rows: dict[str, Any] = {}
+        self.json = open(json_out, "a", encoding="utf-8") if json_out else None  # noqa: SIM115 - closed in close()
+        self.live: Any = None
+        self.last_percent: dict[str, int] = {}
+        self.t = time.monotonic
+        self.last_draw = 0.0
+
+    def __enter__(self):
+        if self.tty:
+            from rich.live import Live
+
+            self.live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.__exit__(*exc)
+        if self.json:
+            self.json.close()
+
+    def _render(self):
+        from rich.markup import escape
+
+        from rich.table import Table
+
+        counts = {"ready": 0, "failed": 0, "in progress": 0}
+        table = Table(box=None, show_header=True, pad_edge=False)
+        for col in ("port", "stage", "%", "chip", "MAC", "hostname", "s", "note"):
+            table.add_column(col, no_wrap=col != "note", overflow="fold", min_width=12 if col == "note" else None)
+        for e in self.rows.values():
+            state = "ready" if e.final and e.ok else "failed" if e.final else "in progress"
+            counts[state] += 1
+            colour = {"ready": "green", "failed": "red"}.get(state, "white")
+            note = "[bold green]unplug me[/]" if state == "ready" else escape(e.message)
+            table.add_row(escape(e.port), f"[{colour}]{e.stage}[/]", f"{e.percent:.0f}" if e.percent is not None else "",
+                          e.chip or "", e.mac or "", e.hostname or "", f"{e.elapsed:.1f}", note)
+        table.caption = f"ready {counts['ready']} · failed {counts['failed']} · in progress {counts['in progress']}"
+        return table
+
+    def __call__(self, e) -> None:
+        import json as _json
+
+        if self.json:
+            self.json.write(_json.dumps(e.to_dict()) + "\n")
+            self.json.flush()
+        self.rows[e.key] = e
+        if self.live is not None:
+            now = self.t()
+            if e.final or now - self.last_draw > 0.1:
+                self.last_draw = now
+                self.live.update(self._render())
+            return
+        if e.percent is not None:           # plain output: progress every 25 %
+            step = int(e.percent // 25)
+            if self.last_percent.get(e.key) == step:
+                return
+            self.last_percent[e.key] = step
+        fields = " ".join(x for x in (e.chip, e.mac, e.hostname, f"{e.percent:.0f}%" if e.percent is not None else "")
+                          if x)
+        print(f"{e.elapsed:7.1f}s {e.port} {e.stage}{' ' + fields if fields else ''}: {e.message}", flush=True)
+
+
+def _run_station(run, json_out=None):
+    """Run a station function with the renderer; summary table; exit 130 after Ctrl-C, 1 if any board failed."""
+    import threading
+
+
+    from workshop import station as _station
+
+    cancel = threading.Event()
+    with _StationView(json_out) as view:
+        try:
+            report = run(view, cancel)
+        except _station.StationError as e:
+            raise _fail(str(e)) from None
+    rows = []
+    for r in report.results:
+        status = {"ready": "ok", "failed": "failed", "unplugged": "warn", "interrupted": "interrupted"}.get(r.state)
+        rows.append([r.port, str(r.sticker or "-"), r.hostname, r.mac, r.chip, Cell(r.state, status), f"{r.seconds:.1f}",
+                     r.left_as + (f" ({r.reason})" if r.reason and not r.ok else "")])
+    _table("Station " + ("interrupted" if report.interrupted else "summary"),
+           ["port", "sticker", "hostname", "MAC", "chip", "result", Column("s", justify="right"),
+            Column("left as / why", wrap=True)], rows)
+    counts = report.counts
+    console.print(" · ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no board seen")
+    if report.interrupted:
+        raise Exit(code=130)
+    if not report.ok:
+        raise Exit(code=1)
+
+
+@task(help={
+    "board": "write dist/<BOARD>/ to every board (a board with another chip is refused)",
+    "auto": "pick each board's image by its chip, among the builds in dist/ (or the --release)",
+    "release": "write release V's images (downloaded and verified first)",
+    "image": "write this single file (with --offset and --chip)",
+    "offset": "flash offset for --image",
+    "chip": "esptool chip name the --image is for",
+    "dist": "folder with <BOARD>/build.json builds (default: dist/)",
+    "provision": "provision each board from this workshop.toml (identity, boot hook)",
+    "files": "copy this folder of lesson files onto each board",
+    "smoke": "smoke-test each board (firmware, frozen stack, heap, flash, config)",
+    "network": "with --smoke: also Wi-Fi, MQTT round trip, HTTP GET",
+    "mqtt": "with --network: the broker, HOST or HOST:PORT (default: the board's config)",
+    "registry": "the board registry (default: workshop.db here)",
+    "ports_dir": "watch this folder of device links instead of the system's serial ports (default on Linux: /dev/serial/by-id via pyserial)",
+    "all_ports": "take every USB serial port, not only known ESP bridges",
+    "stop_after": "stop once this many boards are done (ready or failed); default: until Ctrl-C",
+    "json_out": "write one JSON line per event to this file",
+    "reflash": "flash even boards the registry knows as ready with this image",
+    "baud": "flash baud rate (a failed attempt retries at 115200, then legacy stub, then no stub)",
+    "boot_timeout": "seconds a flashed board may take to answer at its REPL (first boot formats the filesystem)",
+    "logs": "folder for the per-board esptool logs (default: logs/station/<time>/)",
+})
+def station(c, board=None, auto=False, release=None, image=None, offset=None, chip=None, dist=None, provision=None,
+            files=None, smoke=False, network=False, mqtt=None, registry="workshop.db", ports_dir=None, all_ports=False,
+            stop_after=None, json_out=None, reflash=False, baud=460800, boot_timeout=20.0, logs=None):
+    """Hot-plug: every board plugged in goes appear -> flash -> provision -> smoke -> ready, until Ctrl-C."""
+    from pathlib import Path
+
+    from workshop import flash as _flash
+    from workshop import smoke as _smoke
+    from workshop import station as _station
+
+    images = _flash_images(board, auto, image, offset, chip, release, dist)
+    cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
+    net = None
+    if network:
+        try:
+            host, mport = _smoke.parse_broker(mqtt)
+        except _smoke.SmokeError as e:
+            raise _fail(str(e)) from None
+        net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport)
+    plan = _station.Plan(images=images, flash_options=_flash.FlashOptions(baud=int(baud)), provision=cfg,
+                         files=Path(files) if files else None, smoke=smoke or network, network=net,
+                         registry=_open_registry(registry), reflash=reflash, boot_timeout=float(boot_timeout),
+                         log_dir=Path(logs) if logs else None)
+    try:
+        source = _station.default_source(Path(ports_dir) if ports_dir else None, all_ports)
+    except _station.StationError as e:
+        raise _fail(str(e)) from None
+    console.print(f"watching {ports_dir or 'the serial ports'} for boards; Ctrl-C stops", highlight=False)
+    _run_station(lambda on_event, cancel: _station.watch(plan, source, on_event=on_event, cancel=cancel,
+                                                         stop_after=int(stop_after) if stop_after else None),
+                 json_out)
+
+
+@task(help={
+    "registry": "the registry file (default: workshop.db here)",
+    "csv": "write the registry as CSV to this file (stickers, class list)",
+    "json": "print JSON instead of a table",
+})
+def registry(c, registry="workshop.db", csv=None, json=False):  # noqa: A002
+    """Every board ever seen, by sticker: MAC, chip, hostname, image, last results."""
+    from pathlib import Path
+
+
+    from workshop import buildinfo
+
+    if not Path(registry).exists():
+        raise _fail(f"{registry}: no registry yet (the station, or flash/provision/smoke --registry, create it)")
+    reg = _open_registry(registry)
+    if csv:
+        buildinfo.write_atomic(Path(csv), reg.to_csv())
+        console.print(f"{len(reg.boards())} board(s) written to {csv}")
+        return
+    if json:
+        print(reg.to_json(), end="")
+        return
+
+    def mark(v):
+        return Cell("-") if v is None else (Cell("ok", "ok") if v else Cell("failed", "failed"))
+
+    rows = [[str(b.sticker), b.hostname, b.mac, b.chip, b.board, b.state, mark(b.flash_ok), mark(b.provision_ok),
+             mark(b.smoke_ok), b.port, b.last_seen, b.smoke_detail or b.provision_detail or ""] for b in reg.boards()]
+    _table(f"Registry {registry}", ["sticker", "hostname", "MAC", "chip", "board", "state", "flash", "provision",
+                                    "smoke", "last port", "last seen", Column("detail", wrap=True)], rows)
+
+
+def _identify_over_network(hosts, all, mqtt, mqtt_user, mqtt_password, no_mdns, interface, wait,  # noqa: A002
+                           telnet_user, telnet_password, seconds, timeout, report, json):
+    """identify --hosts/--all: blink boards over the network (LED pin from boards/<BOARD>.toml; else a banner)."""
+    from workshop import fleet as _fleet
+
+    def make(_targets):
+        return lambda t: _fleet.Command.identify(*_fleet.led_for(t.board), seconds=float(seconds))
+
+    _fleet_run(make, hosts=hosts, all_boards=all, outdated=False, resume=False, mqtt=mqtt, mqtt_user=mqtt_user,
+               mqtt_password=mqtt_password, release=None, no_mdns=no_mdns, interface=interface, wait=wait,
+               telnet_user=telnet_user, telnet_password=telnet_password, jobs=16, timeout=timeout,
+               report=report, as_json=json)
+
+
+@task(auto_shortflags=False, help={
+    **{k: "over the network: " + v for k, v in _FLEET_HELP.items() if k not in ("outdated", "resume", "jobs", "release")},
+    "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
+    "blink": "only this board shows itself (a hostname such as lab-07, or a sticker number)",
+    "registry": "the registry that knows the stickers (default: workshop.db here)",
+    "baud": "serial baud rate of the REPL",
+    "json": "print JSON instead of a table (over the network: the JSON report)",
+    "seconds": "over the network: how long to blink (default 5)",
+})
+def identify(c, ports=None, blink=None, registry="workshop.db", baud=115200, json=False,  # noqa: A002
+             hosts=None, all=False, mqtt=None, mqtt_user=None, mqtt_password=None, no_mdns=False,  # noqa: A002
+             interface=None, wait="2", telnet_user=None, telnet_password=None, seconds="5", timeout="20", report=None):
+    """Each board blinks its sticker number on its LED (or prints its name on its console); port -> hostname -> MAC.
+    With --hosts/--all: boards on the network, through their telnet REPL."""
+    if hosts or all:
+        return _identify_over_network(hosts, all, mqtt, mqtt_user, mqtt_password, no_mdns, interface, wait,
+                                      telnet_user, telnet_password, seconds, timeout, report, json)
+    import json as _json
+    from pathlib import Path
+
+
+    from workshop import identify as _identify
+
+    targets = _serial_ports(ports)
+    if not targets:
+        raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
+    reg = _open_registry(registry) if Path(registry).exists() else None
+    try:
+        with console.status(f"asking {len(targets)} board(s) to show themselves..."):
+            shown = _identify.identify_boards(targets, reg, only=blink, baudrate=int(baud))
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    if json:
+        print(_json.dumps([s.to_dict() for s in shown], indent=2))
+    else:
+        rows = [[s.port, s.hostname, str(s.sticker or "-"), s.mac, s.how or Cell("-" if s.ok else "failed", None if s.ok else "failed"),
+                 s.error or ""] for s in shown]
+        _table("Which board is which", ["port", "hostname", "sticker", "MAC", "shown by", Column("detail", wrap=True)], rows)
+    if any(not s.ok for s in shown):
+        raise Exit(code=1)

@@ -173,6 +173,8 @@ class Board:
     btree: bool = True                 # MicroPython's default; the workshop boards set false
     # Bytes that must stay free per budget region after linking (e.g. {"iram": 1024}).
     margins: dict[str, int] = field(default_factory=dict)
+    led_pin: int | None = None           # a plain GPIO LED `identify` blinks; None = none known
+    led_active_low: bool = False         # lit when the pin is low (ESP8266 modules)
 
     @property
     def is_host(self) -> bool:
@@ -402,6 +404,8 @@ def load_board(path: Path, root: Path | None = None) -> Board:
         source=path,
         btree=r.get("btree", bool, "true/false", True),
         margins=_margins(r, port),
+        led_pin=r.get("led_pin", int, "a GPIO number", None),
+        led_active_low=r.get("led_active_low", bool, "true or false", False),
     )
     if not board.btree and not port.btree_off:
         raise r.fail("btree", f"true (port {port.name} has no btree_off in its port.toml)", False)

@@ -4,23 +4,27 @@ Discovery uses pyserial's port list (USB VID:PID of the usual bridges) and the s
 /dev/serial/by-id links; explicit ports may be device paths or pyserial URLs (socket://,
 rfc2217://). Identification talks to the ROM bootloader through esptool's Python API, one
 thread per port. Nothing here prints: esptool's own output goes to a per-port log file through
-`esptool_session`, and callers get dataclasses back and optional events.
+`esptool_session`, and callers get dataclasses back and optional events. esptool itself is
+reached only through `workshop.esptool_adapter` (its errors are re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import serial
 from serial.tools import list_ports
+
+from . import esptool_adapter
+from .esptool_adapter import (DEFAULT_CONNECT_ATTEMPTS, ROM_BAUD, Cancelled, DeviceError, NoAnswer, PortBusy,
+                              PortUnavailable, chip_key, connect, esptool_session, format_mac)
 
 # USB-serial bridges found on ESP boards: (VID, PID) -> name. Data, not code.
 USB_BRIDGES: dict[tuple[int, int], str] = {
@@ -42,27 +46,6 @@ USB_BRIDGES: dict[tuple[int, int], str] = {
     (0x303A, 0x4001): "Espressif USB CDC",
 }
 BY_ID_DIR = Path("/dev/serial/by-id")
-ROM_BAUD = 115200
-# Sync attempts before a port counts as "no answer" (each ~0.75 s with esptool's resets).
-DEFAULT_CONNECT_ATTEMPTS = 3
-
-
-class DeviceError(RuntimeError):
-    """A device could not be reached or identified; `kind` is a short stable name."""
-
-    kind = "error"
-
-
-class NoAnswer(DeviceError):
-    """Nothing answered the bootloader sync: wrong port, no board, or held in reset."""
-
-    kind = "no-answer"
-
-
-class PortUnavailable(DeviceError):
-    """The port could not be opened (missing, busy, no permission, bad URL)."""
-
-    kind = "port-unavailable"
 
 
 @dataclass(frozen=True)
@@ -191,273 +174,82 @@ def select_ports(specs: Sequence[str] | None = None) -> list[SerialPort]:
     return resolve_ports(specs) if specs else list_board_ports()
 
 
-# --- esptool plumbing: per-thread output capture --------------------------------------------
-
-
-class Cancelled(BaseException):
-    """Raised inside a worker (from esptool's logging hooks) when the run was cancelled.
-
-    A BaseException so esptool's `except Exception` retry paths cannot swallow it.
-    """
-
-
-@dataclass
-class _Sink:
-    log: TextIO
-    on_progress: Callable[[int, int, str], None] | None = None
-    cancel: threading.Event | None = None
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled()
-
-
-_local = threading.local()
-_install_lock = threading.Lock()
-_installed = False
-
-_MARKUP = re.compile(r"\[/?[a-z #]+\]")
-
-
-def _text(args: tuple[Any, ...], sep: str = " ") -> str:
-    return _MARKUP.sub("", sep.join(str(a) for a in args))
-
-
-def _current() -> _Sink | None:
-    return getattr(_local, "sink", None)
-
-
-class _Progress:
-    def __init__(self, sink: _Sink | None, total: int) -> None:
-        self.sink, self.total, self.done = sink, total, 0
-
-    def update(self, advance: int = 1, description: str | None = None, **_: Any) -> None:
-        self.done += advance
-        if self.sink is not None:
-            self.sink.check()
-            if self.sink.on_progress is not None:
-                self.sink.on_progress(self.done, self.total, description or "")
-
-
-def _routing_logger(fallback: Any) -> Any:
-    """An esp-pylib logger that writes to the calling thread's log file (or the fallback)."""
-    from esp_pylib.logger import EspLogBase
-
-    class RoutingLogger(EspLogBase):
-        def _write(self, prefix: str, args: tuple[Any, ...], end: str = "\n", sep: str = " ") -> None:
-            sink = _current()
-            if sink is None:
-                return
-            sink.check()
-            sink.log.write(prefix + _text(args, sep) + end)
-            sink.log.flush()
-
-        def print(self, *args: Any, **kwargs: Any) -> None:
-            if _current() is None:
-                return fallback.print(*args, **kwargs)
-            self._write("", args, end=kwargs.get("end", "\n"), sep=kwargs.get("sep", " "))
-
-        def err(self, *args: Any, suggestion: str | None = None) -> None:
-            self._write("ERROR: ", args) if _current() else fallback.err(*args, suggestion=suggestion)
-
-        def warn(self, *args: Any, suggestion: str | None = None) -> None:
-            self._write("WARNING: ", args) if _current() else fallback.warn(*args, suggestion=suggestion)
-
-        warning, error = warn, err
-
-        def note(self, *args: Any) -> None:
-            self._write("NOTE: ", args) if _current() else fallback.note(*args)
-
-        def hint(self, *args: Any) -> None:
-            self._write("HINT: ", args) if _current() else fallback.hint(*args)
-
-        def debug(self, *args: Any) -> None:
-            self._write("DEBUG: ", args) if _current() else fallback.debug(*args)
-
-        def stage(self, finish: bool = False) -> None:
-            sink = _current()
-            if sink is not None:
-                sink.check()
-            else:
-                fallback.stage(finish=finish)
-
-        def set_verbosity(self, mode: int | str) -> None:
-            fallback.set_verbosity(mode)
-
-        def progress_bar(self, cur_iter: int, total_iters: int, prefix: str = "", suffix: str = "",
-                         bar_length: int = 30) -> None:
-            if _current() is None:
-                fallback.progress_bar(cur_iter, total_iters, prefix, suffix, bar_length)
-
-        @contextlib.contextmanager
-        def progress(self, total: int, description: str = "", bar_length: int = 30, *, file: Any = None,
-                     disable: bool = False, unit: str | None = None) -> Iterator[Any]:
-            sink = _current()
-            if sink is None:
-                with fallback.progress(total, description, bar_length, file=file, disable=disable, unit=unit) as p:
-                    yield p
-                return
-            yield _Progress(sink, total)
-
-    return RoutingLogger()
-
-
-def _install_logger() -> None:
-    """Route esptool's process-wide logger per thread. Idempotent; other threads keep the old one."""
-    global _installed
-    with _install_lock:
-        if _installed:
-            return
-        import esptool  # noqa: F401  (installs esptool's logger first)
-        from esp_pylib.logger import EspLog, log
-        from esptool import cmds, reset
-
-        EspLog.instance = _routing_logger(EspLog.instance)
-        _skip_untraced_hex_dumps()
-        # Two one-shot warnings bind `log.warn` at import time; send them through the proxy.
-        for once in (reset.ResetStrategy.print_once, cmds._warn_nand_experimental):
-            once.print_callback = lambda text: log.warn(text)
-        _installed = True
-
-
-def _skip_untraced_hex_dumps() -> None:
-    """esptool 5.6 formats a hex dump of every packet even with tracing off.
-
-    ESPLoader.write() and the SLIP reader call `self.trace(f"... {HexFormatter(buf)}")`: the
-    f-string renders the "lazy" formatter before trace() checks `_trace_enabled`. That is about
-    two thirds of esptool's CPU time per flash, all under the GIL, so it decides how well
-    parallel workers scale. We never enable tracing, so the dump is replaced by its length.
-    """
-    from esptool import loader
-
-    original = getattr(loader, "HexFormatter", None)
-    if original is None or getattr(original, "_workshop_short", False):
-        return
-
-    class ShortHex(original):  # type: ignore[misc, valid-type]
-        _workshop_short = True
-
-        def __str__(self) -> str:
-            return f"<{len(self._s)} bytes>"
-
-    loader.HexFormatter = ShortHex
-
-
-@contextlib.contextmanager
-def esptool_session(log_path: Path | None, on_progress: Callable[[int, int, str], None] | None = None,
-                    cancel: threading.Event | None = None, append: bool = True) -> Iterator[TextIO]:
-    """Within this block, esptool output of the current thread goes to log_path (nowhere if None)."""
-    _install_logger()
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        stream: TextIO = log_path.open("a" if append else "w", encoding="utf-8")
-    else:
-        import io
-
-        stream = io.StringIO()
-    previous = _current()
-    _local.sink = _Sink(stream, on_progress, cancel)
-    try:
-        yield stream
-    finally:
-        _local.sink = previous
-        stream.close()
-
-
-def chip_key(esp: Any) -> str:
-    """esptool's CHIP_DEFS key for a connected loader (ROM or stub class), from esptool's data."""
-    from esptool.targets import CHIP_DEFS
-
-    for key, cls in CHIP_DEFS.items():   # by name: ROM classes subclass each other (C3 is an ESP32ROM)
-        if cls.CHIP_NAME == esp.CHIP_NAME:
-            return key
-    raise DeviceError(f"esptool has no chip definition for {esp.CHIP_NAME}")
-
-
-def connect(port: str, connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS, before: str = "default-reset") -> Any:
-    """Open the port, sync with the ROM bootloader and detect the chip (esptool.cmds.detect_chip)."""
-    from esptool.util import FatalError
-
-    started = time.monotonic()
-    try:
-        return _detect(port, connect_attempts, before)
-    except FatalError as e:
-        text = str(e)
-        if "Could not open" in text:
-            reason = text.split("\n(", 1)[-1].split(")\n", 1)[0] if "\n(" in text else text
-            raise PortUnavailable(f"cannot open {port}: {reason.strip()}") from None
-        if "Failed to connect" in text or "No serial data" in text or "Invalid head of packet" in text:
-            first = text.splitlines()[0]
-            raise NoAnswer(f"no answer from a bootloader on {port} after {connect_attempts} attempt(s) "
-                           f"({time.monotonic() - started:.1f} s): wrong port, no board, or board held in reset "
-                           f"[{first}]") from None
-        raise DeviceError(f"{port}: {text.splitlines()[0]}") from None
-    except (serial.SerialException, OSError) as e:
-        raise PortUnavailable(f"cannot open {port}: {e}") from None
-
-
-def _detect(port: str, connect_attempts: int, before: str) -> Any:
-    from esptool.cmds import detect_chip
-
-    return detect_chip(port, ROM_BAUD, before, False, connect_attempts)
-
-
-def format_mac(raw: Sequence[int]) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
+# --- esptool: through the adapter (workshop.esptool_adapter knows esptool's internals) --------
 
 
 def read_identity(esp: Any, flash: bool = True) -> Identity:
     """Chip, MAC (and flash size: needs the stub and attached flash) of a connected loader."""
-    from esptool.cmds import detect_flash_size
-
-    features: tuple[str, ...] = ()
-    with contextlib.suppress(Exception):
-        features = tuple(esp.get_chip_features())
-    try:
-        description = esp.get_chip_description()
-    except Exception:  # some ROMs in secure download mode refuse; the name is enough
-        description = esp.CHIP_NAME
-    size = None
-    if flash and not esp.secure_download_mode:
-        with contextlib.suppress(Exception):
-            size = detect_flash_size(esp)
-    return Identity(chip=chip_key(esp), chip_name=esp.CHIP_NAME, description=description,
-                    mac=format_mac(esp.read_mac()), flash_size=size, features=features)
+    return Identity(**esptool_adapter.read_identity_fields(esp, flash))
 
 
-def _close(esp: Any) -> None:
-    with contextlib.suppress(Exception):
-        esp._port.close()
+# Time boxes of identify: connect (per sync attempt), then stub start + flash ID together.
+IDENTIFY_CONNECT_S = 2.5
+IDENTIFY_STUB_S = 4.0
 
 
 def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS,
              reset_after: bool = True) -> Device:
-    """Connect, read chip/MAC/flash size, hard-reset the board back into its firmware."""
-    from esptool.cmds import attach_flash, reset_chip, run_stub
+    """Connect, read chip/MAC (ROM), then flash size (stub), hard-reset the board into its firmware.
+
+    Time-boxed like a flash: a port that stops answering, or a stub that never starts, is
+    aborted (its port closed); chip and MAC read from the ROM before the stub are kept.
+    """
+    import threading
+
+    from esptool.cmds import attach_flash, reset_chip
 
     started = time.monotonic()
     log_path = log_dir / f"{log_name(port.device)}.log" if log_dir else None
-    with esptool_session(log_path):
+    found: dict[str, Any] = {}
+    abort = threading.Event()
+    done = threading.Event()
+    ser_box: list[Any] = []
+    deadline = [started + 1.0 + IDENTIFY_CONNECT_S * max(1, connect_attempts)]
+
+    def body() -> None:
+        esp = None
         try:
-            esp = connect(port.device, connect_attempts)
-        except DeviceError as e:
-            return Device(port, error=str(e), error_kind=e.kind, seconds=time.monotonic() - started)
-        try:
-            try:
-                esp = run_stub(esp)
-                attach_flash(esp)
-                identity = read_identity(esp)
-            except Exception:  # no stub/flash access: chip and MAC still come from the ROM
-                identity = read_identity(esp, flash=False)
-            if reset_after:
-                with contextlib.suppress(Exception):
-                    reset_chip(esp, "hard-reset")
-            return Device(port, identity=identity, seconds=time.monotonic() - started)
-        except Exception as e:
-            return Device(port, error=f"{port.device}: {e}", error_kind=DeviceError.kind,
-                          seconds=time.monotonic() - started)
+            with esptool_session(log_path, abort=abort):
+                ser = esptool_adapter.open_port(port.device)
+                ser_box.append(ser)
+                esp = connect(ser, connect_attempts)
+                found["identity"] = read_identity(esp, flash=False)
+                deadline[0] = time.monotonic() + IDENTIFY_STUB_S
+                try:
+                    esp = esptool_adapter.run_stub(esp, "2")
+                    attach_flash(esp)
+                    found["identity"] = read_identity(esp)
+                except Exception:  # noqa: BLE001 - no stub/flash access: chip and MAC came from the ROM
+                    pass
+                if reset_after:
+                    with contextlib.suppress(Exception):
+                        reset_chip(esp, "hard-reset")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            found["error"] = e
         finally:
-            _close(esp)
+            if ser_box:
+                esptool_adapter.abort_port(ser_box[0])
+            done.set()
+
+    threading.Thread(target=body, name=f"identify {port.device}", daemon=True).start()
+    while not done.wait(0.05):
+        if time.monotonic() > deadline[0]:
+            abort.set()
+            if ser_box:
+                esptool_adapter.abort_port(ser_box[0])
+            done.wait(1.0)
+            found.setdefault("timeout", True)
+            break
+    seconds = time.monotonic() - started
+    if "identity" in found:
+        return Device(port, identity=found["identity"], seconds=seconds)
+    error = found.get("error")
+    if isinstance(error, DeviceError):
+        return Device(port, error=str(error), error_kind=error.kind, seconds=seconds)
+    if found.get("timeout"):
+        return Device(port, error=f"{port.device}: no answer within {deadline[0] - started:.1f} s: aborted",
+                      error_kind="timeout", seconds=seconds)
+    return Device(port, error=f"{port.device}: {error}", error_kind=DeviceError.kind, seconds=seconds)
 
 
 def identify_all(ports: Sequence[SerialPort], log_dir: Path | None = None,
@@ -488,3 +280,9 @@ def discover(specs: Sequence[str] | None = None, identify_chips: bool = False, l
 def log_name(device: str) -> str:
     """A file name for a port: /dev/ttyUSB0 -> dev_ttyUSB0, socket://127.0.0.1:4000 -> socket_127.0.0.1_4000."""
     return re.sub(r"[^A-Za-z0-9.-]+", "_", device).strip("_") or "port"
+
+
+__all__ = ["BY_ID_DIR", "Cancelled", "DEFAULT_CONNECT_ATTEMPTS", "Device", "DeviceError", "Identity", "NoAnswer",
+           "PortBusy", "PortUnavailable", "ROM_BAUD", "SerialPort", "USB_BRIDGES", "chip_key", "connect",
+           "discover", "esptool_session", "format_mac", "identify", "identify_all", "list_board_ports",
+           "log_name", "read_identity", "resolve_ports", "select_ports"]

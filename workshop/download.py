@@ -69,17 +69,11 @@ class DownloadedBoard:
 
     def flash_image(self, version: str | None = None):
         """This board as workshop.flash.FlashImage (what `invoke flash --release V` writes)."""
-        from .flash import FlashError, FlashImage, port_write_flash_size
+        from .flash import FlashImage
 
-        if self.board.chip == HOST_CHIP:
-            raise FlashError(f"{self.board.board} is a host build: there is nothing to flash")
-        regions = tuple((path, offset) for offset, path in self.flash_regions)
-        if not regions:
-            raise FlashError(f"{self.board.board}: the release lists no file to flash")
-        return FlashImage(board=self.board.board, chip=self.board.chip, flash_size=self.board.flash_size,
-                          write_flash_size=port_write_flash_size(self.board.port),
-                          regions=regions, source=" ".join(x for x in ("release", version, f"({regions[0][0].parent})") if x),
-                          version=self.board.micropython_version)
+        return FlashImage.from_release(self.board.board, self.board.chip, self.board.port, self.board.flash_size,
+                                       [(path, offset) for offset, path in self.flash_regions], version,
+                                       self.board.micropython_version, self.board.inputs_sha256)
 
 
 @dataclass(frozen=True)

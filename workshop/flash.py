@@ -11,16 +11,25 @@ Threads, not processes: each worker owns its ESPLoader and serial port; esptool'
 its logger (routed per thread, see devices.esptool_session) and the stub choice (made per attempt
 with a StubFlasher subclass instead of the process-wide ESPTOOL_STUB_VERSION). The heavy lifting
 (serial I/O, zlib, md5) releases the GIL.
+
+Every esptool stage is time-boxed (`Budgets`): connect, stub start, baud change, flash attach,
+erase, each region's write (from its bytes and the baud), verify, reset. esptool runs each
+attempt in a daemon thread; the device's worker watches the stage's deadline and, on overrun or
+cancel, aborts the attempt by unblocking and closing the port it handed esptool (an esptool
+thread that still does not stop is abandoned, never waited for). A hang is then an ordinary
+failure the retry ladder handles: a stub that never starts is retried with the next stub at
+once (a lower baud cannot help a stub that never answered). Ctrl-C ends a run within ~1 s.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -28,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from . import devices
+from . import esptool_adapter as esptool
 from .buildinfo import BuildInfoError, dist_dir, read_build_info, write_atomic
 from .config import HOST_CHIP, ConfigError, chip_definition, load_port, project_root
 from .devices import Cancelled, DeviceError, SerialPort
+from .esptool_adapter import VerifyFailed
 
 DEFAULT_BAUD = 460800
 SAFE_BAUD = 115200
@@ -40,16 +51,26 @@ class FlashError(RuntimeError):
     """A flash run cannot start (bad image, no ports); the message says what to do."""
 
 
-class WrongChip(DeviceError):
+class Refused(DeviceError):
+    """The board was refused before anything was written (no retry can change that)."""
+
+    kind = "refused"
+
+
+class WrongChip(Refused):
     """The detected chip is not the one the image was built for: nothing was written."""
 
     kind = "wrong-chip"
 
 
-class VerifyFailed(DeviceError):
-    """esptool could not confirm the flash content (mismatch, or verification unsupported)."""
+class StageTimeout(DeviceError):
+    """An esptool stage overran its time box: the attempt was aborted (its port closed)."""
 
-    kind = "verify-failed"
+    kind = "timeout"
+
+    def __init__(self, stage: str, budget: float, doing: str) -> None:
+        super().__init__(f"{stage}: no answer within its {budget:.1f} s budget ({doing}); attempt aborted")
+        self.stage = stage
 
 
 # --- images ---------------------------------------------------------------------------------
@@ -77,6 +98,20 @@ class FlashImage:
     source: str
     version: str | None = None
     write_flash_size: str = "keep"       # esptool --flash-size for the header (the port's data)
+    inputs_sha256: str | None = None     # the build's inputs hash (build.json / index.json)
+    build_dir: Path | None = None        # dist/<BOARD>/ it came from (smoke expectations)
+    release: str | None = None           # the release version it came from
+
+    @property
+    def identity(self) -> str:
+        """What makes two images the same for the registry: the inputs hash, else the bytes' sha256."""
+        if self.inputs_sha256:
+            return self.inputs_sha256
+        digest = hashlib.sha256()
+        for path, offset in self.regions:
+            digest.update(f"{offset}:".encode())
+            digest.update(path.read_bytes())
+        return "sha256:" + digest.hexdigest()
 
     @property
     def chip_name(self) -> str:
@@ -110,7 +145,22 @@ class FlashImage:
             raise FlashError(f"{board_dir / 'build.json'}: chip: {e}") from None
         return cls(board=info.board, chip=info.chip, flash_size=info.flash_size, regions=regions,
                    write_flash_size=port_write_flash_size(info.port),
-                   source=f"{board_dir} (build.json)", version=info.micropython_version)
+                   source=f"{board_dir} (build.json)", version=info.micropython_version,
+                   inputs_sha256=info.inputs_sha256, build_dir=board_dir)
+
+    @classmethod
+    def from_release(cls, board: str, chip: str, port: str, flash_size: str | None,
+                     regions: Sequence[tuple[Path, int]], version: str | None, micropython_version: str | None,
+                     inputs_sha256: str | None = None) -> FlashImage:
+        """A downloaded, verified release board (workshop.download.DownloadedBoard.flash_image)."""
+        if chip == HOST_CHIP:
+            raise FlashError(f"{board} is a host build: there is nothing to flash")
+        if not regions:
+            raise FlashError(f"{board}: the release lists no file to flash")
+        return cls(board=board, chip=chip, flash_size=flash_size, write_flash_size=port_write_flash_size(port),
+                   regions=tuple(regions),
+                   source=" ".join(x for x in ("release", version, f"({regions[0][0].parent})") if x),
+                   version=micropython_version, inputs_sha256=inputs_sha256, release=version)
 
     @classmethod
     def from_file(cls, path: Path, offset: int, chip: str | None = None) -> FlashImage:
@@ -153,6 +203,45 @@ def images_by_chip(images: Sequence[FlashImage]) -> dict[str, FlashImage]:
     return by_chip
 
 
+def choose_images(*, board: str | None = None, auto: bool = False, image: Path | None = None,
+                  offset: int | str | None = None, chip: str | None = None, release: str | None = None,
+                  dist: Path | None = None) -> ImageChoice:
+    """--board / --auto / --image / --release -> one FlashImage, or chip -> FlashImage (--auto).
+
+    The one place that decides what `flash` and `station` write; FlashError says what to fix.
+    """
+    if sum((bool(board), bool(auto), bool(image))) != 1:
+        raise FlashError("choose what to write: --board NAME, --auto (each board's chip picks its image), "
+                         "or --image FILE --offset N")
+    base = dist if dist is not None else dist_dir()
+    if image:
+        if offset is None:
+            raise FlashError("--image needs --offset (e.g. --offset 0x1000)")
+        try:
+            number = int(str(offset), 0)
+        except ValueError:
+            raise FlashError(f"--offset: expected a number like 0x1000, got {offset!r}") from None
+        return FlashImage.from_file(Path(image), number, chip)
+    if release:
+        from .download import DownloadError, release_images
+
+        try:
+            images = release_images(release, [board] if board else None)
+        except DownloadError as e:
+            raise FlashError(str(e)) from None
+        return images_by_chip(images) if auto else images[0]
+    if auto:
+        return images_by_chip(dist_images(base))
+    assert board is not None
+    from .config import get_board
+
+    try:
+        get_board(board)
+    except ConfigError as e:
+        raise FlashError(str(e)) from None
+    return FlashImage.from_dist(base / board)
+
+
 # --- options, events, results ---------------------------------------------------------------
 
 
@@ -181,6 +270,47 @@ def retry_ladder(baud: int) -> tuple[Attempt, ...]:
 
 
 @dataclass(frozen=True)
+class Budgets:
+    """Time boxes for each esptool stage, in seconds; `scale` stretches all (emulators, slow hubs).
+
+    Budgets from bytes assume 10 bits per byte on the line at the attempt's baud, times
+    `line_margin`, plus the flash's own erase time (`erase_s_per_mb`, before each write; esptool's
+    region-erase allowance is 40 s/MB, real chips need ~3-10 s/MB).
+    """
+
+    connect_per_try: float = 2.5       # reset + sync, per connect attempt
+    stub_base: float = 1.5             # a started stub greets within milliseconds
+    baud_change: float = 2.0
+    attach: float = 3.0
+    erase_s_per_mb: float = 10.0
+    chip_erase: float = 120.0          # esptool's CHIP_ERASE_TIMEOUT
+    write_base: float = 3.0
+    line_margin: float = 2.0
+    verify_base: float = 3.0
+    verify_s_per_mb: float = 8.0       # esptool's MD5_TIMEOUT_PER_MB
+    reset: float = 3.0
+    scale: float = 1.0
+
+    def line(self, nbytes: int, baud: int) -> float:
+        return nbytes * 10 / max(1, baud) * self.line_margin
+
+    def connect(self, tries: int) -> float:
+        return self.scale * (1.0 + self.connect_per_try * max(1, tries))
+
+    def stub(self, nbytes: int) -> float:
+        return self.scale * (self.stub_base + self.line(nbytes, devices.ROM_BAUD))
+
+    def write(self, nbytes: int, baud: int) -> float:
+        return self.scale * (self.write_base + self.line(nbytes, baud) + self.erase_s_per_mb * nbytes / 2**20)
+
+    def verify(self, nbytes: int) -> float:
+        return self.scale * (self.verify_base + self.verify_s_per_mb * nbytes / 2**20)
+
+    def fixed(self, seconds: float) -> float:
+        return self.scale * seconds
+
+
+@dataclass(frozen=True)
 class FlashOptions:
     baud: int = DEFAULT_BAUD
     erase: bool = False                     # erase the whole flash before writing
@@ -188,6 +318,8 @@ class FlashOptions:
     connect_attempts: int = devices.DEFAULT_CONNECT_ATTEMPTS
     attempts: tuple[Attempt, ...] | None = None   # None = retry_ladder(baud)
     reset_after: bool = True
+    budgets: Budgets = Budgets()
+    abort_grace: float = 1.0                # after an abort, how long an esptool thread may take to stop
 
     def ladder(self) -> tuple[Attempt, ...]:
         return self.attempts or retry_ladder(self.baud)
@@ -197,6 +329,8 @@ class Stage(str, Enum):
     QUEUED = "queued"
     CONNECTING = "connecting"
     STUB = "stub"
+    BAUD = "baud change"
+    ATTACH = "flash attach"
     ERASING = "erasing"
     WRITING = "writing"
     VERIFYING = "verifying"
@@ -212,6 +346,7 @@ class State(str, Enum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     NOT_STARTED = "not started"
+    SKIPPED = "skipped"            # a gate (the station) decided the board needs nothing
 
 
 @dataclass(frozen=True)
@@ -247,6 +382,7 @@ class DeviceResult:
     chip: str | None = None
     chip_name: str | None = None
     mac: str | None = None
+    flash_size: str | None = None        # as the flash chip reports it ("4MB")
     board: str | None = None             # the image written (or that would have been)
     verified: bool = False
     error: str | None = None
@@ -273,6 +409,8 @@ class DeviceResult:
         if reached & {Stage.ERASING.value, Stage.WRITING.value, Stage.VERIFYING.value, Stage.RESETTING.value,
                       Stage.DONE.value}:
             return "partially written: flash again"
+        if self.state is State.SKIPPED:
+            return "untouched (nothing to do)"
         if Stage.STUB.value in reached:
             return "untouched (stub in RAM only)"
         return "untouched"
@@ -317,17 +455,6 @@ EventHandler = Callable[[FlashEvent], None]
 # --- one device -----------------------------------------------------------------------------
 
 
-def _stub_flasher(esp: Any, version: str) -> Any:
-    """esptool's StubFlasher preferring stub `version`, without touching the process-wide choice."""
-    from esptool.loader import StubFlasher
-
-    class Chosen(StubFlasher):
-        STUB_SUBDIRS = [version] + [s for s in StubFlasher.STUB_SUBDIRS if s != version]
-        STUB_VERSION_EXPLICIT = True
-
-    return Chosen(esp)
-
-
 def _pick(images: ImageChoice, chip: str) -> FlashImage:
     """The image for a detected chip; WrongChip (before anything is written) when there is none."""
     if isinstance(images, FlashImage):
@@ -342,23 +469,46 @@ def _pick(images: ImageChoice, chip: str) -> FlashImage:
     return image
 
 
+Gate = Callable[["DeviceResult"], "str | None"]
+
+
+class _Aborted(Exception):
+    """Internal: the attempt thread was stopped from outside (timeout, cancel)."""
+
+
 class _Worker:
+    """One device: the retry ladder, each attempt in a watched daemon thread."""
+
     def __init__(self, port: SerialPort, images: ImageChoice, options: FlashOptions, emit: EventHandler,
-                 cancel: threading.Event, log_path: Path) -> None:
+                 cancel: threading.Event, log_path: Path, gate: Gate | None = None) -> None:
         self.port, self.images, self.options, self.emit_cb = port, images, options, emit
-        self.cancel, self.log_path = cancel, log_path
+        self.cancel, self.log_path, self.gate = cancel, log_path, gate
         self.result = DeviceResult(port=port.device, log_file=str(log_path),
                                    board=images.board if isinstance(images, FlashImage) else None)
         self.attempt_no = 1
         self.total = 0
         self.done_before = 0       # bytes of earlier regions in this attempt
         self.region_size = 0
+        self.skipped: str | None = None
+        # the time box of the stage running now (set by the attempt thread, read by the watcher)
+        self._lock = threading.Lock()
+        self._deadline: float | None = None
+        self._budget = 0.0
+        self._doing = ""
+        self._ser: Any = None
+        self._abort = threading.Event()
 
     def emit(self, stage: Stage, message: str = "", done: int = 0, total: int = 0) -> None:
         if stage not in (Stage.RETRYING, Stage.FAILED, Stage.INTERRUPTED):
             self.result.stage = stage      # the last working stage: where a failure happened
         self.emit_cb(FlashEvent(self.port.device, stage, self.attempt_no, done, total, message,
                                 self.result.chip, self.result.mac))
+
+    def box(self, stage: Stage, budget: float, doing: str, message: str = "", done: int = 0, total: int = 0) -> None:
+        """Enter a stage with its time box (from now)."""
+        with self._lock:
+            self._deadline, self._budget, self._doing = time.monotonic() + budget, budget, doing
+        self.emit(stage, message, done, total)
 
     def on_progress(self, done: int, total: int, description: str) -> None:
         # esptool reports bytes sent on the wire (compressed); scale to this region's share.
@@ -369,41 +519,54 @@ class _Worker:
     def run(self) -> DeviceResult:
         started = time.monotonic()
         try:
-            with devices.esptool_session(self.log_path, self.on_progress, self.cancel, append=False) as log:
-                ladder = self.options.ladder()
-                for number, attempt in enumerate(ladder, 1):
-                    self.attempt_no = number
-                    if self.cancel.is_set():
-                        raise Cancelled()
-                    log.write(f"\n=== attempt {number}/{len(ladder)}: {attempt.label} ===\n")
-                    record = AttemptResult(attempt.label, Stage.CONNECTING.value)
-                    self.result.attempts.append(record)
-                    try:
-                        self._attempt(attempt)
-                        record.stage = Stage.DONE.value
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text("", encoding="utf-8")
+            ladder = list(self.options.ladder())
+            number = 0
+            while number < len(ladder):
+                attempt = ladder[number]
+                number += 1
+                self.attempt_no = number
+                if self.cancel.is_set():
+                    raise Cancelled()
+                self._log(f"\n=== attempt {number}/{len(ladder)}: {attempt.label} ===\n")
+                record = AttemptResult(attempt.label, Stage.CONNECTING.value)
+                self.result.attempts.append(record)
+                error = self._watch(attempt)
+                if error is None:
+                    record.stage = Stage.DONE.value
+                    if self.skipped is not None:
+                        self.result.state = State.SKIPPED
+                        self.emit(Stage.DONE, self.skipped)
+                    else:
                         self.result.state = State.OK
                         self.emit(Stage.DONE, "verified")
-                        break
-                    except DeviceError as e:
-                        record.stage, record.error = self.result.stage.value, str(e)
-                        log.write(f"=== failed: {e}\n")
-                        # A wrong chip, a silent or vanished port: another baud or stub cannot help.
-                        final = isinstance(e, WrongChip | devices.NoAnswer | devices.PortUnavailable)
-                        if final or number == len(ladder):
-                            self._fail(e.kind, self._reason(e))
-                            break
-                    except Exception as e:  # esptool FatalError, SerialException, OSError, NotImplemented...
-                        record.stage, record.error = self.result.stage.value, _describe(e)
-                        log.write(f"=== failed in {record.stage}: {_describe(e)}\n")
-                        if number == len(ladder):
-                            self._fail("esptool", self._reason(e))
-                            break
-                    self.emit(Stage.RETRYING, f"retrying at {ladder[number].label}: {record.error}")
+                    break
+                if isinstance(error, Cancelled):
+                    raise error
+                text = str(error) if isinstance(error, DeviceError) else _describe(error)
+                record.stage, record.error = self.result.stage.value, text
+                self._log(f"=== failed in {record.stage}: {text}\n")
+                # A wrong chip, a silent, busy or vanished port: another baud or stub cannot help.
+                final = isinstance(error, Refused | devices.NoAnswer | devices.PortUnavailable)
+                if not self.port.is_url and not os.path.exists(self.port.device):
+                    self._fail("unplugged", f"{self.result.stage.value}: the port vanished (unplugged?): {text}")
+                    break
+                if self.result.stage is Stage.STUB:
+                    # The stub never started: a lower baud does not change the stub; take the next one.
+                    while number < len(ladder) and ladder[number].stub == attempt.stub:
+                        number += 1
+                if final or number >= len(ladder):
+                    kind = error.kind if isinstance(error, DeviceError) else "esptool"
+                    self._fail(kind, self._reason(error))
+                    break
+                self.emit(Stage.RETRYING, f"retrying at {ladder[number].label}: {record.error}")
         except Cancelled:
             self.result.state = State.INTERRUPTED if self.result.stage is not Stage.QUEUED else State.NOT_STARTED
             self.result.error = f"interrupted during {self.result.stage.value}"
             self.result.error_kind = "interrupted"
             if self.result.attempts:
+                self.result.attempts[-1].stage = self.result.stage.value
                 self.result.attempts[-1].error = "interrupted"
             self.emit_cb(FlashEvent(self.port.device, Stage.INTERRUPTED, self.attempt_no, message=self.result.error))
         except Exception as e:  # noqa: BLE001 - outside any attempt (e.g. the log file): still this device's result
@@ -414,12 +577,76 @@ class _Worker:
             self.result.seconds = time.monotonic() - started
         return self.result
 
+    def _log(self, text: str) -> None:
+        with self.log_path.open("a", encoding="utf-8") as f:
+            f.write(text)
+
+    def _watch(self, attempt: Attempt) -> BaseException | None:
+        """Run one attempt in a daemon thread; abort it on overrun or cancel. Its error, or None."""
+        outcome: list[BaseException | None] = []
+        self._abort = threading.Event()
+        with self._lock:
+            self._deadline, self._ser = None, None
+
+        def body() -> None:
+            try:
+                with esptool.esptool_session(self.log_path, self.on_progress, self.cancel, append=True,
+                                             abort=self._abort):
+                    self._attempt(attempt)
+                outcome.append(None)
+            except BaseException as e:  # noqa: BLE001 - handed to the watcher
+                outcome.append(e)
+
+        thread = Runner(body, f"esptool {self.port.device}")
+        timed_out: StageTimeout | None = None
+        aborted_at: float | None = None
+        while thread.is_alive():
+            if thread.done.wait(0.05):
+                break
+            now = time.monotonic()
+            if aborted_at is None:
+                with self._lock:   # (set by the worker thread: not the None assigned above)
+                    deadline: float | None = self._deadline
+                    budget, doing = self._budget, self._doing
+                if self.cancel.is_set():
+                    aborted_at = now
+                elif deadline is not None and now > deadline:
+                    timed_out = StageTimeout(self.result.stage.value, budget, doing)
+                    self._log(f"=== {self.result.stage.value} overran its {budget:.1f} s budget ({doing}): "
+                              "aborting the attempt\n")
+                    aborted_at = now
+                if aborted_at is not None:
+                    self._abort.set()
+                    with self._lock:
+                        ser = self._ser
+                    if ser is not None:
+                        esptool.abort_port(ser)
+            elif now - aborted_at > self.options.abort_grace:
+                self._log("=== esptool did not stop after its port was closed: thread abandoned\n")
+                break
+        with self._lock:
+            ser, self._ser, self._deadline = self._ser, None, None
+        if ser is not None and thread.is_alive():
+            esptool.abort_port(ser)
+        if self.cancel.is_set():
+            return Cancelled()
+        if timed_out is not None:
+            return timed_out
+        if not outcome:
+            return DeviceError("esptool thread did not finish")
+        error = outcome[0]
+        if isinstance(error, Cancelled):       # raised by our logger hooks after an abort
+            return Cancelled() if self.cancel.is_set() else DeviceError("attempt aborted")
+        return error
+
     def _reason(self, e: BaseException) -> str:
         """The last error, and the first one when it differs (often the real cause)."""
         last = str(e) if isinstance(e, DeviceError) else _describe(e)
         first = self.result.attempts[0]
         if len(self.result.attempts) > 1 and first.error and first.error != last:
             return f"{first.stage}: {first.error}; after {self.result.retries} retr{'y' if self.result.retries == 1 else 'ies'}: {last}"
+        if isinstance(e, StageTimeout):
+            return last
         return last if isinstance(e, DeviceError) else f"{self.result.stage.value}: {last}"
 
     def _fail(self, kind: str, message: str) -> None:
@@ -427,60 +654,77 @@ class _Worker:
         self.emit(Stage.FAILED, message)
 
     def _attempt(self, attempt: Attempt) -> None:
-        from esptool.cmds import attach_flash, erase_flash, reset_chip, verify_flash, write_flash
-        from esptool.loader import NotImplementedInROMError
+        from esptool.cmds import attach_flash, erase_flash, reset_chip, write_flash
 
+        budgets = self.options.budgets
         self.result.verified = False
-        self.emit(Stage.CONNECTING, f"attempt {self.attempt_no}: {attempt.label}")
-        esp = devices.connect(self.port.device, self.options.connect_attempts)
+        tries = self.options.connect_attempts
+        self.box(Stage.CONNECTING, budgets.connect(tries), f"syncing with the ROM bootloader, {tries} tries",
+                 f"attempt {self.attempt_no}: {attempt.label}")
+        ser = esptool.open_port(self.port.device)
+        with self._lock:
+            self._ser = ser
+        if self._abort.is_set():
+            raise Cancelled()
+        esp = esptool.connect(ser, tries)
         try:
-            chip = devices.chip_key(esp)
+            chip = esptool.chip_key(esp)
             self.result.chip, self.result.chip_name = chip, esp.CHIP_NAME
-            with contextlib.suppress(Exception):
-                self.result.mac = devices.format_mac(esp.read_mac())
+            self.result.mac = esptool.read_mac(esp)
             image = _pick(self.images, chip)          # refuses a wrong-chip image before any write
             self.result.board = image.board
+            if self.gate is not None and self.attempt_no == 1:
+                self.skipped = self.gate(self.result)
+                if self.skipped is not None:
+                    if self.options.reset_after:        # back into its firmware, as after a flash
+                        self.box(Stage.RESETTING, budgets.fixed(budgets.reset), "hard reset", "hard reset")
+                        with contextlib.suppress(Exception):
+                            reset_chip(esp, "hard-reset")
+                    return
             data = image.load()
             self.total = sum(len(d) for _, d in data)
+            baud = devices.ROM_BAUD
             if attempt.stub is not None:
-                self.emit(Stage.STUB, attempt.label)
-                if not esp.IS_STUB:
-                    esp = esp.run_stub(_stub_flasher(esp, attempt.stub))
+                size = esptool.stub_size(esp, attempt.stub)
+                self.box(Stage.STUB, budgets.stub(size), f"uploading and starting the {attempt.label.split(', ')[1]} "
+                         f"({size} bytes)", attempt.label)
+                esp = esptool.run_stub(esp, attempt.stub)
             if attempt.baud > devices.ROM_BAUD:
-                try:
-                    esp.change_baud(attempt.baud)
-                except NotImplementedInROMError:
-                    pass  # ROM without stub (ESP8266): stay at the sync baud
+                self.box(Stage.BAUD, budgets.fixed(budgets.baud_change), f"switching to {attempt.baud} baud")
+                if esptool.change_baud(esp, attempt.baud):
+                    baud = attempt.baud
+            self.box(Stage.ATTACH, budgets.fixed(budgets.attach), "attaching the SPI flash")
             attach_flash(esp)
+            self.result.flash_size = esptool.flash_size(esp) or self.result.flash_size
             esp.WRITE_FLASH_ATTEMPTS = 1   # our ladder retries, not esptool's 7 s reconnect loop
             if self.options.erase:
-                self.emit(Stage.ERASING, "erasing the whole flash")
+                self.box(Stage.ERASING, budgets.fixed(budgets.chip_erase), "erasing the whole flash",
+                         "erasing the whole flash")
                 erase_flash(esp)
             self.done_before = 0
+            flash_size = self.options.flash_size or image.write_flash_size
             for offset, blob in data:
                 self.region_size = len(blob)
-                self.emit(Stage.WRITING, f"{offset:#x}", self.done_before, self.total)
-                write_flash(esp, [(offset, blob)], flash_size=self.options.flash_size or image.write_flash_size)
+                budget = budgets.write(len(blob), baud)
+                self.box(Stage.WRITING, budget, f"writing {len(blob)} bytes at {offset:#x} at {baud} baud",
+                         f"{offset:#x}", self.done_before, self.total)
+                write_flash(esp, [(offset, blob)], flash_size=flash_size)
                 self.done_before += len(blob)
                 self.result.bytes_written = self.done_before
                 self.emit(Stage.WRITING, f"{offset:#x} written", self.done_before, self.total)
-            self.emit(Stage.VERIFYING, "md5 of flash vs image", self.total, self.total)
-            try:
-                verify_flash(esp, data, flash_size=self.options.flash_size or image.write_flash_size)
-            except NotImplementedInROMError:
-                raise VerifyFailed(f"{esp.CHIP_NAME} ROM without a stub cannot checksum flash: "
-                                   "written but not verified") from None
-            except Exception as e:
-                if "Verification failed" in str(e):
-                    raise VerifyFailed(f"flash content differs from {image.board} after writing") from None
-                raise
+            self.box(Stage.VERIFYING, budgets.verify(self.total), f"checksumming {self.total} bytes of flash",
+                     "md5 of flash vs image", self.total, self.total)
+            esptool.verify(esp, data, flash_size, image.board)
             self.result.verified = True
             if self.options.reset_after:
-                self.emit(Stage.RESETTING, "hard reset")
+                self.box(Stage.RESETTING, budgets.fixed(budgets.reset), "hard reset", "hard reset")
                 with contextlib.suppress(Exception):
                     reset_chip(esp, "hard-reset")
         finally:
-            devices._close(esp)
+            with self._lock:
+                ser, self._ser, self._deadline = self._ser, None, None
+            if ser is not None:
+                esptool.abort_port(ser)
 
 
 def _describe(e: BaseException) -> str:
@@ -496,14 +740,33 @@ def default_log_dir(root: Path | None = None) -> Path:
     return project_root(root) / "logs" / "flash" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+# Ctrl-C: how long the run waits for its workers to record their state before returning anyway.
+STOP_WAIT_S = 1.5
+
+
+def flash_device(port: SerialPort | str, images: ImageChoice, options: FlashOptions = FlashOptions(),
+                 on_event: EventHandler | None = None, log_path: Path | None = None,
+                 cancel: threading.Event | None = None, gate: Gate | None = None) -> DeviceResult:
+    """One board through the retry ladder, in the calling thread (the station's flash stage).
+
+    `gate(result)` is called once chip and MAC are known, before anything is written: a string
+    return skips the flash (state SKIPPED, the string says why).
+    """
+    target = port if isinstance(port, SerialPort) else SerialPort(port)
+    path = log_path or default_log_dir() / f"{devices.log_name(target.device)}.log"
+    return _Worker(target, images, options, on_event or (lambda e: None), cancel or threading.Event(), path,
+                   gate).run()
+
+
 def flash_all(ports: Sequence[SerialPort | str], images: ImageChoice, options: FlashOptions = FlashOptions(),
               on_event: EventHandler | None = None, log_dir: Path | None = None,
               cancel: threading.Event | None = None) -> FlashReport:
     """Flash every port in parallel (one thread per port) and return one result per port.
 
     `images` is one FlashImage (every device must have its chip) or chip -> FlashImage (--auto).
-    Ctrl-C (KeyboardInterrupt in the calling thread) or `cancel.set()` stops every worker at its
-    next esptool step; the report then says what each device was left as.
+    Ctrl-C (KeyboardInterrupt in the calling thread) or `cancel.set()` aborts every attempt
+    (its port is closed under esptool); the report, back within ~2 s, says what each device
+    was left as. Workers are daemon threads: a stuck one never keeps the process alive.
     """
     targets = [p if isinstance(p, SerialPort) else SerialPort(p) for p in ports]
     if not targets:
@@ -525,26 +788,62 @@ def flash_all(ports: Sequence[SerialPort | str], images: ImageChoice, options: F
                for t in targets]
     for w in workers:
         emit(FlashEvent(w.port.device, Stage.QUEUED))
-    interrupted = False
-    pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="flash")
-    pending = {pool.submit(w.run) for w in workers}
-    try:
-        while pending:
-            try:
-                _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                if interrupted:      # a second Ctrl-C: stop waiting for the workers
-                    raise
-                interrupted = True
-                cancel.set()         # each worker stops at its next esptool step
-    finally:
-        pool.shutdown(wait=not pending, cancel_futures=True)
+    threads = [Runner(w.run, f"flash {w.port.device}") for w in workers]
+    interrupted = wait_threads(threads, cancel)
     interrupted = interrupted or cancel.is_set()
+    for w, t in zip(workers, threads):
+        if t.is_alive() and w.result.state not in (State.OK, State.FAILED):
+            w.result.state = State.INTERRUPTED if w.result.stage is not Stage.QUEUED else State.NOT_STARTED
+            w.result.error = w.result.error or f"interrupted during {w.result.stage.value}"
+            w.result.error_kind = "interrupted"
     chosen = [images] if isinstance(images, FlashImage) else list(images.values())
     return FlashReport(results=[w.result for w in workers], started_at=started_at, seconds=time.monotonic() - t0,
                        interrupted=interrupted, images={i.board: i.source for i in chosen})
 
 
-__all__ = ["Attempt", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions", "FlashReport",
-           "Stage", "State", "VerifyFailed", "WrongChip", "dist_images", "flash_all", "images_by_chip",
-           "retry_ladder"]
+class Runner:
+    """A daemon thread whose end is an Event: waiting on it survives Ctrl-C.
+
+    (A KeyboardInterrupt inside Thread.join() can leave Thread.is_alive() wrong on CPython 3.11,
+    so nothing here joins threads.)
+    """
+
+    def __init__(self, target: Callable[[], Any], name: str) -> None:
+        self.done = threading.Event()
+
+        def body() -> None:
+            try:
+                target()
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=body, name=name, daemon=True)
+        self.thread.start()
+
+    def is_alive(self) -> bool:
+        return not self.done.is_set()
+
+
+def wait_threads(runners: Sequence[Runner], cancel: threading.Event, stop_wait: float = STOP_WAIT_S) -> bool:
+    """Wait for workers; on Ctrl-C set `cancel` and wait at most `stop_wait` more. Interrupted?"""
+    interrupted = False
+    stop_by: float | None = None
+    while True:
+        try:
+            alive = [r for r in runners if r.is_alive()]
+            if not alive:
+                return interrupted
+            if cancel.is_set() and stop_by is None:
+                stop_by = time.monotonic() + stop_wait
+            if stop_by is not None and time.monotonic() > stop_by:
+                return interrupted
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            interrupted = True
+            cancel.set()         # each worker aborts its attempt now
+
+
+__all__ = ["Attempt", "Budgets", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions",
+           "FlashReport", "Refused", "Stage", "StageTimeout", "State", "VerifyFailed", "WrongChip", "choose_images", "dist_images",
+           "flash_all",
+           "flash_device", "images_by_chip", "retry_ladder", "Runner", "wait_threads"]

@@ -314,12 +314,13 @@ class ProvisionResult:
     boot_hook: str | None = None          # "added" | "present"
     reset: bool = False
     error: str | None = None
-    stage: str = "connect"                # where it stopped: connect, identify, name, config, boot, reset, done
+    stage: str = "connect"                # where it stopped: connect, identify, name, config, boot, files, reset, done
     duration_s: float = 0.0
+    files: dict[str, Any] | None = None   # lesson files: {"written": [...], "unchanged": [...]}
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("port", "ok", "hostname", "mac", "config_path", "config",
-                                                "boot_hook", "reset", "error", "stage", "duration_s")}
+                                                "boot_hook", "files", "reset", "error", "stage", "duration_s")}
 
 
 def write_config(session: ReplSession, ident: DeviceIdentity, updates: dict[str, Any],
@@ -354,12 +355,19 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                   on_event: Callable[[ReplEvent], None] | None = None, replace: bool = False,
                   reset: bool = False, pacing: Pacing = Pacing(), timeout: float = 10.0,
                   connect_timeout: float = 3.0, baudrate: int = 115200, workers: int | None = None,
-                  session_factory: Callable[..., ReplSession] | None = None) -> list[ProvisionResult]:
+                  session_factory: Callable[..., ReplSession] | None = None,
+                  index_of: Callable[[str, str], int] | None = None,
+                  files: Path | None = None) -> list[ProvisionResult]:
     """Provision every port in parallel; one result per port, in the order given.
 
     Two phases: identify all boards (so that hostnames can be checked for uniqueness across the
-    run), then write. A board that fails never stops the others.
+    run), then write. A board that fails never stops the others. `index_of(port, mac)` gives a
+    board's `{index}` (the registry's sticker; default: its position in `ports`, from 1).
+    `files`: a folder of lesson files copied onto every board (workshop.lessons).
     """
+    from . import lessons
+
+    lesson_files = lessons.collect(files, config.secrets()) if files is not None else None
     secrets = config.secrets()
     results = [ProvisionResult(port=p, ok=False) for p in ports]
     sessions: list[ReplSession | None] = [None] * len(ports)
@@ -403,6 +411,11 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
             r.hostname = doc.get("hostname")
             r.stage = "boot"
             r.boot_hook = ensure_boot_hook(s, ident)
+            if lesson_files is not None:
+                r.stage = "files"
+                copied = lessons.copy_files(s, lesson_files, root="/" if ident.config_path.startswith("/") else "")
+                r.files = copied.to_dict()
+                event(ports[i], "files", copied.summary)
             if reset:
                 r.stage = "reset"
                 s.soft_reset()
@@ -424,7 +437,8 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                 if ident is None:
                     continue
                 try:
-                    names[i] = (expand_hostname(config.hostname, mac=ident.mac, port=ports[i], index=i + 1)
+                    index = index_of(ports[i], ident.mac) if index_of is not None else i + 1
+                    names[i] = (expand_hostname(config.hostname, mac=ident.mac, port=ports[i], index=index)
                                 if config.hostname else None)
                 except ProvisionError as e:
                     results[i].stage = "name"

@@ -253,7 +253,7 @@ class Roster:
                 uptime_s=b.get("uptime_s"), interval_s=interval, last_seen=b.get("last_seen"),
                 age_s=None if age is None else round(age, 1), retained=bool(b.get("retained")),
                 sources=tuple(sorted(b["sources"])), mac=b.get("mac") or reg.get("mac"),
-                sticker=reg.get("sticker"), registry={k: v for k, v in reg.items() if _jsonable(v)}))
+                sticker=None if reg.get("sticker") is None else str(reg["sticker"]), registry={k: v for k, v in reg.items() if _jsonable(v)}))
         return rows
 
     def report(self, now: float | None = None) -> dict[str, Any]:

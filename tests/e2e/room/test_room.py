@@ -174,17 +174,25 @@ def test_roster_watch_shows_a_live_table_and_ends_on_ctrl_c(room):
     assert "lab-07" in out and "online" in out
 
 
-def test_roster_without_a_registry_module_says_so_in_one_line(room, tmp_path):
-    try:
-        import workshop.registry  # noqa: F401
-        pytest.skip("workshop.registry exists here: the join is tested with a lookup (test_roster_joins_...)")
-    except ImportError:
-        pass
+def test_invoke_roster_joins_the_station_registry(room, tmp_path):
+    from workshop.registry import Registry
+
+    db = tmp_path / "class.db"
+    reg = Registry(db)
+    reg.see("24:6f:28:aa:bb:07", chip="esp32")
+    reg.record_provision("24:6f:28:aa:bb:07", ok=True, hostname="lab-07")
+    sticker = reg.get("24:6f:28:aa:bb:07").sticker
+    room("lab-07", "pypi")
     proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{room.broker.host}:{room.broker.port}",
-                           "--no-mdns", "--registry", str(tmp_path / "boards.sqlite")], cwd=REPO,
+                           "--no-mdns", "--registry", str(db), "--json"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: --registry: this kit has no board registry (workshop.registry) yet"
+    assert proc.returncode == 0, proc.stderr
+    row = next(b for b in json.loads(proc.stdout)["boards"] if b["hostname"] == "lab-07")
+    assert (row["sticker"], row["mac"]) == (str(sticker), "24:6f:28:aa:bb:07")
+    table = subprocess.run([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{room.broker.host}:{room.broker.port}",
+                            "--no-mdns", "--registry", str(db)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert f"{sticker} 24:6f:28:aa:bb:07" in table.stdout
 
 
 def test_an_unreachable_broker_is_one_clear_line(tmp_path):

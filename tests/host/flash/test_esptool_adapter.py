@@ -1,0 +1,142 @@
+"""One test per assumption workshop.esptool_adapter makes about esptool (and pyserial).
+
+If an esptool upgrade breaks one, it fails here by name (pyproject pins the tested range)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import serial
+
+from flash_peers import image_bytes
+from workshop import esptool_adapter as adapter
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_the_tested_esptool_is_installed():
+    import esptool
+
+    assert esptool.__version__.startswith("5.6"), esptool.__version__
+
+
+def test_output_goes_to_the_threads_log_through_the_public_set_logger(mocks, tmp_path, capfd):
+    from esptool import reset
+
+    device = mocks.start("esp32")
+    log = tmp_path / "one.log"
+    reset.ResetStrategy.print_once.already_printed = False        # one-shot per process: arm it again
+    with adapter.esptool_session(log):
+        esp = adapter.connect(device.port)
+        adapter.close(esp)
+    out, err = capfd.readouterr()
+    assert "Detecting chip type" in log.read_text()
+    assert "Detecting chip type" not in out + err
+    # The reset strategy's one-shot warning (PTYs have no RTS/DTR) went to the log too.
+    assert "Chip was NOT reset" in log.read_text() and "Chip was NOT reset" not in out + err
+
+
+def test_a_silent_port_is_no_answer_from_esptools_failed_to_connect_message():
+    master, slave = pty.openpty()
+    try:
+        with pytest.raises(adapter.NoAnswer, match="no answer from a bootloader"):
+            adapter.connect(os.ttyname(slave), connect_attempts=1)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_mismatch_is_verify_failed_from_esptools_verification_failed_message(mocks):
+    from esptool.cmds import attach_flash, write_flash
+
+    device = mocks.start("esp32")
+    written, other = image_bytes(8192, 1), image_bytes(8192, 2)
+    with adapter.esptool_session(None):
+        esp = adapter.run_stub(adapter.connect(device.port), "2")
+        try:
+            attach_flash(esp)
+            write_flash(esp, [(0x1000, written)])
+            adapter.verify(esp, [(0x1000, written)], "keep", "A")          # the same bytes: no error
+            with pytest.raises(adapter.VerifyFailed, match="differs from B"):
+                adapter.verify(esp, [(0x1000, other)], "keep", "B")
+        finally:
+            adapter.close(esp)
+
+
+def test_rom_only_loaders_say_so_by_type(mocks):
+    device = mocks.start("esp8266")
+    with adapter.esptool_session(None):
+        esp = adapter.connect(device.port)
+        try:
+            assert adapter.change_baud(esp, 460800) is False        # NotImplementedInROMError
+        finally:
+            adapter.close(esp)
+
+
+def test_the_stub_version_is_chosen_per_attempt(mocks, tmp_path):
+    device = mocks.start("esp32")
+    log = tmp_path / "stub.log"
+    with adapter.esptool_session(log):
+        esp = adapter.connect(device.port)
+        try:
+            assert adapter.stub_size(esp, "1") != adapter.stub_size(esp, "2") > 0
+            assert adapter.run_stub(esp, "1").IS_STUB
+        finally:
+            adapter.close(esp)
+    assert "legacy stub flasher" in log.read_text()
+    assert os.environ.get("ESPTOOL_STUB_VERSION") is None
+
+
+def test_hex_dumps_of_untraced_packets_are_skipped():
+    adapter._install_logger()
+    from esptool import loader
+
+    assert getattr(loader.HexFormatter, "_workshop_short", False)
+    assert str(loader.HexFormatter(b"\x00" * 100)) == "<100 bytes>"
+
+
+def test_a_port_held_by_another_program_is_port_busy_by_errno():
+    master, slave = pty.openpty()
+    path = os.ttyname(slave)
+    holder = serial.Serial(path, exclusive=True)
+    try:
+        with pytest.raises(adapter.PortBusy, match="port busy: held by another program"):
+            adapter.open_port(path)
+    finally:
+        holder.close()
+        os.close(master)
+        os.close(slave)
+    with pytest.raises(adapter.PortUnavailable, match="no such device"):
+        adapter.open_port("/dev/does-not-exist")
+
+
+def test_abort_port_wakes_a_thread_blocked_in_read():
+    master, slave = pty.openpty()
+    try:
+        ser = adapter.open_port(os.ttyname(slave), timeout=None)          # read() would wait for ever
+        woke = threading.Event()
+
+        def reader():
+            try:
+                ser.read(1)
+            except Exception:  # noqa: BLE001 - either way it returned
+                pass
+            woke.set()
+
+        threading.Thread(target=reader, daemon=True).start()
+        time.sleep(0.2)
+        assert not woke.is_set()
+        t0 = time.monotonic()
+        adapter.abort_port(ser)
+        assert woke.wait(1.0) and time.monotonic() - t0 < 0.5
+        assert not ser.is_open
+    finally:
+        os.close(master)
+        os.close(slave)

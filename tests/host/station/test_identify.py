@@ -1,0 +1,104 @@
+"""identify: a board shows its sticker (LED blinks, or its name on its console), on real MicroPython
+REPL peers. The unix port has no GPIO: for the LED path the board's boot.py installs a recording
+`machine.Pin` (a double for the LED, the one thing with no peer here), and the test reads what
+the real MicroPython runtime did with it."""
+
+from __future__ import annotations
+
+import json
+
+from station_peers import E2E
+from workshop import identify
+from workshop.registry import Registry
+
+RECORDING_PIN = """
+import sys
+class Pin:
+    OUT = 1
+    def __init__(self, n, mode=None):
+        self.n = n
+    def value(self, v):
+        with open('pin.log', 'a') as f:
+            f.write('%d=%d\\n' % (self.n, v))
+class machine:
+    pass
+machine.Pin = Pin
+sys.modules['machine'] = machine
+"""
+
+
+def mac_of(peer) -> str:
+    from workshop.provision import identify as repl_identify
+    from workshop.repl import ReplSession
+
+    with ReplSession(peer.port) as s:
+        return repl_identify(s).mac
+
+
+def test_the_led_blinks_the_sticker_digit_by_digit_with_the_boards_polarity(tmp_path):
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi")
+    (peer.root / "boot.py").write_text(RECORDING_PIN)
+    with peer:
+        reg = Registry(tmp_path / "w.db")
+        mac = mac_of(peer)
+        for n in range(11):                    # this board gets sticker 12
+            reg.see(f"02:00:00:00:00:{n:02x}")
+        reg.see(mac)
+        reg.record_flash(mac, ok=True, board="ESP8266_GENERIC")   # GPIO2, active low
+        reg.record_provision(mac, ok=True, hostname="lab-12")
+        [shown] = identify.identify_boards([peer.port], reg, baudrate=115200, rounds=1)
+    assert shown.ok, shown.error
+    assert (shown.sticker, shown.hostname, shown.how) == (12, "lab-12", "LED GPIO2 (active low)")
+    log = (peer.root / "pin.log").read_text().split()
+    assert set(log) == {"2=0", "2=1"}
+    assert log.count("2=0") == 3               # 1 + 2 blinks: lit is low on this board
+    assert log[0] == "2=0" and log[-1] == "2=1"
+
+
+def test_a_board_without_a_known_led_prints_its_name_on_its_console(tmp_path):
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi")
+    with peer:
+        reg = Registry(tmp_path / "w.db")
+        mac = mac_of(peer)
+        reg.see(mac)
+        reg.record_flash(mac, ok=True, board="ESP32_GENERIC_S3")  # an RGB LED only
+        reg.record_provision(mac, ok=True, hostname="lab-01")
+        shown = identify.show(peer.port, reg)      # it waits for the board's own output line
+    assert shown.ok and shown.how == "console", shown.error
+    assert (shown.sticker, shown.hostname) == (1, "lab-01")
+
+
+def test_blink_one_board_by_name_among_several(tmp_path):
+    peers = [E2E.PtyPeer(tmp_path / f"dev{i}", runtime="pypi") for i in range(3)]
+    for p in peers:
+        (p.root / "boot.py").write_text(RECORDING_PIN)
+    for p in peers:
+        p.start()
+    try:
+        reg = Registry(tmp_path / "w.db")
+        for i, p in enumerate(peers):
+            mac = mac_of(p)
+            reg.see(mac)
+            reg.record_flash(mac, ok=True, board="ESP32_GENERIC")
+            reg.record_provision(mac, ok=True, hostname=f"lab-0{i + 1}")
+        shown = identify.identify_boards([p.port for p in peers], reg, only="lab-02", rounds=1)
+    finally:
+        for p in peers:
+            p.stop()
+    assert [s.hostname for s in shown] == ["lab-01", "lab-02", "lab-03"]
+    assert [s.how for s in shown] == [None, "LED GPIO2", None]
+    assert [(p.root / "pin.log").exists() for p in peers] == [False, True, False]
+    assert json.dumps([s.to_dict() for s in shown])
+
+
+def test_a_port_held_by_another_program_is_named_busy(tmp_path):
+    import serial
+
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi")
+    with peer:
+        holder = serial.Serial(peer.port, exclusive=True)        # Thonny, screen, mpremote...
+        try:
+            shown = identify.show(peer.port, None)
+        finally:
+            holder.close()
+    assert not shown.ok and "port busy: held by another program" in shown.error

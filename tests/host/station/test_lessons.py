@@ -1,0 +1,98 @@
+"""provision --files: lesson files onto real MicroPython REPL peers, in parallel, verified, skipping identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from station_peers import E2E
+from workshop import lessons
+from workshop.provision import ProvisionConfig, provision_all
+from workshop.registry import Registry
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def lesson(tmp_path: Path) -> Path:
+    d = tmp_path / "lesson"
+    (d / "lib" / "sensors").mkdir(parents=True)
+    (d / "main.py").write_text("import blink\n")
+    (d / "lib" / "blink.py").write_bytes(bytes(range(256)) * 9)           # binary, > one block
+    (d / "lib" / "sensors" / "__init__.py").write_text("")
+    (d / ".git").mkdir()
+    (d / ".git" / "HEAD").write_text("ref: refs/heads/main\n")          # not a lesson file
+    return d
+
+
+def test_files_reach_every_board_byte_for_byte_and_identical_ones_are_skipped(tmp_path):
+    folder = lesson(tmp_path)
+    peers = [E2E.PtyPeer(tmp_path / f"dev{i}", runtime="pypi").start() for i in range(3)]
+    try:
+        (peers[1].root / "main.py").write_text("import blink\n")            # already there on one board
+        results = provision_all([p.port for p in peers], ProvisionConfig(), files=folder)
+        assert all(r.ok for r in results), [r.error for r in results]
+        assert results[0].files == {"written": ["lib/blink.py", "lib/sensors/__init__.py", "main.py"], "unchanged": []}
+        assert results[1].files == {"written": ["lib/blink.py", "lib/sensors/__init__.py"], "unchanged": ["main.py"]}
+        for p in peers:
+            assert (p.root / "lib" / "blink.py").read_bytes() == (folder / "lib" / "blink.py").read_bytes()
+            assert not list(p.root.rglob("*.tmp")) and not (p.root / ".git").exists()
+        again = provision_all([peers[0].port], ProvisionConfig(), files=folder)
+        assert again[0].files["written"] == []
+    finally:
+        for p in peers:
+            p.stop()
+
+
+def test_the_device_config_and_secrets_never_come_from_the_lesson_folder(tmp_path):
+    folder = lesson(tmp_path)
+    (folder / "workshop.json").write_text("{}")
+    with pytest.raises(lessons.LessonError, match="written by provisioning"):
+        lessons.collect(folder)
+    (folder / "workshop.json").unlink()
+    (folder / "secrets.py").write_text("PW = 's3cret-wifi'\n")
+    cfg = ProvisionConfig(wifi_ssid="W", wifi_password="s3cret-wifi")
+    with pytest.raises(lessons.LessonError, match="contains a configured secret"):
+        provision_all(["/dev/null"], cfg, files=folder)                     # refused before any board is touched
+    with pytest.raises(lessons.LessonError, match="no such folder"):
+        lessons.collect(tmp_path / "nope")
+
+
+def test_invoke_provision_with_files_and_registry_names_boards_by_sticker(tmp_path):
+    folder = lesson(tmp_path)
+    peers = [E2E.PtyPeer(tmp_path / f"dev{i}", runtime="pypi").start() for i in range(2)]
+    db = tmp_path / "w.db"
+    try:
+        proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "provision", "--ports",
+                               ",".join(p.port for p in peers), "--hostname", "lab-{index:02d}", "--files",
+                               str(folder), "--registry", str(db), "--json"],
+                              capture_output=True, text=True, timeout=120, cwd=REPO,
+                              env={**os.environ, "COLUMNS": "200"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        data = json.loads(proc.stdout)
+        assert sorted(d["hostname"] for d in data) == ["lab-01", "lab-02"]
+        recs = Registry(db).boards()
+        assert sorted((r.sticker, r.hostname, r.provision_ok) for r in recs) == [(1, "lab-01", True), (2, "lab-02", True)]
+        for p in peers:
+            assert (p.root / "main.py").read_text() == "import blink\n"
+    finally:
+        for p in peers:
+            p.stop()
+
+
+def test_invoke_smoke_with_registry_records_each_boards_result_by_its_mac(tmp_path):
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi").start()     # the stack is not frozen there: smoke fails
+    db = tmp_path / "w.db"
+    try:
+        proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "smoke", "--ports",
+                               peer.port, "--board", "UNIX", "--dist", str(tmp_path / "no-dist"), "--registry", str(db)],
+                              capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+    finally:
+        peer.stop()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [rec] = Registry(db).boards()
+    assert rec.smoke_ok is False and rec.state == "failed" and "modules" in rec.smoke_detail

@@ -1,0 +1,307 @@
+"""The station against real peers: esp32-mock-bootloader boards (real esptool) that become real
+MicroPython REPLs after their flash's reset; hot-plug through a folder of links."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from station_peers import FROZEN_UNIX, HotPlug
+from workshop import smoke, station
+from workshop.flash import FlashImage
+from workshop.provision import ProvisionConfig
+from workshop.registry import Registry
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tests" / "host" / "flash"))
+from flash_peers import make_dist  # noqa: E402
+
+needs_frozen = pytest.mark.skipif(not FROZEN_UNIX.exists(), reason="dist/UNIX/micropython not built (invoke build --board UNIX)")
+
+
+def unix_expected(_image):
+    # The peer's "firmware" after the reset is the frozen UNIX build: smoke expects that build.
+    return smoke.Expected.from_build(REPO / "dist" / "UNIX")
+
+
+def plan_for(tmp_path: Path, image_dir: Path, **kw) -> station.Plan:
+    values = dict(images=FlashImage.from_dist(image_dir), provision=ProvisionConfig(hostname="lab-{index:02d}"),
+                  smoke=True, registry=Registry(tmp_path / "workshop.db"), log_dir=tmp_path / "logs",
+                  expected=unix_expected)
+    values.update(kw)
+    return station.Plan(**values)
+
+
+@needs_frozen
+def test_one_board_goes_from_bootloader_to_ready(farm, tmp_path):
+    board = farm.start("esp32")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=96 * 1024)
+    (tmp_path / "lesson" / "lib").mkdir(parents=True)
+    (tmp_path / "lesson" / "main.py").write_text("print('hello from the lesson')\n")
+    (tmp_path / "lesson" / "lib" / "blink.py").write_text("N = 3\n")
+    plan = plan_for(tmp_path, image_dir, files=tmp_path / "lesson")
+    events: list[station.StationEvent] = []
+
+    report = station.run_boards([board.port], plan, on_event=events.append)
+
+    [r] = report.results
+    assert r.ok, (r.stage, r.reason)
+    assert (r.state, r.hostname, r.sticker, r.mac) == ("ready", "lab-01", 1, board.mac)
+    assert r.flash.verified and r.provision.ok and r.smoke.ok
+    assert r.provision.files == {"written": ["lib/blink.py", "main.py"], "unchanged": []}
+    stages = [e.stage for e in events]
+    for a, b in [("appeared", "writing"), ("writing", "verifying"), ("verifying", "booting"),
+                 ("booting", "provisioning"), ("provisioning", "smoking"), ("smoking", "ready")]:
+        assert stages.index(a) < stages.index(b)
+    assert events[-1].final and events[-1].ok and "unplug me" in events[-1].message
+    # The lesson files are on the board, byte for byte; the config names it by its sticker.
+    assert (board.root / "lib" / "blink.py").read_text() == "N = 3\n"
+    assert json.loads((board.root / "workshop.json").read_text())["hostname"] == "lab-01"
+    rec = plan.registry.get(board.mac)
+    assert (rec.state, rec.sticker, rec.hostname, rec.board, rec.flash_ok, rec.provision_ok, rec.smoke_ok) == (
+        "ready", 1, "lab-01", "ESP32_GENERIC", True, True, True)
+    assert [h.stage for h in plan.registry.history(board.mac)] == ["seen", "flash", "provision", "smoke", "ready"]
+    assert board.flash()[0x1000:0x1000 + 96 * 1024] == (image_dir / "firmware.bin").read_bytes()
+
+
+def test_flash_and_provision_on_the_pypi_runtime_and_lesson_files_are_skipped_when_identical(farm, tmp_path):
+    board = farm.start("esp32", runtime="pypi")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=32 * 1024)
+    (tmp_path / "lesson").mkdir()
+    (tmp_path / "lesson" / "main.py").write_text("x = 1\n")
+    plan = plan_for(tmp_path, image_dir, smoke=False, files=tmp_path / "lesson")
+    first = station.run_boards([board.port], plan).results[0]
+    assert first.ok, first.reason
+    second = station.run_boards([board.port], station.Plan(**{**plan.__dict__, "reflash": True})).results[0]
+    assert second.ok, second.reason
+    assert second.provision.files == {"written": [], "unchanged": ["main.py"]}
+    assert second.sticker == first.sticker == 1
+
+
+def test_two_boards_with_one_mac_are_not_merged(farm, tmp_path):
+    a = farm.start("esp32", runtime=None, mac="24:0a:c4:12:34:56")
+    b = farm.start("esp32", runtime=None, mac="24:0a:c4:12:34:56")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, provision=None, smoke=False)
+
+    report = station.run_boards([a.port, b.port], plan)
+
+    states = sorted((r.state, r.reason or "") for r in report.results)
+    assert states[0][0] == "failed" and states[1] == ("ready", "")
+    assert "MAC 24:0a:c4:12:34:56 already seen on /dev/pts/" in states[0][1]
+    assert len(plan.registry.boards()) == 1
+    assert "duplicate" in [h.stage for h in plan.registry.history("24:0a:c4:12:34:56")]
+
+
+class Mover(threading.Thread):
+    """The USB side of re-enumeration: when a peer comes back on a new PTY, its link moves."""
+
+    def __init__(self, hub: HotPlug, peer, new_name: str) -> None:
+        super().__init__(daemon=True)
+        self.hub, self.peer, self.new_name = hub, peer, new_name
+        self.old = peer.port
+        self.moved = threading.Event()
+
+    def run(self) -> None:
+        new = self.peer.wait_port_change(self.old, timeout=120)
+        for link in list(self.hub.folder.iterdir()):
+            if os.readlink(link) == self.old:
+                self.hub.unplug(link)
+        self.hub.plug(self.peer, name=self.new_name)
+        self.moved.set()
+        assert new
+
+
+@needs_frozen
+def test_hot_plug_a_board_unplugged_mid_write_is_reported_the_others_finish_and_a_known_board_is_recognized(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=256 * 1024)
+    plan = plan_for(tmp_path, image_dir)
+    events: list[station.StationEvent] = []
+    cancel = threading.Event()
+    out: dict[str, station.StationReport] = {}
+    runner = threading.Thread(target=lambda: out.setdefault("r", station.watch(
+        plan, station.FolderSource(hub.folder), on_event=events.append, cancel=cancel, stop_after=3)), daemon=True)
+    runner.start()
+
+    steady = farm.start("esp32", name="steady")
+    victim = farm.start("esp32", name="victim", runtime=None, fast_slip=True)
+    steady_link = hub.plug(steady, serial="STEADY0001")
+    victim_link = hub.plug(victim, serial="VICTIM0002")
+    # kill the victim once it is writing
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(e.key == str(victim_link) and e.stage == "writing" and
+                                                  (e.percent or 0) > 5 for e in events):
+        time.sleep(0.01)
+    victim.kill()
+    hub.unplug(victim_link)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(e.key == str(steady_link) and e.final for e in events):
+        time.sleep(0.05)
+    # plugged again: recognized from the registry
+    hub.unplug(steady_link)
+    time.sleep(0.5)
+    again_link = hub.plug(steady, serial="STEADY0001")
+    runner.join(timeout=120)
+    cancel.set()
+    report = out["r"]
+    by_key: dict[str, list[station.BoardResult]] = {}
+    for r in report.results:
+        by_key.setdefault(r.key, []).append(r)
+    first, second = by_key[str(steady_link)]
+    assert first.state == "ready", first.reason
+    assert first.hostname in ("lab-01", "lab-02")                  # the victim may have been seen first
+    assert second.state == "ready" and second.recognized == f"{first.hostname}, already ready with this image"
+    [v] = by_key[str(victim_link)]
+    assert v.state == "unplugged" and v.reason.startswith("unplugged during writing"), v.reason
+    assert v.left_as == "unplugged during writing: reflash before use"
+    assert again_link == steady_link
+    assert [r.sticker for r in report.results if r.mac == steady.mac] == [first.sticker] * 2
+
+
+@needs_frozen
+def test_a_native_usb_board_that_re_enumerates_is_followed_by_its_serial_number(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC_S3", "esp32s3", size=64 * 1024, offset=0)
+    plan = plan_for(tmp_path, image_dir)
+    native = farm.start("esp32s3", name="native", reenumerate=True)
+    events: list[station.StationEvent] = []
+    mover = Mover(hub, native, HotPlug.link_name("F4:12:FA:00:00:01"))
+    hub.plug(native, name=HotPlug.link_name("F4:12:FA:00:00:01").replace("_debug_unit", "_ROM"))
+    mover.start()
+
+    report = station.watch(plan, station.FolderSource(hub.folder), on_event=events.append, stop_after=1)
+
+    assert len(report.results) == 1, [(x.key, x.state, x.stage, x.reason) for x in report.results]
+    [r] = report.results
+    assert mover.moved.is_set()
+    assert r.ok, (r.stage, r.reason)
+    assert r.port == native.port and r.key.endswith("_ROM_F4:12:FA:00:00:01-if00")
+    assert any(e.stage == "booting" and "following USB serial F4:12:FA:00:00:01" in e.message for e in events)
+    assert any(e.stage == "booting" and e.message.startswith("back on ") for e in events)
+
+
+def test_a_new_board_is_seen_within_a_second(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=8 * 1024)
+    plan = plan_for(tmp_path, image_dir, provision=None, smoke=False)
+    board = farm.start("esp32", runtime=None)
+    seen: dict[str, float] = {}
+    cancel = threading.Event()
+
+    def on_event(e):
+        if e.stage == "appeared":
+            seen["t"] = time.monotonic()
+        if e.final:
+            cancel.set()
+
+    runner = threading.Thread(target=station.watch, args=(plan, station.FolderSource(hub.folder)),
+                              kwargs={"on_event": on_event, "cancel": cancel}, daemon=True)
+    runner.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    hub.plug(board, serial="0001")
+    runner.join(timeout=60)
+    assert seen["t"] - t0 < 1.0
+
+
+
+
+def _invoke(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=kw.get("cwd", REPO),
+                            env={**os.environ, "COLUMNS": "120"})
+
+
+def test_invoke_station_plain_events_json_lines_and_registry_listing(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    board = farm.start("esp32", runtime=None)
+    hub.plug(board, serial="A0001")
+    db, jsonl = tmp_path / "w.db", tmp_path / "events.jsonl"
+    proc = _invoke("station", "--board", "ESP32_GENERIC", "--dist", str(tmp_path / "dist"), "--ports-dir",
+                   str(hub.folder), "--registry", str(db), "--stop-after", "1", "--json-out", str(jsonl),
+                   "--logs", str(tmp_path / "logs"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert "appeared" in out and "ready: unplug me" in out          # plain lines: stdout is not a terminal
+    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert lines[0]["stage"] == "appeared" and lines[-1]["final"] and lines[-1]["ok"]
+    listing = _invoke("registry", "--registry", str(db), "--json")
+    text, err = listing.communicate(timeout=60)
+    assert listing.returncode == 0, err
+    [rec] = json.loads(text)
+    assert (rec["mac"], rec["sticker"], rec["state"]) == (board.mac, 1, "ready")
+    csv_path = tmp_path / "class.csv"
+    export = _invoke("registry", "--registry", str(db), "--csv", str(csv_path))
+    export.communicate(timeout=60)
+    assert board.mac in csv_path.read_text()
+
+
+def test_ctrl_c_on_invoke_station_during_a_hung_stub_exits_130_within_2_s(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    hung = farm.start("esp32", runtime=None, hang_stub=True)
+    hub.plug(hung, serial="HUNG0001")
+    jsonl = tmp_path / "events.jsonl"
+    proc = _invoke("station", "--board", "ESP32_GENERIC", "--dist", str(tmp_path / "dist"), "--ports-dir",
+                   str(hub.folder), "--registry", str(tmp_path / "w.db"), "--json-out", str(jsonl),
+                   "--logs", str(tmp_path / "logs"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (jsonl.exists() and '"stage": "stub"' in jsonl.read_text()):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - t0 < 2.0
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in out and "untouched" in out
+    assert "Traceback" not in err
+
+
+def test_invoke_flash_provision_runs_the_same_pipeline(farm, tmp_path):
+    boards = [farm.start("esp32", runtime="pypi") for _ in range(2)]
+    make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=32 * 1024)
+    cfg = tmp_path / "workshop.toml"
+    cfg.write_text('hostname = "lab-{index:02d}"\nstart = ["wifi"]\n[wifi]\nssid = "Workshop"\n')
+    db = tmp_path / "w.db"
+    proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(tmp_path / "dist"), "--ports",
+                   ",".join(b.port for b in boards), "--provision", str(cfg), "--registry", str(db),
+                   "--logs", str(tmp_path / "logs"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert out.count("ready: unplug me") >= 2
+    recs = Registry(db).boards()
+    assert sorted(r.hostname for r in recs) == ["lab-01", "lab-02"] and all(r.state == "ready" for r in recs)
+    for b in boards:
+        doc = json.loads((b.root / "workshop.json").read_text())
+        assert doc["wifi"] == {"ssid": "Workshop"} and doc["hostname"] in ("lab-01", "lab-02")
+
+
+@needs_frozen
+def test_a_board_without_a_serial_number_that_vanishes_waits_for_reset_and_continues(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC_S2", "esp32s2", size=32 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False)
+    board = farm.start("esp32s2", name="s2", reenumerate=True)
+    events: list[station.StationEvent] = []
+    hub.plug(board, name="ttyACM0")                              # no serial number in the name
+    mover = Mover(hub, board, "ttyACM1")
+    mover.start()
+
+    report = station.watch(plan, station.FolderSource(hub.folder), on_event=events.append, stop_after=1)
+
+    assert len(report.results) == 1, [(r.key, r.state, r.reason) for r in report.results]
+    [r] = report.results
+    assert r.ok, (r.stage, r.reason, [(e.stage, e.message) for e in events][-6:])
+    assert any(e.message == f"press RESET on {hub.folder / 'ttyACM0'}" for e in events)
+    assert r.port == board.port

@@ -1,0 +1,136 @@
+"""Every esptool stage is time-boxed: hangs become failures the retry ladder handles (real esptool)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import serial
+
+from workshop import flash
+from workshop.flash import FlashImage, FlashOptions, Stage, State
+
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tests" / "host" / "flash"))
+from flash_peers import make_dist  # noqa: E402
+
+
+def test_a_default_stub_that_never_starts_is_flashed_with_the_legacy_stub_in_one_run(farm, tmp_path):
+    board = farm.start("esp32", runtime=None, hang_stub=True)
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=64 * 1024)
+    events: list[flash.FlashEvent] = []
+    t0 = time.monotonic()
+
+    report = flash.flash_all([board.port], FlashImage.from_dist(image_dir), on_event=events.append,
+                             log_dir=tmp_path / "logs")
+
+    [r] = report.results
+    assert r.ok, r.error
+    # The hung stub was given up after its budget; no second try of the same stub at a lower baud.
+    assert [a.attempt for a in r.attempts] == ["460800 baud, stub", "115200 baud, legacy stub"]
+    assert r.attempts[0].stage == "stub" and "budget" in r.attempts[0].error
+    log = Path(r.log_file).read_text()
+    assert "stub overran its" in log and "Running stub flasher" in log
+    hung_at = next(e for e in events if e.stage is Stage.STUB)
+    retry = next(e for e in events if e.stage is Stage.RETRYING)
+    assert "legacy stub" in retry.message
+    assert time.monotonic() - t0 < 30
+    data = board.flash()
+    assert data[0x1000:0x1000 + 64 * 1024] == (image_dir / "firmware.bin").read_bytes()
+    assert hung_at.attempt == 1
+
+
+def test_plain_esptool_hangs_on_that_peer(farm):
+    """The peer is a real hang, not a fast failure: esptool alone is still waiting after 12 s."""
+    board = farm.start("esp32", runtime=None, hang_stub=True)
+    proc = subprocess.Popen([sys.executable, "-m", "esptool", "--port", board.port, "--before", "no-reset",
+                             "flash-id"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        proc.wait(timeout=12)
+        raise AssertionError(f"esptool finished (exit {proc.returncode}): {proc.stdout.read()}")
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_board_that_stalls_mid_write_fails_that_attempt_within_its_budget(farm, tmp_path):
+    board = farm.start("esp32", runtime=None, stall_after=2)
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=128 * 1024)
+    budgets = flash.Budgets(write_base=2.0)
+    options = FlashOptions(attempts=(flash.Attempt(460800, "2"),), budgets=budgets)
+    t0 = time.monotonic()
+
+    report = flash.flash_all([board.port], FlashImage.from_dist(image_dir), options, log_dir=tmp_path / "logs")
+
+    [r] = report.results
+    elapsed = time.monotonic() - t0
+    assert (r.state, r.error_kind, r.verified) == (State.FAILED, "timeout", False)
+    assert r.error.startswith("writing: no answer within its") and "131072 bytes at 0x1000" in r.error
+    assert r.left_as == "partially written: flash again"
+    assert elapsed < budgets.write(128 * 1024, 460800) + budgets.connect(3) + 3
+
+
+def test_a_port_held_by_another_program_is_named_busy(farm, tmp_path):
+    board = farm.start("esp32", runtime=None)
+    holder = serial.Serial(board.port, exclusive=True)         # e.g. a terminal left open
+    try:
+        image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=8 * 1024)
+        report = flash.flash_all([board.port], FlashImage.from_dist(image_dir), log_dir=tmp_path / "logs")
+    finally:
+        holder.close()
+    [r] = report.results
+    assert (r.state, r.error_kind, r.retries) == (State.FAILED, "port-busy", 0)
+    assert "port busy: held by another program" in r.error
+
+
+_SIGINT = r"""
+import json, sys
+from pathlib import Path
+from workshop import flash
+image, log_dir, *ports = sys.argv[1:]
+def on_event(e):
+    if e.stage is flash.Stage.STUB:
+        print("STUB", flush=True)
+report = flash.flash_all(ports, flash.FlashImage.from_dist(Path(image)), on_event=on_event, log_dir=Path(log_dir),
+                         options=flash.FlashOptions(budgets=flash.Budgets(scale=20)))
+print(report.to_json())
+sys.exit(130 if report.interrupted else 1)
+"""
+
+
+def test_sigint_during_a_hung_stage_ends_the_run_within_2_s_with_each_boards_state(farm, tmp_path):
+    hung = farm.start("esp32", runtime=None, hang_stub=True)
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=64 * 1024)
+    proc = subprocess.Popen([sys.executable, "-c", _SIGINT, str(image_dir), str(tmp_path / "logs"), hung.port],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "STUB"
+    time.sleep(1.0)                                   # esptool is now waiting for a greeting that never comes
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2.0, elapsed
+    assert proc.returncode == 130, err
+    data = json.loads(out)
+    [d] = data["devices"]
+    assert (d["state"], d["stage"], d["ok"]) == ("interrupted", "stub", False)
+    assert d["error"] == "interrupted during stub" and d["left_as"] == "untouched (stub in RAM only)"
+    assert os.path.exists(hung.port)
+
+
+def test_identify_on_a_board_whose_stub_hangs_returns_chip_and_mac_from_the_rom(farm):
+    from workshop import devices
+
+    board = farm.start("esp32", runtime=None, hang_stub=True)
+    t0 = time.monotonic()
+    d = devices.identify(devices.SerialPort(board.port))
+    assert d.ok, d.error
+    assert (d.identity.chip, d.identity.mac, d.identity.flash_size) == ("esp32", board.mac, None)
+    assert time.monotonic() - t0 < devices.IDENTIFY_STUB_S + 3

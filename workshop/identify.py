@@ -1,0 +1,159 @@
+"""Which board is which: each board shows its sticker number, and the table maps port -> name -> MAC.
+
+Per port, over the raw REPL (the port opened exclusively): the board's MAC (as provisioning
+reads it), its registry record (sticker, hostname, the board it was flashed for), then the
+board's LED blinks the sticker number digit by digit (7 = seven blinks; 12 = one, pause, two;
+a 0 is one long blink), twice. LED pin and polarity come from boards/<BOARD>.toml (`led_pin`,
+`led_active_low`). A board without a known LED, or one where driving it fails, prints its name
+on its own console (the friendly REPL, what a terminal on that port shows) instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+
+from . import esptool_adapter
+from .config import ConfigError, get_board
+from .provision import identify as repl_identify
+from .registry import Registry, normalize_mac
+from .repl import ReplError, ReplSession
+
+BLINK = """
+import time
+from machine import Pin
+p = Pin(%(pin)d, Pin.OUT)
+for r in range(%(rounds)d):
+    for d in %(digits)r:
+        for i in range(d or 1):
+            p.value(%(on)d)
+            time.sleep_ms(700 if d == 0 else 250)
+            p.value(%(off)d)
+            time.sleep_ms(250)
+        time.sleep_ms(700)
+    time.sleep_ms(1200)
+print('blinked')
+"""
+
+CONSOLE = "print(%r)\r\n"
+
+
+def exclusive_serial(baudrate: int, write_timeout: float = 3.0) -> Callable[[str], Any]:
+    """A ReplSession serial factory that opens the port exclusively (DTR/RTS low, as ReplSession does)."""
+    def make(port: str) -> Any:
+        try:
+            return esptool_adapter.open_port(port, baudrate, timeout=0.05, write_timeout=write_timeout)
+        except esptool_adapter.PortUnavailable as e:
+            raise serial.SerialException(str(e)) from None
+    return make
+
+
+def exclusive_session(port: str, **kwargs: Any) -> ReplSession:
+    """A ReplSession on an exclusively opened port (a session_factory for provision_all/smoke_device)."""
+    return ReplSession(port, serial_factory=exclusive_serial(kwargs.get("baudrate", 115200),
+                                                             kwargs.get("connect_timeout", 3.0)), **kwargs)
+
+
+@dataclass
+class Shown:
+    port: str
+    ok: bool
+    mac: str | None = None
+    sticker: int | None = None
+    hostname: str | None = None
+    board: str | None = None
+    how: str | None = None            # "LED GPIO2 (active low)", "console"
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def digits(n: int) -> list[int]:
+    return [int(c) for c in str(n)]
+
+
+def _label(rec: Any, port: str) -> str:
+    if rec is None:
+        return f"unknown board on {port} (not in the registry)"
+    return f"{rec.hostname or 'board'} - sticker {rec.sticker}"
+
+
+def show(port: str, registry: Registry | None, *, baudrate: int = 115200, rounds: int = 2,
+         connect_timeout: float = 3.0, timeout: float = 30.0, display: bool = True) -> Shown:
+    result = Shown(port, ok=False)
+    session = ReplSession(port, baudrate=baudrate, timeout=timeout, connect_timeout=connect_timeout,
+                          serial_factory=exclusive_serial(baudrate))
+    try:
+        session.open()
+        session.enter_raw()
+        ident = repl_identify(session)
+        result.mac = normalize_mac(ident.mac)
+        rec = registry.get(result.mac) if registry is not None else None
+        if rec is not None:
+            result.sticker, result.hostname, result.board = rec.sticker, rec.hostname, rec.board
+        if not display:
+            result.ok = True
+            return result
+        led: tuple[int, bool] | None = None
+        if rec is not None and rec.board:
+            try:
+                b = get_board(rec.board)
+                led = (b.led_pin, b.led_active_low) if b.led_pin is not None else None
+            except ConfigError:
+                led = None
+        if led is not None and result.sticker is not None:
+            pin, low = led
+            code = BLINK % {"pin": pin, "rounds": rounds, "digits": digits(result.sticker),
+                            "on": 0 if low else 1, "off": 1 if low else 0}
+            try:
+                session.run(code, timeout=timeout)
+                result.how = f"LED GPIO{pin}" + (" (active low)" if low else "")
+                result.ok = True
+                return result
+            except ReplError as e:
+                result.error = f"LED GPIO{pin}: {e}"
+        # No LED (or it failed): the name on the board's own console, at the friendly REPL.
+        session.exit_raw()
+        text = f"*** {_label(rec, port)} ***"
+        session._write((CONSOLE % text).encode())  # noqa: SLF001 - one line at the friendly prompt
+        # Confirm the board printed it (its output line, not the echo of our command).
+        session._read_until((f"\n{text}\r\n".encode(), f"\n{text}\n".encode()), 5.0,  # noqa: SLF001
+                            "printing the name on the console")
+        result.how = "console"
+        result.ok = True
+        return result
+    except ReplError as e:
+        result.error = str(e)
+        return result
+    finally:
+        session.close()
+
+
+def identify_boards(ports: Sequence[str], registry: Registry | None, *, only: str | None = None,
+                    baudrate: int = 115200, rounds: int = 2) -> list[Shown]:
+    """Every port in parallel; with `only` (a hostname or sticker number) just that board blinks."""
+    if only is not None and registry is not None:
+        rec = registry.by_hostname(only) or (registry.by_sticker(int(only)) if only.isdigit() else None)
+        if rec is None:
+            raise ValueError(f"--blink {only}: no such board in {registry.path}")
+    with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
+        shown = list(pool.map(lambda p: _show_one(p, registry, only, baudrate, rounds), ports))
+    return shown
+
+
+def _show_one(port: str, registry: Registry | None, only: str | None, baudrate: int, rounds: int) -> Shown:
+    if only is None:
+        return show(port, registry, baudrate=baudrate, rounds=rounds)
+    # Find which port has it first (MAC only), then blink just that one.
+    r = show(port, registry, baudrate=baudrate, display=False)
+    if only not in (r.hostname, str(r.sticker)):
+        return r
+    return show(port, registry, baudrate=baudrate, rounds=rounds)
+
+
+__all__ = ["Shown", "digits", "exclusive_serial", "exclusive_session", "identify_boards", "show"]

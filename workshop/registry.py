@@ -1,0 +1,315 @@
+"""Every board ever seen, keyed by MAC, in one SQLite file (stdlib `sqlite3`).
+
+The registry is how the kit remembers a classroom: which physical board is `lab-07`, what it
+was flashed with, whether its last provision and smoke passed, and every run it went through.
+
+API (stable; the room view joins with it):
+
+    reg = Registry("workshop.db")              # created on first use
+    reg.boards() -> list[BoardRecord]           # sorted by sticker
+    reg.get(mac) / reg.by_hostname(name) / reg.by_sticker(n) -> BoardRecord | None
+    reg.see(mac, chip=..., flash_size=..., port=..., usb_serial=..., usb_id=...) -> BoardRecord
+    reg.record_flash(mac, ok=..., board=..., image=..., release=..., inputs=..., detail=..., flash_size=...)
+    reg.record_provision(mac, ok=..., hostname=..., detail=...)
+    reg.record_smoke(mac, ok=..., detail=...)
+    reg.record_event(mac, stage, ok, detail)    # anything else worth keeping (duplicate MAC...)
+    reg.history(mac) -> list[Run]
+    reg.to_csv() / reg.to_json(); read_csv(text) -> list[BoardRecord]
+
+`BoardRecord` fields: mac, sticker, chip, flash_size, usb_serial, usb_id, port, hostname, board,
+image, release, inputs (the image's inputs hash), flash_ok, flashed_at, provision_ok,
+provision_at, provision_detail, smoke_ok, smoke_at, smoke_detail, state, first_seen, last_seen.
+`state` is the board's standing in words: "seen", "flashed", "provisioned", "ready", "failed".
+
+Stickers: the first time a MAC is seen it gets the next sticker number (1, 2, 3, ...), the
+`{index}` of hostname patterns. A number is never given to another board, even if that board is
+never seen again (a counter, not max()+1).
+
+Concurrency: each operation opens its own connection (threads and processes alike), writes in
+`BEGIN IMMEDIATE` transactions with a busy timeout, WAL journal: two processes recording at once
+both land, and a crash mid-run leaves the file as of the last committed operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("workshop.db")
+BUSY_TIMEOUT_S = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS boards (
+    mac TEXT PRIMARY KEY,
+    sticker INTEGER NOT NULL UNIQUE,
+    chip TEXT, flash_size TEXT, usb_serial TEXT, usb_id TEXT, port TEXT,
+    hostname TEXT, board TEXT, image TEXT, release TEXT, inputs TEXT,
+    flash_ok INTEGER, flashed_at TEXT,
+    provision_ok INTEGER, provision_at TEXT, provision_detail TEXT,
+    smoke_ok INTEGER, smoke_at TEXT, smoke_detail TEXT,
+    state TEXT NOT NULL DEFAULT 'seen',
+    first_seen TEXT NOT NULL, last_seen TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS boards_hostname ON boards(hostname);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mac TEXT NOT NULL, at TEXT NOT NULL, stage TEXT NOT NULL, ok INTEGER, detail TEXT, port TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_mac ON runs(mac);
+"""
+
+
+class RegistryError(RuntimeError):
+    """The registry file cannot be used (not a database, wrong schema, unwritable)."""
+
+
+@dataclass(frozen=True)
+class BoardRecord:
+    mac: str
+    sticker: int
+    chip: str | None = None
+    flash_size: str | None = None
+    usb_serial: str | None = None
+    usb_id: str | None = None
+    port: str | None = None
+    hostname: str | None = None
+    board: str | None = None
+    image: str | None = None
+    release: str | None = None
+    inputs: str | None = None
+    flash_ok: bool | None = None
+    flashed_at: str | None = None
+    provision_ok: bool | None = None
+    provision_at: str | None = None
+    provision_detail: str | None = None
+    smoke_ok: bool | None = None
+    smoke_at: str | None = None
+    smoke_detail: str | None = None
+    state: str = "seen"
+    first_seen: str = ""
+    last_seen: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Run:
+    mac: str
+    at: str
+    stage: str
+    ok: bool | None
+    detail: str | None
+    port: str | None
+
+
+_BOOLS = {"flash_ok", "provision_ok", "smoke_ok"}
+COLUMNS = tuple(f.name for f in fields(BoardRecord))
+
+
+def normalize_mac(mac: str) -> str:
+    """aa:bb:cc:dd:ee:ff from any common spelling (AA-BB-..., aabbcc...)."""
+    digits = "".join(c for c in mac.lower() if c in "0123456789abcdef")
+    if len(digits) != 12:
+        raise RegistryError(f"not a MAC address: {mac!r}")
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _record(row: sqlite3.Row) -> BoardRecord:
+    values = {k: row[k] for k in row.keys() if k in COLUMNS}
+    for k in _BOOLS:
+        if values.get(k) is not None:
+            values[k] = bool(values[k])
+    return BoardRecord(**values)
+
+
+class Registry:
+    """The board registry at `path` (created on first use). Safe to share between threads."""
+
+    def __init__(self, path: str | Path = DEFAULT_PATH) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise RegistryError(f"{self.path}: not a usable registry: {e}") from None
+        except OSError as e:
+            raise RegistryError(f"{self.path}: {e}") from None
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def boards(self) -> list[BoardRecord]:
+        with self._connect() as db:
+            return [_record(r) for r in db.execute("SELECT * FROM boards ORDER BY sticker")]
+
+    def get(self, mac: str) -> BoardRecord | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM boards WHERE mac = ?", (normalize_mac(mac),)).fetchone()
+        return _record(row) if row else None
+
+    def by_hostname(self, hostname: str) -> BoardRecord | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM boards WHERE hostname = ? ORDER BY last_seen DESC",
+                             (hostname.lower(),)).fetchone()
+        return _record(row) if row else None
+
+    def by_sticker(self, sticker: int) -> BoardRecord | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM boards WHERE sticker = ?", (int(sticker),)).fetchone()
+        return _record(row) if row else None
+
+    def history(self, mac: str) -> list[Run]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM runs WHERE mac = ? ORDER BY id", (normalize_mac(mac),)).fetchall()
+        return [Run(r["mac"], r["at"], r["stage"], None if r["ok"] is None else bool(r["ok"]), r["detail"], r["port"])
+                for r in rows]
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def see(self, mac: str, *, chip: str | None = None, flash_size: str | None = None, port: str | None = None,
+            usb_serial: str | None = None, usb_id: str | None = None) -> BoardRecord:
+        """A board is on a port: add it (with the next sticker) or refresh what it looks like now."""
+        mac = normalize_mac(mac)
+        now = _now()
+        with self._write() as db:
+            row = db.execute("SELECT sticker FROM boards WHERE mac = ?", (mac,)).fetchone()
+            if row is None:
+                counter = db.execute("SELECT value FROM meta WHERE key = 'next_sticker'").fetchone()
+                sticker = int(counter["value"]) if counter else 1
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_sticker', ?)", (str(sticker + 1),))
+                db.execute("INSERT INTO boards (mac, sticker, chip, flash_size, usb_serial, usb_id, port, first_seen, "
+                           "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (mac, sticker, chip, flash_size, usb_serial, usb_id, port, now, now))
+            else:
+                db.execute("UPDATE boards SET chip = COALESCE(?, chip), flash_size = COALESCE(?, flash_size), "
+                           "usb_serial = COALESCE(?, usb_serial), usb_id = COALESCE(?, usb_id), "
+                           "port = COALESCE(?, port), last_seen = ? WHERE mac = ?",
+                           (chip, flash_size, usb_serial, usb_id, port, now, mac))
+            db.execute("INSERT INTO runs (mac, at, stage, ok, detail, port) VALUES (?, ?, 'seen', NULL, ?, ?)",
+                       (mac, now, chip, port))
+        record = self.get(mac)
+        assert record is not None
+        return record
+
+    def _update(self, mac: str, stage: str, ok: bool | None, detail: str | None, port: str | None = None,
+                **columns: Any) -> BoardRecord:
+        mac = normalize_mac(mac)
+        now = _now()
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM boards WHERE mac = ?", (mac,)).fetchone() is None:
+                raise RegistryError(f"{mac}: not in the registry (see() it first)")
+            if columns:
+                sets = ", ".join(f"{k} = ?" for k in columns)
+                db.execute(f"UPDATE boards SET {sets}, last_seen = ? WHERE mac = ?",  # noqa: S608 - our column names
+                           (*columns.values(), now, mac))
+            db.execute("INSERT INTO runs (mac, at, stage, ok, detail, port) VALUES (?, ?, ?, ?, ?, ?)",
+                       (mac, now, stage, None if ok is None else int(ok), detail, port))
+        record = self.get(mac)
+        assert record is not None
+        return record
+
+    def record_flash(self, mac: str, *, ok: bool, board: str | None = None, image: str | None = None,
+                     release: str | None = None, inputs: str | None = None, detail: str | None = None,
+                     port: str | None = None, flash_size: str | None = None) -> BoardRecord:
+        """A flash ended; `ok` only when esptool verified it. A failed flash leaves the board 'failed'."""
+        columns: dict[str, Any] = {"flash_ok": int(ok), "flashed_at": _now(), "state": "flashed" if ok else "failed"}
+        if flash_size:
+            columns["flash_size"] = flash_size
+        if ok:
+            columns.update(board=board, image=image, release=release, inputs=inputs,
+                           provision_ok=None, smoke_ok=None)    # a new image: earlier results are void
+        return self._update(mac, "flash", ok, detail, port, **columns)
+
+    def record_provision(self, mac: str, *, ok: bool, hostname: str | None = None, detail: str | None = None,
+                         port: str | None = None) -> BoardRecord:
+        columns: dict[str, Any] = {"provision_ok": int(ok), "provision_at": _now(), "provision_detail": detail,
+                                   "state": "provisioned" if ok else "failed"}
+        if ok and hostname:
+            columns["hostname"] = hostname.lower()
+        return self._update(mac, "provision", ok, detail, port, **columns)
+
+    def record_smoke(self, mac: str, *, ok: bool, detail: str | None = None, port: str | None = None) -> BoardRecord:
+        return self._update(mac, "smoke", ok, detail, port, smoke_ok=int(ok), smoke_at=_now(), smoke_detail=detail,
+                            state="ready" if ok else "failed")
+
+    def record_ready(self, mac: str, detail: str | None = None, port: str | None = None) -> BoardRecord:
+        return self._update(mac, "ready", True, detail, port, state="ready")
+
+    def record_event(self, mac: str, stage: str, ok: bool | None, detail: str | None = None,
+                     port: str | None = None) -> BoardRecord:
+        return self._update(mac, stage, ok, detail, port)
+
+    # --- exports ------------------------------------------------------------------------------
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for b in self.boards():
+            writer.writerow({k: ("" if v is None else v) for k, v in b.to_dict().items()})
+        return out.getvalue()
+
+    def to_json(self) -> str:
+        return json.dumps([b.to_dict() for b in self.boards()], indent=2) + "\n"
+
+
+def read_csv(text: str) -> list[BoardRecord]:
+    """Records from `Registry.to_csv()` output (the organizer's sticker sheet, read back)."""
+    records = []
+    for row in csv.DictReader(io.StringIO(text)):
+        values: dict[str, Any] = {}
+        for name in COLUMNS:
+            raw = row.get(name, "")
+            if name == "sticker":
+                values[name] = int(raw)
+            elif name in _BOOLS:
+                values[name] = None if raw == "" else raw == "True"
+            elif name in ("state", "first_seen", "last_seen"):
+                values[name] = raw
+            else:
+                values[name] = raw or None
+        records.append(BoardRecord(**values))
+    return records
+
+
+__all__ = ["BoardRecord", "DEFAULT_PATH", "Registry", "RegistryError", "Run", "normalize_mac", "read_csv"]

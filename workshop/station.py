@@ -1,0 +1,751 @@
+"""The station: one pipeline owns one board from plug-in to "ready"; hot-plug mode feeds it boards.
+
+A board's journey (`run_board`): appear -> flash (esptool connects: chip, MAC; the registry gives
+its sticker and says whether it is already ready with this image; write, verify; every stage
+time-boxed, see workshop.flash) -> boot (the board's port, or the port it re-enumerated as,
+found by USB serial number) -> provision (identity, lesson files) -> smoke -> ready. A failure
+ends the journey with the stage and the reason. Library code never prints: every step is a
+`StationEvent` to `on_event`, and the journey returns a `BoardResult`.
+
+- `run_boards(ports, plan)`: the pipeline on given ports in parallel (`invoke flash --provision`).
+- `watch(plan, source)`: hot-plug. Boards that appear in `source` (a folder of device links such
+  as /dev/serial/by-id, or pyserial's port list) start a pipeline at once; a board unplugged
+  mid-run is reported and the others go on; a board that comes back under another name after its
+  reset is followed by its USB serial number; until Ctrl-C or `stop_after` boards are done.
+
+Ctrl-C: `cancel` is set, every flash attempt is aborted at once, and the run returns within ~2 s
+with each board's state in words (`BoardResult.left_as`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import flash as _flash
+from .devices import SerialPort, list_board_ports, log_name
+from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
+from .registry import Registry
+
+DEFAULT_BOOT_TIMEOUT = 20.0      # a freshly flashed board formats its filesystem on first boot
+RESET_WAIT = 120.0               # how long a "press RESET" board is waited for
+POLL_S = 0.2                     # hot-plug scan period (detection within ~0.2 s)
+
+
+class StationError(RuntimeError):
+    """A station run cannot start (bad plan or source); the message says what to fix."""
+
+
+class DuplicateMac(Refused):
+    """Another board in this run reports the same MAC (a clone or an emulator)."""
+
+    kind = "duplicate-mac"
+
+
+# --- ports: where boards appear ---------------------------------------------------------------
+
+_BY_ID = re.compile(r"^usb-(?P<name>.+)_(?P<serial>[^_]+?)-if\d+(-port\d+)?$")
+
+
+def serial_from_link(name: str) -> str | None:
+    """The USB serial number in a /dev/serial/by-id name (usb-<vendor>_<product>_<serial>-if00)."""
+    m = _BY_ID.match(name)
+    return m.group("serial") if m else None
+
+
+class PortSource(Protocol):
+    def scan(self) -> list[SerialPort]: ...
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    """A folder of device nodes or symlinks to them (/dev/serial/by-id; tests use PTY links)."""
+
+    folder: Path
+
+    def scan(self) -> list[SerialPort]:
+        ports = []
+        try:
+            entries = sorted(self.folder.iterdir())
+        except OSError:
+            return []
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name.endswith((".new", ".tmp")):
+                continue
+            try:
+                target = entry.resolve(strict=True)
+            except OSError:
+                continue                  # a dangling link: the device is gone
+            if entry.is_symlink():
+                ports.append(SerialPort(device=str(target), by_id=str(entry), serial_number=serial_from_link(entry.name)))
+            elif not entry.is_dir():
+                ports.append(SerialPort(device=str(entry)))
+        return ports
+
+
+@dataclass(frozen=True)
+class SystemSource:
+    """pyserial's port list: USB bridges known to carry ESP boards (all USB ports with all_ports)."""
+
+    all_ports: bool = False
+
+    def scan(self) -> list[SerialPort]:
+        return list_board_ports(include_unknown=self.all_ports)
+
+
+@dataclass(frozen=True)
+class FixedSource:
+    """Explicit --ports (present while their path exists), plus the system's list for successors."""
+
+    ports: tuple[SerialPort, ...]
+
+    def scan(self) -> list[SerialPort]:
+        present = [p for p in self.ports if p.is_url or os.path.exists(p.device)]
+        known = {p.device for p in present}
+        return present + [p for p in list_board_ports() if p.device not in known]
+
+
+def default_source(ports_dir: Path | None = None, all_ports: bool = False) -> PortSource:
+    if ports_dir is not None:
+        if not ports_dir.is_dir():
+            raise StationError(f"{ports_dir}: no such folder to watch for boards")
+        return FolderSource(ports_dir)
+    return SystemSource(all_ports)
+
+
+def _port_key(p: SerialPort) -> tuple[str, str | None]:
+    return (p.device, p.by_id)
+
+
+class PortTracker:
+    """What is plugged in now; hands re-enumerated boards to the pipeline waiting for them."""
+
+    def __init__(self, source: PortSource) -> None:
+        self.source = source
+        self._lock = threading.Lock()
+        self.present: dict[tuple[str, str | None], SerialPort] = {}
+        self._waiting: dict[str, tuple[str | None, threading.Event, list[SerialPort]]] = {}
+        self._claims: dict[str, str] = {}             # mac -> the port of the board that has it
+        self._owned: dict[str, str] = {}              # USB serial -> the journey (key) that has that board
+        self._parked: dict[str, SerialPort] = {}      # its board's new port, before the journey asked
+
+    # Serial "" stands for "a board without a serial number, just reset": the next port without
+    # one that appears is taken to be it (such boards cannot be told apart by their port).
+    def own(self, serial: str | None, key: str) -> None:
+        if serial is not None:
+            with self._lock:
+                self._owned[serial] = key
+
+    def disown(self, serial: str | None, key: str) -> None:
+        if serial is not None:
+            with self._lock:
+                if self._owned.get(serial) == key:
+                    del self._owned[serial]
+                    self._parked.pop(serial, None)
+
+    def refresh(self) -> tuple[list[SerialPort], list[SerialPort]]:
+        """Scan once: (appeared, vanished)."""
+        now = {_port_key(p): p for p in self.source.scan()}
+        with self._lock:
+            appeared = [p for k, p in now.items() if k not in self.present]
+            vanished = [p for k, p in self.present.items() if k not in now]
+            self.present = now
+        return appeared, vanished
+
+    def is_present(self, port: SerialPort) -> bool:
+        if port.is_url:
+            return True
+        return os.path.exists(port.device) and (port.by_id is None or os.path.exists(port.by_id))
+
+    def offer(self, port: SerialPort) -> bool:
+        """A port appeared: True if a waiting pipeline takes it (its board, back after a reset)."""
+        with self._lock:
+            for key, (serial, event, box) in self._waiting.items():
+                if event.is_set():
+                    continue
+                if (serial and port.serial_number == serial) or (not serial and port.serial_number is None):
+                    box.append(port)
+                    event.set()
+                    return True
+            owner = port.serial_number or ""
+            if owner in self._owned and owner not in self._parked:
+                self._parked[owner] = port                   # its journey will ask for it
+                return True
+        return False
+
+    def wait_for(self, key: str, serial: str | None, timeout: float, cancel: threading.Event,
+                 poll: Callable[[], None] | None = None) -> SerialPort | None:
+        event, box = threading.Event(), list[SerialPort]()
+        with self._lock:
+            parked = self._parked.pop(serial or "", None)
+            if parked is not None:
+                return parked
+            self._waiting[key] = (serial, event, box)
+        try:
+            deadline = time.monotonic() + timeout
+            while not event.is_set() and time.monotonic() < deadline and not cancel.is_set():
+                if poll is not None:
+                    poll()
+                event.wait(POLL_S)
+            return box[0] if box else None
+        finally:
+            with self._lock:
+                self._waiting.pop(key, None)
+
+    def claim(self, mac: str, port: str) -> str | None:
+        """Note that `mac` is on `port`; the other port if another board in the run has it."""
+        with self._lock:
+            other = self._claims.get(mac)
+            if other is not None and other != port:
+                return other
+            self._claims[mac] = port
+            return None
+
+    def release(self, mac: str | None, port: str) -> None:
+        with self._lock:
+            if mac and self._claims.get(mac) == port:
+                del self._claims[mac]
+
+
+# --- plan, events, results ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the station does to every board."""
+
+    images: ImageChoice
+    flash_options: FlashOptions = FlashOptions()
+    provision: Any = None                   # workshop.provision.ProvisionConfig, or None: no provisioning
+    files: Path | None = None               # lesson files (provision --files)
+    smoke: bool = False
+    network: Any = None                     # workshop.smoke.NetworkOptions for smoke --network
+    registry: Registry | None = None
+    reflash: bool = False                   # flash even a board the registry knows as ready with this image
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    settle: float = 0.2                     # after the reset: a native-USB board has vanished by then
+    repl_baud: int = 115200
+    repl_timeout: float = 10.0
+    log_dir: Path | None = None
+    expected: Callable[[FlashImage], Any] | None = None   # smoke expectations for an image (default: its build)
+
+
+@dataclass(frozen=True)
+class StationEvent:
+    key: str                      # the board in this run: the port it first appeared on
+    port: str                     # the port it is on now
+    stage: str                    # appeared, flash stages (connecting, stub, writing...), booting, provisioning...
+    message: str = ""
+    percent: float | None = None
+    chip: str | None = None
+    mac: str | None = None
+    hostname: str | None = None
+    sticker: int | None = None
+    elapsed: float = 0.0
+    final: bool = False           # the journey ended (ready, failed, interrupted, unplugged)
+    ok: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class BoardResult:
+    key: str
+    port: str
+    state: str = "in progress"     # ready, failed, interrupted, unplugged
+    stage: str = "appeared"        # where the journey ended
+    reason: str | None = None
+    chip: str | None = None
+    mac: str | None = None
+    usb_serial: str | None = None
+    hostname: str | None = None
+    sticker: int | None = None
+    board: str | None = None
+    recognized: str | None = None  # "lab-07, already ready with this image"
+    seconds: float = 0.0
+    flash: _flash.DeviceResult | None = None
+    provision: Any = None          # workshop.provision.ProvisionResult
+    smoke: Any = None              # workshop.smoke.DeviceReport
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def left_as(self) -> str:
+        """The board's state in words, for the person at the table."""
+        if self.ok:
+            return "ready: unplug me"
+        written = self.flash is not None and self.flash.left_as == "partially written: flash again"
+        if self.flash is not None and self.flash.ok:
+            return f"{self.state} during {self.stage}: flashed and verified, run it again to finish"
+        if written:
+            return f"{self.state} during {self.stage}: reflash before use"
+        return f"{self.state} during {self.stage}: untouched"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("key", "port", "state", "stage", "reason", "chip", "mac", "usb_serial",
+                                           "hostname", "sticker", "board", "recognized")}
+        d.update(ok=self.ok, left_as=self.left_as, seconds=round(self.seconds, 3),
+                 flash=self.flash.to_dict() if self.flash else None,
+                 provision=self.provision.to_dict() if self.provision is not None else None,
+                 smoke=self.smoke.to_dict() if self.smoke is not None else None)
+        return d
+
+
+@dataclass
+class StationReport:
+    results: list[BoardResult]
+    started_at: str
+    seconds: float
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.results) and not self.interrupted and all(r.ok for r in self.results)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.results:
+            out[r.state] = out.get(r.state, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "interrupted": self.interrupted, "started_at": self.started_at,
+                "seconds": round(self.seconds, 3), "boards": [r.to_dict() for r in self.results]}
+
+
+EventHandler = Callable[[StationEvent], None]
+
+
+def expected_for(image: FlashImage) -> Any:
+    """Smoke expectations for what was flashed: its build.json, its release index, or its board file."""
+    from . import smoke
+    from .config import ConfigError, get_board
+
+    if image.build_dir is not None:
+        return smoke.Expected.from_build(image.build_dir)
+    if image.release is not None:
+        return smoke.Expected.from_release_index(smoke.release_index(image.release), image.board)
+    try:
+        return smoke.Expected.for_board(get_board(image.board))
+    except ConfigError:
+        raise smoke.SmokeError(f"{image.source}: a raw image has no build facts to smoke against "
+                               "(use --board or --release)") from None
+
+
+# --- one board ---------------------------------------------------------------------------------
+
+
+class _Journey:
+    def __init__(self, port: SerialPort, plan: Plan, tracker: PortTracker, emit: EventHandler,
+                 cancel: threading.Event, log_dir: Path) -> None:
+        self.port, self.plan, self.tracker, self.emit_cb, self.cancel = port, plan, tracker, emit, cancel
+        self.log_dir = log_dir
+        self.t0 = time.monotonic()
+        self.result = BoardResult(key=port.by_id or port.device, port=port.device, usb_serial=port.serial_number)
+
+    def emit(self, stage: str, message: str = "", percent: float | None = None, final: bool = False,
+             ok: bool | None = None) -> None:
+        r = self.result
+        if not final:
+            r.stage = stage
+        self.emit_cb(StationEvent(r.key, r.port, stage, message, percent, r.chip, r.mac, r.hostname, r.sticker,
+                                  round(time.monotonic() - self.t0, 3), final, ok))
+
+    def finish(self, state: str, reason: str | None = None) -> BoardResult:
+        r = self.result
+        r.state, r.reason, r.seconds = state, reason, time.monotonic() - self.t0
+        if state != "ready" and self.plan.registry is not None and r.mac and state != "duplicate":
+            try:
+                self.plan.registry.record_event(r.mac, r.stage, False, reason, r.port)
+            except Exception:  # noqa: BLE001 - the journey's result stands without its history line
+                pass
+        words = {"ready": f"ready{': ' + r.recognized if r.recognized else ''}: unplug me"}.get(state) or \
+            f"{state} at {r.stage}: {reason}"
+        self.emit(state, words, final=True, ok=state == "ready")
+        self.tracker.release(r.mac, self.port.device)
+        return r
+
+    def _gone(self) -> bool:
+        return not self.tracker.is_present(SerialPort(self.result.port, by_id=self.port.by_id
+                                                      if self.result.port == self.port.device else None))
+
+    def gate(self, flashed: _flash.DeviceResult) -> str | None:
+        r, plan = self.result, self.plan
+        r.chip, r.mac, r.board = flashed.chip, flashed.mac, flashed.board
+        if r.mac is None:
+            return None
+        other = self.tracker.claim(r.mac, self.port.device)
+        if other is not None:
+            if plan.registry is not None:
+                plan.registry.record_event(r.mac, "duplicate", False, f"also on {self.port.device}", other)
+            raise DuplicateMac(f"MAC {r.mac} already seen on {other} (a clone or an emulator?): not flashed, "
+                               "not merged with that board")
+        if plan.registry is None:
+            return None
+        rec = plan.registry.see(r.mac, chip=r.chip, port=self.port.device,
+                                usb_serial=self.port.serial_number, usb_id=self.port.usb_id)
+        r.sticker, r.hostname = rec.sticker, rec.hostname
+        image = _flash._pick(plan.images, flashed.chip) if flashed.chip else None
+        if (not plan.reflash and image is not None and rec.ready and rec.board == image.board
+                and rec.inputs == image.identity):
+            r.recognized = f"{rec.hostname or 'sticker ' + str(rec.sticker)}, already ready with this image"
+            return r.recognized
+        return None
+
+    def on_flash(self, e: FlashEvent) -> None:
+        self.result.chip = e.chip or self.result.chip
+        self.result.mac = e.mac or self.result.mac
+        if e.stage in (Stage.DONE, Stage.FAILED, Stage.INTERRUPTED):
+            return
+        self.emit(e.stage.value, e.message, e.percent if e.bytes_total else None)
+
+    def run(self) -> BoardResult:
+        try:
+            return self._run()
+        except Exception as e:  # noqa: BLE001 - one board's surprise is its failure, never the run's
+            return self.finish("failed", f"{type(e).__name__}: {e}")
+
+    def _run(self) -> BoardResult:
+        plan, r = self.plan, self.result
+        self.tracker.own(self.port.serial_number, r.key)
+        try:
+            return self._journey()
+        finally:
+            self.tracker.disown(self.port.serial_number, r.key)
+            self.tracker.disown("", r.key)
+
+    def _journey(self) -> BoardResult:
+        plan, r = self.plan, self.result
+        self.emit("appeared", self.port.by_id or self.port.device)
+        log = self.log_dir / f"{log_name(self.port.device)}.log"
+        flashed = _flash.flash_device(self.port, plan.images, plan.flash_options, self.on_flash, log, self.cancel,
+                                      self.gate)
+        r.flash = flashed
+        r.chip, r.mac = flashed.chip or r.chip, flashed.mac or r.mac
+        if flashed.state is State.INTERRUPTED or (self.cancel.is_set() and not flashed.ok):
+            return self.finish("interrupted", flashed.error or "interrupted")
+        if flashed.error_kind == DuplicateMac.kind:
+            return self.finish("failed", flashed.error)
+        if flashed.state is not State.SKIPPED:
+            if plan.registry is not None and r.mac:
+                image = _flash._pick(plan.images, flashed.chip) if flashed.chip and flashed.board else None
+                plan.registry.record_flash(r.mac, ok=flashed.ok, board=flashed.board,
+                                           image=image.source if image else None,
+                                           release=image.release if image else None,
+                                           inputs=image.identity if image and flashed.ok else None,
+                                           detail=flashed.error or "verified", port=r.port,
+                                           flash_size=flashed.flash_size)
+            if not flashed.ok:
+                if flashed.error_kind == "unplugged" or self._gone():
+                    return self.finish("unplugged", f"unplugged during {flashed.stage.value} ({flashed.error})")
+                return self.finish("failed", f"{flashed.stage.value}: {flashed.error}")
+        else:
+            r.recognized = r.recognized or flashed.error
+        if r.recognized:
+            self.emit("recognized", r.recognized)
+            return self.finish("ready")
+        if plan.provision is None and plan.files is None and not plan.smoke:
+            if plan.registry is not None and r.mac:
+                plan.registry.record_ready(r.mac, "flashed and verified", r.port)
+            return self.finish("ready")
+        if not self.port.serial_number:
+            self.tracker.own("", r.key)          # from its reset on, a new serial-less port may be it
+        port = self.boot()
+        if port is None:
+            return self.finish("interrupted" if self.cancel.is_set() else "failed",
+                               f"the board did not come back after its reset within {plan.boot_timeout:.0f} s")
+        if plan.provision is not None or plan.files is not None:
+            ok = self.provision(port)
+            if not ok and self._vanishing():
+                # It re-enumerated after we looked (late USB reset): follow it and try once more.
+                port = self.follow() or ""
+                ok = bool(port) and self.provision(port)
+            if not ok:
+                return self.finish("unplugged" if self._gone() else "failed", self.result.reason)
+        if plan.smoke:
+            if not self.smoke(port):
+                return self.finish("unplugged" if self._gone() else "failed", self.result.reason)
+        if self.cancel.is_set():
+            return self.finish("interrupted", "interrupted")
+        if plan.registry is not None and r.mac:
+            plan.registry.record_ready(r.mac, "ready", r.port)
+        return self.finish("ready")
+
+    def _vanishing(self, within: float = 1.0) -> bool:
+        """After a lost connection: is the board's port going away (a late re-enumeration)?"""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if not self.tracker.is_present(self.port):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def boot(self) -> str | None:
+        """The port MicroPython answers on after the reset: the same one, or its re-enumerated successor."""
+        plan, r = self.plan, self.result
+        self.emit("booting", "waiting for MicroPython")
+        settle_by = time.monotonic() + plan.settle
+        while time.monotonic() < settle_by and not self.cancel.is_set():
+            time.sleep(0.05)
+        if self.cancel.is_set():
+            return None
+        if self.tracker.is_present(self.port):
+            return self.port.device
+        return self.follow()
+
+    def follow(self) -> str | None:
+        """Wait for the board's new port (same USB serial), or for a manual reset when it has none."""
+        plan, r = self.plan, self.result
+        serial = self.port.serial_number
+        self.emit("booting", f"re-enumerating: following USB serial {serial}" if serial else
+                  f"press RESET on {self.port.by_id or self.port.device}")
+        found = self.tracker.wait_for(r.key, serial, plan.boot_timeout if serial else RESET_WAIT, self.cancel)
+        if found is None:
+            return None
+        r.port = found.device
+        self.emit("booting", f"back on {found.by_id or found.device}")
+        return found.device
+
+    def provision(self, port: str) -> bool:
+        from .provision import ProvisionConfig, provision_all
+
+        plan, r = self.plan, self.result
+        self.emit("provisioning", "identity" + (" and lesson files" if plan.files else ""))
+        sticker = r.sticker
+
+        def index_of(_port: str, _mac: str) -> int:
+            return sticker if sticker is not None else 1
+
+        from .identify import exclusive_session
+
+        [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
+                            connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
+                            session_factory=exclusive_session)
+        r.provision = p
+        r.hostname = p.hostname or r.hostname
+        if plan.registry is not None and r.mac:
+            plan.registry.record_provision(r.mac, ok=p.ok, hostname=p.hostname,
+                                           detail=p.error or "written and verified", port=port)
+        if not p.ok:
+            r.reason = f"provision {p.stage}: {p.error}"
+        return bool(p.ok)
+
+    def smoke(self, port: str) -> bool:
+        from . import smoke as _smoke
+
+        plan, r = self.plan, self.result
+        self.emit("smoking", "firmware, frozen stack, heap, flash, config")
+        try:
+            image = _flash._pick(plan.images, r.chip) if r.chip else None
+            if image is None:
+                raise _smoke.SmokeError("no image known for this board")
+            expected = (plan.expected or expected_for)(image)
+        except _smoke.SmokeError as e:
+            r.reason = f"smoke: {e}"
+            return False
+        connect = 3.0 if plan.provision is not None or plan.files is not None else plan.boot_timeout
+        from .identify import exclusive_session
+
+        report = _smoke.smoke_device(port, expected, network=plan.network, timeout=plan.repl_timeout,
+                                     connect_timeout=connect, baudrate=plan.repl_baud, session_factory=exclusive_session)
+        r.smoke = report
+        detail = "all checks passed" if report.ok else "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
+        if plan.registry is not None and r.mac:
+            plan.registry.record_smoke(r.mac, ok=report.ok, detail=detail, port=port)
+        if not report.ok:
+            r.reason = f"smoke: {detail}"
+        return bool(report.ok)
+
+
+def default_log_dir() -> Path:
+    from .config import PROJECT_ROOT
+
+    return PROJECT_ROOT / "logs" / "station" / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run_board(port: SerialPort | str, plan: Plan, *, on_event: EventHandler | None = None,
+              cancel: threading.Event | None = None, tracker: PortTracker | None = None,
+              log_dir: Path | None = None) -> BoardResult:
+    """One board's whole journey in the calling thread; its result (never raises for the board's faults)."""
+    target = port if isinstance(port, SerialPort) else SerialPort(port)
+    tracker = tracker or PortTracker(FixedSource((target,)))
+    return _Journey(target, plan, tracker, on_event or (lambda e: None), cancel or threading.Event(),
+                    log_dir or plan.log_dir or default_log_dir()).run()
+
+
+def _locked(on_event: EventHandler | None) -> EventHandler:
+    lock = threading.Lock()
+
+    def emit(e: StationEvent) -> None:
+        if on_event is not None:
+            with lock:
+                on_event(e)
+    return emit
+
+
+def run_boards(ports: Sequence[SerialPort | str], plan: Plan, *, on_event: EventHandler | None = None,
+               cancel: threading.Event | None = None) -> StationReport:
+    """The pipeline on every given port in parallel (`flash --provision`); one result per port, in order."""
+    targets = [p if isinstance(p, SerialPort) else SerialPort(p) for p in ports]
+    if not targets:
+        raise StationError("no serial ports: plug boards in, or pass --ports")
+    if len({t.device for t in targets}) != len(targets):
+        raise StationError("a port is listed twice")
+    cancel = cancel or threading.Event()
+    emit = _locked(on_event)
+    tracker = PortTracker(FixedSource(tuple(targets)))
+    tracker.refresh()
+    log_dir = plan.log_dir or default_log_dir()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    journeys = [_Journey(t, plan, tracker, emit, cancel, log_dir) for t in targets]
+    stop = threading.Event()
+
+    def scan() -> None:     # successors of re-enumerating boards
+        while not stop.is_set():
+            appeared, _ = tracker.refresh()
+            for p in appeared:
+                tracker.offer(p)
+            stop.wait(POLL_S)
+
+    scanner = Runner(scan, "station scan")
+    runners = [Runner(j.run, f"station {j.port.device}") for j in journeys]
+    interrupted = _flash.wait_threads(runners, cancel)
+    stop.set()
+    del scanner
+    return StationReport([_settled(j) for j in journeys], started_at, time.monotonic() - t0,
+                         interrupted or cancel.is_set())
+
+
+def _settled(j: _Journey) -> BoardResult:
+    """A journey still running after Ctrl-C's grace: interrupted where it was."""
+    r = j.result
+    if r.state == "in progress":
+        r.state, r.reason, r.seconds = "interrupted", f"interrupted during {r.stage}", time.monotonic() - j.t0
+    return r
+
+
+def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = None,
+          cancel: threading.Event | None = None, stop_after: int | None = None,
+          poll: float = POLL_S) -> StationReport:
+    """Hot-plug: every board that appears in `source` goes through the pipeline, until Ctrl-C
+    (or until `stop_after` boards have finished, ready or not)."""
+    cancel = cancel or threading.Event()
+    emit = _locked(on_event)
+    tracker = PortTracker(source)
+    log_dir = plan.log_dir or default_log_dir()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.monotonic()
+    journeys: list[_Journey] = []
+    runners: list[Runner] = []
+    active: dict[str, _Journey] = {}
+    interrupted = False
+
+    def finished() -> int:
+        return sum(1 for j in journeys if j.result.state != "in progress")
+
+    try:
+        while not cancel.is_set():
+            if stop_after is not None and finished() >= stop_after and all(not r.is_alive() for r in runners):
+                break
+            appeared, vanished = tracker.refresh()
+            for p in vanished:
+                j = active.get(p.device)
+                if j is not None and j.result.state == "in progress":
+                    emit(StationEvent(j.result.key, p.device, "vanished", "the port vanished (unplugged, or re-enumerating after its reset)", elapsed=round(
+                        time.monotonic() - j.t0, 3)))
+            for p in appeared:
+                if tracker.offer(p):
+                    continue
+                busy = active.get(p.device)
+                if busy is not None and busy.result.state == "in progress":
+                    continue
+                if any(j.result.port == p.device and j.result.state == "in progress" for j in journeys):
+                    continue
+                j = _Journey(p, plan, tracker, emit, cancel, log_dir)
+                journeys.append(j)
+                active[p.device] = j
+                runners.append(Runner(j.run, f"station {p.device}"))
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        interrupted = True
+        cancel.set()
+    interrupted = _flash.wait_threads(runners, cancel) or interrupted
+    return StationReport([_settled(j) for j in journeys], started_at, time.monotonic() - t0,
+                         interrupted or cancel.is_set())
+
+
+# --- recording plain verbs (flash, provision, smoke --registry) ---------------------------------
+
+
+def record_flash_report(registry: Registry, report: _flash.FlashReport, images: ImageChoice) -> None:
+    """`flash --registry`: every board that answered, with what it holds now."""
+    for r in report.results:
+        if not r.mac:
+            continue
+        registry.see(r.mac, chip=r.chip, port=r.port)
+        image = _flash._pick(images, r.chip) if r.chip and r.board else None
+        registry.record_flash(r.mac, ok=r.ok, board=r.board, image=image.source if image else None,
+                              release=image.release if image else None,
+                              inputs=image.identity if image and r.ok else None,
+                              detail=r.error or "verified", port=r.port, flash_size=r.flash_size)
+
+
+def sticker_index(registry: Registry) -> Callable[[str, str], int]:
+    """`provision --registry`: {index} is the board's sticker (assigned on first sight of its MAC)."""
+    def index_of(port: str, mac: str) -> int:
+        return registry.see(mac, port=port).sticker
+    return index_of
+
+
+def record_provision_results(registry: Registry, results: Sequence[Any]) -> None:
+    for r in results:
+        if r.mac:
+            registry.see(r.mac, port=r.port)
+            registry.record_provision(r.mac, ok=r.ok, hostname=r.hostname,
+                                      detail=r.error or "written and verified", port=r.port)
+
+
+def board_macs(ports: Sequence[str], baudrate: int = 115200) -> dict[str, str]:
+    """The MAC each port's MicroPython reports (ports that do not answer are left out)."""
+    from .identify import exclusive_serial
+    from .provision import identify as repl_identify
+    from .repl import ReplError, ReplSession
+
+    def one(port: str) -> tuple[str, str | None]:
+        try:
+            with ReplSession(port, baudrate=baudrate, serial_factory=exclusive_serial(baudrate)) as s:
+                return port, repl_identify(s).mac
+        except ReplError:
+            return port, None
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
+        return {p: m for p, m in pool.map(one, ports) if m}
+
+
+def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[str, str]) -> None:
+    for r in reports:
+        mac = macs.get(r.port)
+        if mac:
+            registry.see(mac, port=r.port)
+            detail = "all checks passed" if r.ok else "; ".join(f"{c.name}: {c.detail}" for c in r.failed)
+            registry.record_smoke(mac, ok=r.ok, detail=detail, port=r.port)
+
+
+__all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",
+           "StationError", "StationEvent", "StationReport", "SystemSource", "board_macs", "default_source",
+           "expected_for", "record_flash_report", "record_provision_results", "record_smoke_reports", "run_board",
+           "run_boards", "serial_from_link", "sticker_index", "watch"]
