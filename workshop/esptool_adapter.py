@@ -29,7 +29,6 @@ Tested range: esptool 5.6 (pyproject pins >=5.6,<5.7). 5.3.1 crashes on import o
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import re
 import socket
@@ -42,34 +41,17 @@ from typing import Any, TextIO
 
 import serial
 
-ROM_BAUD = 115200
+# Ports are opened the kit's one way (exclusive, DTR/RTS low, errors by errno): re-exported here.
+from .serialport import PORT_BUSY, ROM_BAUD, DeviceError, PortBusy, PortUnavailable, open_port, port_error
+
 # Sync attempts before a port counts as "no answer" (each ~0.75 s with esptool's resets).
 DEFAULT_CONNECT_ATTEMPTS = 3
-PORT_BUSY = "port busy: held by another program"
-
-
-class DeviceError(RuntimeError):
-    """A device could not be reached or identified; `kind` is a short stable name."""
-
-    kind = "error"
 
 
 class NoAnswer(DeviceError):
     """Nothing answered the bootloader sync: wrong port, no board, or held in reset."""
 
     kind = "no-answer"
-
-
-class PortUnavailable(DeviceError):
-    """The port could not be opened (missing, no permission, bad URL)."""
-
-    kind = "port-unavailable"
-
-
-class PortBusy(PortUnavailable):
-    """Another program (a terminal, Thonny, mpremote, another kit) holds the port open."""
-
-    kind = "port-busy"
 
 
 class VerifyFailed(DeviceError):
@@ -86,51 +68,6 @@ class Cancelled(BaseException):
 
 
 # --- ports ----------------------------------------------------------------------------------
-
-
-def open_port(port: str, baudrate: int = ROM_BAUD, timeout: float | None = None,
-              write_timeout: float | None = None) -> serial.Serial:
-    """Open a device path or pyserial URL exclusively, DTR/RTS low; our errors, by errno.
-
-    Exclusive (flock on POSIX, as mpremote does): a second opener gets `PortBusy` instead of
-    reading half of the other program's bytes.
-    """
-    try:
-        ser = serial.serial_for_url(port, do_not_open=True, exclusive=True, baudrate=baudrate, timeout=timeout,
-                                    write_timeout=write_timeout)
-    except ValueError:
-        # URL handlers (socket://, rfc2217://) have no exclusive option: a socket is ours anyway.
-        try:
-            ser = serial.serial_for_url(port, do_not_open=True, baudrate=baudrate, timeout=timeout,
-                                        write_timeout=write_timeout)
-        except (ValueError, serial.SerialException) as e:
-            raise PortUnavailable(f"{port}: not a usable port: {e}") from None
-    except serial.SerialException as e:
-        raise PortUnavailable(f"{port}: not a usable port: {e}") from None
-    # ESP boards wire DTR/RTS to IO0/EN: both low before open = no reset on open.
-    with contextlib.suppress(Exception):
-        ser.dtr = False
-        ser.rts = False
-    try:
-        ser.open()
-    except serial.SerialException as e:
-        raise port_error(port, e) from None
-    except OSError as e:
-        raise port_error(port, serial.SerialException(e.errno, str(e))) from None
-    return ser
-
-
-def port_error(port: str, e: serial.SerialException) -> PortUnavailable:
-    """A pyserial open failure as our exception: busy, missing, forbidden, by errno."""
-    code = e.args[0] if e.args and isinstance(e.args[0], int) else getattr(e, "errno", None)
-    if code in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EBUSY):
-        return PortBusy(f"{port}: {PORT_BUSY} (close the terminal, Thonny or other tool using it)")
-    if code == errno.ENOENT:
-        return PortUnavailable(f"cannot open {port}: no such device (unplugged?)")
-    if code == errno.EACCES:
-        return PortUnavailable(f"cannot open {port}: permission denied (on Linux: add yourself to the "
-                               "dialout group, then log in again)")
-    return PortUnavailable(f"cannot open {port}: {e}")
 
 
 def abort_port(ser: Any) -> None:

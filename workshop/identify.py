@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import serial
 
-from . import esptool_adapter
+from . import serialport
 from .config import ConfigError, get_board
 from .provision import identify as repl_identify
 from .registry import Registry, normalize_mac
@@ -43,12 +42,10 @@ CONSOLE = "print(%r)\r\n"
 
 
 def exclusive_serial(baudrate: int, write_timeout: float = 3.0) -> Callable[[str], Any]:
-    """A ReplSession serial factory that opens the port exclusively (DTR/RTS low, as ReplSession does)."""
+    """A ReplSession serial factory: the kit's one opener (exclusive, DTR/RTS low); a busy port
+    stays `PortBusy` through ReplSession.open."""
     def make(port: str) -> Any:
-        try:
-            return esptool_adapter.open_port(port, baudrate, timeout=0.05, write_timeout=write_timeout)
-        except esptool_adapter.PortUnavailable as e:
-            raise serial.SerialException(str(e)) from None
+        return serialport.open_port(port, baudrate, timeout=0.05, write_timeout=write_timeout)
     return make
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import binascii
-import errno
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from typing import Any, TypedDict
 
 import serial
 
+from . import serialport
 from .devconfig import MASK
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -52,15 +52,9 @@ class ReplError(Exception):
         self.port = port
 
 
-class PortBusy(ReplError):
-    """Another program (Thonny, a terminal, another kit run) holds the port open exclusively."""
-
-
-# How "another program holds it" surfaces: our exclusive lock refused (flock: EWOULDBLOCK), or
-# the holder set TIOCEXCL (open: EBUSY).
-_BUSY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY)
-PORT_BUSY = ("port busy: held by another program (Thonny, a serial terminal, mpremote, another "
-             "invoke run?): close it and try again")
+class PortBusy(ReplError, serialport.PortBusy):
+    """Another program (Thonny, a terminal, another kit run) holds the port open exclusively.
+    Also a `serialport.PortBusy`: one type for a busy port, whichever layer opened it."""
 
 
 class ReplTimeout(ReplError):
@@ -213,18 +207,13 @@ class ReplSession:
             if self._serial_factory:
                 ser = self._serial_factory(self.port)
             else:
-                # exclusive (as mpremote opens ports): a port another program holds is refused,
-                # instead of two programs interleaving bytes on one REPL.
-                ser = serial.serial_for_url(self.port, do_not_open=True, baudrate=self.baudrate,
-                                            timeout=0.05, write_timeout=self.connect_timeout, exclusive=True)
-                # ESP boards wire DTR/RTS to IO0/EN: both low before open = no reset, no bootloader
-                # (pyserial would otherwise raise DTR then RTS one after the other on open).
-                ser.dtr = False
-                ser.rts = False
-                ser.open()
-        except (serial.SerialException, OSError) as e:
-            if e.errno in _BUSY_ERRNOS:
-                raise self._error(PortBusy, PORT_BUSY) from None
+                # The kit's one opener: exclusive (as mpremote), DTR/RTS low (no reset on open).
+                ser = serialport.open_port(self.port, self.baudrate, timeout=0.05, write_timeout=self.connect_timeout)
+        except serialport.PortBusy:
+            raise self._error(PortBusy, serialport.PORT_BUSY) from None
+        except serialport.PortUnavailable as e:
+            raise self._error(ReplError, str(e).removeprefix(f"{self.port}: ")) from None
+        except (serial.SerialException, OSError, ValueError) as e:
             raise self._error(ReplError, f"cannot open: {e}") from None
         self._ser = ser
         self._buf.clear()

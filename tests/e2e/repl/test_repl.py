@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from workshop.repl import Pacing, RemoteError, ReplSession, ReplTimeout, TransferError
+from workshop.repl import Pacing, RemoteError, ReplError, ReplSession, ReplTimeout, TransferError
 
 BLOB = bytes(range(256)) * 6 + b"\r\n\x03\x04\x01 end"      # control bytes the REPL would act on
 
@@ -156,6 +156,13 @@ def test_a_port_held_by_another_program_is_port_busy(make_peer):
         report = smoke.smoke_device(peer.port, smoke.Expected(source="test"), connect_timeout=2)
         assert report.checks[0].name == "connect" and report.checks[0].status == smoke.FAIL
         assert "port busy: held by another program" in report.checks[0].detail
+        # The station's sessions open through the same opener: still PortBusy, the port named once.
+        from workshop import serialport
+        from workshop.identify import exclusive_session
+
+        with pytest.raises(PortBusy) as e:
+            exclusive_session(peer.port, connect_timeout=2).open()
+        assert isinstance(e.value, serialport.PortBusy) and str(e.value).count(peer.port) == 1
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)
@@ -163,3 +170,16 @@ def test_a_port_held_by_another_program_is_port_busy(make_peer):
         with pytest.raises(PortBusy):
             ReplSession(peer.port, connect_timeout=2).open()
         assert s.eval("1 + 1") == 2
+
+
+def test_a_bad_port_name_is_that_boards_error_not_a_crash():
+    """A typo in --ports (an unknown URL scheme, a missing device) fails that one board by name."""
+    from workshop import smoke
+
+    with pytest.raises(ReplError, match=r"^foo://bar: not a usable port: "):
+        ReplSession("foo://bar", connect_timeout=1).open()
+    with pytest.raises(ReplError, match=r"^/dev/ttyNOSUCH9: cannot open: no such device \(unplugged\?\)$"):
+        ReplSession("/dev/ttyNOSUCH9", connect_timeout=1).open()
+    report = smoke.smoke_device("foo://bar", smoke.Expected(source="test"), connect_timeout=1)
+    assert report.checks[0].name == "connect" and report.checks[0].status == smoke.FAIL
+    assert "not a usable port" in report.checks[0].detail
