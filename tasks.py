@@ -509,6 +509,12 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
     return all(r.ok for r in results)
 
 
+def _provision_services() -> tuple[str, ...]:
+    from workshop import provision as _provision
+
+    return _provision.device_services()
+
+
 _PROVISION_HELP = {
     "wifi": "workshop Wi-Fi SSID",
     "wifi_password": "Wi-Fi password (or env WORKSHOP_WIFI_PASSWORD, kept out of shell history); never printed",
@@ -517,7 +523,7 @@ _PROVISION_HELP = {
     "telnet_password": "telnet password (or env WORKSHOP_TELNET_PASSWORD); never printed",
     "mqtt": "MQTT broker host the boards use (and --mqtt-port, default 1883)",
     "mqtt_port": "MQTT broker port written to the config",
-    "start": "services started at boot, comma-separated: wifi,mdns,telnet,webserver",
+    "start": "services started at boot, comma-separated, from: " + ",".join(_provision_services()),
     "config": "a workshop.toml in the /workshop.json shape; options given here win over it",
 }
 
@@ -967,21 +973,18 @@ class _StationView:
             self.json.close()
 
     def _render(self):
-        from rich.markup import escape
-
-        from rich.table import Table
-
         counts = {"ready": 0, "failed": 0, "in progress": 0}
-        table = Table(box=None, show_header=True, pad_edge=False)
-        for col in ("port", "stage", "%", "chip", "MAC", "hostname", "s", "note"):
-            table.add_column(col, no_wrap=col != "note", overflow="fold", min_width=12 if col == "note" else None)
+        rows = []
         for e in self.rows.values():
             state = "ready" if e.final and e.ok else "failed" if e.final else "in progress"
             counts[state] += 1
-            colour = {"ready": "green", "failed": "red"}.get(state, "white")
-            note = "[bold green]unplug me[/]" if state == "ready" else escape(e.message)
-            table.add_row(escape(e.port), f"[{colour}]{e.stage}[/]", f"{e.percent:.0f}" if e.percent is not None else "",
-                          e.chip or "", e.mac or "", e.hostname or "", f"{e.elapsed:.1f}", note)
+            status = {"ready": "ok", "failed": "failed"}.get(state)
+            rows.append([e.port, Cell(e.stage, status), f"{e.percent:.0f}" if e.percent is not None else "", e.chip or "",
+                         e.mac or "", e.hostname or "", f"{e.elapsed:.1f}",
+                         Cell("unplug me", "ok") if state == "ready" else e.message])
+        # The shared rules (workshop.render): port, MAC and hostname are never cut, the note wraps.
+        table = render.build_table(None, ["port", "stage", Column("%", justify="right"), "chip", "MAC", "hostname",
+                                          Column("s", justify="right"), Column("note", wrap=True)], rows)
         table.caption = f"ready {counts['ready']} · failed {counts['failed']} · in progress {counts['in progress']}"
         return table
 

@@ -29,3 +29,10 @@ def test_provision_refuses_what_the_board_cannot_start():
     with pytest.raises(ProvisionError, match=r"start: unknown service 'webserver' \(services: wifi, mdns, telnet, announce\)"):
         ProvisionConfig(start=("wifi", "webserver"))
     assert ProvisionConfig(start=("wifi", "mdns", "telnet", "announce")).start == ("wifi", "mdns", "telnet", "announce")
+
+
+def test_provision_help_names_exactly_what_the_board_starts():
+    out = subprocess.run([sys.executable, "-m", "invoke", "--help", "provision"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60).stdout
+    listed = " ".join(out.split("--start=STRING", 1)[1].split("\n  -", 1)[0].split())
+    assert listed.endswith("from: " + ",".join(device_services())), listed
