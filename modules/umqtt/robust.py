@@ -1,22 +1,23 @@
 # umqtt.robust: umqtt.simple that reconnects on network errors, the micropython-lib API.
 #
 # Beyond micropython-lib's: the delay between attempts doubles from DELAY up to MAX_DELAY
-# seconds; subscriptions are made again when the broker lost the session (a restarted broker);
-# an operation cut by a reconnect is retried whole: a QoS 1 publish is sent again with its packet
-# id and the DUP flag until the broker acknowledges it (none lost across a broker restart), rather
-# than waiting forever for an ack of the old connection; an idle wait_msg() that times out pings
-# instead of reconnecting.
+# seconds (30 unless set on the class or the client); subscriptions are made again when the
+# broker lost the session (a restarted broker); an operation cut by a reconnect is retried whole:
+# a QoS 1 publish is sent again with its packet id and the DUP flag until the broker acknowledges
+# it (none lost across a broker restart), rather than waiting forever for an ack of the old
+# connection; an idle wait_msg() that times out pings instead of reconnecting.
+# (Heap: every operation is retried in one _send override, not a method each, and the base is
+# called by name, not super(): each class attribute and each closure is heap in every image.)
 import time
 from . import simple
 
 
 class MQTTClient(simple.MQTTClient):
     DELAY = 2
-    MAX_DELAY = 30
     DEBUG = False
 
     def delay(self, i):
-        time.sleep(min(self.DELAY * (1 << min(i - 1, 10)), self.MAX_DELAY))
+        time.sleep(min(self.DELAY * (1 << min(i - 1, 10)), getattr(self, "MAX_DELAY", 30)))
 
     def log(self, in_reconnect, e):
         if self.DEBUG:
@@ -26,51 +27,43 @@ class MQTTClient(simple.MQTTClient):
         i = 0
         while 1:
             try:
-                present = super().connect(False, self._timeout)
-                if not present:
-                    s = getattr(self, "subs", {})  # topic (bytes) -> qos, made again without session
+                present = simple.MQTTClient.connect(self, False, self._timeout)
+                if not present:  # the broker lost the session: subscribe again (topic -> qos)
+                    s = getattr(self, "subs", {})
                     for t in s:
-                        super().subscribe(t, s[t])
+                        self.pid = p = self.pid % 65535 + 1
+                        simple.MQTTClient._send(self, 0x82, (p, t), bytes((s[t],)), 0x90, p)
                 return present
             except OSError as e:
                 self.log(True, e)
                 i += 1
                 self.delay(i)
 
-    def publish(self, topic, msg, retain=False, qos=0):
-        try:
-            while 1:
-                try:
-                    return super().publish(topic, msg, retain, qos)
-                except OSError as e:
-                    self.log(False, e)
-                if qos and not self._dup:
-                    self._dup = self.pid  # sent (perhaps delivered), not acknowledged
-                self.reconnect()
-        finally:
-            self._dup = 0
-
-    def subscribe(self, topic, qos=0):
-        while 1:  # an operation cut by a reconnect is made again whole
-            try:
-                r = super().subscribe(topic, qos)
-                break
-            except OSError as e:
-                self.log(False, e)
-            self.reconnect()
-        if not hasattr(self, "subs"):
-            self.subs = {}
-        self.subs[topic.encode() if isinstance(topic, str) else topic] = qos
-        return r
-
-    def unsubscribe(self, topic):
-        getattr(self, "subs", {}).pop(topic.encode() if isinstance(topic, str) else topic, None)
+    def _send(self, op, parts, msg, ack, pid):
+        # Each operation (publish, subscribe, unsubscribe) passes here: cut by a network error, it
+        # is made again whole on a new connection, a QoS 1 PUBLISH with the same packet id and
+        # DUP (sent, perhaps delivered, not acknowledged). CONNECT (reconnect retries it),
+        # DISCONNECT, PINGREQ and PUBACK fail to their caller, which reconnects where it should.
         while 1:
             try:
-                return super().unsubscribe(topic)
+                simple.MQTTClient._send(self, op, parts, msg, ack, pid)
+                break
             except OSError as e:
+                if not ack and op & 0xF0 != 0x30:
+                    raise
                 self.log(False, e)
             self.reconnect()
+            if op & 0xF6 == 0x32:
+                op |= 8
+        if op == 0x82 and not self._buf[2] & 0x80 or op == 0xA2:  # granted, or unsubscribed
+            t = parts[1]
+            t = t.encode() if isinstance(t, str) else t
+            if not hasattr(self, "subs"):
+                self.subs = {}
+            if op == 0x82:
+                self.subs[t] = msg[0]
+            else:
+                self.subs.pop(t, None)
 
     def wait_msg(self):
         # With connect(timeout=...) an idle wait ends in ETIMEDOUT, which alone is no failure:
@@ -78,7 +71,7 @@ class MQTTClient(simple.MQTTClient):
         pinged = False
         while 1:
             try:
-                return super().wait_msg()
+                return simple.MQTTClient.wait_msg(self)
             except OSError as e:
                 if e.errno == simple.errno.ETIMEDOUT and not pinged:  # no errno global of our own
                     try:
@@ -94,7 +87,7 @@ class MQTTClient(simple.MQTTClient):
     def check_msg(self, attempts=2):
         while attempts:
             try:
-                return super().check_msg()
+                return simple.MQTTClient.check_msg(self)
             except OSError as e:
                 self.log(False, e)
             self.reconnect()

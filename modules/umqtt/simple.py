@@ -52,7 +52,6 @@ class MQTTClient:
         self._buf = bytearray(7)  # received: type, length bytes, packet id + return code
         self._timeout = None
         self._sent = 0
-        self._dup = 0  # umqtt.robust: the packet id of a QoS 1 publish sent again (DUP)
         self._got = False  # check_msg() read the first byte of a packet into _buf
 
     def set_callback(self, f):
@@ -187,11 +186,9 @@ class MQTTClient:
     def publish(self, topic, msg, retain=False, qos=0):
         if not 0 <= qos <= 1:
             raise ValueError("qos")
-        pid = self._dup
         if qos:
-            if not pid:
-                self.pid = pid = self.pid % 65535 + 1
-            self._send(0x32 | (8 if self._dup else 0) | (1 if retain else 0), (topic, pid), msg, 0x40, pid)
+            self.pid = pid = self.pid % 65535 + 1
+            self._send(0x32 | (1 if retain else 0), (topic, pid), msg, 0x40, pid)
         else:
             self._send(0x30 | (1 if retain else 0), (topic,), msg, 0, 0)
 
