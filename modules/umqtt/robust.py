@@ -1,11 +1,11 @@
 # umqtt.robust: umqtt.simple that reconnects on network errors, the micropython-lib API.
 #
 # Beyond micropython-lib's: the delay between attempts doubles from DELAY up to MAX_DELAY
-# seconds (30 unless set on the class or the client); subscriptions are made again when the
-# broker lost the session (a restarted broker); an operation cut by a reconnect is retried whole:
-# a QoS 1 publish is sent again with its packet id and the DUP flag until the broker acknowledges
-# it (none lost across a broker restart), rather than waiting forever for an ack of the old
-# connection; an idle wait_msg() that times out pings instead of reconnecting.
+# seconds; subscriptions are made again when the broker lost the session (a restarted broker);
+# an operation cut by a reconnect is retried whole: a QoS 1 publish is sent again with its packet
+# id and the DUP flag until the broker acknowledges it (none lost across a broker restart), rather
+# than waiting forever for an ack of the old connection; an idle wait_msg() that times out pings
+# instead of reconnecting.
 # (Heap: every operation is retried in one _send override, not a method each, and the base is
 # called by name, not super(): each class attribute and each closure is heap in every image.)
 import time
@@ -14,10 +14,11 @@ from . import simple
 
 class MQTTClient(simple.MQTTClient):
     DELAY = 2
+    MAX_DELAY = 30
     DEBUG = False
 
     def delay(self, i):
-        time.sleep(min(self.DELAY * (1 << min(i - 1, 10)), getattr(self, "MAX_DELAY", 30)))
+        time.sleep(min(self.DELAY * (1 << min(i - 1, 10)), self.MAX_DELAY))
 
     def log(self, in_reconnect, e):
         if self.DEBUG:
