@@ -17,8 +17,8 @@ class MQTTClient(simple.MQTTClient):
     MAX_DELAY = 30
     DEBUG = False
 
-    def delay(self, i):
-        time.sleep(min(self.DELAY * (1 << min(i - 1, 10)), self.MAX_DELAY))
+    def delay(self, n):  # the n-th attempt in a row
+        time.sleep(min(self.DELAY * (1 << min(n - 1, 10)), self.MAX_DELAY))
 
     def log(self, in_reconnect, e):
         if self.DEBUG:
@@ -28,40 +28,40 @@ class MQTTClient(simple.MQTTClient):
         i = 0
         while 1:
             try:
-                present = simple.MQTTClient.connect(self, False, self._timeout)
+                present = simple.MQTTClient.connect(self, False, self.timeout)
                 if not present:  # the broker lost the session: subscribe again (topic -> qos)
                     s = getattr(self, "subs", {})
                     for t in s:
                         self.pid = p = self.pid % 65535 + 1
-                        simple.MQTTClient._send(self, 0x82, (p, t), bytes((s[t],)), 0x90, p)
+                        simple.MQTTClient._send(self, 0x82, (p, t), bytes((s[t],)), p)
                 return present
             except OSError as e:
                 self.log(True, e)
                 i += 1
                 self.delay(i)
 
-    def _send(self, op, parts, msg, ack, pid):
+    def _send(self, code, args, msg, pid):
         # Each operation (publish, subscribe, unsubscribe) passes here: cut by a network error, it
         # is made again whole on a new connection, a QoS 1 PUBLISH with the same packet id and
         # DUP (sent, perhaps delivered, not acknowledged). CONNECT (reconnect retries it),
         # DISCONNECT, PINGREQ and PUBACK fail to their caller, which reconnects where it should.
         while 1:
             try:
-                simple.MQTTClient._send(self, op, parts, msg, ack, pid)
+                simple.MQTTClient._send(self, code, args, msg, pid)
                 break
             except OSError as e:
-                if not ack and op & 0xF0 != 0x30:
+                if code & 6 != 2 and code & 0xF0 != 0x30:  # no ack waited for, no PUBLISH
                     raise
                 self.log(False, e)
             self.reconnect()
-            if op & 0xF6 == 0x32:
-                op |= 8
-        if op == 0x82 and not self._buf[2] & 0x80 or op == 0xA2:  # granted, or unsubscribed
-            t = parts[1]
+            if code & 0xF6 == 0x32:
+                code |= 8
+        if code == 0x82 and not self.buf[2] & 0x80 or code == 0xA2:  # granted, or unsubscribed
+            t = args[1]
             t = t.encode() if isinstance(t, str) else t
             if not hasattr(self, "subs"):
                 self.subs = {}
-            if op == 0x82:
+            if code == 0x82:
                 self.subs[t] = msg[0]
             else:
                 self.subs.pop(t, None)
