@@ -83,7 +83,7 @@ class MQTTClient:
         for p in args:
             n += 2 if isinstance(p, int) else 2 + len(p.encode() if isinstance(p, str) else p)
         if n > 268435455:
-            raise ValueError("packet too large")
+            raise ValueError("too large")  # the same words as a received one
         big = len(msg) > 512
         b = bytearray(n + 5 - (len(msg) if big else 0))
         b[0] = code
