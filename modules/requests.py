@@ -6,31 +6,23 @@
 # or chunked), so stream=True reads it piecewise; the request head (and a small body) leaves in one
 # write; https verifies the server when given `cadata=` (a CA, DER), else it is unauthenticated;
 # the socket is closed on any error; Response is a context manager (`with requests.get(url) as r:`).
-import socket
+# (socket is imported in request(): a module global is heap.)
 
 
 class Response:
-    # The response and, as r.raw, its body as a stream without the framing. _n: bytes left (of
-    # the body, or of the current chunk), -1 up to EOF; _c: chunked, a size line is due at _n 0.
-    def __init__(self, s, n, c):
-        self.raw = self
-        self._s = s
-        self._n = n
-        self._c = c
-        self.encoding = "utf-8"
-        self._cached = None
-
+    # The response and, as r.raw, its body as a stream without the framing. _s: the socket; _n:
+    # bytes left (of the body, or of the current chunk), -1 up to EOF; _c: chunked, a size line
+    # is due at _n 0. request() sets them (no __init__), read() takes its size as *sz (no
+    # defaults tuple), __exit__ is close: each method, default and class attribute is heap.
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self):
+    def close(self, *exc):
         if self.raw:
             self.raw = None
             self._s.close()
-        self._cached = None
+
+    __exit__ = close
 
     # (The chunk bookkeeping is written out in both readers: a shared method would cost heap in
     # every image, the copy costs only flash.)
@@ -54,9 +46,10 @@ class Response:
                 s.readline()
         return k
 
-    def read(self, sz=-1):
+    def read(self, *sz):
         # A Content-Length body or a sized read: one allocation. A whole chunked body: one
         # bytearray grown chunk by chunk, returned as it is (no second copy of the body).
+        sz = sz[0] if sz else -1
         s = self._s
         out = None
         while sz:
@@ -86,19 +79,19 @@ class Response:
             out += d
         return out or b""
 
-    @property
-    def content(self):
-        if self._cached is None:
+    def __getattr__(self, name):
+        # content and text, read on first use: content then stays as an instance attribute (one
+        # method instead of two properties, and no _cached: each is heap in every image).
+        if name == "content":
             try:
                 c = self.read()
             finally:
                 self.close()
-            self._cached = c
-        return self._cached
-
-    @property
-    def text(self):
-        return str(self.content, self.encoding)
+            self.content = c
+            return c
+        if name == "text":
+            return str(self.content, self.encoding)
+        raise AttributeError(name)
 
     def json(self):
         import json
@@ -152,6 +145,8 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         headers["Transfer-Encoding"] = "chunked"
     if "Connection" not in headers:
         headers["Connection"] = "close"
+
+    import socket
 
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
@@ -243,7 +238,12 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             data = None
         return request(method, location, data, None, headers, stream, None, timeout, parse_headers,
                        cadata, _hops - 1)
-    resp = Response(s, 0 if dechunk else clen, dechunk and clen != 0)
+    resp = Response()
+    resp.raw = resp
+    resp._s = s
+    resp._n = 0 if dechunk else clen
+    resp._c = dechunk and clen != 0
+    resp.encoding = "utf-8"
     resp.status_code = status
     resp.reason = reason
     if resp_d is not None:

@@ -6,6 +6,8 @@
 # id and the DUP flag until the broker acknowledges it (none lost across a broker restart), rather
 # than waiting forever for an ack of the old connection; an idle wait_msg() that times out pings
 # instead of reconnecting.
+# (Heap: every operation is retried in one _send override, not a method each, and the base is
+# called by name, not super(): each class attribute and each closure is heap in every image.)
 import time
 from . import simple
 
@@ -15,8 +17,8 @@ class MQTTClient(simple.MQTTClient):
     MAX_DELAY = 30
     DEBUG = False
 
-    def delay(self, i):
-        time.sleep(min(self.DELAY * (1 << min(i - 1, 10)), self.MAX_DELAY))
+    def delay(self, n):  # the n-th attempt in a row
+        time.sleep(min(self.DELAY * (1 << min(n - 1, 10)), self.MAX_DELAY))
 
     def log(self, in_reconnect, e):
         if self.DEBUG:
@@ -26,51 +28,43 @@ class MQTTClient(simple.MQTTClient):
         i = 0
         while 1:
             try:
-                present = super().connect(False, self._timeout)
-                if not present:
-                    s = getattr(self, "subs", {})  # topic (bytes) -> qos, made again without session
+                present = simple.MQTTClient.connect(self, False, self.timeout)
+                if not present:  # the broker lost the session: subscribe again (topic -> qos)
+                    s = getattr(self, "subs", {})
                     for t in s:
-                        super().subscribe(t, s[t])
+                        self.pid = p = self.pid % 65535 + 1
+                        simple.MQTTClient._send(self, 0x82, (p, t), bytes((s[t],)), p)
                 return present
             except OSError as e:
                 self.log(True, e)
                 i += 1
                 self.delay(i)
 
-    def publish(self, topic, msg, retain=False, qos=0):
-        try:
-            while 1:
-                try:
-                    return super().publish(topic, msg, retain, qos)
-                except OSError as e:
-                    self.log(False, e)
-                if qos and not self._dup:
-                    self._dup = self.pid  # sent (perhaps delivered), not acknowledged
-                self.reconnect()
-        finally:
-            self._dup = 0
-
-    def subscribe(self, topic, qos=0):
-        while 1:  # an operation cut by a reconnect is made again whole
-            try:
-                r = super().subscribe(topic, qos)
-                break
-            except OSError as e:
-                self.log(False, e)
-            self.reconnect()
-        if not hasattr(self, "subs"):
-            self.subs = {}
-        self.subs[topic.encode() if isinstance(topic, str) else topic] = qos
-        return r
-
-    def unsubscribe(self, topic):
-        getattr(self, "subs", {}).pop(topic.encode() if isinstance(topic, str) else topic, None)
+    def _send(self, code, args, msg, pid):
+        # Each operation (publish, subscribe, unsubscribe) passes here: cut by a network error, it
+        # is made again whole on a new connection, a QoS 1 PUBLISH with the same packet id and
+        # DUP (sent, perhaps delivered, not acknowledged). CONNECT (reconnect retries it),
+        # DISCONNECT, PINGREQ and PUBACK fail to their caller, which reconnects where it should.
         while 1:
             try:
-                return super().unsubscribe(topic)
+                simple.MQTTClient._send(self, code, args, msg, pid)
+                break
             except OSError as e:
+                if code & 6 != 2 and code & 0xF0 != 0x30:  # no ack waited for, no PUBLISH
+                    raise
                 self.log(False, e)
             self.reconnect()
+            if code & 0xF6 == 0x32:
+                code |= 8
+        if code == 0x82 and not self.buf[2] & 0x80 or code == 0xA2:  # granted, or unsubscribed
+            t = args[1]
+            t = t.encode() if isinstance(t, str) else t
+            if not hasattr(self, "subs"):
+                self.subs = {}
+            if code == 0x82:
+                self.subs[t] = msg[0]
+            else:
+                self.subs.pop(t, None)
 
     def wait_msg(self):
         # With connect(timeout=...) an idle wait ends in ETIMEDOUT, which alone is no failure:
@@ -78,7 +72,7 @@ class MQTTClient(simple.MQTTClient):
         pinged = False
         while 1:
             try:
-                return super().wait_msg()
+                return simple.MQTTClient.wait_msg(self)
             except OSError as e:
                 if e.errno == simple.errno.ETIMEDOUT and not pinged:  # no errno global of our own
                     try:
@@ -94,7 +88,7 @@ class MQTTClient(simple.MQTTClient):
     def check_msg(self, attempts=2):
         while attempts:
             try:
-                return super().check_msg()
+                return simple.MQTTClient.check_msg(self)
             except OSError as e:
                 self.log(False, e)
             self.reconnect()

@@ -13,7 +13,9 @@ import errno
 import socket
 import time
 
-# (errno by module, and the 10 s default wait as a literal: every module global is heap.)
+# (errno by module, and the 10 s default wait as a literal: every module global is heap. As
+# .mpy every distinct name is a qstr on the heap: arguments and attributes reuse the runtime's
+# built-in names where one fits (code, args, buf, timeout).)
 
 
 class MQTTException(Exception):
@@ -49,11 +51,11 @@ class MQTTClient:
         self.lw_msg = None
         self.lw_qos = 0
         self.lw_retain = False
-        self._buf = bytearray(7)  # received: type, length bytes, packet id + return code
-        self._timeout = None
+        # received: type, length bytes, packet id + return code; buf[7] is 1 when check_msg()
+        # read the first byte of a packet into buf[0]
+        self.buf = bytearray(8)
+        self.timeout = None  # connect()'s
         self._sent = 0
-        self._dup = 0  # umqtt.robust: the packet id of a QoS 1 publish sent again (DUP)
-        self._got = False  # check_msg() read the first byte of a packet into _buf
 
     def set_callback(self, f):
         self.cb = f
@@ -66,24 +68,25 @@ class MQTTClient:
         self.lw_qos = qos
         self.lw_retain = retain
 
-    def _send(self, op, parts, msg, ack, pid):
-        # One packet in one write: parts are 2-byte numbers (int) or strings sent with their
-        # 2-byte length, msg goes last as it is (str is UTF-8); a large msg is written apart.
-        # With ack, wait for that packet type carrying pid: messages arriving meanwhile go to the
-        # callback. Not through wait_msg(): a subclass that reconnects there (umqtt.robust) would
-        # wait forever for an ack of the lost connection. Bounded by the connect() timeout, 10 s
+    def _send(self, code, args, msg, pid):
+        # One packet (code: its first byte) in one write: args are 2-byte numbers (int) or
+        # strings sent with their 2-byte length, msg goes last as it is (str is UTF-8); a large
+        # msg is written apart. A QoS 1 PUBLISH, SUBSCRIBE and UNSUBSCRIBE (code & 6 == 2) wait
+        # for their ack (PUBACK, SUBACK, UNSUBACK: (code & 0xF6) + 14) carrying pid: messages
+        # arriving meanwhile go to the callback. Not through wait_msg(): a subclass that
+        # reconnects there (umqtt.robust) would wait forever for an ack of the lost connection. Bounded by the connect() timeout, 10 s
         # without one; after a failed wait the stream may be mid-packet: reconnect.
         # One allocation: the packet, sized first (a str part is encoded twice rather than kept).
         if isinstance(msg, str):
             msg = msg.encode()
         n = len(msg)
-        for p in parts:
+        for p in args:
             n += 2 if isinstance(p, int) else 2 + len(p.encode() if isinstance(p, str) else p)
         if n > 268435455:
-            raise ValueError("packet too large")
+            raise ValueError("too large")  # the same words as a received one
         big = len(msg) > 512
         b = bytearray(n + 5 - (len(msg) if big else 0))
-        b[0] = op
+        b[0] = code
         i = 1
         while 1:  # the remaining length, 7 bits a byte, least significant first
             b[i] = n & 127 | (128 if n > 127 else 0)
@@ -91,7 +94,7 @@ class MQTTClient:
             n >>= 7
             if not n:
                 break
-        for p in parts:
+        for p in args:
             if isinstance(p, str):
                 p = p.encode()
             n = isinstance(p, int)
@@ -109,26 +112,26 @@ class MQTTClient:
         if big:
             self.sock.write(msg)
         self._sent = time.ticks_ms()
-        if not ack:
+        if code & 6 != 2:
             return
-        to = self._timeout
+        to = self.timeout
         if to is None:
             self._raw.settimeout(10)
         t = time.ticks_ms()
         while 1:
             if time.ticks_diff(time.ticks_ms(), t) > (10 if to is None else to) * 1000:
                 raise OSError(errno.ETIMEDOUT)
-            if MQTTClient.wait_msg(self) == ack and self._rx(0) == pid:
+            if MQTTClient.wait_msg(self) == (code & 0xF6) + 14 and self._rx(0) == pid:
                 if to is None:
                     self._raw.settimeout(None)
                 return
 
     def _rx(self, n):
-        # n (<= 7) bytes into self._buf, returning the first two as a number (a packet id or a
+        # n (<= 7) bytes into self.buf, returning the first two as a number (a packet id or a
         # length); a short read means the peer closed. _rx(0) reads nothing.
-        if n and self.sock.readinto(self._buf, n) != n:
+        if n and self.sock.readinto(self.buf, n) != n:
             raise OSError(errno.ECONNRESET)
-        return self._buf[0] << 8 | self._buf[1]
+        return self.buf[0] << 8 | self.buf[1]
 
     def connect(self, clean_session=True, timeout=None):
         if self.sock:
@@ -136,7 +139,7 @@ class MQTTClient:
                 self.sock.close()
             except OSError:
                 pass
-        self._timeout = timeout
+        self.timeout = timeout
         addr = socket.getaddrinfo(self.server, self.port)[0][-1]
         s = self._raw = self.sock = socket.socket()
         try:
@@ -160,9 +163,9 @@ class MQTTClient:
                     f |= 64
                     p.append(self.pswd)
             p[1] = 1024 | f
-            self._send(0x10, p, b"", 0, 0)
+            self._send(0x10, p, b"", 0)
             self._rx(4)
-            b = self._buf
+            b = self.buf
             if b[0] != 0x20 or b[1] != 2:
                 raise MQTTException("bad CONNACK")
             if b[3]:
@@ -176,24 +179,22 @@ class MQTTClient:
 
     def disconnect(self):
         try:
-            self._send(0xE0, (), b"", 0, 0)
+            self._send(0xE0, (), b"", 0)
         finally:
             self.sock.close()
             self.sock = self._raw = None
 
     def ping(self):
-        self._send(0xC0, (), b"", 0, 0)
+        self._send(0xC0, (), b"", 0)
 
     def publish(self, topic, msg, retain=False, qos=0):
         if not 0 <= qos <= 1:
             raise ValueError("qos")
-        pid = self._dup
         if qos:
-            if not pid:
-                self.pid = pid = self.pid % 65535 + 1
-            self._send(0x32 | (8 if self._dup else 0) | (1 if retain else 0), (topic, pid), msg, 0x40, pid)
+            self.pid = pid = self.pid % 65535 + 1
+            self._send(0x32 | (1 if retain else 0), (topic, pid), msg, pid)
         else:
-            self._send(0x30 | (1 if retain else 0), (topic,), msg, 0, 0)
+            self._send(0x30 | (1 if retain else 0), (topic,), msg, 0)
 
     def subscribe(self, topic, qos=0):
         if self.cb is None:
@@ -201,35 +202,35 @@ class MQTTClient:
         if not 0 <= qos <= 1:
             raise ValueError("qos")
         self.pid = pid = self.pid % 65535 + 1
-        self._send(0x82, (pid, topic), bytes((qos,)), 0x90, pid)
-        if self._buf[2] & 0x80:
-            raise MQTTException(self._buf[2])
-        return self._buf[2]
+        self._send(0x82, (pid, topic), bytes((qos,)), pid)
+        if self.buf[2] & 0x80:
+            raise MQTTException(self.buf[2])
+        return self.buf[2]
 
     def unsubscribe(self, topic):
         self.pid = pid = self.pid % 65535 + 1
-        self._send(0xA2, (pid, topic), b"", 0xB0, pid)
+        self._send(0xA2, (pid, topic), b"", pid)
 
     # Wait for a single incoming MQTT message and process it: subscribed messages go to the
     # callback set with set_callback(), others are handled here. Returns the packet type.
     def wait_msg(self):
-        if self._got:  # from check_msg(), which pinged when due
-            self._got = False
+        if self.buf[7]:  # check_msg() read the first byte, and pinged when due
+            self.buf[7] = 0
         else:
             if self.keepalive and time.ticks_diff(time.ticks_ms(), self._sent) >= self.keepalive * 500:
                 self.ping()
             self._rx(1)
-        op = self._buf[0]  # the packet type; then the remaining length
+        op = self.buf[0]  # the packet type; then the remaining length
         sz = 0
         sh = 0
         while 1:
             self._rx(1)
-            sz |= (self._buf[0] & 0x7F) << sh
-            if not self._buf[0] & 0x80:
+            sz |= (self.buf[0] & 0x7F) << sh
+            if not self.buf[0] & 0x80:
                 break
             sh += 7
             if sh > 21:
-                raise MQTTException("bad length")
+                raise MQTTException("bad packet")
         if op & 0xF0 != 0x30:
             if sz > 7 or op < 0x20 or op >= 0xE0:  # reserved, or a client's packet type
                 raise MQTTException("bad packet")
@@ -253,7 +254,7 @@ class MQTTClient:
         if self.cb:
             self.cb(topic, msg)
         if op & 6 == 2:
-            self._send(0x40, (pid,), b"", 0, 0)
+            self._send(0x40, (pid,), b"", 0)
         elif op & 6:
             raise MQTTException("QoS 2 not supported")
         return op
@@ -265,16 +266,16 @@ class MQTTClient:
         s = self._raw
         s.setblocking(False)
         try:
-            n = self.sock.readinto(self._buf, 1)
+            n = self.sock.readinto(self.buf, 1)
         except OSError as e:
             if e.errno != errno.EAGAIN:
                 raise
             n = None
         finally:
-            s.settimeout(self._timeout)
+            s.settimeout(self.timeout)
         if n is None:
             return None
         if not n:
             raise OSError(errno.ECONNRESET)
-        self._got = True
+        self.buf[7] = 1
         return MQTTClient.wait_msg(self)  # this class's: a subclass's would reconnect mid-packet

@@ -276,6 +276,43 @@ while 1:
         dev.kill()
 
 
+def test_robust_resubscribes_only_what_is_still_subscribed(micropython, mosquitto, subscriber, tmp_path):
+    # The subscriptions robust makes again after a restart are the granted ones minus the
+    # unsubscribed: an unsubscribed filter must stay gone on the new broker.
+    dev = DeviceProcess(micropython, PRELUDE + """
+from umqtt.robust import MQTTClient
+MQTTClient.DELAY = 0.1
+MQTTClient.MAX_DELAY = 0.5
+c = MQTTClient("rob-unsub", HOST, PORT)
+c.set_callback(show)
+c.connect()
+c.subscribe("ws/old/#", 1)
+c.subscribe(b"ws/keep", 1)
+c.unsubscribe("ws/old/#")
+print(repr("ready"))
+while 1:
+    c.wait_msg()
+""", tmp_path, mosquitto.host, str(mosquitto.port))
+    try:
+        dev.expect("ready")
+        mosquitto.restart(down_for=1.0)  # a new broker: no sessions, no subscriptions
+        pub = subscriber()
+        deadline = time.monotonic() + 15
+        while True:  # until the device is back and subscribed again
+            pub.publish("ws/old/x", b"gone")  # in order: had ws/old/# come back, this arrives first
+            pub.publish("ws/keep", b"kept")
+            try:
+                got = dev.expect(..., timeout=0.5)
+            except AssertionError:  # not back yet
+                if time.monotonic() > deadline or dev.proc.poll() is not None:
+                    raise
+                continue
+            assert got == (b"ws/keep", b"kept")
+            break
+    finally:
+        dev.kill()
+
+
 def test_robust_idle_wait_with_a_timeout_pings_instead_of_reconnecting(micropython, mosquitto, subscriber, tmp_path):
     """connect(timeout=0.3) then a quiet topic: wait_msg() times out again and again; the client
     must keep its connection (one ping per timeout) and still get the message that comes later."""
