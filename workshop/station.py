@@ -619,11 +619,10 @@ def run_boards(ports: Sequence[SerialPort | str], plan: Plan, *, on_event: Event
                 tracker.offer(p)
             stop.wait(POLL_S)
 
-    scanner = Runner(scan, "station scan")
+    Runner(scan, "station scan")       # ends when `stop` is set below
     runners = [Runner(j.run, f"station {j.port.device}") for j in journeys]
     interrupted = _flash.wait_threads(runners, cancel)
-    stop.set()
-    del scanner
+    stop.set()              # the scanner ends within one poll (a daemon thread: never joined, see Runner)
     return StationReport([_settled(j) for j in journeys], started_at, time.monotonic() - t0,
                          interrupted or cancel.is_set())
 
