@@ -493,6 +493,7 @@ class _Worker:
         self.done_before = 0       # bytes of earlier regions in this attempt
         self.region_size = 0
         self.skipped: str | None = None
+        self.gated = False         # the gate ran (once: on the first attempt that read a MAC)
         # the time box of the stage running now (set by the attempt thread, read by the watcher)
         self._lock = threading.Lock()
         self._deadline: float | None = None
@@ -676,7 +677,9 @@ class _Worker:
             self.result.mac = esptool.read_mac(esp)
             image = _pick(self.images, chip)          # refuses a wrong-chip image before any write
             self.result.board = image.board
-            if self.gate is not None and self.attempt_no == 1:
+            if self.gate is not None and not self.gated:
+                # Not "attempt 1": an attempt that failed before reading the MAC never got here.
+                self.gated = True
                 self.skipped = self.gate(self.result)
                 if self.skipped is not None:
                     if self.options.reset_after:        # back into its firmware, as after a flash
