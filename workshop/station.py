@@ -688,10 +688,15 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
 # --- recording plain verbs (flash, provision, smoke --registry) ---------------------------------
 
 
-def record_flash_report(registry: Registry, report: _flash.FlashReport, images: ImageChoice) -> None:
-    """`flash --registry`: every board that answered, with what it holds now."""
+def record_flash_report(registry: Registry, report: _flash.FlashReport, images: ImageChoice) -> list[str]:
+    """`flash --registry`: every board that answered, with what it holds now.
+
+    Returns the ports not recorded (no MAC was read there): the caller tells the user.
+    """
+    skipped = []
     for r in report.results:
         if not r.mac:
+            skipped.append(r.port)
             continue
         registry.see(r.mac, chip=r.chip, port=r.port)
         image = _flash._pick(images, r.chip) if r.chip and r.board else None
@@ -699,6 +704,7 @@ def record_flash_report(registry: Registry, report: _flash.FlashReport, images: 
                               release=image.release if image else None,
                               inputs=image.identity if image and r.ok else None,
                               detail=r.error or "verified", port=r.port, flash_size=r.flash_size)
+    return skipped
 
 
 def sticker_index(registry: Registry) -> Callable[[str, str], int]:
@@ -708,12 +714,17 @@ def sticker_index(registry: Registry) -> Callable[[str, str], int]:
     return index_of
 
 
-def record_provision_results(registry: Registry, results: Sequence[Any]) -> None:
+def record_provision_results(registry: Registry, results: Sequence[Any]) -> list[str]:
+    """`provision --registry`; returns the ports not recorded (the board's MAC was never read)."""
+    skipped = []
     for r in results:
-        if r.mac:
-            registry.see(r.mac, port=r.port)
-            registry.record_provision(r.mac, ok=r.ok, hostname=r.hostname,
-                                      detail=r.error or "written and verified", port=r.port)
+        if not r.mac:
+            skipped.append(r.port)
+            continue
+        registry.see(r.mac, port=r.port)
+        registry.record_provision(r.mac, ok=r.ok, hostname=r.hostname,
+                                  detail=r.error or "written and verified", port=r.port)
+    return skipped
 
 
 def board_macs(ports: Sequence[str], baudrate: int = 115200) -> dict[str, str]:
@@ -735,13 +746,18 @@ def board_macs(ports: Sequence[str], baudrate: int = 115200) -> dict[str, str]:
         return {p: m for p, m in pool.map(one, ports) if m}
 
 
-def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[str, str]) -> None:
+def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[str, str]) -> list[str]:
+    """`smoke --registry` (macs from `board_macs`); returns the ports not recorded (MAC unknown)."""
+    skipped = []
     for r in reports:
         mac = macs.get(r.port)
-        if mac:
-            registry.see(mac, port=r.port)
-            detail = "all checks passed" if r.ok else "; ".join(f"{c.name}: {c.detail}" for c in r.failed)
-            registry.record_smoke(mac, ok=r.ok, detail=detail, port=r.port)
+        if not mac:
+            skipped.append(r.port)
+            continue
+        registry.see(mac, port=r.port)
+        detail = "all checks passed" if r.ok else "; ".join(f"{c.name}: {c.detail}" for c in r.failed)
+        registry.record_smoke(mac, ok=r.ok, detail=detail, port=r.port)
+    return skipped
 
 
 __all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",

@@ -305,3 +305,36 @@ def test_a_board_without_a_serial_number_that_vanishes_waits_for_reset_and_conti
     assert r.ok, (r.stage, r.reason, [(e.stage, e.message) for e in events][-6:])
     assert any(e.message == f"press RESET on {hub.folder / 'ttyACM0'}" for e in events)
     assert r.port == board.port
+
+
+@needs_frozen
+def test_flash_and_smoke_with_a_registry_name_the_boards_they_could_not_record(farm, tmp_path):
+    import pty
+
+    board = farm.start("esp32")
+    make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    master, slave = pty.openpty()            # a port with nothing behind it: no MAC is ever read there
+    dead = os.ttyname(slave)
+    db = tmp_path / "w.db"
+    try:
+        proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(tmp_path / "dist"), "--ports",
+                       f"{dead},{board.port}", "--registry", str(db), "--logs", str(tmp_path / "logs"))
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out + err
+        assert f"not recorded in the registry: {dead} (MAC unknown)" in " ".join(err.split())
+        assert board.port not in err
+        assert [r.mac for r in Registry(db).boards()] == [board.mac]
+
+        proc = _invoke("smoke", "--board", "UNIX", "--dist", str(REPO / "dist"), "--ports", f"{board.port},{dead}",
+                       "--registry", str(db), "--json")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out + err
+        assert f"not recorded in the registry: {dead} (MAC unknown)" in " ".join(err.split())
+        assert board.port not in err
+        reports = {r["port"]: r for r in json.loads(out)["devices"]}     # stdout stays JSON
+        assert not reports[dead]["ok"], reports[board.port]
+        smoked = [r for r in Registry(db).boards() if r.smoke_ok is not None]
+        assert len(smoked) == 1 and smoked[0].port == board.port, smoked
+    finally:
+        os.close(master)
+        os.close(slave)
