@@ -518,20 +518,33 @@ class _Journey:
         return found.device
 
     def provision(self, port: str) -> bool:
-        from .provision import ProvisionConfig, provision_all
+        from .provision import DeviceIdentity, ProvisionConfig, ProvisionError, pattern_fields, provision_all
 
         plan, r = self.plan, self.result
         self.emit("provisioning", "identity" + (" and lesson files" if plan.files else ""))
         sticker = r.sticker
 
         def index_of(_port: str, _mac: str) -> int:
-            return sticker if sticker is not None else 1
+            if sticker is not None:
+                return sticker
+            pattern = getattr(plan.provision, "hostname", None) or ""
+            if "index" in pattern_fields(pattern):    # (_check_plan refuses it without a registry)
+                raise ProvisionError("{index} is the registry's sticker number: this board has none")
+            return 0                                    # unused: the pattern has no {index}
+
+        def vet(port: str, ident: DeviceIdentity, hostname: str | None) -> None:
+            """Before anything is written: a name no other board holds."""
+            if hostname and plan.registry is not None:
+                holder = plan.registry.by_hostname(hostname)
+                if holder is not None and holder.mac != r.mac:
+                    raise ProvisionError(f"hostname {hostname!r} is already board {holder.mac}'s (sticker "
+                                         f"{holder.sticker}) in the registry: change the pattern, or use {{index}}")
 
         from .identify import exclusive_session
 
         [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
                             connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
-                            session_factory=exclusive_session)
+                            session_factory=exclusive_session, vet=vet)
         r.provision = p
         r.hostname = p.hostname or r.hostname
         if plan.registry is not None and r.mac:
@@ -579,9 +592,20 @@ def run_board(port: SerialPort | str, plan: Plan, *, on_event: EventHandler | No
               log_dir: Path | None = None) -> BoardResult:
     """One board's whole journey in the calling thread; its result (never raises for the board's faults)."""
     target = port if isinstance(port, SerialPort) else SerialPort(port)
+    _check_plan(plan)
     tracker = tracker or PortTracker(FixedSource((target,)))
     return _Journey(target, plan, tracker, on_event or (lambda e: None), cancel or threading.Event(),
                     log_dir or plan.log_dir or default_log_dir()).run()
+
+
+def _check_plan(plan: Plan) -> None:
+    """Refuse a plan that would go wrong on every board, before any board is touched."""
+    from .provision import pattern_fields
+
+    pattern = getattr(plan.provision, "hostname", None)
+    if pattern and plan.registry is None and "index" in pattern_fields(pattern):
+        raise StationError(f"hostname pattern {pattern!r} uses {{index}}, each board's sticker number, which "
+                           "only the registry assigns: pass --registry workshop.db (or use {mac4} / {mac6})")
 
 
 def _locked(on_event: EventHandler | None) -> EventHandler:
@@ -602,6 +626,7 @@ def run_boards(ports: Sequence[SerialPort | str], plan: Plan, *, on_event: Event
         raise StationError("no serial ports: plug boards in, or pass --ports")
     if len({t.device for t in targets}) != len(targets):
         raise StationError("a port is listed twice")
+    _check_plan(plan)
     cancel = cancel or threading.Event()
     emit = _locked(on_event)
     tracker = PortTracker(FixedSource(tuple(targets)))
@@ -640,6 +665,7 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
           poll: float = POLL_S) -> StationReport:
     """Hot-plug: every board that appears in `source` goes through the pipeline, until Ctrl-C
     (or until `stop_after` boards have finished, ready or not)."""
+    _check_plan(plan)
     cancel = cancel or threading.Event()
     emit = _locked(on_event)
     tracker = PortTracker(source)

@@ -338,3 +338,39 @@ def test_flash_and_smoke_with_a_registry_name_the_boards_they_could_not_record(f
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_index_hostnames_without_a_registry_are_refused_before_any_board_is_touched(farm, tmp_path):
+    # Each journey provisions one board: without stickers every board would have been "lab-01".
+    board = farm.start("esp32", runtime=None)
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, registry=None, smoke=False)
+    with pytest.raises(station.StationError, match=r"uses \{index\}.*--registry"):
+        station.run_boards([board.port], plan)
+    with pytest.raises(station.StationError, match=r"uses \{index\}"):
+        station.watch(plan, station.FolderSource(tmp_path), stop_after=1)
+    cfg = tmp_path / "workshop.toml"
+    cfg.write_text('hostname = "lab-{index:02d}"\n')
+    proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(tmp_path / "dist"), "--ports", board.port,
+                   "--provision", str(cfg), "--logs", str(tmp_path / "logs"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert "uses {index}" in err and "--registry" in err and "Traceback" not in err
+    assert board.flash()[0x1000:0x1010] == b"\xff" * 16                  # nothing written
+
+
+def test_a_hostname_the_registry_holds_for_another_board_is_refused_before_writing(farm, tmp_path):
+    board = farm.start("esp32", runtime="pypi")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False)
+    other = "24:0a:c4:aa:bb:cc"
+    plan.registry.see(other)                                           # sticker 1
+    plan.registry.record_provision(other, ok=True, hostname="lab-02")  # named by hand, or by an older pattern
+
+    [r] = station.run_boards([board.port], plan).results
+
+    assert (r.state, r.stage, r.sticker) == ("failed", "provisioning", 2), r.reason
+    assert "hostname 'lab-02' is already board 24:0a:c4:aa:bb:cc's (sticker 1)" in r.reason
+    assert not (board.root / "workshop.json").exists()
+    assert plan.registry.get(board.mac).hostname is None
+    assert plan.registry.get(other).hostname == "lab-02"
