@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from . import flash as _flash
 from .devices import SerialPort, list_board_ports, log_name
 from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
-from .registry import Registry
+from .registry import Registry, normalize_mac
 
 DEFAULT_BOOT_TIMEOUT = 20.0      # a freshly flashed board formats its filesystem on first boot
 RESET_WAIT = 120.0               # how long a "press RESET" board is waited for
@@ -533,7 +533,11 @@ class _Journey:
             return 0                                    # unused: the pattern has no {index}
 
         def vet(port: str, ident: DeviceIdentity, hostname: str | None) -> None:
-            """Before anything is written: a name no other board holds."""
+            """Before anything is written: the right board, and a name no other board holds."""
+            if r.mac and ident.mac_source != "cwd" and len(ident.mac) == 12 and normalize_mac(ident.mac) != r.mac:
+                # (The unix port has no MAC, and an ESP8266's unique_id is its chip id, not a MAC.)
+                raise ProvisionError(f"another board answered on {port}: MAC {normalize_mac(ident.mac)}, "
+                                     f"expected {r.mac}: not provisioned with this board's identity")
             if hostname and plan.registry is not None:
                 holder = plan.registry.by_hostname(hostname)
                 if holder is not None and holder.mac != r.mac:

@@ -374,3 +374,52 @@ def test_a_hostname_the_registry_holds_for_another_board_is_refused_before_writi
     assert not (board.root / "workshop.json").exists()
     assert plan.registry.get(board.mac).hostname is None
     assert plan.registry.get(other).hostname == "lab-02"
+
+
+RADIO_DOUBLE = """# The radio double (the unix port has no WLAN): this board's MAC, as an ESP's network.WLAN reports it.
+STA_IF = 0
+class WLAN:
+    def __init__(self, interface=0):
+        pass
+    def config(self, key):
+        return %r
+"""
+
+
+def test_a_followed_board_that_turns_out_to_be_another_board_is_not_given_its_identity(farm, tmp_path):
+    # A serial-less board vanishes after its flash; before it comes back another serial-less board
+    # (a MicroPython board whose radio has another MAC) is plugged in: it is taken to be the first
+    # one, and must be refused by its MAC, not written with the first board's hostname.
+    from station_peers import E2E
+
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC_S2", "esp32s2", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False)
+    first = farm.start("esp32s2", name="s2", reenumerate=True, runtime="pypi")
+    stranger_mac = "24:0a:c4:99:88:77"
+    stranger = E2E.PtyPeer(tmp_path / "stranger", runtime="pypi")
+    (stranger.root / "lib").mkdir(parents=True)
+    (stranger.root / "lib" / "network.py").write_text(RADIO_DOUBLE % bytes.fromhex(stranger_mac.replace(":", "")))
+    stranger.start()
+    hub.plug(first, name="ttyACM0")
+
+    def swap() -> None:
+        first.wait_port_change(first.port, timeout=120)
+        hub.unplug(hub.folder / "ttyACM0")
+        link = hub.folder / "ttyACM1"
+        link.symlink_to(stranger.port)
+
+    mover = threading.Thread(target=swap, daemon=True)
+    mover.start()
+    try:
+        report = station.watch(plan, station.FolderSource(hub.folder), stop_after=1)
+    finally:
+        stranger.stop()
+
+    [r] = report.results
+    assert r.state == "failed", (r.state, r.reason)
+    assert r.reason == (f"provision name: another board answered on {stranger.port}: MAC {stranger_mac}, "
+                        f"expected {first.mac}: not provisioned with this board's identity")
+    assert not (stranger.root / "workshop.json").exists()
+    assert plan.registry.get(first.mac).hostname is None
+    assert plan.registry.get(stranger_mac) is None
