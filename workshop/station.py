@@ -162,7 +162,11 @@ class PortTracker:
     def is_present(self, port: SerialPort) -> bool:
         if port.is_url:
             return True
-        return os.path.exists(port.device) and (port.by_id is None or os.path.exists(port.by_id))
+        if port.by_id is not None:
+            # The link must still lead to that device: a re-enumerated board's link is moved to its
+            # new node, and the old node's name may already be another device's (pts numbers are reused).
+            return os.path.realpath(port.by_id) == os.path.realpath(port.device) and os.path.exists(port.device)
+        return os.path.exists(port.device)
 
     def offer(self, port: SerialPort) -> bool:
         """A port appeared: True if a waiting pipeline takes it (its board, back after a reset)."""
@@ -233,6 +237,7 @@ class Plan:
     settle: float = 0.2                     # after the reset: a native-USB board has vanished by then
     repl_baud: int = 115200
     repl_timeout: float = 10.0
+    reset_probe: float = 2.0                # a board that may stay in download mode: its REPL's time to answer
     log_dir: Path | None = None
     expected: Callable[[FlashImage], Any] | None = None   # smoke expectations for an image (default: its build)
 
@@ -462,6 +467,12 @@ class _Journey:
         if not self.port.serial_number:
             self.tracker.own("", r.key)          # from its reset on, a new serial-less port may be it
         port = self.boot()
+        if port is not None and port == self.port.device and self._needs_manual_reset():
+            port = self.await_reset(port)
+            if port is None:
+                return self.finish("interrupted" if self.cancel.is_set() else "failed",
+                                   f"RESET was not pressed within {RESET_WAIT:.0f} s: the board is still in "
+                                   "download mode (flashed and verified)")
         if port is None:
             return self.finish("interrupted" if self.cancel.is_set() else "failed",
                                f"the board did not come back after its reset within {plan.boot_timeout:.0f} s")
@@ -503,6 +514,45 @@ class _Journey:
         if self.tracker.is_present(self.port):
             return self.port.device
         return self.follow()
+
+    def _needs_manual_reset(self) -> bool:
+        """Board data (boards/*.toml manual_reset_after_flash): does its ROM stay in download mode?"""
+        from .config import ConfigError, get_board
+
+        try:
+            image = _flash._pick(self.plan.images, self.result.chip) if self.result.chip else None
+            return image is not None and get_board(image.board).manual_reset_after_flash
+        except (ConfigError, _flash.DeviceError, _flash.FlashError):
+            return False                          # a raw --image: no board facts, nothing to ask for
+
+    def _answers(self, port: str) -> bool:
+        """Does MicroPython's raw REPL answer on `port` within plan.reset_probe?"""
+        from .identify import exclusive_serial
+        from .repl import ReplError, ReplSession
+
+        try:
+            with ReplSession(port, baudrate=self.plan.repl_baud, connect_timeout=self.plan.reset_probe,
+                             serial_factory=exclusive_serial(self.plan.repl_baud)):
+                return True                       # (entering the raw REPL is what `with` does)
+        except (ReplError, OSError):
+            return False
+
+    def await_reset(self, port: str) -> str | None:
+        """A board still on its port whose ROM may have stayed in download mode: if its REPL does not
+        answer, ask for RESET and wait until it answers there, or vanishes and comes back."""
+        if self._answers(port):
+            return port
+        name = self.port.by_id or self.port.device
+        self.emit("booting", f"press RESET on {name}")
+        deadline = time.monotonic() + RESET_WAIT
+        while time.monotonic() < deadline and not self.cancel.is_set():
+            if not self.tracker.is_present(self.port):
+                return self.follow()              # RESET re-enumerates a native-USB board
+            if self._answers(port):
+                self.emit("booting", f"MicroPython answers on {name}")
+                return port
+            time.sleep(0.1)
+        return None
 
     def follow(self) -> str | None:
         """Wait for the board's new port (same USB serial), or for a manual reset when it has none."""

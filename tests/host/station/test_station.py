@@ -423,3 +423,51 @@ def test_a_followed_board_that_turns_out_to_be_another_board_is_not_given_its_id
     assert not (stranger.root / "workshop.json").exists()
     assert plan.registry.get(first.mac).hostname is None
     assert plan.registry.get(stranger_mac) is None
+
+
+def test_an_s2_left_in_download_mode_on_its_port_is_shown_press_reset_and_continues_after_it(farm, tmp_path):
+    # The ESP32-S2's ROM cannot leave download mode over its own USB: the port stays, MicroPython
+    # never answers until RESET is pressed (then the board re-enumerates, same USB serial).
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC_S2", "esp32s2", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False)
+    board = farm.start("esp32s2", name="s2", runtime="pypi", reenumerate=True, manual_reset=True)
+    link = hub.plug(board, serial="S2RESET")
+    mover = Mover(hub, board, link.name)
+    mover.start()
+    events: list[station.StationEvent] = []
+    asked = threading.Event()
+    flashed_at: list[float] = []
+
+    def on_event(e: station.StationEvent) -> None:
+        events.append(e)
+        if e.stage == "booting" and not flashed_at:
+            flashed_at.append(time.monotonic())
+        if e.message == f"press RESET on {link}" and not asked.is_set():
+            asked.set()
+            assert time.monotonic() - flashed_at[0] < plan.boot_timeout    # not after a REPL timeout
+            board.press_reset()                                            # the person at the table
+
+    report = station.watch(plan, station.FolderSource(hub.folder), on_event=on_event, stop_after=1)
+
+    [r] = report.results
+    assert r.ok, (r.stage, r.reason, [(e.stage, e.message) for e in events][-6:])
+    assert asked.is_set() and mover.moved.is_set()
+    stages = [e.stage for e in events]
+    assert stages.index("provisioning") > next(i for i, e in enumerate(events) if e.message.startswith("press RESET"))
+    assert r.port == board.port and r.hostname == "lab-01"
+    assert json.loads((board.root / "workshop.json").read_text())["hostname"] == "lab-01"
+
+
+def test_a_board_without_the_manual_reset_flag_is_not_asked_for_reset(farm, tmp_path):
+    # The same ROM-stays peer flashed as an ESP32 (no manual_reset_after_flash in its board file):
+    # the REPL timeout stands; "press RESET" is port data, not a guess.
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False, boot_timeout=3.0)
+    board = farm.start("esp32", runtime="pypi", manual_reset=True)
+    events: list[station.StationEvent] = []
+
+    [r] = station.run_boards([board.port], plan, on_event=events.append).results
+
+    assert r.state == "failed" and r.stage == "provisioning", (r.state, r.reason)
+    assert not any("press RESET" in e.message for e in events)
