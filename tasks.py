@@ -497,7 +497,8 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
             results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
                                                baudrate=int(baud), connect_timeout=connect_timeout,
                                                files=Path(files) if files else None,
-                                               index_of=_station.sticker_index(reg) if reg is not None else None)
+                                               index_of=_station.sticker_index(reg) if reg is not None else None,
+                                               vet=_station.registry_vet(reg) if reg is not None else None)
         except (_lessons.LessonError, _provision.ProvisionError) as e:
             raise _fail(str(e)) from None
     if reg is not None:

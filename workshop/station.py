@@ -588,11 +588,8 @@ class _Journey:
                 # (The unix port has no MAC, and an ESP8266's unique_id is its chip id, not a MAC.)
                 raise ProvisionError(f"another board answered on {port}: MAC {normalize_mac(ident.mac)}, "
                                      f"expected {r.mac}: not provisioned with this board's identity")
-            if hostname and plan.registry is not None:
-                holder = plan.registry.by_hostname(hostname)
-                if holder is not None and holder.mac != r.mac:
-                    raise ProvisionError(f"hostname {hostname!r} is already board {holder.mac}'s (sticker "
-                                         f"{holder.sticker}) in the registry: change the pattern, or use {{index}}")
+            if plan.registry is not None and r.mac:
+                check_hostname_free(plan.registry, hostname, r.mac)
 
         from .identify import exclusive_session
 
@@ -787,6 +784,23 @@ def record_flash_report(registry: Registry, report: _flash.FlashReport, images: 
     return skipped
 
 
+def check_hostname_free(registry: Registry, hostname: str | None, mac: str) -> None:
+    """ProvisionError if the registry holds `hostname` for another board than `mac`."""
+    from .provision import ProvisionError
+
+    holder = registry.by_hostname(hostname) if hostname else None
+    if holder is not None and holder.mac != normalize_mac(mac):
+        raise ProvisionError(f"hostname {hostname!r} is already board {holder.mac}'s (sticker "
+                             f"{holder.sticker}) in the registry: change the pattern, or use {{index}}")
+
+
+def registry_vet(registry: Registry) -> Callable[[str, Any, str | None], None]:
+    """`provision --registry`: a provision_all `vet` refusing a hostname another board holds."""
+    def vet(_port: str, ident: Any, hostname: str | None) -> None:
+        check_hostname_free(registry, hostname, ident.mac)
+    return vet
+
+
 def sticker_index(registry: Registry) -> Callable[[str, str], int]:
     """`provision --registry`: {index} is the board's sticker (assigned on first sight of its MAC)."""
     def index_of(port: str, mac: str) -> int:
@@ -841,6 +855,7 @@ def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[
 
 
 __all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",
-           "StationError", "StationEvent", "StationReport", "SystemSource", "board_macs", "default_source",
+           "StationError", "StationEvent", "StationReport", "SystemSource", "board_macs", "check_hostname_free",
+           "default_source",
            "expected_for", "record_flash_report", "record_provision_results", "record_smoke_reports", "run_board",
-           "run_boards", "serial_from_link", "sticker_index", "watch"]
+           "registry_vet", "run_boards", "serial_from_link", "sticker_index", "watch"]

@@ -471,3 +471,24 @@ def test_a_board_without_the_manual_reset_flag_is_not_asked_for_reset(farm, tmp_
 
     assert r.state == "failed" and r.stage == "provisioning", (r.state, r.reason)
     assert not any("press RESET" in e.message for e in events)
+
+
+def test_invoke_provision_with_a_registry_refuses_a_hostname_another_board_holds(tmp_path):
+    from station_peers import E2E
+
+    db = tmp_path / "w.db"
+    reg = Registry(db)
+    reg.see("24:0a:c4:aa:bb:cc")                                   # sticker 1
+    reg.record_provision("24:0a:c4:aa:bb:cc", ok=True, hostname="lab-02")
+    peer = E2E.PtyPeer(tmp_path / "board", runtime="pypi").start()
+    try:
+        proc = _invoke("provision", "--ports", peer.port, "--hostname", "lab-{index:02d}", "--registry", str(db),
+                       "--json")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        peer.stop()
+    assert proc.returncode == 1, out + err
+    [res] = json.loads(out)
+    assert res["stage"] == "name" and "hostname 'lab-02' is already board 24:0a:c4:aa:bb:cc's" in res["error"]
+    assert not (tmp_path / "board" / "workshop.json").exists()
+    assert Registry(db).get("24:0a:c4:aa:bb:cc").hostname == "lab-02"
