@@ -135,6 +135,7 @@ class PortTracker:
         self._claims: dict[str, str] = {}             # mac -> the port of the board that has it
         self._owned: dict[str, str] = {}              # USB serial -> the journey (key) that has that board
         self._parked: dict[str, SerialPort] = {}      # its board's new port, before the journey asked
+        self._returned: list[SerialPort] = []         # taken for a board it turned out not to be
 
     # Serial "" stands for "a board without a serial number, just reset": the next port without
     # one that appears is taken to be it (such boards cannot be told apart by their port).
@@ -202,6 +203,20 @@ class PortTracker:
         finally:
             with self._lock:
                 self._waiting.pop(key, None)
+
+    def hand_back(self, port: SerialPort) -> None:
+        """A port a journey took for its board held another board: that board gets its own journey."""
+        with self._lock:
+            self._returned.append(port)
+
+    def has_returned(self) -> bool:
+        with self._lock:
+            return bool(self._returned)
+
+    def take_returned(self) -> list[SerialPort]:
+        with self._lock:
+            out, self._returned = self._returned, []
+        return out
 
     def claim(self, mac: str, port: str) -> str | None:
         """Note that `mac` is on `port`; the other port if another board in the run has it."""
@@ -358,6 +373,8 @@ class _Journey:
         self.log_dir = log_dir
         self.t0 = time.monotonic()
         self.result = BoardResult(key=port.by_id or port.device, port=port.device, usb_serial=port.serial_number)
+        self.followed: SerialPort | None = None    # the port follow() took to be this board's
+        self.stranger = False                      # ...and another board (another MAC) answered there
 
     def emit(self, stage: str, message: str = "", percent: float | None = None, final: bool = False,
              ok: bool | None = None) -> None:
@@ -478,6 +495,11 @@ class _Journey:
                                f"the board did not come back after its reset within {plan.boot_timeout:.0f} s")
         if plan.provision is not None or plan.files is not None:
             ok = self.provision(port)
+            if self.stranger:
+                result = self.finish("failed", self.result.reason)
+                if self.followed is not None:
+                    self.tracker.hand_back(self.followed)     # after finish: its port is free now
+                return result
             if not ok and self._vanishing():
                 # It re-enumerated after we looked (late USB reset): follow it and try once more.
                 port = self.follow() or ""
@@ -564,6 +586,7 @@ class _Journey:
         if found is None:
             return None
         r.port = found.device
+        self.followed = found
         self.emit("booting", f"back on {found.by_id or found.device}")
         return found.device
 
@@ -586,6 +609,7 @@ class _Journey:
             """Before anything is written: the right board, and a name no other board holds."""
             if r.mac and ident.mac_source != "cwd" and len(ident.mac) == 12 and normalize_mac(ident.mac) != r.mac:
                 # (The unix port has no MAC, and an ESP8266's unique_id is its chip id, not a MAC.)
+                self.stranger = True
                 raise ProvisionError(f"another board answered on {port}: MAC {normalize_mac(ident.mac)}, "
                                      f"expected {r.mac}: not provisioned with this board's identity")
             if plan.registry is not None and r.mac:
@@ -733,16 +757,20 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
 
     try:
         while not cancel.is_set():
-            if stop_after is not None and finished() >= stop_after and all(not r.is_alive() for r in runners):
+            if (stop_after is not None and finished() >= stop_after and all(not r.is_alive() for r in runners)
+                    and not tracker.has_returned()):
                 break
             appeared, vanished = tracker.refresh()
+            returned = tracker.take_returned()
             for p in vanished:
                 j = active.get(p.device)
                 if j is not None and j.result.state == "in progress":
                     emit(StationEvent(j.result.key, p.device, "vanished", "the port vanished (unplugged, or re-enumerating after its reset)", elapsed=round(
                         time.monotonic() - j.t0, 3)))
-            for p in appeared:
-                if tracker.offer(p):
+            for p in appeared + returned:
+                if p not in returned and tracker.offer(p):
+                    continue
+                if p in returned and not tracker.is_present(p):
                     continue
                 busy = active.get(p.device)
                 if busy is not None and busy.result.state == "in progress":

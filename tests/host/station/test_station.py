@@ -411,18 +411,23 @@ def test_a_followed_board_that_turns_out_to_be_another_board_is_not_given_its_id
 
     mover = threading.Thread(target=swap, daemon=True)
     mover.start()
+    t0 = time.monotonic()
     try:
-        report = station.watch(plan, station.FolderSource(hub.folder), stop_after=1)
+        report = station.watch(plan, station.FolderSource(hub.folder), stop_after=2)
     finally:
         stranger.stop()
 
-    [r] = report.results
+    r, other = report.results
+    assert time.monotonic() - t0 < 60          # no second wait for a board that is not coming
     assert r.state == "failed", (r.state, r.reason)
     assert r.reason == (f"provision name: another board answered on {stranger.port}: MAC {stranger_mac}, "
                         f"expected {first.mac}: not provisioned with this board's identity")
     assert not (stranger.root / "workshop.json").exists()
     assert plan.registry.get(first.mac).hostname is None
     assert plan.registry.get(stranger_mac) is None
+    # The stranger is not swallowed: it gets its own journey (a REPL, no bootloader: nothing to flash).
+    assert (other.key, other.port, other.state, other.stage) == (str(hub.folder / "ttyACM1"), stranger.port,
+                                                                 "failed", "connecting"), other.reason
 
 
 def test_an_s2_left_in_download_mode_on_its_port_is_shown_press_reset_and_continues_after_it(farm, tmp_path):
