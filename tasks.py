@@ -441,7 +441,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
     if reg is not None:
         from workshop import station as _station
 
-        _station.record_flash_report(reg, result, images)
+        _not_recorded(_station.record_flash_report(reg, result, images))
     ok = sum(r.ok for r in result.results)
     console.print(f"{ok}/{len(result.results)} verified in {result.seconds:.1f} s; report {report_path}; "
                   f"esptool logs in {log_dir}")
@@ -452,6 +452,13 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
 
 
 # --- provision / smoke (workshop.provision, workshop.smoke) -----------------------------------
+
+
+def _not_recorded(ports: list[str]) -> None:
+    """--registry: name every board that could not be recorded (on stderr: stdout may be JSON)."""
+    for port in ports:
+        err_console.print(f"[yellow]not recorded in the registry:[/] {port} (MAC unknown)", highlight=False,
+                          soft_wrap=True)
 
 
 def _serial_ports(ports: str | None) -> list[str]:
@@ -490,11 +497,12 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
             results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
                                                baudrate=int(baud), connect_timeout=connect_timeout,
                                                files=Path(files) if files else None,
-                                               index_of=_station.sticker_index(reg) if reg is not None else None)
+                                               index_of=_station.sticker_index(reg) if reg is not None else None,
+                                               vet=_station.registry_vet(reg) if reg is not None else None)
         except (_lessons.LessonError, _provision.ProvisionError) as e:
             raise _fail(str(e)) from None
     if reg is not None:
-        _station.record_provision_results(reg, results)
+        _not_recorded(_station.record_provision_results(reg, results))
     if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -623,8 +631,8 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
 
         macs = _station.board_macs(targets, int(baud)) if reg is not None else {}
         reports = _smoke.smoke_all(targets, expected, network=net, baudrate=int(baud), timeout=budget)
-        if reg is not None:
-            _station.record_smoke_reports(reg, reports, macs)
+        skipped = _station.record_smoke_reports(reg, reports, macs) if reg is not None else []
+    _not_recorded(skipped)
     if json_out:
         text = _smoke.to_json(reports)
         if json_out == "-":

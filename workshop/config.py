@@ -175,6 +175,9 @@ class Board:
     margins: dict[str, int] = field(default_factory=dict)
     led_pin: int | None = None           # a plain GPIO LED `identify` blinks; None = none known
     led_active_low: bool = False         # lit when the pin is low (ESP8266 modules)
+    # The ROM cannot leave download mode by itself after a flash over the chip's own USB (the
+    # ESP32-S2's USB-OTG: esptool says "reset the chip manually"): the station asks for RESET.
+    manual_reset_after_flash: bool = False
 
     @property
     def is_host(self) -> bool:
@@ -406,6 +409,7 @@ def load_board(path: Path, root: Path | None = None) -> Board:
         margins=_margins(r, port),
         led_pin=r.get("led_pin", int, "a GPIO number", None),
         led_active_low=r.get("led_active_low", bool, "true or false", False),
+        manual_reset_after_flash=r.get("manual_reset_after_flash", bool, "true or false", False),
     )
     if not board.btree and not port.btree_off:
         raise r.fail("btree", f"true (port {port.name} has no btree_off in its port.toml)", False)

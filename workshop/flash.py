@@ -51,6 +51,10 @@ class FlashError(RuntimeError):
     """A flash run cannot start (bad image, no ports); the message says what to do."""
 
 
+class HostBuild(FlashError):
+    """The build is for the host (the unix port): there is nothing to flash."""
+
+
 class Refused(DeviceError):
     """The board was refused before anything was written (no retry can change that)."""
 
@@ -135,7 +139,7 @@ class FlashImage:
             raise FlashError(f"{board_dir / 'build.json'}: describes board {info.board}, not {board_dir.name} "
                              "(copied from another build?): rebuild it")
         if info.chip == HOST_CHIP:
-            raise FlashError(f"{board_dir}: {info.board} is a host build, there is nothing to flash")
+            raise HostBuild(f"{board_dir}: {info.board} is a host build, there is nothing to flash")
         regions = tuple((board_dir / a.file, int(a.offset)) for a in info.flash_images if a.offset is not None)
         if not regions:
             raise FlashError(f"{board_dir / 'build.json'}: lists no file to flash")
@@ -154,7 +158,7 @@ class FlashImage:
                      inputs_sha256: str | None = None) -> FlashImage:
         """A downloaded, verified release board (workshop.download.DownloadedBoard.flash_image)."""
         if chip == HOST_CHIP:
-            raise FlashError(f"{board} is a host build: there is nothing to flash")
+            raise HostBuild(f"{board} is a host build: there is nothing to flash")
         if not regions:
             raise FlashError(f"{board}: the release lists no file to flash")
         return cls(board=board, chip=chip, flash_size=flash_size, write_flash_size=port_write_flash_size(port),
@@ -182,9 +186,8 @@ def dist_images(root: Path | None = None) -> list[FlashImage]:
     for board_dir in sorted(p for p in base.glob("*") if (p / "build.json").is_file()):
         try:
             images.append(FlashImage.from_dist(board_dir))
-        except FlashError as e:
-            if "host build" not in str(e):
-                raise
+        except HostBuild:
+            continue            # the unix build sits in dist/ too; anything else wrong is raised
     return images
 
 
@@ -490,6 +493,7 @@ class _Worker:
         self.done_before = 0       # bytes of earlier regions in this attempt
         self.region_size = 0
         self.skipped: str | None = None
+        self.gated = False         # the gate ran (once: on the first attempt that read a MAC)
         # the time box of the stage running now (set by the attempt thread, read by the watcher)
         self._lock = threading.Lock()
         self._deadline: float | None = None
@@ -673,7 +677,9 @@ class _Worker:
             self.result.mac = esptool.read_mac(esp)
             image = _pick(self.images, chip)          # refuses a wrong-chip image before any write
             self.result.board = image.board
-            if self.gate is not None and self.attempt_no == 1:
+            if self.gate is not None and not self.gated:
+                # Not "attempt 1": an attempt that failed before reading the MAC never got here.
+                self.gated = True
                 self.skipped = self.gate(self.result)
                 if self.skipped is not None:
                     if self.options.reset_after:        # back into its firmware, as after a flash
@@ -844,6 +850,6 @@ def wait_threads(runners: Sequence[Runner], cancel: threading.Event, stop_wait: 
 
 
 __all__ = ["Attempt", "Budgets", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions",
-           "FlashReport", "Refused", "Stage", "StageTimeout", "State", "VerifyFailed", "WrongChip", "choose_images", "dist_images",
+           "FlashReport", "HostBuild", "Refused", "Stage", "StageTimeout", "State", "VerifyFailed", "WrongChip", "choose_images", "dist_images",
            "flash_all",
            "flash_device", "images_by_chip", "retry_ladder", "Runner", "wait_threads"]

@@ -193,6 +193,14 @@ class ProvisionConfig:
             raise ProvisionError(f"{path}: {e}") from None
 
 
+def pattern_fields(pattern: str) -> set[str]:
+    """The {keys} a hostname pattern uses ('lab-{index:02d}' -> {'index'})."""
+    try:
+        return {f.split(".")[0].split("[")[0] for _, f, _, _ in string.Formatter().parse(pattern) if f}
+    except ValueError as e:
+        raise ProvisionError(f"hostname pattern {pattern!r}: {e}") from None
+
+
 def check_pattern(pattern: str) -> None:
     """Reject a hostname pattern with unknown {keys} before any device is touched."""
     try:
@@ -357,13 +365,17 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                   connect_timeout: float = 3.0, baudrate: int = 115200, workers: int | None = None,
                   session_factory: Callable[..., ReplSession] | None = None,
                   index_of: Callable[[str, str], int] | None = None,
-                  files: Path | None = None) -> list[ProvisionResult]:
+                  files: Path | None = None,
+                  vet: Callable[[str, DeviceIdentity, str | None], None] | None = None) -> list[ProvisionResult]:
     """Provision every port in parallel; one result per port, in the order given.
 
     Two phases: identify all boards (so that hostnames can be checked for uniqueness across the
     run), then write. A board that fails never stops the others. `index_of(port, mac)` gives a
     board's `{index}` (the registry's sticker; default: its position in `ports`, from 1).
     `files`: a folder of lesson files copied onto every board (workshop.lessons).
+    `vet(port, identity, hostname)` is called for each board once it is named, before anything is
+    written: a ProvisionError from it fails that board (stage "name"), e.g. the station's "another
+    board answered on this port" or "that hostname is another board's in the registry".
     """
     from . import lessons
 
@@ -438,8 +450,11 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                     continue
                 try:
                     index = index_of(ports[i], ident.mac) if index_of is not None else i + 1
-                    names[i] = (expand_hostname(config.hostname, mac=ident.mac, port=ports[i], index=index)
-                                if config.hostname else None)
+                    name = (expand_hostname(config.hostname, mac=ident.mac, port=ports[i], index=index)
+                            if config.hostname else None)
+                    if vet is not None:
+                        vet(ports[i], ident, name)
+                    names[i] = name             # only a vetted board is written to
                 except ProvisionError as e:
                     results[i].stage = "name"
                     fail(i, e)

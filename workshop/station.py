@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from . import flash as _flash
 from .devices import SerialPort, list_board_ports, log_name
 from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
-from .registry import Registry
+from .registry import Registry, normalize_mac
 
 DEFAULT_BOOT_TIMEOUT = 20.0      # a freshly flashed board formats its filesystem on first boot
 RESET_WAIT = 120.0               # how long a "press RESET" board is waited for
@@ -135,6 +135,7 @@ class PortTracker:
         self._claims: dict[str, str] = {}             # mac -> the port of the board that has it
         self._owned: dict[str, str] = {}              # USB serial -> the journey (key) that has that board
         self._parked: dict[str, SerialPort] = {}      # its board's new port, before the journey asked
+        self._returned: list[SerialPort] = []         # taken for a board it turned out not to be
 
     # Serial "" stands for "a board without a serial number, just reset": the next port without
     # one that appears is taken to be it (such boards cannot be told apart by their port).
@@ -162,7 +163,11 @@ class PortTracker:
     def is_present(self, port: SerialPort) -> bool:
         if port.is_url:
             return True
-        return os.path.exists(port.device) and (port.by_id is None or os.path.exists(port.by_id))
+        if port.by_id is not None:
+            # The link must still lead to that device: a re-enumerated board's link is moved to its
+            # new node, and the old node's name may already be another device's (pts numbers are reused).
+            return os.path.realpath(port.by_id) == os.path.realpath(port.device) and os.path.exists(port.device)
+        return os.path.exists(port.device)
 
     def offer(self, port: SerialPort) -> bool:
         """A port appeared: True if a waiting pipeline takes it (its board, back after a reset)."""
@@ -199,6 +204,20 @@ class PortTracker:
             with self._lock:
                 self._waiting.pop(key, None)
 
+    def hand_back(self, port: SerialPort) -> None:
+        """A port a journey took for its board held another board: that board gets its own journey."""
+        with self._lock:
+            self._returned.append(port)
+
+    def has_returned(self) -> bool:
+        with self._lock:
+            return bool(self._returned)
+
+    def take_returned(self) -> list[SerialPort]:
+        with self._lock:
+            out, self._returned = self._returned, []
+        return out
+
     def claim(self, mac: str, port: str) -> str | None:
         """Note that `mac` is on `port`; the other port if another board in the run has it."""
         with self._lock:
@@ -233,6 +252,7 @@ class Plan:
     settle: float = 0.2                     # after the reset: a native-USB board has vanished by then
     repl_baud: int = 115200
     repl_timeout: float = 10.0
+    reset_probe: float = 2.0                # a board that may stay in download mode: its REPL's time to answer
     log_dir: Path | None = None
     expected: Callable[[FlashImage], Any] | None = None   # smoke expectations for an image (default: its build)
 
@@ -353,6 +373,8 @@ class _Journey:
         self.log_dir = log_dir
         self.t0 = time.monotonic()
         self.result = BoardResult(key=port.by_id or port.device, port=port.device, usb_serial=port.serial_number)
+        self.followed: SerialPort | None = None    # the port follow() took to be this board's
+        self.stranger = False                      # ...and another board (another MAC) answered there
 
     def emit(self, stage: str, message: str = "", percent: float | None = None, final: bool = False,
              ok: bool | None = None) -> None:
@@ -462,11 +484,22 @@ class _Journey:
         if not self.port.serial_number:
             self.tracker.own("", r.key)          # from its reset on, a new serial-less port may be it
         port = self.boot()
+        if port is not None and port == self.port.device and self._needs_manual_reset():
+            port = self.await_reset(port)
+            if port is None:
+                return self.finish("interrupted" if self.cancel.is_set() else "failed",
+                                   f"RESET was not pressed within {RESET_WAIT:.0f} s: the board is still in "
+                                   "download mode (flashed and verified)")
         if port is None:
             return self.finish("interrupted" if self.cancel.is_set() else "failed",
                                f"the board did not come back after its reset within {plan.boot_timeout:.0f} s")
         if plan.provision is not None or plan.files is not None:
             ok = self.provision(port)
+            if self.stranger:
+                result = self.finish("failed", self.result.reason)
+                if self.followed is not None:
+                    self.tracker.hand_back(self.followed)     # after finish: its port is free now
+                return result
             if not ok and self._vanishing():
                 # It re-enumerated after we looked (late USB reset): follow it and try once more.
                 port = self.follow() or ""
@@ -504,6 +537,45 @@ class _Journey:
             return self.port.device
         return self.follow()
 
+    def _needs_manual_reset(self) -> bool:
+        """Board data (boards/*.toml manual_reset_after_flash): does its ROM stay in download mode?"""
+        from .config import ConfigError, get_board
+
+        try:
+            image = _flash._pick(self.plan.images, self.result.chip) if self.result.chip else None
+            return image is not None and get_board(image.board).manual_reset_after_flash
+        except (ConfigError, _flash.DeviceError, _flash.FlashError):
+            return False                          # a raw --image: no board facts, nothing to ask for
+
+    def _answers(self, port: str) -> bool:
+        """Does MicroPython's raw REPL answer on `port` within plan.reset_probe?"""
+        from .identify import exclusive_serial
+        from .repl import ReplError, ReplSession
+
+        try:
+            with ReplSession(port, baudrate=self.plan.repl_baud, connect_timeout=self.plan.reset_probe,
+                             serial_factory=exclusive_serial(self.plan.repl_baud)):
+                return True                       # (entering the raw REPL is what `with` does)
+        except (ReplError, OSError):
+            return False
+
+    def await_reset(self, port: str) -> str | None:
+        """A board still on its port whose ROM may have stayed in download mode: if its REPL does not
+        answer, ask for RESET and wait until it answers there, or vanishes and comes back."""
+        if self._answers(port):
+            return port
+        name = self.port.by_id or self.port.device
+        self.emit("booting", f"press RESET on {name}")
+        deadline = time.monotonic() + RESET_WAIT
+        while time.monotonic() < deadline and not self.cancel.is_set():
+            if not self.tracker.is_present(self.port):
+                return self.follow()              # RESET re-enumerates a native-USB board
+            if self._answers(port):
+                self.emit("booting", f"MicroPython answers on {name}")
+                return port
+            time.sleep(0.1)
+        return None
+
     def follow(self) -> str | None:
         """Wait for the board's new port (same USB serial), or for a manual reset when it has none."""
         plan, r = self.plan, self.result
@@ -514,24 +586,40 @@ class _Journey:
         if found is None:
             return None
         r.port = found.device
+        self.followed = found
         self.emit("booting", f"back on {found.by_id or found.device}")
         return found.device
 
     def provision(self, port: str) -> bool:
-        from .provision import ProvisionConfig, provision_all
+        from .provision import DeviceIdentity, ProvisionConfig, ProvisionError, pattern_fields, provision_all
 
         plan, r = self.plan, self.result
         self.emit("provisioning", "identity" + (" and lesson files" if plan.files else ""))
         sticker = r.sticker
 
         def index_of(_port: str, _mac: str) -> int:
-            return sticker if sticker is not None else 1
+            if sticker is not None:
+                return sticker
+            pattern = getattr(plan.provision, "hostname", None) or ""
+            if "index" in pattern_fields(pattern):    # (_check_plan refuses it without a registry)
+                raise ProvisionError("{index} is the registry's sticker number: this board has none")
+            return 0                                    # unused: the pattern has no {index}
+
+        def vet(port: str, ident: DeviceIdentity, hostname: str | None) -> None:
+            """Before anything is written: the right board, and a name no other board holds."""
+            if r.mac and ident.mac_source != "cwd" and len(ident.mac) == 12 and normalize_mac(ident.mac) != r.mac:
+                # (The unix port has no MAC, and an ESP8266's unique_id is its chip id, not a MAC.)
+                self.stranger = True
+                raise ProvisionError(f"another board answered on {port}: MAC {normalize_mac(ident.mac)}, "
+                                     f"expected {r.mac}: not provisioned with this board's identity")
+            if plan.registry is not None and r.mac:
+                check_hostname_free(plan.registry, hostname, r.mac)
 
         from .identify import exclusive_session
 
         [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
                             connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
-                            session_factory=exclusive_session)
+                            session_factory=exclusive_session, vet=vet)
         r.provision = p
         r.hostname = p.hostname or r.hostname
         if plan.registry is not None and r.mac:
@@ -579,9 +667,20 @@ def run_board(port: SerialPort | str, plan: Plan, *, on_event: EventHandler | No
               log_dir: Path | None = None) -> BoardResult:
     """One board's whole journey in the calling thread; its result (never raises for the board's faults)."""
     target = port if isinstance(port, SerialPort) else SerialPort(port)
+    _check_plan(plan)
     tracker = tracker or PortTracker(FixedSource((target,)))
     return _Journey(target, plan, tracker, on_event or (lambda e: None), cancel or threading.Event(),
                     log_dir or plan.log_dir or default_log_dir()).run()
+
+
+def _check_plan(plan: Plan) -> None:
+    """Refuse a plan that would go wrong on every board, before any board is touched."""
+    from .provision import pattern_fields
+
+    pattern = getattr(plan.provision, "hostname", None)
+    if pattern and plan.registry is None and "index" in pattern_fields(pattern):
+        raise StationError(f"hostname pattern {pattern!r} uses {{index}}, each board's sticker number, which "
+                           "only the registry assigns: pass --registry workshop.db (or use {mac4} / {mac6})")
 
 
 def _locked(on_event: EventHandler | None) -> EventHandler:
@@ -602,6 +701,7 @@ def run_boards(ports: Sequence[SerialPort | str], plan: Plan, *, on_event: Event
         raise StationError("no serial ports: plug boards in, or pass --ports")
     if len({t.device for t in targets}) != len(targets):
         raise StationError("a port is listed twice")
+    _check_plan(plan)
     cancel = cancel or threading.Event()
     emit = _locked(on_event)
     tracker = PortTracker(FixedSource(tuple(targets)))
@@ -619,11 +719,10 @@ def run_boards(ports: Sequence[SerialPort | str], plan: Plan, *, on_event: Event
                 tracker.offer(p)
             stop.wait(POLL_S)
 
-    scanner = Runner(scan, "station scan")
+    Runner(scan, "station scan")       # ends when `stop` is set below
     runners = [Runner(j.run, f"station {j.port.device}") for j in journeys]
     interrupted = _flash.wait_threads(runners, cancel)
-    stop.set()
-    del scanner
+    stop.set()              # the scanner ends within one poll (a daemon thread: never joined, see Runner)
     return StationReport([_settled(j) for j in journeys], started_at, time.monotonic() - t0,
                          interrupted or cancel.is_set())
 
@@ -641,6 +740,7 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
           poll: float = POLL_S) -> StationReport:
     """Hot-plug: every board that appears in `source` goes through the pipeline, until Ctrl-C
     (or until `stop_after` boards have finished, ready or not)."""
+    _check_plan(plan)
     cancel = cancel or threading.Event()
     emit = _locked(on_event)
     tracker = PortTracker(source)
@@ -657,16 +757,20 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
 
     try:
         while not cancel.is_set():
-            if stop_after is not None and finished() >= stop_after and all(not r.is_alive() for r in runners):
+            if (stop_after is not None and finished() >= stop_after and all(not r.is_alive() for r in runners)
+                    and not tracker.has_returned()):
                 break
             appeared, vanished = tracker.refresh()
+            returned = tracker.take_returned()
             for p in vanished:
                 j = active.get(p.device)
                 if j is not None and j.result.state == "in progress":
                     emit(StationEvent(j.result.key, p.device, "vanished", "the port vanished (unplugged, or re-enumerating after its reset)", elapsed=round(
                         time.monotonic() - j.t0, 3)))
-            for p in appeared:
-                if tracker.offer(p):
+            for p in appeared + returned:
+                if p not in returned and tracker.offer(p):
+                    continue
+                if p in returned and not tracker.is_present(p):
                     continue
                 busy = active.get(p.device)
                 if busy is not None and busy.result.state == "in progress":
@@ -689,10 +793,15 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
 # --- recording plain verbs (flash, provision, smoke --registry) ---------------------------------
 
 
-def record_flash_report(registry: Registry, report: _flash.FlashReport, images: ImageChoice) -> None:
-    """`flash --registry`: every board that answered, with what it holds now."""
+def record_flash_report(registry: Registry, report: _flash.FlashReport, images: ImageChoice) -> list[str]:
+    """`flash --registry`: every board that answered, with what it holds now.
+
+    Returns the ports not recorded (no MAC was read there): the caller tells the user.
+    """
+    skipped = []
     for r in report.results:
         if not r.mac:
+            skipped.append(r.port)
             continue
         registry.see(r.mac, chip=r.chip, port=r.port)
         image = _flash._pick(images, r.chip) if r.chip and r.board else None
@@ -700,6 +809,24 @@ def record_flash_report(registry: Registry, report: _flash.FlashReport, images: 
                               release=image.release if image else None,
                               inputs=image.identity if image and r.ok else None,
                               detail=r.error or "verified", port=r.port, flash_size=r.flash_size)
+    return skipped
+
+
+def check_hostname_free(registry: Registry, hostname: str | None, mac: str) -> None:
+    """ProvisionError if the registry holds `hostname` for another board than `mac`."""
+    from .provision import ProvisionError
+
+    holder = registry.by_hostname(hostname) if hostname else None
+    if holder is not None and holder.mac != normalize_mac(mac):
+        raise ProvisionError(f"hostname {hostname!r} is already board {holder.mac}'s (sticker "
+                             f"{holder.sticker}) in the registry: change the pattern, or use {{index}}")
+
+
+def registry_vet(registry: Registry) -> Callable[[str, Any, str | None], None]:
+    """`provision --registry`: a provision_all `vet` refusing a hostname another board holds."""
+    def vet(_port: str, ident: Any, hostname: str | None) -> None:
+        check_hostname_free(registry, hostname, ident.mac)
+    return vet
 
 
 def sticker_index(registry: Registry) -> Callable[[str, str], int]:
@@ -709,12 +836,17 @@ def sticker_index(registry: Registry) -> Callable[[str, str], int]:
     return index_of
 
 
-def record_provision_results(registry: Registry, results: Sequence[Any]) -> None:
+def record_provision_results(registry: Registry, results: Sequence[Any]) -> list[str]:
+    """`provision --registry`; returns the ports not recorded (the board's MAC was never read)."""
+    skipped = []
     for r in results:
-        if r.mac:
-            registry.see(r.mac, port=r.port)
-            registry.record_provision(r.mac, ok=r.ok, hostname=r.hostname,
-                                      detail=r.error or "written and verified", port=r.port)
+        if not r.mac:
+            skipped.append(r.port)
+            continue
+        registry.see(r.mac, port=r.port)
+        registry.record_provision(r.mac, ok=r.ok, hostname=r.hostname,
+                                  detail=r.error or "written and verified", port=r.port)
+    return skipped
 
 
 def board_macs(ports: Sequence[str], baudrate: int = 115200) -> dict[str, str]:
@@ -736,16 +868,22 @@ def board_macs(ports: Sequence[str], baudrate: int = 115200) -> dict[str, str]:
         return {p: m for p, m in pool.map(one, ports) if m}
 
 
-def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[str, str]) -> None:
+def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[str, str]) -> list[str]:
+    """`smoke --registry` (macs from `board_macs`); returns the ports not recorded (MAC unknown)."""
+    skipped = []
     for r in reports:
         mac = macs.get(r.port)
-        if mac:
-            registry.see(mac, port=r.port)
-            detail = "all checks passed" if r.ok else "; ".join(f"{c.name}: {c.detail}" for c in r.failed)
-            registry.record_smoke(mac, ok=r.ok, detail=detail, port=r.port)
+        if not mac:
+            skipped.append(r.port)
+            continue
+        registry.see(mac, port=r.port)
+        detail = "all checks passed" if r.ok else "; ".join(f"{c.name}: {c.detail}" for c in r.failed)
+        registry.record_smoke(mac, ok=r.ok, detail=detail, port=r.port)
+    return skipped
 
 
 __all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",
-           "StationError", "StationEvent", "StationReport", "SystemSource", "board_macs", "default_source",
+           "StationError", "StationEvent", "StationReport", "SystemSource", "board_macs", "check_hostname_free",
+           "default_source",
            "expected_for", "record_flash_report", "record_provision_results", "record_smoke_reports", "run_board",
-           "run_boards", "serial_from_link", "sticker_index", "watch"]
+           "registry_vet", "run_boards", "serial_from_link", "sticker_index", "watch"]

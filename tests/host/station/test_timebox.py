@@ -134,3 +134,24 @@ def test_identify_on_a_board_whose_stub_hangs_returns_chip_and_mac_from_the_rom(
     assert d.ok, d.error
     assert (d.identity.chip, d.identity.mac, d.identity.flash_size) == ("esp32", board.mac, None)
     assert time.monotonic() - t0 < devices.IDENTIFY_STUB_S + 3
+
+
+def test_the_registry_gate_runs_when_the_first_attempt_failed_before_reading_the_mac(farm, tmp_path):
+    # Attempt 1 hangs in its sync (no MAC yet); attempt 2 reads the MAC: the gate must run there.
+    board = farm.start("esp32", runtime=None, hang_first_connect=True)
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=32 * 1024)
+    options = FlashOptions(budgets=flash.Budgets(connect_per_try=1.0))
+    gated: list[str | None] = []
+
+    def gate(result: flash.DeviceResult) -> str | None:
+        gated.append(result.mac)
+        return "already ready with this image"
+
+    r = flash.flash_device(board.port, FlashImage.from_dist(image_dir), options, log_path=tmp_path / "b.log",
+                           gate=gate)
+
+    assert r.attempts[0].stage == "connecting" and "budget" in r.attempts[0].error
+    assert gated == [board.mac]
+    assert (r.state, r.bytes_written) == (State.SKIPPED, 0), r.error
+    data = board.flash()
+    assert data[0x1000:0x1000 + 16] == b"\xff" * 16          # nothing written
