@@ -89,6 +89,8 @@ class _Session:
         self.nego = 0  # options we turned off on request (bit per option)
         self.raw = 0  # unix raw REPL: 0 off, 1 on, 2/3 inside a raw-paste request (Ctrl-E A Ctrl-A)
         self.stall = None  # ticks_ms when output first found the socket full
+        self.ibuf = bytearray(_LINE)  # on_data's receive buffer: one per session, not per packet
+        self.imv = memoryview(self.ibuf)
 
     # -- telnet protocol -----------------------------------------------------------------
     def _filter(self, mv, n):
@@ -205,7 +207,7 @@ class _Session:
     # -- login -----------------------------------------------------------------------------
     def on_data(self, _):
         # Drain the socket: on ESP8266 the callback fires once per packet, not while data is left.
-        buf = bytearray(_LINE)
+        buf = self.ibuf
         while _cl is self and not (self.state == 2 and wsconfig._CB):  # attached: dupterm reads
             try:
                 n = self.s.readinto(buf)
@@ -216,7 +218,7 @@ class _Session:
             if not n:
                 self.close()
                 return
-            self._input(buf, self._filter(memoryview(buf), n))
+            self._input(buf, self._filter(self.imv, n))
 
     def _input(self, buf, n):
         for i in range(n):

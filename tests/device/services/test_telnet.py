@@ -229,3 +229,31 @@ def test_a_stalled_client_never_slows_the_uart_and_is_detached(micropython):
         s.close()
     finally:
         con.stop()
+
+
+def test_a_socket_callback_allocates_nothing_of_its_own(micropython, tmp_path):
+    # On a board on_data runs once per received packet: a buffer allocated there is GC churn.
+    p = tmp_path / "cb.py"
+    p.write_text("""
+import gc, socket, telnet, wsconfig
+telnet.start("micro", "s3cret", port=%d, host="127.0.0.1")
+c = socket.socket()
+c.connect(socket.getaddrinfo("127.0.0.1", %d)[0][-1])
+wsconfig.serve(300)
+s = telnet._cl
+assert s is not None
+s.on_data(None)
+a = b = i = 0  # the globals exist before measuring: a new one can grow the module's dict
+gc.collect()
+gc.disable()
+a = gc.mem_alloc()
+while i < 100:
+    s.on_data(None)  # a callback with nothing (more) to read
+    i += 1
+b = gc.mem_alloc()
+gc.enable()
+print("ALLOC", b - a)
+telnet.stop()
+""" % ((port := free_port()), port))
+    out = micropython.run(p, timeout=30).stdout
+    assert "ALLOC 0\n" in out, out  # bytes over 100 callbacks
