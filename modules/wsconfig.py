@@ -2,7 +2,8 @@
 # On a board, telnet and mdns run in the background through socket callbacks
 # (setsockopt(SOL_SOCKET, 20, handler), as webrepl does) while the REPL stays free.
 # The unix port has no such callbacks: there watch() records the socket and serve() polls.
-# Periodic work (announce) goes through every(): a machine.Timer on a board, whose callback
+# Periodic work (announce) goes through every(): a machine.Timer on a board (never Timer(0),
+# see _machine_timer), whose callback
 # schedules the function (it runs between bytecodes, never inside an interrupt); serve() on unix.
 import os
 
@@ -67,16 +68,25 @@ def every(ms, fn):
     if _CB:
         import machine
         import micropython
-        try:
-            t = machine.Timer(-1)  # ESP8266: a virtual (software) timer
-        except Exception:
-            t = machine.Timer(0)
+        t = _machine_timer(machine)
         t.init(period=ms, mode=machine.Timer.PERIODIC, callback=lambda _: micropython.schedule(fn, None))
         return t
     import time
     t = [ms, time.ticks_add(time.ticks_ms(), ms), fn]
     _timers.append(t)
     return t
+
+
+def _machine_timer(machine):
+    # A virtual timer where the port has one (ESP8266: Timer(-1)), else the highest hardware
+    # timer (ESP32/S2/S3 have 0-3, C3 0-1; esp32 has no Timer(-1)), never Timer(0): ids are
+    # singletons, and Timer(0) is the one tutorials give students.
+    for i in (-1, 3, 1):
+        try:
+            return machine.Timer(i)
+        except Exception:  # esp32: ValueError("invalid Timer number")
+            pass
+    raise OSError("wsconfig: no machine.Timer(-1), Timer(3) or Timer(1) for the background tick")
 
 
 def cancel(t):
