@@ -14,6 +14,7 @@
 # wsconfig.serve() drives the sockets.
 import os
 import socket
+import sys
 import time
 from micropython import const
 import wsconfig
@@ -31,7 +32,10 @@ _MAX_FAILS = const(3)
 _TRIES = const(3)
 _LOGIN_MS = const(60000)
 _LINE = const(64)
-_STALL_MS = const(3000)  # output dropped for a client this long in a row: it is detached
+_STALL_MS = const(3000)  # output waiting this long with none of it taken: the client is detached
+_TICK_MS = const(100)  # the session's flush of what waits in its output buffer
+# What the socket cannot take at once waits here (lwIP's send buffer is ~2.9 KB on ESP8266).
+_OUT = 512 if sys.platform == "esp8266" else 1024
 
 _srv = None
 _cl = None
@@ -88,9 +92,13 @@ class _Session:
         self.cr = False
         self.nego = 0  # options we turned off on request (bit per option)
         self.raw = 0  # unix raw REPL: 0 off, 1 on, 2/3 inside a raw-paste request (Ctrl-E A Ctrl-A)
-        self.stall = None  # ticks_ms when output first found the socket full
         self.ibuf = bytearray(_LINE)  # on_data's receive buffer: one per session, not per packet
         self.imv = memoryview(self.ibuf)
+        self.out = bytearray(_OUT)  # ring of output the socket could not take yet
+        self.oh = 0  # its head
+        self.on = 0  # bytes waiting
+        self.stall = 0  # ticks_ms of the last progress while output waits
+        self.tk = wsconfig.every(_TICK_MS, self._tick)  # flush when the REPL is quiet
 
     # -- telnet protocol -----------------------------------------------------------------
     def _filter(self, mv, n):
@@ -142,23 +150,65 @@ class _Session:
             self._send(bytes((_IAC, _WONT, opt)))
 
     def _send(self, b):
-        # One non-blocking write, never a wait: every REPL write (UART echo included) passes here
-        # through dupterm, so what a client that stopped reading cannot take now is dropped, and
-        # after _STALL_MS without taking everything the client is detached.
+        # Never a wait: every REPL write (UART echo included) passes here through dupterm. What
+        # the socket cannot take now waits in the ring (after what already waits), flushed by
+        # later writes and the session's tick; only what does not fit there is dropped. With
+        # output waiting and none of it taken for _STALL_MS the client is detached.
         if _cl is not self:
             return
+        if self.on:
+            self._flush()
+        n = 0 if self.on else self._put(b, 0, len(b))
+        if n < len(b):
+            self._queue(b, n)
+        self._stalled()
+
+    def _put(self, b, off, k):
         try:
-            n = self.s.write(b)
+            return self.s.write(b, off, k) or 0  # None: would block
         except OSError as e:
             if e.args[0] != 11:  # EAGAIN
                 raise
-            n = 0
-        if n is not None and n >= len(b):
-            self.stall = None
-        elif self.stall is None:
+            return 0
+
+    def _queue(self, b, n):
+        # b[n:] into the ring, what fits (a memoryview only on this slow path).
+        m = min(len(b) - n, _OUT - self.on)
+        if not m:
+            return
+        if not self.on:
             self.stall = time.ticks_ms()
-        elif time.ticks_diff(time.ticks_ms(), self.stall) > _STALL_MS:
+        t = (self.oh + self.on) % _OUT
+        k = min(m, _OUT - t)
+        mb = memoryview(b)
+        self.out[t:t + k] = mb[n:n + k]
+        if k < m:
+            self.out[0:m - k] = mb[n + k:n + m]
+        self.on += m
+
+    def _flush(self):
+        while self.on:
+            k = min(self.on, _OUT - self.oh)
+            w = self._put(self.out, self.oh, k)
+            if not w:
+                return
+            self.stall = time.ticks_ms()  # the client is draining
+            self.on -= w
+            self.oh = 0 if not self.on else (self.oh + w) % _OUT
+            if w < k:
+                return
+
+    def _stalled(self):
+        if self.on and time.ticks_diff(time.ticks_ms(), self.stall) > _STALL_MS:
             self.close("not reading")
+
+    def _tick(self, _):
+        if self.on and _cl is self:
+            try:
+                self._flush()
+                self._stalled()
+            except OSError:
+                self.close()
 
     # -- stream protocol for os.dupterm --------------------------------------------------
     def readinto(self, buf):
@@ -193,6 +243,7 @@ class _Session:
 
     def close(self, why="closed"):
         global _cl
+        wsconfig.cancel(self.tk)
         if _cl is self:
             _cl = None
             if self.state == 2 and wsconfig._CB:

@@ -14,7 +14,8 @@ import sys
 PATH = "workshop.json" if sys.platform in ("linux", "darwin") else "/workshop.json"
 _CB = hasattr(os, "dupterm_notify")  # esp32/esp8266: socket callbacks + dupterm
 _watched = {}
-_timers = []  # unix: [period ms, next due ticks_ms, fn]
+_timers = []  # [period ms, next due ticks_ms, fn]
+_hw = None  # board: the one machine.Timer behind every()
 
 
 def path():
@@ -65,16 +66,37 @@ def watch(sock, handler):
 
 def every(ms, fn):
     # Call fn(None) every ms milliseconds in the background; returns a handle for cancel().
-    if _CB:
-        import machine
-        import micropython
-        t = _machine_timer(machine)
-        t.init(period=ms, mode=machine.Timer.PERIODIC, callback=lambda _: micropython.schedule(fn, None))
-        return t
+    # On a board all of them share ONE machine.Timer ticking at the shortest period (a second
+    # Timer(3) would be the same singleton, re-initialised); _due() runs what is due.
     import time
     t = [ms, time.ticks_add(time.ticks_ms(), ms), fn]
     _timers.append(t)
+    if _CB:
+        _arm()
     return t
+
+
+def _arm():
+    global _hw
+    import machine
+    if not _timers:
+        if _hw:
+            _hw.deinit()
+        return
+    if _hw is None:
+        _hw = _machine_timer(machine)
+    ms = min([t[0] for t in _timers])
+    _hw.init(period=ms, mode=machine.Timer.PERIODIC, callback=_isr)
+
+
+def _isr(_):
+    # The timer's callback only schedules: the work runs between bytecodes, never in an interrupt.
+    import micropython
+    micropython.schedule(_run, None)
+
+
+def _run(_):
+    _due()
 
 
 def _machine_timer(machine):
@@ -90,17 +112,23 @@ def _machine_timer(machine):
 
 
 def cancel(t):
-    if _CB:
-        t.deinit()
-    elif t in _timers:
+    if t in _timers:
         _timers.remove(t)
+        if _CB:
+            _arm()
 
 
 def _due():
-    # Unix: run the timers that are due; returns ms until the next one (200 when none).
+    # Run the timers that are due; returns ms until the next one (200 when none). Backwards by
+    # index: a callback may cancel its own timer (telnet detaching a client) while this runs.
     import time
     wait = 200
-    for t in _timers:
+    i = len(_timers)
+    while i:
+        i -= 1
+        if i >= len(_timers):
+            continue
+        t = _timers[i]
         d = time.ticks_diff(t[1], time.ticks_ms())
         if d <= 0:
             t[1] = time.ticks_add(time.ticks_ms(), t[0])
