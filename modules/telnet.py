@@ -98,7 +98,7 @@ class _Session:
         self.oh = 0  # its head
         self.on = 0  # bytes waiting
         self.stall = 0  # ticks_ms of the last progress while output waits
-        self.tk = wsconfig.every(_TICK_MS, self._tick)  # flush when the REPL is quiet
+        self.tk = wsconfig.every(_TICK_MS, self._flush)  # flush when the REPL is quiet
 
     # -- telnet protocol -----------------------------------------------------------------
     def _filter(self, mv, n):
@@ -152,63 +152,51 @@ class _Session:
     def _send(self, b):
         # Never a wait: every REPL write (UART echo included) passes here through dupterm. What
         # the socket cannot take now waits in the ring (after what already waits), flushed by
-        # later writes and the session's tick; only what does not fit there is dropped. With
-        # output waiting and none of it taken for _STALL_MS the client is detached.
-        if _cl is not self:
-            return
+        # later writes and the session's tick; only what does not fit there is dropped.
         if self.on:
             self._flush()
-        n = 0 if self.on else self._put(b, 0, len(b))
-        if n < len(b):
-            self._queue(b, n)
-        self._stalled()
-
-    def _put(self, b, off, k):
-        try:
-            return self.s.write(b, off, k) or 0  # None: would block
-        except OSError as e:
-            if e.args[0] != 11:  # EAGAIN
-                raise
-            return 0
-
-    def _queue(self, b, n):
-        # b[n:] into the ring, what fits (a memoryview only on this slow path).
-        m = min(len(b) - n, _OUT - self.on)
-        if not m:
+        if _cl is not self:
             return
+        n = 0
         if not self.on:
-            self.stall = time.ticks_ms()
-        t = (self.oh + self.on) % _OUT
-        k = min(m, _OUT - t)
-        mb = memoryview(b)
-        self.out[t:t + k] = mb[n:n + k]
-        if k < m:
-            self.out[0:m - k] = mb[n + k:n + m]
-        self.on += m
+            try:
+                n = self.s.write(b) or 0  # None: would block
+            except OSError as e:
+                if e.args[0] != 11:  # EAGAIN
+                    raise
+        m = min(len(b) - n, _OUT - self.on)  # b[n:] into the ring, what fits
+        if m:
+            if not self.on:
+                self.stall = time.ticks_ms()
+            t = (self.oh + self.on) % _OUT
+            k = min(m, _OUT - t)
+            mb = memoryview(b)  # only on this slow path
+            self.out[t:t + k] = mb[n:n + k]
+            if k < m:
+                self.out[0:m - k] = mb[n + k:n + m]
+            self.on += m
 
-    def _flush(self):
-        while self.on:
+    def _flush(self, _=None):
+        # Also the session's tick. With output waiting and none of it taken for _STALL_MS the
+        # client is detached.
+        while self.on and _cl is self:
             k = min(self.on, _OUT - self.oh)
-            w = self._put(self.out, self.oh, k)
+            try:
+                w = self.s.write(self.out, self.oh, k) or 0
+            except OSError as e:
+                if e.args[0] != 11:
+                    self.close()
+                    return
+                w = 0
             if not w:
+                if time.ticks_diff(time.ticks_ms(), self.stall) > _STALL_MS:
+                    self.close("not reading")
                 return
             self.stall = time.ticks_ms()  # the client is draining
             self.on -= w
             self.oh = 0 if not self.on else (self.oh + w) % _OUT
             if w < k:
                 return
-
-    def _stalled(self):
-        if self.on and time.ticks_diff(time.ticks_ms(), self.stall) > _STALL_MS:
-            self.close("not reading")
-
-    def _tick(self, _):
-        if self.on and _cl is self:
-            try:
-                self._flush()
-                self._stalled()
-            except OSError:
-                self.close()
 
     # -- stream protocol for os.dupterm --------------------------------------------------
     def readinto(self, buf):
