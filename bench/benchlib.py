@@ -58,6 +58,16 @@ for i in range(200):
     time.sleep_ms(2)
 ts.sort()
 print("TICK", ts[len(ts) // 2], ts[-1])
+a = b = i = 0  # globals created before measuring (a new one can grow the module dict)
+gc.collect()
+gc.disable()
+a = gc.mem_alloc()
+while i < 1000:
+    announce._tick(None)
+    i += 1
+b = gc.mem_alloc()
+gc.enable()
+print("ALLOC", b - a, i)
 pub = []
 for i in range(20):
     announce._t = time.ticks_add(time.ticks_ms(), -10 ** 6)   # due: this tick publishes
@@ -94,7 +104,7 @@ def mosquitto(port: int, directory: Path):
 
 
 def announce_cost(binary: Path, path: str, broker_port: int) -> dict[str, int | str]:
-    """{'held': B, 'tick_median_us', 'tick_max_us', 'publish_median_us', 'publish_max_us'} or {'error': ...}."""
+    """{'held': B, 'tick_median_us', 'tick_max_us', 'idle_tick_alloc_b', 'publish_median_us', 'publish_max_us'} or {'error': ...}."""
     import json
     import os
     import subprocess
@@ -114,6 +124,8 @@ def announce_cost(binary: Path, path: str, broker_port: int) -> dict[str, int | 
                 out["error"] = "announce did not connect"
         elif w[0] == "TICK":
             out["tick_median_us"], out["tick_max_us"] = int(w[1]), int(w[2])
+        elif w[0] == "ALLOC":
+            out["idle_tick_alloc_b"] = int(w[1]) // int(w[2])
         elif w[0] == "PUBLISH":
             out["publish_median_us"], out["publish_max_us"] = int(w[1]), int(w[2])
     if "held" not in out:

@@ -153,7 +153,8 @@ def main() -> int:
                 print(f"announce on the device: {cost['error']}")
             else:
                 print(f"announce on the device ({runtime}): {cost['held']} B held while running (goal <= 2048 B); "
-                      f"idle tick {cost['tick_median_us']} us median / {cost['tick_max_us']} us max; "
+                      f"idle tick {cost['tick_median_us']} us median / {cost['tick_max_us']} us max, "
+                      f"{cost['idle_tick_alloc_b']} B allocated per idle tick (goal 0 B); "
                       f"publishing tick {cost['publish_median_us']} us median / {cost['publish_max_us']} us max "
                       "(4 ticks a second)")
         finally:

@@ -169,7 +169,8 @@ def _close(why=None):
 
 
 def _events():
-    for ev in _poll.poll(0):
+    # ipoll: the result tuple is reused, so an idle tick allocates nothing (poll() builds a list).
+    for ev in _poll.ipoll(0):
         return ev[1]
     return 0
 

@@ -14,6 +14,7 @@
 # wsconfig.serve() drives the sockets.
 import os
 import socket
+import sys
 import time
 from micropython import const
 import wsconfig
@@ -31,7 +32,10 @@ _MAX_FAILS = const(3)
 _TRIES = const(3)
 _LOGIN_MS = const(60000)
 _LINE = const(64)
-_STALL_MS = const(3000)  # output dropped for a client this long in a row: it is detached
+_STALL_MS = const(3000)  # output waiting this long with none of it taken: the client is detached
+_TICK_MS = const(100)  # the session's flush of what waits in its output buffer
+# What the socket cannot take at once waits here (lwIP's send buffer is ~2.9 KB on ESP8266).
+_OUT = 512 if sys.platform == "esp8266" else 1024
 
 _srv = None
 _cl = None
@@ -88,7 +92,13 @@ class _Session:
         self.cr = False
         self.nego = 0  # options we turned off on request (bit per option)
         self.raw = 0  # unix raw REPL: 0 off, 1 on, 2/3 inside a raw-paste request (Ctrl-E A Ctrl-A)
-        self.stall = None  # ticks_ms when output first found the socket full
+        self.ibuf = bytearray(_LINE)  # on_data's receive buffer: one per session, not per packet
+        self.imv = memoryview(self.ibuf)
+        self.out = bytearray(_OUT)  # ring of output the socket could not take yet
+        self.oh = 0  # its head
+        self.on = 0  # bytes waiting
+        self.stall = 0  # ticks_ms of the last progress while output waits
+        self.tk = wsconfig.every(_TICK_MS, self._flush)  # flush when the REPL is quiet
 
     # -- telnet protocol -----------------------------------------------------------------
     def _filter(self, mv, n):
@@ -140,23 +150,53 @@ class _Session:
             self._send(bytes((_IAC, _WONT, opt)))
 
     def _send(self, b):
-        # One non-blocking write, never a wait: every REPL write (UART echo included) passes here
-        # through dupterm, so what a client that stopped reading cannot take now is dropped, and
-        # after _STALL_MS without taking everything the client is detached.
+        # Never a wait: every REPL write (UART echo included) passes here through dupterm. What
+        # the socket cannot take now waits in the ring (after what already waits), flushed by
+        # later writes and the session's tick; only what does not fit there is dropped.
+        if self.on:
+            self._flush()
         if _cl is not self:
             return
-        try:
-            n = self.s.write(b)
-        except OSError as e:
-            if e.args[0] != 11:  # EAGAIN
-                raise
-            n = 0
-        if n is not None and n >= len(b):
-            self.stall = None
-        elif self.stall is None:
-            self.stall = time.ticks_ms()
-        elif time.ticks_diff(time.ticks_ms(), self.stall) > _STALL_MS:
-            self.close("not reading")
+        n = 0
+        if not self.on:
+            try:
+                n = self.s.write(b) or 0  # None: would block
+            except OSError as e:
+                if e.args[0] != 11:  # EAGAIN
+                    raise
+        m = min(len(b) - n, _OUT - self.on)  # b[n:] into the ring, what fits
+        if m:
+            if not self.on:
+                self.stall = time.ticks_ms()
+            t = (self.oh + self.on) % _OUT
+            k = min(m, _OUT - t)
+            mb = memoryview(b)  # only on this slow path
+            self.out[t:t + k] = mb[n:n + k]
+            if k < m:
+                self.out[0:m - k] = mb[n + k:n + m]
+            self.on += m
+
+    def _flush(self, _=None):
+        # Also the session's tick. With output waiting and none of it taken for _STALL_MS the
+        # client is detached.
+        while self.on and _cl is self:
+            k = min(self.on, _OUT - self.oh)
+            try:
+                w = self.s.write(self.out, self.oh, k) or 0
+            except OSError as e:
+                if e.args[0] != 11:
+                    self.close()
+                    return
+                w = 0
+            if not w:
+                if time.ticks_diff(time.ticks_ms(), self.stall) > _STALL_MS:
+                    self.close("not reading")
+                return
+            self.stall = time.ticks_ms()  # the client is draining
+            self.on -= w
+            self.oh = 0 if not self.on else (self.oh + w) % _OUT
+            if w < k:
+                return
 
     # -- stream protocol for os.dupterm --------------------------------------------------
     def readinto(self, buf):
@@ -191,6 +231,7 @@ class _Session:
 
     def close(self, why="closed"):
         global _cl
+        wsconfig.cancel(self.tk)
         if _cl is self:
             _cl = None
             if self.state == 2 and wsconfig._CB:
@@ -205,7 +246,7 @@ class _Session:
     # -- login -----------------------------------------------------------------------------
     def on_data(self, _):
         # Drain the socket: on ESP8266 the callback fires once per packet, not while data is left.
-        buf = bytearray(_LINE)
+        buf = self.ibuf
         while _cl is self and not (self.state == 2 and wsconfig._CB):  # attached: dupterm reads
             try:
                 n = self.s.readinto(buf)
@@ -216,7 +257,7 @@ class _Session:
             if not n:
                 self.close()
                 return
-            self._input(buf, self._filter(memoryview(buf), n))
+            self._input(buf, self._filter(self.imv, n))
 
     def _input(self, buf, n):
         for i in range(n):

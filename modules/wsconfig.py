@@ -2,8 +2,9 @@
 # On a board, telnet and mdns run in the background through socket callbacks
 # (setsockopt(SOL_SOCKET, 20, handler), as webrepl does) while the REPL stays free.
 # The unix port has no such callbacks: there watch() records the socket and serve() polls.
-# Periodic work (announce) goes through every(): a machine.Timer on a board, whose callback
-# schedules the function (it runs between bytecodes, never inside an interrupt); serve() on unix.
+# Periodic work (announce, telnet's flush) goes through every(): on a board one shared
+# machine.Timer (never Timer(0), see every()) whose callback schedules the due functions (they
+# run between bytecodes, never inside an interrupt); serve() on unix.
 import os
 
 import sys
@@ -13,7 +14,8 @@ import sys
 PATH = "workshop.json" if sys.platform in ("linux", "darwin") else "/workshop.json"
 _CB = hasattr(os, "dupterm_notify")  # esp32/esp8266: socket callbacks + dupterm
 _watched = {}
-_timers = []  # unix: [period ms, next due ticks_ms, fn]
+_timers = []  # [period ms, next due ticks_ms, fn]
+_hw = None  # board: the one machine.Timer behind every()
 
 
 def path():
@@ -64,33 +66,59 @@ def watch(sock, handler):
 
 def every(ms, fn):
     # Call fn(None) every ms milliseconds in the background; returns a handle for cancel().
-    if _CB:
-        import machine
-        import micropython
-        try:
-            t = machine.Timer(-1)  # ESP8266: a virtual (software) timer
-        except Exception:
-            t = machine.Timer(0)
-        t.init(period=ms, mode=machine.Timer.PERIODIC, callback=lambda _: micropython.schedule(fn, None))
-        return t
+    # On a board all of them share ONE machine.Timer ticking at the shortest period (a second
+    # Timer(3) would be the same singleton, re-initialised); _due() runs what is due. That timer
+    # is a virtual one where the port has it (ESP8266: Timer(-1)), else the highest hardware
+    # timer (ESP32/S2/S3 have 0-3, C3 0-1; esp32 has no Timer(-1)), never Timer(0): ids are
+    # singletons, and Timer(0) is the one tutorials give students.
+    global _hw
     import time
+    if _CB and _hw is None:
+        import machine
+        for i in (-1, 3, 1):
+            try:
+                _hw = machine.Timer(i)
+                break
+            except Exception:  # esp32: ValueError("invalid Timer number")
+                pass
+        else:
+            raise OSError("wsconfig: no machine.Timer(-1), Timer(3) or Timer(1) for the background tick")
     t = [ms, time.ticks_add(time.ticks_ms(), ms), fn]
     _timers.append(t)
+    _arm()
     return t
 
 
-def cancel(t):
+def _arm():
+    # Board: the timer at the shortest period, or off. Its callback only schedules: the work
+    # runs between bytecodes, never in an interrupt.
     if _CB:
-        t.deinit()
-    elif t in _timers:
+        if _timers:
+            import machine
+            import micropython
+            _hw.init(period=min([t[0] for t in _timers]), mode=machine.Timer.PERIODIC,
+                     callback=lambda _: micropython.schedule(_due, None))
+        else:
+            _hw.deinit()
+
+
+def cancel(t):
+    if t in _timers:
         _timers.remove(t)
+        _arm()
 
 
-def _due():
-    # Unix: run the timers that are due; returns ms until the next one (200 when none).
+def _due(_=None):
+    # Run the timers that are due; returns ms until the next one (200 when none). Backwards by
+    # index: a callback may cancel its own timer (telnet detaching a client) while this runs.
     import time
     wait = 200
-    for t in _timers:
+    i = len(_timers)
+    while i:
+        i -= 1
+        if i >= len(_timers):
+            continue
+        t = _timers[i]
         d = time.ticks_diff(t[1], time.ticks_ms())
         if d <= 0:
             t[1] = time.ticks_add(time.ticks_ms(), t[0])

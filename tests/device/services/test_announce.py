@@ -143,3 +143,26 @@ print('WORST_US', worst)
     assert any("refused" in ln and ln.startswith("after 0") for ln in lines), out
     worst = int(next(ln for ln in lines if ln.startswith("WORST_US")).split()[1])
     assert worst < 20_000, f"a tick took {worst} us"               # a few ms at most, even on a slow CI
+
+
+def test_an_idle_connected_tick_allocates_nothing(micropython, mosquitto, tmp_path):
+    # Four ticks a second for as long as the board runs: any allocation there is GC churn forever.
+    body = """
+import gc
+wsconfig.serve(1500)
+assert announce._state == 3, announce.last_error
+announce._tick(None)
+a = b = i = 0  # the globals exist before measuring: a new one can grow the module's dict
+gc.collect()
+gc.disable()
+a = gc.mem_alloc()
+while i < 2000:  # a counted while: a range() would be an allocation of its own
+    announce._tick(None)
+    i += 1
+b = gc.mem_alloc()
+gc.enable()
+print('STATE', announce._state, 'ALLOC', b - a)
+announce.stop()
+"""
+    out = micropython.run(script(tmp_path, mosquitto.host, mosquitto.port, body), timeout=30).stdout
+    assert "STATE 3 ALLOC 0\n" in out, out  # bytes over 2,000 idle ticks

@@ -229,3 +229,73 @@ def test_a_stalled_client_never_slows_the_uart_and_is_detached(micropython):
         s.close()
     finally:
         con.stop()
+
+
+def test_a_reading_client_gets_a_burst_larger_than_the_send_buffer_byte_exact(micropython):
+    # `for i in range(2000): print(i)` (~8.9 KB) at the UART's pace through the smallest send
+    # buffer Linux gives (4.6 KB, which holds ~35 B of 5-byte writes: far less than the
+    # ESP8266's 2.9 KB), to a client that reads what has arrived every 20 ms (a laptop's Wi-Fi
+    # and delayed ACKs): what the socket cannot take at once must wait, not vanish.
+    con = Console(micropython)
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's smallest
+        s.connect(("127.0.0.1", con.port))
+        recv_until(s, b"login: ")
+        s.sendall(b"micro\r\ns3cret\r\n")
+        assert b"Logged in" in recv_until(s, b"session.\r\n")
+        con.type("sndbuf(1)")
+        con.wait_for("SNDBUF", 5)
+        assert recv_quiet(s) == b""
+        want = b"".join(b"%d\r\n" % i for i in range(2000))
+        con.type("burst(2000)")
+        got = b""
+        s.setblocking(False)
+        end = time.monotonic() + 20
+        while len(got) < len(want) and time.monotonic() < end:
+            time.sleep(0.02)
+            try:
+                while True:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    got += d
+            except BlockingIOError:
+                pass
+        assert con.wait_for("BURST", 10) == "BURST %d" % (len(want) - 2000)  # UART bytes (LF only)
+        assert len(got) == len(want) and got == want, f"{len(got)} of {len(want)} bytes, first loss at " \
+            f"{next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))}"
+        s.setblocking(True)
+        s.sendall(b"6*7\r")
+        assert b"42\r\n" in recv_until(s, b"42\r\n")  # still attached
+        s.close()
+    finally:
+        con.stop()
+
+
+def test_a_socket_callback_allocates_nothing_of_its_own(micropython, tmp_path):
+    # On a board on_data runs once per received packet: a buffer allocated there is GC churn.
+    p = tmp_path / "cb.py"
+    p.write_text("""
+import gc, socket, telnet, wsconfig
+telnet.start("micro", "s3cret", port=%d, host="127.0.0.1")
+c = socket.socket()
+c.connect(socket.getaddrinfo("127.0.0.1", %d)[0][-1])
+wsconfig.serve(300)
+s = telnet._cl
+assert s is not None
+s.on_data(None)
+a = b = i = 0  # the globals exist before measuring: a new one can grow the module's dict
+gc.collect()
+gc.disable()
+a = gc.mem_alloc()
+while i < 100:
+    s.on_data(None)  # a callback with nothing (more) to read
+    i += 1
+b = gc.mem_alloc()
+gc.enable()
+print("ALLOC", b - a)
+telnet.stop()
+""" % ((port := free_port()), port))
+    out = micropython.run(p, timeout=30).stdout
+    assert "ALLOC 0\n" in out, out  # bytes over 100 callbacks
