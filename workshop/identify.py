@@ -10,13 +10,12 @@ on its own console (the friendly REPL, what a terminal on that port shows) inste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 
-from . import serialport
 from .config import ConfigError, get_board
 from .provision import identify as repl_identify
 from .registry import Registry, normalize_mac
@@ -39,20 +38,6 @@ print('blinked')
 """
 
 CONSOLE = "print(%r)\r\n"
-
-
-def exclusive_serial(baudrate: int, write_timeout: float = 3.0) -> Callable[[str], Any]:
-    """A ReplSession serial factory: the kit's one opener (exclusive, DTR/RTS low); a busy port
-    stays `PortBusy` through ReplSession.open."""
-    def make(port: str) -> Any:
-        return serialport.open_port(port, baudrate, timeout=0.05, write_timeout=write_timeout)
-    return make
-
-
-def exclusive_session(port: str, **kwargs: Any) -> ReplSession:
-    """A ReplSession on an exclusively opened port (a session_factory for provision_all/smoke_device)."""
-    return ReplSession(port, serial_factory=exclusive_serial(kwargs.get("baudrate", 115200),
-                                                             kwargs.get("connect_timeout", 3.0)), **kwargs)
 
 
 @dataclass
@@ -83,8 +68,7 @@ def _label(rec: Any, port: str) -> str:
 def show(port: str, registry: Registry | None, *, baudrate: int = 115200, rounds: int = 2,
          connect_timeout: float = 3.0, timeout: float = 30.0, display: bool = True) -> Shown:
     result = Shown(port, ok=False)
-    session = ReplSession(port, baudrate=baudrate, timeout=timeout, connect_timeout=connect_timeout,
-                          serial_factory=exclusive_serial(baudrate))
+    session = ReplSession(port, baudrate=baudrate, timeout=timeout, connect_timeout=connect_timeout)
     try:
         session.open()
         session.enter_raw()
@@ -153,4 +137,4 @@ def _show_one(port: str, registry: Registry | None, only: str | None, baudrate: 
     return show(port, registry, baudrate=baudrate, rounds=rounds)
 
 
-__all__ = ["Shown", "digits", "exclusive_serial", "exclusive_session", "identify_boards", "show"]
+__all__ = ["Shown", "digits", "identify_boards", "show"]

@@ -439,7 +439,7 @@ class _Journey:
             return self.finish("failed", f"{type(e).__name__}: {e}")
 
     def _run(self) -> BoardResult:
-        plan, r = self.plan, self.result
+        r = self.result
         self.tracker.own(self.port.serial_number, r.key)
         try:
             return self._journey()
@@ -526,7 +526,7 @@ class _Journey:
 
     def boot(self) -> str | None:
         """The port MicroPython answers on after the reset: the same one, or its re-enumerated successor."""
-        plan, r = self.plan, self.result
+        plan = self.plan
         self.emit("booting", "waiting for MicroPython")
         settle_by = time.monotonic() + plan.settle
         while time.monotonic() < settle_by and not self.cancel.is_set():
@@ -549,12 +549,10 @@ class _Journey:
 
     def _answers(self, port: str) -> bool:
         """Does MicroPython's raw REPL answer on `port` within plan.reset_probe?"""
-        from .identify import exclusive_serial
         from .repl import ReplError, ReplSession
 
         try:
-            with ReplSession(port, baudrate=self.plan.repl_baud, connect_timeout=self.plan.reset_probe,
-                             serial_factory=exclusive_serial(self.plan.repl_baud)):
+            with ReplSession(port, baudrate=self.plan.repl_baud, connect_timeout=self.plan.reset_probe):
                 return True                       # (entering the raw REPL is what `with` does)
         except (ReplError, OSError):
             return False
@@ -615,11 +613,9 @@ class _Journey:
             if plan.registry is not None and r.mac:
                 check_hostname_free(plan.registry, hostname, r.mac)
 
-        from .identify import exclusive_session
-
         [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
                             connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
-                            session_factory=exclusive_session, vet=vet)
+                            vet=vet)
         r.provision = p
         r.hostname = p.hostname or r.hostname
         if plan.registry is not None and r.mac:
@@ -643,10 +639,8 @@ class _Journey:
             r.reason = f"smoke: {e}"
             return False
         connect = 3.0 if plan.provision is not None or plan.files is not None else plan.boot_timeout
-        from .identify import exclusive_session
-
         report = _smoke.smoke_device(port, expected, network=plan.network, timeout=plan.repl_timeout,
-                                     connect_timeout=connect, baudrate=plan.repl_baud, session_factory=exclusive_session)
+                                     connect_timeout=connect, baudrate=plan.repl_baud)
         r.smoke = report
         detail = "all checks passed" if report.ok else "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
         if plan.registry is not None and r.mac:
@@ -851,13 +845,12 @@ def record_provision_results(registry: Registry, results: Sequence[Any]) -> list
 
 def board_macs(ports: Sequence[str], baudrate: int = 115200) -> dict[str, str]:
     """The MAC each port's MicroPython reports (ports that do not answer are left out)."""
-    from .identify import exclusive_serial
     from .provision import identify as repl_identify
     from .repl import ReplError, ReplSession
 
     def one(port: str) -> tuple[str, str | None]:
         try:
-            with ReplSession(port, baudrate=baudrate, serial_factory=exclusive_serial(baudrate)) as s:
+            with ReplSession(port, baudrate=baudrate) as s:
                 return port, repl_identify(s).mac
         except ReplError:
             return port, None
