@@ -363,17 +363,23 @@ def _flash_images(board, auto, image, offset, chip, release, dist):
         raise _fail(str(e)) from None
 
 
-@task(help={
+# What to write (flash.choose_images, through _flash_images): the same options on flash and station.
+_IMAGE_HELP = {
     "board": "write dist/<BOARD>/ (build.json gives chip and offsets); a board with another chip is refused",
     "auto": "pick each board's image by its detected chip, among the builds in dist/ (or the --release)",
-    "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
-    "erase": "erase the whole flash first",
-    "baud": "baud rate after the stub is up (a failed attempt retries at 115200, then legacy stub, then no stub)",
     "image": "write this single file instead (with --offset, and --chip to check the chip)",
     "offset": "flash offset for --image, e.g. 0x1000",
     "chip": "esptool chip name the --image is for (esp32, esp32c3...)",
     "release": "write release V's images (downloaded and verified first) instead of dist/",
     "dist": "folder with <BOARD>/build.json builds (default: dist/)",
+}
+
+
+@task(help={
+    **_IMAGE_HELP,
+    "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
+    "erase": "erase the whole flash first",
+    "baud": "baud rate after the stub is up (a failed attempt retries at 115200, then legacy stub, then no stub)",
     "flash_size": "esptool --flash-size for the image header (default: the port's data: detect for ESP8266, else keep)",
     "report": "JSON report path (default: <logs>/report.json)",
     "logs": "folder for the per-device esptool logs (default: logs/flash/<time>/)",
@@ -1049,13 +1055,7 @@ def _run_station(run, json_out=None):
 
 
 @task(help={
-    "board": "write dist/<BOARD>/ to every board (a board with another chip is refused)",
-    "auto": "pick each board's image by its chip, among the builds in dist/ (or the --release)",
-    "release": "write release V's images (downloaded and verified first)",
-    "image": "write this single file (with --offset and --chip)",
-    "offset": "flash offset for --image",
-    "chip": "esptool chip name the --image is for",
-    "dist": "folder with <BOARD>/build.json builds (default: dist/)",
+    **_IMAGE_HELP,
     "provision": "provision each board from this workshop.toml (identity, boot hook)",
     "files": "copy this folder of lesson files onto each board",
     "smoke": "smoke-test each board (firmware, frozen stack, heap, flash, config)",
