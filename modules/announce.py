@@ -259,10 +259,10 @@ def start(cfg=None, ip=None, telnet_port=None):
     _w = _wlan()
     if cfg is None:
         cfg = wsconfig.load()
-    m = cfg.get("mqtt") or {}
+    broker, port = wsconfig.broker(cfg)
+    port = port or 1883
+    m = cfg["mqtt"]
     host = cfg.get("hostname")
-    if not m.get("broker"):
-        raise ValueError("announce: no mqtt.broker in the config")
     if not host:
         raise ValueError("announce: no hostname in the config")
     a = cfg.get("announce") or {}
@@ -270,7 +270,7 @@ def start(cfg=None, ip=None, telnet_port=None):
     if interval < 1:
         raise ValueError("announce: interval_s must be >= 1")
     _ipfn = ip
-    addr = socket.getaddrinfo(m["broker"], int(m.get("port") or 1883))[0][-1]
+    addr = socket.getaddrinfo(broker, port)[0][-1]
     topic = ("workshop/%s/status" % host).encode()
     user = m.get("user")
     pw = m.get("password")
@@ -290,7 +290,7 @@ def start(cfg=None, ip=None, telnet_port=None):
                          {"board": board or "", "inputs": inputs or "", "project": project or ""})
     _tick(None)
     _timer = wsconfig.every(_TICK_MS, _tick)
-    print("announce: %s via %s:%d every %d s" % (topic.decode(), m["broker"], int(m.get("port") or 1883), interval))
+    print("announce: %s via %s:%d every %d s" % (topic.decode(), broker, port, interval))
 
 
 def stop():

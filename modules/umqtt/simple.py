@@ -28,11 +28,8 @@ class MQTTClient:
         if server is None:
             import wsconfig
 
-            c = wsconfig.section(wsconfig.load(False), "mqtt")
-            server = c.get("broker")
-            port = port or c.get("port", 0)
-            if not server:
-                raise ValueError("no MQTT broker: pass server or set mqtt.broker in " + wsconfig.path())
+            server, p = wsconfig.broker()
+            port = port or p
         if not 0 <= keepalive < 65536:
             raise ValueError("keepalive")
         self.client_id = client_id
@@ -152,7 +149,7 @@ class MQTTClient:
             elif self.ssl:
                 self.sock = self.ssl.wrap_socket(s, server_hostname=self.server)
             f = 2 if clean_session else 0
-            p = [b"MQTT", 0, self.keepalive, self.client_id]  # "MQTT", level 4 + flags
+            p = ["MQTT", 0, self.keepalive, self.client_id]  # "MQTT", level 4 + flags
             if self.lw_topic:
                 f |= 4 | self.lw_qos << 3 | (32 if self.lw_retain else 0)
                 p += (self.lw_topic, self.lw_msg)
@@ -167,7 +164,7 @@ class MQTTClient:
             self._rx(4)
             b = self.buf
             if b[0] != 0x20 or b[1] != 2:
-                raise MQTTException("bad CONNACK")
+                raise MQTTException("bad packet")
             if b[3]:
                 raise MQTTException(b[3])
             s.settimeout(timeout)  # None: wait_msg() blocks, as tutorials expect
@@ -238,12 +235,12 @@ class MQTTClient:
                 self._rx(sz)  # PUBACK/UNSUBACK: pid; SUBACK: pid + code
             return None if op == 0xD0 else op
         n = self._rx(2)
-        sz -= n + (4 if op & 6 else 2)
-        if sz < 0 or op & 6 == 6:
+        sz -= n + (4 if op & 2 else 2)
+        if sz < 0 or op & 4:  # QoS 2 (or 3): never granted by subscribe()
             raise MQTTException("bad packet")
         try:
             topic = self.sock.read(n) if n else b""
-            if op & 6:
+            if op & 2:
                 pid = self._rx(2)
             msg = self.sock.read(sz) if sz else b""
         except MemoryError:  # a length no heap holds: garbage, or a message too big for the device
@@ -253,10 +250,8 @@ class MQTTClient:
             raise OSError(errno.ECONNRESET)
         if self.cb:
             self.cb(topic, msg)
-        if op & 6 == 2:
+        if op & 2:
             self._send(0x40, (pid,), b"", 0)
-        elif op & 6:
-            raise MQTTException("QoS 2 not supported")
         return op
 
     # As wait_msg(), but returns None at once when nothing is pending.

@@ -220,7 +220,7 @@ try:
 except ValueError as e:
     print(repr(str(e)))
 """, mosquitto, env={"WORKSHOP_CONFIG": str(tmp_path / "absent.json")})
-    assert device_lines(out.stdout) == ["refused", "no MQTT broker: pass server or set mqtt.broker in "
+    assert device_lines(out.stdout) == ["refused", "no MQTT broker: set mqtt.broker in "
                                         + str(tmp_path / "absent.json")]
     out = run(micropython, """
 c = MQTTClient("e3")
