@@ -6,7 +6,9 @@
 # or chunked), so stream=True reads it piecewise; the request head (and a small body) leaves in one
 # write; https verifies the server when given `cadata=` (a CA, DER), else it is unauthenticated;
 # the socket is closed on any error; Response is a context manager (`with requests.get(url) as r:`).
-# (socket is imported in request(): a module global is heap.)
+# (Heap: as .mpy every code byte, function and constant is heap, and a str constant longer than
+# 10 characters or any bytes constant is an object of its own (shorter strs are shared qstrs). So
+# socket is imported in request(), headers are compared as str, and each constant appears once.)
 
 
 class Response:
@@ -24,60 +26,52 @@ class Response:
 
     __exit__ = close
 
-    # (The chunk bookkeeping is written out in both readers: a shared method would cost heap in
-    # every image, the copy costs only flash.)
-    def readinto(self, buf):
-        s = self._s
+    def _left(self):
+        # Bytes left of this chunk or body (-1: up to EOF). At the end of a chunk, the CRLF after
+        # its data and the next size line are read now, not when the chunk ends: a stream gets
+        # each chunk as soon as it is in.
         if not self._n and self._c:
-            self._n = int(s.readline().split(b";", 1)[0], 16)
+            s = self._s
+            l = s.readline()
+            if l == b"\r\n":
+                l = s.readline()
+            self._n = int(str(l, "utf-8").split(";", 1)[0], 16)
             if not self._n:  # the last chunk: skip trailers up to the blank line
                 self._c = False
                 while len(s.readline()) > 2:
                     pass
-        n = self._n
+        return self._n
+
+    def readinto(self, buf):
+        n = self._left()
         if not n:
             return 0
-        k = s.readinto(memoryview(buf)[:n] if 0 < n < len(buf) else buf) or 0
+        k = self._s.readinto(memoryview(buf)[:n] if 0 < n < len(buf) else buf) or 0
         if n > 0:
             if not k:
                 raise ValueError("HTTP body cut short")
             self._n -= k
-            if not self._n and self._c:
-                s.readline()
         return k
 
     def read(self, *sz):
-        # A Content-Length body or a sized read: one allocation. A whole chunked body: one
-        # bytearray grown chunk by chunk, returned as it is (no second copy of the body).
+        # At most sz bytes (at most the rest of a chunk), else the whole body: a Content-Length
+        # body in one allocation, a chunked one in one bytearray grown chunk by chunk.
         sz = sz[0] if sz else -1
-        s = self._s
-        out = None
-        while sz:
-            if not self._n and self._c:
-                self._n = int(s.readline().split(b";", 1)[0], 16)
-                if not self._n:
-                    self._c = False
-                    while len(s.readline()) > 2:
-                        pass
-            n = self._n
-            if n < 0:
-                return s.read() if sz < 0 else s.read(sz)
-            if not n:
-                break
-            if 0 < sz < n:
-                n = sz
-            d = s.read(n)
-            if len(d) < n:
-                raise ValueError("HTTP body cut short")
-            self._n -= n
-            if not self._n and self._c:
-                s.readline()
-            if sz > 0 or not self._c and out is None:
-                return d
-            if out is None:
-                out = bytearray()
-            out += d
-        return out or b""
+        n = self._left()
+        if n < 0:
+            return self._s.read() if sz < 0 else self._s.read(sz)
+        if sz < 0 and self._c:
+            b = bytearray()
+            while self._left():
+                b += self.read(self._n)
+            return b
+        if 0 <= sz < n:
+            n = sz
+        b = self._s.read(n)
+        if len(b) < n:
+            raise ValueError("HTTP body cut short")
+        self._n -= n
+        return b
 
     def __getattr__(self, name):
         # content and text, read on first use: content then stays as an instance attribute (one
@@ -105,27 +99,25 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
     if auth is not None:
         from binascii import b2a_base64
 
-        headers["Authorization"] = b"Basic " + b2a_base64(b"%s:%s" % auth, newline=False)
+        headers["Authorization"] = "Basic " + str(b2a_base64(":".join(auth).encode(), newline=False), "utf-8")
 
-    try:
-        proto, _, host, path = url.split("/", 3)
-    except ValueError:
-        proto, _, host = url.split("/", 2)
-        path = ""
-    if "?" in host:  # http://host?x=1
-        host, q = host.split("?", 1)
-        path = "?" + q
+    proto, _, host = url.split("/", 2)
+    path = ""
+    if "/" in host:
+        host, path = host.split("/", 1)
+        path = "/" + path
+    if "?" in host:  # http://host?x=1: the query, with any "/" in it (?next=/a), starts the path
+        host, _ = host.split("?", 1)
+        path = "?" + _ + path
+    if path[:1] != "/":
+        path = "/" + path
     if proto == "http:":
         port = 80
     elif proto == "https:":
-        import tls
-
         port = 443
     else:
         raise ValueError("Unsupported protocol: " + proto)
-    if "Host" not in headers:
-        headers["Host"] = host
-    netloc = host
+    headers.setdefault("Host", host)
     if ":" in host:
         host, port = host.split(":", 1)
         port = int(port)
@@ -134,17 +126,14 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         from json import dumps
 
         data = dumps(json)
-        if "Content-Type" not in headers:
-            headers["Content-Type"] = "application/json"
+        headers.setdefault("Content-Type", "application/json")
     chunked = data and getattr(data, "__next__", None) and not getattr(data, "__len__", None)
     if data and not chunked:
         data = data.encode() if isinstance(data, str) else data
-        if "Content-Length" not in headers:
-            headers["Content-Length"] = str(len(data))
+        headers.setdefault("Content-Length", str(len(data)))
     elif chunked and "Content-Length" not in headers:
         headers["Transfer-Encoding"] = "chunked"
-    if "Connection" not in headers:
-        headers["Connection"] = "close"
+    headers.setdefault("Connection", "close")
 
     import socket
 
@@ -155,21 +144,18 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             s.settimeout(timeout)
         s.connect(ai[-1])
         if proto == "https:":
+            import tls
+
             ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = tls.CERT_REQUIRED if cadata else tls.CERT_NONE
             if cadata:
-                ctx.verify_mode = tls.CERT_REQUIRED
                 ctx.load_verify_locations(cadata)  # tls takes it positionally
-            else:
-                ctx.verify_mode = tls.CERT_NONE
             s = ctx.wrap_socket(s, server_hostname=host)
         # The head in one buffer, one write (each write is a TCP segment, under TLS a record; small
         # ones in a row stall on Nagle + delayed ACK); a small body rides along.
-        h = bytearray(b"%s /%s HTTP/1.1\r\n" % (method, path))
+        h = bytearray(b"%s %s HTTP/1.1\r\n" % (method, path))
         for k in headers:  # keys, not items(): no tuple per header
-            h += k
-            h += b": "
-            h += headers[k]
-            h += b"\r\n"
+            h += b"%s: %s\r\n" % (k, headers[k])
         h += b"\r\n"
         small = data and not chunked and len(data) <= 1024
         if small:
@@ -178,58 +164,56 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         h = None
         if chunked:
             te = headers.get("Transfer-Encoding") == "chunked"
-            for chunk in data:
-                if te:
-                    chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-                s.write(chunk)
+            for h in data:
+                s.write(b"%x\r\n%s\r\n" % (len(h), h) if te else h)
             if te:
-                s.write(b"0\r\n\r\n")
+                s.write(b"%x\r\n%s\r\n" % (0, bytes()))  # the last, empty chunk
         elif data and not small:
             s.write(data)
 
-        l = s.readline().split(None, 2)
-        if len(l) < 2:
-            raise ValueError("HTTP error: BadStatusLine: %r" % l)
-        status = int(l[1])
-        reason = str(l[2].rstrip(), "utf-8") if len(l) > 2 else ""
+        h = s.readline().split(None, 2)
+        if len(h) < 2:
+            raise ValueError("HTTP error: BadStatusLine: %r" % h)
+        status = int(h[1])
+        reason = str(h[2].rstrip(), "utf-8") if len(h) > 2 else ""
         resp_d = None if parse_headers is False else {}
         location = None
-        dechunk = False
-        clen = 0 if method == "HEAD" or status in (204, 304) or status < 200 else -1
+        chunked = False
+        clen = 0 if method == "HEAD" or status == 204 or status == 304 or status < 200 else -1
         while 1:
             l = s.readline()
             if not l or l == b"\r\n":
                 break
-            c = l[0] | 0x20  # names in any case; lower() only the two that matter
-            if c == 116 and l[:18].lower() == b"transfer-encoding:":
-                dechunk = b"chunked" in l.lower()
-            elif c == 99 and clen < 0 and l[:15].lower() == b"content-length:":
-                clen = int(l[15:])
-            elif c == 108 and 300 <= status <= 399 and l[:9].lower() == b"location:":
-                location = str(l[9:].strip(), "utf-8")
+            h = str(l, "utf-8")
+            i = h.find(":")
+            k = h[:i].lower()  # names in any case
+            v = h[i + 1 :].strip()
+            if k == "transfer-encoding":
+                chunked = "chunked" in v.lower()
+            elif k == "content-length" and clen < 0:
+                clen = int(v)
+            elif k == "location" and 300 <= status <= 399:
+                location = v
             if parse_headers is True:
-                k, v = str(l, "utf-8").split(":", 1)
-                resp_d[k] = v.strip()
+                resp_d[h[:i]] = v
             elif parse_headers:
                 parse_headers(l, resp_d)
     except:
         s.close()
         raise
 
-    if location and status in (301, 302, 303, 307, 308):
+    if location and (300 < status < 304 or 306 < status < 309):
         s.close()
         if not _hops:
             raise ValueError("too many redirects")
+        host = headers.pop("Host")
         if location[:2] == "//":  # scheme-relative
             location = proto + location
-        elif location[0] == "/":
-            location = proto + "//" + headers["Host"] + location
-        elif "//" not in location:  # relative to the current directory
-            d = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
-            location = proto + "//" + headers["Host"] + "/" + d + location
-        headers.pop("Host", None)
-        to = location.split("/", 3)
-        if to[2] != netloc or proto == "https:" and to[0] != proto:
+        elif "//" not in location:
+            if location[0] != "/":  # relative to the current directory
+                location = path[: path.rfind("/") + 1] + location
+            location = proto + "//" + host + location
+        if location.split("/", 3)[2] != host or proto == "https:" and location[:6] != proto:
             headers.pop("Authorization", None)  # credentials stay with the host they were for
         headers.pop("Content-Length", None)
         if status < 304 and method != "HEAD":  # 301/302/303: the browser rule, GET without body
@@ -238,17 +222,17 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             data = None
         return request(method, location, data, None, headers, stream, None, timeout, parse_headers,
                        cadata, _hops - 1)
-    resp = Response()
-    resp.raw = resp
-    resp._s = s
-    resp._n = 0 if dechunk else clen
-    resp._c = dechunk and clen != 0
-    resp.encoding = "utf-8"
-    resp.status_code = status
-    resp.reason = reason
+    r = Response()
+    r.raw = r
+    r._s = s
+    r._n = 0 if chunked else clen
+    r._c = chunked and clen != 0
+    r.encoding = "utf-8"
+    r.status_code = status
+    r.reason = reason
     if resp_d is not None:
-        resp.headers = resp_d
-    return resp
+        r.headers = resp_d
+    return r
 
 
 def head(url, **kw):

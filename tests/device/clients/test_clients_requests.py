@@ -171,12 +171,14 @@ with requests.get(BASE + "/big", stream=True) as r:
 
 
 def test_a_query_right_after_the_host_is_split_off(micropython, http_peer):
+    """The host ends at the first "/" or "?": a query holding slashes (?next=/a/b) stays whole."""
     out = run(micropython, """
-r = requests.get(BASE + "?x=1&y=2")
-print(repr(r.status_code))
+for q in ("?x=1&y=2", "?next=/a/b", "?x=/"):
+    r = requests.get(BASE + q)
+    print(repr(r.status_code))
 """, http_peer.url)
-    assert out == [400]  # the peer's "unknown route", reached with the right request line
-    assert http_peer.seen[-1]["path"] == "/?x=1&y=2"
+    assert out == [400, 400, 400]  # the peer's "unknown route", reached with the right request line
+    assert [s["path"] for s in http_peer.seen[-3:]] == ["/?x=1&y=2", "/?next=/a/b", "/?x=/"]
     assert http_peer.seen[-1]["headers"]["Host"] == http_peer.url.split("//")[1]
 
 
