@@ -22,7 +22,7 @@ class MQTTClient(simple.MQTTClient):
 
     def log(self, in_reconnect, e):
         if self.DEBUG:
-            print("mqtt reconnect: %r" % e if in_reconnect else "mqtt: %r" % e)
+            print("mqtt%s: %r" % (" reconnect" if in_reconnect else "", e))
 
     def reconnect(self):
         i = 0

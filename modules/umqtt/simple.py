@@ -187,11 +187,10 @@ class MQTTClient:
     def publish(self, topic, msg, retain=False, qos=0):
         if not 0 <= qos <= 1:
             raise ValueError("qos")
+        pid = 0
         if qos:
             self.pid = pid = self.pid % 65535 + 1
-            self._send(0x32 | (1 if retain else 0), (topic, pid), msg, pid)
-        else:
-            self._send(0x30 | (1 if retain else 0), (topic,), msg, 0)
+        self._send(0x30 | qos << 1 | (1 if retain else 0), (topic, pid) if qos else (topic,), msg, pid)
 
     def subscribe(self, topic, qos=0):
         if self.cb is None:
