@@ -166,3 +166,20 @@ announce.stop()
 """
     out = micropython.run(script(tmp_path, mosquitto.host, mosquitto.port, body), timeout=30).stdout
     assert "STATE 3 ALLOC 0\n" in out, out  # bytes over 2,000 idle ticks
+
+
+def test_a_config_without_a_broker_is_a_named_error(micropython, tmp_path):
+    """announce reads mqtt.broker through wsconfig.broker(), as umqtt.simple does: a config
+    without one, or with a hand-edited "mqtt" that is not an object, says what to set."""
+    p = tmp_path / "nobroker.py"
+    p.write_text("""
+import announce
+for cfg in ({"hostname": "ann-1"}, {"hostname": "ann-1", "mqtt": "not-a-table"}):
+    try:
+        announce.start(cfg)
+    except ValueError as e:
+        print("error:", e)
+""")
+    out = micropython.run(p, timeout=30, env={"WORKSHOP_CONFIG": "ws.json"}).stdout.splitlines()
+    assert out == ["error: no MQTT broker: set mqtt.broker in ws.json",
+                   "error: ws.json: \"mqtt\" must be an object, got 'not-a-table'"]
