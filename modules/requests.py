@@ -35,7 +35,7 @@ class Response:
             l = s.readline()
             if l == b"\r\n":
                 l = s.readline()
-            self._n = int(str(l, "utf-8").split(";", 1)[0], 16)
+            self._n = int(l.split(b";", 1)[0], 16)
             if not self._n:  # the last chunk: skip trailers up to the blank line
                 self._c = False
                 while len(s.readline()) > 2:
@@ -99,7 +99,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
     if auth is not None:
         from binascii import b2a_base64
 
-        headers["Authorization"] = "Basic " + str(b2a_base64(":".join(auth).encode(), newline=False), "utf-8")
+        headers["Authorization"] = "Basic " + str(b2a_base64(b"%s:%s" % auth, newline=False), "utf-8")
 
     proto, _, host = url.split("/", 2)
     path = ""
@@ -118,6 +118,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
     else:
         raise ValueError("Unsupported protocol: " + proto)
     headers.setdefault("Host", host)
+    netloc = host
     if ":" in host:
         host, port = host.split(":", 1)
         port = int(port)
@@ -184,18 +185,20 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             l = s.readline()
             if not l or l == b"\r\n":
                 break
-            h = str(l, "utf-8")
-            i = h.find(":")
-            k = h[:i].lower()  # names in any case
-            v = h[i + 1 :].strip()
+            # Names are ASCII tokens, matched in any case; values may be any bytes (decoded only
+            # where a str is made of them). A line without a name is skipped.
+            i = l.find(b":")
+            k = str(l[:i], "utf-8").lower() if i > 0 else ""
+            v = l[i + 1 :].strip()
             if k == "transfer-encoding":
-                chunked = "chunked" in v.lower()
+                chunked = b"chunked" in v.lower()
             elif k == "content-length" and clen < 0:
                 clen = int(v)
             elif k == "location" and 300 <= status <= 399:
-                location = v
+                location = str(v, "utf-8")
             if parse_headers is True:
-                resp_d[h[:i]] = v
+                if k:
+                    resp_d[str(l[:i], "utf-8")] = str(v, "utf-8")
             elif parse_headers:
                 parse_headers(l, resp_d)
     except:
@@ -209,11 +212,12 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         host = headers.pop("Host")
         if location[:2] == "//":  # scheme-relative
             location = proto + location
-        elif "//" not in location:
-            if location[0] != "/":  # relative to the current directory
+        elif ":" not in location.split("/", 1)[0]:  # no scheme: on this host (/a?next=http://x too)
+            if location[0] != "/":  # relative to the current directory, not to a "/" in the query
+                path = path.split("?", 1)[0]
                 location = path[: path.rfind("/") + 1] + location
             location = proto + "//" + host + location
-        if location.split("/", 3)[2] != host or proto == "https:" and location[:6] != proto:
+        if location.split("/", 3)[2] != netloc or proto == "https:" and location[:6] != proto:
             headers.pop("Authorization", None)  # credentials stay with the host they were for
         headers.pop("Content-Length", None)
         if status < 304 and method != "HEAD":  # 301/302/303: the browser rule, GET without body

@@ -53,13 +53,14 @@ def section(cfg, key):
     return v
 
 
-def broker(cfg=None):
-    # The MQTT broker (host, port; port 0 when not set) from cfg, default the config file: the one
-    # reading of mqtt.broker, for umqtt (server=None) and announce. None set is a named error.
+def broker(cfg=None, port=0):
+    # The MQTT broker (host, port) from cfg, default the config file: the one reading of
+    # mqtt.broker, for umqtt (server=None) and announce. A port given wins over mqtt.port; 0 when
+    # neither is set. No broker set is a named error.
     m = section(load(False) if cfg is None else cfg, "mqtt")
     if not m.get("broker"):
         raise ValueError("no MQTT broker: set mqtt.broker in " + path())
-    return m["broker"], int(m.get("port") or 0)
+    return m["broker"], port or int(m.get("port") or 0)
 
 
 def watch(sock, handler):

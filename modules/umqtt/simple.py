@@ -28,8 +28,7 @@ class MQTTClient:
         if server is None:
             import wsconfig
 
-            server, p = wsconfig.broker()
-            port = port or p
+            server, port = wsconfig.broker(None, port)
         if not 0 <= keepalive < 65536:
             raise ValueError("keepalive")
         self.client_id = client_id
@@ -194,7 +193,7 @@ class MQTTClient:
 
     def subscribe(self, topic, qos=0):
         if self.cb is None:
-            raise MQTTException("set_callback() before subscribe()")
+            raise MQTTException("set_callback() before subscribe")
         if not 0 <= qos <= 1:
             raise ValueError("qos")
         self.pid = pid = self.pid % 65535 + 1
@@ -234,12 +233,12 @@ class MQTTClient:
                 self._rx(sz)  # PUBACK/UNSUBACK: pid; SUBACK: pid + code
             return None if op == 0xD0 else op
         n = self._rx(2)
-        sz -= n + (4 if op & 2 else 2)
-        if sz < 0 or op & 4:  # QoS 2 (or 3): never granted by subscribe()
+        sz -= n + (4 if op & 6 else 2)
+        if sz < 0 or op & 6 == 6:
             raise MQTTException("bad packet")
         try:
             topic = self.sock.read(n) if n else b""
-            if op & 2:
+            if op & 6:
                 pid = self._rx(2)
             msg = self.sock.read(sz) if sz else b""
         except MemoryError:  # a length no heap holds: garbage, or a message too big for the device
@@ -249,8 +248,10 @@ class MQTTClient:
             raise OSError(errno.ECONNRESET)
         if self.cb:
             self.cb(topic, msg)
-        if op & 2:
+        if op & 6 == 2:
             self._send(0x40, (pid,), b"", 0)
+        elif op & 6:  # read whole, so the stream stays in step; QoS 2's handshake is not ours
+            raise MQTTException("got QoS 2")
         return op
 
     # As wait_msg(), but returns None at once when nothing is pending.

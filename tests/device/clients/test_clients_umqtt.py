@@ -735,3 +735,53 @@ except OSError:
     finally:
         peer.close()
     assert device_lines(out.stdout) == ["too large", (b"ws/x", b"ok"), "too large", "closed"]
+
+
+def test_a_qos2_message_reaches_the_callback_and_leaves_the_stream_in_step(micropython, mosquitto, tmp_path):
+    """A broker sends QoS 2 only to a session that subscribed with QoS 2 (here made by paho under
+    the device's client id, kept with clean_session=False). umqtt has no QoS 2 handshake: the
+    message still reaches the callback, wait_msg() raises MQTTException("got QoS 2"), and the next
+    message is read whole (before, the QoS 2 packet was left half read and the next one lost)."""
+    import paho.mqtt.client as mqtt
+
+    setup = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-q2", clean_session=False)
+    setup.connect(mosquitto.host, mosquitto.port)
+    setup.loop_start()
+    subacked = threading.Event()
+    setup.on_subscribe = lambda *a: subacked.set()
+    setup.subscribe("ws/q2", 2)
+    assert subacked.wait(5)
+    setup.loop_stop()
+    setup.disconnect()
+    dev = DeviceProcess(micropython, PRELUDE + """
+c = MQTTClient("dev-q2", HOST, PORT)
+c.set_callback(show)
+print(repr(c.connect(clean_session=False)))      # the session paho left is there
+for i in range(2):
+    try:
+        print(repr(c.wait_msg()))
+    except MQTTException as e:
+        print(repr(str(e)))
+c.disconnect()
+""", tmp_path, mosquitto.host, str(mosquitto.port))
+    pub = Subscriber(mosquitto.host, mosquitto.port)
+    try:
+        dev.expect(1)
+        pub.publish("ws/q2", b"two", qos=2)
+        pub.publish("ws/q2", b"zero", qos=0)
+        for line in ((b"ws/q2", b"two"), "got QoS 2", (b"ws/q2", b"zero"), 0x30):
+            dev.expect(line)
+        dev.finish()
+    finally:
+        pub.close()
+        dev.kill()
+
+
+def test_a_port_given_wins_over_the_config(micropython, mosquitto, tmp_path):
+    config = tmp_path / "workshop.json"
+    config.write_text(json.dumps({"mqtt": {"broker": mosquitto.host, "port": "not-a-port"}}))
+    out = run(micropython, f"""
+c = MQTTClient("p1", port={mosquitto.port})
+print(repr((c.server, c.port, c.connect())))
+""", mosquitto, env={"WORKSHOP_CONFIG": str(config)})
+    assert device_lines(out.stdout) == [(mosquitto.host, mosquitto.port, 0)]
