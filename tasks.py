@@ -364,6 +364,13 @@ def _flash_images(board, auto, image, offset, chip, release, dist):
 
 
 # What to write (flash.choose_images, through _flash_images): the same options on flash and station.
+# The station's time budgets (workshop.station.BUDGETS), for station and flash --provision.
+_BUDGET_HELP = {
+    "boot_timeout": "seconds a flashed board may take to answer at its REPL (default 20: first boot formats the filesystem)",
+    "repl_timeout": "seconds each REPL step of provision and smoke may take (default 10; a slow board's imports take seconds)",
+    "reset_probe": "seconds a board whose ROM may stay in download mode gets to answer before 'press RESET' is shown (default 2)",
+    "reset_wait": "seconds a board that needs RESET pressed, or has no USB serial to follow, is waited for (default 120)",
+}
 _IMAGE_HELP = {
     "board": "write dist/<BOARD>/ (build.json gives chip and offsets); a board with another chip is refused",
     "auto": "pick each board's image by its detected chip, among the builds in dist/ (or the --release)",
@@ -387,10 +394,11 @@ _IMAGE_HELP = {
     "files": "with --provision: also copy this folder of lesson files onto every board",
     "registry": "record every board in this registry (SQLite; e.g. workshop.db)",
     "json_out": "with --provision: write one JSON line per event to this file",
+    **{k: "with --provision: " + v for k, v in _BUDGET_HELP.items()},
 })
 def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image=None, offset=None, chip=None,
           release=None, dist=None, flash_size=None, report=None, logs=None, provision=None, files=None,
-          registry=None, json_out=None):
+          registry=None, json_out=None, boot_timeout=None, repl_timeout=None, reset_probe=None, reset_wait=None):
     """Flash every selected board in parallel, verify each, retry slower, report; non-zero exit if any failed."""
     from pathlib import Path
 
@@ -398,7 +406,13 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
     from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
 
     from workshop import flash as _flash
+    from workshop import station as _station
 
+    try:
+        times = _station.budgets(boot_timeout=boot_timeout, repl_timeout=repl_timeout, reset_probe=reset_probe,
+                                 reset_wait=reset_wait)
+    except _station.StationError as e:
+        raise _fail(str(e)) from None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     targets = _device_ports(ports)
@@ -408,10 +422,8 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
     options = _flash.FlashOptions(baud=int(baud), erase=erase, flash_size=flash_size)
     reg = _open_registry(registry)
     if provision or files:
-        from workshop import station as _station
-
         plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=Path(files) if files else None,
-                             registry=reg, log_dir=log_dir)
+                             registry=reg, log_dir=log_dir, **times)
         _run_station(lambda on_event, cancel: _station.run_boards(targets, plan, on_event=on_event, cancel=cancel),
                      json_out)
         return
@@ -445,8 +457,6 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
             Column("left as / why", wrap=True)], summary)
     report_path = result.write_json(Path(report) if report else log_dir / "report.json")
     if reg is not None:
-        from workshop import station as _station
-
         _not_recorded(_station.record_flash_report(reg, result, images))
     ok = sum(r.ok for r in result.results)
     console.print(f"{ok}/{len(result.results)} verified in {result.seconds:.1f} s; report {report_path}; "
@@ -1068,12 +1078,13 @@ def _run_station(run, json_out=None):
     "json_out": "write one JSON line per event to this file",
     "reflash": "flash even boards the registry knows as ready with this image",
     "baud": "flash baud rate (a failed attempt retries at 115200, then legacy stub, then no stub)",
-    "boot_timeout": "seconds a flashed board may take to answer at its REPL (first boot formats the filesystem)",
+    **_BUDGET_HELP,
     "logs": "folder for the per-board esptool logs (default: logs/station/<time>/)",
 })
 def station(c, board=None, auto=False, release=None, image=None, offset=None, chip=None, dist=None, provision=None,
             files=None, smoke=False, network=False, mqtt=None, registry="workshop.db", ports_dir=None, all_ports=False,
-            stop_after=None, json_out=None, reflash=False, baud=460800, boot_timeout=20.0, logs=None):
+            stop_after=None, json_out=None, reflash=False, baud=460800, boot_timeout=None, repl_timeout=None,
+            reset_probe=None, reset_wait=None, logs=None):
     """Hot-plug: every board plugged in goes appear -> flash -> provision -> smoke -> ready, until Ctrl-C."""
     from pathlib import Path
 
@@ -1081,6 +1092,11 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     from workshop import smoke as _smoke
     from workshop import station as _station
 
+    try:
+        times = _station.budgets(boot_timeout=boot_timeout, repl_timeout=repl_timeout, reset_probe=reset_probe,
+                                 reset_wait=reset_wait)
+    except _station.StationError as e:
+        raise _fail(str(e)) from None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     net = None
@@ -1092,8 +1108,8 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport)
     plan = _station.Plan(images=images, flash_options=_flash.FlashOptions(baud=int(baud)), provision=cfg,
                          files=Path(files) if files else None, smoke=smoke or network, network=net,
-                         registry=_open_registry(registry), reflash=reflash, boot_timeout=float(boot_timeout),
-                         log_dir=Path(logs) if logs else None)
+                         registry=_open_registry(registry), reflash=reflash, log_dir=Path(logs) if logs else None,
+                         **times)
     try:
         source = _station.default_source(Path(ports_dir) if ports_dir else None, all_ports)
     except _station.StationError as e:

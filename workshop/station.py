@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from . import flash as _flash
 from .devices import SerialPort, list_board_ports, log_name
@@ -253,8 +253,40 @@ class Plan:
     repl_baud: int = 115200
     repl_timeout: float = 10.0
     reset_probe: float = 2.0                # a board that may stay in download mode: its REPL's time to answer
+    reset_wait: float = RESET_WAIT          # how long a board that needs RESET pressed is waited for
     log_dir: Path | None = None
     expected: Callable[[FlashImage], Any] | None = None   # smoke expectations for an image (default: its build)
+
+
+class Budgets(TypedDict, total=False):
+    """The Plan's time budgets a person may set (a slow REPL, a board that needs RESET), in seconds."""
+
+    boot_timeout: float
+    repl_timeout: float
+    reset_probe: float
+    reset_wait: float
+
+
+BUDGETS = tuple(Budgets.__annotations__)
+
+
+def budgets(**given: str | float | None) -> Budgets:
+    """The Plan fields for the budgets given (None: Plan's default), each a number of seconds > 0;
+    raises StationError naming the option otherwise."""
+    out = Budgets()
+    for name, value in given.items():
+        if name not in BUDGETS:
+            raise TypeError(f"no such budget: {name}")
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds == float("inf"):
+            raise StationError(f"--{name.replace('_', '-')}: expected seconds > 0, got {value!r}")
+        out[name] = seconds  # type: ignore[literal-required]  # name is one of BUDGETS, checked above
+    return out
 
 
 @dataclass(frozen=True)
@@ -488,11 +520,12 @@ class _Journey:
             port = self.await_reset(port)
             if port is None:
                 return self.finish("interrupted" if self.cancel.is_set() else "failed",
-                                   f"RESET was not pressed within {RESET_WAIT:.0f} s: the board is still in "
+                                   f"RESET was not pressed within {plan.reset_wait:g} s: the board is still in "
                                    "download mode (flashed and verified)")
         if port is None:
             return self.finish("interrupted" if self.cancel.is_set() else "failed",
-                               f"the board did not come back after its reset within {plan.boot_timeout:.0f} s")
+                               f"the board did not come back after its reset within "
+                               f"{plan.boot_timeout if self.port.serial_number else plan.reset_wait:g} s")
         if plan.provision is not None or plan.files is not None:
             ok = self.provision(port)
             if self.stranger:
@@ -564,7 +597,7 @@ class _Journey:
             return port
         name = self.port.by_id or self.port.device
         self.emit("booting", f"press RESET on {name}")
-        deadline = time.monotonic() + RESET_WAIT
+        deadline = time.monotonic() + self.plan.reset_wait
         while time.monotonic() < deadline and not self.cancel.is_set():
             if not self.tracker.is_present(self.port):
                 return self.follow()              # RESET re-enumerates a native-USB board
@@ -580,7 +613,7 @@ class _Journey:
         serial = self.port.serial_number
         self.emit("booting", f"re-enumerating: following USB serial {serial}" if serial else
                   f"press RESET on {self.port.by_id or self.port.device}")
-        found = self.tracker.wait_for(r.key, serial, plan.boot_timeout if serial else RESET_WAIT, self.cancel)
+        found = self.tracker.wait_for(r.key, serial, plan.boot_timeout if serial else plan.reset_wait, self.cancel)
         if found is None:
             return None
         r.port = found.device

@@ -497,3 +497,46 @@ def test_invoke_provision_with_a_registry_refuses_a_hostname_another_board_holds
     assert res["stage"] == "name" and "hostname 'lab-02' is already board 24:0a:c4:aa:bb:cc's" in res["error"]
     assert not (tmp_path / "board" / "workshop.json").exists()
     assert Registry(db).get("24:0a:c4:aa:bb:cc").hostname == "lab-02"
+
+
+def test_time_budgets_are_seconds_and_a_bad_one_names_its_option():
+    assert station.budgets(boot_timeout="45", repl_timeout=2.5, reset_probe=None) == {"boot_timeout": 45.0,
+                                                                                     "repl_timeout": 2.5}
+    for bad in ("soon", "0", "-1", "nan", "inf"):
+        with pytest.raises(station.StationError, match=rf"^--reset-wait: expected seconds > 0, got '{bad}'$"):
+            station.budgets(reset_wait=bad)
+    assert set(station.BUDGETS) <= set(station.Plan.__dataclass_fields__)
+
+
+def test_the_budget_help_states_the_plans_defaults():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kit_tasks", REPO / "tasks.py")
+    assert spec and spec.loader
+    tasks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tasks)
+    assert set(tasks._BUDGET_HELP) == set(station.BUDGETS)
+    for name in station.BUDGETS:
+        default = station.Plan.__dataclass_fields__[name].default
+        assert f"(default {default:g}" in tasks._BUDGET_HELP[name], (name, default)
+
+
+@pytest.mark.parametrize("task", ["station", "flash"])
+def test_invoke_refuses_a_bad_budget_before_touching_a_board(task, tmp_path):
+    proc = _invoke(task, "--board", "ESP32_GENERIC", "--repl-timeout", "soon", "--provision", "nowhere.toml")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    assert "--repl-timeout: expected seconds > 0, got 'soon'" in out + err and "Traceback" not in err
+
+
+def test_a_board_whose_reset_is_never_pressed_fails_after_reset_wait_naming_it(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC_S2", "esp32s2", size=16 * 1024)
+    plan = plan_for(tmp_path, image_dir, smoke=False, reset_probe=0.5, reset_wait=1.5)
+    board = farm.start("esp32s2", name="s2", runtime="pypi", reenumerate=True, manual_reset=True)
+    hub.plug(board, serial="S2NEVER")
+    t0 = time.monotonic()
+    report = station.watch(plan, station.FolderSource(hub.folder), on_event=lambda e: None, stop_after=1)
+    [r] = report.results
+    assert r.state == "failed" and "RESET was not pressed within 1.5 s" in r.reason, (r.state, r.reason)
+    assert time.monotonic() - t0 < 60
