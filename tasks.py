@@ -14,7 +14,7 @@ from rich.console import Console
 
 from workshop import build as _build
 from workshop import check as _check
-from workshop import config, render, source
+from workshop import config, devconfig, render, source
 from workshop.render import Cell, Column
 
 # This CLI works on the checkout it lives in, wherever invoke was started from (invoke -r ...).
@@ -38,6 +38,27 @@ def _csv(value: str | None) -> list[str]:
 def _fail(message: str, code: int = 1) -> Exit:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return Exit(code=code)
+
+
+def _seconds(value, what, zero=False):
+    try:
+        return devconfig.seconds(value, what, zero=zero)
+    except devconfig.DevConfigError as e:
+        raise _fail(str(e)) from None
+
+
+def _port(value, what):
+    try:
+        return devconfig.port_number(value, what)
+    except devconfig.DevConfigError as e:
+        raise _fail(str(e)) from None
+
+
+def _count(value, what):
+    try:
+        return devconfig.count(value, what)
+    except devconfig.DevConfigError as e:
+        raise _fail(str(e)) from None
 
 
 def _selected_boards(board: str | None, all_boards: bool) -> list[config.Board]:
@@ -105,7 +126,7 @@ def setup(c, ports="", micropython=None, git_url=None, check=False):
     "micropython": "MicroPython checkout to build from (default: the cache, see 'invoke setup')",
     "force": "rebuild even when the inputs are unchanged",
 })
-def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", image=None, jobs=1,
+def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", image=None, jobs="1",
           micropython=None, force=False):
     """Build images into dist/<BOARD>/ (image, build.json); 'up to date' when nothing changed."""
     selected = _selected_boards(board, all)
@@ -113,7 +134,7 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
     def on_event(name: str, message: str) -> None:
         console.print(f"[bold]{name}[/]: {message}", highlight=False, soft_wrap=True)
 
-    results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=int(jobs), micropython=micropython,
+    results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=_count(jobs, "--jobs"), micropython=micropython,
                                force=force, skip_unavailable=all and skip_unavailable, on_event=on_event)
     rows = []
     for r in results:
@@ -208,7 +229,7 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
     "room": "serve /room from mDNS alone (no broker)",
     "interface": "mDNS for /room on these interface addresses only, comma-separated",
 })
-def serve(c, version=None, directory=None, host="0.0.0.0", port=8000, mqtt=None, room=False, interface=None):
+def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=None, room=False, interface=None):
     """Serve a release on the LAN: the flasher page and every image (WebSerial needs https or localhost); /room with --mqtt."""
     from pathlib import Path
 
@@ -222,7 +243,7 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port=8000, mqtt=None,
         the_room, watcher = _room_watcher(mqtt, None, None, None, None, False, interface)
     try:
         folder = Path(directory) if directory else config.project_root() / "release" / _release.normalize_version(version)
-        server = _serve.make_server(folder, host, int(port), room=the_room,
+        server = _serve.make_server(folder, host, _port(port, "--port"), room=the_room,
                                     on_request=lambda who, line: console.print(f"[dim]{who}[/] {line}", highlight=False))
     except (_release.ReleaseError, _serve.ServeError) as e:
         if watcher:
@@ -396,7 +417,7 @@ _IMAGE_HELP = {
     "json_out": "with --provision: write one JSON line per event to this file",
     **{k: "with --provision: " + v for k, v in _BUDGET_HELP.items()},
 })
-def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image=None, offset=None, chip=None,
+def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", image=None, offset=None, chip=None,
           release=None, dist=None, flash_size=None, report=None, logs=None, provision=None, files=None,
           registry=None, json_out=None, boot_timeout=None, repl_timeout=None, reset_probe=None, reset_wait=None):
     """Flash every selected board in parallel, verify each, retry slower, report; non-zero exit if any failed."""
@@ -419,7 +440,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud=460800, image
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     log_dir = _flash_log_dir(logs)
-    options = _flash.FlashOptions(baud=int(baud), erase=erase, flash_size=flash_size)
+    options = _flash.FlashOptions(baud=_count(baud, "--baud"), erase=erase, flash_size=flash_size)
     reg = _open_registry(registry)
     if provision or files:
         plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=Path(files) if files else None,
@@ -511,7 +532,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
 
         try:
             results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
-                                               baudrate=int(baud), connect_timeout=connect_timeout,
+                                               baudrate=_count(baud, "--baud"), connect_timeout=connect_timeout,
                                                files=Path(files) if files else None,
                                                index_of=_station.sticker_index(reg) if reg is not None else None,
                                                vet=_station.registry_vet(reg) if reg is not None else None)
@@ -572,7 +593,7 @@ def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_passwo
     "registry": "record the boards in this registry; {index} is then each board's sticker number",
 })
 def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telnet_user=None, telnet_password=None,
-              mqtt=None, mqtt_port=None, start=None, config=None, replace=False, reset=False, baud=115200,
+              mqtt=None, mqtt_port=None, start=None, config=None, replace=False, reset=False, baud="115200",
               json=False, files=None, registry=None):  # noqa: A002
     """Write /workshop.json and the boot hook on every board in parallel (atomic, read back); non-zero exit if any failed."""
     cfg = _provision_config(config, **_provision_options(wifi, wifi_password, hostname, telnet_user,
@@ -613,7 +634,7 @@ def _smoke_expected(board, dist, release):
     "registry": "record each board's result in this registry (by the MAC its firmware reports)",
 })
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
-          json_out=None, junit=None, baud=115200, json=False, timeout=None, registry=None):  # noqa: A002 - invoke derives --json
+          json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
     from pathlib import Path
 
@@ -625,11 +646,9 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     if json:
         json_out = "-"
     try:
-        budget = 10.0 if timeout is None else float(timeout)   # a string: invoke would cast "soon" itself, unkindly
-        if not budget > 0:
-            raise ValueError
-    except ValueError:
-        raise _fail(f"--timeout: expected a number of seconds above 0, got {timeout!r}") from None
+        budget = 10.0 if timeout is None else devconfig.seconds(timeout, "--timeout")  # a string: not invoke's cast
+    except devconfig.DevConfigError as e:
+        raise _fail(str(e)) from None
     net = None
     if network:
         try:
@@ -645,8 +664,8 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     with console.status(f"checking {len(targets)} board(s)..."):
         from workshop import station as _station
 
-        macs = _station.board_macs(targets, int(baud)) if reg is not None else {}
-        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=int(baud), timeout=budget)
+        macs = _station.board_macs(targets, _count(baud, "--baud")) if reg is not None else {}
+        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=_count(baud, "--baud"), timeout=budget)
         skipped = _station.record_smoke_reports(reg, reports, macs) if reg is not None else []
     _not_recorded(skipped)
     if json_out:
@@ -762,13 +781,14 @@ def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, regis
     import json as _json
     import time
 
+    listen = _seconds(wait, "--wait", zero=True)
     room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, interface)
     server = None
     try:
         if serve:
             server = _room_server(serve, room)
         if not (watch or server):
-            time.sleep(float(wait))
+            time.sleep(listen)
             if json:
                 print(_json.dumps(room.report(), indent=2))
             else:
@@ -806,7 +826,7 @@ def _room_server(address, room):
 
     host, _, port = str(address).rpartition(":")
     try:
-        server = _serve.make_room_server(room, host or "0.0.0.0", int(port))
+        server = _serve.make_room_server(room, host or "0.0.0.0", _port(port, "--serve"))
     except (_serve.ServeError, ValueError) as e:
         raise _fail(f"--serve {address}: {e}") from None
     _serve.start_in_thread(server)
@@ -840,9 +860,10 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
 
     from workshop import fleet as _fleet
 
+    listen, budget, workers = _seconds(wait, "--wait", zero=True), _seconds(timeout, "--timeout"), _count(jobs, "--jobs")
     room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, None, no_mdns, interface)
     try:
-        time.sleep(float(wait))
+        time.sleep(listen)
         rows = room.rows()
     finally:
         watcher.stop()
@@ -854,7 +875,7 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
         skip = _fleet.completed_in(path, first) if resume and not callable(command) else set()
         runner = _fleet.Fleet(user=telnet_user or "micro",
                               password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD", ""),
-                              jobs=int(jobs), timeout=float(timeout),
+                              jobs=workers, timeout=budget,
                               on_event=None if as_json else
                               (lambda e: err_console.print(f"[dim]{e.hostname}: {escape(e.message)}[/]", highlight=False)
                                if e.kind in ("start",) else None))
@@ -887,7 +908,7 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
       positional=["action", "arg"])
 def fleet(c, action, arg, dest=None, hosts=None, all=False, outdated=False, resume=False, mqtt=None,  # noqa: A002
           mqtt_user=None, mqtt_password=None, release=None, no_mdns=False, interface=None, wait="2",
-          telnet_user=None, telnet_password=None, jobs=16, timeout="20", report=None, json=False):
+          telnet_user=None, telnet_password=None, jobs="16", timeout="20", report=None, json=False):
     """exec CODE | run FILE | put SRC [--dest D] on many boards over Wi-Fi (telnet REPL); JSON report, --resume."""
     from pathlib import Path
 
@@ -912,7 +933,7 @@ def fleet(c, action, arg, dest=None, hosts=None, all=False, outdated=False, resu
 @task(auto_shortflags=False, help=_FLEET_HELP)
 def fleet_reset(c, hosts=None, all=False, outdated=False, resume=False, mqtt=None,  # noqa: A002
                 mqtt_user=None, mqtt_password=None, release=None, no_mdns=False, interface=None, wait="2",
-                telnet_user=None, telnet_password=None, jobs=16, timeout="20", report=None, json=False):
+                telnet_user=None, telnet_password=None, jobs="16", timeout="20", report=None, json=False):
     """Reset many boards over Wi-Fi (machine.reset() through the telnet REPL)."""
     from workshop import fleet as _fleet
 
@@ -927,12 +948,12 @@ def fleet_reset(c, hosts=None, all=False, outdated=False, resume=False, mqtt=Non
     "port": "TCP port (default 1883)",
     "password_file": "only these users (a mosquitto_passwd file); default: anonymous access",
 })
-def broker(c, bind="0.0.0.0", port=1883, password_file=None):
+def broker(c, bind="0.0.0.0", port="1883", password_file=None):
     """Run the workshop's MQTT broker (mosquitto) in the foreground; Ctrl-C stops it."""
     from workshop import broker as _broker
 
     try:
-        plan = _broker.plan(bind, int(port), password_file)
+        plan = _broker.plan(bind, _port(port, "--port"), password_file)
         running = _broker.Broker(plan, on_line=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
         running.start()
     except _broker.BrokerError as e:
@@ -1083,7 +1104,7 @@ def _run_station(run, json_out=None):
 })
 def station(c, board=None, auto=False, release=None, image=None, offset=None, chip=None, dist=None, provision=None,
             files=None, smoke=False, network=False, mqtt=None, registry="workshop.db", ports_dir=None, all_ports=False,
-            stop_after=None, json_out=None, reflash=False, baud=460800, boot_timeout=None, repl_timeout=None,
+            stop_after=None, json_out=None, reflash=False, baud="460800", boot_timeout=None, repl_timeout=None,
             reset_probe=None, reset_wait=None, logs=None):
     """Hot-plug: every board plugged in goes appear -> flash -> provision -> smoke -> ready, until Ctrl-C."""
     from pathlib import Path
@@ -1106,7 +1127,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         except _smoke.SmokeError as e:
             raise _fail(str(e)) from None
         net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport)
-    plan = _station.Plan(images=images, flash_options=_flash.FlashOptions(baud=int(baud)), provision=cfg,
+    plan = _station.Plan(images=images, flash_options=_flash.FlashOptions(baud=_count(baud, "--baud")), provision=cfg,
                          files=Path(files) if files else None, smoke=smoke or network, network=net,
                          registry=_open_registry(registry), reflash=reflash, log_dir=Path(logs) if logs else None,
                          **times)
@@ -1116,7 +1137,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         raise _fail(str(e)) from None
     console.print(f"watching {ports_dir or 'the serial ports'} for boards; Ctrl-C stops", highlight=False)
     _run_station(lambda on_event, cancel: _station.watch(plan, source, on_event=on_event, cancel=cancel,
-                                                         stop_after=int(stop_after) if stop_after else None),
+                                                         stop_after=_count(stop_after, "--stop-after") if stop_after else None),
                  json_out)
 
 
@@ -1157,8 +1178,10 @@ def _identify_over_network(hosts, all, mqtt, mqtt_user, mqtt_password, no_mdns, 
     """identify --hosts/--all: blink boards over the network (LED pin from boards/<BOARD>.toml; else a banner)."""
     from workshop import fleet as _fleet
 
+    blink = _seconds(seconds, "--seconds")
+
     def make(_targets):
-        return lambda t: _fleet.Command.identify(*_fleet.led_for(t.board), seconds=float(seconds))
+        return lambda t: _fleet.Command.identify(*_fleet.led_for(t.board), seconds=blink)
 
     _fleet_run(make, hosts=hosts, all_boards=all, outdated=False, resume=False, mqtt=mqtt, mqtt_user=mqtt_user,
                mqtt_password=mqtt_password, release=None, no_mdns=no_mdns, interface=interface, wait=wait,
@@ -1175,7 +1198,7 @@ def _identify_over_network(hosts, all, mqtt, mqtt_user, mqtt_password, no_mdns, 
     "json": "print JSON instead of a table (over the network: the JSON report)",
     "seconds": "over the network: how long to blink (default 5)",
 })
-def identify(c, ports=None, blink=None, registry="workshop.db", baud=115200, json=False,  # noqa: A002
+def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", json=False,  # noqa: A002
              hosts=None, all=False, mqtt=None, mqtt_user=None, mqtt_password=None, no_mdns=False,  # noqa: A002
              interface=None, wait="2", telnet_user=None, telnet_password=None, seconds="5", timeout="20", report=None):
     """Each board blinks its sticker number on its LED (or prints its name on its console); port -> hostname -> MAC.
@@ -1195,7 +1218,7 @@ def identify(c, ports=None, blink=None, registry="workshop.db", baud=115200, jso
     reg = _open_registry(registry) if Path(registry).exists() else None
     try:
         with console.status(f"asking {len(targets)} board(s) to show themselves..."):
-            shown = _identify.identify_boards(targets, reg, only=blink, baudrate=int(baud))
+            shown = _identify.identify_boards(targets, reg, only=blink, baudrate=_count(baud, "--baud"))
     except ValueError as e:
         raise _fail(str(e)) from None
     if json:

@@ -1,5 +1,6 @@
 """The workshop config in its one shape (/workshop.json on a device; workshop.toml or .json on
-the host): reading a file, what in it is secret, how it may be shown, port numbers.
+the host): reading a file, what in it is secret, how it may be shown, port numbers, and the
+numbers a command line gives (seconds, counts).
 
 One definition of a secret serves every caller: provisioning masks what it writes and every
 event it emits, smoke reports mask the device config they quote, and a release refuses any
@@ -70,6 +71,26 @@ def load_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DevConfigError(f"{path}: expected a {kind} object at the top, got {type(data).__name__}")
     return data
+
+
+def seconds(value: Any, what: str, *, zero: bool = False) -> float:
+    """A time budget from a number or a string ("2.5" from a command line): finite, above 0 (or 0
+    itself when `zero`); DevConfigError naming `what` otherwise."""
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        s = -1.0
+    if not (s > 0 or zero and s == 0) or s == float("inf"):
+        raise DevConfigError(f"{what}: expected seconds {'>= 0' if zero else '> 0'}, got {value!r}")
+    return s
+
+
+def count(value: Any, what: str) -> int:
+    """A number of things (workers, boards) from an int or a string of digits: 1 or more."""
+    n = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DevConfigError(f"{what}: expected a whole number >= 1, got {value!r}")
+    return n
 
 
 def port_number(value: Any, what: str) -> int:

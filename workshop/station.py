@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
+from . import devconfig
 from . import flash as _flash
 from .devices import SerialPort, list_board_ports, log_name
 from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
@@ -280,11 +281,9 @@ def budgets(**given: str | float | None) -> Budgets:
         if value is None:
             continue
         try:
-            seconds = float(value)
-        except ValueError:
-            seconds = -1.0
-        if not seconds > 0 or seconds == float("inf"):
-            raise StationError(f"--{name.replace('_', '-')}: expected seconds > 0, got {value!r}")
+            seconds = devconfig.seconds(value, "--" + name.replace("_", "-"))
+        except devconfig.DevConfigError as e:
+            raise StationError(str(e)) from None
         out[name] = seconds  # type: ignore[literal-required]  # name is one of BUDGETS, checked above
     return out
 

@@ -33,4 +33,4 @@ def test_a_bad_mqtt_port_is_a_clear_error(args, message):
 def test_a_bad_smoke_timeout_is_a_clear_error(value):
     proc = invoke("smoke", "--ports", "/dev/null", "--board", "UNIX", "--timeout", value)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert f"--timeout: expected a number of seconds above 0, got '{value}'" in " ".join(proc.stderr.split())
+    assert f"--timeout: expected seconds > 0, got '{value}'" in " ".join(proc.stderr.split())

@@ -276,3 +276,16 @@ def test_one_port_number_rule_and_one_config_file_reader(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(devconfig.DevConfigError, match="list.json: expected a JSON object at the top, got list"):
         devconfig.load_file(tmp_path / "list.json")
+
+
+def test_seconds_and_counts_from_a_command_line():
+    from workshop import devconfig
+
+    assert devconfig.seconds("2.5", "--wait") == 2.5 and devconfig.seconds(0, "--wait", zero=True) == 0.0
+    for bad in ("soon", "", "0", "-1", "nan", "inf", None):
+        with pytest.raises(devconfig.DevConfigError, match=r"^--timeout: expected seconds > 0, got "):
+            devconfig.seconds(bad, "--timeout")
+    assert devconfig.count("16", "--jobs") == 16 and devconfig.count(3, "--jobs") == 3
+    for bad in ("x", "0", "-2", "1.5", 0, True):
+        with pytest.raises(devconfig.DevConfigError, match=r"^--jobs: expected a whole number >= 1, got "):
+            devconfig.count(bad, "--jobs")

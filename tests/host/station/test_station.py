@@ -540,3 +540,16 @@ def test_a_board_whose_reset_is_never_pressed_fails_after_reset_wait_naming_it(f
     [r] = report.results
     assert r.state == "failed" and "RESET was not pressed within 1.5 s" in r.reason, (r.state, r.reason)
     assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.parametrize("args, message", [
+    (["broker", "--port", "99999"], "--port: expected a port number 1..65535, got '99999'"),
+    (["fleet", "exec", "1", "--all", "--jobs", "x"], "--jobs: expected a whole number >= 1, got 'x'"),
+    (["roster", "--wait", "soon"], "--wait: expected seconds >= 0, got 'soon'"),
+    (["identify", "--all", "--seconds", "x"], "--seconds: expected seconds > 0, got 'x'"),
+])
+def test_a_number_typed_wrong_on_the_command_line_is_a_named_error_not_a_traceback(args, message):
+    # Before, int defaults were cast by invoke itself ("invalid literal for int()" and a traceback).
+    proc = _invoke(*args)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and message in out + err and "Traceback" not in err, out + err
