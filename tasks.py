@@ -384,7 +384,6 @@ def _flash_images(board, auto, image, offset, chip, release, dist):
         raise _fail(str(e)) from None
 
 
-# What to write (flash.choose_images, through _flash_images): the same options on flash and station.
 # The station's time budgets (workshop.station.BUDGETS), for station and flash --provision.
 _BUDGET_HELP = {
     "boot_timeout": "seconds a flashed board may take to answer at its REPL (default 20: first boot formats the filesystem)",
@@ -392,6 +391,7 @@ _BUDGET_HELP = {
     "reset_probe": "seconds a board whose ROM may stay in download mode gets to answer before 'press RESET' is shown (default 2)",
     "reset_wait": "seconds a board that needs RESET pressed, or has no USB serial to follow, is waited for (default 120)",
 }
+# What to write (flash.choose_images, through _flash_images): the same options on flash and station.
 _IMAGE_HELP = {
     "board": "write dist/<BOARD>/ (build.json gives chip and offsets); a board with another chip is refused",
     "auto": "pick each board's image by its detected chip, among the builds in dist/ (or the --release)",
@@ -524,6 +524,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
     from workshop import provision as _provision
     from workshop import station as _station
 
+    baudrate = _count(baud, "--baud")
     reg = _open_registry(registry)
     with console.status(f"provisioning {len(targets)} board(s)...") as status:
         def on_event(e) -> None:
@@ -532,7 +533,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
 
         try:
             results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
-                                               baudrate=_count(baud, "--baud"), connect_timeout=connect_timeout,
+                                               baudrate=baudrate, connect_timeout=connect_timeout,
                                                files=Path(files) if files else None,
                                                index_of=_station.sticker_index(reg) if reg is not None else None,
                                                vet=_station.registry_vet(reg) if reg is not None else None)
@@ -645,10 +646,8 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
 
     if json:
         json_out = "-"
-    try:
-        budget = 10.0 if timeout is None else devconfig.seconds(timeout, "--timeout")  # a string: not invoke's cast
-    except devconfig.DevConfigError as e:
-        raise _fail(str(e)) from None
+    budget = 10.0 if timeout is None else _seconds(timeout, "--timeout")  # a string: not invoke's cast
+    baudrate = _count(baud, "--baud")
     net = None
     if network:
         try:
@@ -664,8 +663,8 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     with console.status(f"checking {len(targets)} board(s)..."):
         from workshop import station as _station
 
-        macs = _station.board_macs(targets, _count(baud, "--baud")) if reg is not None else {}
-        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=_count(baud, "--baud"), timeout=budget)
+        macs = _station.board_macs(targets, baudrate) if reg is not None else {}
+        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=baudrate, timeout=budget)
         skipped = _station.record_smoke_reports(reg, reports, macs) if reg is not None else []
     _not_recorded(skipped)
     if json_out:
