@@ -209,14 +209,14 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         s.close()
         if not _hops:
             raise ValueError("too many redirects")
-        host = headers.pop("Host")
+        headers.pop("Host", None)  # the next hop's own (a Host the caller set named this server)
         if location[:2] == "//":  # scheme-relative
             location = proto + location
         elif ":" not in location.split("/", 1)[0]:  # no scheme: on this host (/a?next=http://x too)
             if location[0] != "/":  # relative to the current directory, not to a "/" in the query
                 path = path.split("?", 1)[0]
                 location = path[: path.rfind("/") + 1] + location
-            location = proto + "//" + host + location
+            location = proto + "//" + netloc + location  # the URL's server, whatever Host said
         if location.split("/", 3)[2] != netloc or proto == "https:" and location[:6] != proto:
             headers.pop("Authorization", None)  # credentials stay with the host they were for
         headers.pop("Content-Length", None)

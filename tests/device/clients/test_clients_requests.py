@@ -428,8 +428,10 @@ def test_a_location_on_this_host_may_hold_a_url_in_its_query(micropython, http_p
     out = run(micropython, """
 for to in ("/echo?next=http://x/y", "/x//echo", "echo?rel=2&pad=/x/y"):
     print(repr(requests.get(BASE + "/redirect/302?to=" + to).json()["path"]))
+# a Host header the caller set (a virtual host) does not move a relative redirect to that name
+print(repr(requests.get(BASE + "/redirect/302?to=/echo?vhost=1", headers={"Host": "example.invalid"}).json()["path"]))
 """, http_peer.url)
-    assert out == ["/echo?next=http://x/y", "/x//echo", "/redirect/echo?rel=2"]
+    assert out == ["/echo?next=http://x/y", "/x//echo", "/redirect/echo?rel=2", "/echo?vhost=1"]
 
 
 def test_header_lines_a_server_gets_wrong(micropython):
