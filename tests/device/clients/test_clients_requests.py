@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from clienttools import BIG, CHUNKS, DeviceProcess, device_lines, free_port
@@ -434,49 +436,11 @@ print(repr(requests.get(BASE + "/redirect/302?to=/echo?vhost=1", headers={"Host"
     assert out == ["/echo?next=http://x/y", "/x//echo", "/redirect/echo?rel=2", "/echo?vhost=1"]
 
 
-def test_header_lines_a_server_gets_wrong(micropython):
-    """A value in another charset is fine when headers are not parsed (or a callable gets the raw
-    line); a line without a name is left out of r.headers, not stored as a junk key."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-
-    def serve():
-        while True:
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            with c:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    d = c.recv(1024)
-                    if not d:
-                        break
-                    data += d
-                odd = b"X-Bin: \xff\xfe\r\n" if b"/bin" in data else b"Garbage line\r\n"
-                c.sendall(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n" + odd + b"Content-Length: 2\r\n\r\nok")
-
-    import threading
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        out = run(micropython, """
-print(repr(requests.get(BASE + "/bin", parse_headers=False).content))
-seen = []
-print(repr(requests.get(BASE + "/bin", parse_headers=lambda l, d: seen.append(l)).content))
-print(repr(seen[1]))
-r = requests.get(BASE + "/garbage")
-print(repr((r.headers, r.content)))
-""", f"http://127.0.0.1:{srv.getsockname()[1]}")
-    finally:
-        srv.close()
-    assert out == [b"ok", b"ok", b"X-Bin: \xff\xfe\r\n", ({"X-A": "1", "Content-Length": "2"}, b"ok")]
-
-
-def test_bodies_end_at_content_length_on_a_server_that_keeps_the_connection(micropython):
-    """Content-Length frames the body (read in one allocation): a server that keeps the
-    connection open despite `Connection: close` does not make .content wait for the timeout,
-    and a HEAD answer (Content-Length, no body) is empty at once."""
+@contextmanager
+def raw_peer(answer, keep_open=False):
+    """A bare socket server on loopback for answers http.server will not write: each connection's
+    request head goes to answer(head), whose bytes are sent back; the connection is then closed, or
+    held open until the peer stops (keep_open). Yields the base URL."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
@@ -489,18 +453,53 @@ def test_bodies_end_at_content_length_on_a_server_that_keeps_the_connection(micr
             except OSError:
                 return
             held.append(c)
-            data = b""
-            while b"\r\n\r\n" not in data:
+            head = b""
+            while b"\r\n\r\n" not in head:
                 d = c.recv(1024)
                 if not d:
                     break
-                data += d
-            body = b"" if data.startswith(b"HEAD") else b"hello"
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + body)  # and never closes
+                head += d
+            c.sendall(answer(head))
+            if not keep_open:
+                c.close()
 
-    import threading
     threading.Thread(target=serve, daemon=True).start()
     try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        srv.close()
+        for c in held:
+            c.close()
+
+
+def test_header_lines_a_server_gets_wrong(micropython):
+    """A value in another charset is fine when headers are not parsed (or a callable gets the raw
+    line); a line without a name is left out of r.headers, not stored as a junk key."""
+    def answer(head):
+        odd = b"X-Bin: \xff\xfe\r\n" if b"/bin" in head else b"Garbage line\r\n"
+        return b"HTTP/1.1 200 OK\r\nX-A: 1\r\n" + odd + b"Content-Length: 2\r\n\r\nok"
+
+    with raw_peer(answer) as base:
+        out = run(micropython, """
+print(repr(requests.get(BASE + "/bin", parse_headers=False).content))
+seen = []
+print(repr(requests.get(BASE + "/bin", parse_headers=lambda l, d: seen.append(l)).content))
+print(repr(seen[1]))
+r = requests.get(BASE + "/garbage")
+print(repr((r.headers, r.content)))
+""", base)
+    assert out == [b"ok", b"ok", b"X-Bin: \xff\xfe\r\n", ({"X-A": "1", "Content-Length": "2"}, b"ok")]
+
+
+def test_bodies_end_at_content_length_on_a_server_that_keeps_the_connection(micropython):
+    """Content-Length frames the body (read in one allocation): a server that keeps the
+    connection open despite `Connection: close` does not make .content wait for the timeout,
+    and a HEAD answer (Content-Length, no body) is empty at once."""
+    def answer(head):
+        body = b"" if head.startswith(b"HEAD") else b"hello"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + body  # and never closes
+
+    with raw_peer(answer, keep_open=True) as base:
         out = run(micropython, """
 import time
 t = time.ticks_ms()
@@ -508,9 +507,5 @@ print(repr(requests.get(BASE + "/", timeout=3).content))
 print(repr(requests.head(BASE + "/", timeout=3).content))
 print(repr(requests.get(BASE + "/", timeout=3).text))
 print(repr(time.ticks_diff(time.ticks_ms(), t) < 2000))
-""", f"http://127.0.0.1:{srv.getsockname()[1]}")
-    finally:
-        srv.close()
-        for c in held:
-            c.close()
+""", base)
     assert out == [b"hello", b"", "hello", True]
