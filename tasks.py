@@ -40,24 +40,23 @@ def _fail(message: str, code: int = 1) -> Exit:
     return Exit(code=code)
 
 
-def _seconds(value, what, zero=False):
+def _checked(parse, *args, **kw):
+    """A value from the command line through devconfig's parser for it (seconds, count,
+    port_number): a bad one ends in its one-line error, not a traceback."""
     try:
-        return devconfig.seconds(value, what, zero=zero)
+        return parse(*args, **kw)
     except devconfig.DevConfigError as e:
         raise _fail(str(e)) from None
 
 
-def _port(value, what):
-    try:
-        return devconfig.port_number(value, what)
-    except devconfig.DevConfigError as e:
-        raise _fail(str(e)) from None
+def _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait):
+    """The station's time budgets (station and flash --provision), checked before any board is touched."""
+    from workshop import station as _station
 
-
-def _count(value, what):
     try:
-        return devconfig.count(value, what)
-    except devconfig.DevConfigError as e:
+        return _station.budgets(boot_timeout=boot_timeout, repl_timeout=repl_timeout, reset_probe=reset_probe,
+                                reset_wait=reset_wait)
+    except _station.StationError as e:
         raise _fail(str(e)) from None
 
 
@@ -134,7 +133,8 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
     def on_event(name: str, message: str) -> None:
         console.print(f"[bold]{name}[/]: {message}", highlight=False, soft_wrap=True)
 
-    results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=_count(jobs, "--jobs"), micropython=micropython,
+    workers = _checked(devconfig.count, jobs, "--jobs")
+    results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=workers, micropython=micropython,
                                force=force, skip_unavailable=all and skip_unavailable, on_event=on_event)
     rows = []
     for r in results:
@@ -243,7 +243,7 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
         the_room, watcher = _room_watcher(mqtt, None, None, None, None, False, interface)
     try:
         folder = Path(directory) if directory else config.project_root() / "release" / _release.normalize_version(version)
-        server = _serve.make_server(folder, host, _port(port, "--port"), room=the_room,
+        server = _serve.make_server(folder, host, _checked(devconfig.port_number, port, "--port"), room=the_room,
                                     on_request=lambda who, line: console.print(f"[dim]{who}[/] {line}", highlight=False))
     except (_release.ReleaseError, _serve.ServeError) as e:
         if watcher:
@@ -429,18 +429,14 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     from workshop import flash as _flash
     from workshop import station as _station
 
-    try:
-        times = _station.budgets(boot_timeout=boot_timeout, repl_timeout=repl_timeout, reset_probe=reset_probe,
-                                 reset_wait=reset_wait)
-    except _station.StationError as e:
-        raise _fail(str(e)) from None
+    times = _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait)
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     targets = _device_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     log_dir = _flash_log_dir(logs)
-    options = _flash.FlashOptions(baud=_count(baud, "--baud"), erase=erase, flash_size=flash_size)
+    options = _flash.FlashOptions(baud=_checked(devconfig.count, baud, "--baud"), erase=erase, flash_size=flash_size)
     reg = _open_registry(registry)
     if provision or files:
         plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=Path(files) if files else None,
@@ -524,7 +520,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
     from workshop import provision as _provision
     from workshop import station as _station
 
-    baudrate = _count(baud, "--baud")
+    baudrate = _checked(devconfig.count, baud, "--baud")
     reg = _open_registry(registry)
     with console.status(f"provisioning {len(targets)} board(s)...") as status:
         def on_event(e) -> None:
@@ -646,8 +642,8 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
 
     if json:
         json_out = "-"
-    budget = 10.0 if timeout is None else _seconds(timeout, "--timeout")  # a string: not invoke's cast
-    baudrate = _count(baud, "--baud")
+    budget = 10.0 if timeout is None else _checked(devconfig.seconds, timeout, "--timeout")  # a string: not invoke's cast
+    baudrate = _checked(devconfig.count, baud, "--baud")
     net = None
     if network:
         try:
@@ -780,7 +776,7 @@ def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, regis
     import json as _json
     import time
 
-    listen = _seconds(wait, "--wait", zero=True)
+    listen = _checked(devconfig.seconds, wait, "--wait", zero=True)
     room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, interface)
     server = None
     try:
@@ -825,7 +821,7 @@ def _room_server(address, room):
 
     host, _, port = str(address).rpartition(":")
     try:
-        server = _serve.make_room_server(room, host or "0.0.0.0", _port(port, "--serve"))
+        server = _serve.make_room_server(room, host or "0.0.0.0", _checked(devconfig.port_number, port, "--serve"))
     except (_serve.ServeError, ValueError) as e:
         raise _fail(f"--serve {address}: {e}") from None
     _serve.start_in_thread(server)
@@ -859,7 +855,9 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
 
     from workshop import fleet as _fleet
 
-    listen, budget, workers = _seconds(wait, "--wait", zero=True), _seconds(timeout, "--timeout"), _count(jobs, "--jobs")
+    listen = _checked(devconfig.seconds, wait, "--wait", zero=True)
+    budget = _checked(devconfig.seconds, timeout, "--timeout")
+    workers = _checked(devconfig.count, jobs, "--jobs")
     room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, None, no_mdns, interface)
     try:
         time.sleep(listen)
@@ -952,7 +950,7 @@ def broker(c, bind="0.0.0.0", port="1883", password_file=None):
     from workshop import broker as _broker
 
     try:
-        plan = _broker.plan(bind, _port(port, "--port"), password_file)
+        plan = _broker.plan(bind, _checked(devconfig.port_number, port, "--port"), password_file)
         running = _broker.Broker(plan, on_line=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
         running.start()
     except _broker.BrokerError as e:
@@ -1112,11 +1110,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     from workshop import smoke as _smoke
     from workshop import station as _station
 
-    try:
-        times = _station.budgets(boot_timeout=boot_timeout, repl_timeout=repl_timeout, reset_probe=reset_probe,
-                                 reset_wait=reset_wait)
-    except _station.StationError as e:
-        raise _fail(str(e)) from None
+    times = _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait)
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     net = None
@@ -1126,7 +1120,8 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         except _smoke.SmokeError as e:
             raise _fail(str(e)) from None
         net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport)
-    plan = _station.Plan(images=images, flash_options=_flash.FlashOptions(baud=_count(baud, "--baud")), provision=cfg,
+    flash_options = _flash.FlashOptions(baud=_checked(devconfig.count, baud, "--baud"))
+    plan = _station.Plan(images=images, flash_options=flash_options, provision=cfg,
                          files=Path(files) if files else None, smoke=smoke or network, network=net,
                          registry=_open_registry(registry), reflash=reflash, log_dir=Path(logs) if logs else None,
                          **times)
@@ -1136,7 +1131,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         raise _fail(str(e)) from None
     console.print(f"watching {ports_dir or 'the serial ports'} for boards; Ctrl-C stops", highlight=False)
     _run_station(lambda on_event, cancel: _station.watch(plan, source, on_event=on_event, cancel=cancel,
-                                                         stop_after=_count(stop_after, "--stop-after") if stop_after else None),
+                                                         stop_after=_checked(devconfig.count, stop_after, "--stop-after") if stop_after else None),
                  json_out)
 
 
@@ -1177,7 +1172,7 @@ def _identify_over_network(hosts, all, mqtt, mqtt_user, mqtt_password, no_mdns, 
     """identify --hosts/--all: blink boards over the network (LED pin from boards/<BOARD>.toml; else a banner)."""
     from workshop import fleet as _fleet
 
-    blink = _seconds(seconds, "--seconds")
+    blink = _checked(devconfig.seconds, seconds, "--seconds")
 
     def make(_targets):
         return lambda t: _fleet.Command.identify(*_fleet.led_for(t.board), seconds=blink)
@@ -1214,10 +1209,11 @@ def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", j
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
+    baudrate = _checked(devconfig.count, baud, "--baud")
     reg = _open_registry(registry) if Path(registry).exists() else None
     try:
         with console.status(f"asking {len(targets)} board(s) to show themselves..."):
-            shown = _identify.identify_boards(targets, reg, only=blink, baudrate=_count(baud, "--baud"))
+            shown = _identify.identify_boards(targets, reg, only=blink, baudrate=baudrate)
     except ValueError as e:
         raise _fail(str(e)) from None
     if json:
