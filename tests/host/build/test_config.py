@@ -80,6 +80,17 @@ def test_broken_board_file_names_file_and_key(project: Path, edit, message):
     assert str(e.value).startswith(message), str(e.value)
 
 
+def _load_edited_port(project: Path, port: str, edit: tuple[str, str]) -> config.ConfigError:
+    """ports/<port>/port.toml with one text edit made, loaded: the error it gives."""
+    path = project / "ports" / port / "port.toml"
+    text = path.read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1]))
+    with pytest.raises(config.ConfigError) as e:
+        config.load_port(port, project)
+    return e.value
+
+
 @pytest.mark.parametrize("edit, message", [
     (('offset = "bootloader"', 'offset = "boot"'), "outputs[0].offset: expected \"bootloader\" or a number, got 'boot'"),
     (('dir = "ports/esp32"', 'dir = 32'), "make.dir: expected a path inside the MicroPython checkout, got 32"),
@@ -87,14 +98,9 @@ def test_broken_board_file_names_file_and_key(project: Path, edit, message):
     (('native_tools = ["idf.py"]', 'native_tools = "idf.py"'), "native_tools: expected a list of strings, got 'idf.py'"),
 ])
 def test_broken_port_file_names_file_and_key(project: Path, edit, message):
-    path = project / "ports" / "esp32" / "port.toml"
-    text = path.read_text()
-    assert edit[0] in text
-    path.write_text(text.replace(edit[0], edit[1]))
-    with pytest.raises(config.ConfigError) as e:
-        config.load_port("esp32", project)
-    assert str(e.value) == f"ports/esp32/port.toml: {message}" or str(e.value).endswith(message), str(e.value)
-    assert "port.toml" in str(e.value)
+    error = _load_edited_port(project, "esp32", edit)
+    assert str(error) == f"ports/esp32/port.toml: {message}" or str(error).endswith(message), str(error)
+    assert "port.toml" in str(error)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -120,13 +126,7 @@ def test_broken_esp8266_settings_name_file_and_key(project: Path, edit, message)
     (('map = "firmware.map"', 'map = 1'), "budget.map: expected a file in the build tree, got 1"),
 ])
 def test_broken_native_toolchain_data_names_file_and_key(project: Path, edit, message):
-    path = project / "ports" / "esp8266" / "port.toml"
-    text = path.read_text()
-    assert edit[0] in text
-    path.write_text(text.replace(edit[0], edit[1]))
-    with pytest.raises(config.ConfigError) as e:
-        config.load_port("esp8266", project)
-    assert str(e.value) == f"ports/esp8266/port.toml: {message}"
+    assert str(_load_edited_port(project, "esp8266", edit)) == f"ports/esp8266/port.toml: {message}"
 
 
 def test_unknown_board_lists_the_known_ones():
