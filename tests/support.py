@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +35,38 @@ def require_tool(name: str, package: str) -> str:
     if not path:
         pytest.fail(f"{name} not found: run ./kit test (it installs {package}) or apt-get install {package}")
     return path
+
+
+MOCK_FLASH_SIZE = 4 * 1024 * 1024  # esp32-mock-bootloader's emulated SPI flash
+
+
+class FlashDumpingPeer:
+    """A peer process around esp32-mock-bootloader that writes the emulated flash to dump_path on
+    SIGTERM (the mock keeps flash in memory and has no out-of-band read): what a test compares with
+    the image, without going back through esptool. Mixed into the peers' dataclasses."""
+
+    proc: subprocess.Popen
+    port: str
+    dump_path: Path
+    log_path: Path
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """Pull the plug: SIGKILL, no dump (the PTY vanishes mid-conversation)."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def flash(self) -> bytes:
+        """Stop the peer and return its whole flash (only once; the device is gone after)."""
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        if not self.dump_path.exists():
+            raise AssertionError(f"{self.port}: the peer left no flash dump (killed?)\n"
+                                 f"{self.log_path.read_text(errors='replace')}")
+        data = self.dump_path.read_bytes()
+        assert len(data) == MOCK_FLASH_SIZE, f"{self.port}: flash dump of {len(data)} B"
+        return data

@@ -29,9 +29,7 @@ import pytest
 from workshop.buildinfo import Artifact, BuildInfo, sha256_file, write_atomic
 from workshop.config import chip_definition
 
-from support import free_port
-
-MOCK_FLASH_SIZE = 4 * 1024 * 1024
+from support import MOCK_FLASH_SIZE, FlashDumpingPeer, free_port
 
 _MOCK = r"""
 import os, signal, sys
@@ -150,33 +148,12 @@ while True:
 
 
 @dataclass
-class MockDevice:
+class MockDevice(FlashDumpingPeer):
     chip: str
     proc: subprocess.Popen
     port: str                 # the PTY path esptool opens
     dump_path: Path
     log_path: Path
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        """Pull the plug: SIGKILL, no dump (the PTY vanishes mid-conversation)."""
-        self.proc.kill()
-        self.proc.wait()
-
-    def flash(self) -> bytes:
-        """Stop the mock and return its whole flash (only once; the device is gone after)."""
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        if not self.dump_path.exists():
-            raise AssertionError(f"mock {self.chip} on {self.port} left no flash dump (killed?)\n"
-                                 f"{self.log_path.read_text(errors='replace')}")
-        data = self.dump_path.read_bytes()
-        assert len(data) == MOCK_FLASH_SIZE
-        return data
 
 
 @dataclass

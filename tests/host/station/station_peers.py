@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support import FlashDumpingPeer
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -298,7 +300,7 @@ while True:
 
 
 @dataclass
-class BoardPeer:
+class BoardPeer(FlashDumpingPeer):
     name: str
     chip: str
     mac: str
@@ -309,27 +311,12 @@ class BoardPeer:
     root: Path
 
     @property
-    def port(self) -> str:
+    def port(self) -> str:  # the current PTY: the board may re-enumerate
         return self.port_file.read_text().strip()
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
     def press_reset(self) -> None:
         """The RESET button of a `manual_reset` board."""
         self.proc.send_signal(signal.SIGUSR1)
-
-    def kill(self) -> None:
-        """Pull the plug: the PTY vanishes mid-conversation."""
-        self.proc.kill()
-        self.proc.wait()
-
-    def flash(self) -> bytes:
-        if self.alive:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        return self.dump_path.read_bytes()
 
     def wait_port_change(self, old: str, timeout: float = 20) -> str:
         deadline = time.monotonic() + timeout
