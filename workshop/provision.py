@@ -2,8 +2,8 @@
 
 Per device, over one raw-REPL session: identify (platform, MAC), merge the new settings into an
 existing config (unknown keys are kept), write `/workshop.json` atomically (temporary file +
-rename), read it back and compare, make sure boot.py imports `workshop_boot` (other content
-kept). Hostname patterns (`ws-{mac4}`) are expanded per board and must come out unique.
+rename), read it back and compare, copy the lesson files, make sure boot.py imports
+`workshop_boot` (other content kept; a lesson's own boot.py gets the line too). Hostname patterns (`ws-{mac4}`) are expanded per board and must come out unique.
 
 Secrets (Wi-Fi and telnet passwords, and whatever else `devconfig.is_secret_key` calls secret)
 are masked in reprs, results, events and error messages. Library code never prints: progress
@@ -311,6 +311,23 @@ def with_boot_hook(boot: str | None) -> str | None:
     return text + BOOT_LINE + "\n"
 
 
+def hook_lesson_boot(files: list[Any]) -> tuple[list[Any], str | None]:
+    """A lesson's own boot.py keeps the boot hook: the lesson files with `import workshop_boot`
+    appended to a root boot.py that lacks it, and "added" | "present" (None: no boot.py there).
+    Copying the lesson's boot.py as it is would silently remove the hook provisioning wrote."""
+    from .lessons import LessonFile
+
+    out, hook = [], None
+    for f in files:
+        if f.relative == "boot.py":
+            new = with_boot_hook(f.data.decode("utf-8", "surrogateescape"))
+            hook = "present" if new is None else "added"
+            if new is not None:
+                f = LessonFile(f.relative, new.encode("utf-8", "surrogateescape"))
+        out.append(f)
+    return out, hook
+
+
 @dataclass
 class ProvisionResult:
     port: str
@@ -322,7 +339,7 @@ class ProvisionResult:
     boot_hook: str | None = None          # "added" | "present"
     reset: bool = False
     error: str | None = None
-    stage: str = "connect"                # where it stopped: connect, identify, name, config, boot, files, reset, done
+    stage: str = "connect"                # where it stopped: connect, identify, name, config, files, boot, reset, done
     duration_s: float = 0.0
     files: dict[str, Any] | None = None   # lesson files: {"written": [...], "unchanged": [...]}
 
@@ -380,6 +397,9 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     from . import lessons
 
     lesson_files = lessons.collect(files, config.secrets()) if files is not None else None
+    lesson_hook = None
+    if lesson_files is not None:
+        lesson_files, lesson_hook = hook_lesson_boot(lesson_files)
     secrets = config.secrets()
     results = [ProvisionResult(port=p, ok=False) for p in ports]
     sessions: list[ReplSession | None] = [None] * len(ports)
@@ -421,13 +441,17 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
             doc = write_config(s, ident, config.updates(hostname), replace=replace)
             r.config = masked(doc)
             r.hostname = doc.get("hostname")
-            r.stage = "boot"
-            r.boot_hook = ensure_boot_hook(s, ident)
             if lesson_files is not None:
+                # Lesson files first, then the hook is checked on the board: a lesson boot.py
+                # (given the hook by hook_lesson_boot) never leaves a board without it.
                 r.stage = "files"
                 copied = lessons.copy_files(s, lesson_files, root="/" if ident.config_path.startswith("/") else "")
                 r.files = copied.to_dict()
                 event(ports[i], "files", copied.summary)
+            r.stage = "boot"
+            hook = ensure_boot_hook(s, ident)
+            added = lesson_hook == "added" and r.files is not None and "boot.py" in r.files["written"]
+            r.boot_hook = "added" if added and hook == "present" else hook
             if reset:
                 r.stage = "reset"
                 s.soft_reset()

@@ -218,3 +218,22 @@ def test_control_characters_from_a_board_keep_the_junit_report_valid(make_peer):
     assert "\\x1b[31mbroken\\x1b[0m \\x00 module" in failure.get("message") == failure.text
     [device] = json.loads(smoke.to_json([r]))["devices"]
     assert [c["detail"] for c in device["checks"] if c["name"] == "module asyncio"] == [check.detail]
+
+
+def test_a_lesson_boot_py_keeps_the_boot_hook(make_peer, tmp_path):
+    """A lesson folder's own boot.py is copied with `import workshop_boot` added: the board still starts its services."""
+    lesson = tmp_path / "lesson"
+    lesson.mkdir()
+    (lesson / "boot.py").write_text("print('lesson boot')\n")
+    (lesson / "main.py").write_text("print('hi')\n")
+    peer = make_peer()
+    [r] = provision_all([peer.port], config(), files=lesson)
+    assert r.ok, r.error
+    boot = (peer.root / "boot.py").read_text()
+    assert boot == "print('lesson boot')\nimport workshop_boot\n" and r.boot_hook == "added"
+    [again] = provision_all([peer.port], config(), files=lesson)            # identical now: skipped, hook kept
+    assert again.ok and again.boot_hook == "present" and "boot.py" in again.files["unchanged"]
+    assert (peer.root / "boot.py").read_text().count("import workshop_boot") == 1
+    (lesson / "boot.py").write_text("import workshop_boot\nprint('own hook')\n")
+    [own] = provision_all([peer.port], config(), files=lesson)
+    assert own.ok and (peer.root / "boot.py").read_text() == "import workshop_boot\nprint('own hook')\n"
