@@ -117,6 +117,8 @@ class ProvisionConfig:
             if unknown:
                 raise ProvisionError(f"start: unknown service {unknown[0]!r} (services: {', '.join(services)})")
             object.__setattr__(self, "start", start)
+        if self.mqtt_broker is not None:
+            self._split_broker()
         if self.mqtt_port is not None:
             # From TOML or the command line a port may come as "1883": written as the number 1883.
             try:
@@ -125,6 +127,33 @@ class ProvisionConfig:
                 raise ProvisionError(str(e)) from None
         if self.hostname is not None:
             check_pattern(self.hostname)
+
+    def _split_broker(self) -> None:
+        """--mqtt HOST:PORT (or [v6]:PORT, as smoke and roster take it): the host into mqtt.broker,
+        the port into mqtt.port; a board cannot resolve "10.0.0.2:1884" as a host name."""
+        from .smoke import SmokeError, parse_broker
+
+        value = self.mqtt_broker
+        if not isinstance(value, str):
+            return                       # named by the type checks
+        try:
+            host, port = parse_broker(value)
+        except SmokeError as e:
+            raise ProvisionError("mqtt broker: " + str(e).replace("--mqtt ", "", 1)) from None
+        if not host or not valid_host(host):
+            raise ProvisionError(f"mqtt broker {value!r}: expected a host name or IP address, "
+                                 "optionally with :PORT (e.g. 10.0.0.2:1884)")
+        if port is not None and self.mqtt_port is not None:
+            try:
+                other = port_number(self.mqtt_port, "mqtt port")
+            except DevConfigError as e:
+                raise ProvisionError(str(e)) from None
+            if other != port:
+                raise ProvisionError(f"mqtt broker {value!r} names port {port} but the mqtt port is {other}: "
+                                     "give the port once")
+        object.__setattr__(self, "mqtt_broker", host)
+        if port is not None:
+            object.__setattr__(self, "mqtt_port", port)
 
     def secrets(self) -> list[str]:
         """Every secret this run writes: the passwords, and secret-looking keys of `extra`
@@ -191,6 +220,22 @@ class ProvisionConfig:
             return cls(extra=extra, **values)
         except ProvisionError as e:
             raise ProvisionError(f"{path}: {e}") from None
+
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def valid_host(host: str) -> bool:
+    """A host name (dot-separated labels) or an IPv4/IPv6 address."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
 
 
 def pattern_fields(pattern: str) -> set[str]:

@@ -54,3 +54,16 @@ def test_smoke_json_and_table(make_peer):
     assert lines[header].split() == ["port", "connect", "firmware", "modules", "heap", "flash", "config", "s", "result"]
     row = lines[header + 1].split()
     assert row[0] == peer.port and row[1] == "pass" and row[-1] in ("ok", "FAILED")
+
+
+def test_provision_mqtt_host_and_port_as_the_broker_task_prints_it(make_peer):
+    """`broker --port 18840` says `provision --mqtt 127.0.0.1:18840`: the board gets host and port apart."""
+    peer = make_peer()
+    proc = invoke("provision", "--ports", peer.port, "--mqtt", "127.0.0.1:18840", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((peer.root / "workshop.json").read_text())
+    assert doc["mqtt"] == {"broker": "127.0.0.1", "port": 18840}
+    bad = invoke("provision", "--ports", peer.port, "--mqtt", "127.0.0.1:18840", "--mqtt-port", "1883")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "names port 18840 but the mqtt port is 1883" in " ".join(bad.stderr.split())
+    assert json.loads((peer.root / "workshop.json").read_text()) == doc           # nothing written

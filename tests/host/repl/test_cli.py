@@ -21,6 +21,10 @@ def invoke(*args: str) -> subprocess.CompletedProcess[str]:
      "mqtt port: expected a port number 1..65535, got 'abc'"),
     (("smoke", "--ports", "/dev/null", "--board", "UNIX", "--network", "--mqtt", "10.0.0.2:abc"),
      "--mqtt '10.0.0.2:abc': expected a port number 1..65535, got 'abc'"),
+    (("provision", "--ports", "/dev/null", "--mqtt", "10.0.0.2:abc"),
+     "mqtt broker: '10.0.0.2:abc': expected a port number 1..65535, got 'abc'"),
+    (("provision", "--ports", "/dev/null", "--mqtt", "no such host"),
+     "mqtt broker 'no such host': expected a host name or IP address"),
 ])
 def test_a_bad_mqtt_port_is_a_clear_error(args, message):
     proc = invoke(*args)
