@@ -435,7 +435,7 @@ def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = F
     if current:
         on_event(name, "up to date")
         return BuildResult(name, "up to date", time.monotonic() - started, current)
-    p.build_dir.mkdir(parents=True, exist_ok=True)
+    _match_tree_to_command(p)
     log = p.build_dir / "build.log"
     _write_identity(p)
     try:
@@ -454,6 +454,31 @@ def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = F
         return BuildResult(name, "failed", time.monotonic() - started, error=str(e) + _previous_note(p), log=log)
     on_event(name, "built")
     return BuildResult(name, "built", time.monotonic() - started, info, log=log)
+
+
+PORT_COMMAND = "port-command.txt"  # in the build tree: the port step's command that built it
+
+
+def _match_tree_to_command(p: BuildPlan) -> None:
+    """make rebuilds what changed files touch, never what a changed command line does (another
+    -D flag, board or toolchain): a build tree made by another port command (or by an unknown
+    one) is emptied first, mpy-cross's own tree aside (its command is fixed)."""
+    p.build_dir.mkdir(parents=True, exist_ok=True)
+    stamp = p.build_dir / PORT_COMMAND
+    command = "\n".join(p.steps[-1].argv) + "\n"
+    try:
+        old = stamp.read_text()
+    except (OSError, UnicodeDecodeError):
+        old = None
+    if old != command:
+        for child in p.build_dir.iterdir():
+            if child.name == "mpy-cross":
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        write_atomic(stamp, command.encode())
 
 
 def _previous_note(p: BuildPlan) -> str:

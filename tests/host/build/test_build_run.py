@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
@@ -186,3 +187,31 @@ def test_build_all_keeps_the_order_and_names_why_each_board_was_not_built(tmp_pa
     # A forced toolchain skips the availability check: the missing checkout is the reason then.
     forced = build.build_all(boards[:1], toolchain="native", micropython=nowhere)
     assert forced[0].status == "failed" and forced[0].error.startswith(f"no MicroPython checkout at {nowhere}")
+
+
+def test_a_changed_port_command_empties_the_build_tree_before_make(unix_plan: build.BuildPlan):
+    """make rebuilds nothing when only its command line changes (a new -D flag in port.toml): the
+    image would be "built" from the old objects. A tree made by another (or an unknown) port
+    command is emptied before make runs, mpy-cross's tree aside; one made by the same is kept."""
+    seen: list[list[str]] = []
+
+    def make(argv, **kw):
+        seen.append(sorted(p.name for p in unix_plan.build_dir.iterdir()))
+        return subprocess.CompletedProcess(argv, 0)
+
+    tree = unix_plan.build_dir
+    (tree / "mpy-cross").mkdir(parents=True)
+    (tree / "py").mkdir()
+    (tree / "py" / "obj.o").write_bytes(b"built by a command nobody recorded")
+    build.run(unix_plan, runner=make)                  # fails at staging (no outputs): not the point here
+    assert "py" not in seen[0] and "mpy-cross" in seen[0]
+    (tree / "py").mkdir()
+    (tree / "py" / "obj.o").write_bytes(b"built by this command")
+    build.run(unix_plan, runner=make)
+    assert (tree / "py" / "obj.o").read_bytes() == b"built by this command"
+    port = unix_plan.steps[-1]
+    flagged = dataclasses.replace(unix_plan, steps=unix_plan.steps[:-1] + (
+        dataclasses.replace(port, argv=port.argv + ("CFLAGS_EXTRA=-DMICROPY_PY_OS_DUPTERM=1",)),))
+    build.run(flagged, runner=make)
+    assert not (tree / "py").exists() and (tree / "mpy-cross").is_dir()
+    assert (tree / build.PORT_COMMAND).read_text().splitlines()[-1] == "CFLAGS_EXTRA=-DMICROPY_PY_OS_DUPTERM=1"
