@@ -8,10 +8,12 @@
 # every other option. Login: "login:" then "Password:"; 3 tries per connection, and after
 # 3 failed logins in a row every login is refused for lockout_ms, doubling with each further
 # failure (capped at 64x); a good login resets the count. On a board the logged-in session
-# is attached to the REPL with os.dupterm and runs in the background (socket callbacks).
-# The unix port has no os.dupterm: there the session gets a small line evaluator instead
+# is attached to the REPL with os.dupterm (which takes only native streams and io.IOBase
+# subclasses) and runs in the background (socket callbacks).
+# The unix port has no socket callbacks: there the session gets a small line evaluator instead
 # (_Session._shell) and the raw REPL protocol (_Session._raw, what ./kit fleet speaks), and
 # wsconfig.serve() drives the sockets.
+import io
 import os
 import socket
 import sys
@@ -78,7 +80,7 @@ def _left_s():
     return (time.ticks_diff(_until, time.ticks_ms()) + 999) // 1000
 
 
-class _Session:
+class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Python class one
     def __init__(self, s, peer):
         self.s = s
         self.peer = peer
@@ -228,6 +230,14 @@ class _Session:
         except OSError:
             pass
         return n
+
+    def ioctl(self, op, arg):
+        # The stream protocol's third call: dupterm closes a stream it gives up on (EOF, an error
+        # in readinto or write) with MP_STREAM_CLOSE (4); a poll of the console (3) finds nothing
+        # ready here (input comes through dupterm_notify).
+        if op == 4:
+            self.close()
+        return 0
 
     def close(self, why="closed"):
         global _cl

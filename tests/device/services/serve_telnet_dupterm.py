@@ -1,10 +1,14 @@
 # Test server: telnet attached to a board-style console, on the unix port.
 #
-# The unix port has neither os.dupterm nor socket callbacks, so this script replays the C layer
-# a board has (extmod/os_dupterm.c): every console write goes to the UART (stdout here) and then
-# to the attached stream's write(); an exception there deactivates the stream; a readable socket
-# makes the REPL read the attached stream (dupterm_notify). telnet.py itself is the board's code,
-# taking its board path (wsconfig._CB). Lines arriving on stdin are the UART REPL's input.
+# The unix port has no socket callbacks, so this script replays what a board has around
+# telnet.py: a readable socket makes the REPL read the attached stream (dupterm_notify), and an
+# EOF there closes it as extmod/os_dupterm.c does (MP_STREAM_CLOSE through the stream's ioctl).
+# Console writes: on the frozen UNIX firmware (built with os.dupterm) the real C layer copies
+# every console write to the attached stream, checks at attach that it is a stream, and
+# deactivates it on an exception in write(); on the PyPI runtime (no os.dupterm) this script
+# replays that. The console cooks "\n" to "\r\n" as a board's does. telnet.py itself is the
+# board's code, taking its board path (wsconfig._CB). Lines on stdin are the UART REPL's input;
+# the script's own reports (ready, FLOOD, ...) go to the UART only.
 # machine.Timer is an ESP32's (ids 0-3, singletons; the callback fires from the loop below when
 # its period is due, as a board's timer interrupt would).
 #   flood(ms)  prints console lines for ms milliseconds; reports how many, the slowest print (ms)
@@ -25,7 +29,12 @@ term = [None]
 notified = []
 
 
+REAL = hasattr(_real_os, "dupterm")
+
+
 def _dupterm(stream, idx=0):
+    if REAL:
+        _real_os.dupterm(stream, idx)  # raises for what is not a stream, as on a board
     prev = term[0]
     term[0] = stream
     return prev
@@ -103,6 +112,9 @@ _print = builtins.print
 
 def console(*args, sep=" ", end="\n"):
     text = sep.join(str(a) for a in args) + end
+    if REAL:  # the UART, and through the real dupterm the attached stream
+        sys.stdout.write(text.replace("\n", "\r\n"))  # a deactivated stream is closed: telnet detaches
+        return
     sys.stdout.write(text)  # the UART
     t = term[0]
     if t is not None:
@@ -117,6 +129,16 @@ def console(*args, sep=" ", end="\n"):
 builtins.print = console
 
 
+def report(*args):
+    # The script's own lines: to the UART only (telnet keeps its log lines out of the session the
+    # same way).
+    telnet._quiet = True
+    try:
+        _print(*args)
+    finally:
+        telnet._quiet = False
+
+
 def flood(ms):
     # Console lines for ms milliseconds: how many, the slowest print, still attached at the end.
     line = "x" * 72
@@ -128,7 +150,7 @@ def flood(ms):
         print(line, n)
         worst = max(worst, time.ticks_diff(time.ticks_us(), t))
         n += 1
-    _print("FLOOD", n, worst // 1000, term[0] is not None)
+    report("FLOOD", n, worst // 1000, term[0] is not None)
 
 
 def burst(n):
@@ -140,12 +162,12 @@ def burst(n):
         sent += len(str(i)) + 1
         while time.ticks_diff(time.ticks_us(), t0) < sent * 87:
             pass
-    _print("BURST", sent)
+    report("BURST", sent)
 
 
 def sndbuf(n):
     telnet._cl.s.setsockopt(1, 7, n)  # SOL_SOCKET, SO_SNDBUF (Linux)
-    _print("SNDBUF", n)
+    report("SNDBUF", n)
 
 
 def repl_line(line, ns={"flood": flood, "burst": burst, "sndbuf": sndbuf}):
@@ -164,7 +186,7 @@ import select  # noqa: E402
 import telnet  # noqa: E402
 
 telnet.start("micro", "s3cret", port=int(sys.argv[1]), host="127.0.0.1")
-_print("ready")
+report("ready", "dupterm" if REAL else "replayed")
 buf = bytearray(64)
 typed = bytearray()
 while True:
@@ -189,9 +211,11 @@ while True:
             if n is None:
                 break
             if n == 0:
-                t = term[0]
+                t = term[0]  # EOF: the C layer detaches the stream and closes it (MP_STREAM_CLOSE)
                 term[0] = None
-                t.close()
+                if REAL:
+                    _real_os.dupterm(None)
+                t.ioctl(4, 0)
                 break
             for c in buf[:n]:
                 if c == 13:
