@@ -876,9 +876,9 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                               on_event=None if as_json else
                               (lambda e: err_console.print(f"[dim]{e.hostname}: {escape(e.message)}[/]", highlight=False)
                                if e.kind in ("start",) else None))
+        done = runner.run(targets, command, skip=skip)   # Ctrl-C: returns at once, unfinished boards "cancelled"
     except _fleet.FleetError as e:
         raise _fail(str(e)) from None
-    done = runner.run(targets, command, skip=skip)   # Ctrl-C: returns at once, unfinished boards "cancelled"
     _fleet.write_report(done, path)
     if as_json:
         print(_json.dumps(done.to_json(), indent=2))

@@ -322,6 +322,9 @@ def resolve(rows: Sequence[Any], hosts: Iterable[str] = (), *, all_boards: bool 
     names = [h for h in hosts if h]
     if sum((bool(names), all_boards, outdated)) != 1:
         raise FleetError("choose the boards: --hosts h1,h2 or --all or --outdated")
+    if all_boards and not rows:
+        raise FleetError("no boards in the roster: none announced itself on the broker or mDNS (see ./kit roster; "
+                         "a longer --wait, or --hosts h1,h2)")
     chosen = select(rows, hosts=names, outdated=outdated)
     if not chosen and outdated:
         raise FleetError("no outdated board in the roster (every image matches, or none is known)")

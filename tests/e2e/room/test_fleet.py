@@ -139,3 +139,16 @@ def test_ctrl_c_ends_a_fleet_run_within_two_seconds_and_keeps_the_report(room, t
     assert time.monotonic() - t < 2.0 and proc.returncode == 130
     doc = json.loads(report.read_text())
     assert doc["cancelled"] and {r["error"] for r in doc["results"]} == {"cancelled"}
+
+
+@pytest.mark.parametrize("args", [("fleet", "exec", "print(1)", "--all"), ("fleet-reset", "--all"), ("identify", "--all")])
+def test_an_empty_room_is_a_clear_error_not_a_traceback(mosquitto, tmp_path, args):
+    """No board announced itself: --all names that in one line (no FleetError traceback) and writes no report."""
+    class Room:
+        broker = mosquitto
+    report = tmp_path / "r.json"
+    proc = kit(Room, *args, report=report, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "FleetError" not in proc.stderr, proc.stderr
+    assert "error: no boards in the roster" in " ".join(proc.stderr.split())
+    assert not report.exists()
