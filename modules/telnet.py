@@ -4,7 +4,9 @@
 #   telnet.start(user="micro", password="secret")   # or from /workshop.json "telnet"
 #   telnet.stop()
 #
-# One session at a time. The server offers WILL ECHO + WILL SGA (character mode) and refuses
+# One REPL session at a time, and one login beside it: whoever logs in while a session is open
+# takes it over (the old one is told and closed), so a laptop that vanished (lid shut, Wi-Fi
+# gone: a half-open connection nothing ever detects) never holds the board. The server offers WILL ECHO + WILL SGA (character mode) and refuses
 # every other option. Login: "login:" then "Password:"; 3 tries per connection, and after
 # 3 failed logins in a row every login is refused for lockout_ms, doubling with each further
 # failure (capped at 64x); a good login resets the count. On a board the logged-in session
@@ -40,10 +42,12 @@ _TICK_MS = const(100)  # the session's flush of what waits in its output buffer
 _OUT = 512 if sys.platform == "esp8266" else 1024
 
 _srv = None
-_cl = None
+_cl = None  # the logged-in session
+_lg = None  # the session logging in
 _cfg = None
 _fails = 0
 _until = 0
+_span = 0  # ms of the current lockout
 _quiet = False  # while logging: the console's copy for the attached session is dropped
 
 
@@ -76,8 +80,14 @@ def _eq(a, b):
     return r == 0
 
 
-def _left_s():
-    return (time.ticks_diff(_until, time.ticks_ms()) + 999) // 1000
+def _locked():
+    # Seconds left of the lockout, 0 when there is none. ticks wrap (2**30 ms on a board): once
+    # the lockout has passed, a late look could see it in the future again, so a lockout is only
+    # a wait of at most its own length.
+    if _fails < _MAX_FAILS:
+        return 0
+    d = time.ticks_diff(_until, time.ticks_ms())
+    return (d + 999) // 1000 if 0 < d <= _span else 0
 
 
 class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Python class one
@@ -157,7 +167,7 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
         # later writes and the session's tick; only what does not fit there is dropped.
         if self.on:
             self._flush()
-        if _cl is not self:
+        if self is not _cl and self is not _lg:
             return
         n = 0
         if not self.on:
@@ -181,7 +191,7 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
     def _flush(self, _=None):
         # Also the session's tick. With output waiting and none of it taken for _STALL_MS the
         # client is detached.
-        while self.on and _cl is self:
+        while self.on and (self is _cl or self is _lg):
             k = min(self.on, _OUT - self.oh)
             try:
                 w = self.s.write(self.out, self.oh, k) or 0
@@ -240,12 +250,14 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
         return 0
 
     def close(self, why="closed"):
-        global _cl
+        global _cl, _lg
         wsconfig.cancel(self.tk)
         if _cl is self:
             _cl = None
-            if self.state == 2 and wsconfig._CB:
+            if wsconfig._CB:
                 os.dupterm(None)
+        elif _lg is self:
+            _lg = None
         wsconfig.watch(self.s, None)
         try:
             self.s.close()
@@ -257,7 +269,7 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
     def on_data(self, _):
         # Drain the socket: on ESP8266 the callback fires once per packet, not while data is left.
         buf = self.ibuf
-        while _cl is self and not (self.state == 2 and wsconfig._CB):  # attached: dupterm reads
+        while (self is _lg or self is _cl and not wsconfig._CB):  # attached: dupterm reads
             try:
                 n = self.s.readinto(buf)
             except OSError:
@@ -284,7 +296,7 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
                     self._shell()
                 else:
                     self._enter()
-                if _cl is not self or self.state == 2 and wsconfig._CB:
+                if self is not _lg and (self is not _cl or wsconfig._CB):
                     return
             elif c == 8 or c == 127:
                 if self.line:
@@ -300,7 +312,7 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
                     self._send(bytes((c,)))
 
     def _enter(self):
-        global _fails, _until
+        global _fails, _until, _span, _cl, _lg
         line = bytes(self.line)
         self.line = bytearray()
         if self.state == 0:
@@ -311,8 +323,8 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             else:
                 self._send(b"\r\nlogin: ")
             return
-        if _fails >= _MAX_FAILS and time.ticks_diff(_until, time.ticks_ms()) > 0:
-            self._send(b"\r\nLocked: too many failed logins, try again in %d s\r\n" % _left_s())
+        if _locked():
+            self._send(b"\r\nLocked: too many failed logins, try again in %d s\r\n" % _locked())
             _log(self.peer, "login refused (locked)")
             self.close()
             return
@@ -320,6 +332,13 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             _fails = 0
             self.state = 2
             _log(self.peer, "logged in as", self.user.decode())
+            old = _cl
+            if old:
+                old._send(b"\r\nSession taken over by %s\r\n" % self.peer)
+            _cl = self
+            _lg = None
+            if old:
+                old.close("taken over by " + self.peer)
             self._send(b"\r\nLogged in: MicroPython REPL. Close telnet to end the session.\r\n")
             self._attach()
             return
@@ -327,9 +346,9 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
         self.tries += 1
         _log(self.peer, "login failed (%d in a row)" % _fails)
         if _fails >= _MAX_FAILS:
-            ms = _cfg[2] << min(_fails - _MAX_FAILS, 6)
-            _until = time.ticks_add(time.ticks_ms(), ms)
-            self._send(b"\r\nLogin incorrect. Locked for %d s\r\n" % _left_s())
+            _span = _cfg[2] << min(_fails - _MAX_FAILS, 6)
+            _until = time.ticks_add(time.ticks_ms(), _span)
+            self._send(b"\r\nLogin incorrect. Locked for %d s\r\n" % _locked())
             self.close()
         elif self.tries >= _TRIES:
             self._send(b"\r\nLogin incorrect\r\n")
@@ -428,33 +447,33 @@ _ns = {}
 
 
 def _accept(srv):
-    global _cl
+    global _lg
     try:
         s, a = srv.accept()
     except OSError:
         return
     peer = _peer(a)
     _log(peer, "connected")
-    if _fails >= _MAX_FAILS and time.ticks_diff(_until, time.ticks_ms()) > 0:
-        s.write(b"Locked: too many failed logins, try again in %d s\r\n" % _left_s())
+    if _locked():
+        s.write(b"Locked: too many failed logins, try again in %d s\r\n" % _locked())
         s.close()
         _log(peer, "refused (locked)")
         return
-    if _cl is not None:
-        if _cl.state == 2 or time.ticks_diff(time.ticks_ms(), _cl.t0) < _LOGIN_MS:
-            s.write(b"Busy: another telnet session is open\r\n")
+    if _lg is not None:
+        if time.ticks_diff(time.ticks_ms(), _lg.t0) < _LOGIN_MS:
+            s.write(b"Busy: another telnet login is in progress\r\n")
             s.close()
             _log(peer, "refused (busy)")
             return
-        _cl.close()  # a login left hanging for too long gives way
-    _cl = _Session(s, peer)
+        _lg.close()  # a login left hanging for too long gives way
+    _lg = _Session(s, peer)
     try:
         s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: REPL answers are small and interactive
     except (OSError, AttributeError):
         pass
     s.setblocking(False)
-    _cl._send(b"\xff\xfb\x01\xff\xfb\x03\xff\xfd\x03MicroPython telnet\r\nlogin: ")
-    wsconfig.watch(s, _cl.on_data)
+    _lg._send(b"\xff\xfb\x01\xff\xfb\x03\xff\xfd\x03MicroPython telnet\r\nlogin: ")
+    wsconfig.watch(s, _lg.on_data)
 
 
 def start(user=None, password=None, port=23, lockout_ms=30000, host="0.0.0.0"):
@@ -478,6 +497,8 @@ def start(user=None, password=None, port=23, lockout_ms=30000, host="0.0.0.0"):
 
 def stop():
     global _srv
+    if _lg:
+        _lg.close()
     if _cl:
         _cl.close()
     if _srv:

@@ -110,9 +110,12 @@ def test_real_telnet_client_login_and_repl(tn):
         child.expect(">>> ")
         child.sendline("1/0")
         child.expect("ZeroDivisionError")
-        # a second client meanwhile is turned away, the session stays
+        # a second client meanwhile gets a login of its own (the session stays until it logs in);
+        # while that login is open, a third is turned away
         with socket.create_connection(("127.0.0.1", tn.port)) as other:
-            assert b"Busy" in recv_until(other, b"\r\n")
+            assert recv_until(other, b"login: ").endswith(b"login: ")
+            with socket.create_connection(("127.0.0.1", tn.port)) as third:
+                assert b"Busy" in recv_until(third, b"\r\n")
         child.sendline("'still' + ' here'")
         child.expect("still here")
     finally:
@@ -120,6 +123,53 @@ def test_real_telnet_client_login_and_repl(tn):
     log = tn.stop()
     assert "logged in as micro" in log
     assert log.count("connected") >= 2 and "refused (busy)" in log  # one log line per connection
+
+
+def test_a_new_login_takes_the_session_over_from_a_vanished_laptop(tn):
+    # A laptop whose lid was shut leaves a half-open connection that nothing detects on an idle
+    # REPL: the board must not stay taken until reset. A wrong password changes nothing; the next
+    # good login gets the REPL, the old session is told and closed.
+    old, out = login(tn.port)
+    assert b"Logged in" in out
+    intruder, out = login(tn.port, password=b"wrong")
+    assert b"Login incorrect" in out
+    intruder.close()
+    old.sendall(b"6*7\r\n")
+    assert b"42" in recv_until(old, b">>> ")
+    new, out = login(tn.port)
+    assert b"Logged in" in out
+    told = recv_until(old, b"(the end)")                 # up to EOF: raises if old is left open
+    assert b"Session taken over by 127.0.0.1:" in told
+    new.sendall(b"6*7\r\n")
+    assert b"42" in recv_until(new, b">>> ")
+    new.close()
+    assert "taken over by 127.0.0.1:" in tn.stop()
+
+
+def test_a_lockout_long_past_does_not_come_back_when_ticks_wrap(micropython, tmp_path):
+    # A board's ticks_ms wraps every 2**30 ms (12.4 days): 6 days after a lockout ended,
+    # ticks_diff(until, now) is positive again. A lockout is a wait of at most its own length.
+    p = tmp_path / "wrap.py"
+    p.write_text("""
+import socket, time, telnet, wsconfig
+telnet.start("micro", "s3cret", port=%d, host="127.0.0.1", lockout_ms=1500)
+def greeting():
+    c = socket.socket()
+    c.connect(socket.getaddrinfo("127.0.0.1", %d)[0][-1])
+    wsconfig.serve(300)
+    g = c.recv(200)
+    c.close()
+    wsconfig.serve(100)
+    return g
+telnet._fails, telnet._span = 3, 1500                       # three failed logins: locked for 1.5 s
+telnet._until = time.ticks_add(time.ticks_ms(), 1500)
+print("LOCKED", b"Locked" in greeting())
+telnet._until = time.ticks_add(time.ticks_ms(), 1 << 28)     # how a long-past lockout looks after a wrap
+print("WRAPPED", b"login: " in greeting())
+telnet.stop()
+""" % ((port := free_port()), port))
+    out = micropython.run(p, timeout=30).stdout
+    assert "LOCKED True\n" in out and "WRAPPED True\n" in out, out
 
 
 def test_failed_logins_lock_out_then_recover(tn):
@@ -218,8 +268,9 @@ def test_a_stalled_client_never_slows_the_uart_and_is_detached(micropython):
         assert b"42\r\n" in recv_until(s, b"42\r\n")  # the session is the console
         # the log lines of a second connection go to the UART, not into the logged-in session
         with socket.create_connection(("127.0.0.1", con.port)) as other:
-            assert b"Busy" in recv_until(other, b"\r\n")
-        assert con.wait_for("refused (busy)", 5).startswith("telnet: 127.0.0.1:")
+            assert recv_until(other, b"login: ").endswith(b"login: ")
+        assert con.wait_for(" connected", 5).startswith("telnet: 127.0.0.1:")
+        assert con.wait_for(" closed", 5).startswith("telnet: 127.0.0.1:")
         assert recv_quiet(s) == b"", "telnet's log reached the logged-in session"
         # now the client stops reading while the UART REPL prints for 7 s (buffers fill, then 3 s stalled)
         con.type("flood(7000)")
@@ -283,7 +334,7 @@ telnet.start("micro", "s3cret", port=%d, host="127.0.0.1")
 c = socket.socket()
 c.connect(socket.getaddrinfo("127.0.0.1", %d)[0][-1])
 wsconfig.serve(300)
-s = telnet._cl
+s = telnet._lg  # the session logging in
 assert s is not None
 s.on_data(None)
 a = b = i = 0  # the globals exist before measuring: a new one can grow the module's dict
