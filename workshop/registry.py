@@ -10,6 +10,7 @@ API (stable; the room view joins with it):
     reg.get(mac) / reg.by_hostname(name) / reg.by_sticker(n) -> BoardRecord | None
     reg.see(mac, chip=..., flash_size=..., port=..., usb_serial=..., usb_id=...) -> BoardRecord
     reg.record_flash(mac, ok=..., board=..., image=..., release=..., inputs=..., detail=..., flash_size=...)
+    reg.record_flash_started(mac)               # before the first byte is written: not ready any more
     reg.record_provision(mac, ok=..., hostname=..., detail=...)
     reg.record_smoke(mac, ok=..., detail=...)
     reg.record_event(mac, stage, ok, detail)    # anything else worth keeping (duplicate MAC...)
@@ -19,7 +20,8 @@ API (stable; the room view joins with it):
 `BoardRecord` fields: mac, sticker, chip, flash_size, usb_serial, usb_id, port, hostname, board,
 image, release, inputs (the image's inputs hash), flash_ok, flashed_at, provision_ok,
 provision_at, provision_detail, smoke_ok, smoke_at, smoke_detail, state, first_seen, last_seen.
-`state` is the board's standing in words: "seen", "flashed", "provisioned", "ready", "failed".
+`state` is the board's standing in words: "seen", "flashing" (a flash began and never ended: a
+run was killed mid-write), "flashed", "provisioned", "ready", "failed".
 
 Stickers: the first time a MAC is seen it gets the next sticker number (1, 2, 3, ...), the
 `{index}` of hostname patterns. A number is never given to another board, even if that board is
@@ -259,6 +261,13 @@ class Registry:
             columns.update(board=board, image=image, release=release, inputs=inputs,
                            provision_ok=None, smoke_ok=None)    # a new image: earlier results are void
         return self._update(mac, "flash", ok, detail, port, **columns)
+
+    def record_flash_started(self, mac: str) -> None:
+        """Writing is about to begin: until `record_flash` says how it ended, the board is not ready
+        (a run killed mid-write must not leave a half-flashed board looking "ready")."""
+        with self._write() as db:
+            db.execute("UPDATE boards SET state = 'flashing', flash_ok = NULL, last_seen = ? WHERE mac = ?",
+                       (_now(), normalize_mac(mac)))
 
     def record_provision(self, mac: str, *, ok: bool, hostname: str | None = None, detail: str | None = None,
                          port: str | None = None) -> BoardRecord:

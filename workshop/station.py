@@ -454,6 +454,7 @@ class _Journey:
                 and rec.inputs == image.identity):
             r.recognized = f"{rec.hostname or 'sticker ' + str(rec.sticker)}, already ready with this image"
             return r.recognized
+        plan.registry.record_flash_started(r.mac)
         return None
 
     def on_flash(self, e: FlashEvent) -> None:
@@ -486,19 +487,20 @@ class _Journey:
                                       self.gate)
         r.flash = flashed
         r.chip, r.mac = flashed.chip or r.chip, flashed.mac or r.mac
+        if flashed.error_kind == DuplicateMac.kind:
+            return self.finish("failed", flashed.error)      # (that MAC's record is the other board's)
+        if flashed.state is not State.SKIPPED and plan.registry is not None and r.mac:
+            # Interrupted too: a half-written board must not stay "ready" in the registry.
+            image = _flash._pick(plan.images, flashed.chip) if flashed.chip and flashed.board else None
+            plan.registry.record_flash(r.mac, ok=flashed.ok, board=flashed.board,
+                                       image=image.source if image else None,
+                                       release=image.release if image else None,
+                                       inputs=image.identity if image and flashed.ok else None,
+                                       detail=flashed.error or "verified", port=r.port,
+                                       flash_size=flashed.flash_size)
         if flashed.state is State.INTERRUPTED or (self.cancel.is_set() and not flashed.ok):
             return self.finish("interrupted", flashed.error or "interrupted")
-        if flashed.error_kind == DuplicateMac.kind:
-            return self.finish("failed", flashed.error)
         if flashed.state is not State.SKIPPED:
-            if plan.registry is not None and r.mac:
-                image = _flash._pick(plan.images, flashed.chip) if flashed.chip and flashed.board else None
-                plan.registry.record_flash(r.mac, ok=flashed.ok, board=flashed.board,
-                                           image=image.source if image else None,
-                                           release=image.release if image else None,
-                                           inputs=image.identity if image and flashed.ok else None,
-                                           detail=flashed.error or "verified", port=r.port,
-                                           flash_size=flashed.flash_size)
             if not flashed.ok:
                 if flashed.error_kind == "unplugged" or self._gone():
                     return self.finish("unplugged", f"unplugged during {flashed.stage.value} ({flashed.error})")

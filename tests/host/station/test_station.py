@@ -14,15 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from station_peers import FROZEN_UNIX, HotPlug
+from station_peers import FROZEN_UNIX, HotPlug, make_dist
 from workshop import smoke, station
 from workshop.flash import FlashImage
 from workshop.provision import ProvisionConfig
 from workshop.registry import Registry
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "host" / "flash"))
-from flash_peers import make_dist  # noqa: E402
 
 needs_frozen = pytest.mark.skipif(not FROZEN_UNIX.exists(), reason="dist/UNIX/micropython not built (invoke build --board UNIX)")
 

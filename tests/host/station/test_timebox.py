@@ -12,12 +12,11 @@ from pathlib import Path
 
 import serial
 
+from station_peers import make_dist
 from workshop import flash
 from workshop.flash import FlashImage, FlashOptions, Stage, State
 
 REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "tests" / "host" / "flash"))
-from flash_peers import make_dist  # noqa: E402
 
 
 def test_a_default_stub_that_never_starts_is_flashed_with_the_legacy_stub_in_one_run(farm, tmp_path):
