@@ -159,6 +159,7 @@ def check(c, board=None, all=False, micropython=None, json_out=None, json=False)
     import json as _json
 
     selected = _selected_boards(board, all or not board)
+    out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     try:
         results = _check.check_all(selected, micropython)
     except source.SourceError as e:
@@ -174,9 +175,10 @@ def check(c, board=None, all=False, micropython=None, json_out=None, json=False)
             rows.append([r.board, str(len(r.files)), str(len(r.stack_modules)), f"{r.stack_bytecode:,} B", budget, result])
         _table("Manifest check", ["board", "frozen files", "stack modules", "stack bytecode",
                                   Column("budget (last build)", wrap=True), Column("result", wrap=True)], rows)
-    if json_out:
-        with open(json_out, "w") as f:
-            _json.dump(findings, f, indent=2)
+    if out is not None:
+        from workshop import buildinfo
+
+        buildinfo.write_atomic(out, _json.dumps(findings, indent=2) + "\n")
     if any(not r.ok for r in results):
         raise Exit(code=1)
 
@@ -430,6 +432,8 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     from workshop import station as _station
 
     times = _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait)
+    report_out = _checked(devconfig.output_file, report, "--report") if report else None
+    events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     targets = _device_ports(ports)
@@ -442,7 +446,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
         plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=Path(files) if files else None,
                              registry=reg, log_dir=log_dir, **times)
         _run_station(lambda on_event, cancel: _station.run_boards(targets, plan, on_event=on_event, cancel=cancel),
-                     json_out)
+                     events_out)
         return
     columns = (TextColumn("{task.description}"), TextColumn("{task.fields[stage]:<11}"), BarColumn(),
                TaskProgressColumn(), DownloadColumn(), TextColumn("{task.fields[note]}"))
@@ -472,9 +476,12 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     _table("Flash " + ("interrupted" if result.interrupted else "summary"),
            ["port", "chip", "MAC", "image", "result", Column("s", justify="right"), "retries",
             Column("left as / why", wrap=True)], summary)
-    report_path = result.write_json(Path(report) if report else log_dir / "report.json")
-    if reg is not None:
+    if reg is not None:                       # recorded first: a report that cannot be written loses nothing
         _not_recorded(_station.record_flash_report(reg, result, images))
+    try:
+        report_path = result.write_json(report_out or log_dir / "report.json")
+    except OSError as e:
+        raise _fail(f"the report could not be written: {e}") from None
     ok = sum(r.ok for r in result.results)
     console.print(f"{ok}/{len(result.results)} verified in {result.seconds:.1f} s; report {report_path}; "
                   f"esptool logs in {log_dir}")
@@ -651,6 +658,8 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
         except _smoke.SmokeError as e:
             raise _fail(str(e)) from None
         net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport, **({"http_url": http_url} if http_url else {}))
+    json_path = _checked(devconfig.output_file, json_out, "--json-out") if json_out and json_out != "-" else None
+    junit_path = _checked(devconfig.output_file, junit, "--junit") if junit else None
     expected = _smoke_expected(board, dist, release)
     targets = _serial_ports(ports)
     if not targets:
@@ -667,10 +676,10 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
         text = _smoke.to_json(reports)
         if json_out == "-":
             print(text, end="")
-        else:
-            buildinfo.write_atomic(Path(json_out), text)
-    if junit:
-        buildinfo.write_atomic(Path(junit), _smoke.to_junit(reports))
+        elif json_path is not None:
+            buildinfo.write_atomic(json_path, text)
+    if junit_path is not None:
+        buildinfo.write_atomic(junit_path, _smoke.to_junit(reports))
     if json_out != "-":
         groups = [*_smoke.SUMMARY_GROUPS, *(_smoke.NETWORK_GROUPS if net else ())]
         rows = []
@@ -858,13 +867,14 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
     listen = _checked(devconfig.seconds, wait, "--wait", zero=True)
     budget = _checked(devconfig.seconds, timeout, "--timeout")
     workers = _checked(devconfig.count, jobs, "--jobs")
+    path = (_checked(devconfig.output_file, report, "--report") if report
+            else config.project_root() / "logs" / "fleet" / "last.json")
     room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, None, no_mdns, interface)
     try:
         time.sleep(listen)
         rows = room.rows()
     finally:
         watcher.stop()
-    path = Path(report) if report else config.project_root() / "logs" / "fleet" / "last.json"
     try:
         targets = _fleet.resolve(rows, _csv(hosts), all_boards=all_boards, outdated=outdated)
         command = make_command(targets)
@@ -879,7 +889,11 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
         done = runner.run(targets, command, skip=skip)   # Ctrl-C: returns at once, unfinished boards "cancelled"
     except _fleet.FleetError as e:
         raise _fail(str(e)) from None
-    _fleet.write_report(done, path)
+    try:
+        _fleet.write_report(done, path)
+        unwritten = None
+    except OSError as e:              # the results below are still shown; the exit code says it
+        unwritten = f"the report could not be written to {path}: {e}"
     if as_json:
         print(_json.dumps(done.to_json(), indent=2))
     else:
@@ -894,6 +908,8 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
         ok = sum(r.ok for r in done.results)
         console.print(f"{ok}/{len(done.results)} board(s) ok; report: {path}"
                       + ("" if done.ok else "  (retry the rest: add --resume)"))
+    if unwritten:
+        raise _fail(unwritten)
     if done.cancelled:
         raise Exit(code=130)
     if not done.ok:
@@ -990,9 +1006,12 @@ class _StationView:
     def __init__(self, json_out=None) -> None:
         import sys
         import time
+        from pathlib import Path
 
         self.tty = sys.stdout.isatty()
         self.rows: dict[str, Any] = {}
+        if json_out:
+            Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         self.json = open(json_out, "a", encoding="utf-8") if json_out else None  # noqa: SIM115 - closed in close()
         self.live: Any = None
         self.last_percent: dict[str, int] = {}
@@ -1111,6 +1130,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     from workshop import station as _station
 
     times = _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait)
+    events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     net = None
@@ -1132,7 +1152,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     console.print(f"watching {ports_dir or 'the serial ports'} for boards; Ctrl-C stops", highlight=False)
     _run_station(lambda on_event, cancel: _station.watch(plan, source, on_event=on_event, cancel=cancel,
                                                          stop_after=_checked(devconfig.count, stop_after, "--stop-after") if stop_after else None),
-                 json_out)
+                 events_out)
 
 
 @task(help={
@@ -1149,9 +1169,10 @@ def registry(c, registry="workshop.db", csv=None, json=False):  # noqa: A002
 
     if not Path(registry).exists():
         raise _fail(f"{registry}: no registry yet (the station, or flash/provision/smoke --registry, create it)")
+    csv_path = _checked(devconfig.output_file, csv, "--csv") if csv else None
     reg = _open_registry(registry)
-    if csv:
-        buildinfo.write_atomic(Path(csv), reg.to_csv())
+    if csv_path is not None:
+        buildinfo.write_atomic(csv_path, reg.to_csv())
         console.print(f"{len(reg.boards())} board(s) written to {csv}")
         return
     if json:

@@ -99,3 +99,26 @@ def port_number(value: Any, what: str) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise DevConfigError(f"{what}: expected a port number 1..65535, got {value!r}")   # as it was given
     return port
+
+
+
+def output_file(value: Any, what: str) -> Path:
+    """A file the run will write its report or results to, checked before the work starts (a run
+    must not end in a traceback, with its results lost, because the path was a folder): not a
+    folder itself; folders it names that do not exist yet are made when it is written, so the
+    nearest existing one must be a writable folder."""
+    import os
+
+    if not str(value).strip():
+        raise DevConfigError(f"{what}: expected a file path, got {value!r}")
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        raise DevConfigError(f"{what} {value}: is a folder: give a file path (e.g. {path / 'report.json'})")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DevConfigError(f"{what} {value}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise DevConfigError(f"{what} {value}: not writable here")
+    return path

@@ -149,10 +149,14 @@ def write_report(report: FleetReport, path: Path) -> None:
     """Atomically (temp file + rename): a cut-off run never leaves half a report to resume from."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report.to_json(), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)       # never a stray .tmp beside the report
+        raise
 
 
 def completed_in(path: Path, command: Command) -> set[str]:

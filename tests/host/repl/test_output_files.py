@@ -1,0 +1,78 @@
+"""Report and output files are checked before the work starts: a folder, or a path in a missing
+folder, is one clear error (no traceback, no board touched), never a crash after the work is done."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workshop import devconfig, fleet
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def invoke(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(Path(sys.executable).parent / "invoke"), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+
+
+CASES = [
+    ("flash", "--image", "{img}", "--offset", "0x1000", "--ports", "/dev/null", "--report", "{out}"),
+    ("flash", "--image", "{img}", "--offset", "0x1000", "--ports", "/dev/null", "--provision", "{cfg}",
+     "--json-out", "{out}"),
+    ("smoke", "--ports", "/dev/null", "--board", "UNIX", "--json-out", "{out}"),
+    ("smoke", "--ports", "/dev/null", "--board", "UNIX", "--junit", "{out}"),
+    ("registry", "--registry", "{db}", "--csv", "{out}"),
+    ("check", "--board", "UNIX", "--json-out", "{out}"),
+    ("fleet", "exec", "print(1)", "--all", "--mqtt", "127.0.0.1:1", "--no-mdns", "--report", "{out}"),
+    ("station", "--image", "{img}", "--offset", "0x1000", "--ports-dir", "{tmp}", "--json-out", "{out}"),
+]
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file"])
+@pytest.mark.parametrize("args", CASES, ids=lambda a: " ".join(a[:2]))
+def test_an_unwritable_output_path_is_refused_up_front(tmp_path, args, where):
+    from workshop.registry import Registry
+
+    img = tmp_path / "firmware.bin"
+    img.write_bytes(b"\xe9" + bytes(4095))
+    cfg = tmp_path / "ws.toml"
+    cfg.write_text('hostname = "ws-{mac4}"\n')
+    db = tmp_path / "workshop.db"
+    Registry(db)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out if where == "folder" else img / "x.json"
+    values = {"img": str(img), "cfg": str(cfg), "db": str(db), "out": str(target), "tmp": str(tmp_path / "ports")}
+    (tmp_path / "ports").mkdir()
+    proc = invoke(*(a.format(**values) for a in args))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "error:" in message and ("is a folder" if where == "folder" else "is a file, not a folder") in message, message
+    assert not list(out.iterdir())
+
+
+def test_output_file_rules(tmp_path):
+    assert devconfig.output_file(tmp_path / "r.json", "--report") == tmp_path / "r.json"
+    with pytest.raises(devconfig.DevConfigError, match=r"^--report .*: is a folder"):
+        devconfig.output_file(tmp_path, "--report")
+    assert devconfig.output_file(tmp_path / "new" / "r.json", "--report") == tmp_path / "new" / "r.json"
+    assert not (tmp_path / "new").exists()                  # made when written, not when checked
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(devconfig.DevConfigError, match="file, not a folder"):
+        devconfig.output_file(tmp_path / "file" / "sub" / "r.json", "--report")
+
+
+def test_a_fleet_report_that_cannot_be_written_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "r.json").mkdir()
+    report = fleet.FleetReport("exec", "k", 0.0)
+    with pytest.raises(OSError):
+        fleet.write_report(report, tmp_path / "r.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    fleet.write_report(report, tmp_path / "ok.json")
+    assert json.loads((tmp_path / "ok.json").read_text())["command"] == "exec"
