@@ -1232,6 +1232,8 @@ def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", j
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     baudrate = _checked(devconfig.count, baud, "--baud")
     reg = _open_registry(registry) if Path(registry).exists() else None
+    if blink and reg is None:          # the names and stickers live there: nothing would blink
+        raise _fail(f"--blink {blink}: no registry at {registry}: pass --registry FILE (the station's)")
     try:
         with console.status(f"asking {len(targets)} board(s) to show themselves..."):
             shown = _identify.identify_boards(targets, reg, only=blink, baudrate=baudrate)

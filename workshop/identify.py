@@ -117,14 +117,27 @@ def show(port: str, registry: Registry | None, *, baudrate: int = 115200, rounds
 
 def identify_boards(ports: Sequence[str], registry: Registry | None, *, only: str | None = None,
                     baudrate: int = 115200, rounds: int = 2) -> list[Shown]:
-    """Every port in parallel; with `only` (a hostname or sticker number) just that board blinks."""
-    if only is not None and registry is not None:
+    """Every port in parallel; with `only` (a hostname or sticker number) just that board blinks.
+
+    `only` needs the registry that knows names and stickers, and must be on one of the ports:
+    otherwise ValueError (nothing blinking is not a success)."""
+    if only is not None:
+        if registry is None:
+            raise ValueError(f"--blink {only}: no registry to find that board in: pass --registry FILE "
+                             "(the station's, default workshop.db here)")
         rec = registry.by_hostname(only) or (registry.by_sticker(int(only)) if only.isdigit() else None)
         if rec is None:
             raise ValueError(f"--blink {only}: no such board in {registry.path}")
     with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
         shown = list(pool.map(lambda p: _show_one(p, registry, only, baudrate, rounds), ports))
+    if only is not None and all(s.ok for s in shown) and not any(_is(s, only) for s in shown):
+        raise ValueError(f"--blink {only}: that board is on none of the {len(ports)} port(s) asked "
+                         f"({', '.join(ports)})")
     return shown
+
+
+def _is(r: Shown, only: str) -> bool:
+    return only in (r.hostname, str(r.sticker))
 
 
 def _show_one(port: str, registry: Registry | None, only: str | None, baudrate: int, rounds: int) -> Shown:
@@ -132,7 +145,7 @@ def _show_one(port: str, registry: Registry | None, only: str | None, baudrate: 
         return show(port, registry, baudrate=baudrate, rounds=rounds)
     # Find which port has it first (MAC only), then blink just that one.
     r = show(port, registry, baudrate=baudrate, display=False)
-    if only not in (r.hostname, str(r.sticker)):
+    if not _is(r, only):
         return r
     return show(port, registry, baudrate=baudrate, rounds=rounds)
 

@@ -67,3 +67,28 @@ def test_provision_mqtt_host_and_port_as_the_broker_task_prints_it(make_peer):
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "names port 18840 but the mqtt port is 1883" in " ".join(bad.stderr.split())
     assert json.loads((peer.root / "workshop.json").read_text()) == doc           # nothing written
+
+
+def test_identify_blink_without_its_board_is_an_error(make_peer, tmp_path):
+    """--blink needs the registry that knows the name, and the board on one of the ports: else exit 1, not 0."""
+    from workshop.provision import identify as repl_identify
+    from workshop.registry import Registry
+    from workshop.repl import ReplSession
+
+    peer = make_peer()
+    missing = invoke("identify", "--ports", peer.port, "--blink", "lab-02", "--registry", str(tmp_path / "typo.db"))
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stdout + missing.stderr
+    assert f"--blink lab-02: no registry at {tmp_path / 'typo.db'}" in " ".join(missing.stderr.split())
+    reg = Registry(tmp_path / "w.db")
+    with ReplSession(peer.port) as s:
+        mac = repl_identify(s).mac
+    reg.see(mac)
+    reg.record_provision(mac, ok=True, hostname="lab-01")
+    reg.see("02:00:00:00:00:02")
+    reg.record_provision("02:00:00:00:00:02", ok=True, hostname="lab-02")        # known, but not plugged in
+    elsewhere = invoke("identify", "--ports", peer.port, "--blink", "lab-02", "--registry", str(tmp_path / "w.db"))
+    assert elsewhere.returncode == 1 and "Traceback" not in elsewhere.stderr, elsewhere.stdout + elsewhere.stderr
+    assert "--blink lab-02: that board is on none of the 1 port(s) asked" in " ".join(elsewhere.stderr.split())
+    here = invoke("identify", "--ports", peer.port, "--blink", "lab-01", "--registry", str(tmp_path / "w.db"))
+    assert here.returncode == 0, here.stdout + here.stderr
+    assert "console" in here.stdout
