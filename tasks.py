@@ -610,13 +610,13 @@ def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telne
         raise Exit(code=1)
 
 
-def _smoke_expected(board, dist, release):
+def _smoke_expected(board, dist, release, board_file=False):
     from pathlib import Path
 
     from workshop import smoke as _smoke
 
     try:
-        return _smoke.choose_expected(board, dist=Path(dist) if dist else None, release=release)
+        return _smoke.choose_expected(board, dist=Path(dist) if dist else None, release=release, board_file=board_file)
     except _smoke.SmokeError as e:
         raise _fail(str(e)) from None
 
@@ -624,7 +624,8 @@ def _smoke_expected(board, dist, release):
 @task(help={
     "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
     "board": "the board the firmware was built for (default: the only build in dist/)",
-    "dist": "folder with <BOARD>/build.json builds (default: dist/)",
+    "dist": "folder with <BOARD>/build.json builds (default: dist/); it must hold the board's build",
+    "board_file": "expect only what boards/<BOARD>.toml says (no build to compare the firmware with)",
     "release": "expect release V's firmware (release/V/index.json, or the downloaded release's) instead of dist/'s build",
     "network": "also check Wi-Fi (with the provisioned config), an MQTT round trip and an HTTP GET",
     "mqtt": "MQTT broker for --network (default: the device config's mqtt.broker); HOST or HOST:PORT",
@@ -638,7 +639,7 @@ def _smoke_expected(board, dist, release):
     "registry": "record each board's result in this registry (by the MAC its firmware reports)",
 })
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
-          json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None):  # noqa: A002 - invoke derives --json
+          json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None, board_file=False):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
     from pathlib import Path
 
@@ -660,7 +661,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
         net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport, **({"http_url": http_url} if http_url else {}))
     json_path = _checked(devconfig.output_file, json_out, "--json-out") if json_out and json_out != "-" else None
     junit_path = _checked(devconfig.output_file, junit, "--junit") if junit else None
-    expected = _smoke_expected(board, dist, release)
+    expected = _smoke_expected(board, dist, release, board_file)
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")

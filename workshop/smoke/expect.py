@@ -147,14 +147,28 @@ class Expected:
 
 
 def choose_expected(board: str | None = None, *, dist: Path | None = None,
-                    release: str | None = None) -> Expected:
+                    release: str | None = None, board_file: bool = False) -> Expected:
     """What the boards should run, as `invoke smoke` chooses it: release V's index.json
     (--release), else dist/<BOARD>/build.json, else the board file alone. Without a board
-    name, the only build in dist/ is the one (SmokeError when there are none or several)."""
+    name, the only build in dist/ is the one (SmokeError when there are none or several).
+
+    A `dist` named explicitly must hold that board's build (SmokeError otherwise: checking
+    against the board file instead would pass a board the named build was never on);
+    `board_file=True` asks for the board file alone (boards/<BOARD>.toml, no build identity)."""
     from ..buildinfo import dist_dir
     from ..config import ConfigError, get_board
 
+    if board_file:
+        if not board or release or dist is not None:
+            raise SmokeError("--board-file takes --board NAME, and neither --dist nor --release")
+        try:
+            return Expected.for_board(get_board(board))
+        except ConfigError as e:
+            raise SmokeError(str(e)) from None
     base = dist if dist is not None else dist_dir()
+    if dist is not None and not release and not dist.is_dir():
+        raise SmokeError(f"--dist {dist}: no such folder of builds (see 'invoke build'; --board-file expects "
+                         "the board file alone)")
     if not board:
         built = sorted(p.name for p in base.glob("*") if (p / "build.json").is_file())
         if len(built) != 1:
@@ -166,9 +180,13 @@ def choose_expected(board: str | None = None, *, dist: Path | None = None,
     if (base / board / "build.json").is_file():
         return Expected.from_build(base / board)
     try:
-        return Expected.for_board(get_board(board))
+        known = get_board(board)
     except ConfigError as e:
         raise SmokeError(str(e)) from None
+    if dist is not None:
+        raise SmokeError(f"--dist {dist}: no build of {board} there (no {dist / board / 'build.json'}): "
+                         f"'invoke build --board {board}', or --board-file to expect boards/{board}.toml alone")
+    return Expected.for_board(known)
 
 
 def release_index(version: str, root: Path | None = None, cache: Path | None = None) -> Path:

@@ -41,14 +41,14 @@ def test_provision_json_and_table(make_peer):
 
 def test_smoke_json_and_table(make_peer):
     peer = make_peer(stack_on_path=False, files={"workshop.json": '{"hostname": "x"}'})
-    proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--dist", str(REPO / "nowhere"), "--json")
+    proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--board-file", "--json")
     report = json.loads(proc.stdout)
     [device] = report["devices"]
     assert device["port"] == peer.port and device["facts"]["platform"] == "linux"
     assert {c["name"] for c in device["checks"]} >= {"connect", "firmware", "heap", "flash", "config"}
     assert proc.returncode == (0 if report["ok"] else 1)
 
-    table = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--dist", str(REPO / "nowhere"))
+    table = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--board-file")
     lines = table.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["port", "connect"])
     assert lines[header].split() == ["port", "connect", "firmware", "modules", "heap", "flash", "config", "s", "result"]
@@ -92,3 +92,12 @@ def test_identify_blink_without_its_board_is_an_error(make_peer, tmp_path):
     here = invoke("identify", "--ports", peer.port, "--blink", "lab-01", "--registry", str(tmp_path / "w.db"))
     assert here.returncode == 0, here.stdout + here.stderr
     assert "console" in here.stdout
+
+
+def test_smoke_with_a_dist_that_holds_no_build_says_so(make_peer, tmp_path):
+    """--dist names the build the boards should run: a folder without it is an error, never boards/UNIX.toml."""
+    peer = make_peer(stack_on_path=False, files={"workshop.json": '{"hostname": "x"}'})
+    for dist, why in ((tmp_path / "nonexistent", "no such folder of builds"), (tmp_path, "no build of UNIX there")):
+        proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--dist", str(dist))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+        assert f"--dist {dist}: {why}" in " ".join(proc.stderr.split()) and "Smoke" not in proc.stdout

@@ -28,9 +28,23 @@ def test_without_a_board_the_only_build_in_dist_is_expected(tmp_path: Path) -> N
 
 
 def test_a_board_without_a_build_is_expected_from_its_board_file(tmp_path: Path) -> None:
-    expected = smoke.choose_expected("UNIX", dist=tmp_path)
+    expected = smoke.choose_expected("UNIX", board_file=True)
     assert expected.source == "boards/UNIX.toml" and expected.micropython_version is None
     with pytest.raises(smoke.SmokeError, match="unknown board 'NOPE'"):
+        smoke.choose_expected("NOPE", board_file=True)
+
+
+def test_a_named_dist_without_the_build_is_an_error_not_the_board_file(tmp_path: Path) -> None:
+    """--dist names the build the boards should run: when it is not there, smoke says so."""
+    with pytest.raises(smoke.SmokeError, match=r"--dist .*/nonexistent: no such folder of builds"):
+        smoke.choose_expected("UNIX", dist=tmp_path / "nonexistent")
+    with pytest.raises(smoke.SmokeError, match=r"--dist .*: no build of UNIX there \(no .*/UNIX/build.json\)"):
+        smoke.choose_expected("UNIX", dist=tmp_path)
+    with pytest.raises(smoke.SmokeError, match="unknown board 'NOPE'"):
         smoke.choose_expected("NOPE", dist=tmp_path)
+    write_placeholder_build(tmp_path, "ESP8266_GENERIC")
+    assert smoke.choose_expected("ESP8266_GENERIC", dist=tmp_path).source.endswith("build.json")
+    with pytest.raises(smoke.SmokeError, match="--board-file takes --board NAME"):
+        smoke.choose_expected("UNIX", dist=tmp_path, board_file=True)
     with pytest.raises(smoke.SmokeError, match="release v9.9.9: no index.json"):
         smoke.choose_expected("UNIX", dist=tmp_path, release="9.9.9")
