@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchlib import announce_cost, anchor_lib, frozen_note, mosquitto
+from benchlib import EMPTY_CWD, announce_cost, anchor_lib, frozen_note, mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -130,7 +130,7 @@ def held(binary: Path, path: str, mods: list[str]) -> int | str:
 def _held_once(binary: Path, path: str, mods: list[str], pad: int) -> int | str:
     env = dict(os.environ, MICROPYPATH=path, WORKSHOP_CONFIG="/nonexistent/workshop.json")  # boot starts nothing
     proc = subprocess.run([str(binary), "-c", PROBE.format(imports=_imports(mods), names=_names(mods), pad=pad)], capture_output=True,
-                          text=True, env=env, cwd=tempfile.gettempdir(), timeout=60)
+                          text=True, env=env, cwd=EMPTY_CWD, timeout=60)
     heldb, pools = None, []
     for line in proc.stdout.splitlines():
         if line.startswith("HELD "):

