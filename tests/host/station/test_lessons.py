@@ -89,7 +89,7 @@ def test_invoke_smoke_with_registry_records_each_boards_result_by_its_mac(tmp_pa
     db = tmp_path / "w.db"
     try:
         proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "smoke", "--ports",
-                               peer.port, "--board", "UNIX", "--dist", str(tmp_path / "no-dist"), "--registry", str(db)],
+                               peer.port, "--board", "UNIX", "--board-file", "--registry", str(db)],
                               capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "200"})
     finally:
         peer.stop()
