@@ -397,6 +397,43 @@ def expected_for(image: FlashImage) -> Any:
 # --- one board ---------------------------------------------------------------------------------
 
 
+class _Cancellable:
+    """A board's serial port that refuses every read and write once the run is cancelled.
+
+    Provisioning and smoke run in worker threads the interpreter waits for at exit (provision_all's
+    pool): they must stop by themselves. ReplSession reads in 0.05 s steps and writes in small
+    paced chunks, so Ctrl-C ends a session within one step, whatever file it is writing.
+    """
+
+    def __init__(self, ser: Any, cancel: threading.Event) -> None:
+        self._ser, self._cancel = ser, cancel
+
+    def _check(self) -> None:
+        if self._cancel.is_set():
+            raise OSError("interrupted")
+
+    def read(self, n: int = 1) -> bytes:
+        self._check()
+        return bytes(self._ser.read(n))
+
+    def write(self, data: bytes) -> int | None:
+        self._check()
+        return self._ser.write(data)
+
+    def flush(self) -> None:
+        self._check()
+        self._ser.flush()
+
+    @property
+    def in_waiting(self) -> int:
+        self._check()
+        return int(self._ser.in_waiting)
+
+    def close(self) -> None:
+        self._ser.close()
+
+
+
 class _Journey:
     def __init__(self, port: SerialPort, plan: Plan, tracker: PortTracker, emit: EventHandler,
                  cancel: threading.Event, log_dir: Path) -> None:
@@ -428,6 +465,17 @@ class _Journey:
         self.emit(state, words, final=True, ok=state == "ready")
         self.tracker.release(r.mac, self.port.device)
         return r
+
+    def session(self, port: str, **options: Any) -> Any:
+        """A ReplSession on `port` that Ctrl-C (`cancel`) ends within one read (a session_factory)."""
+        from . import serialport
+        from .repl import ReplSession
+
+        def opener(device: str) -> _Cancellable:
+            ser = serialport.open_port(device, options.get("baudrate", self.plan.repl_baud), timeout=0.05,
+                                       write_timeout=options.get("connect_timeout", 3.0))
+            return _Cancellable(ser, self.cancel)
+        return ReplSession(port, serial_factory=opener, **options)
 
     def _gone(self) -> bool:
         return not self.tracker.is_present(SerialPort(self.result.port, by_id=self.port.by_id
@@ -519,16 +567,18 @@ class _Journey:
         port = self.boot()
         if port is not None and port == self.port.device and self._needs_manual_reset():
             port = self.await_reset(port)
-            if port is None:
-                return self.finish("interrupted" if self.cancel.is_set() else "failed",
-                                   f"RESET was not pressed within {plan.reset_wait:g} s: the board is still in "
-                                   "download mode (flashed and verified)")
+            if port is None and not self.cancel.is_set():
+                return self.finish("failed", f"RESET was not pressed within {plan.reset_wait:g} s: the board is "
+                                   "still in download mode (flashed and verified)")
+        if self.cancel.is_set():
+            return self.finish("interrupted", "interrupted")
         if port is None:
-            return self.finish("interrupted" if self.cancel.is_set() else "failed",
-                               f"the board did not come back after its reset within "
+            return self.finish("failed", f"the board did not come back after its reset within "
                                f"{plan.boot_timeout if self.port.serial_number else plan.reset_wait:g} s")
         if plan.provision is not None or plan.files is not None:
             ok = self.provision(port)
+            if self.cancel.is_set():
+                return self.finish("interrupted", "interrupted")
             if self.stranger:
                 result = self.finish("failed", self.result.reason)
                 if self.followed is not None:
@@ -541,7 +591,10 @@ class _Journey:
             if not ok:
                 return self.finish("unplugged" if self._gone() else "failed", self.result.reason)
         if plan.smoke:
-            if not self.smoke(port):
+            ok = self.smoke(port)
+            if self.cancel.is_set():
+                return self.finish("interrupted", "interrupted")
+            if not ok:
                 return self.finish("unplugged" if self._gone() else "failed", self.result.reason)
         if self.cancel.is_set():
             return self.finish("interrupted", "interrupted")
@@ -552,7 +605,7 @@ class _Journey:
     def _vanishing(self, within: float = 1.0) -> bool:
         """After a lost connection: is the board's port going away (a late re-enumeration)?"""
         deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.cancel.is_set():
             if not self.tracker.is_present(self.port):
                 return True
             time.sleep(0.05)
@@ -583,10 +636,10 @@ class _Journey:
 
     def _answers(self, port: str) -> bool:
         """Does MicroPython's raw REPL answer on `port` within plan.reset_probe?"""
-        from .repl import ReplError, ReplSession
+        from .repl import ReplError
 
         try:
-            with ReplSession(port, baudrate=self.plan.repl_baud, connect_timeout=self.plan.reset_probe):
+            with self.session(port, baudrate=self.plan.repl_baud, connect_timeout=self.plan.reset_probe):
                 return True                       # (entering the raw REPL is what `with` does)
         except (ReplError, OSError):
             return False
@@ -649,8 +702,10 @@ class _Journey:
 
         [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
                             connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
-                            vet=vet)
+                            vet=vet, session_factory=self.session)
         r.provision = p
+        if self.cancel.is_set():
+            return False                                # interrupted: nothing to record, the journey says so
         r.hostname = p.hostname or r.hostname
         if plan.registry is not None and r.mac:
             plan.registry.record_provision(r.mac, ok=p.ok, hostname=p.hostname,
@@ -674,8 +729,10 @@ class _Journey:
             return False
         connect = 3.0 if plan.provision is not None or plan.files is not None else plan.boot_timeout
         report = _smoke.smoke_device(port, expected, network=plan.network, timeout=plan.repl_timeout,
-                                     connect_timeout=connect, baudrate=plan.repl_baud)
+                                     connect_timeout=connect, baudrate=plan.repl_baud, session_factory=self.session)
         r.smoke = report
+        if self.cancel.is_set():
+            return False
         detail = "all checks passed" if report.ok else "; ".join(f"{c.name}: {c.detail}" for c in report.failed)
         if plan.registry is not None and r.mac:
             plan.registry.record_smoke(r.mac, ok=report.ok, detail=detail, port=port)
