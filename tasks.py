@@ -386,6 +386,16 @@ def _flash_images(board, auto, image, offset, chip, release, dist):
         raise _fail(str(e)) from None
 
 
+def _flash_options(**options):
+    """workshop.flash.FlashOptions, checked (--baud, --flash-size) before any board is touched."""
+    from workshop import flash as _flash
+
+    try:
+        return _flash.FlashOptions(**options)
+    except _flash.FlashError as e:
+        raise _fail(str(e)) from None
+
+
 # The station's time budgets (workshop.station.BUDGETS), for station and flash --provision.
 _BUDGET_HELP = {
     "boot_timeout": "seconds a flashed board may take to answer at its REPL (default 20: first boot formats the filesystem)",
@@ -435,12 +445,12 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     report_out = _checked(devconfig.output_file, report, "--report") if report else None
     events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
+    options = _flash_options(baud=_checked(devconfig.count, baud, "--baud"), erase=erase, flash_size=flash_size)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     targets = _device_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     log_dir = _flash_log_dir(logs)
-    options = _flash.FlashOptions(baud=_checked(devconfig.count, baud, "--baud"), erase=erase, flash_size=flash_size)
     reg = _open_registry(registry)
     if provision or files:
         plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=Path(files) if files else None,
@@ -1141,7 +1151,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         except _smoke.SmokeError as e:
             raise _fail(str(e)) from None
         net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport)
-    flash_options = _flash.FlashOptions(baud=_checked(devconfig.count, baud, "--baud"))
+    flash_options = _flash_options(baud=_checked(devconfig.count, baud, "--baud"))
     plan = _station.Plan(images=images, flash_options=flash_options, provision=cfg,
                          files=Path(files) if files else None, smoke=smoke or network, network=net,
                          registry=_open_registry(registry), reflash=reflash, log_dir=Path(logs) if logs else None,

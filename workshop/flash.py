@@ -206,6 +206,40 @@ def images_by_chip(images: Sequence[FlashImage]) -> dict[str, FlashImage]:
     return by_chip
 
 
+SECTOR = 0x1000                       # esptool's FLASH_SECTOR_SIZE: what an offset is aligned to
+
+
+def _flash_sizes() -> tuple[str, ...]:
+    """What esptool --flash-size takes, from its own chip definitions (plus detect, keep)."""
+    from esptool.targets import CHIP_DEFS
+
+    sizes = {s for c in CHIP_DEFS.values() for s in getattr(c, "FLASH_SIZES", {})}
+    return ("detect", "keep", *sorted(sizes, key=lambda s: (_size_bytes(s), s)))
+
+
+def _size_bytes(size: str) -> int:
+    number = size.split("-")[0]
+    return int(number[:-2]) * (2**20 if number.endswith("MB") else 2**10)
+
+
+MAX_FLASH_BYTES = 128 * 2**20          # the largest in esptool's FLASH_SIZES
+
+
+def _flash_offset(offset: int | str) -> int:
+    """--offset: a number (0x1000, 4096), not negative, on a flash sector boundary, inside the flash."""
+    try:
+        number = offset if isinstance(offset, int) and not isinstance(offset, bool) else int(str(offset).strip(), 0)
+    except ValueError:
+        raise FlashError(f"--offset: expected a number like 0x1000, got {offset!r}") from None
+    if number < 0 or number >= MAX_FLASH_BYTES:
+        raise FlashError(f"--offset {offset}: expected 0x0 .. {MAX_FLASH_BYTES - 1:#x} (the flash is at most "
+                         f"{MAX_FLASH_BYTES // 2**20} MB)")
+    if number % SECTOR:
+        raise FlashError(f"--offset {offset}: not on a flash sector boundary (a multiple of {SECTOR:#x}, "
+                         "e.g. 0x1000, 0x10000)")
+    return number
+
+
 def choose_images(*, board: str | None = None, auto: bool = False, image: Path | None = None,
                   offset: int | str | None = None, chip: str | None = None, release: str | None = None,
                   dist: Path | None = None) -> ImageChoice:
@@ -220,11 +254,15 @@ def choose_images(*, board: str | None = None, auto: bool = False, image: Path |
     if image:
         if offset is None:
             raise FlashError("--image needs --offset (e.g. --offset 0x1000)")
-        try:
-            number = int(str(offset), 0)
-        except ValueError:
-            raise FlashError(f"--offset: expected a number like 0x1000, got {offset!r}") from None
-        return FlashImage.from_file(Path(image), number, chip)
+        number = _flash_offset(offset)
+        chosen = FlashImage.from_file(Path(image), number, chip)
+        size = Path(image).stat().st_size
+        if size == 0:
+            raise FlashError(f"--image {image}: the file is empty: nothing to write")
+        if number + size > MAX_FLASH_BYTES:
+            raise FlashError(f"--image {image}: {size:,} bytes at --offset {number:#x} end past "
+                             f"{MAX_FLASH_BYTES // 2**20} MB, the largest flash an ESP chip has")
+        return chosen
     if release:
         from .download import DownloadError, release_images
 
@@ -323,6 +361,16 @@ class FlashOptions:
     reset_after: bool = True
     budgets: Budgets = Budgets()
     abort_grace: float = 1.0                # after an abort, how long an esptool thread may take to stop
+
+    def __post_init__(self) -> None:
+        """Checked before any board is touched: a value esptool refuses would fail every board
+        after connecting (and be retried as if the board were at fault)."""
+        if isinstance(self.baud, bool) or not isinstance(self.baud, int) or self.baud < 300:
+            raise FlashError(f"--baud: expected a baud rate such as 460800, got {self.baud!r}")
+        if self.flash_size is not None:
+            choices = _flash_sizes()
+            if self.flash_size not in choices:
+                raise FlashError(f"--flash-size: expected one of {', '.join(choices)}, got {self.flash_size!r}")
 
     def ladder(self) -> tuple[Attempt, ...]:
         return self.attempts or retry_ladder(self.baud)

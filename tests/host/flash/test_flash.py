@@ -354,3 +354,24 @@ def test_dist_images_skips_only_host_builds_whatever_the_folder_is_called(tmp_pa
     (esp / "firmware.bin").write_bytes(b"tampered")
     with pytest.raises(flash.FlashError, match="firmware.bin: does not match the sha256"):
         flash.dist_images(dist)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--offset", "-5"), "--offset -5: expected 0x0 .. 0x7ffffff"),
+    (("--offset", "0x10000000"), "--offset 0x10000000: expected 0x0 .. 0x7ffffff"),
+    (("--offset", "0x1001"), "--offset 0x1001: not on a flash sector boundary"),
+    (("--offset", "0x7fff000"), "end past 128 MB"),
+    (("--offset", "0x1000", "--flash-size", "3MB"), "--flash-size: expected one of detect, keep, 256KB"),
+    (("--offset", "0x1000", "--empty"), "the file is empty: nothing to write"),
+])
+def test_bad_flash_options_are_refused_before_any_board_is_touched(mocks, tmp_path, extra, message):
+    """Not sent to the board to fail, be retried three times and be reported 'partially written'."""
+    [device] = mocks.start_many(["esp32"])
+    image = tmp_path / "firmware.bin"
+    image.write_bytes(b"" if "--empty" in extra else b"\xe9" + bytes(8191))
+    proc = _invoke("flash", "--image", str(image), "--chip", "esp32", "--ports", device.port,
+                   "--logs", str(tmp_path / "logs"), *(a for a in extra if a != "--empty"), timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and message in " ".join(proc.stderr.split()), proc.stderr
+    assert "partially written" not in proc.stdout and not (tmp_path / "logs").exists()
+    assert_untouched(device)
