@@ -386,6 +386,22 @@ def _flash_images(board, auto, image, offset, chip, release, dist):
         raise _fail(str(e)) from None
 
 
+def _lesson_folder(files, cfg):
+    """--files DIR for the station pipeline, read and checked (workshop.lessons.collect: missing, a
+    workshop.json, a configured secret) before any board is flashed; the Path, or None."""
+    from pathlib import Path
+
+    from workshop import lessons as _lessons
+
+    if not files:
+        return None
+    try:
+        _lessons.collect(Path(files), cfg.secrets() if cfg is not None else [])
+    except _lessons.LessonError as e:
+        raise _fail(f"--files: {e}") from None
+    return Path(files)
+
+
 def _flash_options(**options):
     """workshop.flash.FlashOptions, checked (--baud, --flash-size) before any board is touched."""
     from workshop import flash as _flash
@@ -447,13 +463,14 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     options = _flash_options(baud=_checked(devconfig.count, baud, "--baud"), erase=erase, flash_size=flash_size)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
+    lesson = _lesson_folder(files, cfg)
     targets = _device_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     log_dir = _flash_log_dir(logs)
     reg = _open_registry(registry)
     if provision or files:
-        plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=Path(files) if files else None,
+        plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=lesson,
                              registry=reg, log_dir=log_dir, **times)
         _run_station(lambda on_event, cancel: _station.run_boards(targets, plan, on_event=on_event, cancel=cancel),
                      events_out)
@@ -1144,6 +1161,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
+    lesson = _lesson_folder(files, cfg)
     net = None
     if network:
         try:
@@ -1153,7 +1171,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport)
     flash_options = _flash_options(baud=_checked(devconfig.count, baud, "--baud"))
     plan = _station.Plan(images=images, flash_options=flash_options, provision=cfg,
-                         files=Path(files) if files else None, smoke=smoke or network, network=net,
+                         files=lesson, smoke=smoke or network, network=net,
                          registry=_open_registry(registry), reflash=reflash, log_dir=Path(logs) if logs else None,
                          **times)
     try:

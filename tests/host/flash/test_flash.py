@@ -375,3 +375,27 @@ def test_bad_flash_options_are_refused_before_any_board_is_touched(mocks, tmp_pa
     assert "Traceback" not in proc.stderr and message in " ".join(proc.stderr.split()), proc.stderr
     assert "partially written" not in proc.stdout and not (tmp_path / "logs").exists()
     assert_untouched(device)
+
+
+@pytest.mark.parametrize("task", ["flash", "station"])
+@pytest.mark.parametrize("problem", ["missing", "config inside"])
+def test_an_unusable_lesson_folder_is_refused_before_any_board_is_flashed(mocks, tmp_path, task, problem):
+    """Not found out at provisioning, after every board was flashed."""
+    [device] = mocks.start_many(["esp32"])
+    image = tmp_path / "firmware.bin"
+    image.write_bytes(b"\xe9" + bytes(8191))
+    cfg = tmp_path / "ws.toml"
+    cfg.write_text('hostname = "ws-{mac4}"\n')
+    lesson = tmp_path / "lesson"
+    if problem == "config inside":
+        lesson.mkdir()
+        (lesson / "workshop.json").write_text("{}")
+    where = ("--ports", device.port) if task == "flash" else ("--ports-dir", str(tmp_path))
+    proc = _invoke(task, "--image", str(image), "--offset", "0x1000", "--chip", "esp32", *where,
+                   "--provision", str(cfg), "--files", str(lesson), "--logs", str(tmp_path / "logs"), timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    why = "no such folder of lesson files" if problem == "missing" else "written by provisioning"
+    assert "Traceback" not in proc.stderr and f"--files: {lesson}" in " ".join(proc.stderr.split()), proc.stderr
+    assert why in " ".join(proc.stderr.split())
+    assert "watching" not in proc.stdout and not (tmp_path / "logs").exists()
+    assert_untouched(device)
