@@ -104,6 +104,16 @@ class ProvisionConfig:
     extra: dict[str, Any] = field(default_factory=dict)   # other keys from a config file, kept as given
 
     def __post_init__(self) -> None:
+        # Named by their place in workshop.toml / workshop.json; a number or a table there would
+        # be written to the board (or crash the hostname check) otherwise.
+        for name, key in (("hostname", "hostname"), ("wifi_ssid", "wifi.ssid"), ("telnet_user", "telnet.user"),
+                          ("mqtt_broker", "mqtt.broker")):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ProvisionError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        if self.start is not None and (isinstance(self.start, str) or
+                                       not all(isinstance(x, str) for x in self.start)):
+            raise ProvisionError(f"start: expected a list of service names, got {self.start!r}")
         for name in ("wifi_password", "telnet_password"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str | Secret):

@@ -38,3 +38,14 @@ def test_a_bad_smoke_timeout_is_a_clear_error(value):
     proc = invoke("smoke", "--ports", "/dev/null", "--board", "UNIX", "--timeout", value)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"--timeout: expected seconds > 0, got '{value}'" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("task", ["provision", "station"])
+def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path, task):
+    cfg = tmp_path / "ws.toml"
+    cfg.write_text("hostname = 5\n")
+    args = ("provision", "--ports", "/dev/null", "--config", str(cfg)) if task == "provision" else \
+        ("station", "--image", str(cfg), "--offset", "0x1000", "--ports-dir", str(tmp_path), "--provision", str(cfg))
+    proc = invoke(*args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{cfg}: hostname: expected a string, got int 5" in " ".join(proc.stderr.split())

@@ -289,3 +289,19 @@ def test_seconds_and_counts_from_a_command_line():
     for bad in ("x", "0", "-2", "1.5", 0, True):
         with pytest.raises(devconfig.DevConfigError, match=r"^--jobs: expected a whole number >= 1, got "):
             devconfig.count(bad, "--jobs")
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("hostname = 5\n", "hostname: expected a string, got int 5"),
+    ('[wifi]\nssid = 42\n', "wifi.ssid: expected a string, got int 42"),
+    ('[telnet]\nuser = ["a"]\n', "telnet.user: expected a string, got list ['a']"),
+    ('[mqtt]\nbroker = 10\n', "mqtt.broker: expected a string, got int 10"),
+    ('[wifi]\npassword = 7\n', "wifi password: expected a string, got a int"),
+])
+def test_a_config_value_of_the_wrong_type_is_a_named_error(tmp_path, toml, message):
+    """Not a TypeError traceback (hostname) nor a number written to the board as its SSID."""
+    f = tmp_path / "workshop.toml"
+    f.write_text(toml)
+    with pytest.raises(ProvisionError) as e:
+        ProvisionConfig.from_file(f)
+    assert str(e.value) == f"{f}: {message}"
