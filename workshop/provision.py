@@ -111,9 +111,9 @@ class ProvisionConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ProvisionError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
-        if self.start is not None and (isinstance(self.start, str) or
-                                       not all(isinstance(x, str) for x in self.start)):
-            raise ProvisionError(f"start: expected a list of service names, got {self.start!r}")
+        given: Any = self.start            # typed as a tuple; from a caller it may be anything
+        if given is not None and (isinstance(given, str) or not all(isinstance(x, str) for x in given)):
+            raise ProvisionError(f"start: expected a list of service names, got {given!r}")
         for name in ("wifi_password", "telnet_password"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str | Secret):
