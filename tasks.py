@@ -766,9 +766,9 @@ def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, in
         raise _fail("nothing to listen to: give --mqtt HOST[:PORT] (or drop --no-mdns)")
     room = _roster.Roster(expected, _room_lookup(registry),
                           on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False))
-    watcher = _roster.RoomWatcher(room, broker, mdns=not no_mdns, interfaces=_csv(interface) or None,
-                                  user=mqtt_user, password=mqtt_password or os.environ.get("WORKSHOP_MQTT_PASSWORD"))
     try:
+        watcher = _roster.RoomWatcher(room, broker, mdns=not no_mdns, interfaces=_csv(interface) or None,
+                                      user=mqtt_user, password=mqtt_password or os.environ.get("WORKSHOP_MQTT_PASSWORD"))
         watcher.start()
     except _roster.RosterError as e:
         raise _fail(str(e)) from None

@@ -275,6 +275,23 @@ def _jsonable(v: Any) -> bool:
 
 # --- live sources --------------------------------------------------------------------------------
 
+def check_interfaces(values: Iterable[str]) -> list[str]:
+    """--interface: IPv4 addresses of this machine's interfaces (mDNS is browsed over IPv4)."""
+    import ipaddress
+
+    out = []
+    for value in values:
+        try:
+            address = ipaddress.ip_address(str(value).strip())
+        except ValueError:
+            address = None
+        if address is None or address.version != 4:
+            raise RosterError(f"--interface {value!r}: expected the IPv4 address of one of this machine's "
+                              "interfaces, e.g. 192.168.1.20 (see 'ip -4 addr')")
+        out.append(str(address))
+    return out
+
+
 class RoomWatcher:
     """Feeds a `Roster` from MQTT (paho-mqtt) and mDNS (python-zeroconf) until `stop()`.
 
@@ -289,7 +306,7 @@ class RoomWatcher:
         self.roster = roster
         self.mqtt = mqtt
         self.mdns = mdns
-        self.interfaces = list(interfaces) if interfaces is not None else None
+        self.interfaces = check_interfaces(interfaces) if interfaces is not None else None
         self.user = user
         self.password = password
         self.connect_timeout = connect_timeout
@@ -361,7 +378,12 @@ class RoomWatcher:
         kw: dict[str, Any] = {"ip_version": IPVersion.V4Only}
         if self.interfaces is not None:
             kw["interfaces"] = self.interfaces
-        self._zc = Zeroconf(**kw)
+        try:
+            self._zc = Zeroconf(**kw)
+        except (OSError, ValueError) as e:
+            where = f" on --interface {','.join(self.interfaces)}" if self.interfaces else ""
+            raise RosterError(f"mDNS cannot listen{where}: {getattr(e, 'strerror', None) or e} "
+                              "(give an IPv4 address this machine has, see 'ip -4 addr')") from None
         roster = self.roster
 
         def on_change(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:

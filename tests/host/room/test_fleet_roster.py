@@ -108,3 +108,21 @@ def test_identify_code_blinks_the_board_led_or_prints_a_banner():
 def test_fleet_refuses_to_run_without_a_password():
     with pytest.raises(fleet.FleetError, match="no telnet password"):
         fleet.Fleet(password="")
+
+
+@pytest.mark.parametrize("args", [("roster", "--wait", "0"), ("serve", "--room", "--directory", "."),
+                                  ("fleet", "exec", "print(1)", "--all", "--wait", "0")])
+@pytest.mark.parametrize("value, message", [
+    ("bogus", "--interface 'bogus': expected the IPv4 address of one of this machine's interfaces"),
+    ("10.255.255.77", "mDNS cannot listen on --interface 10.255.255.77"),
+])
+def test_a_bad_mdns_interface_is_one_line_not_a_traceback(args, value, message):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), *args, "--interface", value], cwd=repo,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and message in " ".join(proc.stderr.split()), proc.stderr
