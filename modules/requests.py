@@ -1,18 +1,23 @@
 # requests: a small HTTP/1.1 client (one request per connection) with the micropython-lib `requests` API.
 #
 # Beyond micropython-lib's: str and json bodies are sent as UTF-8 with their byte length; the Host
-# header carries a non-default port; header names match in any case; relative redirects work,
-# and at most 5 are followed; `r.raw` is the body without its framing (Content-Length
-# or chunked), so stream=True reads it piecewise; the request head (and a small body) leaves in one
-# write; https verifies the server when given `cadata=` (a CA, DER), else it is unauthenticated;
+# header carries a non-default port; header names match in any case (a header the caller gives in
+# any case replaces our default); relative redirects work (`?q` too), and at most 5 are followed;
+# an interim 1xx (100 Continue) is skipped; a head ending lines in a bare LF is read; `r.raw` is
+# the body without its framing (Content-Length or chunked), a stream (read, readinto, readline;
+# json.load(r.raw)), so stream=True reads it piecewise; the request head (and a small body) leaves
+# in one write; https verifies the server when given `cadata=` (a CA, DER; a clear
+# NotImplementedError where the port's TLS cannot verify, ESP8266's axTLS), else it is unauthenticated;
 # the socket is closed on any error; Response is a context manager (`with requests.get(url) as r:`).
 # (Heap: as .mpy every code byte, function and constant is heap, and a str constant longer than
 # 10 characters or any bytes constant is an object of its own (shorter strs are shared qstrs). So
 # socket is imported in request(), headers are compared as str, and each constant appears once.)
+from io import IOBase
 
 
-class Response:
-    # The response and, as r.raw, its body as a stream without the framing. _s: the socket; _n:
+class Response(IOBase):
+    # The response and, as r.raw, its body as a stream without the framing: an IOBase, so C stream
+    # readers (json.load(r.raw)) call readinto(). _s: the socket; _n:
     # bytes left (of the body, or of the current chunk), -1 up to EOF; _c: chunked, a size line
     # is due at _n 0. request() sets them (no __init__), read() takes its size as *sz (no
     # defaults tuple), __exit__ is close: each method, default and class attribute is heap.
@@ -33,7 +38,7 @@ class Response:
         if not self._n and self._c:
             s = self._s
             l = s.readline()
-            if l == b"\r\n":
+            if l in b"\r\n":  # the line ending the chunk before (CRLF or a bare LF)
                 l = s.readline()
             self._n = int(l.split(b";", 1)[0], 16)
             if not self._n:  # the last chunk: skip trailers up to the blank line
@@ -52,6 +57,16 @@ class Response:
                 raise ValueError("HTTP body cut short")
             self._n -= k
         return k
+
+    def readline(self):
+        # One line of the body (up to b"\n"), within its Content-Length and across chunks.
+        b = bytearray()
+        c = bytearray(1)
+        while self.readinto(c):
+            b += c
+            if c[0] == 10:
+                break
+        return bytes(b)
 
     def read(self, *sz):
         # At most sz bytes (at most the rest of a chunk), else the whole body: a Content-Length
@@ -93,13 +108,24 @@ class Response:
         return json.loads(self.content)
 
 
+def _key(h, k):
+    # The name the headers h hold k under, in any case, else k: a name the caller gave in any
+    # case is theirs (no second Host), and stays as they spelt it.
+    l = k.lower()
+    for x in h:
+        if x.lower() == l:
+            return x
+    return k
+
+
 def request(method, url, data=None, json=None, headers=None, stream=None, auth=None,
             timeout=None, parse_headers=True, cadata=None, _hops=5):  # at most 5 redirects
     headers = {} if headers is None else headers.copy()
     if auth is not None:
         from binascii import b2a_base64
 
-        headers["Authorization"] = "Basic " + str(b2a_base64(b"%s:%s" % auth, newline=False), "utf-8")
+        headers[_key(headers, "Authorization")] = "Basic " + str(b2a_base64(b"%s:%s" % auth, newline=False),
+                                                                  "utf-8")
 
     proto, _, host = url.split("/", 2)
     path = ""
@@ -117,7 +143,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         port = 443
     else:
         raise ValueError("Unsupported protocol: " + proto)
-    headers.setdefault("Host", host)
+    headers.setdefault(_key(headers, "Host"), host)
     netloc = host
     if ":" in host:
         host, port = host.split(":", 1)
@@ -127,14 +153,16 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         from json import dumps
 
         data = dumps(json)
-        headers.setdefault("Content-Type", "application/json")
-    chunked = data and getattr(data, "__next__", None) and not getattr(data, "__len__", None)
-    if data and not chunked:
+        headers.setdefault(_key(headers, "Content-Type"), "application/json")
+    gen = data and getattr(data, "__next__", None) and not getattr(data, "__len__", None)
+    if data and not gen:
         data = data.encode() if isinstance(data, str) else data
-        headers.setdefault("Content-Length", str(len(data)))
-    elif chunked and "Content-Length" not in headers:
-        headers["Transfer-Encoding"] = "chunked"
-    headers.setdefault("Connection", "close")
+        headers.setdefault(_key(headers, "Content-Length"), str(len(data)))
+    # te: the generator's pieces go as chunks (unless the caller gave a Content-Length)
+    te = gen and _key(headers, "Content-Length") not in headers
+    if te:
+        headers.setdefault(_key(headers, "Transfer-Encoding"), "chunked")
+    headers.setdefault(_key(headers, "Connection"), "close")
 
     import socket
 
@@ -148,9 +176,13 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             import tls
 
             ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-            ctx.verify_mode = tls.CERT_REQUIRED if cadata else tls.CERT_NONE
             if cadata:
+                if not hasattr(tls, "CERT_REQUIRED"):  # axTLS (ESP8266): CERT_NONE only
+                    raise NotImplementedError("cadata: this port's TLS cannot verify")
+                ctx.verify_mode = tls.CERT_REQUIRED
                 ctx.load_verify_locations(cadata)  # tls takes it positionally
+            else:
+                ctx.verify_mode = tls.CERT_NONE
             s = ctx.wrap_socket(s, server_hostname=host)
         # The head in one buffer, one write (each write is a TCP segment, under TLS a record; small
         # ones in a row stall on Nagle + delayed ACK); a small body rides along.
@@ -158,13 +190,12 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         for k in headers:  # keys, not items(): no tuple per header
             h += b"%s: %s\r\n" % (k, headers[k])
         h += b"\r\n"
-        small = data and not chunked and len(data) <= 1024
+        small = data and not gen and len(data) <= 1024
         if small:
             h += data
         s.write(h)
         h = None
-        if chunked:
-            te = headers.get("Transfer-Encoding") == "chunked"
+        if gen:
             for h in data:
                 s.write(b"%x\r\n%s\r\n" % (len(h), h) if te else h)
             if te:
@@ -172,10 +203,15 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         elif data and not small:
             s.write(data)
 
-        h = s.readline().split(None, 2)
-        if len(h) < 2:
-            raise ValueError("HTTP error: BadStatusLine: %r" % h)
-        status = int(h[1])
+        while 1:
+            h = s.readline().split(None, 2)
+            if len(h) < 2:
+                raise ValueError("HTTP error: BadStatusLine: %r" % h)
+            status = int(h[1])
+            if not 99 < status < 200 or status == 101:
+                break
+            while s.readline() not in b"\r\n":  # an interim 1xx (100 Continue): skip its head
+                pass
         reason = str(h[2].rstrip(), "utf-8") if len(h) > 2 else ""
         resp_d = None if parse_headers is False else {}
         location = None
@@ -183,7 +219,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         clen = 0 if method == "HEAD" or status == 204 or status == 304 or status < 200 else -1
         while 1:
             l = s.readline()
-            if not l or l == b"\r\n":
+            if l in b"\r\n":  # the blank line (CRLF or a bare LF), or EOF
                 break
             # Names are ASCII tokens, matched in any case; values may be any bytes (decoded only
             # where a str is made of them). A line without a name is skipped.
@@ -209,19 +245,24 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         s.close()
         if not _hops:
             raise ValueError("too many redirects")
-        headers.pop("Host", None)  # the next hop's own (a Host the caller set named this server)
+        if gen and status > 303:  # 307/308 send the body again, and a generator's is spent
+            raise ValueError("%d redirect: generator body spent" % status)
+        headers.pop(_key(headers, "Host"), None)  # the next hop's own (the caller's named this one)
         if location[:2] == "//":  # scheme-relative
             location = proto + location
         elif ":" not in location.split("/", 1)[0]:  # no scheme: on this host (/a?next=http://x too)
             if location[0] != "/":  # relative to the current directory, not to a "/" in the query
                 path = path.split("?", 1)[0]
-                location = path[: path.rfind("/") + 1] + location
+                if location[0] != "?":  # "?q": this path, another query (RFC 3986 5.2.2)
+                    path = path[: path.rfind("/") + 1]
+                location = path + location
             location = proto + "//" + netloc + location  # the URL's server, whatever Host said
         if location.split("/", 3)[2] != netloc or proto == "https:" and location[:6] != proto:
-            headers.pop("Authorization", None)  # credentials stay with the host they were for
-        headers.pop("Content-Length", None)
+            headers.pop(_key(headers, "Authorization"), None)  # credentials stay with their host
+        headers.pop(_key(headers, "Content-Length"), None)  # the next request frames its own body
+        headers.pop(_key(headers, "Transfer-Encoding"), None)
         if status < 304 and method != "HEAD":  # 301/302/303: the browser rule, GET without body
-            headers.pop("Content-Type", None)
+            headers.pop(_key(headers, "Content-Type"), None)
             method = "GET"
             data = None
         return request(method, location, data, None, headers, stream, None, timeout, parse_headers,

@@ -439,8 +439,9 @@ print(repr(requests.get(BASE + "/redirect/302?to=/echo?vhost=1", headers={"Host"
 @contextmanager
 def raw_peer(answer, keep_open=False):
     """A bare socket server on loopback for answers http.server will not write: each connection's
-    request head goes to answer(head), whose bytes are sent back; the connection is then closed, or
-    held open until the peer stops (keep_open). Yields the base URL."""
+    request (its head, and its body: Content-Length or chunked) goes to answer(request), whose bytes
+    are sent back; the connection is then closed, or held open until the peer stops (keep_open).
+    Yields the base URL."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
@@ -455,6 +456,17 @@ def raw_peer(answer, keep_open=False):
             held.append(c)
             head = b""
             while b"\r\n\r\n" not in head:
+                d = c.recv(1024)
+                if not d:
+                    break
+                head += d
+            lower = head.split(b"\r\n\r\n", 1)[0].lower()
+            if b"transfer-encoding: chunked" in lower:
+                done = lambda: head.endswith(b"\r\n0\r\n\r\n")
+            else:
+                n = lower.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0] if b"content-length:" in lower else b"0"
+                done = lambda: len(head.split(b"\r\n\r\n", 1)[1]) >= int(n)
+            while not done():
                 d = c.recv(1024)
                 if not d:
                     break
@@ -509,3 +521,161 @@ print(repr(requests.get(BASE + "/", timeout=3).text))
 print(repr(time.ticks_diff(time.ticks_ms(), t) < 2000))
 """, base)
     assert out == [b"hello", b"", "hello", True]
+
+
+def test_r_raw_is_a_stream_for_json_load_and_readline(micropython):
+    """r.raw is a stream, as upstream's socket is: json.load() reads it (a C stream reader calling
+    readinto), and readline() gives the body's lines, within its Content-Length (on a server that
+    keeps the connection open) and across chunk boundaries."""
+    def answer(req):
+        if b"/chunked" in req:
+            return (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"4\r\nli;n\r\n5\r\ne1\nli\r\n3\r\nne2\r\n2\r\n\nx\r\n0\r\n\r\n")
+        if b"/lines" in req:
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nline1\nline2\n"
+        body = b'{"a": [1, 2], "t": "\xc2\xb0C"}'
+        if b"/cjson" in req:
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n" + body[:5] + \
+                   b"\r\n%x\r\n" % (len(body) - 5) + body[5:] + b"\r\n0\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+    with raw_peer(answer, keep_open=True) as base:
+        out = run(micropython, """
+print(repr(json.load(requests.get(BASE + "/json", stream=True, timeout=3).raw)))
+print(repr(json.load(requests.get(BASE + "/cjson", stream=True, timeout=3).raw)))
+for p in ("/lines", "/chunked"):
+    r = requests.get(BASE + p, stream=True, timeout=3)
+    print(repr([r.raw.readline() for i in range(4)]))
+    r.close()
+""", base)
+    assert out == [{"a": [1, 2], "t": "°C"}] * 2 + [
+        [b"line1\n", b"line2\n", b"", b""],
+        [b"li;ne1\n", b"line2\n", b"x", b""],
+    ]
+
+
+def test_a_head_with_bare_lf_line_ends_keeps_its_body(micropython):
+    """Tutorial device servers send 'HTTP/1.1 200 OK\\n' and close: the blank line is a bare LF,
+    in the head and in chunk framing alike."""
+    def answer(req):
+        if b"/chunked" in req:
+            return b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\nok\n3\n!!!\n0\n\n"
+        if b"/length" in req:
+            return b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"
+        return b"HTTP/1.1 200 OK\nContent-Type: text/html\nConnection: close\n\n<p>LED is ON</p>"
+
+    with raw_peer(answer) as base:
+        out = run(micropython, """
+r = requests.get(BASE + "/")
+print(repr((r.status_code, r.headers, r.text)))
+print(repr(requests.get(BASE + "/length").content))
+print(repr(bytes(requests.get(BASE + "/chunked").content)))
+""", base)
+    assert out == [(200, {"Content-Type": "text/html", "Connection": "close"}, "<p>LED is ON</p>"),
+                   b"ok", b"ok!!!"]
+
+
+def test_redirects_with_a_query_only_location_and_generator_bodies(micropython):
+    """`Location: ?page=2` keeps the path (RFC 3986); a 303 after a chunked POST is a GET without
+    Transfer-Encoding; a 307/308 cannot send a spent generator again: a clear error, no empty body."""
+    seen = []
+
+    def answer(req):
+        seen.append(req)
+        line = req.split(b"\r\n", 1)[0]
+        if line.startswith(b"GET /dir/qredir "):
+            return b"HTTP/1.1 302 Found\r\nLocation: ?page=2\r\nContent-Length: 0\r\n\r\n"
+        for code in (b"303", b"307", b"308"):
+            if line.startswith(b"POST /" + code):
+                return b"HTTP/1.1 %s X\r\nLocation: /done\r\nContent-Length: 0\r\n\r\n" % code
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(line) + line
+
+    with raw_peer(answer) as base:
+        out = run(micropython, """
+def gen():
+    yield b"abc"
+    yield b"def"
+print(repr(requests.get(BASE + "/dir/qredir").content))
+print(repr(requests.post(BASE + "/303", data=gen()).content))
+for code in (307, 308):
+    try:
+        requests.post(BASE + "/%d" % code, data=gen())
+        print(repr("followed"))
+    except ValueError as e:
+        print(repr(str(e)))
+""", base)
+    assert out == [b"GET /dir/qredir?page=2 HTTP/1.1", b"GET /done HTTP/1.1",
+                   "307 redirect: generator body spent",
+                   "308 redirect: generator body spent"]
+    after_303 = seen[3].lower()
+    assert after_303.startswith(b"get /done ") and b"transfer-encoding" not in after_303, after_303
+    assert not any(r.startswith(b"POST /done") for r in seen), seen
+
+
+def test_an_interim_100_continue_is_skipped(micropython):
+    def answer(req):
+        return (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\nX-A: 1\r\n\r\n"
+                b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+
+    with raw_peer(answer) as base:
+        out = run(micropython, """
+r = requests.post(BASE + "/", data=b"x")
+print(repr((r.status_code, r.reason, r.headers, r.content)))
+""", base)
+    assert out == [(201, "Created", {"Content-Length": "2"}, b"ok")]
+
+
+def test_caller_headers_in_any_case_replace_our_defaults(micropython):
+    """headers={"host": ..., "content-type": ...}: sent once, as the caller spelt them."""
+    seen = []
+
+    def answer(req):
+        seen.append(req.split(b"\r\n\r\n", 1)[0])
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    with raw_peer(answer) as base:
+        out = run(micropython, """
+print(repr(requests.post(BASE + "/", json={"x": 1}, auth=("a", "b"), headers={
+    "host": "example", "content-type": "application/vnd+json", "CONNECTION": "close",
+    "content-length": "8", "authorization": "Basic old"}).content))
+def gen():
+    yield b"ab"
+print(repr(requests.post(BASE + "/", data=gen(), headers={"transfer-encoding": "chunked"}).content))
+""", base)
+    assert out == [b"ok", b"ok"]
+    names = [l.split(b":")[0].lower() for l in seen[0].split(b"\r\n")[1:]]
+    assert sorted(names) == [b"authorization", b"connection", b"content-length", b"content-type", b"host"], seen[0]
+    assert b"\r\nhost: example" in seen[0] and b"\r\ncontent-type: application/vnd+json" in seen[0]
+    assert b"\r\nauthorization: Basic YTpi" in seen[0]  # auth= wins over the caller's header
+    names = [l.split(b":")[0].lower() for l in seen[1].split(b"\r\n")[1:]]
+    assert names.count(b"transfer-encoding") == 1, seen[1]
+
+
+AXTLS = """
+import tls as _tls
+class Ctx:   # what ESP8266's axTLS offers: CERT_NONE only, no load_verify_locations
+    def __init__(self, proto):
+        self.c = _tls.SSLContext(proto)
+        self.c.verify_mode = _tls.CERT_NONE
+        self.verify_mode = 0
+    def wrap_socket(self, s, server_hostname=None):
+        return self.c.wrap_socket(s, server_hostname=server_hostname)
+class Axtls:
+    SSLContext = Ctx
+    PROTOCOL_TLS_CLIENT = _tls.PROTOCOL_TLS_CLIENT
+    CERT_NONE = _tls.CERT_NONE
+sys.modules["tls"] = Axtls
+"""
+
+
+def test_cadata_on_a_port_whose_tls_cannot_verify_is_a_clear_error(micropython, pki_https_peer, pki):
+    out = device_lines(micropython.run(PRELUDE + AXTLS + """
+ca = open(sys.argv[2], "rb").read()
+try:
+    requests.get(BASE + "/json", cadata=ca)
+    print(repr("accepted"))
+except NotImplementedError as e:
+    print(repr(str(e)))
+print(repr(requests.get(BASE + "/json").json()))   # without cadata: encrypted, unauthenticated
+""", pki_https_peer.url, str(pki.ca_der)).stdout)
+    assert out == ["cadata: this port's TLS cannot verify", {"ok": True, "unit": "°C"}]
