@@ -996,20 +996,24 @@ def broker(c, bind="0.0.0.0", port="1883", password_file=None):
     try:
         plan = _broker.plan(bind, _checked(devconfig.port_number, port, "--port"), password_file)
         running = _broker.Broker(plan, on_line=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
-        running.start()
+        running.start()        # from here to stop(), SIGTERM/SIGHUP arrive as KeyboardInterrupt
     except _broker.BrokerError as e:
         raise _fail(str(e)) from None
-    console.print(f"MQTT broker on {bind}:{plan.port} ({'users from ' + str(plan.password_file) if plan.password_file else 'anonymous'}); "
-                  f"persistence in {plan.directory}")
-    for address in _broker.provision_addresses(plan):
-        console.print(f"  boards: ./kit provision --mqtt {address} ...   roster: ./kit roster --mqtt {address}")
-    console.print("Ctrl-C stops it.")
+    except KeyboardInterrupt:
+        console.print("broker stopped")     # start() stopped mosquitto
+        return
     try:
+        console.print(f"MQTT broker on {bind}:{plan.port} ({'users from ' + str(plan.password_file) if plan.password_file else 'anonymous'}); "
+                      f"persistence in {plan.directory}")
+        for address in _broker.provision_addresses(plan):
+            console.print(f"  boards: ./kit provision --mqtt {address} ...   roster: ./kit roster --mqtt {address}")
+        console.print("Ctrl-C stops it.")
         code = running.wait()
     except KeyboardInterrupt:
         running.stop()
         console.print("broker stopped")
         return
+    running.stop()
     raise _fail(f"mosquitto exited with code {code}")
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import cache_dir
 
@@ -103,11 +104,22 @@ class Broker:
         self.process: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._reader: threading.Thread | None = None
+        self._previous: dict[int, Any] = {}
 
     def start(self, timeout: float = 5.0) -> Broker:
+        """Start mosquitto and return once it listens. Until `stop()`, SIGTERM and SIGHUP raise
+        KeyboardInterrupt here (see _catch_signals): stop() it in a finally/except."""
         binary = mosquitto_binary()
         self.plan.directory.mkdir(parents=True, exist_ok=True)
         self.plan.config_path.write_text(self.plan.config_text)
+        self._catch_signals()
+        try:
+            return self._start(binary, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, binary: str, timeout: float) -> Broker:
         self.process = subprocess.Popen(self.plan.argv(binary), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, start_new_session=True)  # our Ctrl-C handling stops it
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -141,8 +153,24 @@ class Broker:
         assert self.process
         return self.process.wait()
 
+    def _catch_signals(self) -> None:
+        """From start() until stop(): SIGTERM or SIGHUP to this process (a closed terminal, `kill`,
+        systemd) raise KeyboardInterrupt, as Ctrl-C does, so that the caller's `stop()` runs:
+        mosquitto runs in its own session and would outlive us otherwise."""
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+        if threading.current_thread() is threading.main_thread() and not self._previous:
+            self._previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
     def stop(self, timeout: float = 2.0) -> int | None:
         """SIGTERM (mosquitto saves its persistence file), SIGKILL after `timeout` s."""
+        self._restore_signals()
         if self.process is None:
             return None
         if self.process.poll() is None:

@@ -128,3 +128,41 @@ def test_missing_mosquitto_error(monkeypatch):
     with pytest.raises(broker.BrokerError) as e:
         broker.mosquitto_binary()
     assert str(e.value) == broker.INSTALL_HINT
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_broker_ended_by_sigterm_or_sighup_stops_mosquitto_too(tmp_path, sig):
+    """A closed terminal (SIGHUP) or `kill` (SIGTERM) must not leave mosquitto running in its own session."""
+    require_tool("mosquitto", "mosquitto")
+    port = free_port()
+    proc = start_kit(port, env=dict(os.environ, WORKSHOP_CACHE=str(tmp_path / "cache")))
+    try:
+        wait_for_port(port)
+    finally:
+        t = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+    left = _processes_mentioning(tmp_path)
+    for pid in left:                      # a failing run must not leave a broker behind either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "mosquitto outlived ./kit broker"
+    assert time.monotonic() - t < 3 and "broker stopped" in out, out + err
+    assert "Traceback" not in err, err
+    with pytest.raises(OSError):
+        wait_for_port(port, timeout=0.5)
+
+
+def _processes_mentioning(path: Path) -> list[int]:
+    """Live processes whose command line names `path` (the broker's config is in the test's folder)."""
+    time.sleep(0.3)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().split(") ")[-1][:1]
+            except OSError:
+                continue
+            if str(path) in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
