@@ -14,7 +14,11 @@
 # Limits: request line and each header line <= max_line bytes (414/431), head <= max_head
 # bytes and 24 headers (431), body <= max_body (413); a request must arrive within timeout_ms
 # (408) and an idle keep-alive connection is closed after idle_ms, so slow clients cannot hold
-# the server; more than max_clients connections at once get 503.
+# the server; more than max_clients connections at once get 503, and so does a new connection or
+# request while other connections leave less than min_free bytes of heap (a server out of memory
+# closes connections, never stops). A handler's own Content-Type header replaces ctype; a 204 has
+# no body headers; a static directory path ending in "/" serves its index.html.
+import gc
 import json
 import os
 import sys
@@ -177,7 +181,7 @@ class _Reader:
 
 class App:
     def __init__(self, max_body=4096, max_head=2048, max_line=512, max_clients=6,
-                 timeout_ms=5000, idle_ms=15000):
+                 timeout_ms=5000, idle_ms=15000, min_free=4096):
         self.routes = []
         self.statics = []
         self.max_body = max_body
@@ -186,6 +190,7 @@ class App:
         self.max_clients = max_clients
         self.timeout_ms = timeout_ms
         self.idle_ms = idle_ms
+        self.min_free = min_free
         self._conns = []
         self.server = None
 
@@ -217,7 +222,9 @@ class App:
                 rel = req.path[len(prefix):]
                 if ".." in rel.split("/"):
                     raise HTTPError(404)
-                return _static, {"path": d + "/" + (rel or "index.html")}
+                if rel[-1:] in "/":  # a directory's (or the prefix's) index.html
+                    rel += "index.html"
+                return _static, {"path": d + "/" + rel}
         if allowed:
             raise HTTPError(405, {"Allow": ", ".join(allowed)})
         raise HTTPError(404)
@@ -252,7 +259,10 @@ class App:
                 raise HTTPError(400)
             headers[k] = v
         path, _, qs = target.partition(b"?")
-        req = Request(method.decode(), unquote(path), qs, ver, headers, addr)
+        path = unquote(path)
+        if "\x00" in path:  # %00: no file or route has one (and a C path would end there)
+            raise HTTPError(400)
+        req = Request(method.decode(), path, qs, ver, headers, addr)
         if "transfer-encoding" in headers:
             raise HTTPError(501)
         n = headers.get("content-length")
@@ -266,22 +276,35 @@ class App:
                 req.body = await rd.read(n)
         return req
 
-    async def _send(self, w, resp, keep, head_only):
-        # keep: 0 close, 1 HTTP/1.1 keep-alive, 2 HTTP/1.0 keep-alive
+    async def _send(self, w, resp, keep, head_only, c):
+        # keep: 0 close, 1 HTTP/1.1 keep-alive, 2 HTTP/1.0 keep-alive. c[1] turns _WRITE with the
+        # first byte written: until then running out of memory can still be answered 503.
         body = resp.body
         if isinstance(body, str):
             body = body.encode()
         f = None
         if resp.file is not None:
             try:
-                size = os.stat(resp.file)[6]
+                st = os.stat(resp.file)
+                if st[0] & 0x4000:  # a directory (S_IFDIR): not a file to send
+                    raise OSError
+                size = st[6]
                 f = open(resp.file, "rb")
             except OSError:
                 resp = Response("Not Found", 404)
                 body = b"Not Found"
         n = size if f else len(body)
-        h = ["HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
-            resp.status, _REASON.get(resp.status, "-"), resp.ctype, n)]
+        h = ["HTTP/1.1 %d %s\r\n" % (resp.status, _REASON.get(resp.status, "-"))]
+        if resp.status == 204:  # No Content: no body, and no headers about one
+            body = b""
+        else:
+            ct = resp.ctype
+            for k in resp.headers or ():
+                if k.lower() == "content-type":  # the handler's own wins
+                    ct = None
+            if ct:
+                h.append("Content-Type: %s\r\n" % ct)
+            h.append("Content-Length: %d\r\n" % n)
         if keep != 1:
             h.append("Connection: keep-alive\r\n" if keep else "Connection: close\r\n")
         if resp.headers:
@@ -289,6 +312,7 @@ class App:
                 h.append("%s: %s\r\n" % (k, resp.headers[k]))
         h.append("\r\n")
         h = "".join(h).encode()
+        c[1] = _WRITE
         if f:
             try:
                 w.write(h)
@@ -332,22 +356,31 @@ class App:
             return Response(b"", 204 if st == 200 else st, hd)
         return Response(r, st, hd)
 
+    def _low(self):
+        # Less heap free than min_free, even after a collection: no new connection or request now
+        # (asked only with other connections open: gc.mem_free() walks the heap, ~0.1 ms per 2 MB).
+        # Load is shed while there is room, because running out is worse than a MemoryError: a
+        # failed allocation inside select.poll's register (every asyncio wait on a socket) leaves
+        # the poller corrupt, and the next poll crashes the VM (MicroPython's modselect.c).
+        if gc.mem_free() < self.min_free:
+            gc.collect()
+            return gc.mem_free() < self.min_free
+
     def _due(self, c, state, ms):
         c[1] = state
         c[2] = time.ticks_add(time.ticks_ms(), ms)
 
     async def _conn(self, r, w):
         import asyncio  # here, not at import: importing webserver alone does not load asyncio (~4 KB)
-        c = [asyncio.current_task(), _IDLE, 0]
         s = r.s
-        if len(self._conns) >= self.max_clients:
-            _direct(s, 503)
-            await w.wait_closed()
-            return
-        self._conns.append(c)
-        rd = _Reader(r, self.max_line)
-        addr = r.get_extra_info("peername")
+        c = None
         try:
+            c = [asyncio.current_task(), _IDLE, 0]
+            if len(self._conns) >= self.max_clients:
+                raise MemoryError  # too many at once: answered as when memory runs out, 503
+            self._conns.append(c)
+            rd = _Reader(r, self.max_line)
+            addr = r.get_extra_info("peername")
             keep = 1
             while keep:
                 self._due(c, _READ if rd.pending() else _IDLE, self.timeout_ms if rd.pending() else self.idle_ms)
@@ -355,11 +388,14 @@ class App:
                     if not rd.pending():
                         await rd._fill()
                         self._due(c, _READ, self.timeout_ms)
+                    if len(self._conns) > 1 and self._low():  # (a lone client sheds nothing)
+                        raise MemoryError  # 503, and this connection's memory is freed
                     req = await self._head(rd, addr)
                 except (HTTPError, ValueError) as e:
                     st = e.status if isinstance(e, HTTPError) else 400
-                    self._due(c, _WRITE, self.timeout_ms)
-                    await self._send(w, Response(_REASON.get(st, "Error"), st, getattr(e, "headers", None)), 0, 0)
+                    self._due(c, _HANDLE, self.timeout_ms)
+                    e = Response(_REASON.get(st, "Error"), st, getattr(e, "headers", None))
+                    await self._send(w, e, 0, 0, c)
                     # Lingering close: drop what the client still sends (briefly, bounded) so that
                     # closing with unread data does not reset the connection before it reads the answer.
                     self._due(c, _WRITE, 1000)
@@ -377,20 +413,25 @@ class App:
                     keep = 2 if "keep-alive" in conn else 0
                 c[1] = _HANDLE
                 resp = await self._call(req)
-                self._due(c, _WRITE, self.timeout_ms)
-                await self._send(w, resp, keep, req.method == "HEAD")
+                self._due(c, _HANDLE, self.timeout_ms)
+                await self._send(w, resp, keep, req.method == "HEAD", c)
+                req = resp = None  # not held while the connection waits for its next request
         except EOFError:
             pass
         except asyncio.CancelledError:
             if c[1] == _READ:
                 _direct(s, 408)
+        except MemoryError:
+            if not c or c[1] != _WRITE:  # no answer begun
+                _direct(s, 503)
         except OSError:
             pass
         except Exception as e:
             sys.print_exception(e)
         finally:
-            self._conns.remove(c)
-            await w.wait_closed()
+            if c in self._conns:
+                self._conns.remove(c)
+            s.close()  # what w.wait_closed() does, without a coroutine to allocate
 
     async def _reap(self):
         import asyncio
@@ -404,10 +445,54 @@ class App:
                     c[0].cancel()
 
     async def start(self, host="0.0.0.0", port=80):
+        # asyncio.start_server's steps, with our own accept loop (_accept)
         import asyncio
-        self.server = await asyncio.start_server(self._conn, host, port, 8)
+        import socket
+        from asyncio.stream import Server
+
+        ai = socket.getaddrinfo(host, port)[0]
+        s = socket.socket(ai[0])
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(ai[-1])
+        s.listen(8)
+        self.server = srv = Server()
+        srv.task = asyncio.create_task(self._accept(srv, s))
         self._reaper = asyncio.create_task(self._reap())
-        return self.server
+        await asyncio.sleep_ms(0)  # _accept has started: close() may cancel it from now on
+        return srv
+
+    async def _accept(self, srv, s):
+        # asyncio's Server._serve, except that a connection whose stream or task finds no memory
+        # gets 503 and is closed, where asyncio's loop would end with the MemoryError (no server).
+        from asyncio import core
+        from asyncio.stream import Stream
+
+        srv.state = False
+        while True:
+            try:
+                yield core._io_queue.queue_read(s)  # as asyncio's own server waits for a client
+            except core.CancelledError:
+                s.close()
+                if srv.state:  # closed by srv.close(); else the caller was cancelled: re-raise
+                    return
+                raise
+            except MemoryError:  # no room to wait in (before the poller): a little later
+                await core.sleep_ms(20)
+                continue
+            try:
+                c, addr = s.accept()
+            except OSError:
+                continue
+            try:
+                if self._conns and self._low():
+                    raise MemoryError
+                c.setblocking(False)
+                st = Stream(c, {"peername": addr})
+                core.create_task(self._conn(st, st))
+            except MemoryError:
+                _direct(c, 503)
+                c.close()
 
     def stop(self):
         if self.server:

@@ -67,6 +67,13 @@ async def slow(req):
     return Response("slow done", 200, {"X-Slow": "1"}, "text/plain")
 
 
+@app.route("/plain")
+def plain(req):
+    if "lower" in req.args:
+        return Response("plain", 200, {"content-type": "text/plain; charset=utf-8"})
+    return "plain", 200, {"Content-Type": "text/plain"}
+
+
 @app.route("/mem")
 def mem(req):
     gc.collect()

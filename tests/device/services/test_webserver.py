@@ -294,3 +294,92 @@ def test_fuzz_10k_bad_requests_leave_it_serving_with_bounded_heap(web):
     after = mem()
     assert after - before < 16 * 1024, (before, after)
     assert body_of(curl(web.port, "/hello").stdout) == "hello"
+
+
+def header_lines(resp: bytes) -> list[bytes]:
+    return resp.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+
+
+def test_one_content_type_and_a_bodyless_204(web):
+    """A handler's own Content-Type (a tuple's headers, a Response's, any case) replaces ours, it
+    is not sent twice; a 204 carries no Content-Type or Content-Length (RFC 9110 8.6)."""
+    for path, ctype in (("/plain", b"text/plain"), ("/plain?lower=1", b"text/plain; charset=utf-8")):
+        resp = raw(web.port, b"GET %s HTTP/1.1\r\nConnection: close\r\n\r\n" % path.encode())
+        types = [l.split(b":", 1)[1].strip() for l in header_lines(resp) if l.lower().startswith(b"content-type:")]
+        assert types == [ctype] and resp.endswith(b"\r\n\r\nplain"), resp
+    resp = raw(web.port, b"DELETE /items/3 HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.1 204 "), resp
+    names = [l.split(b":")[0].lower() for l in header_lines(resp)]
+    assert b"content-type" not in names and b"content-length" not in names, resp
+
+
+def test_static_directories_and_nul_in_paths(web, tmp_path):
+    """A directory path ending in "/" serves its index.html; a directory without one, or a path
+    naming a directory, is 404 (never a 200 with a directory's size and no body); %00 is 400."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "index.html").write_text("<p>sub index</p>")
+    (tmp_path / "empty").mkdir()
+    r = curl(web.port, "/static/sub/")
+    assert status_of(r.stdout) == 200 and body_of(r.stdout) == "<p>sub index</p>", r.stdout
+    for path in ("/static/sub", "/static/empty/"):
+        assert status_of(curl(web.port, path).stdout) == 404, path
+    for path in ("/static/%00x", "/static/sub%00", "/hello%00"):
+        assert status_of(curl(web.port, path).stdout) == 400, path
+    assert body_of(curl(web.port, "/static/").stdout) == "<h1>static index</h1>"  # still serving
+
+
+def _keep_alive_clients(port: int, n: int, k: int) -> list[list]:
+    """n clients at once, each sending k requests on one keep-alive connection (stopping at the
+    first answer that is not 200, or a closed connection): the statuses each got."""
+    async def one(i):
+        got = []
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError as e:
+            return [type(e).__name__]
+        try:
+            for _ in range(k):
+                w.write(b"GET /page?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % (200 + 100 * i))
+                head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+                got.append(int(head.split(b" ", 2)[1]))
+                n_ = [l for l in head.lower().split(b"\r\n") if l.startswith(b"content-length:")]
+                await r.readexactly(int(n_[0].split(b":")[1]) if n_ else 0)
+                if got[-1] != 200:
+                    break
+        except (OSError, asyncio.IncompleteReadError) as e:
+            got.append(type(e).__name__)
+        w.close()
+        return got
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+    return asyncio.run(main())
+
+
+def test_memory_pressure_costs_connections_not_the_server(serve, micropython):
+    """About 10 KB of heap left, 7 keep-alive clients at once (max_clients is 6): below min_free
+    (4 KB) a new connection or request is answered 503 and closed, a connection that finds no
+    memory all the same (its stream, task, reader, answer) likewise, and the server keeps
+    serving; asyncio's own accept loop would end with the MemoryError, and the server with it
+    (or select.poll, failing to allocate, would crash the VM)."""
+    srv = serve("serve_web_tight.py", "10000", heapsize="40k" if micropython.name == "frozen" else "256k",
+                ready="ready")
+    def get(path):
+        return raw(srv.port, b"GET %s HTTP/1.1\r\nConnection: close\r\n\r\n" % path)
+
+    start = json.loads(body_of(get(b"/mem").decode()))["free"]
+    seen = []
+    for _ in range(3):
+        seen += _keep_alive_clients(srv.port, 7, 20)
+        assert srv.proc.poll() is None, srv.stop()
+        assert get(b"/hello").endswith(b"\r\n\r\nhello")
+    statuses = {s for got in seen for s in got}
+    assert statuses <= {200, 500, 503, "IncompleteReadError", "ConnectionResetError"}, seen
+    assert any(got[:20] == [200] * 20 for got in seen), seen          # some were served throughout
+    assert statuses - {200}, seen                                       # and some were refused
+    time.sleep(0.3)
+    after = json.loads(body_of(get(b"/mem").decode()))["free"]
+    assert after > start - 1024, (start, after)  # the refused connections left nothing behind
+    out = srv.stop()
+    assert "Task exception" not in out, out  # every failure was handled in the connection it hit
