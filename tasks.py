@@ -805,7 +805,8 @@ def _roster_table(rows, title):
     return render.build_table(title, _ROSTER_COLUMNS, _roster_rows(rows))
 
 
-@task(auto_shortflags=False, help={**_ROOM_HELP, "watch": "keep a live table (Ctrl-C ends)", "json": "print JSON instead of a table",
+@task(auto_shortflags=False, help={**_ROOM_HELP, "watch": "keep a live table (Ctrl-C ends); with --json one JSON report per line, on each change",
+            "json": "print JSON instead of a table",
             "serve": "also serve the live /room page on this [HOST:]PORT (e.g. 8000 or 0.0.0.0:8000)"})
 def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, registry=None, no_mdns=False,
            interface=None, wait="2", watch=False, json=False, serve=None):  # noqa: A002
@@ -828,9 +829,15 @@ def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, regis
                 _table(f"Room: {len(rows)} board(s); images compared with "
                        f"{room.expected.source if room.expected else '-'}", _ROSTER_COLUMNS, _roster_rows(rows))
             return
-        if json and not watch:
+        # --watch, and --serve (which watches while it serves), until Ctrl-C.
+        if json:
+            # One JSON report per line: the first after --wait, then one each time the room changes.
+            time.sleep(listen)
             while True:
-                time.sleep(1)
+                room.changed.clear()
+                print(_json.dumps(room.report()), flush=True)
+                while not room.changed.wait(1.0):
+                    pass
         if not console.is_terminal:
             # Piped: a whole plain table each time the room changes (a live redraw would be cut).
             while True:

@@ -203,3 +203,25 @@ def test_an_unreachable_broker_is_one_clear_line(tmp_path):
     assert proc.returncode == 1
     line = proc.stderr.strip()
     assert line.startswith("error: cannot reach the MQTT broker at 127.0.0.1:") and "./kit broker" in line
+
+
+@pytest.mark.parametrize("mode", ["--watch", "--serve"])
+def test_roster_watch_or_serve_with_json_prints_json_lines_not_tables(room, mode):
+    """--json means JSON on stdout also while watching (or serving): one report per line, a new one on each change."""
+    import signal
+
+    from support import free_port
+
+    room("lab-08", "pypi")
+    args = ["--watch"] if mode == "--watch" else ["--serve", f"127.0.0.1:{free_port()}"]
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{room.broker.host}:{room.broker.port}",
+                             "--no-mdns", "--wait", "1", "--json", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines, err
+    reports = [json.loads(line) for line in lines]              # every line is a report: no table
+    assert any(b["hostname"] == "lab-08" and b["state"] == "online" for b in reports[-1]["boards"])
