@@ -146,11 +146,15 @@ class PortTracker:
                 self._owned[serial] = key
 
     def disown(self, serial: str | None, key: str) -> None:
+        """The journey no longer waits for its board: a port parked for it (a board it did not need)
+        is handed back, to get its own journey."""
         if serial is not None:
             with self._lock:
                 if self._owned.get(serial) == key:
                     del self._owned[serial]
-                    self._parked.pop(serial, None)
+                    parked = self._parked.pop(serial, None)
+                    if parked is not None:
+                        self._returned.append(parked)
 
     def refresh(self) -> tuple[list[SerialPort], list[SerialPort]]:
         """Scan once: (appeared, vanished)."""
@@ -572,6 +576,7 @@ class _Journey:
                                    "still in download mode (flashed and verified)")
         if self.cancel.is_set():
             return self.finish("interrupted", "interrupted")
+        self.tracker.disown("", r.key)           # its board is found (or lost): a new serial-less port is not it
         if port is None:
             return self.finish("failed", f"the board did not come back after its reset within "
                                f"{plan.boot_timeout if self.port.serial_number else plan.reset_wait:g} s")
@@ -835,6 +840,7 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
     journeys: list[_Journey] = []
     runners: list[Runner] = []
     active: dict[str, _Journey] = {}
+    deferred: list[SerialPort] = []        # new ports on a device node a running journey still has
     interrupted = False
 
     def finished() -> int:
@@ -843,7 +849,7 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
     try:
         while not cancel.is_set():
             if (stop_after is not None and finished() >= stop_after and all(not r.is_alive() for r in runners)
-                    and not tracker.has_returned()):
+                    and not tracker.has_returned() and not deferred):
                 break
             appeared, vanished = tracker.refresh()
             returned = tracker.take_returned()
@@ -852,15 +858,16 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
                 if j is not None and j.result.state == "in progress":
                     emit(StationEvent(j.result.key, p.device, "vanished", "the port vanished (unplugged, or re-enumerating after its reset)", elapsed=round(
                         time.monotonic() - j.t0, 3)))
-            for p in appeared + returned:
+            waiting, deferred = deferred, []
+            for p in appeared + waiting + returned:
                 if p not in returned and tracker.offer(p):
                     continue
-                if p in returned and not tracker.is_present(p):
-                    continue
-                busy = active.get(p.device)
-                if busy is not None and busy.result.state == "in progress":
+                if p not in appeared and not tracker.is_present(p):
                     continue
                 if any(j.result.port == p.device and j.result.state == "in progress" for j in journeys):
+                    # A device node reused by a new board (pts and ttyACM numbers are) while the
+                    # old board's journey still ends: its journey starts once that one is over.
+                    deferred.append(p)
                     continue
                 j = _Journey(p, plan, tracker, emit, cancel, log_dir)
                 journeys.append(j)

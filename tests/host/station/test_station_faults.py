@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from station_peers import HotPlug, make_dist
 from workshop import station
 from workshop.flash import FlashImage
@@ -98,3 +100,84 @@ def test_ctrl_c_during_provisioning_stops_the_process_and_its_writes_within_2_s(
     assert "interrupted" in out and "Traceback" not in err
     assert len(written) < 20
     assert sorted(p.name for p in board.root.glob("f*.py")) == written      # nothing written after the exit
+
+
+def _watch(plan: station.Plan, folder: Path, events: list, cancel: threading.Event, **kw) -> tuple[threading.Thread, dict]:
+    out: dict[str, station.StationReport] = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", station.watch(
+        plan, station.FolderSource(folder), on_event=events.append, cancel=cancel, **kw)), daemon=True)
+    t.start()
+    return t, out
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.02)
+
+
+def _lesson(tmp_path: Path, n: int, lines: int = 300) -> Path:
+    folder = tmp_path / "lesson"
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"f{i}.py").write_text("x = 1\n" * lines)
+    return folder
+
+
+def _summary(report: station.StationReport) -> list[tuple[str, str, str | None]]:
+    return [(r.key, r.state, r.reason) for r in report.results]
+
+
+def test_a_serial_less_board_plugged_while_another_one_provisions_gets_its_own_journey(farm, tmp_path):
+    # Boards without a USB serial number cannot be told apart by their port: only while a journey
+    # waits for its own board after the reset may a new serial-less port be taken to be it.
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = flash_only(tmp_path, image_dir, files=_lesson(tmp_path, 6))
+    a = farm.start("esp32", name="a", runtime="pypi")
+    b = farm.start("esp32", name="b", runtime="pypi")
+    events: list[station.StationEvent] = []
+    cancel = threading.Event()
+    t, out = _watch(plan, hub.folder, events, cancel, stop_after=2)
+    hub.plug(a, name="ttyUSB0")
+    _wait(lambda: any(e.stage == "provisioning" for e in events), 60, "board a provisioning")
+    hub.plug(b, name="ttyUSB1")
+    t.join(120)
+    cancel.set()
+    t.join(5)
+    report = out["r"]
+    assert sorted((r.key, r.state) for r in report.results) == [
+        (str(hub.folder / "ttyUSB0"), "ready"), (str(hub.folder / "ttyUSB1"), "ready")], _summary(report)
+    assert (b.root / "f5.py").exists()
+
+
+def test_a_new_board_on_the_device_node_of_a_board_still_ending_gets_its_journey_after_that_one(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = flash_only(tmp_path, image_dir, files=_lesson(tmp_path, 20, 400), boot_timeout=3.0)
+    a = farm.start("esp32", name="a", runtime="pypi")
+    events: list[station.StationEvent] = []
+    cancel = threading.Event()
+    t, out = _watch(plan, hub.folder, events, cancel, stop_after=2)
+    link = hub.plug(a, serial="AAAA0001")
+    _wait(lambda: any(e.stage == "provisioning" for e in events), 60, "board a provisioning")
+    time.sleep(1.0)
+    old = a.port
+    a.kill()                                         # pulled out mid-provision...
+    hub.unplug(link)
+    time.sleep(0.5)
+    b = farm.start("esp32", name="b", runtime="pypi")   # ...and another board gets its device node
+    if b.port != old:
+        cancel.set()
+        pytest.skip(f"the PTY number was not reused ({old} -> {b.port})")
+    hub.plug(b, serial="BBBB0002")
+    t.join(120)
+    cancel.set()
+    t.join(5)
+    report = out["r"]
+    by_key = {r.key: r for r in report.results}
+    assert set(by_key) == {str(link), str(hub.folder / HotPlug.link_name("BBBB0002"))}, _summary(report)
+    assert by_key[str(link)].state == "unplugged", _summary(report)
+    assert by_key[str(hub.folder / HotPlug.link_name("BBBB0002"))].state == "ready", _summary(report)
