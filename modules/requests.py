@@ -12,10 +12,9 @@
 # (Heap: as .mpy every code byte, function and constant is heap, and a str constant longer than
 # 10 characters or any bytes constant is an object of its own (shorter strs are shared qstrs). So
 # socket is imported in request(), headers are compared as str, and each constant appears once.)
-from io import IOBase
 
 
-class Response(IOBase):
+class Response(__import__("io").IOBase):  # (no global for the base: each global is heap)
     # The response and, as r.raw, its body as a stream without the framing: an IOBase, so C stream
     # readers (json.load(r.raw)) call readinto(). _s: the socket; _n:
     # bytes left (of the body, or of the current chunk), -1 up to EOF; _c: chunked, a size line
@@ -108,18 +107,18 @@ class Response(IOBase):
         return json.loads(self.content)
 
 
-def _key(h, k):
-    # The name the headers h hold k under, in any case, else k: a name the caller gave in any
-    # case is theirs (no second Host), and stays as they spelt it.
-    l = k.lower()
-    for x in h:
-        if x.lower() == l:
-            return x
-    return k
-
-
 def request(method, url, data=None, json=None, headers=None, stream=None, auth=None,
             timeout=None, parse_headers=True, cadata=None, _hops=5):  # at most 5 redirects
+    def _key(h, k):
+        # The name the headers h hold k under, in any case, else k: a name the caller gave in
+        # any case is theirs (no second Host), and stays as they spelt it. (Made per request, not
+        # held as a global.)
+        l = k.lower()
+        for x in h:
+            if x.lower() == l:
+                return x
+        return k
+
     headers = {} if headers is None else headers.copy()
     if auth is not None:
         from binascii import b2a_base64
