@@ -137,6 +137,7 @@ class PortTracker:
         self._owned: dict[str, str] = {}              # USB serial -> the journey (key) that has that board
         self._parked: dict[str, SerialPort] = {}      # its board's new port, before the journey asked
         self._returned: list[SerialPort] = []         # taken for a board it turned out not to be
+        self._lingering: dict[str, float] = {}        # USB serial -> until when it is a finished board's
 
     # Serial "" stands for "a board without a serial number, just reset": the next port without
     # one that appears is taken to be it (such boards cannot be told apart by their port).
@@ -145,15 +146,23 @@ class PortTracker:
             with self._lock:
                 self._owned[serial] = key
 
-    def disown(self, serial: str | None, key: str) -> None:
+    def disown(self, serial: str | None, key: str, linger: float = 0.0) -> None:
         """The journey no longer waits for its board: a port parked for it (a board it did not need)
-        is handed back, to get its own journey."""
+        is handed back, to get its own journey.
+
+        `linger`: the journey ended right after resetting its board, and a native-USB board
+        re-enumerates after that: its next appearance under `serial` within `linger` s is that
+        board, finished, not a new board (else each journey's reset would start the next one).
+        """
         if serial is not None:
             with self._lock:
                 if self._owned.get(serial) == key:
                     del self._owned[serial]
                     parked = self._parked.pop(serial, None)
-                    if parked is not None:
+                    if linger > 0 and serial:
+                        if parked is None:                    # (a parked port is that re-enumeration)
+                            self._lingering[serial] = time.monotonic() + linger
+                    elif parked is not None:
                         self._returned.append(parked)
 
     def refresh(self) -> tuple[list[SerialPort], list[SerialPort]]:
@@ -177,6 +186,9 @@ class PortTracker:
     def offer(self, port: SerialPort) -> bool:
         """A port appeared: True if a waiting pipeline takes it (its board, back after a reset)."""
         with self._lock:
+            until = self._lingering.pop(port.serial_number, None) if port.serial_number else None
+            if until is not None and time.monotonic() < until:
+                return True                                  # a finished board, back after its last reset
             for key, (serial, event, box) in self._waiting.items():
                 if event.is_set():
                     continue
@@ -447,6 +459,7 @@ class _Journey:
         self.result = BoardResult(key=port.by_id or port.device, port=port.device, usb_serial=port.serial_number)
         self.followed: SerialPort | None = None    # the port follow() took to be this board's
         self.stranger = False                      # ...and another board (another MAC) answered there
+        self.linger = 0.0                          # ended right after its reset: see PortTracker.disown
 
     def emit(self, stage: str, message: str = "", percent: float | None = None, final: bool = False,
              ok: bool | None = None) -> None:
@@ -528,7 +541,7 @@ class _Journey:
         try:
             return self._journey()
         finally:
-            self.tracker.disown(self.port.serial_number, r.key)
+            self.tracker.disown(self.port.serial_number, r.key, self.linger)
             self.tracker.disown("", r.key)
 
     def _journey(self) -> BoardResult:
@@ -561,10 +574,12 @@ class _Journey:
             r.recognized = r.recognized or flashed.error
         if r.recognized:
             self.emit("recognized", r.recognized)
+            self.linger = plan.boot_timeout           # (the flash's hard reset was its last)
             return self.finish("ready")
         if plan.provision is None and plan.files is None and not plan.smoke:
             if plan.registry is not None and r.mac:
                 plan.registry.record_ready(r.mac, "flashed and verified", r.port)
+            self.linger = plan.boot_timeout
             return self.finish("ready")
         if not self.port.serial_number:
             self.tracker.own("", r.key)          # from its reset on, a new serial-less port may be it

