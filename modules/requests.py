@@ -19,7 +19,8 @@ class Response(__import__("io").IOBase):  # (no global for the base: each global
     # readers (json.load(r.raw)) call readinto(). _s: the socket; _n:
     # bytes left (of the body, or of the current chunk), -1 up to EOF; _c: chunked, a size line
     # is due at _n 0. request() sets them (no __init__), read() takes its size as *sz (no
-    # defaults tuple), __exit__ is close: each method, default and class attribute is heap.
+    # defaults tuple), __exit__ is close, from __getattr__: each method, default and class
+    # attribute is heap (frozen too: the class dict).
     def __enter__(self):
         return self
 
@@ -27,8 +28,6 @@ class Response(__import__("io").IOBase):  # (no global for the base: each global
         if self.raw:
             self.raw = None
             self._s.close()
-
-    __exit__ = close
 
     def _left(self):
         # Bytes left of this chunk or body (-1: up to EOF). At the end of a chunk, the CRLF after
@@ -99,6 +98,8 @@ class Response(__import__("io").IOBase):  # (no global for the base: each global
             return c
         if name == "text":
             return str(self.content, self.encoding)
+        if name == "__exit__":  # `with ... as r:` ends in close()
+            return self.close
         raise AttributeError(name)
 
     def json(self):
