@@ -469,30 +469,30 @@ class App:
         from asyncio.stream import Stream
 
         srv.state = False
-        while True:
-            try:
-                yield core._io_queue.queue_read(s)  # as asyncio's own server waits for a client
-            except core.CancelledError:
-                s.close()
-                if srv.state:  # closed by srv.close(); else the caller was cancelled: re-raise
-                    return
+        try:
+            while True:
+                try:
+                    yield core._io_queue.queue_read(s)  # as asyncio's own server waits for a client
+                except MemoryError:  # no room to wait in (before the poller): a little later
+                    await core.sleep_ms(20)
+                    continue
+                try:
+                    c, addr = s.accept()
+                except OSError:
+                    continue
+                try:
+                    if self._conns and self._low():
+                        raise MemoryError
+                    c.setblocking(False)
+                    st = Stream(c, {"peername": addr})
+                    core.create_task(self._conn(st, st))
+                except MemoryError:
+                    _direct(c, 503)
+                    c.close()
+        except core.CancelledError:
+            s.close()
+            if not srv.state:  # not srv.close(): the caller was cancelled, so are we
                 raise
-            except MemoryError:  # no room to wait in (before the poller): a little later
-                await core.sleep_ms(20)
-                continue
-            try:
-                c, addr = s.accept()
-            except OSError:
-                continue
-            try:
-                if self._conns and self._low():
-                    raise MemoryError
-                c.setblocking(False)
-                st = Stream(c, {"peername": addr})
-                core.create_task(self._conn(st, st))
-            except MemoryError:
-                _direct(c, 503)
-                c.close()
 
     def stop(self):
         if self.server:

@@ -383,3 +383,36 @@ def test_memory_pressure_costs_connections_not_the_server(serve, micropython):
     assert after > start - 1024, (start, after)  # the refused connections left nothing behind
     out = srv.stop()
     assert "Task exception" not in out, out  # every failure was handled in the connection it hit
+
+
+def test_start_stop_and_start_again_on_the_same_port(micropython):
+    """await app.start() serves, app.stop() closes the listening socket (a second start on the
+    same port binds again), and the accept loop ends instead of waiting for ever."""
+    from support import free_port
+
+    port = free_port()
+    code = f"""
+import asyncio
+from webserver import App
+app = App()
+@app.route("/x")
+def x(req):
+    return "x"
+async def get():
+    r, w = await asyncio.open_connection("127.0.0.1", {port})
+    w.write(b"GET /x HTTP/1.1\\r\\nConnection: close\\r\\n\\r\\n")
+    await w.drain()
+    data = await r.read(-1)
+    w.close()
+    return data.split(b"\\r\\n")[0] + b" " + data.split(b"\\r\\n\\r\\n")[1]
+async def main():
+    for i in range(2):
+        srv = await app.start("127.0.0.1", {port})
+        print(repr(await get()))
+        app.stop()
+        await srv.wait_closed()
+        print(repr(srv.task.done()))
+asyncio.run(main())
+"""
+    out = [l for l in micropython.run(code, timeout=20).stdout.splitlines() if l.strip()]
+    assert out == ["b'HTTP/1.1 200 OK x'", "True"] * 2
