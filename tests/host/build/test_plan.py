@@ -57,7 +57,8 @@ def test_native_plans_run_the_same_make_without_docker():
     assert [list(s.argv) for s in unix.steps] == [
         ["make", "-j4", "-C", f"{MP}/mpy-cross", f"BUILD={bdir}/mpy-cross"],
         ["make", "-j4", "-C", f"{MP}/ports/unix", "VARIANT=standard",
-         f"FROZEN_MANIFEST={REPO}/ports/unix/manifest.py", f"BUILD={bdir}", "MICROPY_PY_BTREE=0"],
+         f"FROZEN_MANIFEST={REPO}/ports/unix/manifest.py", f"BUILD={bdir}", "CFLAGS_EXTRA=-DMICROPY_PY_OS_DUPTERM=1",
+         "MICROPY_PY_BTREE=0"],
     ]
     assert all(dict(s.env) == {"MICROPY_MPYCROSS": f"{bdir}/mpy-cross/mpy-cross",
                                "WORKSHOP_BUILD_IDENTITY": f"{bdir}/identity"} for s in unix.steps)
