@@ -138,6 +138,7 @@ class PortTracker:
         self._parked: dict[str, SerialPort] = {}      # its board's new port, before the journey asked
         self._returned: list[SerialPort] = []         # taken for a board it turned out not to be
         self._lingering: dict[str, float] = {}        # USB serial -> until when it is a finished board's
+        self._hostnames: dict[str, str] = {}          # hostname -> the MAC it was given to in this run
 
     # Serial "" stands for "a board without a serial number, just reset": the next port without
     # one that appears is taken to be it (such boards cannot be told apart by their port).
@@ -243,6 +244,16 @@ class PortTracker:
                 return other
             self._claims[mac] = port
             return None
+
+    def reserve_hostname(self, hostname: str, mac: str) -> str | None:
+        """Give `hostname` to `mac` for this run; the other board's MAC if one already has it.
+
+        One lock for every journey: checking the registry alone raced, because a name is only
+        recorded there after its board was provisioned (two {mac4} twins got the same name).
+        """
+        with self._lock:
+            holder = self._hostnames.setdefault(hostname.lower(), mac)
+        return None if holder == mac else holder
 
     def release(self, mac: str | None, port: str) -> None:
         with self._lock:
@@ -719,6 +730,10 @@ class _Journey:
                                      f"expected {r.mac}: not provisioned with this board's identity")
             if plan.registry is not None and r.mac:
                 check_hostname_free(plan.registry, hostname, r.mac)
+            holder = self.tracker.reserve_hostname(hostname, r.mac or ident.mac) if hostname else None
+            if holder is not None:
+                raise ProvisionError(f"hostname {hostname!r} is already board {holder}'s in this run: use "
+                                     "{mac6}, {mac} or {index} in the pattern")
 
         [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
                             connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,

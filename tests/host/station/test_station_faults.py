@@ -229,3 +229,34 @@ def test_a_native_usb_board_back_after_its_last_reset_is_not_taken_as_a_new_boar
     flashed, recognized = results
     assert flashed.ok and flashed.recognized is None, _summary(report)
     assert recognized.ok and recognized.recognized == "sticker 1, already ready with this image"
+
+
+RADIO_DOUBLE = """# The radio double (the unix port has no WLAN): this board's MAC, as an ESP's network.WLAN reports it.
+STA_IF = 0
+class WLAN:
+    def __init__(self, interface=0):
+        pass
+    def config(self, key):
+        return %r
+"""
+
+
+def test_two_boards_in_one_run_never_get_one_hostname(farm, tmp_path):
+    from workshop.provision import ProvisionConfig
+
+    boards = [farm.start("esp32", name=n, runtime="pypi", mac=mac)
+              for n, mac in (("a", "24:0a:c4:01:12:34"), ("b", "24:0a:c4:02:12:34"))]   # one {mac4}
+    for b in boards:
+        (b.root / "lib").mkdir(parents=True)
+        (b.root / "lib" / "network.py").write_text(RADIO_DOUBLE % bytes.fromhex(b.mac.replace(":", "")))
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = flash_only(tmp_path, image_dir, provision=ProvisionConfig(hostname="ws-{mac4}"))
+
+    report = station.run_boards([b.port for b in boards], plan)
+
+    states = sorted((r.state, r.reason or "") for r in report.results)
+    assert states[0][0] == "failed" and states[1] == ("ready", ""), states
+    assert "hostname 'ws-1234' is already board 24:0a:c4:0" in states[0][1] and "in this run" in states[0][1]
+    named = [b for b in boards if (b.root / "workshop.json").exists()]
+    assert len(named) == 1 and json.loads((named[0].root / "workshop.json").read_text())["hostname"] == "ws-1234"
+    assert [r.mac for r in plan.registry.boards() if r.hostname == "ws-1234"] == [named[0].mac]
