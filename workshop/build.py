@@ -178,11 +178,15 @@ def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], 
     if toolchain_identity:
         h.update(f"toolchain {toolchain_identity}\n".encode())
     for step in steps:
-        # Neither parallelism nor the container user changes the image: not part of the key.
-        argv = [a for i, a in enumerate(step.argv)
-                if not re.fullmatch(r"-j\d+", a) and not (i and step.argv[i - 1] == "--user") and a != "--user"]
-        h.update(placeless(json.dumps([argv, step.env])).encode() + b"\n")
+        h.update(placeless(json.dumps([image_argv(step), step.env])).encode() + b"\n")
     return h.hexdigest()
+
+
+def image_argv(step: Step) -> list[str]:
+    """The step's command without what does not change the image: parallelism (-jN) and the
+    container user (--user UID:GID)."""
+    a = step.argv
+    return [x for i, x in enumerate(a) if not re.fullmatch(r"-j\d+", x) and x != "--user" and not (i and a[i - 1] == "--user")]
 
 
 def identity_dir(build: Path) -> Path:
@@ -462,10 +466,11 @@ PORT_COMMAND = "port-command.txt"  # in the build tree: the port step's command 
 def _match_tree_to_command(p: BuildPlan) -> None:
     """make rebuilds what changed files touch, never what a changed command line does (another
     -D flag, board or toolchain): a build tree made by another port command (or by an unknown
-    one) is emptied first, mpy-cross's own tree aside (its command is fixed)."""
+    one; -jN and the container user aside) is emptied first, mpy-cross's own tree aside (its
+    command is fixed)."""
     p.build_dir.mkdir(parents=True, exist_ok=True)
     stamp = p.build_dir / PORT_COMMAND
-    command = "\n".join(p.steps[-1].argv) + "\n"
+    command = "\n".join(image_argv(p.steps[-1])) + "\n"
     try:
         old = stamp.read_text()
     except (OSError, UnicodeDecodeError):

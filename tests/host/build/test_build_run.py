@@ -209,6 +209,11 @@ def test_a_changed_port_command_empties_the_build_tree_before_make(unix_plan: bu
     (tree / "py" / "obj.o").write_bytes(b"built by this command")
     build.run(unix_plan, runner=make)
     assert (tree / "py" / "obj.o").read_bytes() == b"built by this command"
+    other_jobs = build.plan(config.get_board("UNIX"), CHECKOUT, "native", jobs=2, dist=unix_plan.dist_dir,
+                            cache=unix_plan.build_dir.parents[1])
+    assert other_jobs.build_dir == tree and other_jobs.steps[-1].argv != unix_plan.steps[-1].argv
+    build.run(other_jobs, runner=make)                 # -j2 instead of -j1 builds the same image
+    assert (tree / "py" / "obj.o").read_bytes() == b"built by this command"
     port = unix_plan.steps[-1]
     flagged = dataclasses.replace(unix_plan, steps=unix_plan.steps[:-1] + (
         dataclasses.replace(port, argv=port.argv + ("CFLAGS_EXTRA=-DMICROPY_PY_OS_DUPTERM=1",)),))
