@@ -312,9 +312,9 @@ class App:
                 h.append("%s: %s\r\n" % (k, resp.headers[k]))
         h.append("\r\n")
         h = "".join(h).encode()
-        c[1] = _WRITE
         if f:
             try:
+                c[1] = _WRITE  # from the first write on, the answer has begun: no 503 after it
                 w.write(h)
                 if not head_only:
                     buf = bytearray(512)
@@ -328,7 +328,9 @@ class App:
             finally:
                 f.close()
         else:
-            w.write(h if head_only or not body else h + body)
+            h = h if head_only or not body else h + body
+            c[1] = _WRITE
+            w.write(h)
         await w.drain()
 
     async def _call(self, req):
@@ -473,17 +475,21 @@ class App:
             while True:
                 try:
                     yield core._io_queue.queue_read(s)  # as asyncio's own server waits for a client
-                except MemoryError:  # no room to wait in (before the poller): a little later
+                except MemoryError:  # no room to wait in: a little later, without the half-made
+                    core._io_queue.map.pop(id(s), None)  # entry (a retry would trip on it)
                     await core.sleep_ms(20)
                     continue
                 try:
                     c, addr = s.accept()
                 except OSError:
                     continue
+                except MemoryError:  # no room for the new socket: it waits in the backlog
+                    await core.sleep_ms(20)
+                    continue
                 try:
+                    c.setblocking(False)  # also for the 503: never a wait in the accept loop
                     if self._conns and self._low():
                         raise MemoryError
-                    c.setblocking(False)
                     st = Stream(c, {"peername": addr})
                     core.create_task(self._conn(st, st))
                 except MemoryError:
