@@ -334,7 +334,10 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             _log(self.peer, "logged in as", self.user.decode())
             old = _cl
             if old:
-                old._send(b"\r\nSession taken over by %s\r\n" % self.peer)
+                try:  # a dead old socket must not stop the takeover halfway
+                    old._send(b"\r\nSession taken over by %s\r\n" % self.peer)
+                except OSError:
+                    pass
             _cl = self
             _lg = None
             if old:
