@@ -57,14 +57,20 @@ class Response(__import__("io").IOBase):  # (no global for the base: each global
         return k
 
     def readline(self):
-        # One line of the body (up to b"\n"), within its Content-Length and across chunks.
-        b = bytearray()
-        c = bytearray(1)
-        while self.readinto(c):
-            b += c
-            if c[0] == 10:
+        # One line of the body (up to b"\n"), within its Content-Length and across chunks: the
+        # socket's own readline, bounded by what is left of the chunk or body.
+        b = b""
+        while b[-1:] != b"\n" and self._left():
+            n = self._n
+            l = self._s.readline() if n < 0 else self._s.readline(n)
+            if not l:
+                if n > 0:
+                    raise ValueError("HTTP body cut short")
                 break
-        return bytes(b)
+            if n > 0:
+                self._n -= len(l)
+            b += l
+        return b
 
     def read(self, *sz):
         # At most sz bytes (at most the rest of a chunk), else the whole body: a Content-Length
@@ -160,8 +166,8 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         headers.setdefault(_key(headers, "Content-Length"), str(len(data)))
     # te: the generator's pieces go as chunks (unless the caller gave a Content-Length)
     te = gen and _key(headers, "Content-Length") not in headers
-    if te:
-        headers.setdefault(_key(headers, "Transfer-Encoding"), "chunked")
+    if te:  # the caller's own Transfer-Encoding (identity) sends the pieces as they are
+        te = headers.setdefault(_key(headers, "Transfer-Encoding"), "chunked") == "chunked"
     headers.setdefault(_key(headers, "Connection"), "close")
 
     import socket

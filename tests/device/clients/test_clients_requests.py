@@ -679,3 +679,38 @@ except NotImplementedError as e:
 print(repr(requests.get(BASE + "/json").json()))   # without cadata: encrypted, unauthenticated
 """, pki_https_peer.url, str(pki.ca_der)).stdout)
     assert out == ["cadata: this port's TLS cannot verify", {"ok": True, "unit": "°C"}]
+
+
+def test_a_generator_body_with_the_callers_identity_encoding_goes_unframed(micropython):
+    # Transfer-Encoding: identity from the caller: the pieces go as they are, not in chunks.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    got = []
+
+    def serve():
+        c, _ = srv.accept()
+        c.settimeout(0.5)                    # the body has no length: all that comes in 0.5 s
+        data = b""
+        try:
+            while d := c.recv(1024):
+                data += d
+        except socket.timeout:
+            pass
+        got.append(data)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        out = run(micropython, """
+def gen():
+    yield b"ab"
+    yield b"cd"
+print(repr(requests.post(BASE + "/", data=gen(), headers={"Transfer-Encoding": "identity"}).content))
+""", f"http://127.0.0.1:{srv.getsockname()[1]}")
+    finally:
+        srv.close()
+    assert out == [b"ok"]
+    head, body = got[0].split(b"\r\n\r\n", 1)
+    assert b"\r\nTransfer-Encoding: identity" in head and body == b"abcd", got[0]
