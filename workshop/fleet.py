@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .buildinfo import write_atomic
 from .repl import LoginError, RemoteError, ReplError, ReplSession, telnet_session
 
 KINDS = ("exec", "run", "put", "reset", "identify")
@@ -147,16 +148,7 @@ class FleetReport:
 
 def write_report(report: FleetReport, path: Path) -> None:
     """Atomically (temp file + rename): a cut-off run never leaves half a report to resume from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(report.to_json(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)       # never a stray .tmp beside the report
-        raise
+    write_atomic(path, json.dumps(report.to_json(), indent=2) + "\n")
 
 
 def completed_in(path: Path, command: Command) -> set[str]:

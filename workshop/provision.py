@@ -118,7 +118,7 @@ class ProvisionConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str | Secret):
                 # Never the value in the message: it is a password.
-                raise ProvisionError(f"{name.replace('_', ' ')}: expected a string, got a {type(value).__name__}")
+                raise ProvisionError(f"{name.replace('_', ' ')}: expected a string, not {type(value).__name__}")
             object.__setattr__(self, name, _secret(value))
         if self.start is not None:
             start = tuple(s.strip() for s in self.start if s.strip())

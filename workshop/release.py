@@ -266,7 +266,7 @@ def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = Non
         for key, value in secret_items(data):
             if not isinstance(value, str):
                 # Never the value itself in the message: it is a secret.
-                raise ReleaseError(f"{config}: {key}: expected a string (in quotes), got a {type(value).__name__}")
+                raise ReleaseError(f"{config}: {key}: expected a string (in quotes), not {type(value).__name__}")
             found[key] = value
     for key, var in SECRET_KEYS.items():
         if env.get(var):

@@ -296,7 +296,7 @@ def test_seconds_and_counts_from_a_command_line():
     ('[wifi]\nssid = 42\n', "wifi.ssid: expected a string, got int 42"),
     ('[telnet]\nuser = ["a"]\n', "telnet.user: expected a string, got list ['a']"),
     ('[mqtt]\nbroker = 10\n', "mqtt.broker: expected a string, got int 10"),
-    ('[wifi]\npassword = 7\n', "wifi password: expected a string, got a int"),
+    ('[wifi]\npassword = 7\n', "wifi password: expected a string, not int"),
 ])
 def test_a_config_value_of_the_wrong_type_is_a_named_error(tmp_path, toml, message):
     """Not a TypeError traceback (hostname) nor a number written to the board as its SSID."""
