@@ -617,7 +617,9 @@ class _Journey:
                 return result
             if not ok and self._vanishing():
                 # It re-enumerated after we looked (late USB reset): follow it and try once more.
-                port = self.follow() or ""
+                port = self.follow(late=True) or ""
+                if not port:
+                    self.result.stage = "provisioning"    # not back: it was unplugged while provisioning
                 ok = bool(port) and self.provision(port)
             if not ok:
                 return self.finish("unplugged" if self._gone() else "failed", self.result.reason)
@@ -692,13 +694,22 @@ class _Journey:
             time.sleep(0.1)
         return None
 
-    def follow(self) -> str | None:
-        """Wait for the board's new port (same USB serial), or for a manual reset when it has none."""
+    def follow(self, late: bool = False) -> str | None:
+        """Wait for the board's new port (same USB serial), or for a manual reset when it has none.
+
+        `late`: it vanished after MicroPython had answered, so its reset is behind it: a board
+        without a serial number is waited for as long as a re-enumeration takes, not reset_wait.
+        """
         plan, r = self.plan, self.result
         serial = self.port.serial_number
-        self.emit("booting", f"re-enumerating: following USB serial {serial}" if serial else
-                  f"press RESET on {self.port.by_id or self.port.device}")
-        found = self.tracker.wait_for(r.key, serial, plan.boot_timeout if serial else plan.reset_wait, self.cancel)
+        wait = plan.boot_timeout if serial or late else plan.reset_wait
+        if serial:
+            self.emit("booting", f"re-enumerating: following USB serial {serial}")
+        elif late:
+            self.emit("booting", f"the port vanished: waiting up to {wait:g} s for it to come back")
+        else:
+            self.emit("booting", f"press RESET on {self.port.by_id or self.port.device}")
+        found = self.tracker.wait_for(r.key, serial, wait, self.cancel)
         if found is None:
             return None
         r.port = found.device

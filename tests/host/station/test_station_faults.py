@@ -260,3 +260,26 @@ def test_two_boards_in_one_run_never_get_one_hostname(farm, tmp_path):
     named = [b for b in boards if (b.root / "workshop.json").exists()]
     assert len(named) == 1 and json.loads((named[0].root / "workshop.json").read_text())["hostname"] == "ws-1234"
     assert [r.mac for r in plan.registry.boards() if r.hostname == "ws-1234"] == [named[0].mac]
+
+
+def test_a_board_without_a_serial_number_unplugged_mid_provision_is_reported_where_it_was_without_reset_wait(farm, tmp_path):
+    hub = HotPlug(tmp_path / "by-id")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = flash_only(tmp_path, image_dir, files=_lesson(tmp_path, 20, 400), boot_timeout=3.0)
+    board = farm.start("esp32", runtime="pypi")
+    events: list[station.StationEvent] = []
+    cancel = threading.Event()
+    t, out = _watch(plan, hub.folder, events, cancel, stop_after=1)
+    link = hub.plug(board, name="ttyUSB0")                      # a CH340: no serial number
+    _wait(lambda: any(e.stage == "provisioning" for e in events), 60, "provisioning")
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    board.kill()
+    hub.unplug(link)
+    t.join(plan.reset_wait + 30)
+    cancel.set()
+    elapsed = time.monotonic() - t0
+    [r] = out["r"].results
+    assert (r.state, r.stage) == ("unplugged", "provisioning"), (r.state, r.stage, r.reason)
+    assert elapsed < plan.boot_timeout + 3, elapsed            # not after reset_wait (120 s)
+    assert not any("press RESET" in e.message for e in events)
