@@ -833,17 +833,12 @@ def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, regis
         if json:
             # One JSON report per line: the first after --wait, then one each time the room changes.
             time.sleep(listen)
-            while True:
-                room.changed.clear()
+            for _ in room.updates():
                 print(_json.dumps(room.report()), flush=True)
-                while not room.changed.wait(1.0):
-                    pass
         if not console.is_terminal:
             # Piped: a whole plain table each time the room changes (a live redraw would be cut).
-            while True:
-                if room.changed.wait(1.0):
-                    room.changed.clear()
-                    _table("Room (Ctrl-C ends)", _ROSTER_COLUMNS, _roster_rows(room.rows()))
+            for rows in room.updates():
+                _table("Room (Ctrl-C ends)", _ROSTER_COLUMNS, _roster_rows(rows))
         from rich.live import Live
 
         with Live(_roster_table(room.rows(), "Room (live; Ctrl-C ends)"), console=console, refresh_per_second=2) as live:

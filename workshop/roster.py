@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,17 @@ class Roster:
                 sources=tuple(sorted(b["sources"])), mac=b.get("mac") or reg.get("mac"),
                 sticker=None if reg.get("sticker") is None else str(reg["sticker"]), registry={k: v for k, v in reg.items() if _jsonable(v)}))
         return rows
+
+    def updates(self, poll: float = 1.0) -> Iterator[list[Row]]:
+        """The rows now, then again each time the room changes: a status arriving, or a board
+        turning stale by the clock alone, which no message announces (checked every `poll` s)."""
+        while True:
+            self.changed.clear()
+            rows = self.rows()
+            yield rows
+            states = [(r.hostname, r.state) for r in rows]
+            while not self.changed.wait(poll) and [(r.hostname, r.state) for r in self.rows()] == states:
+                pass
 
     def report(self, now: float | None = None) -> dict[str, Any]:
         rows = self.rows(now)

@@ -30,6 +30,20 @@ def test_stale_after_two_intervals_and_the_will_keeps_what_the_board_said():
     assert row.state == "offline" and row.board == "ESP32_GENERIC" and row.heap_free == 100000
 
 
+def test_updates_come_when_a_status_arrives_and_when_a_board_turns_stale_by_the_clock():
+    # roster --watch --json / piped tables print on each change: a board that goes silent sends
+    # nothing, its turn to stale is the clock's alone and must be reported too.
+    now = [1000.0]
+    r = roster.Roster(None, clock=lambda: now[0])
+    r.ingest_mqtt("workshop/lab-01/status", status())
+    updates = r.updates(poll=0.01)
+    assert [x.state for x in next(updates)] == ["online"]
+    r.ingest_mqtt("workshop/lab-02/status", status(hostname="lab-02"))
+    assert [(x.hostname, x.state) for x in next(updates)] == [("lab-01", "online"), ("lab-02", "online")]
+    now[0] += 20.5                                   # > 2 x interval_s, no message at all
+    assert [x.state for x in next(updates)] == ["stale", "stale"]
+
+
 def test_outdated_unknown_and_mismatch():
     r = roster.Roster(roster.Expected({"ESP32_GENERIC": "b" * 64}, "dist"))
     r.ingest_mqtt("workshop/lab-01/status", status())
