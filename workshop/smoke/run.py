@@ -103,7 +103,7 @@ def read_progress(output: bytes | str) -> Progress:
     return progress
 
 
-def _timeout_detail(progress: Progress, timeout: float, expected: Expected) -> str:
+def _timeout_detail(progress: Progress, timeout: float, expected: Expected, option: str) -> str:
     facts = progress.facts
     known = []
     if facts.get("version"):
@@ -117,13 +117,16 @@ def _timeout_detail(progress: Progress, timeout: float, expected: Expected) -> s
     where = f"during step {progress.step!r}" if progress.step else "before the check started"
     return (f"the device check did not finish within {timeout:g} s, {where}; "
             + (f"found so far: {'; '.join(known)}" if known else "nothing reported yet")
-            + " (a slow or emulated board: raise --timeout)")
+            + f" (a slow or emulated board: raise {option})")
 
 
 def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | None = None,
                  on_event: Callable[[ReplEvent], None] | None = None, pacing: Pacing = Pacing(),
                  timeout: float = 10.0, connect_timeout: float = 3.0, baudrate: int = 115200,
-                 session_factory: Callable[..., ReplSession] | None = None) -> DeviceReport:
+                 session_factory: Callable[..., ReplSession] | None = None,
+                 timeout_option: str = "--timeout") -> DeviceReport:
+    """One board's smoke test; `timeout_option` is the caller's name for `timeout`, which a
+    timeout's message tells the user to raise."""
     report = DeviceReport(port=port, expected=expected.source)
     t0 = time.monotonic()
     make = session_factory or ReplSession
@@ -145,7 +148,7 @@ def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | Non
             progress = read_progress(e.partial)
             report.facts = masked({**progress.facts, "incomplete": {"step": progress.step,
                                                                     "modules": progress.modules}})
-            report.checks.append(Check("device", FAIL, _timeout_detail(progress, session.timeout, expected),
+            report.checks.append(Check("device", FAIL, _timeout_detail(progress, session.timeout, expected, timeout_option),
                                        round(time.monotonic() - t, 3)))
             try:
                 session.enter_raw()           # interrupt it: the board is left at a usable prompt
