@@ -13,8 +13,12 @@ ends the journey with the stage and the reason. Library code never prints: every
   mid-run is reported and the others go on; a board that comes back under another name after its
   reset is followed by its USB serial number; until Ctrl-C or `stop_after` boards are done.
 
-Ctrl-C: `cancel` is set, every flash attempt is aborted at once, and the run returns within ~2 s
-with each board's state in words (`BoardResult.left_as`).
+Ctrl-C: `cancel` is set, every flash attempt is aborted at once, every REPL session (provision,
+smoke) fails its next read or write, and the run returns within ~2 s with each board's state in
+words (`BoardResult.left_as`).
+
+Every port that appears gets a journey or is handed to the journey of the board it is (its
+re-enumeration after a reset); none is dropped.
 """
 
 from __future__ import annotations
