@@ -779,7 +779,8 @@ class _Journey:
             return False
         connect = 3.0 if plan.provision is not None or plan.files is not None else plan.boot_timeout
         report = _smoke.smoke_device(port, expected, network=plan.network, timeout=plan.repl_timeout,
-                                     connect_timeout=connect, baudrate=plan.repl_baud, session_factory=self.session)
+                                     connect_timeout=connect, baudrate=plan.repl_baud, session_factory=self.session,
+                                     timeout_option="--repl-timeout")
         r.smoke = report
         if self.cancel.is_set():
             return False

@@ -102,7 +102,8 @@ def test_ctrl_c_during_provisioning_stops_the_process_and_its_writes_within_2_s(
     assert sorted(p.name for p in board.root.glob("f*.py")) == written      # nothing written after the exit
 
 
-def _watch(plan: station.Plan, folder: Path, events: list, cancel: threading.Event, **kw) -> tuple[threading.Thread, dict]:
+def _watch(plan: station.Plan, folder: Path, events: list, cancel: threading.Event,
+           **kw) -> tuple[threading.Thread, dict]:
     out: dict[str, station.StationReport] = {}
     t = threading.Thread(target=lambda: out.setdefault("r", station.watch(
         plan, station.FolderSource(folder), on_event=events.append, cancel=cancel, **kw)), daemon=True)
@@ -262,7 +263,7 @@ def test_two_boards_in_one_run_never_get_one_hostname(farm, tmp_path):
     assert [r.mac for r in plan.registry.boards() if r.hostname == "ws-1234"] == [named[0].mac]
 
 
-def test_a_board_without_a_serial_number_unplugged_mid_provision_is_reported_where_it_was_without_reset_wait(farm, tmp_path):
+def test_a_serial_less_board_unplugged_mid_provision_is_reported_where_it_was_without_reset_wait(farm, tmp_path):
     hub = HotPlug(tmp_path / "by-id")
     image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
     plan = flash_only(tmp_path, image_dir, files=_lesson(tmp_path, 20, 400), boot_timeout=3.0)
@@ -283,3 +284,22 @@ def test_a_board_without_a_serial_number_unplugged_mid_provision_is_reported_whe
     assert (r.state, r.stage) == ("unplugged", "provisioning"), (r.state, r.stage, r.reason)
     assert elapsed < plan.boot_timeout + 3, elapsed            # not after reset_wait (120 s)
     assert not any("press RESET" in e.message for e in events)
+
+
+def test_a_smoke_check_that_outlasts_the_repl_timeout_names_the_stations_option(farm, tmp_path):
+    from station_peers import FROZEN_UNIX
+    from workshop import smoke
+
+    if not FROZEN_UNIX.exists():
+        pytest.skip("dist/UNIX/micropython not built (invoke build --board UNIX)")
+    board = farm.start("esp32")
+    (board.root / "lib").mkdir(parents=True)
+    (board.root / "lib" / "network.py").write_text("import time\ntime.sleep(3)\n")    # a slow board's import
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    plan = flash_only(tmp_path, image_dir, smoke=True, repl_timeout=1.0,
+                      expected=lambda _image: smoke.Expected.from_build(REPO / "dist" / "UNIX"))
+
+    [r] = station.run_boards([board.port], plan).results
+
+    assert r.state == "failed" and "did not finish within 1 s" in r.reason, r.reason
+    assert r.reason.endswith("(a slow or emulated board: raise --repl-timeout)"), r.reason
