@@ -547,7 +547,9 @@ def _provision_config(config_file, **options):
 
 def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=115200, connect_timeout=3.0,
                    as_json=False, files=None, registry=None) -> bool:
-    """Provision, render a table (or JSON); True if every board was provisioned."""
+    """Provision, render a table (or JSON); True if every board was provisioned (Ctrl-C: exit 130
+    after the table of what was done)."""
+    import threading
     from pathlib import Path
 
     from workshop import lessons as _lessons
@@ -556,6 +558,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
 
     baudrate = _checked(devconfig.count, baud, "--baud")
     reg = _open_registry(registry)
+    cancel = threading.Event()
     with console.status(f"provisioning {len(targets)} board(s)...") as status:
         def on_event(e) -> None:
             if e.kind in ("provisioned", "failed", "retry", "files"):
@@ -566,7 +569,8 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
                                                baudrate=baudrate, connect_timeout=connect_timeout,
                                                files=Path(files) if files else None,
                                                index_of=_station.sticker_index(reg) if reg is not None else None,
-                                               vet=_station.registry_vet(reg) if reg is not None else None)
+                                               vet=_station.registry_vet(reg) if reg is not None else None,
+                                               cancel=cancel)
         except (_lessons.LessonError, _provision.ProvisionError) as e:
             raise _fail(str(e)) from None
     if reg is not None:
@@ -582,6 +586,8 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
                          r.error or ""])
         _table("Provisioning", ["port", "hostname", "MAC", "config", "boot hook", Column("files", wrap=True), "result",
                                 Column("s", justify="right"), Column("error", wrap=True)], rows)
+    if cancel.is_set():
+        raise Exit(code=130)
     return all(r.ok for r in results)
 
 

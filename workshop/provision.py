@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import string
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -438,7 +439,8 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                   session_factory: Callable[..., ReplSession] | None = None,
                   index_of: Callable[[str, str], int] | None = None,
                   files: Path | None = None,
-                  vet: Callable[[str, DeviceIdentity, str | None], None] | None = None) -> list[ProvisionResult]:
+                  vet: Callable[[str, DeviceIdentity, str | None], None] | None = None,
+                  cancel: threading.Event | None = None) -> list[ProvisionResult]:
     """Provision every port in parallel; one result per port, in the order given.
 
     Two phases: identify all boards (so that hostnames can be checked for uniqueness across the
@@ -448,6 +450,9 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     `vet(port, identity, hostname)` is called for each board once it is named, before anything is
     written: a ProvisionError from it fails that board (stage "name"), e.g. the station's "another
     board answered on this port" or "that hostname is another board's in the registry".
+    Ctrl-C (KeyboardInterrupt) sets `cancel`: every session's port refuses I/O from then on, so
+    the workers end within one read and the results come back at once, the unfinished ones
+    failed ("interrupted"); a caller that passed `cancel` sees it set.
     """
     from . import lessons
 
@@ -471,9 +476,11 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
         results[i].duration_s = round(time.monotonic() - t0[i], 3)
         event(ports[i], "failed", results[i].error or "")
 
+    cancel = cancel or threading.Event()
+
     def phase1(i: int) -> None:
         t0[i] = time.monotonic()
-        make = session_factory or ReplSession
+        make = session_factory or functools.partial(ReplSession, cancel=cancel)
         try:
             s = make(ports[i], baudrate=baudrate, timeout=timeout, connect_timeout=connect_timeout,
                      pacing=pacing, on_event=on_event, secrets=secrets)
@@ -522,38 +529,45 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     n = max(1, workers or len(ports))
     try:
         with ThreadPoolExecutor(max_workers=n) as pool:
-            list(pool.map(phase1, range(len(ports))))
-            names: dict[int, str | None] = {}
-            for i, ident in enumerate(idents):
-                if ident is None:
-                    continue
-                try:
-                    index = index_of(ports[i], ident.mac) if index_of is not None else i + 1
-                    name = (expand_hostname(config.hostname, mac=ident.mac, port=ports[i], index=index)
-                            if config.hostname else None)
-                    if vet is not None:
-                        vet(ports[i], ident, name)
-                    names[i] = name             # only a vetted board is written to
-                except ProvisionError as e:
-                    results[i].stage = "name"
-                    fail(i, e)
-            seen: dict[str, int] = {}
-            for i, name in list(names.items()):
-                if name is None:
-                    continue
-                if name in seen:
-                    for j in (seen[name], i):
-                        results[j].stage = "name"
-                        fail(j, ProvisionError(f"hostname {name!r} would be on both {ports[seen[name]]} and "
-                                               f"{ports[i]}: use {{mac6}}, {{mac}} or {{index}} in the pattern"))
-                        names.pop(j, None)
-                else:
-                    seen[name] = i
-            list(pool.map(lambda i: phase2(i, names[i]), list(names)))
+            try:
+                list(pool.map(phase1, range(len(ports))))
+                names: dict[int, str | None] = {}
+                for i, ident in enumerate(idents):
+                    if ident is None:
+                        continue
+                    try:
+                        index = index_of(ports[i], ident.mac) if index_of is not None else i + 1
+                        name = (expand_hostname(config.hostname, mac=ident.mac, port=ports[i], index=index)
+                                if config.hostname else None)
+                        if vet is not None:
+                            vet(ports[i], ident, name)
+                        names[i] = name             # only a vetted board is written to
+                    except ProvisionError as e:
+                        results[i].stage = "name"
+                        fail(i, e)
+                seen: dict[str, int] = {}
+                for i, name in list(names.items()):
+                    if name is None:
+                        continue
+                    if name in seen:
+                        for j in (seen[name], i):
+                            results[j].stage = "name"
+                            fail(j, ProvisionError(f"hostname {name!r} would be on both {ports[seen[name]]} and "
+                                                   f"{ports[i]}: use {{mac6}}, {{mac}} or {{index}} in the pattern"))
+                            names.pop(j, None)
+                    else:
+                        seen[name] = i
+                list(pool.map(lambda i: phase2(i, names[i]), list(names)))
+            except KeyboardInterrupt:
+                cancel.set()                    # before the pool's exit waits for its workers
     finally:
         for s in sessions:
             if s is not None:
                 s.close()
+    if cancel.is_set():
+        for r in results:
+            if not r.ok and not r.error:
+                r.error = "interrupted before it was provisioned"
     return results
 
 

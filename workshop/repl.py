@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import binascii
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -157,17 +158,55 @@ def guard(code: str | bytes) -> bytes:
             b"exec(_c)\n" % (len(raw), sum(raw), _CORRUPT.encode()))
 
 
+class CancellablePort:
+    """A serial port that refuses every read and write once `cancel` is set (Ctrl-C).
+
+    Provisioning and smoke run in worker threads the interpreter waits for at exit (a thread
+    pool's): they must stop by themselves. ReplSession reads in 0.05 s steps and writes in small
+    paced chunks, so a set `cancel` ends a session within one step, whatever file it is writing.
+    """
+
+    def __init__(self, ser: Any, cancel: threading.Event) -> None:
+        self._ser, self._cancel = ser, cancel
+
+    def _check(self) -> None:
+        if self._cancel.is_set():
+            raise OSError("interrupted")
+
+    def read(self, n: int = 1) -> bytes:
+        self._check()
+        return bytes(self._ser.read(n))
+
+    def write(self, data: bytes) -> int | None:
+        self._check()
+        return self._ser.write(data)
+
+    def flush(self) -> None:
+        self._check()
+        self._ser.flush()
+
+    @property
+    def in_waiting(self) -> int:
+        self._check()
+        return int(self._ser.in_waiting)
+
+    def close(self) -> None:
+        self._ser.close()
+
+
 class ReplSession:
     """One serial port, one raw-REPL session. Use as a context manager.
 
     `port` is a device path (or any pyserial URL). `timeout` bounds each command, `connect_timeout`
-    bounds getting a raw REPL at all (a silent port fails that fast, with `ReplTimeout`).
+    bounds getting a raw REPL at all (a silent port fails that fast, with `ReplTimeout`). Once
+    `cancel` is set (Ctrl-C), the port refuses I/O: the session ends within one read.
     """
 
     def __init__(self, port: str, *, baudrate: int = 115200, timeout: float = 10.0,
                  connect_timeout: float = 3.0, pacing: Pacing = Pacing(), raw_paste: bool = True,
                  retries: int = 3, on_event: Callable[[ReplEvent], None] | None = None,
-                 secrets: Iterable[str] = (), serial_factory: Callable[..., Any] | None = None) -> None:
+                 secrets: Iterable[str] = (), serial_factory: Callable[..., Any] | None = None,
+                 cancel: threading.Event | None = None) -> None:
         self.port = port
         self.baudrate = baudrate
         self.timeout = timeout
@@ -178,6 +217,7 @@ class ReplSession:
         self._on_event = on_event
         self._secrets: set[str] = {s for s in secrets if s}
         self._serial_factory = serial_factory
+        self._cancel = cancel
         self._ser: Any = None
         self._buf = bytearray()
         self.in_raw = False
@@ -215,7 +255,7 @@ class ReplSession:
             raise self._error(ReplError, str(e).removeprefix(f"{self.port}: ")) from None
         except (serial.SerialException, OSError, ValueError) as e:
             raise self._error(ReplError, f"cannot open: {e}") from None
-        self._ser = ser
+        self._ser = CancellablePort(ser, self._cancel) if self._cancel is not None else ser
         self._buf.clear()
         self._event("connect", f"opened at {self.baudrate} baud")
         return self

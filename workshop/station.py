@@ -428,43 +428,6 @@ def expected_for(image: FlashImage) -> Any:
 # --- one board ---------------------------------------------------------------------------------
 
 
-class _Cancellable:
-    """A board's serial port that refuses every read and write once the run is cancelled.
-
-    Provisioning and smoke run in worker threads the interpreter waits for at exit (provision_all's
-    pool): they must stop by themselves. ReplSession reads in 0.05 s steps and writes in small
-    paced chunks, so Ctrl-C ends a session within one step, whatever file it is writing.
-    """
-
-    def __init__(self, ser: Any, cancel: threading.Event) -> None:
-        self._ser, self._cancel = ser, cancel
-
-    def _check(self) -> None:
-        if self._cancel.is_set():
-            raise OSError("interrupted")
-
-    def read(self, n: int = 1) -> bytes:
-        self._check()
-        return bytes(self._ser.read(n))
-
-    def write(self, data: bytes) -> int | None:
-        self._check()
-        return self._ser.write(data)
-
-    def flush(self) -> None:
-        self._check()
-        self._ser.flush()
-
-    @property
-    def in_waiting(self) -> int:
-        self._check()
-        return int(self._ser.in_waiting)
-
-    def close(self) -> None:
-        self._ser.close()
-
-
-
 class _Journey:
     def __init__(self, port: SerialPort, plan: Plan, tracker: PortTracker, emit: EventHandler,
                  cancel: threading.Event, log_dir: Path) -> None:
@@ -500,14 +463,10 @@ class _Journey:
 
     def session(self, port: str, **options: Any) -> Any:
         """A ReplSession on `port` that Ctrl-C (`cancel`) ends within one read (a session_factory)."""
-        from . import serialport
         from .repl import ReplSession
 
-        def opener(device: str) -> _Cancellable:
-            ser = serialport.open_port(device, options.get("baudrate", self.plan.repl_baud), timeout=0.05,
-                                       write_timeout=options.get("connect_timeout", 3.0))
-            return _Cancellable(ser, self.cancel)
-        return ReplSession(port, serial_factory=opener, **options)
+        options.setdefault("baudrate", self.plan.repl_baud)
+        return ReplSession(port, cancel=self.cancel, **options)
 
     def _gone(self) -> bool:
         return not self.tracker.is_present(SerialPort(self.result.port, by_id=self.port.by_id

@@ -4,9 +4,11 @@ prints machine-readable results, piped tables keep every port and hostname whole
 from __future__ import annotations
 
 import json
+import signal
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -101,3 +103,34 @@ def test_smoke_with_a_dist_that_holds_no_build_says_so(make_peer, tmp_path):
         proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--dist", str(dist))
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
         assert f"--dist {dist}: {why}" in " ".join(proc.stderr.split()) and "Smoke" not in proc.stdout
+
+
+def test_ctrl_c_during_provision_ends_it_within_2_s_with_the_table(make_peer, tmp_path):
+    """invoke provision --files: Ctrl-C in the middle of the lesson files ends the process within
+    2 s (its pool workers stop writing at once), exit 130, the table says what was not done."""
+    peer = make_peer("slow")
+    lesson = tmp_path / "lesson"
+    lesson.mkdir()
+    for i in range(20):                                   # tens of seconds of paced writes
+        (lesson / f"f{i}.py").write_text("x = 1\n" * 400)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSHOP_")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "invoke"), "provision", "--ports", peer.port,
+                             "--hostname", "lab-01", "--files", str(lesson)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(peer.root.glob("f*.py")):          # the first lesson file is on the board
+            assert time.monotonic() < deadline and proc.poll() is None, "provisioning never reached the files"
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+    written = sorted(p.name for p in peer.root.glob("f*.py"))
+    time.sleep(1.0)
+    assert elapsed < 2.0, (elapsed, out[-500:], err[-500:])
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in " ".join(out.split()) and "Traceback" not in err, out + err
+    assert len(written) < 20 and sorted(p.name for p in peer.root.glob("f*.py")) == written  # nothing after
