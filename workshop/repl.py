@@ -299,7 +299,8 @@ class ReplSession:
             ser.write(data)
             ser.flush()
         except (serial.SerialException, OSError) as e:
-            raise self._error(ReplError, f"write failed: {e}") from None
+            why = str(e)  # pyserial's own message already starts "write failed: "
+            raise self._error(ReplError, why if why.startswith("write failed") else f"write failed: {why}") from None
         self.stats["written"] += len(data)
 
     def _fill(self, wait: float) -> bool:

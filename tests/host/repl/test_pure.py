@@ -305,3 +305,24 @@ def test_a_config_value_of_the_wrong_type_is_a_named_error(tmp_path, toml, messa
     with pytest.raises(ProvisionError) as e:
         ProvisionConfig.from_file(f)
     assert str(e.value) == f"{f}: {message}"
+
+
+def test_a_failed_write_says_write_failed_once():
+    # pyserial's SerialException for a vanished port already reads "write failed: [Errno 5] ...".
+    import serial
+
+    from workshop.repl import ReplError, ReplSession
+
+    class Gone:
+        def write(self, data):
+            raise serial.SerialException("write failed: [Errno 5] Input/output error")
+
+        def close(self):
+            pass
+
+    s = ReplSession("/dev/ttyUSB9", serial_factory=lambda port: Gone())
+    s.open()
+    with pytest.raises(ReplError) as e:
+        s._write(b"x")
+    assert str(e.value).count("write failed") == 1, str(e.value)
+    assert str(e.value).endswith("write failed: [Errno 5] Input/output error")
