@@ -15,6 +15,7 @@ flash spends its time waiting on the line, as with a real board.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 import signal
@@ -235,6 +236,8 @@ def make_dist(root: Path, board: str, chip: str, size: int = 96 * 1024, seed: in
 
     Real ESP builds need Docker + ESP-IDF, which this machine lacks: the bytes are synthetic, the
     offset is the chip's bootloader offset from esptool's chip definitions, like Board.flash_regions().
+    The inputs hash is one per image's bytes, as a real build's would be: two different images
+    never look the same to the registry ("already ready with this image").
     """
     board_dir = root / board
     board_dir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +251,8 @@ def make_dist(root: Path, board: str, chip: str, size: int = 96 * 1024, seed: in
         board=board, port="esp8266" if chip == "esp8266" else "esp32", chip=chip,
         chip_name=chip_definition(chip).CHIP_NAME, flash_size=flash_size, mp_board=board, variant=None,
         micropython_version="v1.28.0", micropython_commit="0" * 40, project_version="0.1.0",
-        project_commit=None, project_dirty=False, manifest_sha256="0" * 64, inputs_sha256="0" * 64,
+        project_commit=None, project_dirty=False, manifest_sha256="0" * 64,
+        inputs_sha256=hashlib.sha256(firmware.read_bytes()).hexdigest(),
         frozen_modules=(), toolchain="docker", toolchain_image="espressif/idf:v5.5.1",
         built_at="2026-01-01T00:00:00+00:00", duration_s=1.0,
         artifacts=(Artifact("firmware.bin", sha256_file(firmware), firmware.stat().st_size, offset, True),

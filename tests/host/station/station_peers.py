@@ -58,6 +58,9 @@ def _e2e_peers():
 E2E = _e2e_peers()
 FROZEN_UNIX = E2E.FROZEN_UNIX
 
+sys.path.insert(0, str(REPO / "tests" / "host" / "flash"))
+from flash_peers import make_dist  # noqa: E402,F401  (a station's dist/ is made as the flash tests' is)
+
 
 def stub_entry(chip: str, version: str = "2") -> int:
     import esptool
@@ -405,22 +408,6 @@ class HotPlug:
 
     def unplug(self, link: Path) -> None:
         link.unlink(missing_ok=True)
-
-
-def make_dist(root: Path, board: str, chip: str, size: int = 96 * 1024, seed: int = 1, **kw) -> Path:
-    """flash_peers.make_dist, with the inputs hash a real build would give: one per image's bytes.
-
-    (flash_peers writes "0" * 64 for every image, so two different images look the same to the
-    registry, and "already ready with this image" could never be tested against another image.)
-    """
-    sys.path.insert(0, str(REPO / "tests" / "host" / "flash"))
-    import flash_peers
-
-    board_dir = flash_peers.make_dist(root, board, chip, size=size, seed=seed, **kw)
-    info = json.loads((board_dir / "build.json").read_text())
-    info["inputs_sha256"] = hashlib.sha256((board_dir / "firmware.bin").read_bytes()).hexdigest()
-    (board_dir / "build.json").write_text(json.dumps(info, indent=2) + "\n")
-    return board_dir
 
 
 def image_b64(data: bytes) -> str:
