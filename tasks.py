@@ -330,6 +330,7 @@ def _device_ports(ports: str | None) -> list:
 def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  # noqa: A002 - invoke derives --all/--json
     """List serial ports that look like boards; --identify reads chip, MAC and flash size."""
     import json as _json
+    import threading
     from pathlib import Path
 
     from workshop import devices as _devices
@@ -338,9 +339,11 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  #
         found = _devices.select_ports(_csv(ports)) if ports else _devices.list_board_ports(include_unknown=all)
     except _devices.DeviceError as e:
         raise _fail(str(e)) from None
+    cancel = threading.Event()
     if identify and found:
         with console.status(f"identifying {len(found)} port(s)..."):
-            result = _devices.identify_all(found, log_dir=Path(logs) if logs else _flash_log_dir(None) / "identify")
+            result = _devices.identify_all(found, log_dir=Path(logs) if logs else _flash_log_dir(None) / "identify",
+                                           cancel=cancel)
     else:
         result = [_devices.Device(p) for p in found]
     if json:
@@ -361,6 +364,8 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  #
         _table(f"{len(result)} serial port(s)" + ("" if ports else " that look like boards"), columns, rows)
         if not result:
             console.print("no board found: check the cable (data, not charge-only), or pass --ports / --all")
+    if cancel.is_set():
+        raise Exit(code=130)
     if identify and any(not d.ok for d in result):
         raise Exit(code=1)
 

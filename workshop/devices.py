@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -188,13 +189,13 @@ IDENTIFY_STUB_S = 4.0
 
 
 def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS,
-             reset_after: bool = True) -> Device:
+             reset_after: bool = True, cancel: threading.Event | None = None) -> Device:
     """Connect, read chip/MAC (ROM), then flash size (stub), hard-reset the board into its firmware.
 
     Time-boxed like a flash: a port that stops answering, or a stub that never starts, is
-    aborted (its port closed); chip and MAC read from the ROM before the stub are kept.
+    aborted (its port closed); chip and MAC read from the ROM before the stub are kept. A set
+    `cancel` (threading.Event: Ctrl-C) aborts it the same way, at once.
     """
-    import threading
 
     from esptool.cmds import attach_flash, reset_chip
 
@@ -233,7 +234,9 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
 
     threading.Thread(target=body, name=f"identify {port.device}", daemon=True).start()
     while not done.wait(0.05):
-        if time.monotonic() > deadline[0]:
+        if cancel is not None and cancel.is_set():
+            found.setdefault("interrupted", True)
+        if time.monotonic() > deadline[0] or "interrupted" in found:
             abort.set()
             if ser_box:
                 esptool_adapter.abort_port(ser_box[0])
@@ -244,6 +247,8 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
     if "identity" in found:
         return Device(port, identity=found["identity"], seconds=seconds)
     error = found.get("error")
+    if found.get("interrupted"):
+        return Device(port, error=f"{port.device}: interrupted", error_kind="interrupted", seconds=seconds)
     if isinstance(error, DeviceError):
         return Device(port, error=str(error), error_kind=error.kind, seconds=seconds)
     if found.get("timeout"):
@@ -254,15 +259,25 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
 
 def identify_all(ports: Sequence[SerialPort], log_dir: Path | None = None,
                  connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS,
-                 on_result: Callable[[Device], None] | None = None) -> list[Device]:
-    """identify() on every port in parallel (one thread per port); results in the ports' order."""
+                 on_result: Callable[[Device], None] | None = None,
+                 cancel: threading.Event | None = None) -> list[Device]:
+    """identify() on every port in parallel (one thread per port); results in the ports' order.
+
+    Ctrl-C (KeyboardInterrupt) sets `cancel`: every identify is aborted at once and the results
+    come back, the unfinished ones "interrupted"; a caller that passed `cancel` sees it set."""
     if not ports:
         return []
+    cancel = cancel or threading.Event()
     with ThreadPoolExecutor(max_workers=len(ports), thread_name_prefix="identify") as pool:
-        futures = [pool.submit(identify, p, log_dir, connect_attempts) for p in ports]
+        futures = [pool.submit(identify, p, log_dir, connect_attempts, True, cancel) for p in ports]
         devices = []
         for f in futures:
-            devices.append(f.result())
+            while True:
+                try:
+                    devices.append(f.result())
+                    break
+                except KeyboardInterrupt:
+                    cancel.set()        # before the pool's exit waits for its workers
             if on_result:
                 on_result(devices[-1])
     return devices

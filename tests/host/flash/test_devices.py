@@ -6,8 +6,10 @@ import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,29 @@ def test_invoke_devices_identify_json(mocks, tmp_path):
     data = json.loads(proc.stdout)
     assert [(d["port"]["device"], d["identity"]["chip"]) for d in data] == [(found[0].port, "esp32s2"),
                                                                           (found[1].port, "esp32c3")]
+
+
+def test_ctrl_c_ends_devices_identify_within_2_s(tmp_path):
+    # A port that never answers keeps esptool syncing for ~8 s: Ctrl-C must not wait for that.
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "devices", "--identify",
+                                 "--logs", str(tmp_path / "logs"), "--ports", os.ttyname(slave)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 30
+            while not list((tmp_path / "logs").glob("*.log")):     # esptool is at the port
+                assert time.monotonic() < deadline and proc.poll() is None, "identify never started"
+                time.sleep(0.05)
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+            elapsed = time.monotonic() - t0
+        finally:
+            proc.kill()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert elapsed < 2.0, (elapsed, out[-400:], err[-400:])
+    assert proc.returncode == 130 and "interrupted" in out and "Traceback" not in err, out + err
