@@ -70,3 +70,15 @@ class FlashDumpingPeer:
         data = self.dump_path.read_bytes()
         assert len(data) == MOCK_FLASH_SIZE, f"{self.port}: flash dump of {len(data)} B"
         return data
+
+
+def interrupt(proc: subprocess.Popen) -> tuple[str, str, float]:
+    """Ctrl-C (SIGINT) to a running command: its (stdout, stderr) and the seconds until it exited.
+    Killed if it outlives 60 s (the wait then raises)."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return out, err, time.monotonic() - t0

@@ -4,12 +4,13 @@ prints machine-readable results, piped tables keep every port and hostname whole
 from __future__ import annotations
 
 import json
-import signal
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from support import interrupt
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -122,10 +123,7 @@ def test_ctrl_c_during_provision_ends_it_within_2_s_with_the_table(make_peer, tm
         while not list(peer.root.glob("f*.py")):          # the first lesson file is on the board
             assert time.monotonic() < deadline and proc.poll() is None, "provisioning never reached the files"
             time.sleep(0.05)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        elapsed = time.monotonic() - t0
+        out, err, elapsed = interrupt(proc)
     finally:
         proc.kill()
     written = sorted(p.name for p in peer.root.glob("f*.py"))

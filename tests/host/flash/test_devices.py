@@ -6,7 +6,6 @@ import json
 import os
 import pty
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ import pytest
 from serial.tools.list_ports_common import ListPortInfo
 
 from workshop import devices
+
+from support import interrupt
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -117,10 +118,7 @@ def test_ctrl_c_ends_devices_identify_within_2_s(tmp_path):
                 assert time.monotonic() < deadline and proc.poll() is None, "identify never started"
                 time.sleep(0.05)
             time.sleep(0.5)
-            t0 = time.monotonic()
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-            elapsed = time.monotonic() - t0
+            out, err, elapsed = interrupt(proc)
         finally:
             proc.kill()
     finally:

@@ -410,5 +410,15 @@ class HotPlug:
         link.unlink(missing_ok=True)
 
 
+RADIO_DOUBLE = """# The radio double (the unix port has no WLAN): this board's MAC, as an ESP's network.WLAN reports it.
+STA_IF = 0
+class WLAN:
+    def __init__(self, interface=0):
+        pass
+    def config(self, key):
+        return %r
+"""
+
+
 def image_b64(data: bytes) -> str:
     return base64.b64encode(data).decode()

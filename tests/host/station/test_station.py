@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from station_peers import FROZEN_UNIX, HotPlug, make_dist
+from station_peers import FROZEN_UNIX, RADIO_DOUBLE, HotPlug, make_dist
 from workshop import smoke, station
 from workshop.flash import FlashImage
 from workshop.provision import ProvisionConfig
@@ -372,16 +372,6 @@ def test_a_hostname_the_registry_holds_for_another_board_is_refused_before_writi
     assert not (board.root / "workshop.json").exists()
     assert plan.registry.get(board.mac).hostname is None
     assert plan.registry.get(other).hostname == "lab-02"
-
-
-RADIO_DOUBLE = """# The radio double (the unix port has no WLAN): this board's MAC, as an ESP's network.WLAN reports it.
-STA_IF = 0
-class WLAN:
-    def __init__(self, interface=0):
-        pass
-    def config(self, key):
-        return %r
-"""
 
 
 def test_a_followed_board_that_turns_out_to_be_another_board_is_not_given_its_identity(farm, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -12,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from station_peers import HotPlug, make_dist
+from station_peers import RADIO_DOUBLE, HotPlug, make_dist
 from workshop import station
 from workshop.flash import FlashImage
 from workshop.registry import Registry
+
+from support import interrupt
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -87,10 +88,7 @@ def test_ctrl_c_during_provisioning_stops_the_process_and_its_writes_within_2_s(
     try:
         _wait_for_event(jsonl, "provisioning")
         time.sleep(1.5)                               # in the middle of the lesson files
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        elapsed = time.monotonic() - t0
+        out, err, elapsed = interrupt(proc)
     finally:
         proc.kill()
     written = sorted(p.name for p in board.root.glob("f*.py"))
@@ -230,16 +228,6 @@ def test_a_native_usb_board_back_after_its_last_reset_is_not_taken_as_a_new_boar
     flashed, recognized = results
     assert flashed.ok and flashed.recognized is None, _summary(report)
     assert recognized.ok and recognized.recognized == "sticker 1, already ready with this image"
-
-
-RADIO_DOUBLE = """# The radio double (the unix port has no WLAN): this board's MAC, as an ESP's network.WLAN reports it.
-STA_IF = 0
-class WLAN:
-    def __init__(self, interface=0):
-        pass
-    def config(self, key):
-        return %r
-"""
 
 
 def test_two_boards_in_one_run_never_get_one_hostname(farm, tmp_path):
