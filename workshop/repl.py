@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import binascii
+import contextlib
 import json
 import threading
 import time
@@ -168,6 +169,18 @@ class CancellablePort:
 
     def __init__(self, ser: Any, cancel: threading.Event) -> None:
         self._ser, self._cancel = ser, cancel
+        self._closed = threading.Event()
+        threading.Thread(target=self._interrupt_on_cancel, name="repl cancel", daemon=True).start()
+
+    def _interrupt_on_cancel(self) -> None:
+        # A write already blocked on a board that stopped reading would wait out its write
+        # timeout (the station's is the boot timeout): pyserial's cancel_write/cancel_read end it.
+        while not self._cancel.wait(0.1):
+            if self._closed.is_set():
+                return
+        for name in ("cancel_write", "cancel_read"):
+            with contextlib.suppress(Exception):
+                getattr(self._ser, name)()
 
     def _check(self) -> None:
         if self._cancel.is_set():
@@ -191,6 +204,7 @@ class CancellablePort:
         return int(self._ser.in_waiting)
 
     def close(self) -> None:
+        self._closed.set()
         self._ser.close()
 
 

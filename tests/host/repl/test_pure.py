@@ -326,3 +326,40 @@ def test_a_failed_write_says_write_failed_once():
         s._write(b"x")
     assert str(e.value).count("write failed") == 1, str(e.value)
     assert str(e.value).endswith("write failed: [Errno 5] Input/output error")
+
+
+def test_ctrl_c_ends_a_write_already_blocked_on_a_board_that_stopped_reading():
+    # A PTY nobody reads takes a few KB, then a write blocks until its write timeout (20 s here):
+    # setting cancel must end it at once (pyserial's cancel_write), not after the timeout.
+    import os
+    import pty
+    import threading
+    import time
+
+    from workshop import serialport
+    from workshop.repl import CancellablePort
+
+    master, slave = pty.openpty()
+    ser = serialport.open_port(os.ttyname(slave), 115200, timeout=0.05, write_timeout=20)
+    cancel = threading.Event()
+    port = CancellablePort(ser, cancel)
+    done: list[float] = []
+
+    def write() -> None:
+        try:
+            port.write(b"x" * 1_000_000)
+        except Exception:  # noqa: BLE001 - how it ends is not the point; when it ends is
+            pass
+        done.append(time.monotonic())
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    assert not done, "the write did not block: the test needs a PTY nobody reads"
+    t0 = time.monotonic()
+    cancel.set()
+    t.join(3)
+    port.close()
+    os.close(master)
+    os.close(slave)
+    assert done and done[0] - t0 < 0.5, "a blocked write outlived Ctrl-C"
