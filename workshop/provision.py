@@ -452,7 +452,8 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     board answered on this port" or "that hostname is another board's in the registry".
     Ctrl-C (KeyboardInterrupt) sets `cancel`: every session's port refuses I/O from then on, so
     the workers end within one read and the results come back at once, the unfinished ones
-    failed ("interrupted"); a caller that passed `cancel` sees it set.
+    failed ("interrupted"); a caller that passed `cancel` sees it set. A `session_factory` of the
+    caller's must make sessions that end on that event itself (ReplSession(cancel=...)).
     """
     from . import lessons
 

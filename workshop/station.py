@@ -37,7 +37,7 @@ from . import devconfig
 from . import flash as _flash
 from .devices import SerialPort, list_board_ports, log_name
 from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
-from .registry import Registry, normalize_mac
+from .registry import Registry, RegistryError, normalize_mac
 
 DEFAULT_BOOT_TIMEOUT = 20.0      # a freshly flashed board formats its filesystem on first boot
 RESET_WAIT = 120.0               # how long a "press RESET" board is waited for
@@ -188,24 +188,26 @@ class PortTracker:
             return os.path.realpath(port.by_id) == os.path.realpath(port.device) and os.path.exists(port.device)
         return os.path.exists(port.device)
 
-    def offer(self, port: SerialPort) -> bool:
-        """A port appeared: True if a waiting pipeline takes it (its board, back after a reset)."""
+    def offer(self, port: SerialPort) -> str | None:
+        """A port appeared: how a journey takes it ("waited": its board, back after a reset;
+        "parked": its journey will ask for it; "finished": a finished board back after its last
+        reset), or None: it is a new board."""
         with self._lock:
             until = self._lingering.pop(port.serial_number, None) if port.serial_number else None
             if until is not None and time.monotonic() < until:
-                return True                                  # a finished board, back after its last reset
+                return "finished"
             for key, (serial, event, box) in self._waiting.items():
                 if event.is_set():
                     continue
                 if (serial and port.serial_number == serial) or (not serial and port.serial_number is None):
                     box.append(port)
                     event.set()
-                    return True
+                    return "waited"
             owner = port.serial_number or ""
             if owner in self._owned and owner not in self._parked:
-                self._parked[owner] = port                   # its journey will ask for it
-                return True
-        return False
+                self._parked[owner] = port
+                return "parked"
+        return None
 
     def wait_for(self, key: str, serial: str | None, timeout: float, cancel: threading.Event,
                  poll: Callable[[], None] | None = None) -> SerialPort | None:
@@ -221,10 +223,10 @@ class PortTracker:
                 if poll is not None:
                     poll()
                 event.wait(POLL_S)
-            return box[0] if box else None
         finally:
             with self._lock:
                 self._waiting.pop(key, None)
+        return box[0] if box else None          # read once the waiter is gone: offer() can no longer fill it
 
     def hand_back(self, port: SerialPort) -> None:
         """A port a journey took for its board held another board: that board gets its own journey."""
@@ -255,9 +257,16 @@ class PortTracker:
         One lock for every journey: checking the registry alone raced, because a name is only
         recorded there after its board was provisioned (two {mac4} twins got the same name).
         """
+        mac = _mac_key(mac)
         with self._lock:
             holder = self._hostnames.setdefault(hostname.lower(), mac)
         return None if holder == mac else holder
+
+    def free_hostname(self, hostname: str, mac: str) -> None:
+        """A board that failed provisioning gives its name back (its replacement may take it)."""
+        with self._lock:
+            if self._hostnames.get(hostname.lower()) == _mac_key(mac):
+                del self._hostnames[hostname.lower()]
 
     def release(self, mac: str | None, port: str) -> None:
         with self._lock:
@@ -317,6 +326,15 @@ def budgets(**given: str | float | None) -> Budgets:
             raise StationError(str(e)) from None
         out[name] = seconds  # type: ignore[literal-required]  # name is one of BUDGETS, checked above
     return out
+
+
+def _mac_key(mac: str) -> str:
+    """One spelling per board id: a MAC normalized; anything else (an ESP8266's chip id, the unix
+    port's stand-in) lowercased as it is."""
+    try:
+        return normalize_mac(mac)
+    except RegistryError:
+        return mac.lower()
 
 
 @dataclass(frozen=True)
@@ -708,11 +726,18 @@ class _Journey:
             if holder is not None:
                 raise ProvisionError(f"hostname {hostname!r} is already board {holder}'s in this run: use "
                                      "{mac6}, {mac} or {index} in the pattern")
+            if hostname:
+                reserved.append((hostname, r.mac or ident.mac))
+
+        reserved: list[tuple[str, str]] = []
 
         [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
                             connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
                             vet=vet, session_factory=self.session)
         r.provision = p
+        if not p.ok:
+            for name, mac in reserved:
+                self.tracker.free_hostname(name, mac)
         if self.cancel.is_set():
             return False                                # interrupted: nothing to record, the journey says so
         r.hostname = p.hostname or r.hostname
@@ -865,7 +890,11 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
                         time.monotonic() - j.t0, 3)))
             waiting, deferred = deferred, []
             for p in appeared + waiting + returned:
-                if p not in returned and tracker.offer(p):
+                taken = tracker.offer(p) if p not in returned else None
+                if taken == "finished":                # said, not silent: a board with the same USB
+                    emit(StationEvent(p.device, p.device, "ignored", "taken for a finished board back after "
+                                      f"its last reset (USB serial {p.serial_number}); replug it to take it again"))
+                if taken:
                     continue
                 if p not in appeared and not tracker.is_present(p):
                     continue

@@ -291,3 +291,14 @@ def test_a_smoke_check_that_outlasts_the_repl_timeout_names_the_stations_option(
 
     assert r.state == "failed" and "did not finish within 1 s" in r.reason, r.reason
     assert r.reason.endswith("(a slow or emulated board: raise --repl-timeout)"), r.reason
+
+
+def test_a_hostname_is_one_board_s_in_any_mac_spelling_and_free_again_when_its_board_failed():
+    tracker = station.PortTracker(station.FixedSource(()))
+    assert tracker.reserve_hostname("lab-01", "24:0A:C4:01:12:34") is None
+    assert tracker.reserve_hostname("LAB-01", "240ac4011234") is None          # the same board, respelt
+    assert tracker.reserve_hostname("lab-01", "24:0a:c4:99:99:99") == "24:0a:c4:01:12:34"
+    tracker.free_hostname("lab-01", "24:0a:c4:01:12:34")                     # it failed provisioning
+    assert tracker.reserve_hostname("lab-01", "24:0a:c4:99:99:99") is None    # its replacement takes it
+    assert tracker.reserve_hostname("lab-02", "chip-00a1b2") is None          # an ESP8266 chip id as it is
+    assert tracker.reserve_hostname("lab-02", "CHIP-00A1B2") is None
