@@ -222,6 +222,8 @@ def test_a_native_usb_board_back_after_its_last_reset_is_not_taken_as_a_new_boar
             t.join(10)
             report = out["r"]
             assert len(report.results) == 1, _summary(report)
+            assert any(e.stage == "ignored" and "after its last reset" in e.message for e in events), \
+                [(e.stage, e.message) for e in events]           # said, not silently swallowed
             results += report.results
     finally:
         follower.stop.set()
