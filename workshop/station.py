@@ -243,10 +243,15 @@ class PortTracker:
         return out
 
     def claim(self, mac: str, port: str) -> str | None:
-        """Note that `mac` is on `port`; the other port if another board in the run has it."""
+        """Note that `mac` is on `port`; the other port if another board in the run has it there.
+
+        A claim lasts as long as its port exists, not as long as its journey: a board that finished
+        first (ready, still plugged in) keeps its MAC, so a clone on another port is refused however
+        late it gets this far; the same board plugged in again elsewhere is itself (its old port is gone).
+        """
         with self._lock:
             other = self._claims.get(mac)
-            if other is not None and other != port:
+            if other is not None and other != port and self.is_present(SerialPort(other)):
                 return other
             self._claims[mac] = port
             return None
@@ -267,11 +272,6 @@ class PortTracker:
         with self._lock:
             if self._hostnames.get(hostname.lower()) == _mac_key(mac):
                 del self._hostnames[hostname.lower()]
-
-    def release(self, mac: str | None, port: str) -> None:
-        with self._lock:
-            if mac and self._claims.get(mac) == port:
-                del self._claims[mac]
 
 
 # --- plan, events, results ---------------------------------------------------------------------
@@ -476,7 +476,6 @@ class _Journey:
         words = {"ready": f"ready{': ' + r.recognized if r.recognized else ''}: unplug me"}.get(state) or \
             f"{state} at {r.stage}: {reason}"
         self.emit(state, words, final=True, ok=state == "ready")
-        self.tracker.release(r.mac, self.port.device)
         return r
 
     def session(self, port: str, **options: Any) -> Any:

@@ -84,9 +84,12 @@ def test_flash_and_provision_on_the_pypi_runtime_and_lesson_files_are_skipped_wh
     assert second.sticker == first.sticker == 1
 
 
-def test_two_boards_with_one_mac_are_not_merged(farm, tmp_path):
+@pytest.mark.parametrize("late", [False, True], ids=["together", "clone-after-the-first-is-ready"])
+def test_two_boards_with_one_mac_are_not_merged(farm, tmp_path, late):
+    # late: the clone's first esptool session hangs, so it reaches its MAC after the first board is
+    # ready (still plugged in): the MAC is still that board's.
     a = farm.start("esp32", runtime=None, mac="24:0a:c4:12:34:56")
-    b = farm.start("esp32", runtime=None, mac="24:0a:c4:12:34:56")
+    b = farm.start("esp32", runtime=None, mac="24:0a:c4:12:34:56", hang_first_connect=late)
     image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
     plan = plan_for(tmp_path, image_dir, provision=None, smoke=False)
 
