@@ -6,12 +6,12 @@
 #
 # One REPL session at a time, and one login beside it: whoever logs in while a session is open
 # takes it over (the old one is told and closed), so a laptop that vanished (lid shut, Wi-Fi
-# gone: a half-open connection nothing ever detects) never holds the board. The server offers WILL ECHO + WILL SGA (character mode) and refuses
-# every other option. Login: "login:" then "Password:"; 3 tries per connection, and after
-# 3 failed logins in a row every login is refused for lockout_ms, doubling with each further
-# failure (capped at 64x); a good login resets the count. On a board the logged-in session
-# is attached to the REPL with os.dupterm (which takes only native streams and io.IOBase
-# subclasses) and runs in the background (socket callbacks).
+# gone: a half-open connection nothing ever detects) never holds the board. The server offers
+# WILL ECHO + WILL SGA (character mode) and refuses every other option. Login: "login:" then
+# "Password:"; 3 tries per connection, and after 3 failed logins in a row every login is refused
+# for lockout_ms, doubling with each further failure (capped at 64x); a good login resets the
+# count. On a board the logged-in session is attached to the REPL with os.dupterm (which takes
+# only native streams and io.IOBase subclasses) and runs in the background (socket callbacks).
 # The unix port has no socket callbacks: there the session gets a small line evaluator instead
 # (_Session._shell) and the raw REPL protocol (_Session._raw, what ./kit fleet speaks), and
 # wsconfig.serve() drives the sockets.
@@ -323,8 +323,9 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             else:
                 self._send(b"\r\nlogin: ")
             return
-        if _locked():
-            self._send(b"\r\nLocked: too many failed logins, try again in %d s\r\n" % _locked())
+        w = _locked()
+        if w:
+            self._send(b"\r\nLocked: too many failed logins, try again in %d s\r\n" % w)
             _log(self.peer, "login refused (locked)")
             self.close()
             return
@@ -457,8 +458,9 @@ def _accept(srv):
         return
     peer = _peer(a)
     _log(peer, "connected")
-    if _locked():
-        s.write(b"Locked: too many failed logins, try again in %d s\r\n" % _locked())
+    w = _locked()
+    if w:
+        s.write(b"Locked: too many failed logins, try again in %d s\r\n" % w)
         s.close()
         _log(peer, "refused (locked)")
         return
