@@ -85,21 +85,27 @@ def seconds(value: Any, what: str, *, zero: bool = False) -> float:
     return s
 
 
+def _whole(value: Any) -> int | None:
+    """An int, or a string of digits ("8" from a command line or TOML) as one; None for anything
+    else (a bool too)."""
+    n = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
 def count(value: Any, what: str) -> int:
     """A number of things (workers, boards) from an int or a string of digits: 1 or more."""
-    n = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    n = _whole(value)
+    if n is None or n < 1:
         raise DevConfigError(f"{what}: expected a whole number >= 1, got {value!r}")
     return n
 
 
 def port_number(value: Any, what: str) -> int:
     """A TCP/UDP port from an int or a string of digits ("1883" from TOML or a command line)."""
-    port = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+    port = _whole(value)
+    if port is None or not 0 < port < 65536:
         raise DevConfigError(f"{what}: expected a port number 1..65535, got {value!r}")   # as it was given
     return port
-
 
 
 def output_file(value: Any, what: str) -> Path:
