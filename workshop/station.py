@@ -732,7 +732,7 @@ class _Journey:
 
         [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
                             connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
-                            vet=vet, session_factory=self.session)
+                            vet=vet, cancel=self.cancel)
         r.provision = p
         if not p.ok:
             for name, mac in reserved:
