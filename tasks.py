@@ -393,7 +393,9 @@ def _flash_images(board, auto, image, offset, chip, release, dist):
 
 def _lesson_folder(files, cfg):
     """--files DIR for the station pipeline, read and checked (workshop.lessons.collect: missing, a
-    workshop.json, a configured secret) before any board is flashed; the Path, or None."""
+    workshop.json, a configured secret) before any board is flashed; the Path, or None. The
+    files are read again as each board is provisioned: a lesson fixed mid-run reaches the boards
+    that come after."""
     from pathlib import Path
 
     from workshop import lessons as _lessons
