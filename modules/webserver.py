@@ -17,7 +17,8 @@
 # the server; more than max_clients connections at once get 503, and so does a new connection or
 # request while other connections leave less than min_free bytes of heap (a server out of memory
 # closes connections, never stops). A handler's own Content-Type header replaces ctype; a 204 has
-# no body headers; a static directory path ending in "/" serves its index.html.
+# no body headers; a static directory path ending in "/" serves its index.html, one without it is
+# redirected there (301).
 import gc
 import json
 import os
@@ -222,9 +223,9 @@ class App:
                 rel = req.path[len(prefix):]
                 if ".." in rel.split("/"):
                     raise HTTPError(404)
-                if rel[-1:] in "/":  # a directory's (or the prefix's) index.html
+                if req.path[-1:] == "/":  # a directory's (or the prefix's) index.html
                     rel += "index.html"
-                return _static, {"path": d + "/" + rel}
+                return _static, {"path": d + "/" + rel if rel else d}
         if allowed:
             raise HTTPError(405, {"Allow": ", ".join(allowed)})
         raise HTTPError(404)
@@ -546,4 +547,11 @@ def _match(pat, parts):
 
 
 def _static(req, path):
+    # A directory named without its "/" (the prefix too) is redirected to it, as web servers do:
+    # the relative links of its index.html then resolve inside it.
+    try:
+        if os.stat(path)[0] & 0x4000:
+            return redirect(req.path + "/", 301)
+    except OSError:
+        pass
     return send_file(path)

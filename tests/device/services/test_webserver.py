@@ -314,15 +314,21 @@ def test_one_content_type_and_a_bodyless_204(web):
 
 
 def test_static_directories_and_nul_in_paths(web, tmp_path):
-    """A directory path ending in "/" serves its index.html; a directory without one, or a path
-    naming a directory, is 404 (never a 200 with a directory's size and no body); %00 is 400."""
+    """A directory path ending in "/" serves its index.html; one named without the "/" (the
+    prefix too) is a 301 to it, so its page's relative links resolve inside it; a directory
+    without an index.html is 404 (never a 200 with a directory's size and no body); %00 is 400."""
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "index.html").write_text("<p>sub index</p>")
     (tmp_path / "empty").mkdir()
     r = curl(web.port, "/static/sub/")
     assert status_of(r.stdout) == 200 and body_of(r.stdout) == "<p>sub index</p>", r.stdout
-    for path in ("/static/sub", "/static/empty/"):
-        assert status_of(curl(web.port, path).stdout) == 404, path
+    for path in ("/static/sub", "/static"):
+        r = curl(web.port, path)
+        assert status_of(r.stdout) == 301 and f"Location: {path}/\r\n" in r.stdout, (path, r.stdout)
+    r = curl(web.port, "/static/sub", "-L")  # followed: the last answer is the index
+    assert r.stdout.rsplit("\r\n\r\n", 1)[1] == "<p>sub index</p>", r.stdout
+    assert status_of(curl(web.port, "/static/empty/").stdout) == 404
+    assert status_of(curl(web.port, "/static/empty").stdout) == 301
     for path in ("/static/%00x", "/static/sub%00", "/hello%00"):
         assert status_of(curl(web.port, path).stdout) == 400, path
     assert body_of(curl(web.port, "/static/").stdout) == "<h1>static index</h1>"  # still serving
