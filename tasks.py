@@ -468,7 +468,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     report_out = _checked(devconfig.output_file, report, "--report") if report else None
     events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
-    options = _flash_options(baud=_checked(devconfig.count, baud, "--baud"), erase=erase, flash_size=flash_size)
+    options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"), erase=erase, flash_size=flash_size)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     lesson = _lesson_folder(files, cfg)
     targets = _device_ports(ports)
@@ -563,7 +563,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
     from workshop import provision as _provision
     from workshop import station as _station
 
-    baudrate = _checked(devconfig.count, baud, "--baud")
+    baudrate = _checked(devconfig.baud, baud, "--baud")
     reg = _open_registry(registry)
     cancel = threading.Event()
     with console.status(f"provisioning {len(targets)} board(s)...") as status:
@@ -691,7 +691,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     if json:
         json_out = "-"
     budget = 10.0 if timeout is None else _checked(devconfig.seconds, timeout, "--timeout")  # a string: not invoke's cast
-    baudrate = _checked(devconfig.count, baud, "--baud")
+    baudrate = _checked(devconfig.baud, baud, "--baud")
     net = None
     if network:
         try:
@@ -1188,7 +1188,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         except _smoke.SmokeError as e:
             raise _fail(str(e)) from None
         net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport)
-    flash_options = _flash_options(baud=_checked(devconfig.count, baud, "--baud"))
+    flash_options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"))
     plan = _station.Plan(images=images, flash_options=flash_options, provision=cfg,
                          files=lesson, smoke=smoke or network, network=net,
                          registry=_open_registry(registry), reflash=reflash, log_dir=Path(logs) if logs else None,
@@ -1275,10 +1275,10 @@ def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", j
 
     from workshop import identify as _identify
 
+    baudrate = _checked(devconfig.baud, baud, "--baud")
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
-    baudrate = _checked(devconfig.count, baud, "--baud")
     reg = _open_registry(registry) if Path(registry).exists() else None
     if blink and reg is None:          # the names and stickers live there: nothing would blink
         raise _fail(f"--blink {blink}: no registry at {registry}: pass --registry FILE (the station's)")

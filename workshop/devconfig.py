@@ -26,6 +26,9 @@ class DevConfigError(ValueError):
     """The config file or a value in it is unusable; the message names the file or key."""
 
 
+MIN_BAUD = 300  # esptool's and a UART's floor: a smaller --baud is a typo, not a rate
+
+
 def is_secret_key(key: str) -> bool:
     """True for a key whose value must never be shown or published."""
     k = key.lower()
@@ -97,6 +100,14 @@ def count(value: Any, what: str) -> int:
     n = _whole(value)
     if n is None or n < 1:
         raise DevConfigError(f"{what}: expected a whole number >= 1, got {value!r}")
+    return n
+
+
+def baud(value: Any, what: str) -> int:
+    """A serial baud rate from an int or a string of digits: MIN_BAUD or more."""
+    n = _whole(value)
+    if n is None or n < MIN_BAUD:
+        raise DevConfigError(f"{what}: expected a baud rate such as 115200 (>= {MIN_BAUD}), got {value!r}")
     return n
 
 

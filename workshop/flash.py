@@ -36,7 +36,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from . import devices
+from . import devconfig, devices
 from . import esptool_adapter as esptool
 from .buildinfo import BuildInfoError, dist_dir, read_build_info, write_atomic
 from .config import HOST_CHIP, ConfigError, chip_definition, load_port, project_root
@@ -365,8 +365,10 @@ class FlashOptions:
     def __post_init__(self) -> None:
         """Checked before any board is touched: a value esptool refuses would fail every board
         after connecting (and be retried as if the board were at fault)."""
-        if isinstance(self.baud, bool) or not isinstance(self.baud, int) or self.baud < 300:
-            raise FlashError(f"--baud: expected a baud rate such as 460800, got {self.baud!r}")
+        try:
+            devconfig.baud(self.baud, "--baud")
+        except devconfig.DevConfigError as e:
+            raise FlashError(str(e)) from None
         if self.flash_size is not None:
             choices = _flash_sizes()
             if self.flash_size not in choices:

@@ -289,6 +289,10 @@ def test_seconds_and_counts_from_a_command_line():
     for bad in ("x", "0", "-2", "1.5", 0, True):
         with pytest.raises(devconfig.DevConfigError, match=r"^--jobs: expected a whole number >= 1, got "):
             devconfig.count(bad, "--jobs")
+    assert devconfig.baud("115200", "--baud") == 115200 and devconfig.baud(300, "--baud") == 300
+    for bad in ("fast", "299", "11.5", 0, True):  # the same bound for flash, provision, smoke, identify
+        with pytest.raises(devconfig.DevConfigError, match=r"^--baud: expected a baud rate such as 115200 \(>= 300\), got "):
+            devconfig.baud(bad, "--baud")
 
 
 @pytest.mark.parametrize("toml, message", [

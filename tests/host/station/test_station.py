@@ -538,6 +538,8 @@ def test_a_board_whose_reset_is_never_pressed_fails_after_reset_wait_naming_it(f
     (["fleet", "exec", "1", "--all", "--jobs", "x"], "--jobs: expected a whole number >= 1, got 'x'"),
     (["roster", "--wait", "soon"], "--wait: expected seconds >= 0, got 'soon'"),
     (["identify", "--all", "--seconds", "x"], "--seconds: expected seconds > 0, got 'x'"),
+    (["smoke", "--baud", "100"], "--baud: expected a baud rate such as 115200 (>= 300), got '100'"),
+    (["identify", "--baud", "96OO"], "--baud: expected a baud rate such as 115200 (>= 300), got '96OO'"),
 ])
 def test_a_number_typed_wrong_on_the_command_line_is_a_named_error_not_a_traceback(args, message):
     # Before, int defaults were cast by invoke itself ("invalid literal for int()" and a traceback).
