@@ -31,6 +31,8 @@ from .buildinfo import sha256_file
 from .config import HOST_CHIP, cache_dir
 from .release import INDEX, SUMS, ReleaseBoard, ReleaseError, normalize_version, parse_sums, read_index
 
+EXEC_MODE = 0o755         # a host board's program (the unix `micropython`) stays executable
+
 # The one place naming the project on GitHub (owner/name); $WORKSHOP_REPOSITORY overrides it.
 DEFAULT_REPOSITORY = "micropython-workshop/workshop-kit"
 ENV_REPOSITORY = "WORKSHOP_REPOSITORY"
@@ -174,8 +176,9 @@ def _read_small(source: _Source, name: str) -> bytes:
 
 
 def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, dest: Path,
-                    emit: Callable[[DownloadEvent], None]) -> None:
-    """Stream `name` into a temporary file beside `dest`, hashing as it goes; rename when it matches."""
+                    emit: Callable[[DownloadEvent], None], mode: int | None = None) -> None:
+    """Stream `name` into a temporary file beside `dest`, hashing as it goes; rename when it matches
+    (with `mode`, e.g. 0o755 for a host board's program; None: the temporary file's own)."""
     stream, total = source.open(name)
     total = total if total is not None else size
     try:
@@ -208,6 +211,8 @@ def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, d
         if got != sha256:
             raise DownloadError(f"{source.where(name)}: SHA-256 MISMATCH: expected {sha256}, got {got}. "
                                 f"The file is corrupt or was tampered with; it was deleted. Try again, or another source.")
+        if mode is not None:
+            tmp.chmod(mode)
         os.replace(tmp, dest)
         emit(DownloadEvent("done", name, done, total))
     finally:
@@ -268,13 +273,15 @@ def download_release(
         from .buildinfo import write_atomic
         write_atomic(sums_path, sums_raw)
 
-    def get(name: str, size: int | None = None) -> Path:
+    def get(name: str, size: int | None = None, mode: int | None = None) -> Path:
         if not name or name != Path(name).name or name.startswith("."):
             raise DownloadError(f"{INDEX} names an unsafe file {name!r}: refusing to write it")
         if name not in sums:
             raise DownloadError(f"{src.where(SUMS)} does not list {name}: the release is incomplete")
         dest = directory / name
         if _cached_ok(dest, sums[name]):
+            if mode is not None and dest.stat().st_mode & 0o777 != mode:
+                dest.chmod(mode)      # cached by a kit that did not set it
             cached.append(name)
             emit(DownloadEvent("cached", name, dest.stat().st_size, dest.stat().st_size))
             return dest
@@ -282,7 +289,7 @@ def download_release(
             raise DownloadError(f"{name} is not in the cache and the source is unreachable: {offline_reason}")
         dest.unlink(missing_ok=True)
         try:
-            _fetch_verified(src, name, sums[name], size, dest, emit)
+            _fetch_verified(src, name, sums[name], size, dest, emit, mode)
         except NotFound:
             raise DownloadError(f"{src.where(name)}: 404 Not Found, although the release's {SUMS} lists it: "
                                 f"the release is incomplete at this source") from None
@@ -307,7 +314,7 @@ def download_release(
         for f in files:
             if sums.get(f.name) not in (None, f.sha256):
                 raise DownloadError(f"{INDEX} and {SUMS} disagree about {f.name}: the release is inconsistent")
-            paths[f.name] = get(f.name, f.size)
+            paths[f.name] = get(f.name, f.size, EXEC_MODE if entry.executable(f) else None)
         result.append(DownloadedBoard(entry, paths))
     return DownloadResult(version, src.description, directory, tuple(result), tuple(fetched), tuple(cached))
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from . import source
 from .buildinfo import Artifact, BuildInfo, BuildInfoError, dist_dir, read_build_info, sha256_file, write_atomic
 from .devconfig import DevConfigError, load_file, secret_items
-from .config import HOST_CHIP, ConfigError, cache_dir, chip_definition, load_boards, project_root
+from .config import HOST_CHIP, Board, ConfigError, cache_dir, chip_definition, load_boards, project_root
 
 INDEX = "index.json"
 SUMS = "SHA256SUMS"
@@ -105,6 +105,10 @@ class ReleaseBoard:
     @property
     def images(self) -> tuple[ReleaseFile, ...]:
         return tuple(f for f in self.files if f.role == "image")
+
+    def executable(self, file: ReleaseFile) -> bool:
+        """A host board's program (the unix `micropython`): released and cached with mode 755."""
+        return self.chip == HOST_CHIP and file.role == "image"
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -199,8 +203,14 @@ def chip_family(chip: str) -> str:
     return HOST_CHIP if chip == HOST_CHIP else chip_definition(chip).CHIP_NAME
 
 
-def _role(art: Artifact) -> str:
-    return "image" if art.flash else "debug"
+def _role(art: Artifact, board: Board) -> str:
+    """'image': what a person flashes, or for a host board runs (the port's outputs not marked
+    `flash = false`: the unix `micropython`); 'debug': the rest (.elf, .map)."""
+    if art.flash:
+        return "image"
+    if board.is_host and any(o.file == art.file and o.flash for o in board.port.outputs):
+        return "image"
+    return "debug"
 
 
 def esp_web_tools_manifest(board: ReleaseBoard, version: str) -> dict | None:
@@ -368,17 +378,17 @@ def flasher_page() -> str:
 # --- the release -----------------------------------------------------------------------------
 
 
-def _board_entry(info: BuildInfo, description: str, version: str) -> ReleaseBoard:
+def _board_entry(info: BuildInfo, board: Board, version: str) -> ReleaseBoard:
     names = release_file_names(info, version)
     files = tuple(
         ReleaseFile(name=names[a.file], source=a.file, sha256=a.sha256, size=a.size, offset=a.offset,
-                    flash=a.flash, role=_role(a))
+                    flash=a.flash, role=_role(a, board))
         for a in info.artifacts
     )
     has_flash = any(f.flash and f.offset is not None for f in files)
     return ReleaseBoard(
         board=info.board,
-        description=description,
+        description=board.description,
         port=info.port,
         chip=info.chip,
         chip_family=chip_family(info.chip),
@@ -474,7 +484,7 @@ def make_release(
         raise ReleaseError(f"{web}: no install-button.js (expected ESP Web Tools' dist/web folder)")
     page = flasher_page()
 
-    entries = [_board_entry(infos[n], known[n].description, version) for n in names]
+    entries = [_board_entry(infos[n], known[n], version) for n in names]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

@@ -5,6 +5,7 @@ written through BuildInfo, exactly as workshop.build writes it."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 from workshop.buildinfo import Artifact, BuildInfo, write_atomic
@@ -35,8 +36,9 @@ def write_placeholder_build(dist: Path, board_name: str, *, size: int = 96 * 102
     for i, output in enumerate(board.port.outputs):
         data = placeholder_bytes(board_name, output.file, size // (i + 1)) + (extra_bytes if i == 0 else b"")
         (out / output.file).write_bytes(data)
+        # flashed = has an offset, as workshop.build records it (a host board's program has none)
         artifacts.append(Artifact(output.file, hashlib.sha256(data).hexdigest(), len(data),
-                                  regions.get(output.file), output.flash))
+                                  regions.get(output.file), output.file in regions))
     info = BuildInfo(
         board=board_name, port=board.port.name, chip=board.chip, chip_name=board.chip_name,
         flash_size=board.flash_size, mp_board=board.mp_board, variant=board.variant,
@@ -64,3 +66,29 @@ def make_fake_web_tools(directory: Path) -> Path:
     (directory / "install-button.js").write_text("// placeholder for esp-web-tools in host tests\n")
     (directory / "VERSION").write_text("0.0.0-test\n")
     return directory
+
+
+def host_program() -> bytes:
+    """A real MicroPython unix program for a host board's placeholder build: the UNIX firmware
+    built here (dist/UNIX/micropython) when there is one, else the PyPI runtime's launcher."""
+    import sys
+
+    from workshop.config import PROJECT_ROOT
+
+    built = PROJECT_ROOT / "dist" / "UNIX" / "micropython"
+    return (built if built.is_file() else Path(sys.executable).parent / "micropython").read_bytes()
+
+
+def write_host_build(dist: Path, board_name: str = "UNIX") -> BuildInfo:
+    """dist/UNIX/ as workshop.build leaves it: the unix port's program (mode 755, not flashed: no
+    offset) and build.json."""
+    info = write_placeholder_build(dist, board_name)
+    program = dist / board_name / info.artifacts[0].file
+    data = host_program()
+    program.write_bytes(data)
+    program.chmod(0o755)
+    art = info.artifacts[0]
+    info = replace(info, artifacts=(replace(art, sha256=hashlib.sha256(data).hexdigest(), size=len(data)),),
+                   toolchain="native", toolchain_image=None)
+    write_atomic(dist / board_name / "build.json", info.to_json())
+    return info

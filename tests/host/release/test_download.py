@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from placeholders import ESP_BOARDS
+from placeholders import ESP_BOARDS, write_host_build
+from workshop.config import PROJECT_ROOT
 from workshop import download as dl
 from workshop import release as rel
 
@@ -194,3 +198,42 @@ def test_truncated_sha256sums_is_a_clear_error_not_a_traceback(made, http_server
     events = []
     again = dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=cache, on_event=events.append)
     assert again.fetched == () and dl.DownloadEvent("offline", "SHA256SUMS") in events
+
+
+INVOKE = str(Path(sys.executable).parent / "invoke")
+
+
+def run_invoke(*args: str, cache: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, WORKSHOP_CACHE=str(cache), COLUMNS="200")
+    return subprocess.run([INVOKE, "-r", str(PROJECT_ROOT), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_a_host_boards_program_is_its_image_released_downloaded_and_runnable(release_kwargs, dist, http_server, tmp_path):
+    """UNIX: its `micropython` is the board's image (listed, on the page's main list, downloaded by
+    default) and comes out of the download executable; it has no manifest (nothing to flash)."""
+    write_host_build(dist)
+    release_kwargs["boards"] = ["ESP32_GENERIC", "UNIX"]
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    unix = made.board("UNIX")
+    name = "UNIX-20261121-v1.28.0-v0.1.0"
+    assert [(f.name, f.role, f.flash, f.offset) for f in unix.images] == [(name, "image", False, None)]
+    assert unix.manifest is None and not (made.directory / "UNIX.manifest.json").exists()
+    assert os.access(made.directory / name, os.X_OK)
+
+    server = http_server(made.directory)
+    cache = tmp_path / "cache"
+    result = dl.download_release("v0.1.0", ["UNIX"], source=server.url, cache=cache)
+    (program,) = result.board("UNIX").paths.values()
+    assert program.name == name and os.access(program, os.X_OK), oct(program.stat().st_mode)
+    proc = subprocess.run([str(program), "-c", "import sys; print(sys.implementation.name)"], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.stdout.strip() == "micropython", proc.stderr
+    assert dl.release_images("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=cache)  # the host board is not flashed
+
+    # The command line: the row is listed and the file fetched (not "nothing", exit 0).
+    program.unlink()
+    proc = run_invoke("download", "--version", "v0.1.0", "--board", "UNIX", "--from", server.url, cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    assert name in proc.stdout and "1 fetched" in proc.stdout, proc.stdout
+    assert os.access(program, os.X_OK)
