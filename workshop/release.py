@@ -6,6 +6,11 @@ checked (checksums, secret scan), and only then renamed into place. It refuses b
 dist/<BOARD>/ is missing or stale against its inputs, builds from a dirty tree (unless
 `allow_dirty`), and any output file that contains a configured secret.
 
+Every image flashed at the chip's bootloader offset carries the board's flash size in its header
+(what `esptool write-flash --flash-size` sets; ESP Web Tools writes images as they are), so the
+checksums in index.json and SHA256SUMS are those of the released bytes; the image's identity (the
+build's inputs hash) is unchanged.
+
 Names follow MicroPython's download page: `<BOARD>-<YYYYMMDD>-v<micropython>-<tag><ext>`, the date
 being the build's. Chip families come from esptool's chip definitions (`CHIP_NAME`), which are
 the strings ESP Web Tools matches against the chip it detects.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import re
@@ -27,7 +33,7 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -66,7 +72,7 @@ class ReleaseError(RuntimeError):
 
 @dataclass(frozen=True)
 class ReleaseEvent:
-    kind: str                 # "check" | "warning" | "board" | "file" | "web-tools" | "scan" | "done"
+    kind: str                 # "check" | "warning" | "board" | "file" | "header" | "web-tools" | "scan" | "done"
     message: str
     board: str | None = None
 
@@ -211,6 +217,49 @@ def _role(art: Artifact, board: Board) -> str:
     if board.is_host and any(o.file == art.file and o.flash for o in board.port.outputs):
         return "image"
     return "debug"
+
+
+def with_flash_size(data: bytes, chip: str, flash_size: str | None, offset: int | None) -> bytes:
+    """The image with the board's flash size in its header (byte 3, high nibble, in esptool's code
+    for the chip: its chip definition's FLASH_SIZES), flash mode and frequency kept; the SHA-256 an
+    image may carry after its data (ESP32 family) is recomputed. Only an image at the chip's
+    bootloader offset has this header (what esptool's write-flash --flash-size changes); anything
+    else, or bytes that are no valid image of the chip, come back unchanged.
+
+    ESP Web Tools writes images as they are (flashSize "keep"): the esp8266 port's elf2image leaves
+    its default, 1MB, in the header, and MicroPython's flashbdev then finds no room for a
+    filesystem on a 2 MB board."""
+    if chip == HOST_CHIP or flash_size is None or offset is None or len(data) < 8:
+        return data
+    rom = chip_definition(chip)
+    if offset != rom.BOOTLOADER_FLASH_OFFSET or data[0] != rom.ESP_IMAGE_MAGIC:
+        return data
+    try:
+        code = int(rom.FLASH_SIZES[flash_size])
+    except KeyError:
+        raise ReleaseError(f"flash size {flash_size!r}: esptool knows {', '.join(rom.FLASH_SIZES)} "
+                           f"for {rom.CHIP_NAME}") from None
+    if data[3] & 0xF0 == code:
+        return data
+    from .esptool_adapter import esptool_session
+
+    try:
+        with esptool_session(None):     # esptool's warnings about odd segments go nowhere
+            image = rom.BOOTLOADER_IMAGE(io.BytesIO(data))
+            image.verify()
+    except Exception:   # esptool's FatalError, or struct/IO errors: not an image of this chip
+        return data
+    patched = data[:3] + bytes([(data[3] & 0x0F) | code]) + data[4:]
+    if getattr(image, "append_digest", False):
+        end = int(image.data_length)
+        patched = patched[:end] + hashlib.sha256(patched[:end]).digest() + patched[end + int(image.SHA256_DIGEST_LEN):]
+    return patched
+
+
+def flash_size_name(chip: str, header: bytes) -> str:
+    """The flash size an image header says, in esptool's names for the chip ('1MB'); '?' unknown."""
+    names = {int(v): k for k, v in chip_definition(chip).FLASH_SIZES.items()}
+    return names.get(header[3] & 0xF0, "?") if len(header) > 3 else "?"
 
 
 def esp_web_tools_manifest(board: ReleaseBoard, version: str) -> dict | None:
@@ -488,14 +537,27 @@ def make_release(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        for entry in entries:
+        for i, entry in enumerate(entries):
             emit(ReleaseEvent("board", f"{entry.board}: {len(entry.files)} file(s)", entry.board))
+            released_files = []
             for f in entry.files:
-                dest = staging / f.name
-                shutil.copy(dist / entry.board / f.source, dest)  # keeps the exec bit of host binaries
-                if sha256_file(dest) != f.sha256:
-                    raise ReleaseError(f"{dist / entry.board / f.source}: changed while being released; rebuild")
+                dest, built = staging / f.name, dist / entry.board / f.source
+                data = built.read_bytes()
+                if hashlib.sha256(data).hexdigest() != f.sha256:
+                    raise ReleaseError(f"{built}: changed while being released; rebuild")
+                # The board's flash size in the image header: index.json and SHA256SUMS describe
+                # the released bytes (the build's identity, its inputs hash, is unchanged).
+                released = with_flash_size(data, entry.chip, entry.flash_size, f.offset) if f.flash else data
+                if released != data:
+                    f = replace(f, sha256=hashlib.sha256(released).hexdigest(), size=len(released))
+                    emit(ReleaseEvent("header", f"{f.name}: flash size in the image header "
+                                                f"{flash_size_name(entry.chip, data)} -> {entry.flash_size} "
+                                                f"(the board's)", entry.board))
+                dest.write_bytes(released)
+                shutil.copymode(built, dest)   # keeps the exec bit of host binaries
+                released_files.append(f)
                 emit(ReleaseEvent("file", f.name, entry.board))
+            entry = entries[i] = replace(entry, files=tuple(released_files))
             manifest = esp_web_tools_manifest(entry, version)
             if manifest is not None and entry.manifest:
                 write_atomic(staging / entry.manifest, json.dumps(manifest, indent=2) + "\n")

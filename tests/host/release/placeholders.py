@@ -25,9 +25,10 @@ def placeholder_bytes(board: str, file: str, size: int) -> bytes:
 
 
 def write_placeholder_build(dist: Path, board_name: str, *, size: int = 96 * 1024, dirty: bool = False,
-                            built_at: str = BUILT_AT, extra_bytes: bytes = b"") -> BuildInfo:
+                            built_at: str = BUILT_AT, extra_bytes: bytes = b"", image: bytes | None = None) -> BuildInfo:
     """dist/<BOARD>/ with placeholder artifacts for every output the board's port makes, and a
-    matching build.json written through BuildInfo (as workshop.build writes it)."""
+    matching build.json written through BuildInfo (as workshop.build writes it). `image`: the
+    bytes of the first output (firmware.bin) instead of a placeholder, e.g. from esp_image()."""
     board = get_board(board_name)
     out = dist / board_name
     out.mkdir(parents=True, exist_ok=True)
@@ -35,6 +36,8 @@ def write_placeholder_build(dist: Path, board_name: str, *, size: int = 96 * 102
     artifacts = []
     for i, output in enumerate(board.port.outputs):
         data = placeholder_bytes(board_name, output.file, size // (i + 1)) + (extra_bytes if i == 0 else b"")
+        if i == 0 and image is not None:
+            data = image
         (out / output.file).write_bytes(data)
         # flashed = has an offset, as workshop.build records it (a host board's program has none)
         artifacts.append(Artifact(output.file, hashlib.sha256(data).hexdigest(), len(data),
@@ -75,8 +78,10 @@ def host_program() -> bytes:
 
     from workshop.config import PROJECT_ROOT
 
-    built = PROJECT_ROOT / "dist" / "UNIX" / "micropython"
-    return (built if built.is_file() else Path(sys.executable).parent / "micropython").read_bytes()
+    try:
+        return (PROJECT_ROOT / "dist" / "UNIX" / "micropython").read_bytes()
+    except OSError:         # not built (or being rebuilt) here
+        return (Path(sys.executable).parent / "micropython").read_bytes()
 
 
 def write_host_build(dist: Path, board_name: str = "UNIX") -> BuildInfo:
@@ -92,3 +97,31 @@ def write_host_build(dist: Path, board_name: str = "UNIX") -> BuildInfo:
                    toolchain="native", toolchain_image=None)
     write_atomic(dist / board_name / "build.json", info.to_json())
     return info
+
+
+def esp_image(chip: str, flash_size: str, *, after: bytes = b"") -> bytes:
+    """A valid image for `chip`, made by esptool's own image classes, whose header says
+    `flash_size` (esptool's name, e.g. '1MB'), followed by `after` (the rest of a merged file).
+    esp8266: laid out as MicroPython's makeimg.py does (the elf2image 0x00000 part, padded to
+    0x9000, then the irom0 part); ESP32 family: a bootloader image with its SHA-256 appended."""
+    from esptool.bin_image import ELFSection
+    from esptool.targets import CHIP_DEFS
+
+    rom = CHIP_DEFS[chip]
+    img = rom.BOOTLOADER_IMAGE()
+    img.entrypoint = 0x40100004 if chip == "esp8266" else 0x40080004
+    img.flash_size_freq = rom.FLASH_SIZES[flash_size]     # + frequency code 0: 40 MHz
+    if chip == "esp8266":
+        img.segments = [ELFSection(b".text", 0x40100000, bytes(range(256)) * 8, 0),
+                        ELFSection(b".data", 0x3FFE8000, b"data" * 64, 0),
+                        ELFSection(b".irom0.text", 0x40209000, b"irom" * 1024, 0)]
+        irom, other = img.save(None)
+        return other + b"\xff" * (0x9000 - len(other)) + irom + after
+    img.segments = [ELFSection(b".dram0.data", 0x3FFB0000, b"dram" * 64, 0),
+                    ELFSection(b".iram0.text", 0x40080000, bytes(range(256)) * 4, 0)]
+    img.append_digest = True
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        img.save(f"{tmp}/image.bin")
+        return Path(f"{tmp}/image.bin").read_bytes() + after

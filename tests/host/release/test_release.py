@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from placeholders import BUILT_AT, ESP_BOARDS, FROZEN, MP_COMMIT, clean_tree, never_stale, write_placeholder_build
+from placeholders import BUILT_AT, ESP_BOARDS, FROZEN, MP_COMMIT, clean_tree, esp_image, never_stale, write_placeholder_build
 from workshop import release as rel
 from workshop.buildinfo import read_build_info, sha256_file
 from workshop.config import PROJECT_ROOT, get_board
@@ -365,3 +367,97 @@ def test_every_secret_key_of_the_config_is_scanned_for(tmp_path, dist, release_k
     with pytest.raises(rel.ReleaseError, match="contains the mqtt.password") as e:
         rel.make_release("v0.1.0", secrets=secrets, **release_kwargs)
     assert "mqtt-pw-2" not in str(e.value)
+
+
+# --- the flash size in the image header ------------------------------------------------------
+
+
+ESPTOOL = str(Path(sys.executable).parent / "esptool")
+
+
+def image_info(chip: str, path: Path) -> str:
+    """esptool's own reading of an image file (the real tool, not our parser)."""
+    proc = subprocess.run([ESPTOOL, "--chip", chip, "image-info", str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_the_released_esp8266_image_says_the_boards_flash_size(release_kwargs, dist: Path, http_server, tmp_path):
+    """ESP Web Tools writes an image as it is (flashSize "keep"): the header must say the board's
+    2MB, not elf2image's default 1MB, or MicroPython finds no room for its filesystem. Checksums
+    (SHA256SUMS, index.json) are of the released bytes; the build's identity is unchanged."""
+    from workshop import download as dl
+
+    built = esp_image("esp8266", "1MB")
+    assert "Flash size: 1MB" in image_info("esp8266", _write(tmp_path / "built.bin", built))
+    info = write_placeholder_build(dist, "ESP8266_GENERIC", image=built)
+    events = []
+    made = rel.make_release("v0.1.0", on_event=events.append, **release_kwargs)
+    name = "ESP8266_GENERIC-20261121-v1.28.0-v0.1.0.bin"
+    released = (made.directory / name).read_bytes()
+    report = image_info("esp8266", made.directory / name)
+    assert "Flash size: 2MB" in report and "Flash freq: 40m" in report and "(valid)" in report, report
+    assert len(released) == len(built) and released[:3] + released[4:] == built[:3] + built[4:], "only byte 3 changes"
+    assert any(e.kind == "header" and "1MB -> 2MB" in e.message for e in events)
+
+    digest = hashlib.sha256(released).hexdigest()
+    (image,) = made.board("ESP8266_GENERIC").images
+    assert (image.sha256, image.size, image.offset) == (digest, len(released), 0)
+    assert rel.parse_sums((made.directory / "SHA256SUMS").read_text())[name] == digest
+    index = json.loads((made.directory / "index.json").read_text())
+    (entry,) = [b for b in index["boards"] if b["board"] == "ESP8266_GENERIC"]
+    assert entry["files"][0]["sha256"] == digest and entry["inputs_sha256"] == info.inputs_sha256
+    manifest = json.loads((made.directory / "ESP8266_GENERIC.manifest.json").read_text())
+    assert manifest["builds"][0]["parts"] == [{"path": name, "offset": 0}]
+    check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=made.directory, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # What attendees fetch verifies, and a smoke --release expects the build's identity.
+    got = dl.download_release("v0.1.0", ["ESP8266_GENERIC"], source=http_server(made.directory).url, cache=tmp_path / "c")
+    assert got.board("ESP8266_GENERIC").paths[name].read_bytes() == released
+    from workshop import smoke
+    assert smoke.Expected.from_release_index(made.directory / "index.json", "ESP8266_GENERIC").inputs_sha256 == info.inputs_sha256
+
+
+def test_an_esp32_image_header_is_set_and_its_appended_digest_recomputed(release_kwargs, dist: Path, tmp_path):
+    """The same rule for every chip (no `if chip ==`): an ESP32 bootloader image carries a SHA-256
+    of its bytes, header included, which esptool checks ('Validation hash ... (valid)')."""
+    rest = b"\xff" * 0x7000 + b"partition table and app, kept as they are"
+    built = esp_image("esp32", "2MB", after=rest)
+    write_placeholder_build(dist, "ESP32_GENERIC", image=built)
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    released = made.directory / "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
+    report = image_info("esp32", released)
+    assert "Flash size: 4MB" in report and "Validation hash" in report and "(invalid)" not in report, report
+    assert released.read_bytes().endswith(rest) and released.stat().st_size == len(built)
+
+
+def test_an_image_already_right_and_bytes_that_are_no_image_are_released_as_built(release_kwargs, dist: Path):
+    right = esp_image("esp8266", "2MB")
+    write_placeholder_build(dist, "ESP8266_GENERIC", image=right)
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    assert (made.directory / "ESP8266_GENERIC-20261121-v1.28.0-v0.1.0.bin").read_bytes() == right
+    # 0xE9 first, but no valid image: left alone (esptool does the same at write time).
+    # a segment of 4 KiB announced, 16 bytes there
+    not_an_image = b"\xe9\x01\x00\x20" + b"\x04\x00\x10\x40" + b"\x00\x00\x10\x40\x00\x10\x00\x00" + b"\x00" * 16
+    assert rel.with_flash_size(not_an_image, "esp8266", "2MB", 0) == not_an_image
+    assert rel.with_flash_size(esp_image("esp8266", "1MB"), "esp8266", "2MB", 0x1000)[3] == 0x20, "not at the bootloader offset"
+    with pytest.raises(rel.ReleaseError, match="flash size '3MB': esptool knows .*2MB"):
+        rel.with_flash_size(esp_image("esp8266", "1MB"), "esp8266", "3MB", 0)
+
+
+def test_the_real_esp8266_build_is_released_with_its_boards_flash_size(release_kwargs, dist: Path, tmp_path):
+    """dist/ESP8266_GENERIC/firmware.bin as the native build made it (esptool 3.3.1's elf2image)."""
+    real = PROJECT_ROOT / "dist" / "ESP8266_GENERIC" / "firmware.bin"
+    if not real.is_file():
+        pytest.skip("dist/ESP8266_GENERIC not built (invoke build --board ESP8266_GENERIC)")
+    built = real.read_bytes()
+    write_placeholder_build(dist, "ESP8266_GENERIC", image=built)
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    released = made.directory / "ESP8266_GENERIC-20261121-v1.28.0-v0.1.0.bin"
+    assert "Flash size: 2MB" in image_info("esp8266", released)
+    assert released.read_bytes()[4:] == built[4:]
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
