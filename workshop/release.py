@@ -311,10 +311,17 @@ def toolchain_mix(infos: Iterable[BuildInfo]) -> str | None:
 def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = None,
                  extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """Secrets to scan for, by name ('wifi.password', 'mqtt.password', ...): every secret key of
-    workshop.toml (devconfig's definition), then the environment (WORKSHOP_WIFI_PASSWORD,
-    WORKSHOP_TELNET_PASSWORD), then `extra` (options)."""
+    workshop.toml (devconfig's definition), the environment (WORKSHOP_WIFI_PASSWORD,
+    WORKSHOP_TELNET_PASSWORD) and `extra` (options). Every value from every source is scanned
+    for: a key that another source gives with another value is kept under that source's name too
+    ('wifi.password ($WORKSHOP_WIFI_PASSWORD)', 'wifi.password (option)')."""
     env = os.environ if env is None else env
     found: dict[str, str] = {}
+
+    def add(key: str, value: str, source: str) -> None:
+        if not value or found.get(key) == value:
+            return
+        found[key if key not in found else f"{key} ({source})"] = value
     if config is not None:
         config = Path(config)
         try:
@@ -326,14 +333,12 @@ def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = Non
             if not isinstance(value, str):
                 # Never the value itself in the message: it is a secret.
                 raise ReleaseError(f"{config}: {key}: expected a string (in quotes), not {type(value).__name__}")
-            found[key] = value
+            add(key, value, str(config))
     for key, var in SECRET_KEYS.items():
-        if env.get(var):
-            found[key] = env[var]
+        add(key, env.get(var) or "", f"${var}")
     for key, value in (extra or {}).items():
-        if value:
-            found[key] = value
-    return {k: v for k, v in found.items() if v}
+        add(key, value or "", "option")
+    return found
 
 
 def scan_for_secrets(directory: Path, secrets: Mapping[str, str]) -> list[tuple[str, str]]:

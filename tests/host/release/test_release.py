@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -238,8 +239,13 @@ def test_load_secrets_errors_and_precedence(tmp_path):
         rel.load_secrets(bad, env={})
     good = tmp_path / "good.toml"
     good.write_text('[wifi]\npassword = "from-file"\n')
-    assert rel.load_secrets(good, env={"WORKSHOP_WIFI_PASSWORD": "from-env"}) == {"wifi.password": "from-env"}
-    assert rel.load_secrets(good, env={}, extra={"wifi.password": "from-option"}) == {"wifi.password": "from-option"}
+    # Every source's value is scanned for, not only the last one given.
+    assert rel.load_secrets(good, env={"WORKSHOP_WIFI_PASSWORD": "from-env"}) == {
+        "wifi.password": "from-file", "wifi.password ($WORKSHOP_WIFI_PASSWORD)": "from-env"}
+    assert rel.load_secrets(good, env={}, extra={"wifi.password": "from-option"}) == {
+        "wifi.password": "from-file", "wifi.password (option)": "from-option"}
+    assert rel.load_secrets(good, env={"WORKSHOP_WIFI_PASSWORD": "from-file"}, extra={"wifi.password": None}) == {
+        "wifi.password": "from-file"}, "one value given twice is one secret"
     as_json = tmp_path / "workshop.json"   # provisioning also reads the device config's JSON shape
     as_json.write_text('{"wifi": {"ssid": "W", "password": "json-pass"}, "telnet": {"user": "u"}}')
     assert rel.load_secrets(as_json, env={}) == {"wifi.password": "json-pass"}
@@ -461,3 +467,21 @@ def test_the_real_esp8266_build_is_released_with_its_boards_flash_size(release_k
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_a_config_secret_is_scanned_for_when_the_environment_and_an_option_give_the_same_key(tmp_path, dist, release_kwargs):
+    """The config's Wi-Fi password leaked into an image; the environment and --wifi-password name
+    other Wi-Fi passwords (last year's, the other room's): the config's is still looked for."""
+    config = tmp_path / "workshop.toml"
+    config.write_text('[wifi]\nssid = "W"\npassword = "config-wifi-pw"\n')
+    secrets = rel.load_secrets(config, env={"WORKSHOP_WIFI_PASSWORD": "env-wifi-pw"},
+                               extra={"wifi.password": "option-wifi-pw", "telnet.password": None})
+    for leaked, name in (("config-wifi-pw", "wifi.password"),
+                         ("env-wifi-pw", "wifi.password ($WORKSHOP_WIFI_PASSWORD)"),
+                         ("option-wifi-pw", "wifi.password (option)")):
+        write_placeholder_build(dist, "ESP32_GENERIC_S3", extra_bytes=b"\x00PW = '" + leaked.encode() + b"'\x00")
+        with pytest.raises(rel.ReleaseError, match=rf"ESP32_GENERIC_S3-20261121-v1.28.0-v0.1.0.bin contains the {re.escape(name)}\n") as e:
+            rel.make_release("v0.1.0", secrets=secrets, **release_kwargs)
+        assert leaked not in str(e.value)
+    write_placeholder_build(dist, "ESP32_GENERIC_S3")
+    assert rel.make_release("v0.1.0", secrets=secrets, **release_kwargs).directory.is_dir()
