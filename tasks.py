@@ -777,8 +777,12 @@ def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, in
         raise _fail(str(e)) from None
     if not broker and no_mdns:
         raise _fail("nothing to listen to: give --mqtt HOST[:PORT] (or drop --no-mdns)")
+    from rich.markup import escape
+
+    # A warning quotes what a board (or anyone on the broker) sent: text, never markup.
     room = _roster.Roster(expected, _room_lookup(registry),
-                          on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False))
+                          on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False,
+                                                                 soft_wrap=True))
     try:
         watcher = _roster.RoomWatcher(room, broker, mdns=not no_mdns, interfaces=_csv(interface) or None,
                                       user=mqtt_user, password=mqtt_password or os.environ.get("WORKSHOP_MQTT_PASSWORD"))

@@ -13,6 +13,8 @@ left cleanly). A retained status seen when the watcher starts is as old as the b
 it: `retained` says so until the board publishes again.
 
 Library code never prints: malformed messages become warnings (`Roster.warnings`, `on_warning`).
+The callbacks that feed a roster from paho's and zeroconf's threads never let an exception out:
+one would end paho's network loop, and every later message would be lost. It becomes a warning.
 """
 
 from __future__ import annotations
@@ -146,7 +148,10 @@ class Roster:
         with self._lock:
             self.warnings.append(message)
         if self.on_warning:
-            self.on_warning(message)
+            try:
+                self.on_warning(message)
+            except Exception:  # noqa: BLE001 - the warning is kept in .warnings; a failing printer must not stop the room
+                pass
 
     def ingest_mqtt(self, topic: str, payload: bytes, retained: bool = False) -> bool:
         """One message from `workshop/<hostname>/status`; False (and a warning) if unusable."""
@@ -361,7 +366,11 @@ class RoomWatcher:
             self.subscribed.set()
 
         def on_message(c: Any, userdata: Any, msg: Any) -> None:
-            self.roster.ingest_mqtt(msg.topic, msg.payload, bool(msg.retain))
+            # An exception here would end paho's loop: every later message lost, for ever (retained).
+            try:
+                self.roster.ingest_mqtt(msg.topic, msg.payload, bool(msg.retain))
+            except Exception as e:  # noqa: BLE001
+                self.roster._warn(f"{msg.topic}: message not handled ({type(e).__name__}: {e}), skipped")
 
         def on_disconnect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
             if connected.is_set() and not failure and reason.is_failure:
@@ -398,6 +407,13 @@ class RoomWatcher:
         roster = self.roster
 
         def on_change(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+            # zeroconf's thread: an exception here must not end the browsing.
+            try:
+                changed(zeroconf, service_type, name, state_change)
+            except Exception as e:  # noqa: BLE001
+                roster._warn(f"mDNS {name}: answer not handled ({type(e).__name__}: {e}), skipped")
+
+        def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
             if state_change is ServiceStateChange.Removed:
                 return
             info = zeroconf.get_service_info(service_type, name, timeout=1500)

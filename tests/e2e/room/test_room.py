@@ -225,3 +225,36 @@ def test_roster_watch_or_serve_with_json_prints_json_lines_not_tables(room, mode
     assert lines, err
     reports = [json.loads(line) for line in lines]              # every line is a report: no table
     assert any(b["hostname"] == "lab-08" and b["state"] == "online" for b in reports[-1]["boards"])
+
+
+def test_a_status_that_looks_like_markup_is_a_warning_and_the_roster_keeps_listening(room):
+    """`[/b]` in a retained status once made rich raise in paho's thread: its loop ended, every
+    later message was lost (roster, --watch, /room, fleet --all), for as long as the broker kept it."""
+    broker = room.broker
+    publish_retained(broker, "workshop/lab-00/status", b'{"state": "online", "hostname": "[/b]"}')
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{broker.host}:{broker.port}",
+                             "--no-mdns", "--json", "--wait", "3"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)      # the roster has the bad retained message by now; a board speaks after it
+    publish_retained(broker, "workshop/lab-01/status", b'{"state": "online", "hostname": "lab-01", "ip": "10.0.0.9"}')
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "MarkupError" not in err, err
+    assert "says hostname '[/b]'" in err                      # the warning as text, brackets and all
+    doc = json.loads(out)
+    assert [b["hostname"] for b in doc["boards"]] == ["lab-01"]
+    assert any("'[/b]'" in w for w in doc["warnings"]), doc["warnings"]
+
+
+def test_a_failing_warning_printer_does_not_end_the_watch(mosquitto):
+    """Whatever on_warning does, the watcher's callbacks never let an exception out into paho's loop."""
+    def printer(message: str) -> None:
+        raise RuntimeError("the terminal is gone")
+
+    r = roster.Roster(None, on_warning=printer)
+    with roster.RoomWatcher(r, (mosquitto.host, mosquitto.port), mdns=False) as w:
+        assert w.subscribed.wait(5)
+        publish_retained(mosquitto, "workshop/bad/status", b"{")
+        publish_retained(mosquitto, "workshop/lab-02/status", b'{"state": "online"}')
+        rows = wait_rows(r, lambda rows: "lab-02" in rows)
+    assert [x.hostname for x in rows] == ["lab-02"] and "not a JSON status" in r.warnings[0]
