@@ -94,8 +94,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temporary file in the same folder + rename: readers never see half a file."""
+def write_atomic(path: Path, data: bytes | str, mode: int | None = None) -> None:
+    """Write via a temporary file in the same folder + rename: readers never see half a file.
+    `mode`: the file's permissions (None: the temporary file's own, 600)."""
     raw = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -104,6 +105,8 @@ def write_atomic(path: Path, data: bytes | str) -> None:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

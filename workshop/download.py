@@ -29,9 +29,8 @@ from typing import IO
 
 from .buildinfo import sha256_file
 from .config import HOST_CHIP, cache_dir
-from .release import INDEX, SUMS, ReleaseBoard, ReleaseError, normalize_version, parse_sums, read_index
-
-EXEC_MODE = 0o755         # a host board's program (the unix `micropython`) stays executable
+from .release import (EXEC_MODE, FILE_MODE, INDEX, SUMS, ReleaseBoard, ReleaseError, normalize_version, parse_sums,
+                      read_index)
 
 # The one place naming the project on GitHub (owner/name); $WORKSHOP_REPOSITORY overrides it.
 DEFAULT_REPOSITORY = "micropython-workshop/workshop-kit"
@@ -176,9 +175,9 @@ def _read_small(source: _Source, name: str) -> bytes:
 
 
 def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, dest: Path,
-                    emit: Callable[[DownloadEvent], None], mode: int | None = None) -> None:
+                    emit: Callable[[DownloadEvent], None], mode: int = FILE_MODE) -> None:
     """Stream `name` into a temporary file beside `dest`, hashing as it goes; rename when it matches
-    (with `mode`, e.g. 0o755 for a host board's program; None: the temporary file's own)."""
+    (with `mode`: 644, or 755 for a host board's program, as in the release)."""
     stream, total = source.open(name)
     total = total if total is not None else size
     try:
@@ -211,8 +210,7 @@ def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, d
         if got != sha256:
             raise DownloadError(f"{source.where(name)}: SHA-256 MISMATCH: expected {sha256}, got {got}. "
                                 f"The file is corrupt or was tampered with; it was deleted. Try again, or another source.")
-        if mode is not None:
-            tmp.chmod(mode)
+        tmp.chmod(mode)
         os.replace(tmp, dest)
         emit(DownloadEvent("done", name, done, total))
     finally:
@@ -271,17 +269,17 @@ def download_release(
         raise DownloadError(str(e)) from None
     if offline_reason is None and (not sums_path.is_file() or sums_path.read_bytes() != sums_raw):
         from .buildinfo import write_atomic
-        write_atomic(sums_path, sums_raw)
+        write_atomic(sums_path, sums_raw, mode=FILE_MODE)
 
-    def get(name: str, size: int | None = None, mode: int | None = None) -> Path:
+    def get(name: str, size: int | None = None, mode: int = FILE_MODE) -> Path:
         if not name or name != Path(name).name or name.startswith("."):
             raise DownloadError(f"{INDEX} names an unsafe file {name!r}: refusing to write it")
         if name not in sums:
             raise DownloadError(f"{src.where(SUMS)} does not list {name}: the release is incomplete")
         dest = directory / name
         if _cached_ok(dest, sums[name]):
-            if mode is not None and dest.stat().st_mode & 0o777 != mode:
-                dest.chmod(mode)      # cached by a kit that did not set it
+            if dest.stat().st_mode & 0o777 != mode:
+                dest.chmod(mode)      # cached by a kit that left it 600
             cached.append(name)
             emit(DownloadEvent("cached", name, dest.stat().st_size, dest.stat().st_size))
             return dest
@@ -314,7 +312,7 @@ def download_release(
         for f in files:
             if sums.get(f.name) not in (None, f.sha256):
                 raise DownloadError(f"{INDEX} and {SUMS} disagree about {f.name}: the release is inconsistent")
-            paths[f.name] = get(f.name, f.size, EXEC_MODE if entry.executable(f) else None)
+            paths[f.name] = get(f.name, f.size, EXEC_MODE if entry.executable(f) else FILE_MODE)
         result.append(DownloadedBoard(entry, paths))
     return DownloadResult(version, src.description, directory, tuple(result), tuple(fetched), tuple(cached))
 

@@ -63,6 +63,11 @@ SECRET_KEYS: dict[str, str] = {
     "telnet.password": "WORKSHOP_TELNET_PASSWORD",
 }
 
+# Modes of everything released (and cached by download), whatever the umask and the temporary
+# files' 600/700: world-readable, so a web server (or a copy made by one) serves them.
+FILE_MODE = 0o644
+EXEC_MODE = 0o755         # folders, and a host board's program
+
 VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+([-+.][0-9A-Za-z.+-]+)?$")
 
 
@@ -459,6 +464,16 @@ def _board_entry(info: BuildInfo, board: Board, version: str) -> ReleaseBoard:
     )
 
 
+def _publishable(directory: Path, executables: set[str]) -> None:
+    """Folders and `executables` (file names at the top) 755, every other file 644."""
+    directory.chmod(EXEC_MODE)
+    for path in directory.rglob("*"):
+        if path.is_dir():
+            path.chmod(EXEC_MODE)
+        else:
+            path.chmod(EXEC_MODE if path.parent == directory and path.name in executables else FILE_MODE)
+
+
 def make_release(
     version: str,
     *,
@@ -559,7 +574,6 @@ def make_release(
                                                 f"{flash_size_name(entry.chip, data)} -> {entry.flash_size} "
                                                 f"(the board's)", entry.board))
                 dest.write_bytes(released)
-                shutil.copymode(built, dest)   # keeps the exec bit of host binaries
                 released_files.append(f)
                 emit(ReleaseEvent("file", f.name, entry.board))
             entry = entries[i] = replace(entry, files=tuple(released_files))
@@ -584,6 +598,7 @@ def make_release(
         files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         sums = "".join(f"{sha256_file(staging / f)}  {f}\n" for f in files)
         write_atomic(staging / SUMS, sums)
+        _publishable(staging, {f.name for e in entries for f in e.files if e.executable(f)})
 
         emit(ReleaseEvent("scan", "scanning every output file for configured secrets"))
         hits = scan_for_secrets(staging, secrets or {})

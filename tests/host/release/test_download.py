@@ -237,3 +237,30 @@ def test_a_host_boards_program_is_its_image_released_downloaded_and_runnable(rel
     assert proc.returncode == 0, proc.stderr
     assert name in proc.stdout and "1 fetched" in proc.stdout, proc.stdout
     assert os.access(program, os.X_OK)
+
+
+def modes(folder: Path) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix() or ".": p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
+
+
+def test_released_and_cached_files_are_world_readable_whatever_the_umask(release_kwargs, dist, http_server, tmp_path):
+    """A web server that copies or serves release/<V>/ (nginx, GitHub Pages' upload) must be able to
+    read every file: folders and programs 755, files 644, never mkdtemp/mkstemp's 700/600."""
+    write_host_build(dist)
+    release_kwargs["boards"] = ["ESP32_GENERIC", "UNIX"]
+    previous = os.umask(0o077)
+    try:
+        made = rel.make_release("v0.1.0", **release_kwargs)
+        got = modes(made.directory)
+        program = "UNIX-20261121-v1.28.0-v0.1.0"
+        assert {k: oct(v) for k, v in got.items() if v != (0o755 if k in (".", "esp-web-tools", program) else 0o644)} == {}
+        assert {"index.html", "index.json", "SHA256SUMS", "ESP32_GENERIC.manifest.json", "esp-web-tools/install-button.js"} <= set(got)
+
+        cache = tmp_path / "cache"
+        result = dl.download_release("v0.1.0", source=http_server(made.directory).url, cache=cache)
+        cached = modes(result.directory)
+        del cached["."]
+        assert {k: oct(v) for k, v in cached.items() if v != (0o755 if k == program else 0o644)} == {}
+        assert {"index.json", "SHA256SUMS", program, "ESP32_GENERIC.manifest.json"} <= set(cached)
+    finally:
+        os.umask(previous)
