@@ -243,7 +243,6 @@ def download_release(
     spec = str(source) if source is not None else default_source()
     src = _Source(spec, version, timeout)
     directory = release_cache(version, cache)
-    directory.mkdir(parents=True, exist_ok=True)
     fetched: list[str] = []
     cached: list[str] = []
 
@@ -267,9 +266,55 @@ def download_release(
         sums = parse_sums(sums_raw.decode("utf-8", "replace"), src.where(SUMS))
     except ReleaseError as e:
         raise DownloadError(str(e)) from None
+
+    # index.json: verified against SHA256SUMS and checked to be this version's before anything is
+    # written to the cache (a source serving another release must not leave its files there).
+    if INDEX not in sums:
+        raise DownloadError(f"{src.where(SUMS)} does not list {INDEX}: the release is incomplete")
+    index_path = directory / INDEX
+    index_cached = _cached_ok(index_path, sums[INDEX])
+    if index_cached:
+        index_raw = index_path.read_bytes()
+    elif offline_reason:
+        raise DownloadError(f"{INDEX} is not in the cache and the source is unreachable: {offline_reason}")
+    else:
+        emit(DownloadEvent("start", INDEX, 0, None))
+        try:
+            index_raw = _read_small(src, INDEX)
+        except NotFound:
+            raise DownloadError(f"{src.where(INDEX)}: 404 Not Found, although the release's {SUMS} lists it: "
+                                f"the release is incomplete at this source") from None
+        got = hashlib.sha256(index_raw).hexdigest()
+        if got != sums[INDEX]:
+            raise DownloadError(f"{src.where(INDEX)}: SHA-256 MISMATCH: expected {sums[INDEX]}, got {got}. "
+                                f"The file is corrupt or was tampered with; nothing was kept. Try again, or another source.")
+    try:
+        index_version, all_boards = read_index(index_raw, src.where(INDEX) if not index_cached else str(index_path))
+    except ReleaseError as e:
+        raise DownloadError(str(e)) from None
+    if index_version != version:
+        raise DownloadError(f"{src.description} serves release {index_version}, not {version} "
+                            f"(nothing was written to the cache)")
+    by_name = {b.board: b for b in all_boards}
+    wanted = list(dict.fromkeys(boards)) if boards else sorted(by_name)   # each board once
+    for name in wanted:
+        if name not in by_name:
+            raise DownloadError(f"release {version} has no board {name!r} (it has: {', '.join(sorted(by_name))})")
+
+    from .buildinfo import write_atomic
+
+    directory.mkdir(parents=True, exist_ok=True)
     if offline_reason is None and (not sums_path.is_file() or sums_path.read_bytes() != sums_raw):
-        from .buildinfo import write_atomic
         write_atomic(sums_path, sums_raw, mode=FILE_MODE)
+    if index_cached:
+        if index_path.stat().st_mode & 0o777 != FILE_MODE:
+            index_path.chmod(FILE_MODE)
+        cached.append(INDEX)
+        emit(DownloadEvent("cached", INDEX, len(index_raw), len(index_raw)))
+    else:
+        write_atomic(index_path, index_raw, mode=FILE_MODE)
+        fetched.append(INDEX)
+        emit(DownloadEvent("done", INDEX, len(index_raw), len(index_raw)))
 
     def get(name: str, size: int | None = None, mode: int = FILE_MODE) -> Path:
         if not name or name != Path(name).name or name.startswith("."):
@@ -294,14 +339,6 @@ def download_release(
         fetched.append(name)
         return dest
 
-    index_version, all_boards = _index(get(INDEX))
-    if index_version != version:
-        raise DownloadError(f"{src.description} serves release {index_version}, not {version}")
-    by_name = {b.board: b for b in all_boards}
-    wanted = list(boards) if boards else sorted(by_name)
-    for name in wanted:
-        if name not in by_name:
-            raise DownloadError(f"release {version} has no board {name!r} (it has: {', '.join(sorted(by_name))})")
     result = []
     for name in wanted:
         entry = by_name[name]
@@ -315,13 +352,6 @@ def download_release(
             paths[f.name] = get(f.name, f.size, EXEC_MODE if entry.executable(f) else FILE_MODE)
         result.append(DownloadedBoard(entry, paths))
     return DownloadResult(version, src.description, directory, tuple(result), tuple(fetched), tuple(cached))
-
-
-def _index(path: Path) -> tuple[str, tuple[ReleaseBoard, ...]]:
-    try:
-        return read_index(path.read_bytes(), str(path))
-    except ReleaseError as e:
-        raise DownloadError(str(e)) from None
 
 
 def release_images(version: str, boards: Iterable[str] | None = None, *, source: str | Path | None = None,

@@ -130,9 +130,26 @@ def test_unknown_version(made, http_server, tmp_path):
 
 
 def test_server_with_another_version(made, http_server, tmp_path):
+    """Nothing of the other release lands in this version's cache folder, where smoke --release,
+    flash --release and roster --release would later read it as this version's."""
+    from workshop import smoke
+
     server = http_server(made.directory)
-    with pytest.raises(dl.DownloadError, match="serves release v0.1.0, not v0.2.0"):
-        dl.download_release("v0.2.0", source=server.url, cache=tmp_path / "c")
+    cache = tmp_path / "c"
+    with pytest.raises(dl.DownloadError, match="serves release v0.1.0, not v0.2.0 .nothing was written"):
+        dl.download_release("v0.2.0", source=server.url, cache=cache)
+    folder = dl.release_cache("v0.2.0", cache)
+    assert not folder.exists() or list(folder.iterdir()) == []
+    with pytest.raises(smoke.SmokeError, match="release v0.2.0: no index.json"):
+        smoke.release_index("v0.2.0", root=tmp_path / "project", cache=cache)
+    assert server.behaviour.requests == ["SHA256SUMS", "index.json"], "no image fetched either"
+
+
+def test_a_board_named_twice_is_fetched_and_listed_once(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    result = dl.download_release("v0.1.0", ["ESP32_GENERIC", "ESP32_GENERIC"], source=server.url, cache=tmp_path / "c")
+    assert [b.board.board for b in result.boards] == ["ESP32_GENERIC"]
+    assert result.fetched.count("ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin") == 1
 
 
 def test_unknown_board(made, http_server, tmp_path):
