@@ -12,7 +12,8 @@ hangs, or lost power before the broker's keepalive ran out); `offline` (its last
 left cleanly). A retained status seen when the watcher starts is as old as the broker keeps
 it: `retained` says so until the board publishes again.
 
-Library code never prints: malformed messages become warnings (`Roster.warnings`, `on_warning`).
+Library code never prints: malformed messages become warnings (`Roster.warnings`, `on_warning`),
+one per topic (the latest; a repeat is not passed to `on_warning` again), at most MAX_WARNINGS.
 The callbacks that feed a roster from paho's and zeroconf's threads never let an exception out:
 one would end paho's network loop, and every later message would be lost. It becomes a warning.
 """
@@ -33,6 +34,7 @@ SERVICE_TYPE = "_workshop._tcp.local."
 DEFAULT_INTERVAL_S = 30
 STALE_INTERVALS = 2
 STATES = ("online", "stale", "offline")
+MAX_WARNINGS = 100      # distinct warnings kept (one per topic: the latest); beyond, the oldest go
 
 Lookup = Callable[[str], Mapping[str, Any] | None]
 
@@ -139,15 +141,28 @@ class Roster:
         self.lookup = lookup
         self.clock = clock
         self.on_warning = on_warning
-        self.warnings: list[str] = []
+        self._warnings: dict[str, str] = {}     # key (a topic...) -> its latest warning, oldest first
+        self.warnings_dropped = 0               # warnings pushed out by MAX_WARNINGS newer ones
         self._boards: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.changed = threading.Event()
 
-    def _warn(self, message: str) -> None:
+    @property
+    def warnings(self) -> list[str]:
         with self._lock:
-            self.warnings.append(message)
-        if self.on_warning:
+            return list(self._warnings.values())
+
+    def _warn(self, message: str, key: str | None = None) -> None:
+        """Keep one warning per `key` (a topic, a hostname...: junk on the broker cannot grow the
+        roster without bound): the latest, moved to the end; `on_warning` hears it when it is new."""
+        key = key or message
+        with self._lock:
+            repeat = self._warnings.pop(key, None) == message
+            self._warnings[key] = message
+            while len(self._warnings) > MAX_WARNINGS:
+                del self._warnings[next(iter(self._warnings))]
+                self.warnings_dropped += 1
+        if self.on_warning and not repeat:
             try:
                 self.on_warning(message)
             except Exception:  # noqa: BLE001 - the warning is kept in .warnings; a failing printer must not stop the room
@@ -157,29 +172,30 @@ class Roster:
         """One message from `workshop/<hostname>/status`; False (and a warning) if unusable."""
         parts = topic.split("/")
         if len(parts) != 3 or parts[0] != "workshop" or parts[2] != "status" or not parts[1]:
-            self._warn(f"{topic}: not a workshop/<hostname>/status topic, skipped")
+            self._warn(f"{topic}: not a workshop/<hostname>/status topic, skipped", topic)
             return False
         name = parts[1]
         try:
             doc = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
-            self._warn(f"{topic}: not a JSON status ({e}), skipped")
+            self._warn(f"{topic}: not a JSON status ({e}), skipped", topic)
             return False
         if not isinstance(doc, dict):
-            self._warn(f"{topic}: status is not a JSON object, skipped")
+            self._warn(f"{topic}: status is not a JSON object, skipped", topic)
             return False
         state = doc.get("state")
         if state not in ("online", "offline"):
-            self._warn(f"{topic}: state {state!r} is neither 'online' nor 'offline', skipped")
+            self._warn(f"{topic}: state {state!r} is neither 'online' nor 'offline', skipped", topic)
             return False
         if doc.get("hostname") not in (None, name):
-            self._warn(f"{topic}: says hostname {doc.get('hostname')!r}, skipped")
+            self._warn(f"{topic}: says hostname {doc.get('hostname')!r}, skipped", topic)
             return False
         clean: dict[str, Any] = {"state": state}
+        odd: list[str] = []
         for k in _STR_FIELDS:
             v = doc.get(k)
             if v is not None and not isinstance(v, str):
-                self._warn(f"{topic}: {k}: expected a string, got {v!r}; field ignored")
+                odd.append(f"{k}: expected a string, got {v!r}")
                 v = None
             clean[k] = v
         for k in _INT_FIELDS:
@@ -187,9 +203,11 @@ class Roster:
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-                self._warn(f"{topic}: {k}: expected a number, got {v!r}; field ignored")
+                odd.append(f"{k}: expected a number, got {v!r}")
                 v = None
             clean[k] = v
+        if odd:
+            self._warn(f"{topic}: {'; '.join(odd)}; {'field' if len(odd) == 1 else 'fields'} ignored", topic)
         iv = doc.get("interval_s")
         clean["interval_s"] = iv if isinstance(iv, int) and not isinstance(iv, bool) and iv > 0 else None
         with self._lock:
@@ -250,7 +268,7 @@ class Roster:
                 try:
                     reg = dict(self.lookup(name) or {})
                 except Exception as e:  # noqa: BLE001 - a broken registry must not hide the room
-                    self._warn(f"registry lookup of {name} failed: {e}")
+                    self._warn(f"registry lookup of {name} failed: {e}", f"registry {name}")
             rows.append(Row(
                 hostname=name, state=state, ip=b.get("ip"), telnet=b.get("telnet"), board=b.get("board"),
                 micropython=b.get("micropython"), inputs=b.get("inputs"), project=b.get("project"),
@@ -278,7 +296,8 @@ class Roster:
         counts["outdated"] = sum(bool(r.outdated) for r in rows)
         return {"boards": [r.to_json() for r in rows], "counts": counts,
                 "expected": self.expected.source if self.expected else None,
-                "warnings": list(self.warnings), "time": self.clock() if now is None else now}
+                "warnings": self.warnings, "warnings_dropped": self.warnings_dropped,
+                "time": self.clock() if now is None else now}
 
 
 def _jsonable(v: Any) -> bool:
@@ -370,11 +389,11 @@ class RoomWatcher:
             try:
                 self.roster.ingest_mqtt(msg.topic, msg.payload, bool(msg.retain))
             except Exception as e:  # noqa: BLE001
-                self.roster._warn(f"{msg.topic}: message not handled ({type(e).__name__}: {e}), skipped")
+                self.roster._warn(f"{msg.topic}: message not handled ({type(e).__name__}: {e}), skipped", msg.topic)
 
         def on_disconnect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
             if connected.is_set() and not failure and reason.is_failure:
-                self.roster._warn(f"lost the broker at {host}:{port} ({reason}); reconnecting")
+                self.roster._warn(f"lost the broker at {host}:{port} ({reason}); reconnecting", "broker")
 
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
@@ -411,7 +430,7 @@ class RoomWatcher:
             try:
                 changed(zeroconf, service_type, name, state_change)
             except Exception as e:  # noqa: BLE001
-                roster._warn(f"mDNS {name}: answer not handled ({type(e).__name__}: {e}), skipped")
+                roster._warn(f"mDNS {name}: answer not handled ({type(e).__name__}: {e}), skipped", f"mdns {name}")
 
         def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
             if state_change is ServiceStateChange.Removed:

@@ -258,3 +258,30 @@ def test_a_failing_warning_printer_does_not_end_the_watch(mosquitto):
         publish_retained(mosquitto, "workshop/lab-02/status", b'{"state": "online"}')
         rows = wait_rows(r, lambda rows: "lab-02" in rows)
     assert [x.hostname for x in rows] == ["lab-02"] and "not a JSON status" in r.warnings[0]
+
+
+def test_junk_on_the_broker_keeps_one_warning_per_topic_and_a_bounded_report(mosquitto):
+    """5000 junk messages once grew the warnings (and /room.json) without limit: now one per topic
+    (the latest), at most roster.MAX_WARNINGS, and a repeat is printed once."""
+    printed: list[str] = []
+    r = roster.Roster(None, on_warning=printed.append)
+    with roster.RoomWatcher(r, (mosquitto.host, mosquitto.port), mdns=False) as w:
+        assert w.subscribed.wait(5)
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        c.connect(mosquitto.host, mosquitto.port)
+        c.loop_start()
+        for i in range(4000):                                   # 400 topics, 10 junk messages each
+            c.publish(f"workshop/junk-{i % 400}/status", json.dumps({"state": f"s{i}"}).encode())
+        for _ in range(1000):                                   # one topic, the same junk again and again
+            c.publish("workshop/again/status", b"not json")
+        c.publish("workshop/lab-09/status", b'{"state": "online"}').wait_for_publish(10)
+        c.loop_stop()
+        c.disconnect()
+        wait_rows(r, lambda rows: "lab-09" in rows, timeout=20)
+    warnings = r.warnings
+    assert len(warnings) == roster.MAX_WARNINGS and r.warnings_dropped > 0
+    assert warnings[-1].startswith("workshop/again/status: not a JSON status")     # the newest kept
+    assert len({w.split(":")[0] for w in warnings}) == len(warnings)                 # one per topic
+    assert sum(p.startswith("workshop/again/status") for p in printed) == 1          # a repeat is not printed again
+    assert "'s3999'" in next(w for w in warnings if w.startswith("workshop/junk-399/"))  # the latest of its topic
+    assert len(json.dumps(r.report())) < 30_000
