@@ -37,6 +37,9 @@ DEFAULT_REPOSITORY = "micropython-workshop/workshop-kit"
 ENV_REPOSITORY = "WORKSHOP_REPOSITORY"
 GITHUB_RELEASE_URL = "https://github.com/{repository}/releases/download/{version}/"
 CHUNK = 64 * 1024
+# The most a file whose size index.json does not give (SHA256SUMS, index.json, the manifests) may
+# have: a source that sends more is refused rather than filling the cache.
+SMALL_LIMIT = 4 * 1024 * 1024
 # What a broken transfer raises: OSError (reset, timeout) or http.client's IncompleteRead & co.
 TRANSFER_ERRORS = (OSError, socket.timeout, http.client.HTTPException)
 
@@ -156,14 +159,24 @@ class _Source:
         return response, int(length) if length and length.isdigit() else None
 
 
-def _read_small(source: _Source, name: str) -> bytes:
+def _too_large(source: _Source, name: str, limit: int, size_known: bool) -> DownloadError:
+    why = f"the {limit:,} bytes {INDEX} gives for it" if size_known else f"{limit:,} bytes, more than any {name} has"
+    return DownloadError(f"{source.where(name)}: more than {why} arrived: stopped, nothing was kept. "
+                         f"The source is broken or not a release server; try another (--from).")
+
+
+def _read_small(source: _Source, name: str, limit: int = SMALL_LIMIT) -> bytes:
     stream, total = source.open(name)
     data = b""
     with stream:
+        if total is not None and total > limit:
+            raise _too_large(source, name, limit, False)
         try:
             # In chunks: a whole-body read() raises IncompleteRead instead of returning what came.
             while chunk := stream.read(CHUNK):
                 data += chunk
+                if len(data) > limit:
+                    raise _too_large(source, name, limit, False)
         except TRANSFER_ERRORS as e:
             raise DownloadError(f"{source.where(name)}: transfer failed after {len(data)} bytes: {e}") from None
     if total is not None and len(data) != total:
@@ -177,9 +190,17 @@ def _read_small(source: _Source, name: str) -> bytes:
 def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, dest: Path,
                     emit: Callable[[DownloadEvent], None], mode: int = FILE_MODE) -> None:
     """Stream `name` into a temporary file beside `dest`, hashing as it goes; rename when it matches
-    (with `mode`: 644, or 755 for a host board's program, as in the release)."""
-    stream, total = source.open(name)
-    total = total if total is not None else size
+    (with `mode`: 644, or 755 for a host board's program, as in the release). More bytes than
+    `size` (index.json's; SMALL_LIMIT when it gives none) fail the transfer as soon as they arrive."""
+    stream, announced = source.open(name)
+    limit = size if size is not None else SMALL_LIMIT
+    if announced is not None and (announced > limit or size is not None and announced != size):
+        stream.close()
+        if size is None:
+            raise _too_large(source, name, limit, False)
+        raise DownloadError(f"{source.where(name)}: the source announces {announced:,} bytes, {INDEX} gives "
+                            f"{size:,}: not this release's file. Nothing was kept; try another source.")
+    total = announced if announced is not None else size
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest.parent)
     except BaseException:
@@ -198,9 +219,11 @@ def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, d
                     raise DownloadError(f"{source.where(name)}: transfer failed after {done} bytes: {e}") from None
                 if not chunk:
                     break
+                done += len(chunk)
+                if done > limit:
+                    raise _too_large(source, name, limit, size is not None)
                 out.write(chunk)
                 digest.update(chunk)
-                done += len(chunk)
                 emit(DownloadEvent("progress", name, done, total))
             out.flush()
             os.fsync(out.fileno())

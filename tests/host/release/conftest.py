@@ -46,6 +46,8 @@ class Behaviour:
     tamper: set[str] = field(default_factory=set)      # serve with one byte flipped (same length)
     truncate: set[str] = field(default_factory=set)    # announce full length, send half, close
     missing: set[str] = field(default_factory=set)     # 404
+    endless: set[str] = field(default_factory=set)     # no length, the file over and over until the client goes
+    sent: dict[str, int] = field(default_factory=dict)  # endless: bytes sent before the client went
     requests: list[str] = field(default_factory=list)  # paths asked for, in order
 
 
@@ -63,6 +65,20 @@ class _Handler(SimpleHTTPRequestHandler):
             self.send_error(404)
             return
         data = (base / name).read_bytes()
+        if name in self.behaviour.endless:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.close_connection = True
+            sent = 0
+            try:
+                while sent < 1 << 30:
+                    self.wfile.write(data)
+                    sent += len(data)
+            except OSError:
+                pass
+            self.behaviour.sent[name] = sent
+            return
         if name in self.behaviour.tamper:
             data = data[:10] + bytes([data[10] ^ 0xFF]) + data[11:]
         self.send_response(200)

@@ -281,3 +281,27 @@ def test_released_and_cached_files_are_world_readable_whatever_the_umask(release
         assert {"index.json", "SHA256SUMS", program, "ESP32_GENERIC.manifest.json"} <= set(cached)
     finally:
         os.umask(previous)
+
+
+def test_an_endless_body_is_cut_off_at_the_size_the_index_gives(made, http_server, tmp_path):
+    """A source that never stops sending (no length, a broken proxy) must not fill the cache: the
+    transfer fails as soon as more bytes than index.json's size for the file have arrived."""
+    import time
+
+    server = http_server(made.directory)
+    name = "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
+    size = (made.directory / name).stat().st_size
+    server.behaviour.endless.add(name)
+    cache = tmp_path / "cache"
+    events = []
+    started = time.monotonic()
+    with pytest.raises(dl.DownloadError, match=rf"{name}: more than the {size:,} bytes index.json gives for it arrived"):
+        dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=cache, on_event=events.append)
+    assert time.monotonic() - started < 10
+    assert max(e.done for e in events if e.file == name) <= size, "nothing past the size was kept"
+    assert leftovers(cache) == [] and not (cache / "releases" / "v0.1.0" / name).exists()
+
+    # The small files without a size in index.json have a ceiling of their own.
+    server.behaviour.endless = {"SHA256SUMS"}
+    with pytest.raises(dl.DownloadError, match=rf"SHA256SUMS: more than {dl.SMALL_LIMIT:,} bytes, more than any SHA256SUMS has"):
+        dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=tmp_path / "other")
