@@ -12,6 +12,10 @@ hangs, or lost power before the broker's keepalive ran out); `offline` (its last
 left cleanly). A retained status seen when the watcher starts is as old as the broker keeps
 it: `retained` says so until the board publishes again.
 
+Two boards given one hostname share a topic: their statuses alternate in one row. A live status
+from another MAC than the last one heard within 2 intervals (or, from boards that report no MAC,
+an IP coming back after another) is a warning naming both.
+
 Library code never prints: malformed messages become warnings (`Roster.warnings`, `on_warning`),
 one per topic (the latest; a repeat is not passed to `on_warning` again), at most MAX_WARNINGS.
 The callbacks that feed a roster from paho's and zeroconf's threads never let an exception out:
@@ -210,8 +214,11 @@ class Roster:
             self._warn(f"{topic}: {'; '.join(odd)}; {'field' if len(odd) == 1 else 'fields'} ignored", topic)
         iv = doc.get("interval_s")
         clean["interval_s"] = iv if isinstance(iv, int) and not isinstance(iv, bool) and iv > 0 else None
+        twins = None
         with self._lock:
             b = self._boards.setdefault(name, {"sources": set()})
+            if state == "online" and not retained:     # a retained copy may be a board long gone
+                twins = self._speakers(b, clean)
             if state == "offline":
                 # The last will carries less: keep what the board said while it was online.
                 clean = {k: v for k, v in clean.items() if v is not None}
@@ -219,8 +226,31 @@ class Roster:
             b["sources"].add("mqtt")
             b["last_seen"] = self.clock()
             b["retained"] = retained
+        if twins:
+            self._warn(f"{topic}: two boards say they are {name}: {' and '.join(twins)}; the row shows whichever "
+                       "spoke last (give each board its own hostname: provision --hostname)", f"{topic} twins")
         self.changed.set()
         return True
+
+    def _speakers(self, b: dict[str, Any], status: Mapping[str, Any]) -> list[str] | None:
+        """Who spoke on this topic within 2 intervals (by MAC, else IP); with the lock held.
+        Two MACs, or a MAC-less IP heard again after another one, are two boards: their names."""
+        mac, ip = status.get("mac"), status.get("ip")
+        me = _mac_key(mac) or ip
+        if not me:
+            return None
+        now = self.clock()
+        window = STALE_INTERVALS * (status.get("interval_s") or DEFAULT_INTERVAL_S)
+        heard: dict[str, tuple[str | None, str | None, float]] = b.setdefault("speakers", {})
+        for k in [k for k, (_, _, t) in heard.items() if now - t > window]:
+            del heard[k]
+        back = me in heard and b.get("speaker") != me
+        others = [k for k in heard if k != me]
+        heard[me] = (mac, ip, now)
+        b["speaker"] = me
+        if not others or not (back or (mac and any(heard[k][0] for k in others))):
+            return None
+        return [f"MAC {m} at {i or '?'}" if m else f"{i} (no MAC)" for m, i, _ in (heard[k] for k in sorted(heard))]
 
     def ingest_mdns(self, hostname: str, ip: str | None, port: int | None, txt: Mapping[str, str]) -> None:
         """A `_workshop._tcp` answer: fills in boards that do not reach the broker."""
@@ -298,6 +328,11 @@ class Roster:
                 "expected": self.expected.source if self.expected else None,
                 "warnings": self.warnings, "warnings_dropped": self.warnings_dropped,
                 "time": self.clock() if now is None else now}
+
+
+def _mac_key(mac: str | None) -> str:
+    """A MAC in any spelling (AA-BB-..., aa:bb:...) -> its 12 hex digits, '' if none."""
+    return "".join(c for c in (mac or "").lower() if c in "0123456789abcdef")
 
 
 def _jsonable(v: Any) -> bool:

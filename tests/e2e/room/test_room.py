@@ -285,3 +285,38 @@ def test_junk_on_the_broker_keeps_one_warning_per_topic_and_a_bounded_report(mos
     assert sum(p.startswith("workshop/again/status") for p in printed) == 1          # a repeat is not printed again
     assert "'s3999'" in next(w for w in warnings if w.startswith("workshop/junk-399/"))  # the latest of its topic
     assert len(json.dumps(r.report())) < 30_000
+
+
+def test_two_boards_with_one_hostname_are_named_in_a_warning(mosquitto):
+    """Two boards provisioned as lab-10 share its topic: the row flaps between them; the roster says so."""
+    import threading
+
+    stop = threading.Event()
+
+    def two_boards() -> None:
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        c.connect(mosquitto.host, mosquitto.port)
+        c.loop_start()
+        while not stop.is_set():
+            for mac, ip in (("24:6f:28:00:10:01", "10.0.0.31"), ("24:6f:28:00:10:02", "10.0.0.32")):
+                c.publish("workshop/lab-10/status", json.dumps({"state": "online", "hostname": "lab-10", "mac": mac,
+                                                                 "ip": ip, "interval_s": 1}), retain=True)
+                time.sleep(0.2)
+        c.loop_stop()
+        c.disconnect()
+
+    t = threading.Thread(target=two_boards)
+    t.start()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
+                               "--no-mdns", "--json", "--wait", "2"], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        stop.set()
+        t.join()
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [b["hostname"] for b in doc["boards"]] == ["lab-10"]
+    twins = [w for w in doc["warnings"] if "two boards say they are lab-10" in w]
+    assert len(twins) == 1 and "MAC 24:6f:28:00:10:01 at 10.0.0.31" in twins[0] and "10.0.0.32" in twins[0]
+    assert proc.stderr.count("two boards say they are lab-10") == 1, proc.stderr

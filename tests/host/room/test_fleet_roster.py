@@ -140,3 +140,44 @@ def test_a_bad_mdns_interface_is_one_line_not_a_traceback(args, value, message):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and message in " ".join(proc.stderr.split()), proc.stderr
+
+
+def test_two_boards_with_one_hostname_are_a_warning_naming_both():
+    now = [1000.0]
+    seen: list[str] = []
+    r = roster.Roster(None, clock=lambda: now[0], on_warning=seen.append)
+    topic = "workshop/lab-01/status"
+    r.ingest_mqtt(topic, status(mac="24:6f:28:00:00:01", ip="10.0.0.5"))
+    now[0] += 1
+    r.ingest_mqtt(topic, status(mac="24:6F:28:00:00:01", ip="10.0.0.7"))       # one board, a new IP: fine
+    assert seen == []
+    now[0] += 1
+    r.ingest_mqtt(topic, status(mac="24:6f:28:00:00:02", ip="10.0.0.6"))
+    for _ in range(5):                                                        # they go on alternating
+        now[0] += 1
+        r.ingest_mqtt(topic, status(mac="24:6F:28:00:00:01", ip="10.0.0.7"))
+        r.ingest_mqtt(topic, status(mac="24:6f:28:00:00:02", ip="10.0.0.6"))
+    assert len(seen) == 1 and r.warnings == seen                              # said once
+    assert "two boards say they are lab-01" in seen[0]
+    assert "MAC 24:6F:28:00:00:01 at 10.0.0.7" in seen[0] and "MAC 24:6f:28:00:00:02 at 10.0.0.6" in seen[0]
+
+
+def test_boards_without_a_mac_are_told_apart_by_an_ip_that_comes_back():
+    now = [1000.0]
+    r = roster.Roster(None, clock=lambda: now[0])
+    topic = "workshop/lab-02/status"
+    r.ingest_mqtt(topic, status(hostname="lab-02", ip="10.0.0.5"))
+    r.ingest_mqtt(topic, status(hostname="lab-02", ip="10.0.0.8"))            # a new DHCP lease: one board
+    now[0] += 30                                                              # > 2 intervals: the old IP is forgotten
+    r.ingest_mqtt(topic, status(hostname="lab-02", ip="10.0.0.5"))
+    assert r.warnings == []
+    r.ingest_mqtt(topic, status(hostname="lab-02", ip="10.0.0.8"))
+    r.ingest_mqtt(topic, status(hostname="lab-02", ip="10.0.0.5"))            # back again: two boards
+    assert len(r.warnings) == 1 and "10.0.0.5 (no MAC) and 10.0.0.8 (no MAC)" in r.warnings[0]
+
+
+def test_a_retained_status_from_another_mac_is_not_taken_for_a_second_board():
+    r = roster.Roster(None)
+    r.ingest_mqtt("workshop/lab-03/status", status(hostname="lab-03", mac="24:6f:28:00:00:09"), retained=True)
+    r.ingest_mqtt("workshop/lab-03/status", status(hostname="lab-03", mac="24:6f:28:00:00:0a"))
+    assert r.warnings == []
