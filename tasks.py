@@ -61,6 +61,8 @@ def _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait):
 
 
 def _selected_boards(board: str | None, all_boards: bool) -> list[config.Board]:
+    if board and all_boards:
+        raise _fail(f"--board {board} and --all: give one of them (--board NAME[,NAME...] or --all)")
     try:
         if all_boards:
             return list(config.load_boards().values())

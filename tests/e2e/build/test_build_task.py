@@ -76,3 +76,11 @@ def test_check_json_is_the_findings(mp_checkout):
         assert "umqtt.simple" in r["stack_modules"]
     # The budget of the last build, when there is one in dist/ (UNIX has no budget regions).
     assert found["UNIX"]["budget"] is None
+
+
+def test_build_refuses_a_board_together_with_all():
+    """--all used to win over --board: `build --board X --all` built every board."""
+    proc = invoke("build", "--board", "UNIX", "--all")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "--board UNIX and --all: give one of them" in " ".join(proc.stderr.split())
+    assert "Build" not in proc.stdout

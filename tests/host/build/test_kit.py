@@ -1,0 +1,73 @@
+"""The ./kit script as a person runs it: what it hands to invoke, from which folder.
+
+The kit's invoke is a recording wrapper around the real one (a venv named by WORKSHOP_VENV, so
+nothing is installed): `build` and `setup` are only recorded (no fetching, no make), every
+other task runs for real.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+KIT = REPO / "kit"
+REAL_INVOKE = Path(sys.executable).parent / "invoke"
+
+
+@pytest.fixture
+def kit(tmp_path: Path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "invoked.log"
+    stub = venv / "bin" / "invoke"
+    stub.write_text(f"""#!/bin/sh
+printf '%s|%s\\n' "$PWD" "$*" >> {log}
+for a in "$@"; do case "$a" in build|setup) exit 0 ;; esac; done
+exec {REAL_INVOKE} "$@"
+""")
+    stub.chmod(0o755)
+    (venv / ".installed").touch()             # newer than pyproject.toml: nothing to install
+    caller = tmp_path / "elsewhere"
+    caller.mkdir()
+
+    def run(*args: str) -> tuple[subprocess.CompletedProcess[str], list[tuple[str, str]]]:
+        log.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSHOP_")}
+        proc = subprocess.run([str(KIT), *args], cwd=caller, capture_output=True, text=True, timeout=300,
+                              env=dict(env, WORKSHOP_VENV=str(venv), COLUMNS="200"))
+        calls = [tuple(line.split("|", 1)) for line in log.read_text().splitlines()] if log.exists() else []
+        return proc, calls  # type: ignore[return-value]
+
+    run.caller = caller  # type: ignore[attr-defined]
+    return run
+
+
+def _build_packages_installed() -> bool:
+    text = KIT.read_text()
+    packages = text.split('BUILD_PACKAGES="', 1)[1].split('"', 1)[0].split()
+    return all(subprocess.run(["dpkg", "-s", p], capture_output=True).returncode == 0 for p in packages)
+
+
+@pytest.mark.parametrize(("args", "passed"), [
+    ((), "build --all --skip-unavailable"),
+    (("--jobs", "2"), "build --all --skip-unavailable --jobs 2"),
+    (("--board", "ESP32_GENERIC"), "build --board ESP32_GENERIC"),
+    (("--board=UNIX", "--toolchain", "docker"), "build --board=UNIX --toolchain docker"),
+    (("-b", "UNIX"), "build -b UNIX"),
+    (("--all", "--jobs", "2"), "build --all --jobs 2"),
+])
+def test_kit_build_adds_every_board_only_when_no_board_is_chosen(kit, args, passed):
+    """`./kit build --board X` built every board (it always added --all --skip-unavailable, and
+    --all won): the defaults are added only when the arguments choose no board."""
+    if not _build_packages_installed():
+        pytest.skip("the kit's build packages are not installed here (./kit build would install them)")
+    proc, calls = kit("build", *args)
+    assert proc.returncode == 0, proc.stderr
+    builds = [argv.removeprefix(f"-r {REPO} ") for _, argv in calls if " build" in f" {argv}" and "setup" not in argv]
+    assert builds == [passed], calls
+
