@@ -71,3 +71,16 @@ def test_kit_build_adds_every_board_only_when_no_board_is_chosen(kit, args, pass
     builds = [argv.removeprefix(f"-r {REPO} ") for _, argv in calls if " build" in f" {argv}" and "setup" not in argv]
     assert builds == [passed], calls
 
+
+def test_kit_tasks_run_in_the_callers_folder(kit, mp_checkout):
+    """./kit cd'ed into the checkout: a relative --json-out landed in the checkout, a relative
+    --image was not found. Tasks now run where the kit was called, on the kit's checkout."""
+    proc, calls = kit("check", "--board", "UNIX", "--json-out", "x.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert calls == [(str(kit.caller), f"-r {REPO} check --board UNIX --json-out x.json")]
+    assert (kit.caller / "x.json").is_file() and not (REPO / "x.json").exists()
+    (kit.caller / "img.bin").write_bytes(b"\xe9" * 4096)
+    proc, _ = kit("flash", "--image", "img.bin", "--offset", "0x1000", "--ports", str(kit.caller / "no-tty"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no such serial device" in proc.stderr and "no such image file" not in proc.stderr, proc.stderr
+
