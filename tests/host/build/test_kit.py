@@ -84,3 +84,12 @@ def test_kit_tasks_run_in_the_callers_folder(kit, mp_checkout):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "no such serial device" in proc.stderr and "no such image file" not in proc.stderr, proc.stderr
 
+
+def test_kit_help(kit):
+    proc, calls = kit("--help")
+    assert proc.returncode == 0 and calls == []
+    assert "./kit build" in proc.stdout and "set -euo" not in proc.stdout and "#!/" not in proc.stdout
+    proc, calls = kit("--help", "flash")
+    assert proc.returncode == 0, proc.stderr
+    assert calls == [(str(kit.caller), f"-r {REPO} --help flash")]
+    assert "--boot-timeout" in proc.stdout and "set -euo" not in proc.stdout and "./kit build" not in proc.stdout
