@@ -635,8 +635,9 @@ def build_all(boards: Iterable[Board], *, toolchain: str = "auto", image: str | 
               dist: Path | None = None) -> list[BuildResult]:
     """Build several boards, `jobs` at a time (the CPU cores shared out as make -j), in the
     order given. A board without a toolchain here is failed, or with `skip_unavailable` listed
-    as "skipped" with the reason, before any checkout check (it needs none)."""
-    selected = list(boards)
+    as "skipped" with the reason, before any checkout check (it needs none). A board named twice
+    is built once (two builds of one board would share, and empty, one build tree)."""
+    selected = list({b.name: b for b in boards}.values())
     jobs = max(1, int(jobs))
     make_jobs = max(1, (os.cpu_count() or 1) // jobs)
     plans: list[BuildPlan] = []

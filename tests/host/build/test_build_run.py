@@ -220,3 +220,12 @@ def test_a_changed_port_command_empties_the_build_tree_before_make(unix_plan: bu
     build.run(flagged, runner=make)
     assert not (tree / "py").exists() and (tree / "mpy-cross").is_dir()
     assert (tree / build.PORT_COMMAND).read_text().splitlines()[-1] == "CFLAGS_EXTRA=-DMICROPY_PY_OS_DUPTERM=1"
+
+
+def test_a_board_named_twice_is_built_once(tmp_path: Path):
+    """`--board UNIX,UNIX --jobs 2` ran two builds in one build tree (one emptied it under the
+    other: a traceback); a board is planned, built and listed once."""
+    unix = config.get_board("UNIX")
+    results = build.build_all([unix, unix, config.get_board("ESP8266_GENERIC"), unix], toolchain="native",
+                              jobs=2, micropython=tmp_path / "no-checkout")
+    assert [r.board for r in results] == ["UNIX", "ESP8266_GENERIC"]
