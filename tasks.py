@@ -757,16 +757,12 @@ _ROOM_HELP = {
 }
 
 
-def _room_lookup(registry):
-    """--registry PATH -> hostname -> the station's record of that board (sticker, MAC, ...), or None."""
-    reg = _open_registry(registry)
-    if reg is None:
-        return None
+def _room_lookups(registry):
+    """--registry PATH -> (by hostname, by MAC) lookups of the station's records (sticker, MAC, ...)."""
+    from workshop import roster as _roster
 
-    def lookup(hostname):
-        record = reg.by_hostname(hostname)
-        return record.to_dict() if record else None
-    return lookup
+    reg = _open_registry(registry)
+    return _roster.registry_lookups(reg) if reg is not None else (None, None)
 
 
 def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, interface):
@@ -782,7 +778,8 @@ def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, in
     from rich.markup import escape
 
     # A warning quotes what a board (or anyone on the broker) sent: text, never markup.
-    room = _roster.Roster(expected, _room_lookup(registry),
+    by_hostname, by_mac = _room_lookups(registry)
+    room = _roster.Roster(expected, by_hostname, lookup_mac=by_mac,
                           on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False,
                                                                  soft_wrap=True))
     try:

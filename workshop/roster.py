@@ -3,8 +3,10 @@
 Boards running `announce` (modules/announce.py) keep a retained JSON status on
 `workshop/<hostname>/status` (last will: `"state": "offline"`) and advertise `_workshop._tcp` over
 mDNS. `Roster` joins what arrives from both with the expected build identities (the inputs hash
-in `dist/<BOARD>/build.json`, or a release's `index.json`) and, when one is given, a registry
-lookup (hostname -> {mac, sticker, ...}). `RoomWatcher` feeds a roster from a live MQTT
+in `dist/<BOARD>/build.json`, or a release's `index.json`) and, when given, registry lookups
+(hostname -> {mac, sticker, ...}, and MAC -> the same; `registry_lookups`). A status that reports
+its MAC is joined by that MAC: a registry record for its hostname with another MAC (another
+board's sticker) is a warning, never shown as this board's. `RoomWatcher` feeds a roster from a live MQTT
 subscription (paho-mqtt) and an mDNS browser (python-zeroconf), in background threads.
 
 Row states: `online`; `stale` when no status arrived within 2 announce intervals (a board that
@@ -140,9 +142,11 @@ class Roster:
     """What is known about each board, by hostname; `rows()` adds the derived columns."""
 
     def __init__(self, expected: Expected | None = None, lookup: Lookup | None = None,
-                 clock: Callable[[], float] = time.time, on_warning: Callable[[str], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, on_warning: Callable[[str], None] | None = None,
+                 lookup_mac: Lookup | None = None) -> None:
         self.expected = expected
-        self.lookup = lookup
+        self.lookup = lookup            # hostname -> registry record
+        self.lookup_mac = lookup_mac    # MAC -> registry record
         self.clock = clock
         self.on_warning = on_warning
         self._warnings: dict[str, str] = {}     # key (a topic...) -> its latest warning, oldest first
@@ -293,12 +297,7 @@ class Roster:
             if state == "online" and "mqtt" in b["sources"] and age is not None and age > STALE_INTERVALS * interval:
                 state = "stale"
             outdated, why = self._outdated(b.get("board"), b.get("inputs"))
-            reg: dict[str, Any] = {}
-            if self.lookup:
-                try:
-                    reg = dict(self.lookup(name) or {})
-                except Exception as e:  # noqa: BLE001 - a broken registry must not hide the room
-                    self._warn(f"registry lookup of {name} failed: {e}", f"registry {name}")
+            reg = self._registry(name, b.get("mac"))
             rows.append(Row(
                 hostname=name, state=state, ip=b.get("ip"), telnet=b.get("telnet"), board=b.get("board"),
                 micropython=b.get("micropython"), inputs=b.get("inputs"), project=b.get("project"),
@@ -308,6 +307,28 @@ class Roster:
                 sources=tuple(sorted(b["sources"])), mac=b.get("mac") or reg.get("mac"),
                 sticker=None if reg.get("sticker") is None else str(reg["sticker"]), registry={k: v for k, v in reg.items() if _jsonable(v)}))
         return rows
+
+    def _registry(self, name: str, mac: str | None) -> dict[str, Any]:
+        """The registry's record of this board: by the MAC its status reports, else by hostname."""
+        if not (self.lookup or self.lookup_mac):
+            return {}
+        try:
+            by_name = dict(self.lookup(name) or {}) if self.lookup else {}
+            by_mac = dict(self.lookup_mac(mac) or {}) if mac and self.lookup_mac else {}
+        except Exception as e:  # noqa: BLE001 - a broken registry must not hide the room
+            self._warn(f"registry lookup of {name} failed: {e}", f"registry {name}")
+            return {}
+        if not mac:
+            return by_name
+        theirs = by_name.get("mac")
+        if theirs and _mac_key(theirs) != _mac_key(mac):
+            sticker = f", sticker {by_name['sticker']}" if by_name.get("sticker") is not None else ""
+            mine = (f"shown with its own MAC's sticker {by_mac['sticker']}" if by_mac.get("sticker") is not None
+                    else "no sticker shown (the registry does not know its MAC)")
+            self._warn(f"{name}: its status says MAC {mac}, but the registry has {name} as another board "
+                       f"(MAC {theirs}{sticker}): {mine}", f"registry {name}")
+            return by_mac
+        return by_mac or by_name
 
     def updates(self, poll: float = 1.0) -> Iterator[list[Row]]:
         """The rows now, then again each time the room changes: a status arriving, or a board
@@ -328,6 +349,24 @@ class Roster:
                 "expected": self.expected.source if self.expected else None,
                 "warnings": self.warnings, "warnings_dropped": self.warnings_dropped,
                 "time": self.clock() if now is None else now}
+
+
+def registry_lookups(registry: Any) -> tuple[Lookup, Lookup]:
+    """A `workshop.registry.Registry` -> (by hostname, by MAC) lookups for `Roster`."""
+    from .registry import RegistryError
+
+    def by_hostname(hostname: str) -> Mapping[str, Any] | None:
+        record = registry.by_hostname(hostname)
+        return record.to_dict() if record else None
+
+    def by_mac(mac: str) -> Mapping[str, Any] | None:
+        try:
+            record = registry.get(mac)
+        except RegistryError:           # not a MAC at all: nothing to find
+            return None
+        return record.to_dict() if record else None
+
+    return by_hostname, by_mac
 
 
 def _mac_key(mac: str | None) -> str:

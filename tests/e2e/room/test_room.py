@@ -320,3 +320,37 @@ def test_two_boards_with_one_hostname_are_named_in_a_warning(mosquitto):
     twins = [w for w in doc["warnings"] if "two boards say they are lab-10" in w]
     assert len(twins) == 1 and "MAC 24:6f:28:00:10:01 at 10.0.0.31" in twins[0] and "10.0.0.32" in twins[0]
     assert proc.stderr.count("two boards say they are lab-10") == 1, proc.stderr
+
+
+def test_the_registry_is_joined_by_the_mac_a_status_reports(mosquitto, tmp_path):
+    """A status whose MAC is not the registry's MAC for that hostname once showed the other board's
+    sticker silently: now its own MAC's record (or none), and a warning."""
+    from workshop.registry import Registry
+
+    db = tmp_path / "class.db"
+    reg = Registry(db)
+    for mac, host in (("24:6f:28:00:11:01", "lab-11"), ("24:6f:28:00:11:02", "lab-12")):
+        reg.see(mac, chip="esp32")
+        reg.record_provision(mac, ok=True, hostname=host)
+    s1, s2 = reg.get("24:6f:28:00:11:01").sticker, reg.get("24:6f:28:00:11:02").sticker
+    statuses = {"lab-11": "24:6F:28:00:11:02",      # the board with lab-12's MAC now says it is lab-11
+                "lab-12": "24:6f:28:00:11:02",      # itself: joined as before
+                "lab-13": "24:6f:28:00:11:03"}      # a MAC the registry does not know, a hostname it does not know
+    for host, mac in statuses.items():
+        publish_retained(mosquitto, f"workshop/{host}/status", json.dumps({"state": "online", "mac": mac}).encode())
+    publish_retained(mosquitto, "workshop/lab-14/status", b'{"state": "online"}')   # no MAC: by hostname
+    reg.see("24:6f:28:00:11:04", chip="esp32")
+    reg.record_provision("24:6f:28:00:11:04", ok=True, hostname="lab-14")
+    proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
+                           "--no-mdns", "--registry", str(db), "--json", "--wait", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    by = {b["hostname"]: b for b in doc["boards"]}
+    assert (by["lab-11"]["sticker"], by["lab-11"]["mac"]) == (str(s2), "24:6F:28:00:11:02")
+    assert by["lab-12"]["sticker"] == str(s2) and by["lab-13"]["sticker"] is None
+    assert by["lab-14"]["sticker"] == str(reg.get("24:6f:28:00:11:04").sticker)
+    [warning] = [w for w in doc["warnings"] if w.startswith("lab-11:")]
+    assert "MAC 24:6F:28:00:11:02" in warning and f"MAC 24:6f:28:00:11:01, sticker {s1}" in warning
+    assert f"its own MAC's sticker {s2}" in warning
+    assert not any(w.startswith(("lab-12:", "lab-13:", "lab-14:")) for w in doc["warnings"]), doc["warnings"]
