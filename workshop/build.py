@@ -487,13 +487,21 @@ def _match_tree_to_command(p: BuildPlan) -> None:
 
 
 def _previous_note(p: BuildPlan) -> str:
-    """What a failed build left in dist/<BOARD>/: the previous image, and whether it is current."""
+    """What a failed build left in dist/<BOARD>/: the previous image, and whether it is current.
+
+    Current is judged as flash and smoke judge it (stale_reason: the plan of the toolchain that
+    built it), not by this plan's key: a native image kept after a failed Docker build of the
+    same sources is current."""
     try:
         old = read_build_info(p.board_dist)
     except BuildInfoError:
         return f"; no image in dist/{p.board.name}/"
-    freshness = ("still current: same inputs" if old.inputs_sha256 == p.inputs_sha256
-                 else "stale: built from other inputs")
+    if old.inputs_sha256 == p.inputs_sha256:
+        freshness = "still current: same inputs"
+    elif stale_reason(p.board.name, dist=p.dist_dir, micropython=p.checkout) is None:
+        freshness = f"still current: its {old.toolchain} build of the same inputs"
+    else:
+        freshness = "stale: built from other inputs"
     return f"; dist/{p.board.name}/ still holds the previous image, built {old.built_at} ({freshness})"
 
 
@@ -642,17 +650,23 @@ def build_all(boards: Iterable[Board], *, toolchain: str = "auto", image: str | 
     make_jobs = max(1, (os.cpu_count() or 1) // jobs)
     plans: list[BuildPlan] = []
     results: list[BuildResult] = []
-    docker_reason = docker_engine_reason() if toolchain == "auto" else None
+    # The engine is asked once: for auto's choice, and for a Docker build asked for (--toolchain
+    # docker, --image), which without an engine fails saying so, not as a step's exit 125.
+    docker_reason = docker_engine_reason() if toolchain == "auto" or toolchain == "docker" or image else None
     for b in selected:
         try:
-            status = toolchain_status(b, docker_reason=docker_reason) if toolchain == "auto" else None
+            status = toolchain_status(b, docker_reason=docker_reason) if toolchain == "auto" and not image else None
             if status and status.kind is None:
                 if skip_unavailable:
                     results.append(BuildResult(b.name, "skipped", 0.0, error=status.reason))
                     continue
                 raise no_toolchain(b, status)
             checkout = source.locate(micropython, [b.port.name])
-            plans.append(plan(b, checkout, toolchain, image, make_jobs, root=root, dist=dist, status=status))
+            p = plan(b, checkout, toolchain, image, make_jobs, root=root, dist=dist, status=status)
+            if p.toolchain == "docker" and docker_reason:
+                raise BuildError(f"{b.name}: {docker_reason}: a Docker build (--toolchain docker, --image) needs a "
+                                 "running Docker engine" + _previous_note(p))
+            plans.append(p)
         except (source.SourceError, BuildError, ConfigError) as e:
             results.append(BuildResult(b.name, "failed", 0.0, error=str(e)))
     with ThreadPoolExecutor(max_workers=jobs) as pool:

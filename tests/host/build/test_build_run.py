@@ -229,3 +229,31 @@ def test_a_board_named_twice_is_built_once(tmp_path: Path):
     results = build.build_all([unix, unix, config.get_board("ESP8266_GENERIC"), unix], toolchain="native",
                               jobs=2, micropython=tmp_path / "no-checkout")
     assert [r.board for r in results] == ["UNIX", "ESP8266_GENERIC"]
+
+
+def test_a_docker_build_asked_for_without_an_engine_says_so_and_keeps_a_current_image_current(
+        mp_checkout, tmp_path: Path, monkeypatch):
+    """--image (or --toolchain docker) with no Docker engine: the engine's absence is the error,
+    before any step runs (not "mpy-cross step failed (exit 125)"), and the native image kept in
+    dist/ is called current, as flash and smoke see it (not "stale: built from other inputs")."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
+    reason = build.docker_engine_reason()
+    assert reason is not None
+    dist = tmp_path / "dist"
+    native = build.plan(config.get_board("UNIX"), mp_checkout, "native", dist=dist)
+    _previous_build(native)
+    info = buildinfo.read_build_info(native.board_dist)
+    recorded = dataclasses.replace(info, inputs_sha256=native.inputs_sha256,
+                                   extra={"checkout": str(mp_checkout.path), "uid_gid": None})
+    buildinfo.write_atomic(native.board_dist / "build.json", recorded.to_json())
+    assert build.stale_reason("UNIX", dist=dist, micropython=mp_checkout.path) is None
+    for forced in ({"image": "my/x:latest"}, {"toolchain": "docker", "image": "my/x:latest"}):
+        [result] = build.build_all([config.get_board("UNIX")], dist=dist, micropython=mp_checkout.path, **forced)
+        assert result.status == "failed", forced
+        assert result.error == (f"UNIX: {reason}: a Docker build (--toolchain docker, --image) needs a running Docker "
+                                "engine; dist/UNIX/ still holds the previous image, built 2026-11-20T10:00:00Z "
+                                "(still current: its native build of the same inputs)"), forced
+    # A port whose default image is used: the same (ESP8266_GENERIC's larsks/esp-open-sdk).
+    [esp] = build.build_all([config.get_board("ESP8266_GENERIC")], toolchain="docker", dist=dist,
+                            micropython=mp_checkout.path)
+    assert esp.status == "failed" and esp.error.startswith(f"ESP8266_GENERIC: {reason}: a Docker build"), esp.error
