@@ -143,8 +143,11 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
         size = f"{r.image_size:,} B" if r.image_size else "-"
         detail = r.error or (f"dist/{r.board}/" if r.ok else "")
         rows.append([r.board, Cell(r.status, r.status), size, f"{r.seconds:.1f} s", detail])
-    _table("Build", ["board", "result", Column("image size", justify="right"), Column("time", justify="right"),
-                     Column("detail", wrap=True)], rows)
+    _table("Build" + (" interrupted" if any(r.interrupted for r in results) else ""),
+           ["board", "result", Column("image size", justify="right"), Column("time", justify="right"),
+            Column("detail", wrap=True)], rows)
+    if any(r.interrupted for r in results):
+        raise Exit(code=130)
     if any(r.status == "failed" for r in results):
         raise Exit(code=1)
 

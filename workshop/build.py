@@ -7,12 +7,15 @@ renames them into place: a failed or interrupted build leaves no dist/<BOARD>/ a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -378,7 +381,7 @@ def stale_reason(board_name: str, root: Path | None = None, dist: Path | None = 
 @dataclass
 class BuildResult:
     board: str
-    status: str                        # "built", "up to date", "failed"
+    status: str                        # "built", "up to date", "skipped", "failed", "interrupted", "not started"
     seconds: float
     info: BuildInfo | None = None
     error: str | None = None
@@ -386,7 +389,12 @@ class BuildResult:
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status in ("built", "up to date", "skipped")
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by Ctrl-C (`cancel`): mid-build, or before it started."""
+        return self.status in ("interrupted", "not started")
 
     @property
     def image_size(self) -> int | None:
@@ -427,14 +435,50 @@ def _project_version(root: Path) -> tuple[str, str | None, bool]:
 Event = Callable[[str, str], None]   # (board, message)
 
 
+class _Interrupted(Exception):
+    """Internal: `cancel` was set while a step ran (its processes are stopped)."""
+
+
+STOP_GRACE_S = 0.8     # after SIGTERM, how long a step's processes get before SIGKILL
+
+
+def run_step(argv: list[str], *, cancel: threading.Event | None = None, **kwargs: object) -> subprocess.CompletedProcess:
+    """One step's command (make, docker run) in its own process group; a set `cancel` stops the
+    whole group (SIGTERM, then SIGKILL) within about a second and raises _Interrupted."""
+    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)  # type: ignore[call-overload]
+    while True:
+        try:
+            return subprocess.CompletedProcess(argv, proc.wait(timeout=0.1))
+        except subprocess.TimeoutExpired:
+            if cancel is None or not cancel.is_set():
+                continue
+        for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 1.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise _Interrupted()
+
+
 def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = False,
-        runner: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> BuildResult:
+        runner: Callable[..., subprocess.CompletedProcess] | None = None,
+        cancel: threading.Event | None = None) -> BuildResult:
     """Execute a plan: 'up to date' without running make when the inputs are unchanged.
 
     The last good dist/<BOARD>/ stays until the new one is staged and complete: a failed build
-    leaves it in place and says so (stale, since its inputs differ from this plan's)."""
+    leaves it in place and says so (stale, since its inputs differ from this plan's). A set
+    `cancel` (Ctrl-C) stops the running step at once: the result is "interrupted" (or "not
+    started"), with what dist/<BOARD>/ still holds. `runner` (tests) replaces run_step."""
     name = p.board.name
     started = time.monotonic()
+    if cancel is not None and cancel.is_set():
+        return BuildResult(name, "not started", 0.0, error="interrupted before it started" + _previous_note(p))
+    step_runner = runner or functools.partial(run_step, cancel=cancel)
     current = None if force else current_build(p)
     if current:
         on_event(name, "up to date")
@@ -442,17 +486,25 @@ def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = F
     _match_tree_to_command(p)
     log = p.build_dir / "build.log"
     _write_identity(p)
+    doing = "the build"
     try:
         with log.open("w") as out:
             for step in p.steps:
+                doing = f"the {step.name} step"
+                if cancel is not None and cancel.is_set():
+                    raise _Interrupted()
                 on_event(name, f"{step.name}: {' '.join(step.argv[:3])} ...")
                 out.write(f"$ {' '.join(step.argv)}\n")
                 out.flush()
                 env = dict(os.environ, **dict(step.env))
-                proc = runner(list(step.argv), stdout=out, stderr=subprocess.STDOUT, env=env)
+                proc = step_runner(list(step.argv), stdout=out, stderr=subprocess.STDOUT, env=env)
                 if proc.returncode != 0:
                     raise BuildError(f"{name}: {step.name} step failed (exit {proc.returncode}); see {log}")
         info = _stage(p, started)
+    except _Interrupted:
+        on_event(name, "interrupted")
+        return BuildResult(name, "interrupted", time.monotonic() - started,
+                           error=f"interrupted during {doing} (stopped)" + _previous_note(p), log=log)
     except BuildError as e:
         on_event(name, "failed")
         return BuildResult(name, "failed", time.monotonic() - started, error=str(e) + _previous_note(p), log=log)
@@ -640,7 +692,7 @@ def _uid_gid_of(p: BuildPlan) -> list[int] | None:
 def build_all(boards: Iterable[Board], *, toolchain: str = "auto", image: str | None = None, jobs: int = 1,
               micropython: str | Path | None = None, force: bool = False, skip_unavailable: bool = False,
               on_event: Event = lambda board, msg: None, root: Path | None = None,
-              dist: Path | None = None) -> list[BuildResult]:
+              dist: Path | None = None, cancel: threading.Event | None = None) -> list[BuildResult]:
     """Build several boards, `jobs` at a time (the CPU cores shared out as make -j), in the
     order given. A board without a toolchain here is failed, or with `skip_unavailable` listed
     as "skipped" with the reason, before any checkout check (it needs none). A board named twice
@@ -650,27 +702,45 @@ def build_all(boards: Iterable[Board], *, toolchain: str = "auto", image: str | 
     make_jobs = max(1, (os.cpu_count() or 1) // jobs)
     plans: list[BuildPlan] = []
     results: list[BuildResult] = []
-    # The engine is asked once: for auto's choice, and for a Docker build asked for (--toolchain
-    # docker, --image), which without an engine fails saying so, not as a step's exit 125.
-    docker_reason = docker_engine_reason() if toolchain == "auto" or toolchain == "docker" or image else None
-    for b in selected:
-        try:
-            status = toolchain_status(b, docker_reason=docker_reason) if toolchain == "auto" and not image else None
-            if status and status.kind is None:
-                if skip_unavailable:
-                    results.append(BuildResult(b.name, "skipped", 0.0, error=status.reason))
-                    continue
-                raise no_toolchain(b, status)
-            checkout = source.locate(micropython, [b.port.name])
-            p = plan(b, checkout, toolchain, image, make_jobs, root=root, dist=dist, status=status)
-            if p.toolchain == "docker" and docker_reason:
-                raise BuildError(f"{b.name}: {docker_reason}: a Docker build (--toolchain docker, --image) needs a "
-                                 "running Docker engine" + _previous_note(p))
-            plans.append(p)
-        except (source.SourceError, BuildError, ConfigError) as e:
-            results.append(BuildResult(b.name, "failed", 0.0, error=str(e)))
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results += list(pool.map(lambda p: run(p, on_event, force=force), plans))
+    cancel = cancel or threading.Event()
+    try:
+        # The engine is asked once: for auto's choice, and for a Docker build asked for (--toolchain
+        # docker, --image), which without an engine fails saying so, not as a step's exit 125.
+        docker_reason = docker_engine_reason() if toolchain == "auto" or toolchain == "docker" or image else None
+        for b in selected:
+            try:
+                status = toolchain_status(b, docker_reason=docker_reason) if toolchain == "auto" and not image else None
+                if status and status.kind is None:
+                    if skip_unavailable:
+                        results.append(BuildResult(b.name, "skipped", 0.0, error=status.reason))
+                        continue
+                    raise no_toolchain(b, status)
+                checkout = source.locate(micropython, [b.port.name])
+                p = plan(b, checkout, toolchain, image, make_jobs, root=root, dist=dist, status=status)
+                if p.toolchain == "docker" and docker_reason:
+                    raise BuildError(f"{b.name}: {docker_reason}: a Docker build (--toolchain docker, --image) needs a "
+                                     "running Docker engine" + _previous_note(p))
+                plans.append(p)
+            except (source.SourceError, BuildError, ConfigError) as e:
+                results.append(BuildResult(b.name, "failed", 0.0, error=str(e)))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = []
+            try:
+                futures += [pool.submit(run, p, on_event, force, None, cancel) for p in plans]
+            except KeyboardInterrupt:
+                cancel.set()
+            for future in futures:
+                while True:
+                    try:
+                        results.append(future.result())
+                        break
+                    except KeyboardInterrupt:
+                        cancel.set()        # every running step is stopped; queued builds do not start
+    except KeyboardInterrupt:               # while planning: nothing runs yet
+        cancel.set()
+    done = {r.board for r in results}
+    results += [BuildResult(b.name, "not started", 0.0, error=f"interrupted before it started; dist/{b.name}/ unchanged")
+                for b in selected if b.name not in done]
     order = {b.name: i for i, b in enumerate(selected)}
     results.sort(key=lambda r: order[r.board])
     return results

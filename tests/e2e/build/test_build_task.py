@@ -84,3 +84,55 @@ def test_build_refuses_a_board_together_with_all():
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     assert "--board UNIX and --all: give one of them" in " ".join(proc.stderr.split())
     assert "Build" not in proc.stdout
+
+
+def test_ctrl_c_stops_a_build_within_2_s_and_says_what_dist_still_holds(mp_checkout, tmp_path: Path):
+    """Ctrl-C mid-make: exit 130 within 2 s, the table says interrupted, and that dist/UNIX/
+    still holds the previous image (a project copy of its own: its own build tree and dist/)."""
+    import signal
+    import time
+
+    from workshop import build, buildinfo, config
+
+    project = tmp_path / "project"
+    for name in ("boards", "ports", "modules"):
+        shutil.copytree(REPO / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.mpy"))
+    shutil.copy2(REPO / "manifest.py", project / "manifest.py")
+    old = project / "dist" / "UNIX"
+    old.mkdir(parents=True)
+    (old / "micropython").write_bytes(b"old image")
+    info = buildinfo.BuildInfo(
+        board="UNIX", port="unix", chip="host", chip_name="host", flash_size=None, mp_board=None, variant="standard",
+        micropython_version="v1.28.0", micropython_commit=mp_checkout.commit, project_version="0.1.0",
+        project_commit=None, project_dirty=False, manifest_sha256="0", inputs_sha256="an older build",
+        frozen_modules=(), toolchain="native", toolchain_image=None, built_at="2026-11-20T10:00:00Z", duration_s=1.0,
+        artifacts=(buildinfo.Artifact("micropython", buildinfo.sha256_file(old / "micropython"), 9, None, False),))
+    buildinfo.write_atomic(old / "build.json", info.to_json())
+    tree = build.build_dir_for(config.get_board("UNIX", project), project)
+    env = dict(os.environ, COLUMNS="200", WORKSHOP_PROJECT=str(project))
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "-r", str(REPO), "build", "--board", "UNIX"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        seen = ""
+        for line in proc.stdout:                 # make has started (a fresh tree: it compiles for a while)
+            seen += line
+            if "mpy-cross: make" in line:
+                break
+        assert "mpy-cross: make" in seen, seen
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        elapsed = time.monotonic() - t0
+    finally:
+        proc.kill()
+        shutil.rmtree(tree, ignore_errors=True)
+    text = " ".join((seen + out).split())
+    assert elapsed < 2.0, (elapsed, text[-800:])
+    assert proc.returncode == 130, text + err
+    assert "Traceback" not in err, err
+    assert "Build interrupted" in text and "UNIX interrupted" in text, text
+    assert ("interrupted during the mpy-cross step (stopped); dist/UNIX/ still holds the previous image, built "
+            "2026-11-20T10:00:00Z (stale: built from other inputs)") in text, text
+    assert (old / "micropython").read_bytes() == b"old image"

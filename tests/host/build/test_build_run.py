@@ -257,3 +257,31 @@ def test_a_docker_build_asked_for_without_an_engine_says_so_and_keeps_a_current_
     [esp] = build.build_all([config.get_board("ESP8266_GENERIC")], toolchain="docker", dist=dist,
                             micropython=mp_checkout.path)
     assert esp.status == "failed" and esp.error.startswith(f"ESP8266_GENERIC: {reason}: a Docker build"), esp.error
+
+
+def test_cancel_stops_a_running_step_and_keeps_the_last_good_image(unix_plan: build.BuildPlan):
+    """Ctrl-C (`cancel`) during make: the step's whole process group is stopped at once, the
+    result says "interrupted" and what dist/ still holds; a later queued build does not start."""
+    import threading
+    import time
+
+    before = _previous_build(unix_plan)
+    pid_file = unix_plan.build_dir.parent / "child.pid"
+    slow = build.Step(("sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"), (), "mpy-cross")
+    p = dataclasses.replace(unix_plan, steps=(slow, *unix_plan.steps[1:]))
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.monotonic()
+    result = build.run(p, cancel=cancel)
+    assert time.monotonic() - t0 < 2.0
+    assert result.status == "interrupted" and result.interrupted and not result.ok
+    assert result.error == ("interrupted during the mpy-cross step (stopped); dist/UNIX/ still holds the previous "
+                            "image, built 2026-11-20T10:00:00Z (stale: built from other inputs)")
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 2
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:   # the make's own children too
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    _kept(unix_plan, before)
+    queued = build.run(p, cancel=cancel)
+    assert queued.status == "not started" and queued.error.startswith("interrupted before it started; dist/UNIX/ still")
