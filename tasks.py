@@ -286,6 +286,7 @@ def download(c, version, board=None, from_=None, debug=False):
 
     from workshop import download as _download
 
+    current: list[str] = []       # the file being fetched, for the interrupted message
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   console=console, transient=False) as progress:
         tasks: dict[str, TaskID] = {}
@@ -293,16 +294,23 @@ def download(c, version, board=None, from_=None, debug=False):
         def on_event(e: _download.DownloadEvent) -> None:
             if e.kind == "start":
                 tasks[e.file] = progress.add_task(e.file, total=e.total)
+                current[:] = [e.file]
             elif e.kind in ("progress", "done") and e.file in tasks:
                 progress.update(tasks[e.file], completed=e.done)
             elif e.kind == "offline":
                 progress.console.print("[yellow]source unreachable: using the verified cache[/]")
 
         try:
-            result = _download.download_release(version, _csv(board) or None, source=from_, include_debug=debug,
-                                                on_event=on_event)
+            with _download.signals_interrupt():     # SIGTERM/SIGHUP end it as Ctrl-C does
+                result = _download.download_release(version, _csv(board) or None, source=from_, include_debug=debug,
+                                                    on_event=on_event)
         except _download.DownloadError as e:
             raise _fail(str(e)) from None
+        except KeyboardInterrupt as e:
+            during = f" during {current[0]}" if current else ""
+            why = f" ({e.args[0]})" if e.args else ""
+            raise _fail(f"download interrupted{why}{during}: nothing half-written was kept; run it again to "
+                        f"finish (verified files are not fetched again)", code=130) from None
     rows = []
     for b in result.boards:
         for f in b.board.files:

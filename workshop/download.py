@@ -13,19 +13,24 @@ source cannot be reached, a complete cache is used as it is).
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import http.client
 import os
+import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .buildinfo import sha256_file
 from .config import HOST_CHIP, cache_dir
@@ -187,6 +192,56 @@ def _read_small(source: _Source, name: str, limit: int = SMALL_LIMIT) -> bytes:
 # --- fetching --------------------------------------------------------------------------------
 
 
+def _part_prefix(name: str) -> str:
+    """The partial file of `name` is .<name>.<pid>-<random>.part: a later run can tell whose it is."""
+    return f".{name}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True                 # another thread of this run may be fetching it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                 # exists, another user's
+    return True
+
+
+def remove_stale_parts(directory: Path, name: str) -> list[Path]:
+    """Remove the partial files of `name` that no running download owns (one killed by SIGKILL, a
+    power cut, or a kit from before part files named their process). Returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?:(\d+)-)?[^/]*\.part")
+    removed = []
+    for path in directory.glob(f".{glob.escape(name)}.*.part"):
+        m = pattern.fullmatch(path.name)
+        if m and not (m.group(1) and _alive(int(m.group(1)))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Within this block SIGTERM and SIGHUP (`kill`, a closed terminal) raise KeyboardInterrupt in
+    the main thread, as Ctrl-C does, so a download ended that way removes its partial file and says
+    it was interrupted. Outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, dest: Path,
                     emit: Callable[[DownloadEvent], None], mode: int = FILE_MODE) -> None:
     """Stream `name` into a temporary file beside `dest`, hashing as it goes; rename when it matches
@@ -202,7 +257,7 @@ def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, d
                             f"{size:,}: not this release's file. Nothing was kept; try another source.")
     total = announced if announced is not None else size
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=_part_prefix(name), suffix=".part", dir=dest.parent)
     except BaseException:
         stream.close()  # e.g. a full or read-only cache: do not leave the connection open
         raise
@@ -354,6 +409,7 @@ def download_release(
         if offline_reason:
             raise DownloadError(f"{name} is not in the cache and the source is unreachable: {offline_reason}")
         dest.unlink(missing_ok=True)
+        remove_stale_parts(directory, name)
         try:
             _fetch_verified(src, name, sums[name], size, dest, emit, mode)
         except NotFound:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,6 +49,8 @@ class Behaviour:
     missing: set[str] = field(default_factory=set)     # 404
     endless: set[str] = field(default_factory=set)     # no length, the file over and over until the client goes
     sent: dict[str, int] = field(default_factory=dict)  # endless: bytes sent before the client went
+    stall: set[str] = field(default_factory=set)       # announce full length, send a quarter, then nothing
+    stalled: threading.Event = field(default_factory=threading.Event)  # set once a stalled file's quarter is out
     requests: list[str] = field(default_factory=list)  # paths asked for, in order
 
 
@@ -85,6 +88,12 @@ class _Handler(SimpleHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
+        if name in self.behaviour.stall:
+            self.wfile.write(data[: len(data) // 4])
+            self.wfile.flush()
+            self.behaviour.stalled.set()
+            time.sleep(60)          # the client gives up (or is interrupted) first
+            return
         if name in self.behaviour.truncate:
             self.wfile.write(data[: len(data) // 2])
             self.wfile.flush()
