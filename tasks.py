@@ -40,6 +40,12 @@ def _fail(message: str, code: int = 1) -> Exit:
     return Exit(code=code)
 
 
+def _warn(message: str) -> None:
+    from rich.markup import escape
+
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _checked(parse, *args, **kw):
     """A value from the command line through devconfig's parser for it (seconds, count,
     port_number): a bad one ends in its one-line error, not a traceback."""
@@ -398,10 +404,13 @@ def _flash_images(board, auto, image, offset, chip, release, dist):
     from workshop import flash as _flash
 
     try:
-        return _flash.choose_images(board=board, auto=auto, image=Path(image) if image else None, offset=offset,
-                                    chip=chip, release=release, dist=Path(dist) if dist else None)
+        images = _flash.choose_images(board=board, auto=auto, image=Path(image) if image else None, offset=offset,
+                                      chip=chip, release=release, dist=Path(dist) if dist else None)
     except _flash.FlashError as e:
         raise _fail(str(e)) from None
+    for warning in _flash.stale_warnings(images):
+        _warn(warning)
+    return images
 
 
 def _lesson_folder(files, cfg):
@@ -715,6 +724,9 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     json_path = _checked(devconfig.output_file, json_out, "--json-out") if json_out and json_out != "-" else None
     junit_path = _checked(devconfig.output_file, junit, "--junit") if junit else None
     expected = _smoke_expected(board, dist, release, board_file)
+    if expected.stale:
+        _warn(f"{expected.source}: the build is stale ({expected.stale}): the boards are checked against it "
+              f"anyway; 'invoke build --board {expected.board}' builds the current sources")
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")

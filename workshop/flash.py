@@ -105,6 +105,7 @@ class FlashImage:
     inputs_sha256: str | None = None     # the build's inputs hash (build.json / index.json)
     build_dir: Path | None = None        # dist/<BOARD>/ it came from (smoke expectations)
     release: str | None = None           # the release version it came from
+    stale: str | None = None             # why dist/<BOARD>/ is not the current sources' build (None: it is)
 
     @property
     def identity(self) -> str:
@@ -147,10 +148,13 @@ class FlashImage:
             chip_definition(info.chip)
         except ConfigError as e:
             raise FlashError(f"{board_dir / 'build.json'}: chip: {e}") from None
+        from .build import stale_reason
+
         return cls(board=info.board, chip=info.chip, flash_size=info.flash_size, regions=regions,
                    write_flash_size=port_write_flash_size(info.port),
                    source=f"{board_dir} (build.json)", version=info.micropython_version,
-                   inputs_sha256=info.inputs_sha256, build_dir=board_dir)
+                   inputs_sha256=info.inputs_sha256, build_dir=board_dir,
+                   stale=stale_reason(info.board, dist=board_dir.parent))
 
     @classmethod
     def from_release(cls, board: str, chip: str, port: str, flash_size: str | None,
@@ -204,6 +208,14 @@ def images_by_chip(images: Sequence[FlashImage]) -> dict[str, FlashImage]:
     if not by_chip:
         raise FlashError("--auto: no flashable image in dist/ (invoke build --board ...)")
     return by_chip
+
+
+def stale_warnings(images: ImageChoice) -> list[str]:
+    """One line per chosen dist/ image that is not the current sources' build (edited modules,
+    another MicroPython...): it is written all the same, and the line says how to get the current one."""
+    chosen = [images] if isinstance(images, FlashImage) else list(images.values())
+    return [f"{i.build_dir} is stale ({i.stale}): writing it anyway; 'invoke build --board {i.board}' builds "
+            "the current sources" for i in chosen if i.stale]
 
 
 SECTOR = 0x1000                       # esptool's FLASH_SECTOR_SIZE: what an offset is aligned to
@@ -902,4 +914,4 @@ def wait_threads(runners: Sequence[Runner], cancel: threading.Event, stop_wait: 
 __all__ = ["Attempt", "Budgets", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions",
            "FlashReport", "HostBuild", "Refused", "Stage", "StageTimeout", "State", "VerifyFailed", "WrongChip", "choose_images", "dist_images",
            "flash_all",
-           "flash_device", "images_by_chip", "retry_ladder", "Runner", "wait_threads"]
+           "flash_device", "stale_warnings", "images_by_chip", "retry_ladder", "Runner", "wait_threads"]

@@ -79,6 +79,7 @@ class Expected:
     stack_modules: tuple[str, ...] = ()           # module names the smoke imports
     min_free_heap: int | None = None
     flash_size: str | None = None                 # "4MB"
+    stale: str | None = None                      # a dist/ build that is not the current sources' (why)
 
     @classmethod
     def for_board(cls, board: Board, *, manifest: Path | None = None, **changes: Any) -> Expected:
@@ -115,8 +116,11 @@ class Expected:
                                  chip_name=info.chip_name, frozen_modules=tuple(info.frozen_modules),
                                  flash_size=info.flash_size or board.flash_size,
                                  inputs_sha256=info.inputs_sha256)
-        # The image's identity names the board it was built for: build.json's.
-        return replace(expected, board=info.board)
+        # The image's identity names the board it was built for: build.json's. A build the sources
+        # have moved on from is still what the boards should run, but the run says so.
+        from ..build import stale_reason
+
+        return replace(expected, board=info.board, stale=stale_reason(info.board, dist=board_dir.parent))
 
     @classmethod
     def from_release_index(cls, index: Path, board_name: str, *,

@@ -132,3 +132,28 @@ def test_ctrl_c_during_provision_ends_it_within_2_s_with_the_table(make_peer, tm
     assert proc.returncode == 130, out + err
     assert "interrupted" in " ".join(out.split()) and "Traceback" not in err, out + err
     assert len(written) < 20 and sorted(p.name for p in peer.root.glob("f*.py")) == written  # nothing after
+
+
+def test_smoke_warns_that_the_dist_build_is_stale(make_peer, tmp_path):
+    """README: smoke sees a kept image as stale. Checking boards against a dist/ build the
+    sources have moved on from (modules edited without a rebuild) says so, instead of passing quietly."""
+    from workshop import build, buildinfo
+
+    board_dir = tmp_path / "dist" / "UNIX"
+    board_dir.mkdir(parents=True)
+    (board_dir / "micropython").write_bytes(b"an older image")
+    info = buildinfo.BuildInfo(
+        board="UNIX", port="unix", chip="host", chip_name="host", flash_size=None, mp_board=None, variant="standard",
+        micropython_version="v1.28.0", micropython_commit="0" * 40, project_version="0.1.0", project_commit=None,
+        project_dirty=False, manifest_sha256="0", inputs_sha256="an older build", frozen_modules=(),
+        toolchain="native", toolchain_image=None, built_at="2026-11-20T10:00:00Z", duration_s=1.0,
+        artifacts=(buildinfo.Artifact("micropython", buildinfo.sha256_file(board_dir / "micropython"), 14, None, False),))
+    buildinfo.write_atomic(board_dir / "build.json", info.to_json())
+    reason = build.stale_reason("UNIX", dist=tmp_path / "dist")
+    assert reason
+    peer = make_peer(stack_on_path=False, files={"workshop.json": '{"hostname": "x"}'})
+    proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--dist", str(tmp_path / "dist"), "--json")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert (f"warning: {board_dir / 'build.json'}: the build is stale ({reason}): the boards are checked against it "
+            "anyway; 'invoke build --board UNIX' builds the current sources") in " ".join(proc.stderr.split()), proc.stderr
+    assert json.loads(proc.stdout)["devices"][0]["port"] == peer.port      # stdout stays the report

@@ -399,3 +399,20 @@ def test_an_unusable_lesson_folder_is_refused_before_any_board_is_flashed(mocks,
     assert why in " ".join(proc.stderr.split())
     assert "watching" not in proc.stdout and not (tmp_path / "logs").exists()
     assert_untouched(device)
+
+
+def test_flash_warns_that_a_dist_image_is_stale_and_writes_it(mocks, dist, tmp_path):
+    """README: flash sees a kept image as stale. A dist/ build whose inputs are not the current
+    sources' (modules edited without a rebuild) is flashed with a warning naming why, not silently."""
+    from workshop import build
+
+    [device] = mocks.start_many(["esp32"])
+    image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=32 * 1024)
+    reason = build.stale_reason("ESP32_GENERIC", dist=dist)
+    assert reason                                     # its inputs hash is made from its bytes
+    proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(dist), "--ports", device.port,
+                   "--logs", str(tmp_path / "logs"), "--report", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (f"warning: {image_dir} is stale ({reason}): writing it anyway; 'invoke build --board ESP32_GENERIC' "
+            "builds the current sources") in " ".join(proc.stderr.split()), proc.stderr
+    assert_flashed(device, image_dir, 0x1000)
