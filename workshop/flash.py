@@ -67,6 +67,12 @@ class WrongChip(Refused):
     kind = "wrong-chip"
 
 
+class TooBig(Refused):
+    """The image does not fit the board's flash (as its flash chip reports it): nothing was written."""
+
+    kind = "too-big"
+
+
 class StageTimeout(DeviceError):
     """An esptool stage overran its time box: the attempt was aborted (its port closed)."""
 
@@ -764,6 +770,7 @@ class _Worker:
             self.box(Stage.ATTACH, budgets.fixed(budgets.attach), "attaching the SPI flash")
             attach_flash(esp)
             self.result.flash_size = esptool.flash_size(esp) or self.result.flash_size
+            _check_fits(data, self.result.flash_size)     # as esptool refuses it: before anything is written
             esp.WRITE_FLASH_ATTEMPTS = 1   # our ladder retries, not esptool's 7 s reconnect loop
             if self.options.erase:
                 self.box(Stage.ERASING, budgets.fixed(budgets.chip_erase), "erasing the whole flash",
@@ -793,6 +800,20 @@ class _Worker:
                 ser, self._ser, self._deadline = self._ser, None, None
             if ser is not None:
                 esptool.abort_port(ser)
+
+
+def _check_fits(data: Sequence[tuple[int, bytes]], flash_size: str | None) -> None:
+    """TooBig when a region ends past the flash the chip reports (unknown size: not checked)."""
+    try:
+        size = _size_bytes(flash_size) if flash_size else None
+    except ValueError:
+        size = None
+    if size is None:
+        return
+    for offset, blob in data:
+        if offset + len(blob) > size:
+            raise TooBig(f"the image does not fit: {len(blob):,} bytes at {offset:#x} end at {offset + len(blob):#x}, "
+                         f"past this board's {flash_size} flash ({size:#x}); nothing written")
 
 
 def _describe(e: BaseException) -> str:
@@ -912,6 +933,6 @@ def wait_threads(runners: Sequence[Runner], cancel: threading.Event, stop_wait: 
 
 
 __all__ = ["Attempt", "Budgets", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions",
-           "FlashReport", "HostBuild", "Refused", "Stage", "StageTimeout", "State", "VerifyFailed", "WrongChip", "choose_images", "dist_images",
+           "FlashReport", "HostBuild", "Refused", "Stage", "StageTimeout", "State", "TooBig", "VerifyFailed", "WrongChip", "choose_images", "dist_images",
            "flash_all",
            "flash_device", "stale_warnings", "images_by_chip", "retry_ladder", "Runner", "wait_threads"]

@@ -416,3 +416,21 @@ def test_flash_warns_that_a_dist_image_is_stale_and_writes_it(mocks, dist, tmp_p
     assert (f"warning: {image_dir} is stale ({reason}): writing it anyway; 'invoke build --board ESP32_GENERIC' "
             "builds the current sources") in " ".join(proc.stderr.split()), proc.stderr
     assert_flashed(device, image_dir, 0x1000)
+
+
+def test_an_image_too_big_for_the_boards_flash_is_refused_once_with_nothing_written(mocks, tmp_path):
+    """100 kB at 0x3ff000 on a 4 MB flash: esptool refuses it before writing; it was retried
+    three times and reported 'partially written'. Refused after flash attach, no retry."""
+    [device] = mocks.start_many(["esp32"])
+    image = tmp_path / "img.bin"
+    image.write_bytes(b"\xe9" + bytes(100 * 1024 - 1))
+    report = tmp_path / "r.json"
+    proc = _invoke("flash", "--image", str(image), "--offset", "0x3ff000", "--chip", "esp32", "--ports", device.port,
+                   "--logs", str(tmp_path / "logs"), "--report", str(report), timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [r] = json.loads(report.read_text())["devices"]
+    assert (r["state"], r["error_kind"], r["retries"], r["left_as"]) == ("failed", "too-big", 0, "untouched"), r
+    assert r["error"] == ("the image does not fit: 102,400 bytes at 0x3ff000 end at 0x418000, past this board's 4MB "
+                          "flash (0x400000); nothing written"), r["error"]
+    assert "partially written" not in proc.stdout
+    assert_untouched(device)
