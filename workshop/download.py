@@ -116,6 +116,48 @@ def release_cache(version: str, cache: Path | None = None) -> Path:
 # --- sources ---------------------------------------------------------------------------------
 
 
+class _Connected:
+    """Whether the last connection attempt of one request reached the server (its TCP connect
+    succeeded): a failure after that is the server's, not the network's."""
+
+    def __init__(self) -> None:
+        self.yes = False
+        self.host: str | None = None      # host:port of the last attempt (a redirect's target too)
+
+    def track(self, connection_class: Any) -> Any:
+        state = self
+
+        class Tracked(connection_class):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                create: Callable[..., Any] = getattr(self, "_create_connection")
+
+                def create_connection(*a: Any, **kw: Any) -> Any:
+                    address = a[0] if a else kw.get("address")
+                    host = f"[{address[0]}]" if address and ":" in str(address[0]) else address and address[0]
+                    state.yes, state.host = False, f"{host}:{address[1]}" if address else None
+                    sock = create(*a, **kw)
+                    state.yes = True
+                    return sock
+
+                self._create_connection = create_connection
+
+        return Tracked
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        state = self
+
+        class HTTP(urllib.request.HTTPHandler):
+            def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+                return super().do_open(state.track(http_class), req, **kw)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def do_open(self, http_class: Any, req: Any, **kw: Any) -> Any:
+                return super().do_open(state.track(http_class), req, **kw)
+
+        return urllib.request.build_opener(HTTP, HTTPS)
+
+
 class _Source:
     """Where a release's files come from: an http(s) base URL or a local folder."""
 
@@ -150,15 +192,24 @@ class _Source:
             return f, path.stat().st_size
         url = self.where(name)
         request = urllib.request.Request(url, headers={"User-Agent": "workshop-kit"})
+        connected = _Connected()
         try:
-            response = urllib.request.urlopen(request, timeout=self.timeout)
+            response = connected.opener().open(request, timeout=self.timeout)
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 raise NotFound(f"{url}: 404 Not Found") from None
             raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
-            raise DownloadError(f"cannot reach {self.host}: {reason}. Is the network up? "
+            host = connected.host or self.host
+            if connected.yes:
+                if isinstance(reason, TimeoutError):
+                    what = f"sent no answer within {self.timeout:g} s"
+                else:
+                    what = f"did not answer: {reason or type(reason).__name__}"
+                raise DownloadError(f"{host} accepted the connection but {what} (for {url}): the server is "
+                                    f"not serving; try again, or another source (--from).") from None
+            raise DownloadError(f"cannot reach {host}: {reason}. Is the network up? "
                                 f"Use --from with a mirror, the organizer's laptop or a local folder.") from None
         length = response.headers.get("Content-Length")
         return response, int(length) if length and length.isdigit() else None
@@ -170,6 +221,13 @@ def _too_large(source: _Source, name: str, limit: int, size_known: bool) -> Down
                          f"The source is broken or not a release server; try another (--from).")
 
 
+def _read(stream: IO[bytes]) -> bytes:
+    """What has arrived, up to CHUNK bytes (read1: a stalled transfer still counts the bytes it
+    got, which a read(CHUNK) waiting for a whole chunk would lose with its timeout)."""
+    read1 = getattr(stream, "read1", None)
+    return read1(CHUNK) if read1 is not None else stream.read(CHUNK)
+
+
 def _read_small(source: _Source, name: str, limit: int = SMALL_LIMIT) -> bytes:
     stream, total = source.open(name)
     data = b""
@@ -178,12 +236,12 @@ def _read_small(source: _Source, name: str, limit: int = SMALL_LIMIT) -> bytes:
             raise _too_large(source, name, limit, False)
         try:
             # In chunks: a whole-body read() raises IncompleteRead instead of returning what came.
-            while chunk := stream.read(CHUNK):
+            while chunk := _read(stream):
                 data += chunk
                 if len(data) > limit:
                     raise _too_large(source, name, limit, False)
         except TRANSFER_ERRORS as e:
-            raise DownloadError(f"{source.where(name)}: transfer failed after {len(data)} bytes: {e}") from None
+            raise DownloadError(f"{source.where(name)}: transfer failed after {len(data):,} bytes: {e}") from None
     if total is not None and len(data) != total:
         raise DownloadError(f"{source.where(name)}: transfer interrupted ({len(data)} of {total} bytes)")
     return data
@@ -269,9 +327,9 @@ def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, d
         with stream, os.fdopen(fd, "wb") as out:
             while True:
                 try:
-                    chunk = stream.read(CHUNK)
+                    chunk = _read(stream)
                 except TRANSFER_ERRORS as e:
-                    raise DownloadError(f"{source.where(name)}: transfer failed after {done} bytes: {e}") from None
+                    raise DownloadError(f"{source.where(name)}: transfer failed after {done:,} bytes: {e}") from None
                 if not chunk:
                     break
                 done += len(chunk)

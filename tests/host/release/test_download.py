@@ -374,3 +374,34 @@ def test_a_partial_file_left_by_a_killed_download_is_removed_by_the_next(made, h
     result = dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=cache)
     assert result.board("ESP32_GENERIC").paths[name].read_bytes() == (made.directory / name).read_bytes()
     assert leftovers(cache) == [live.name]
+
+
+def test_a_server_that_accepts_and_never_answers_is_not_called_unreachable(tmp_path):
+    """Connected, no HTTP answer: the network is up, the server is the problem; say that."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        with pytest.raises(dl.DownloadError) as e:
+            dl.download_release("v0.1.0", source=f"http://127.0.0.1:{port}/", cache=tmp_path / "c", timeout=1)
+    finally:
+        for s in [*held, listener]:
+            s.close()
+    message = str(e.value)
+    assert f"127.0.0.1:{port} accepted the connection but sent no answer within 1 s" in message, message
+    assert "cannot reach" not in message and "network up" not in message
+
+
+def test_a_stalled_transfer_says_how_many_bytes_arrived(made, http_server, tmp_path):
+    server = http_server(made.directory)
+    name = "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
+    server.behaviour.stall.add(name)
+    quarter = (made.directory / name).stat().st_size // 4
+    with pytest.raises(dl.DownloadError, match=rf"{name}: transfer failed after {quarter:,} bytes: .*timed out"):
+        dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=tmp_path / "c", timeout=1)
+    assert leftovers(tmp_path / "c") == []
