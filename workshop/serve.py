@@ -107,14 +107,23 @@ def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
 
 
 def lan_addresses() -> list[str]:
-    """This machine's IPv4 addresses other than loopback (best effort, no traffic sent)."""
+    """This machine's IPv4 addresses other than loopback, read from its network interfaces
+    (ifaddr, which zeroconf depends on; no traffic sent). The host name is no guide: Debian maps it
+    to 127.0.1.1 in /etc/hosts, so looking it up finds loopback alone."""
+    import ipaddress
+
     found: set[str] = set()
     try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            found.add(str(info[4][0]))
-    except OSError:
-        pass
-    return sorted(a for a in found if not a.startswith("127."))
+        import ifaddr
+
+        for adapter in ifaddr.get_adapters():
+            found.update(str(ip.ip) for ip in adapter.ips if ip.is_IPv4)
+    except (ImportError, OSError):
+        try:
+            found.update(str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET))
+        except OSError:
+            pass
+    return sorted((a for a in found if not ipaddress.IPv4Address(a).is_loopback), key=ipaddress.IPv4Address)
 
 
 def urls(server: ThreadingHTTPServer) -> list[str]:

@@ -47,3 +47,38 @@ def test_port_in_use_is_a_clear_error(release_kwargs):
         busy.listen()
         with pytest.raises(serve.ServeError, match=r"cannot listen on 127.0.0.1:\d+: .*try another --port"):
             serve.make_server(made.directory, "127.0.0.1", busy.getsockname()[1])
+
+
+def _ip_addresses() -> set[str]:
+    """The machine's IPv4 addresses as iproute2 reports them (`ip -j -4 addr`), loopback left out."""
+    import json
+    import shutil
+    import subprocess
+
+    if not shutil.which("ip"):
+        pytest.fail("ip (iproute2) not found: apt-get install iproute2")
+    out = subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True, check=True, timeout=30).stdout
+    return {a["local"] for link in json.loads(out) for a in link.get("addr_info", [])
+            if a.get("family") == "inet" and not a["local"].startswith("127.")}
+
+
+def test_serving_on_every_interface_lists_the_lan_addresses_that_answer(release_kwargs):
+    """--host 0.0.0.0: the addresses to give attendees are the interfaces' (the host name resolves
+    to loopback on Debian), and each of them serves the release."""
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    expected = _ip_addresses()
+    assert set(serve.lan_addresses()) == expected
+    server = serve.make_server(made.directory, "0.0.0.0", 0)
+    serve.start_in_thread(server)
+    try:
+        port = server.server_address[1]
+        listed = serve.urls(server)
+        assert listed == [f"http://localhost:{port}/", *(f"http://{a}:{port}/" for a in serve.lan_addresses())]
+        if not expected:
+            pytest.skip("this machine has no IPv4 address besides loopback")
+        for url in listed[1:]:
+            with urllib.request.urlopen(url + "index.json", timeout=10) as r:
+                assert r.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
