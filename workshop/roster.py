@@ -10,8 +10,9 @@ board's sticker) is a warning, never shown as this board's. `RoomWatcher` feeds 
 subscription (paho-mqtt) and an mDNS browser (python-zeroconf), in background threads.
 
 Row states: `online`; `stale` when no status arrived within 2 announce intervals (a board that
-hangs, or lost power before the broker's keepalive ran out); `offline` (its last will, or it
-left cleanly). A retained status seen when the watcher starts is as old as the broker keeps
+hangs, or lost power before the broker's keepalive ran out) or, for a board known from mDNS
+alone, when it has not answered for its records' TTL (the watcher asks again from half of it);
+`offline` (its last will, it left cleanly, or mDNS removed it: a goodbye). A retained status seen when the watcher starts is as old as the broker keeps
 it: `retained` says so until the board publishes again.
 
 Two boards given one hostname share a topic: their statuses alternate in one row. A live status
@@ -40,6 +41,8 @@ SERVICE_TYPE = "_workshop._tcp.local."
 DEFAULT_INTERVAL_S = 30
 STALE_INTERVALS = 2
 STATES = ("online", "stale", "offline")
+MDNS_TTL_S = 120        # the TTL of a board's mDNS records (modules/mdns.py), when an answer gave none
+MDNS_CHECK_S = 5.0      # how often the watcher looks at each mDNS board's records (and asks when due)
 MAX_WARNINGS = 100      # distinct warnings kept (one per topic: the latest); beyond, the oldest go
 
 Lookup = Callable[[str], Mapping[str, Any] | None]
@@ -256,21 +259,48 @@ class Roster:
             return None
         return [f"MAC {m} at {i or '?'}" if m else f"{i} (no MAC)" for m, i, _ in (heard[k] for k in sorted(heard))]
 
-    def ingest_mdns(self, hostname: str, ip: str | None, port: int | None, txt: Mapping[str, str]) -> None:
-        """A `_workshop._tcp` answer: fills in boards that do not reach the broker."""
+    def ingest_mdns(self, hostname: str, ip: str | None, port: int | None, txt: Mapping[str, str],
+                    ttl: int | None = None) -> None:
+        """A `_workshop._tcp` answer: fills in boards that do not reach the broker (a board known
+        from mDNS alone takes what it says now: a new IP, a reflashed image)."""
         with self._lock:
             b = self._boards.setdefault(hostname, {"sources": set()})
             b["sources"].add("mdns")
-            if "mqtt" not in b["sources"] or b.get("state") != "online":
-                if "mqtt" not in b["sources"]:
-                    b["state"] = "online"
-                    b["last_seen"] = self.clock()
+            b["mdns_ttl"] = ttl or b.get("mdns_ttl") or MDNS_TTL_S
+            if "mqtt" not in b["sources"]:
+                b.update(state="online", last_seen=self.clock(), retained=False)
+                if ip:
+                    b["ip"] = ip
+                b["telnet"] = port or None          # announce advertises port 0 when telnet is not running
+                b.update({k: txt[k] for k in ("board", "inputs", "project") if txt.get(k)})
+            elif b.get("state") != "online":
                 b.setdefault("ip", ip)
                 if port:
                     b.setdefault("telnet", port)
                 for k in ("board", "inputs", "project"):
                     if txt.get(k) and not b.get(k):
                         b[k] = txt[k]
+        self.changed.set()
+
+    def seen_mdns(self, hostname: str, when: float, ttl: int | None = None) -> None:
+        """The board's mDNS records were last answered at `when` (epoch s): liveness of a board
+        known from mDNS alone (MQTT boards are judged by their statuses)."""
+        with self._lock:
+            b = self._boards.get(hostname)
+            if b is None or "mqtt" in b["sources"] or b.get("state") == "offline":
+                return
+            b["last_seen"] = max(when, b.get("last_seen") or 0.0)
+            if ttl:
+                b["mdns_ttl"] = ttl
+
+    def leave_mdns(self, hostname: str) -> None:
+        """mDNS removed the board's service (a goodbye, or its records expired): offline, unless
+        its MQTT status says otherwise."""
+        with self._lock:
+            b = self._boards.get(hostname)
+            if b is None or "mqtt" in b["sources"]:
+                return
+            b["state"] = "offline"
         self.changed.set()
 
     def _outdated(self, board: str | None, inputs: str | None) -> tuple[bool | None, str]:
@@ -294,7 +324,9 @@ class Roster:
             interval = b.get("interval_s") or DEFAULT_INTERVAL_S
             age = now - b["last_seen"] if b.get("last_seen") is not None else None
             state = b.get("state") or "online"
-            if state == "online" and "mqtt" in b["sources"] and age is not None and age > STALE_INTERVALS * interval:
+            # MQTT boards: 2 announce intervals; boards known from mDNS alone: their records' TTL.
+            limit = STALE_INTERVALS * interval if "mqtt" in b["sources"] else b.get("mdns_ttl") or MDNS_TTL_S
+            if state == "online" and age is not None and age > limit:
                 state = "stale"
             outdated, why = self._outdated(b.get("board"), b.get("inputs"))
             reg = self._registry(name, b.get("mac"))
@@ -407,11 +439,16 @@ class RoomWatcher:
     `mqtt`: (host, port) of the broker, or None. `mdns`: browse `_workshop._tcp`;
     `interfaces`: zeroconf's interface list (None: all). A broker that cannot be reached is a
     `RosterError` from `start()`; a broker that goes away later is a warning, and paho reconnects.
+
+    mDNS: zeroconf reports a service added, updated or removed (a goodbye; a silent board's PTR
+    lingers for zeroconf's minimum of ~19 min). So every `mdns_check` s a thread reads when each
+    board last answered (its SRV record in zeroconf's cache) and asks it again (an SRV query) once
+    half of the record's TTL has passed: a board that stops answering turns stale after its TTL.
     """
 
     def __init__(self, roster: Roster, mqtt: tuple[str, int] | None = None, *, mdns: bool = True,
                  interfaces: Iterable[str] | None = None, user: str | None = None, password: str | None = None,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, mdns_check: float = MDNS_CHECK_S) -> None:
         self.roster = roster
         self.mqtt = mqtt
         self.mdns = mdns
@@ -422,6 +459,10 @@ class RoomWatcher:
         self._client: Any = None
         self._zc: Any = None
         self._browser: Any = None
+        self.mdns_check = mdns_check
+        self._services: dict[str, str] = {}          # mDNS instance name -> hostname
+        self._stopping = threading.Event()
+        self._liveness: threading.Thread | None = None
         self.subscribed = threading.Event()
 
     def start(self) -> RoomWatcher:
@@ -508,11 +549,13 @@ class RoomWatcher:
 
         def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
             if state_change is ServiceStateChange.Removed:
+                roster.leave_mdns(self._services.get(name) or name.split(".")[0])
                 return
             info = zeroconf.get_service_info(service_type, name, timeout=1500)
             if info is None:
                 return
             host = (info.server or name).split(".")[0]
+            self._services[name] = host
             addrs = info.parsed_addresses()
             txt = {}
             for k, v in (info.properties or {}).items():
@@ -523,8 +566,35 @@ class RoomWatcher:
             roster.ingest_mdns(host, addrs[0] if addrs else None, info.port or None, txt)
 
         self._browser = ServiceBrowser(self._zc, SERVICE_TYPE, handlers=[on_change])
+        self._liveness = threading.Thread(target=self._check_mdns, name="roster-mdns", daemon=True)
+        self._liveness.start()
+
+    def _check_mdns(self) -> None:
+        """When each mDNS board last answered; ask again once half its records' TTL has passed."""
+        from zeroconf import DNSOutgoing, DNSQuestion, current_time_millis
+
+        srv, class_in, query = 33, 1, 0              # DNS: type SRV, class IN, flags of a query
+        while not self._stopping.wait(self.mdns_check):
+            zc = self._zc
+            if zc is None:
+                return
+            for name, host in list(self._services.items()):
+                try:
+                    now = current_time_millis()
+                    records = zc.cache.get_all_by_details(name, srv, class_in)
+                    newest = max(records, key=lambda r: r.created, default=None)
+                    if newest is not None:
+                        age = (now - newest.created) / 1000
+                        self.roster.seen_mdns(host, self.roster.clock() - age, newest.ttl)
+                    if newest is None or age > newest.ttl / 2:
+                        out = DNSOutgoing(query)
+                        out.add_question(DNSQuestion(name, srv, class_in))
+                        zc.send(out)
+                except Exception as e:  # noqa: BLE001 - one board's records must not end the checks
+                    self.roster._warn(f"mDNS {name}: cannot check it ({type(e).__name__}: {e})", f"mdns {name}")
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._client is not None:
             try:
                 self._client.disconnect()
@@ -535,6 +605,9 @@ class RoomWatcher:
         if self._browser is not None:
             self._browser.cancel()
             self._browser = None
+        if self._liveness is not None:
+            self._liveness.join(2)
+            self._liveness = None
         if self._zc is not None:
             self._zc.close()
             self._zc = None

@@ -354,3 +354,48 @@ def test_the_registry_is_joined_by_the_mac_a_status_reports(mosquitto, tmp_path)
     assert "MAC 24:6F:28:00:11:02" in warning and f"MAC 24:6f:28:00:11:01, sticker {s1}" in warning
     assert f"its own MAC's sticker {s2}" in warning
     assert not any(w.startswith(("lab-12:", "lab-13:", "lab-14:")) for w in doc["warnings"]), doc["warnings"]
+
+
+def mdns_peer(hostname: str, ttl: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "mdns_peer.py"), hostname, str(ttl)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "registered"
+    return proc
+
+
+def test_with_mdns_alone_a_board_that_says_goodbye_goes_offline_and_a_silent_one_turns_stale():
+    """serve --room and roster without --mqtt: boards found over mDNS once never left the room."""
+    leaving, cut = mdns_peer("zc-01", 3), mdns_peer("zc-02", 3)
+    try:
+        r = roster.Roster(None)
+        with roster.RoomWatcher(r, None, mdns=True, interfaces=["127.0.0.1"], mdns_check=0.5):
+            wait_rows(r, lambda rows: {"zc-01", "zc-02"} <= set(rows) and rows["zc-02"].state == "online")
+            time.sleep(4)                                   # > the TTL: answering boards stay online
+            assert {x.hostname: x.state for x in r.rows()} == {"zc-01": "online", "zc-02": "online"}
+            leaving.communicate("bye\n", timeout=10)        # goodbye packets
+            wait_rows(r, lambda rows: rows["zc-01"].state == "offline", timeout=5)
+            cut.kill()                                      # power cut: no goodbye, no more answers
+            wait_rows(r, lambda rows: rows["zc-02"].state == "stale", timeout=8)
+    finally:
+        for p in (leaving, cut):
+            p.kill()
+            p.wait()
+
+
+def test_roster_watch_over_mdns_alone_reports_a_board_leaving():
+    import signal
+
+    peer = mdns_peer("zc-03", 120)
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "roster", "--interface", "127.0.0.1", "--wait", "2",
+                             "--watch", "--json"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        peer.communicate("bye\n", timeout=10)
+        time.sleep(2)
+    finally:
+        peer.kill()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    states = [{b["hostname"]: b["state"] for b in json.loads(line)["boards"]} for line in out.splitlines() if line]
+    assert states and states[0].get("zc-03") == "online", (out, err)
+    assert states[-1]["zc-03"] == "offline", (out, err)

@@ -181,3 +181,24 @@ def test_a_retained_status_from_another_mac_is_not_taken_for_a_second_board():
     r.ingest_mqtt("workshop/lab-03/status", status(hostname="lab-03", mac="24:6f:28:00:00:09"), retained=True)
     r.ingest_mqtt("workshop/lab-03/status", status(hostname="lab-03", mac="24:6f:28:00:00:0a"))
     assert r.warnings == []
+
+
+def test_a_board_known_from_mdns_alone_turns_stale_after_its_ttl_and_offline_when_removed():
+    now = [1000.0]
+    r = roster.Roster(None, clock=lambda: now[0])
+    r.ingest_mdns("lab-20", "10.0.0.20", 23, {"board": "ESP32_GENERIC"})
+    r.ingest_mqtt("workshop/lab-21/status", status(hostname="lab-21"))
+    r.ingest_mdns("lab-21", "10.0.0.21", 23, {})
+    now[0] += 60
+    r.seen_mdns("lab-20", now[0] - 1, ttl=120)             # the watcher saw it answer again
+    now[0] += 100
+    states = {x.hostname: x.state for x in r.rows()}
+    assert states == {"lab-20": "online", "lab-21": "stale"}  # 101 s < its TTL; lab-21 goes by MQTT
+    now[0] += 20
+    assert {x.hostname: x.state for x in r.rows()}["lab-20"] == "stale"
+    r.leave_mdns("lab-20")                                  # a goodbye (or zeroconf removed it)
+    r.leave_mdns("lab-21")                                  # MQTT's word wins for lab-21
+    assert {x.hostname: x.state for x in r.rows()} == {"lab-20": "offline", "lab-21": "stale"}
+    r.ingest_mdns("lab-20", "10.0.0.29", 0, {"board": "ESP32_GENERIC_S3"})    # back, elsewhere, reflashed
+    row = {x.hostname: x for x in r.rows()}["lab-20"]
+    assert (row.state, row.ip, row.board, row.telnet) == ("online", "10.0.0.29", "ESP32_GENERIC_S3", None)
