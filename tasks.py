@@ -703,6 +703,7 @@ def _smoke_expected(board, dist, release, board_file=False):
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
           json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None, board_file=False):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
+    import threading
     from pathlib import Path
 
     from rich.markup import escape
@@ -731,13 +732,20 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     reg = _open_registry(registry)
-    with console.status(f"checking {len(targets)} board(s)..."):
-        from workshop import station as _station
+    from workshop import station as _station
 
-        macs = _station.board_macs(targets, baudrate) if reg is not None else {}
-        reports = _smoke.smoke_all(targets, expected, network=net, baudrate=baudrate, timeout=budget)
-        skipped = _station.record_smoke_reports(reg, reports, macs) if reg is not None else []
-    _not_recorded(skipped)
+    cancel = threading.Event()
+    reports, macs = None, {}
+    with console.status(f"checking {len(targets)} board(s)..."):
+        try:       # Ctrl-C: every board's session stops within one read; the reports say what was done
+            macs = _station.board_macs(targets, baudrate, cancel=cancel) if reg is not None else {}
+            reports = _smoke.smoke_all(targets, expected, network=net, baudrate=baudrate, timeout=budget,
+                                       cancel=cancel)
+        except KeyboardInterrupt:
+            cancel.set()
+    if reports is None:
+        reports = [_smoke.DeviceReport(port, interrupted=True) for port in targets]
+    _not_recorded(_station.record_smoke_reports(reg, reports, macs) if reg is not None else [])
     if json_out:
         text = _smoke.to_json(reports)
         if json_out == "-":
@@ -751,14 +759,22 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
         rows = []
         for r in reports:
             cells = _smoke.summary(r)
+            result = (Cell("interrupted", "interrupted") if r.interrupted else Cell("ok", "ok") if r.ok
+                      else Cell("FAILED", "failed"))
             rows.append([r.port, *(Cell(cells[g].text, cells[g].status) if g in cells else "-" for g in groups),
-                         f"{r.duration_s:.1f}", Cell("ok", "ok") if r.ok else Cell("FAILED", "failed")])
-        _table(f"Smoke: expecting {expected.source}", ["port", *groups, Column("s", justify="right"), "result"], rows)
+                         f"{r.duration_s:.1f}", result])
+        _table(f"Smoke{' interrupted' if cancel.is_set() else ''}: expecting {expected.source}",
+               ["port", *groups, Column("s", justify="right"), "result"], rows)
         for r in reports:
-            for chk in r.failed:
+            for chk in [] if r.interrupted else r.failed:
                 console.print(f"[red]✗[/] {r.port} {chk.name}: {escape(chk.detail)}", soft_wrap=True)
         ok = sum(r.ok for r in reports)
-        console.print(f"{ok}/{len(reports)} board(s) passed")
+        cut = sum(r.interrupted for r in reports)
+        console.print(f"{ok}/{len(reports)} board(s) passed"
+                      + (f"; {cut} not finished (Ctrl-C)" if cut else ""),
+                      highlight=False, soft_wrap=True)
+    if cancel.is_set():
+        raise Exit(code=130)
     if not all(r.ok for r in reports):
         raise Exit(code=1)
 

@@ -974,28 +974,45 @@ def record_provision_results(registry: Registry, results: Sequence[Any]) -> list
     return skipped
 
 
-def board_macs(ports: Sequence[str], baudrate: int = 115200) -> dict[str, str]:
-    """The MAC each port's MicroPython reports (ports that do not answer are left out)."""
+def board_macs(ports: Sequence[str], baudrate: int = 115200,
+               cancel: threading.Event | None = None) -> dict[str, str]:
+    """The MAC each port's MicroPython reports (ports that do not answer are left out). Ctrl-C
+    sets `cancel` (every session stops within one read) and returns what was read."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .provision import identify as repl_identify
     from .repl import ReplError, ReplSession
 
+    cancel = cancel or threading.Event()
+
     def one(port: str) -> tuple[str, str | None]:
         try:
-            with ReplSession(port, baudrate=baudrate) as s:
+            with ReplSession(port, baudrate=baudrate, cancel=cancel) as s:
                 return port, repl_identify(s).mac
         except ReplError:
             return port, None
 
-    from concurrent.futures import ThreadPoolExecutor
-
+    macs: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
-        return {p: m for p, m in pool.map(one, ports) if m}
+        for future in [pool.submit(one, p) for p in ports]:
+            while True:
+                try:
+                    port, mac = future.result()
+                    break
+                except KeyboardInterrupt:
+                    cancel.set()
+            if mac:
+                macs[port] = mac
+    return macs
 
 
 def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[str, str]) -> list[str]:
-    """`smoke --registry` (macs from `board_macs`); returns the ports not recorded (MAC unknown)."""
+    """`smoke --registry` (macs from `board_macs`); returns the ports not recorded (MAC unknown).
+    A board whose checks Ctrl-C cut short has no result to record."""
     skipped = []
     for r in reports:
+        if getattr(r, "interrupted", False):
+            continue
         mac = macs.get(r.port)
         if not mac:
             skipped.append(r.port)

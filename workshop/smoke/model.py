@@ -31,10 +31,11 @@ class DeviceReport:
     facts: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
     expected: str | None = None
+    interrupted: bool = False       # Ctrl-C cut the board's checks short (or they never started)
 
     @property
     def ok(self) -> bool:
-        return bool(self.checks) and all(c.status != FAIL for c in self.checks)
+        return bool(self.checks) and not self.interrupted and all(c.status != FAIL for c in self.checks)
 
     @property
     def failed(self) -> list[Check]:
@@ -44,8 +45,8 @@ class DeviceReport:
         return next((c for c in self.checks if c.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"port": self.port, "ok": self.ok, "duration_s": self.duration_s, "expected": self.expected,
-                "facts": self.facts, "checks": [asdict(c) for c in self.checks]}
+        return {"port": self.port, "ok": self.ok, "interrupted": self.interrupted, "duration_s": self.duration_s,
+                "expected": self.expected, "facts": self.facts, "checks": [asdict(c) for c in self.checks]}
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ the facts gathered so far, instead of a bare timeout.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import threading
 import time
 import tokenize
 from collections.abc import Callable, Sequence
@@ -261,14 +263,36 @@ def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOp
 
 
 def smoke_all(ports: Sequence[str], expected: Expected | Callable[[str], Expected], *,
-              workers: int | None = None, **kwargs: Any) -> list[DeviceReport]:
-    """Smoke every port in parallel; one report per port, in the order given."""
+              workers: int | None = None, cancel: threading.Event | None = None, **kwargs: Any) -> list[DeviceReport]:
+    """Smoke every port in parallel; one report per port, in the order given.
+
+    Ctrl-C (KeyboardInterrupt) sets `cancel`: every session's port refuses I/O from then on, so
+    each board's check ends within one read and the reports come back at once, those cut short
+    `interrupted`; a caller that passed `cancel` sees it set. A `session_factory` of the
+    caller's must make sessions that end on that event itself (ReplSession(cancel=...))."""
+    cancel = cancel or threading.Event()
+    if kwargs.get("session_factory") is None:
+        kwargs["session_factory"] = functools.partial(ReplSession, cancel=cancel)
+
     def one(port: str) -> DeviceReport:
+        if cancel.is_set():
+            return DeviceReport(port, interrupted=True)
         try:
             exp = expected(port) if callable(expected) else expected
         except SmokeError as e:
             return DeviceReport(port, [Check("expected", FAIL, str(e))])
-        return smoke_device(port, exp, **kwargs)
+        report = smoke_device(port, exp, **kwargs)
+        report.interrupted = cancel.is_set()       # finished after Ctrl-C: cut short
+        return report
 
+    reports = []
     with ThreadPoolExecutor(max_workers=max(1, workers or len(ports))) as pool:
-        return list(pool.map(one, ports))
+        futures = [pool.submit(one, p) for p in ports]
+        for future in futures:
+            while True:
+                try:
+                    reports.append(future.result())
+                    break
+                except KeyboardInterrupt:
+                    cancel.set()            # before the pool's exit waits for its workers
+    return reports

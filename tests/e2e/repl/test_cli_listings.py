@@ -157,3 +157,34 @@ def test_smoke_warns_that_the_dist_build_is_stale(make_peer, tmp_path):
     assert (f"warning: {board_dir / 'build.json'}: the build is stale ({reason}): the boards are checked against it "
             "anyway; 'invoke build --board UNIX' builds the current sources") in " ".join(proc.stderr.split()), proc.stderr
     assert json.loads(proc.stdout)["devices"][0]["port"] == peer.port      # stdout stays the report
+
+
+def test_ctrl_c_during_smoke_ends_it_within_2_s_with_the_table(make_peer, tmp_path):
+    """A board that hangs mid-check (an import that never returns): Ctrl-C ended smoke only after
+    its pool's sessions gave up (9 s, exit 1, no output). Now within 2 s: exit 130, the table,
+    the board 'interrupted'; the other board's finished result stays."""
+    hung = make_peer("hung", stack_on_path=False, files={
+        "workshop.json": '{"hostname": "x"}',
+        "lib/wifi.py": "open('hanging', 'w').close()\nimport time\ntime.sleep(120)\n"})
+    fine = make_peer("fine", stack_on_path=False, files={"workshop.json": '{"hostname": "y"}'})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSHOP_")}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "invoke"), "smoke", "--ports", f"{hung.port},{fine.port}",
+                             "--board", "UNIX", "--board-file", "--timeout", "120"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (hung.root / "hanging").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the board never reached the hanging import"
+            time.sleep(0.05)
+        time.sleep(1.0)                                   # the other board is done by now
+        out, err, elapsed = interrupt(proc)
+    finally:
+        proc.kill()
+    assert elapsed < 2.0, (elapsed, out[-500:], err[-500:])
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["port", "connect"])
+    rows = {line.split()[0]: line.split() for line in lines[header + 1:] if line.strip() and "/" in line.split()[0]}
+    assert rows[hung.port][-1] == "interrupted" and rows[fine.port][-1] in ("ok", "FAILED"), out
+    assert "1 not finished (Ctrl-C)" in out, out
