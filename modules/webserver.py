@@ -70,7 +70,7 @@ def redirect(url, status=302):
 
 def send_file(path, ctype=None):
     if ctype is None:
-        ctype = _TYPES.get(path.rpartition(".")[2].lower(), "application/octet-stream")
+        ctype = _TYPES.get(path[path.rfind(".") + 1 :].lower(), "application/octet-stream")
     return Response(None, 200, None, ctype, path)
 
 
@@ -92,13 +92,19 @@ def unquote(b):
     return out.decode()
 
 
+def _part(b, sep):
+    # As bytes' partition method, for a one-byte sep: the ESP8266's MicroPython leaves it out.
+    i = b.find(sep)
+    return (b, b"", b"") if i < 0 else (b[:i], sep, b[i + 1 :])
+
+
 def parse_qs(b):
     # b"a=1&b=x+y" -> {"a": "1", "b": "x y"}; a repeated key keeps its last value.
     d = {}
     if b:
         for kv in b.split(b"&"):
             if kv:
-                k, _, v = kv.partition(b"=")
+                k, _, v = _part(kv, b"=")
                 d[unquote(k)] = unquote(v)
     return d
 
@@ -251,7 +257,7 @@ class App:
             total += len(l)
             if total > self.max_head or len(headers) >= _MAX_HEADERS:
                 raise HTTPError(431)
-            k, sep, v = l.partition(b":")
+            k, sep, v = _part(l, b":")
             if not sep or not k or l[0] in b" \t" or k[-1] in b" \t":
                 raise HTTPError(400)
             k = k.lower().decode()
@@ -259,7 +265,7 @@ class App:
             if k in headers and k == "content-length" and headers[k] != v:
                 raise HTTPError(400)
             headers[k] = v
-        path, _, qs = target.partition(b"?")
+        path, _, qs = _part(target, b"?")
         path = unquote(path)
         if "\x00" in path:  # %00: no file or route has one (and a C path would end there)
             raise HTTPError(400)
