@@ -171,6 +171,23 @@ def test_frozen_unix_firmware_passes_after_provisioning(make_peer):
 
 
 @pytest.mark.skipif(_FROZEN_SKIP is not None, reason=str(_FROZEN_SKIP))
+def test_a_file_shadowing_the_image_fails_where_modules_have_no_file_name(make_peer):
+    """The UNIX image, like the ESP8266's, keeps no module __file__: a stale umqtt/simple.py or
+    _workshop_build.py left on the board (imported before the frozen one) must still fail the
+    check, naming the file, not pass as "built into the firmware"."""
+    peer = make_peer(runtime="frozen", files={"workshop.json": '{"hostname": "x"}',
+                                              "umqtt/simple.py": "X = 1\n", "_workshop_build.py": "board = 'UNIX'\n"})
+    dist = Path(__file__).resolve().parents[3] / "dist" / "UNIX"
+    [r] = smoke.smoke_all([peer.port], smoke.Expected.from_build(dist))
+    mod = r.check("module umqtt.simple")
+    assert mod.status == "fail" and "imported from the file umqtt/simple.py" in mod.detail, mod.detail
+    fw = r.check("firmware")
+    assert fw.status == "fail" and "_workshop_build.py" in fw.detail, fw.detail
+    wifi = r.check("module wifi")  # no __file__ (else it would say "frozen (...)"), no shadow
+    assert wifi.status == "pass" and wifi.detail == "built into the firmware", wifi.detail
+
+
+@pytest.mark.skipif(_FROZEN_SKIP is not None, reason=str(_FROZEN_SKIP))
 def test_firmware_check_compares_the_images_build_identity(make_peer, tmp_path):
     """dist/UNIX/micropython carries its build identity: against its own build.json the firmware
     check passes; against another build's (same board, MicroPython and chip; other inputs) it

@@ -27,6 +27,19 @@ def isfile(f):
         return False
 
 
+def found(n):
+    # The file `import n` takes before the image's module (sys.path up to '.frozen'), or None:
+    # how a shadow shows where modules have no __file__ (the ESP8266's firmware keeps none).
+    q = n.replace('.', '/')
+    for d in sys.path:
+        if d == '.frozen':
+            break
+        for ext in ('.py', '.mpy', '/__init__.py'):
+            f = (d + '/' if d else '') + q + ext
+            if isfile(f):
+                return f
+
+
 step('firmware')
 fact('platform', sys.platform)
 fact('version', '%d.%d.%d' % sys.implementation.version[:3])
@@ -41,10 +54,10 @@ except Exception:
 step('identity')
 try:
     import _workshop_build as W
-    f = getattr(W, '__file__', None) or ''
+    f = getattr(W, '__file__', None)
     ident = {'board': getattr(W, 'board', None), 'inputs': getattr(W, 'inputs', None),
              'project': getattr(W, 'project', None),
-             'shadow': f if f and not f.startswith('.frozen/') and isfile(f) else None}
+             'shadow': (f if not f.startswith('.frozen/') and isfile(f) else None) if f else found('_workshop_build')}
     del W
 except ImportError:
     ident = None
@@ -63,7 +76,8 @@ for n in A['mods']:
         __import__(n)
         f = getattr(sys.modules[n], '__file__', None)
         if f is None:
-            k = 'builtin'
+            f = found(n)
+            k = 'file' if f else 'builtin'
         elif f.startswith('.frozen/') or not isfile(f):
             k = 'frozen'
         else:
@@ -79,14 +93,9 @@ step('shadows')
 sh = {}
 for n in A['lazy']:
     if M.get(n, [''])[0] == 'lazy':
-        q = n.replace('.', '/')
-        for d in sys.path:
-            if d == '.frozen':
-                break
-            for ext in ('.py', '.mpy', '/__init__.py'):
-                f = (d + '/' if d else '') + q + ext
-                if isfile(f):
-                    sh[n] = f
+        f = found(n)
+        if f:
+            sh[n] = f
 R['lazy_shadow'] = sh
 
 step('heap')
