@@ -174,8 +174,9 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             try:
                 n = self.s.write(b) or 0  # None: would block
             except OSError as e:
-                if e.args[0] != 11:  # EAGAIN
-                    raise
+                if e.args[0] != 11:  # not EAGAIN: the client is gone (reset, broken pipe)
+                    self.close("gone")
+                    return
         m = min(len(b) - n, _OUT - self.on)  # b[n:] into the ring, what fits
         if m:
             if not self.on:
@@ -251,7 +252,10 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
 
     def close(self, why="closed"):
         global _cl, _lg
+        if self.tk is None:  # closed already (a write found the client gone)
+            return
         wsconfig.cancel(self.tk)
+        self.tk = None
         if _cl is self:
             _cl = None
             if wsconfig._CB:
@@ -334,11 +338,8 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             self.state = 2
             _log(self.peer, "logged in as", self.user.decode())
             old = _cl
-            if old:
-                try:  # a dead old socket must not stop the takeover halfway
-                    old._send(b"\r\nSession taken over by %s\r\n" % self.peer)
-                except OSError:
-                    pass
+            if old:  # (a dead old socket closes in _send: the takeover goes on)
+                old._send(b"\r\nSession taken over by %s\r\n" % self.peer)
             _cl = self
             _lg = None
             if old:
@@ -450,6 +451,15 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
 _ns = {}
 
 
+def _refuse(s, peer, msg, why):
+    try:
+        s.write(msg)
+    except OSError:  # a client that reset at once
+        pass
+    s.close()
+    _log(peer, "refused (%s)" % why)
+
+
 def _accept(srv):
     global _lg
     try:
@@ -460,20 +470,16 @@ def _accept(srv):
     _log(peer, "connected")
     w = _locked()
     if w:
-        s.write(b"Locked: too many failed logins, try again in %d s\r\n" % w)
-        s.close()
-        _log(peer, "refused (locked)")
-        return
+        return _refuse(s, peer, b"Locked: too many failed logins, try again in %d s\r\n" % w, "locked")
     if _lg is not None:
         if time.ticks_diff(time.ticks_ms(), _lg.t0) < _LOGIN_MS:
-            s.write(b"Busy: another telnet login is in progress\r\n")
-            s.close()
-            _log(peer, "refused (busy)")
-            return
+            return _refuse(s, peer, b"Busy: another telnet login is in progress\r\n", "busy")
         _lg.close()  # a login left hanging for too long gives way
     _lg = _Session(s, peer)
     try:
-        s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: REPL answers are small and interactive
+        # REPL answers are small and interactive. The names, not 6, 1: lwIP (ESP8266) takes the
+        # option number alone, where TCP_NODELAY is 0x40, and prints a warning for any other.
+        s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
     except (OSError, AttributeError):
         pass
     s.setblocking(False)
@@ -495,6 +501,9 @@ def start(user=None, password=None, port=23, lockout_ms=30000, host="0.0.0.0"):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(socket.getaddrinfo(host, port)[0][-1])
     s.listen(1)
+    # Non-blocking: a client that connects and resets before _accept runs leaves nothing to take,
+    # and a blocking accept() would then wait (lwIP: for ever, with the REPL stuck) for the next.
+    s.setblocking(False)
     _srv = s
     wsconfig.watch(s, _accept)
     _log("listening on port", port)

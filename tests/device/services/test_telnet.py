@@ -146,6 +146,34 @@ def test_a_new_login_takes_the_session_over_from_a_vanished_laptop(tn):
     assert "taken over by 127.0.0.1:" in tn.stop()
 
 
+def reset(s: socket.socket) -> None:
+    """Close with a TCP RST (SO_LINGER 0), as a client that crashed or gave up does."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+
+
+def test_a_client_that_resets_mid_answer_or_mid_login_never_stops_the_server(tn):
+    # A fleet command that timed out, a Ctrl-C'd tool, a scanner: the board's next write to that
+    # client fails (ECONNRESET / EPIPE). Before, that error came out of the socket callback and
+    # ended the server (on a board: left the login slot taken, every login "Busy").
+    s, out = login(tn.port)
+    assert b"Logged in" in out
+    s.sendall(b"__import__('time').sleep(0.5) or 7\r\n")  # its answer comes after the reset
+    reset(s)
+    time.sleep(1)
+    s = socket.create_connection(("127.0.0.1", tn.port))  # gone between login: and Password:
+    recv_until(s, b"login: ")
+    s.sendall(b"micro\r\n")
+    reset(s)
+    time.sleep(0.5)
+    s, out = login(tn.port)                               # the server still serves
+    assert b"Logged in" in out
+    s.sendall(b"6*7\r\n")
+    assert b"42" in recv_until(s, b">>> ")
+    s.close()
+    assert "gone" in tn.stop()
+
+
 def test_a_lockout_long_past_does_not_come_back_when_ticks_wrap(micropython, tmp_path):
     # A board's ticks_ms wraps every 2**30 ms (12.4 days): 6 days after a lockout ended,
     # ticks_diff(until, now) is positive again. A lockout is a wait of at most its own length.
