@@ -100,14 +100,13 @@ def every(ms, fn):
 
 
 def _arm():
-    # Board: the timer at the shortest period, or off. Its callback only schedules: the work
-    # runs between bytecodes, never in an interrupt.
+    # Board: the timer at the shortest period, or off. Both ports already run a (soft) Timer's
+    # callback through micropython.schedule, between bytecodes: _due goes in as it is (scheduling
+    # it again would take a second slot of the 4-deep queue socket callbacks share).
     if _CB:
         if _timers:
             import machine
-            import micropython
-            _hw.init(period=min([t[0] for t in _timers]), mode=machine.Timer.PERIODIC,
-                     callback=lambda _: micropython.schedule(_due, None))
+            _hw.init(period=min([t[0] for t in _timers]), mode=machine.Timer.PERIODIC, callback=_due)
         else:
             _hw.deinit()
 
