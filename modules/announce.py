@@ -274,10 +274,14 @@ def start(cfg=None, ip=None, telnet_port=None):
     topic = ("workshop/%s/status" % host).encode()
     user = m.get("user")
     pw = m.get("password")
-    _cfg = (topic, ("ws-" + host).encode(), addr, user.encode() if user else None,
+    mac = _mac()
+    # The client id is the broker's key for a connection: two boards given one hostname must not
+    # take turns throwing each other off, so it carries the MAC (unix, without one: the ticks).
+    cid = "ws-%s-%s" % (host, mac.replace(":", "")[-6:] if mac else "%x" % time.ticks_us())
+    _cfg = (topic, cid.encode(), addr, user.encode() if user else None,
             pw.encode() if pw else None, interval * 1000, min(interval * 2, 0xFFFF))
     board, inputs, project = _ident()
-    _info = {"hostname": host, "ip": _ip(), "mac": _mac(), "board": board,
+    _info = {"hostname": host, "ip": _ip(), "mac": mac, "board": board,
              "micropython": "%d.%d.%d" % sys.implementation.version[:3], "inputs": inputs,
              "project": project, "heap_free": 0, "rssi": None, "uptime_s": 0,
              "interval_s": interval, "telnet": telnet_port, "state": "online"}

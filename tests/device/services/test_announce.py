@@ -95,6 +95,24 @@ def test_reconnects_with_backoff_after_the_broker_restarts(micropython, mosquitt
         proc.communicate(timeout=5)
 
 
+def test_two_boards_given_one_hostname_do_not_throw_each_other_off_the_broker(micropython, mosquitto, tmp_path):
+    # A broker closes a connection when another arrives with its client id. With the id made of
+    # the hostname alone, two boards provisioned with one name took turns (each close published
+    # the other's "offline" will, each reconnect closed the other): a room flapping every second.
+    sub = Subscriber(mosquitto.host, mosquitto.port, "workshop/ann-1/status")
+    p = script(tmp_path, mosquitto.host, mosquitto.port, "wsconfig.serve(5000)", interval=30)
+    boards = [micropython.popen(p, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    try:
+        time.sleep(4.5)
+        got = statuses(sub)
+        assert len(got) >= 2 and all(m["state"] == "online" for m in got), got
+    finally:
+        sub.close()
+        for b in boards:
+            b.kill()
+            b.communicate(timeout=5)
+
+
 def test_broker_credentials_and_a_refusal_that_is_reported(micropython, tmp_path):
     passwd = require_tool("mosquitto_passwd", "mosquitto")
     pw = tmp_path / "passwd"
