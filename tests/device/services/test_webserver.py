@@ -422,3 +422,33 @@ asyncio.run(main())
 """
     out = [l for l in micropython.run(code, timeout=20).stdout.splitlines() if l.strip()]
     assert out == ["b'HTTP/1.1 200 OK x'", "True"] * 2
+
+
+def test_pins_app_defaults_to_the_pins_the_chip_has(micropython):
+    """pins_app.run() with its default pins on a chip without some of them (an ESP32-C3 has no
+    GPIO 14 or 15: machine.Pin raises ValueError("invalid pin")) shows the others; pins the
+    caller names must each exist."""
+    code = """
+import sys
+class Pin:
+    IN = 1
+    def __init__(self, n, mode):
+        if n in (14, 15):
+            raise ValueError("invalid pin")
+        self.n = n
+    def value(self):
+        return self.n % 2
+class machine:
+    Pin = Pin
+sys.modules["machine"] = machine
+import pins_app
+app = pins_app.make()
+[show] = [f for m, p, f in app.routes if "/".join(p) == "/pins.json"]
+print(repr(sorted(int(k) for k in show(None))))
+try:
+    pins_app.make(pins=(2, 14))
+except ValueError as e:
+    print(repr(str(e)))
+"""
+    out = [line for line in micropython.run(code).stdout.splitlines() if line]
+    assert out == [repr([0, 2, 4, 5, 12, 13]), repr("invalid pin")], out
