@@ -251,23 +251,32 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
 
     if not directory and not version:
         raise _fail("name the release (--version V) or a folder (--directory DIR)")
+    try:
+        folder = Path(directory) if directory else config.project_root() / "release" / _release.normalize_version(version)
+        served = _serve.served_release(folder)
+    except (_release.ReleaseError, _serve.ServeError) as e:
+        raise _fail(str(e)) from None
+    if served.problem:
+        err_console.print(f"[yellow]warning:[/] {served.problem}", highlight=False)
     watcher = the_room = None
     if mqtt or room:
         the_room, watcher = _room_watcher(mqtt, None, None, None, None, False, interface)
+        the_room.expected = served.expected     # outdated against the release served, not dist/
     try:
-        folder = Path(directory) if directory else config.project_root() / "release" / _release.normalize_version(version)
         server = _serve.make_server(folder, host, _checked(devconfig.port_number, port, "--port"), room=the_room,
                                     on_request=lambda who, line: console.print(f"[dim]{who}[/] {line}", highlight=False))
     except (_release.ReleaseError, _serve.ServeError) as e:
         if watcher:
             watcher.stop()
         raise _fail(str(e)) from None
-    console.print(f"Serving {folder}")
-    for url in _serve.urls(server):
+    console.print(f"Serving {folder}" + (f" (release {served.version})" if served.version else ""))
+    urls = _serve.urls(server)
+    for url in urls:
         console.print(f"  {url}")
+    lan = next((u for u in urls if "//localhost:" not in u), f"http://<this laptop>:{server.server_address[1]}/")
     console.print("Flashing from the page needs Chrome/Edge on localhost or https; over plain http on the LAN "
-                  "attendees can download images, or run: invoke download --version V --from http://<this laptop>:"
-                  f"{server.server_address[1]}/  (Ctrl-C stops)")
+                  f"attendees can download images, or run: invoke download --version {served.version or 'V'} "
+                  f"--from {lan}  (Ctrl-C stops)", soft_wrap=True)
     if the_room is not None:
         console.print(f"  the room: {_serve.urls(server)[0]}room")
     try:

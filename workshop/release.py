@@ -643,6 +643,8 @@ def read_index(data: str | bytes, source: str = INDEX) -> tuple[str, tuple[Relea
     """index.json -> (version, boards)."""
     try:
         index = json.loads(data)
+        if not isinstance(index, dict) or "format" not in index:
+            raise ReleaseError(f"{source}: not a release index (no 'format'): made by invoke release?")
         if index.get("format") != FORMAT:
             raise ReleaseError(f"{source}: format {index.get('format')!r}, this tool reads format {FORMAT}: update the kit")
         return index["version"], tuple(ReleaseBoard.from_dict(b) for b in index["boards"])

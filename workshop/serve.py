@@ -11,10 +11,12 @@ import functools
 import mimetypes
 import socket
 import threading
+from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
-from .release import INDEX
+from .release import INDEX, ReleaseError, read_index
 
 ROOM_PAGE = Path(__file__).resolve().parent / "room" / "room.html"
 
@@ -66,6 +68,31 @@ class _Handler(SimpleHTTPRequestHandler):
         log = getattr(self.server, "on_request", None)
         if log:
             log(self.address_string(), format % args)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a served folder holds: its release version and each board's inputs hash there."""
+
+    directory: Path
+    version: str | None       # None: index.json is no release index (then `problem` says why)
+    expected: Any             # workshop.roster.Expected: what /room's "outdated" is judged against
+    problem: str | None = None
+
+
+def served_release(directory: Path) -> Served:
+    """The release in `directory` (its index.json): the version to name in hints, and the images'
+    inputs hashes that /room compares each board's with (the release served, not dist/)."""
+    from .roster import Expected
+
+    index = Path(directory) / INDEX
+    if not index.is_file():
+        raise ServeError(f"{directory}: no {INDEX}; make the release first (invoke release --version V)")
+    try:
+        version, boards = read_index(index.read_bytes(), str(index))
+    except (ReleaseError, OSError) as e:
+        return Served(Path(directory), None, Expected({}, str(index)), f"{e}: /room cannot tell outdated boards")
+    return Served(Path(directory), version, Expected({b.board: b.inputs_sha256 for b in boards if b.inputs_sha256}, str(index)))
 
 
 def make_server(directory: Path, host: str = "0.0.0.0", port: int = 8000, on_request=None,

@@ -82,3 +82,17 @@ def test_serving_on_every_interface_lists_the_lan_addresses_that_answer(release_
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_served_release_names_the_version_and_the_images_inputs(release_kwargs, tmp_path):
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    served = serve.served_release(made.directory)
+    assert served.version == "v0.1.0" and served.problem is None
+    assert dict(served.expected.inputs) == {b.board: b.inputs_sha256 for b in made.boards}
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "index.json").write_text("{}")
+    served = serve.served_release(odd)      # serves all the same; the room cannot tell outdated boards
+    assert served.version is None and "not a release index" in served.problem and dict(served.expected.inputs) == {}
+    with pytest.raises(serve.ServeError, match="no index.json"):
+        serve.served_release(tmp_path)
