@@ -32,6 +32,14 @@ class _Handler(SimpleHTTPRequestHandler):
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
                       ".json": "application/json", ".bin": "application/octet-stream", "": "application/octet-stream"}
 
+    # Text files without an extension: a browser shows them (SHA256SUMS, ESP Web Tools' LICENSE).
+    TEXT_FILES = frozenset({"SHA256SUMS", "LICENSE", "VERSION"})
+
+    def guess_type(self, path: Any) -> str:
+        if Path(str(path)).name in self.TEXT_FILES:
+            return "text/plain; charset=utf-8"
+        return super().guess_type(path)
+
     def end_headers(self) -> None:
         # Other pages and tools may fetch from this mirror; the files are public anyway.
         self.send_header("Access-Control-Allow-Origin", "*")

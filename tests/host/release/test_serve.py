@@ -84,6 +84,24 @@ def test_serving_on_every_interface_lists_the_lan_addresses_that_answer(release_
         server.server_close()
 
 
+def test_text_files_without_an_extension_are_served_as_text(release_kwargs, tmp_path):
+    """SHA256SUMS (and ESP Web Tools' LICENSE) open in the browser instead of downloading as octet-stream."""
+    (release_kwargs["web_tools"] / "LICENSE").write_text("MIT\n")
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    server = serve.make_server(made.directory, "127.0.0.1", 0)
+    serve.start_in_thread(server)
+    try:
+        base = serve.urls(server)[0]
+        for name in ("SHA256SUMS", "esp-web-tools/LICENSE"):
+            with urllib.request.urlopen(base + name, timeout=10) as r:
+                assert r.headers["Content-Type"] == "text/plain; charset=utf-8", name
+        with urllib.request.urlopen(base + "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin", timeout=10) as r:
+            assert r.headers["Content-Type"] == "application/octet-stream"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_served_release_names_the_version_and_the_images_inputs(release_kwargs, tmp_path):
     made = rel.make_release("v0.1.0", **release_kwargs)
     served = serve.served_release(made.directory)
