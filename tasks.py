@@ -866,7 +866,7 @@ def _roster_rows(rows):
 
 def _roster_table(rows, title):
     """The live view's table on a terminal (rich Live redraws it); everything else prints through _table."""
-    return render.build_table(title, _ROSTER_COLUMNS, _roster_rows(rows))
+    return render.LiveTable(title, _ROSTER_COLUMNS, _roster_rows(rows))
 
 
 @task(auto_shortflags=False, help={**_ROOM_HELP, "watch": "keep a live table (Ctrl-C ends); with --json one JSON report per line, on each change",

@@ -8,7 +8,8 @@ No policy here, only presentation. The rules every table follows:
 - cells are plain text (never parsed as markup: a port named `[x]` stays `[x]`); a cell's
   colour comes from its `status` (ok, fail, skip...), never from parsing its text;
 - piped or redirected (stdout not a terminal), a table is printed without boxes or colour, one
-  line per row at its natural width, so `grep` and `cut` see whole rows.
+  line per row at its natural width, so `grep` and `cut` see whole rows;
+- a live view (rich `Live`, redrawn in place) follows the same width rule: `LiveTable`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -104,6 +106,36 @@ def minimum_width(columns: Sequence[str | Column], rows: Sequence[Sequence[CellL
     return width + (0 if plain else len(cols) + 1)                           # the box's vertical lines
 
 
+def fit_width(width: int, columns: Sequence[str | Column], rows: Sequence[Sequence[CellLike]],
+              plain: bool = False) -> int:
+    """The width to draw a table at on a terminal `width` wide: that width, or wider when even
+    the narrowest drawing that cuts nothing needs more (wrapped columns then get WRAP_WIDE)."""
+    if minimum_width(columns, rows, plain) > width:
+        return minimum_width(columns, rows, plain, WRAP_WIDE)
+    return width
+
+
+class LiveTable:
+    """A table for a live view on a terminal (rich `Live`): drawn at `fit_width`, as print_table
+    draws it, so nothing is cut. A table wider than the terminal has each line folded at the
+    terminal's width, which is what the terminal shows of print_table's lines too; folded here,
+    every screen line is a line to Live, which then moves the cursor back over all of them."""
+
+    def __init__(self, title: str | None, columns: Sequence[str | Column], rows: Iterable[Sequence[CellLike]]) -> None:
+        self.columns = columns
+        self.rows = [list(r) for r in rows]
+        self.table = build_table(title, columns, self.rows)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        screen = options.max_width
+        width = fit_width(screen, self.columns, self.rows)
+        for line in console.render_lines(self.table, options.update_width(width), pad=False):
+            length = Segment.get_line_length(line)
+            for piece in Segment.divide(line, range(screen, length + screen, screen)) if length > screen else [line]:
+                yield from piece
+                yield Segment.line()
+
+
 def print_table(console: Console, title: str | None, columns: Sequence[str | Column],
                 rows: Iterable[Sequence[CellLike]], *, plain: bool | None = None) -> None:
     """Print a table on `console`; `plain` defaults to "not a terminal"."""
@@ -120,9 +152,7 @@ def print_table(console: Console, title: str | None, columns: Sequence[str | Col
         text = "\n".join(line.rstrip() for line in captured.get().splitlines())
         console.out((title + "\n" if title else "") + text, highlight=False)
         return
-    width = console.width
-    if minimum_width(columns, rows, plain) > width:
-        width = minimum_width(columns, rows, plain, WRAP_WIDE)
+    width = fit_width(console.width, columns, rows, plain)
     # Console.print never draws wider than the console: widen it for this table only.
     saved = console.width
     console.width = width

@@ -123,3 +123,29 @@ def test_invoke_boards_piped():
     assert [line.split()[0] for line in lines[2:]] == BOARDS          # one whole line per board
     esp32 = next(line for line in lines if line.startswith("ESP32_GENERIC "))
     assert "firmware.bin@0x1000" in esp32 and "…" not in proc.stdout and "━" not in proc.stdout
+
+
+def test_a_live_table_follows_the_width_rule_folded_at_the_terminal():
+    """roster --watch drew its wrapped columns zero-wide at 100 columns and pushed the rest off the
+    edge: a live table is drawn as print_table draws it, each line folded at the terminal's width."""
+    columns = ["hostname", "IP", "board", Column("firmware", wrap=True), "outdated", Column("heap", justify="right"),
+               "RSSI", "uptime", Column("last seen", wrap=True), "state"]
+    rows = [["classroom-lab-board-0042", "10.0.0.42", "ESP32_GENERIC", "v1.28.0 abababababab", Cell("?", "skip"),
+             "123,456", "-60", "12345 s", "3 s ago (retained)", Cell("online", "ok")]]
+    wide = io.StringIO()
+    render.print_table(Console(file=wide, width=100, force_terminal=True, color_system=None), "Room", columns, rows)
+    out = io.StringIO()
+    Console(file=out, width=100, force_terminal=True, color_system=None).print(render.LiveTable("Room", columns, rows))
+    printed, live = wide.getvalue().splitlines(), out.getvalue().splitlines()
+    width = max(len(line) for line in printed)
+    assert width > 100 and max(len(line) for line in live) <= 100
+    folds = -(-width // 100)
+    unfolded = ["".join(live[i:i + folds]) for i in range(0, len(live), folds)]
+    assert [line.rstrip() for line in unfolded] == [line.rstrip() for line in printed]
+    assert any("firmware" in line and "last seen" in line and "state" in line for line in unfolded)
+    # A table that fits is drawn as print_table draws it, unfolded.
+    narrow = [["lab-01", "10.0.0.1", "-", "-", "?", "-", "-", "-", "-", "online"]]
+    out, wide = io.StringIO(), io.StringIO()
+    Console(file=out, width=160, force_terminal=True, color_system=None).print(render.LiveTable("Room", columns, narrow))
+    render.print_table(Console(file=wide, width=160, force_terminal=True, color_system=None), "Room", columns, narrow)
+    assert out.getvalue() == wide.getvalue()
