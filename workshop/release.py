@@ -68,7 +68,10 @@ SECRET_KEYS: dict[str, str] = {
 FILE_MODE = 0o644
 EXEC_MODE = 0o755         # folders, and a host board's program
 
-VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+([-+.][0-9A-Za-z.+-]+)?$")
+# A version tag: v + semver (MAJOR.MINOR.PATCH, optional -pre.release and +build identifiers):
+# always a valid git tag (git check-ref-format: no '..', no trailing '.', no '.lock') and folder name.
+_IDENT = r"[0-9A-Za-z-]+"
+VERSION_RE = re.compile(rf"^v\d+\.\d+\.\d+(?:-{_IDENT}(?:\.{_IDENT})*)?(?:\+{_IDENT}(?:\.{_IDENT})*)?$")
 
 
 class ReleaseError(RuntimeError):
@@ -160,7 +163,7 @@ def normalize_version(version: str) -> str:
     v = version.strip()
     if v and v[0].isdigit():
         v = "v" + v
-    if not VERSION_RE.match(v):
+    if not VERSION_RE.match(v) or v.endswith(".lock"):
         raise ReleaseError(f"release version {version!r}: expected a tag like v0.1.0 (or 0.1.0)")
     return v
 
@@ -508,7 +511,7 @@ def make_release(
         known = load_boards(root)
     except ConfigError as e:
         raise ReleaseError(str(e)) from None
-    names = list(boards) if boards else sorted(known)
+    names = list(dict.fromkeys(boards)) if boards else sorted(known)    # each board once, in the order given
     unknown = [b for b in names if b not in known]
     if unknown:
         raise ReleaseError(f"unknown board {unknown[0]!r} (boards: {', '.join(sorted(known))})")

@@ -106,9 +106,16 @@ def test_chip_family_comes_from_esptool():
 def test_version_is_normalised_and_validated(release_kwargs, tmp_path):
     assert rel.normalize_version("0.1.0") == "v0.1.0"
     assert rel.normalize_version("v1.2.3-rc1") == "v1.2.3-rc1"
-    for bad in ("latest", "v1", "1.2", "", "v1.2.3/../x"):
+    assert rel.normalize_version("v1.2.3-rc.1+build.5") == "v1.2.3-rc.1+build.5"
+    for bad in ("latest", "v1", "1.2", "", "v1.2.3/../x", "v1.0.0..", "v1.0.0.", "v1.0.0-", "v1.0.0-rc..1",
+                "v1.0.0-x.lock", "v1.0.0 x", "v1.0.0~1", "v1.0.0:x", "v1.0.0-rc/1", "v1.0.0@{1}"):
         with pytest.raises(rel.ReleaseError, match="expected a tag like v0.1.0"):
             rel.normalize_version(bad)
+    for bad in ("v1.0.0..", "v1.0.0.", "v1.0.0-x.lock", "v1.0.0~1", "v1.0.0:x", "v1.0.0@{1}"):
+        assert subprocess.run(["git", "check-ref-format", f"refs/tags/{bad}"], capture_output=True).returncode != 0, bad
+    for good in ("v0.1.0", "v1.2.3-rc1", "v1.2.3-rc.1+build.5"):
+        proc = subprocess.run(["git", "check-ref-format", f"refs/tags/{good}"], capture_output=True)
+        assert proc.returncode == 0, good
     release_kwargs["out"] = tmp_path / "r"
     release = rel.make_release("0.1.0", **release_kwargs)
     assert release.version == "v0.1.0"
@@ -485,3 +492,11 @@ def test_a_config_secret_is_scanned_for_when_the_environment_and_an_option_give_
         assert leaked not in str(e.value)
     write_placeholder_build(dist, "ESP32_GENERIC_S3")
     assert rel.make_release("v0.1.0", secrets=secrets, **release_kwargs).directory.is_dir()
+
+
+def test_a_board_named_twice_is_released_once(release_kwargs):
+    release_kwargs["boards"] = ["ESP32_GENERIC", "ESP8266_GENERIC", "ESP32_GENERIC"]
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    assert [b.board for b in made.boards] == ["ESP32_GENERIC", "ESP8266_GENERIC"]
+    index = json.loads((made.directory / "index.json").read_text())
+    assert [b["board"] for b in index["boards"]] == ["ESP32_GENERIC", "ESP8266_GENERIC"]
