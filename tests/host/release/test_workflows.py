@@ -134,3 +134,46 @@ def test_actions_are_pinned_to_a_version():
             uses = step.get("uses")
             if uses:
                 assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+", uses), f"{path.name}: job {job}: {uses} is not pinned"
+
+
+def _step(workflow: str, step_id: str) -> dict:
+    (found,) = [s for _, s in steps(load(CI / workflow)) if s.get("id") == step_id]
+    return found
+
+
+def test_the_release_assets_check_passes_on_what_is_attached_and_catches_a_missing_image(release_kwargs, tmp_path):
+    """The upload step attaches release/<tag>/'s top-level files (assets are flat: no esp-web-tools/),
+    so a plain `sha256sum --check SHA256SUMS` fails on them; the check step verifies what is there
+    and that nothing top-level is missing. GitHub is not reachable from the tests: `gh release
+    download` is played by a script that copies exactly what the upload step's `find` selects."""
+    from workshop import release as rel
+
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    upload = next(s for _, s in steps(load(CI / "release.yml")) if s.get("name") == "Attach the files to the GitHub release")
+    find = next(line for line in upload["run"].splitlines() if line.strip().startswith("find "))
+    select = find.split("|")[0].replace('"release/$TAG"', str(made.directory)).replace("-print0", "-print")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    gh = bin_dir / "gh"
+    gh.write_text('#!/bin/bash\n# gh release download TAG --dir DIR --clobber: the attached files\n'
+                  'set -e; [ "$1 $2" = "release download" ]; mkdir -p "$5"\n'
+                  f'{select} | while read -r f; do cp "$f" "$5/"; done\n')
+    gh.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", TAG="v0.1.0")
+    script = _step("release.yml", "check-assets")["run"]
+
+    work = tmp_path / "runner"
+    work.mkdir()
+    proc = subprocess.run(["bash", "-e", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assets = work / "release-assets"
+    assert not (assets / "esp-web-tools").exists() and (assets / "SHA256SUMS").is_file()
+    plain = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=assets, capture_output=True, text=True)
+    assert plain.returncode != 0, "the flat assets lack esp-web-tools/*: why the step uses --ignore-missing"
+
+    # An image that did not get attached fails the check, naming it.
+    gh.write_text(gh.read_text().replace('cp "$f" "$5/"', '[[ "$f" == *ESP32_GENERIC_S3-*.bin ]] || cp "$f" "$5/"'))
+    other = tmp_path / "runner2"
+    other.mkdir()
+    proc = subprocess.run(["bash", "-e", "-c", script], cwd=other, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "not attached: ESP32_GENERIC_S3-20261121-v1.28.0-v0.1.0.bin" in proc.stdout, proc.stdout
