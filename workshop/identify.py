@@ -19,7 +19,7 @@ from typing import Any
 from .config import ConfigError, get_board
 from .provision import identify as repl_identify
 from .registry import Registry, normalize_mac
-from .repl import ReplError, ReplSession
+from .repl import FRIENDLY_PROMPT, ReplError, ReplSession
 
 BLINK = """
 import time
@@ -98,8 +98,10 @@ def show(port: str, registry: Registry | None, *, baudrate: int = 115200, rounds
                 return result
             except ReplError as e:
                 result.error = f"LED GPIO{pin}: {e}"
-        # No LED (or it failed): the name on the board's own console, at the friendly REPL.
+        # No LED (or it failed): the name on the board's own console, at the friendly REPL, once
+        # its prompt is there (a line sent while it prints its banner is lost on some boards).
         session.exit_raw()
+        session._read_until(FRIENDLY_PROMPT, 5.0, "friendly REPL prompt after Ctrl-B")  # noqa: SLF001
         text = f"*** {_label(rec, port)} ***"
         session._write((CONSOLE % text).encode())  # noqa: SLF001 - one line at the friendly prompt
         # Confirm the board printed it (its output line, not the echo of our command).

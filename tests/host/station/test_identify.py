@@ -6,10 +6,15 @@ the real MicroPython runtime did with it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from station_peers import E2E
 from workshop import identify
 from workshop.registry import Registry
+
+REPO = Path(__file__).resolve().parents[3]
+FROZEN_UNIX = REPO / "dist" / "UNIX" / "micropython"
 
 RECORDING_PIN = """
 import sys
@@ -55,8 +60,13 @@ def test_the_led_blinks_the_sticker_digit_by_digit_with_the_boards_polarity(tmp_
     assert log[0] == "2=0" and log[-1] == "2=1"
 
 
-def test_a_board_without_a_known_led_prints_its_name_on_its_console(tmp_path):
-    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi")
+@pytest.mark.parametrize("runtime", ["pypi", "frozen"])
+def test_a_board_without_a_known_led_prints_its_name_on_its_console(tmp_path, runtime):
+    """Also on the UNIX firmware we build (its REPL, not its stack, is what matters here: a stale
+    build will do), where the line sent before its friendly prompt came back was lost."""
+    if runtime == "frozen" and not FROZEN_UNIX.exists():
+        pytest.skip("dist/UNIX/micropython not built (invoke build --board UNIX)")
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime=runtime)
     with peer:
         reg = Registry(tmp_path / "w.db")
         mac = mac_of(peer)
