@@ -1321,8 +1321,8 @@ def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", j
         return _identify_over_network(hosts, all, mqtt, mqtt_user, mqtt_password, no_mdns, interface, wait,
                                       telnet_user, telnet_password, seconds, timeout, report, json)
     import json as _json
+    import threading
     from pathlib import Path
-
 
     from workshop import identify as _identify
 
@@ -1333,16 +1333,24 @@ def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", j
     reg = _open_registry(registry) if Path(registry).exists() else None
     if blink and reg is None:          # the names and stickers live there: nothing would blink
         raise _fail(f"--blink {blink}: no registry at {registry}: pass --registry FILE (the station's)")
+    cancel = threading.Event()
     try:
         with console.status(f"asking {len(targets)} board(s) to show themselves..."):
-            shown = _identify.identify_boards(targets, reg, only=blink, baudrate=baudrate)
+            shown = _identify.identify_boards(targets, reg, only=blink, baudrate=baudrate, cancel=cancel)
     except ValueError as e:
         raise _fail(str(e)) from None
     if json:
         print(_json.dumps([s.to_dict() for s in shown], indent=2))
     else:
-        rows = [[s.port, s.hostname, str(s.sticker or "-"), s.mac, s.how or Cell("-" if s.ok else "failed", None if s.ok else "failed"),
-                 s.error or ""] for s in shown]
-        _table("Which board is which", ["port", "hostname", "sticker", "MAC", "shown by", Column("detail", wrap=True)], rows)
+        def how(s):
+            if s.interrupted:
+                return Cell("interrupted", "interrupted")
+            return s.how or Cell("-" if s.ok else "failed", None if s.ok else "failed")
+
+        rows = [[s.port, s.hostname, str(s.sticker or "-"), s.mac, how(s), s.error or ""] for s in shown]
+        _table("Which board is which" + (" (interrupted)" if cancel.is_set() else ""),
+               ["port", "hostname", "sticker", "MAC", "shown by", Column("detail", wrap=True)], rows)
+    if cancel.is_set():
+        raise Exit(code=130)
     if any(not s.ok for s in shown):
         raise Exit(code=1)

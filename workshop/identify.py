@@ -10,6 +10,7 @@ on its own console (the friendly REPL, what a terminal on that port shows) inste
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class Shown:
     board: str | None = None
     how: str | None = None            # "LED GPIO2 (active low)", "console"
     error: str | None = None
+    interrupted: bool = False         # Ctrl-C stopped it before the board showed itself
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -66,9 +68,11 @@ def _label(rec: Any, port: str) -> str:
 
 
 def show(port: str, registry: Registry | None, *, baudrate: int = 115200, rounds: int = 2,
-         connect_timeout: float = 3.0, timeout: float = 30.0, display: bool = True) -> Shown:
+         connect_timeout: float = 3.0, timeout: float = 30.0, display: bool = True,
+         cancel: threading.Event | None = None) -> Shown:
+    """One board shows itself. A set `cancel` (Ctrl-C) ends its session within one read."""
     result = Shown(port, ok=False)
-    session = ReplSession(port, baudrate=baudrate, timeout=timeout, connect_timeout=connect_timeout)
+    session = ReplSession(port, baudrate=baudrate, timeout=timeout, connect_timeout=connect_timeout, cancel=cancel)
     try:
         session.open()
         session.enter_raw()
@@ -112,17 +116,21 @@ def show(port: str, registry: Registry | None, *, baudrate: int = 115200, rounds
         return result
     except ReplError as e:
         result.error = str(e)
+        if cancel is not None and cancel.is_set():
+            result.interrupted, result.error = True, "interrupted (Ctrl-C)"
         return result
     finally:
         session.close()
 
 
 def identify_boards(ports: Sequence[str], registry: Registry | None, *, only: str | None = None,
-                    baudrate: int = 115200, rounds: int = 2) -> list[Shown]:
+                    baudrate: int = 115200, rounds: int = 2, cancel: threading.Event | None = None) -> list[Shown]:
     """Every port in parallel; with `only` (a hostname or sticker number) just that board blinks.
 
     `only` needs the registry that knows names and stickers, and must be on one of the ports:
-    otherwise ValueError (nothing blinking is not a success)."""
+    otherwise ValueError (nothing blinking is not a success). Ctrl-C (KeyboardInterrupt) sets
+    `cancel`: every session stops within one read and the results come back at once, the
+    unfinished boards `interrupted`; a caller that passed `cancel` sees it set."""
     if only is not None:
         if registry is None:
             raise ValueError(f"--blink {only}: no registry to find that board in: pass --registry FILE "
@@ -130,8 +138,18 @@ def identify_boards(ports: Sequence[str], registry: Registry | None, *, only: st
         rec = registry.by_hostname(only) or (registry.by_sticker(int(only)) if only.isdigit() else None)
         if rec is None:
             raise ValueError(f"--blink {only}: no such board in {registry.path}")
+    cancel = cancel or threading.Event()
+    shown: list[Shown] = []
     with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
-        shown = list(pool.map(lambda p: _show_one(p, registry, only, baudrate, rounds), ports))
+        for future in [pool.submit(_show_one, p, registry, only, baudrate, rounds, cancel) for p in ports]:
+            while True:
+                try:
+                    shown.append(future.result())
+                    break
+                except KeyboardInterrupt:
+                    cancel.set()            # before the pool's exit waits for its workers
+    if cancel.is_set():
+        return shown
     if only is not None and all(s.ok for s in shown) and not any(_is(s, only) for s in shown):
         raise ValueError(f"--blink {only}: that board is on none of the {len(ports)} port(s) asked "
                          f"({', '.join(ports)})")
@@ -142,14 +160,15 @@ def _is(r: Shown, only: str) -> bool:
     return only in (r.hostname, str(r.sticker))
 
 
-def _show_one(port: str, registry: Registry | None, only: str | None, baudrate: int, rounds: int) -> Shown:
+def _show_one(port: str, registry: Registry | None, only: str | None, baudrate: int, rounds: int,
+              cancel: threading.Event) -> Shown:
     if only is None:
-        return show(port, registry, baudrate=baudrate, rounds=rounds)
+        return show(port, registry, baudrate=baudrate, rounds=rounds, cancel=cancel)
     # Find which port has it first (MAC only), then blink just that one.
-    r = show(port, registry, baudrate=baudrate, display=False)
-    if not _is(r, only):
+    r = show(port, registry, baudrate=baudrate, display=False, cancel=cancel)
+    if not _is(r, only) or r.interrupted:
         return r
-    return show(port, registry, baudrate=baudrate, rounds=rounds)
+    return show(port, registry, baudrate=baudrate, rounds=rounds, cancel=cancel)
 
 
 __all__ = ["Shown", "digits", "identify_boards", "show"]

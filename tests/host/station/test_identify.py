@@ -6,12 +6,17 @@ the real MicroPython runtime did with it."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from station_peers import E2E
+from support import interrupt
 from workshop import identify
-from workshop.registry import Registry
+from workshop.registry import Registry, normalize_mac
 
 REPO = Path(__file__).resolve().parents[3]
 FROZEN_UNIX = REPO / "dist" / "UNIX" / "micropython"
@@ -112,3 +117,36 @@ def test_a_port_held_by_another_program_is_named_busy(tmp_path):
         finally:
             holder.close()
     assert not shown.ok and "port busy: held by another program" in shown.error
+
+
+def test_ctrl_c_during_identify_ends_it_within_2_s_with_the_table(tmp_path):
+    """A board mid-blink (its LED double takes a minute per change): Ctrl-C ended identify only
+    after its sessions gave up (~5 s, exit 1, no output). Now within 2 s: exit 130, the table."""
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi")
+    (peer.root / "boot.py").write_text(RECORDING_PIN +
+                                       "import time\n_value = Pin.value\n"
+                                       "def _slow(self, v):\n    _value(self, v)\n    time.sleep(60)\n"
+                                       "Pin.value = _slow\n")
+    with peer:
+        reg = Registry(tmp_path / "w.db")
+        mac = mac_of(peer)
+        reg.see(mac)
+        reg.record_flash(mac, ok=True, board="ESP32_GENERIC")
+        reg.record_provision(mac, ok=True, hostname="lab-01")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSHOP_")}
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "identify", "--ports",
+                                 peer.port, "--registry", str(tmp_path / "w.db")], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not (peer.root / "pin.log").exists():
+                assert time.monotonic() < deadline and proc.poll() is None, "the board never started blinking"
+                time.sleep(0.05)
+            out, err, elapsed = interrupt(proc)
+        finally:
+            proc.kill()
+    assert elapsed < 2.0, (elapsed, out[-500:], err[-500:])
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    row = next(line.split() for line in out.splitlines() if line.startswith(peer.port))
+    assert row[:5] == [peer.port, "lab-01", "1", normalize_mac(mac), "interrupted"], out
