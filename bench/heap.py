@@ -165,7 +165,11 @@ def anchor_firmware(lib: Path) -> Path | str:
         plan = build.plan(board, checkout, "native")
     except Exception as e:  # the other figures are still printed
         return f"no anchor firmware: {e}"
-    key = hashlib.sha256(checkout.commit.encode() + ANCHOR_MANIFEST.encode() +
+    *_, mpy_cross_step, port_step = plan.steps
+    command = [a for a in build.image_argv(port_step) if not a.startswith(("FROZEN_MANIFEST=", "BUILD="))]
+    # The make command is in the key: dist/UNIX built with other flags (ports/unix/port.toml)
+    # needs an anchor built with them too, or the two are not like for like.
+    key = hashlib.sha256(checkout.commit.encode() + ANCHOR_MANIFEST.encode() + "\0".join(command).encode() +
                          b"".join((lib / f).read_bytes() for f, _ in ANCHORS.values())).hexdigest()[:12]
     home = config.cache_dir() / "bench" / f"unix-anchor-frozen-{key}"
     binary = home / "micropython"
@@ -177,7 +181,6 @@ def anchor_firmware(lib: Path) -> Path | str:
         shutil.copy(lib / ANCHORS[mod][0], umqtt / ANCHORS[mod][1])
     manifest = home / "manifest.py"
     manifest.write_text(ANCHOR_MANIFEST.format(umqtt=umqtt))
-    *_, mpy_cross_step, port_step = plan.steps
     argv = [a for a in port_step.argv if not a.startswith(("FROZEN_MANIFEST=", "BUILD="))]
     argv += [f"FROZEN_MANIFEST={manifest}", f"BUILD={home / 'build'}"]
     env = dict(os.environ, **{k: v for k, v in port_step.env if k != build.IDENTITY_ENV})
