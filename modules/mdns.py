@@ -229,8 +229,12 @@ def start(hostname=None, ip=None, services=(), port=5353):
         hostname = wsconfig.load().get("hostname")
     if sys.platform == "esp32" and port == 5353:
         import network
-        if hostname:
+        if hostname and hostname != network.hostname():
             network.hostname(hostname)
+            if network.WLAN(network.STA_IF).isconnected():  # it took its name at the first GOT_IP
+                print("mdns: %s.local after a reset: the ESP32's own responder keeps the name it"
+                      " started with" % hostname)
+                return False
         print("mdns: %s.local served by the ESP32's own responder; services not advertised" %
               network.hostname())
         return False

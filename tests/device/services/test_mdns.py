@@ -121,3 +121,39 @@ def test_a_question_for_us_after_others_and_compressed_is_answered(serve):
         s.sendto(wire, ("127.0.0.1", srv.port))
         r = dns.message.from_wire(s.recv(512))
     assert records(r.answer) == {"ws-test.local. 10 A 127.0.0.1"}
+
+
+@pytest.mark.parametrize("connected, said", [
+    (False, "mdns: ws-new.local served by the ESP32's own responder; services not advertised"),
+    (True, "mdns: ws-new.local after a reset: the ESP32's own responder keeps the name it started with"),
+])
+def test_on_an_esp32_a_new_name_after_wi_fi_is_up_is_not_claimed_as_served(micropython, connected, said):
+    # The ESP32 port gives its ESP-IDF responder network.hostname() once, at the first GOT_IP
+    # (ports/esp32/network_wlan.c): a name set later is only a buffer until a reset. A fake sys
+    # (platform "esp32") and network stand in for the board.
+    code = f"""
+import sys as _sys
+class sys:
+    platform = "esp32"
+    modules = _sys.modules
+_sys.modules["sys"] = sys
+class WLAN:
+    def __init__(self, i):
+        pass
+    def isconnected(self):
+        return {connected}
+class network:
+    STA_IF = 0
+    WLAN = WLAN
+    name = "ws-old"
+    @staticmethod
+    def hostname(n=None):
+        if n is None:
+            return network.name
+        network.name = n
+_sys.modules["network"] = network
+import mdns
+print(repr(mdns.start("ws-new")), repr(network.name))
+"""
+    out = micropython.run(code).stdout.splitlines()
+    assert out == [said, "False 'ws-new'"], out
