@@ -21,6 +21,7 @@ from workshop.render import Cell, Column
 os.environ.setdefault(config.PROJECT_ENV, os.path.dirname(os.path.abspath(__file__)))
 
 console = Console()
+console.soft_wrap = not console.is_terminal     # piped: a line (a command to copy) is never wrapped at 80
 err_console = Console(stderr=True)
 
 
@@ -978,7 +979,7 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                               password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD", ""),
                               jobs=workers, timeout=budget,
                               on_event=None if as_json else
-                              (lambda e: err_console.print(f"[dim]{e.hostname}: {escape(e.message)}[/]", highlight=False)
+                              (lambda e: err_console.print(f"[dim]{e.hostname}: {escape(e.message)}[/]", highlight=False, soft_wrap=True)
                                if e.kind in ("start",) else None))
         done = runner.run(targets, command, skip=skip)   # Ctrl-C: returns at once, unfinished boards "cancelled"
     except _fleet.FleetError as e:

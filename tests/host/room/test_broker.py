@@ -71,6 +71,10 @@ def test_broker_with_a_password_file_refuses_a_wrong_password_and_stops_on_ctrl_
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0 and time.monotonic() - t < 3, err
     assert f"--mqtt 127.0.0.1:{port}" in out and "broker stopped" in out
+    # Piped, lines are not wrapped at 80 columns: the commands to copy stay whole.
+    assert f"  boards: ./kit provision --mqtt 127.0.0.1:{port} ...   roster: ./kit roster --mqtt 127.0.0.1:{port}\n" in out
+    assert any(line.startswith(f"MQTT broker on 127.0.0.1:{port} ") and "persistence in /" in line
+               for line in out.splitlines()), out
     with pytest.raises(OSError):
         wait_for_port(port, timeout=0.5)
 
