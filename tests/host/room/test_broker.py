@@ -31,6 +31,14 @@ def test_plan_anonymous_and_with_a_password_file(tmp_path):
         broker.plan(password_file=tmp_path / "missing")
 
 
+def test_each_listener_has_its_own_persistence_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path))
+    a, b, c = broker.plan("0.0.0.0", 18830), broker.plan("0.0.0.0", 18831), broker.plan("::", 1883)
+    assert len({a.directory, b.directory, c.directory}) == 3
+    assert a.directory.parent == b.directory.parent and b.directory.name == "0.0.0.0-18831"
+    assert f"persistence_location {b.directory}/\n" in b.config_text and c.directory.name == "__-1883"
+
+
 def connect(port: int, user: str | None, password: str | None) -> str:
     c = paho.Client(paho.CallbackAPIVersion.VERSION2)
     result: list[str] = []
@@ -64,7 +72,7 @@ def test_broker_with_a_password_file_refuses_a_wrong_password_and_stops_on_ctrl_
         assert connect(port, "micro", "s3cret") == "Success"
         assert connect(port, "micro", "wrong") == "Not authorized"
         assert connect(port, None, None) == "Not authorized"
-        assert (tmp_path / "cache" / "broker" / "mosquitto.conf").is_file()
+        assert (tmp_path / "cache" / "broker" / f"127.0.0.1-{port}" / "mosquitto.conf").is_file()
     finally:
         t = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -170,3 +178,49 @@ def _processes_mentioning(path: Path) -> list[int]:
             if str(path) in cmdline and state != "Z":
                 found.append(int(entry.name))
     return found
+
+
+def retained_now(port: int, seconds: float = 1.0) -> list[bytes]:
+    got: list[bytes] = []
+    s = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    s.on_message = lambda c, u, m: got.append(m.payload)
+    s.connect("127.0.0.1", port)
+    s.subscribe("workshop/+/status")
+    s.loop_start()
+    time.sleep(seconds)
+    s.loop_stop()
+    s.disconnect()
+    return got
+
+
+def publish(port: int, topic: str, payload: bytes) -> None:
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    c.publish(topic, payload, retain=True).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
+
+
+def test_a_broker_on_another_port_neither_shows_nor_saves_over_another_rooms_statuses(tmp_path):
+    """All listeners once shared one persistence file: room B showed room A's boards as retained,
+    and saved over A's file on exit."""
+    env = dict(os.environ, WORKSHOP_CACHE=str(tmp_path / "cache"))
+    room_a, room_b = free_port(), free_port()
+    for port, topic in ((room_a, "workshop/a-01/status"), (room_b, "workshop/b-01/status")):
+        proc = start_kit(port, env=env)
+        try:
+            wait_for_port(port)
+            assert retained_now(port) == []                 # B starts empty: A's statuses are A's
+            publish(port, topic, b'{"state": "online"}')
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=10)
+    proc = start_kit(room_a, env=env)
+    try:
+        wait_for_port(room_a)
+        assert retained_now(room_a) == [b'{"state": "online"}']     # a-01 only: B did not save over A
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+
