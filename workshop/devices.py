@@ -47,6 +47,15 @@ USB_BRIDGES: dict[tuple[int, int], str] = {
     (0x303A, 0x4001): "Espressif USB CDC",
 }
 BY_ID_DIR = Path("/dev/serial/by-id")
+# The same bridges as /dev/serial/by-id names them (udev: usb-<vendor>_<model>[_<serial>]-ifNN,
+# vendor and model as the chip reports them, or as hex ids): for links whose device pyserial
+# cannot describe (a --ports-dir of links to emulators, PTYs). Data, not code.
+BY_ID_BRIDGES: tuple[tuple[str, str], ...] = (
+    (r"Silicon_Labs|CP210\d|10c4", "CP210x"),
+    (r"QinHeng|CH34\d|CH910\d|1a86", "CH34x"),
+    (r"FTDI|FT232|FT2232|FT4232|FT231|0403", "FTDI"),
+    (r"Espressif|303a", "Espressif USB"),
+)
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,23 @@ def _from_port_info(info: Any, links: dict[str, str]) -> SerialPort:
     return SerialPort(device=device, by_id=links.get(resolved), vid=vid, pid=pid,
                       serial_number=info.serial_number or None, bridge=bridge,
                       description=info.description if info.description not in (None, "n/a") else None)
+
+
+def bridge_from_link(name: str) -> str | None:
+    """The known ESP bridge a /dev/serial/by-id style name names ("usb-Silicon_Labs_CP2102..."), or None."""
+    if not name.startswith("usb-"):
+        return None
+    return next((bridge for pattern, bridge in BY_ID_BRIDGES if re.search(pattern, name, re.IGNORECASE)), None)
+
+
+def usb_ports() -> dict[str, SerialPort]:
+    """Every serial port pyserial can describe, by its resolved device path (USB ids, bridge)."""
+    links = _by_id_links()
+    found = {}
+    for info in list_ports.comports():
+        port = _from_port_info(info, links)
+        found[str(Path(port.device).resolve()) if port.device.startswith("/") else port.device] = port
+    return found
 
 
 def list_board_ports(include_unknown: bool = False) -> list[SerialPort]:
@@ -297,7 +323,7 @@ def log_name(device: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", device).strip("_") or "port"
 
 
-__all__ = ["BY_ID_DIR", "Cancelled", "DEFAULT_CONNECT_ATTEMPTS", "Device", "DeviceError", "Identity", "NoAnswer",
+__all__ = ["BY_ID_BRIDGES", "BY_ID_DIR", "bridge_from_link", "usb_ports", "Cancelled", "DEFAULT_CONNECT_ATTEMPTS", "Device", "DeviceError", "Identity", "NoAnswer",
            "PortBusy", "PortUnavailable", "ROM_BAUD", "SerialPort", "USB_BRIDGES", "chip_key", "connect",
            "discover", "esptool_session", "format_mac", "identify", "identify_all", "list_board_ports",
            "log_name", "read_identity", "resolve_ports", "select_ports"]

@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypedDict
 
 from . import devconfig
 from . import flash as _flash
-from .devices import SerialPort, list_board_ports, log_name
+from .devices import SerialPort, bridge_from_link, list_board_ports, log_name, usb_ports
 from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
 from .registry import Registry, RegistryError, normalize_mac
 
@@ -71,9 +71,14 @@ class PortSource(Protocol):
 
 @dataclass(frozen=True)
 class FolderSource:
-    """A folder of device nodes or symlinks to them (/dev/serial/by-id; tests use PTY links)."""
+    """A folder of device nodes or symlinks to them (/dev/serial/by-id; tests use PTY links).
+
+    Known ESP bridges only, as the system's list (unless `all_ports`): a device pyserial can
+    describe is judged by its USB VID:PID, any other (a link to an emulator, a PTY) by the
+    link's by-id name (`usb-Silicon_Labs_CP2102...`, `usb-Espressif_USB_JTAG...`)."""
 
     folder: Path
+    all_ports: bool = False
 
     def scan(self) -> list[SerialPort]:
         ports = []
@@ -81,6 +86,7 @@ class FolderSource:
             entries = sorted(self.folder.iterdir())
         except OSError:
             return []
+        usb: dict[str, SerialPort] | None = None
         for entry in entries:
             if entry.name.startswith(".") or entry.name.endswith((".new", ".tmp")):
                 continue
@@ -88,10 +94,22 @@ class FolderSource:
                 target = entry.resolve(strict=True)
             except OSError:
                 continue                  # a dangling link: the device is gone
-            if entry.is_symlink():
-                ports.append(SerialPort(device=str(target), by_id=str(entry), serial_number=serial_from_link(entry.name)))
-            elif not entry.is_dir():
-                ports.append(SerialPort(device=str(entry)))
+            if entry.is_dir():
+                continue
+            if usb is None:
+                usb = usb_ports()         # once per scan, only when there is something to judge
+            known = usb.get(str(target))
+            link = entry.is_symlink()
+            serial = (known.serial_number if known else None) or (serial_from_link(entry.name) if link else None)
+            if known is not None:
+                bridge, vid, pid = known.bridge, known.vid, known.pid
+            else:
+                bridge, vid, pid = bridge_from_link(entry.name), None, None
+            if bridge is None and not self.all_ports:
+                continue                  # not a known ESP bridge (a modem, a GPS, a random link)
+            ports.append(SerialPort(device=str(target) if link else str(entry), by_id=str(entry) if link else None,
+                                    vid=vid, pid=pid, serial_number=serial, bridge=bridge,
+                                    description=known.description if known else None))
         return ports
 
 
@@ -121,7 +139,7 @@ def default_source(ports_dir: Path | None = None, all_ports: bool = False) -> Po
     if ports_dir is not None:
         if not ports_dir.is_dir():
             raise StationError(f"{ports_dir}: no such folder to watch for boards")
-        return FolderSource(ports_dir)
+        return FolderSource(ports_dir, all_ports)
     return SystemSource(all_ports)
 
 

@@ -299,7 +299,8 @@ def test_a_board_without_a_serial_number_that_vanishes_waits_for_reset_and_conti
     mover = Mover(hub, board, "ttyACM1")
     mover.start()
 
-    report = station.watch(plan, station.FolderSource(hub.folder), on_event=events.append, stop_after=1)
+    # Links named as bare device nodes tell no bridge: taken as --all-ports takes them.
+    report = station.watch(plan, station.FolderSource(hub.folder, all_ports=True), on_event=events.append, stop_after=1)
 
     assert len(report.results) == 1, [(r.key, r.state, r.reason) for r in report.results]
     [r] = report.results
@@ -404,7 +405,7 @@ def test_a_followed_board_that_turns_out_to_be_another_board_is_not_given_its_id
     mover.start()
     t0 = time.monotonic()
     try:
-        report = station.watch(plan, station.FolderSource(hub.folder), stop_after=2)
+        report = station.watch(plan, station.FolderSource(hub.folder, all_ports=True), stop_after=2)   # ttyACM*: no bridge named
     finally:
         stranger.stop()
 
@@ -546,3 +547,33 @@ def test_a_number_typed_wrong_on_the_command_line_is_a_named_error_not_a_traceba
     proc = _invoke(*args)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and message in out + err and "Traceback" not in err, out + err
+
+
+def test_a_ports_dir_takes_known_esp_bridges_only_unless_all_ports(tmp_path):
+    """--ports-dir dropped the known-bridge filter: a link named random-name was flashed, and
+    --all-ports changed nothing. A link is judged by its device's USB ids when pyserial knows
+    them, else by its by-id name; --all-ports takes every one."""
+    import pty
+
+    fds = []
+    names = ["usb-Silicon_Labs_CP2102_USB_to_UART_Bridge_Controller_0001-if00-port0",
+             "usb-1a86_USB2.0-Serial-if00-port0", "usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0",
+             "usb-Espressif_USB_JTAG_serial_debug_unit_F4:12:FA:00:00:01-if00",
+             "usb-Prolific_Technology_Inc._USB-Serial_Controller-if00-port0", "random-name", "ttyUSB0"]
+    folder = tmp_path / "by-id"
+    folder.mkdir()
+    for name in names:
+        master, slave = pty.openpty()
+        fds += [master, slave]
+        (folder / name).symlink_to(os.ttyname(slave))
+    try:
+        known = {Path(p.by_id).name: p for p in station.default_source(folder).scan()}
+        every = {Path(p.by_id).name for p in station.default_source(folder, all_ports=True).scan()}
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert set(known) == set(names[:4])
+    assert [known[n].bridge for n in names[:4]] == ["CP210x", "CH34x", "FTDI", "Espressif USB"]
+    assert known[names[0]].serial_number == "0001"
+    assert every == set(names)
+

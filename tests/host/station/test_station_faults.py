@@ -103,8 +103,10 @@ def test_ctrl_c_during_provisioning_stops_the_process_and_its_writes_within_2_s(
 def _watch(plan: station.Plan, folder: Path, events: list, cancel: threading.Event,
            **kw) -> tuple[threading.Thread, dict]:
     out: dict[str, station.StationReport] = {}
+    # all_ports: some links here are named as bare device nodes (ttyUSB0), which tell no bridge.
     t = threading.Thread(target=lambda: out.setdefault("r", station.watch(
-        plan, station.FolderSource(folder), on_event=events.append, cancel=cancel, **kw)), daemon=True)
+        plan, station.FolderSource(folder, all_ports=True), on_event=events.append, cancel=cancel, **kw)),
+        daemon=True)
     t.start()
     return t, out
 
