@@ -148,7 +148,7 @@ class ProvisionConfig:
         if not isinstance(value, str):
             return                       # named by the type checks
         try:
-            host, port = parse_broker(value)
+            host, port = parse_broker(value, check_host=False)    # the host is checked here, in its words
         except SmokeError as e:
             raise ProvisionError("mqtt broker: " + str(e).replace("--mqtt ", "", 1)) from None
         if not host or not valid_host(host):

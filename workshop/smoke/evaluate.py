@@ -24,8 +24,12 @@ def _reason(error: str) -> str:
     return f"{error} ({hint})" if hint else error
 
 
-def parse_broker(value: str | None) -> tuple[str | None, int | None]:
-    """'--mqtt' as given: 'HOST', 'HOST:PORT', '[v6]:PORT' or a bare IPv6 address -> (host, port)."""
+def parse_broker(value: str | None, check_host: bool = True) -> tuple[str | None, int | None]:
+    """'--mqtt' as given: 'HOST', 'HOST:PORT', '[v6]:PORT' or a bare IPv6 address -> (host, port).
+
+    The one parser of a broker address (smoke, station, provision, roster): the host must be a
+    host name or an IP address (provision.valid_host), checked before any board is touched;
+    `check_host=False` leaves that to a caller with its own message for it."""
     value = (value or "").strip()
     if not value:
         return None, None
@@ -38,7 +42,14 @@ def parse_broker(value: str | None) -> tuple[str | None, int | None]:
         host, port = value, None
     if not host:
         raise SmokeError(f"--mqtt {value!r}: no host (HOST or HOST:PORT)")
-    return host, None if port is None else mqtt_port(port, f"--mqtt {value!r}")
+    number = None if port is None else mqtt_port(port, f"--mqtt {value!r}")
+    if check_host:
+        from ..provision import valid_host
+
+        if not valid_host(host):
+            raise SmokeError(f"--mqtt {value!r}: expected a host name or IP address, optionally with :PORT "
+                             "(e.g. 10.0.0.2:1884)")
+    return host, number
 
 
 def mqtt_port(value: Any, what: str = "mqtt port") -> int:

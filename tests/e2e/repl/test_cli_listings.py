@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support import interrupt
 
 REPO = Path(__file__).resolve().parents[3]
@@ -188,3 +189,14 @@ def test_ctrl_c_during_smoke_ends_it_within_2_s_with_the_table(make_peer, tmp_pa
     rows = {line.split()[0]: line.split() for line in lines[header + 1:] if line.strip() and "/" in line.split()[0]}
     assert rows[hung.port][-1] == "interrupted" and rows[fine.port][-1] in ("ok", "FAILED"), out
     assert "1 not finished (Ctrl-C)" in out, out
+
+
+@pytest.mark.parametrize("value", ["a b", "bad:host:x"])
+def test_smoke_refuses_a_broker_that_is_no_host_before_touching_a_board(make_peer, value):
+    """smoke --network took --mqtt 'a b' and failed each board's MQTT check after the run; the
+    broker address goes through the one parser provision uses, and is refused up front."""
+    peer = make_peer(stack_on_path=False, files={"workshop.json": '{"hostname": "x"}'})
+    proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--board-file", "--network", "--mqtt", value)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert f"--mqtt {value!r}: expected a host name or IP address" in " ".join(proc.stderr.split()), proc.stderr
+    assert "Smoke" not in proc.stdout

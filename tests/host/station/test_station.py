@@ -577,3 +577,15 @@ def test_a_ports_dir_takes_known_esp_bridges_only_unless_all_ports(tmp_path):
     assert known[names[0]].serial_number == "0001"
     assert every == set(names)
 
+
+@pytest.mark.parametrize("value", ["a b", "bad:host:x"])
+def test_invoke_station_refuses_a_broker_that_is_no_host_before_watching(value, tmp_path):
+    """station --smoke --network took --mqtt 'bad:host:x' and failed each board after its flash."""
+    image = tmp_path / "firmware.bin"
+    image.write_bytes(b"\xe9" + bytes(4095))
+    proc = _invoke("station", "--image", str(image), "--offset", "0x1000", "--ports-dir", str(tmp_path),
+                   "--network", "--mqtt", value)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err, out + err
+    assert f"--mqtt {value!r}: expected a host name or IP address" in " ".join(err.split()), err
+    assert "watching" not in out
