@@ -5,10 +5,15 @@
 folder per listener (a broker on another port is another room: it must neither show nor save
 over this one's statuses), anonymous access by default or only the users of a mosquitto
 password file. Library code never prints: mosquitto's log lines go to `on_line`.
+
+`start()` returns once *our* mosquitto listens: a port another program holds (another broker)
+is refused before mosquitto starts, and readiness is mosquitto's own "running" line, not just a
+connection, which another broker on the port would accept too.
 """
 
 from __future__ import annotations
 
+import errno
 import getpass
 import re
 import shutil
@@ -64,7 +69,7 @@ def plan(bind: str = "0.0.0.0", port: int = 1883, password_file: Path | str | No
         "persistence true",                  # retained statuses and last wills survive a restart
         f"persistence_location {d}/",
         "autosave_interval 30",
-        "log_dest stdout",
+        "log_dest stderr",                   # unbuffered: each line (and "running") arrives as it happens
         "log_type error", "log_type warning", "log_type notice", "log_type information",
         "connection_messages true",
         # Started as root, mosquitto switches to this user: keep the one that owns the files.
@@ -76,6 +81,32 @@ def plan(bind: str = "0.0.0.0", port: int = 1883, password_file: Path | str | No
 def listener_folder(bind: str, port: int) -> str:
     """The cache folder name of one listener: '0.0.0.0-1883', '127.0.0.1-18831', '__-1883' (::)."""
     return f"{re.sub(r'[^0-9A-Za-z.-]', '_', bind or 'any')}-{int(port)}"
+
+
+def check_port_free(bind: str, port: int) -> None:
+    """BrokerError when another program listens on `bind`:`port` (mosquitto would fail on it, and
+    a readiness probe would reach the other program)."""
+    try:
+        infos = socket.getaddrinfo(bind or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return                                  # mosquitto says what is wrong with the address
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # as mosquitto binds
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise BrokerError(f"port {port} on {bind or 'any address'} is already in use (another broker? "
+                                  f"'ss -ltnp sport = :{port}' names it): stop it, or choose another --port") from None
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.3).close()
+        return True
+    except OSError:
+        return False
 
 
 # Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
@@ -111,12 +142,14 @@ class Broker:
         self.process: subprocess.Popen[str] | None = None
         self._lines: list[str] = []
         self._reader: threading.Thread | None = None
+        self._running = threading.Event()       # mosquitto said "... running": its listeners are open
         self._previous: dict[int, Any] = {}
 
     def start(self, timeout: float = 5.0) -> Broker:
         """Start mosquitto and return once it listens. Until `stop()`, SIGTERM and SIGHUP raise
         KeyboardInterrupt here (see _catch_signals): stop() it in a finally/except."""
         binary = mosquitto_binary()
+        check_port_free(self.plan.bind, self.plan.port)
         self.plan.directory.mkdir(parents=True, exist_ok=True)
         self.plan.config_path.write_text(self.plan.config_text)
         self._catch_signals()
@@ -138,19 +171,20 @@ class Broker:
                 self._reader.join(1)
                 tail = " / ".join(ln for ln in self._lines[-3:] if ln) or f"exit code {self.process.returncode}"
                 raise BrokerError(f"mosquitto stopped at once: {tail}")
-            try:
-                socket.create_connection((host, self.plan.port), timeout=0.3).close()
+            # Ours listens once it says so (another program on the port would accept a connection too).
+            if self._running.is_set() and _accepts(host, self.plan.port):
                 return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise BrokerError(f"mosquitto does not listen on {host}:{self.plan.port} after {timeout:g} s") from None
-                time.sleep(0.05)
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"mosquitto does not listen on {host}:{self.plan.port} after {timeout:g} s")
+            time.sleep(0.05)
 
     def _read(self) -> None:
         assert self.process and self.process.stdout
         for line in self.process.stdout:
             line = line.rstrip("\n")
+            if re.search(r"mosquitto version \S+ running$", line):
+                self._running.set()
             self._lines.append(line)
             del self._lines[:-50]
             if self.on_line:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -224,3 +225,29 @@ def test_a_broker_on_another_port_neither_shows_nor_saves_over_another_rooms_sta
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)
 
+
+def test_a_port_another_broker_holds_is_refused_not_reported_up(mosquitto, tmp_path):
+    """The readiness probe once reached the other broker: 'MQTT broker on ...' then 'Address already in use'."""
+    proc = start_kit(mosquitto.port, env=dict(os.environ, WORKSHOP_CACHE=str(tmp_path / "cache")))
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1, out + err
+    assert "MQTT broker on" not in out and "Ctrl-C stops it" not in out
+    assert err.strip().splitlines() == [f"error: port {mosquitto.port} on 127.0.0.1 is already in use (another broker? "
+                                        f"'ss -ltnp sport = :{mosquitto.port}' names it): stop it, or choose another --port"]
+    assert connect(mosquitto.port, None, None) == "Success"           # the other broker is left alone
+
+
+def test_readiness_is_our_mosquittos_own_word(tmp_path, monkeypatch):
+    """Past the port check (a race), a connection alone is not readiness: ours must say it runs."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    monkeypatch.setattr(broker, "check_port_free", lambda bind, port: None)
+    b = broker.Broker(broker.plan("127.0.0.1", port, None, tmp_path / "b"))
+    try:
+        with pytest.raises(broker.BrokerError, match="Address already in use"):
+            b.start()
+    finally:
+        b.stop()
+        taken.close()
