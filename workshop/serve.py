@@ -143,21 +143,13 @@ def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
 
 def lan_addresses() -> list[str]:
     """This machine's IPv4 addresses other than loopback, read from its network interfaces
-    (ifaddr, which zeroconf depends on; no traffic sent). The host name is no guide: Debian maps it
-    to 127.0.1.1 in /etc/hosts, so looking it up finds loopback alone."""
+    (ifaddr; no traffic sent). The host name is no guide: Debian maps it to 127.0.1.1 in
+    /etc/hosts, so looking it up finds loopback alone."""
     import ipaddress
 
-    found: set[str] = set()
-    try:
-        import ifaddr
+    import ifaddr
 
-        for adapter in ifaddr.get_adapters():
-            found.update(str(ip.ip) for ip in adapter.ips if ip.is_IPv4)
-    except (ImportError, OSError):
-        try:
-            found.update(str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET))
-        except OSError:
-            pass
+    found = {str(ip.ip) for adapter in ifaddr.get_adapters() for ip in adapter.ips if ip.is_IPv4}
     return sorted((a for a in found if not ipaddress.IPv4Address(a).is_loopback), key=ipaddress.IPv4Address)
 
 
