@@ -12,8 +12,10 @@ subscription (paho-mqtt) and an mDNS browser (python-zeroconf), in background th
 Row states: `online`; `stale` when no status arrived within 2 announce intervals (a board that
 hangs, or lost power before the broker's keepalive ran out) or, for a board known from mDNS
 alone, when it has not answered for its records' TTL (the watcher asks again from half of it);
-`offline` (its last will, it left cleanly, or mDNS removed it: a goodbye). A retained status seen when the watcher starts is as old as the broker keeps
-it: `retained` says so until the board publishes again.
+`offline` (its last will, it left cleanly, or mDNS removed it: a goodbye). A retained status
+seen when the watcher starts is as old as the broker keeps it: `retained` says so until the
+board publishes again. An empty retained message on a board's topic (the MQTT way to clear a
+status) removes its row.
 
 Two boards given one hostname share a topic: their statuses alternate in one row. A live status
 from another MAC than the last one heard within 2 intervals (or, from boards that report no MAC,
@@ -186,6 +188,9 @@ class Roster:
             self._warn(f"{topic}: not a workshop/<hostname>/status topic, skipped", topic)
             return False
         name = parts[1]
+        if not payload:
+            self._clear(name)
+            return True
         try:
             doc = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
@@ -238,6 +243,20 @@ class Roster:
                        "spoke last (give each board its own hostname: provision --hostname)", f"{topic} twins")
         self.changed.set()
         return True
+
+    def _clear(self, name: str) -> None:
+        """An empty message on the board's topic: its status is cleared. A board mDNS still
+        knows stays, as an mDNS board; otherwise the row goes."""
+        with self._lock:
+            b = self._boards.get(name)
+            if b is None:
+                return
+            b["sources"].discard("mqtt")
+            if b["sources"]:
+                b.update(state="online", retained=False, speakers={})
+            else:
+                del self._boards[name]
+        self.changed.set()
 
     def _speakers(self, b: dict[str, Any], status: Mapping[str, Any]) -> list[str] | None:
         """Who spoke on this topic within 2 intervals (by MAC, else IP); with the lock held.

@@ -437,3 +437,18 @@ def test_roster_watch_on_a_100_column_terminal_cuts_no_column(room):
     for header in ("hostname", "firmware", "last seen", "state"):
         assert header in text, (header, text[-3000:])
     assert "classroom-lab-board-0042" in text and "online" in text and "…" not in text
+
+
+def test_an_empty_retained_message_clears_the_board_from_the_roster(mosquitto):
+    """Clearing a status the MQTT way (an empty retained message) once left the row and warned
+    'not a JSON status'."""
+    r = roster.Roster(None)
+    with roster.RoomWatcher(r, (mosquitto.host, mosquitto.port), mdns=False) as w:
+        assert w.subscribed.wait(5)
+        publish_retained(mosquitto, "workshop/lab-30/status", b'{"state": "online"}')
+        publish_retained(mosquitto, "workshop/lab-31/status", b'{"state": "online"}')
+        wait_rows(r, lambda rows: {"lab-30", "lab-31"} <= set(rows))
+        publish_retained(mosquitto, "workshop/lab-30/status", b"")
+        wait_rows(r, lambda rows: set(rows) == {"lab-31"})
+    assert r.warnings == []
+    assert "workshop/lab-30/status" not in retained(mosquitto)        # and the broker holds none
