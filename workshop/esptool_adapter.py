@@ -22,6 +22,8 @@ What we rely on, and how:
   each tested: "Failed to connect" (sync never answered) and "Verification failed" (verify_flash).
 - Speed: esptool 5.6 formats a hex dump of every packet even with tracing off; the formatter is
   replaced by one that prints the length (`_skip_untraced_hex_dumps`).
+- Images: a released image's header gets the board's flash size (`with_header_flash_size`),
+  read and checked with esptool's image classes, the ESP32 family's appended digest redone.
 
 Tested range: esptool 5.6 (pyproject pins >=5.6,<5.7). 5.3.1 crashes on import of `esp_pylib`.
 """
@@ -29,6 +31,7 @@ Tested range: esptool 5.6 (pyproject pins >=5.6,<5.7). 5.3.1 crashes on import o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import re
 import socket
@@ -383,6 +386,25 @@ def flash_size(esp: Any) -> str | None:
         return detect_flash_size(esp)
     except Exception:  # noqa: BLE001 - informative only
         return None
+
+
+def with_header_flash_size(data: bytes, rom: Any, code: int) -> bytes:
+    """data, an image for the chip whose esptool chip class is rom, with the flash size code in
+    its header (byte 3, high nibble), as write-flash --flash-size sets it; the SHA-256 the ESP32
+    family appends after the image data is recomputed. Bytes that esptool does not read as a valid
+    image of the chip come back unchanged. Relies on esptool's image classes (the chip class's
+    BOOTLOADER_IMAGE, its verify(), append_digest, data_length, SHA256_DIGEST_LEN)."""
+    try:
+        with esptool_session(None):     # esptool's warnings about odd segments go nowhere
+            image = rom.BOOTLOADER_IMAGE(io.BytesIO(data))
+            image.verify()
+    except Exception:   # esptool's FatalError, or struct/IO errors: not an image of this chip
+        return data
+    patched = data[:3] + bytes([(data[3] & 0x0F) | code]) + data[4:]
+    if getattr(image, "append_digest", False):
+        end = int(image.data_length)
+        patched = patched[:end] + hashlib.sha256(patched[:end]).digest() + patched[end + int(image.SHA256_DIGEST_LEN):]
+    return patched
 
 
 def read_identity_fields(esp: Any, flash: bool = True) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import os
 import re
@@ -249,19 +248,9 @@ def with_flash_size(data: bytes, chip: str, flash_size: str | None, offset: int 
                            f"for {rom.CHIP_NAME}") from None
     if data[3] & 0xF0 == code:
         return data
-    from .esptool_adapter import esptool_session
+    from .esptool_adapter import with_header_flash_size
 
-    try:
-        with esptool_session(None):     # esptool's warnings about odd segments go nowhere
-            image = rom.BOOTLOADER_IMAGE(io.BytesIO(data))
-            image.verify()
-    except Exception:   # esptool's FatalError, or struct/IO errors: not an image of this chip
-        return data
-    patched = data[:3] + bytes([(data[3] & 0x0F) | code]) + data[4:]
-    if getattr(image, "append_digest", False):
-        end = int(image.data_length)
-        patched = patched[:end] + hashlib.sha256(patched[:end]).digest() + patched[end + int(image.SHA256_DIGEST_LEN):]
-    return patched
+    return with_header_flash_size(data, rom, code)
 
 
 def flash_size_name(chip: str, header: bytes) -> str:

@@ -140,3 +140,25 @@ def test_abort_port_wakes_a_thread_blocked_in_read():
     finally:
         os.close(master)
         os.close(slave)
+
+
+@pytest.mark.parametrize("chip", ["esp8266", "esp32"])
+def test_an_images_flash_size_is_set_with_esptools_image_classes(chip):
+    # with_header_flash_size relies on the chip class's BOOTLOADER_IMAGE reading and verify()ing
+    # an image, and, for the ESP32 family, on append_digest / data_length / SHA256_DIGEST_LEN to
+    # redo the digest. An image esptool made itself must come back valid with the new size.
+    import io
+    import sys
+
+    from esptool.targets import CHIP_DEFS
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "release"))
+    from placeholders import esp_image
+
+    rom = CHIP_DEFS[chip]
+    built = esp_image(chip, "1MB")
+    out = adapter.with_header_flash_size(built, rom, int(rom.FLASH_SIZES["4MB"]))
+    assert out[3] >> 4 == int(rom.FLASH_SIZES["4MB"]) >> 4 and len(out) == len(built)
+    image = rom.BOOTLOADER_IMAGE(io.BytesIO(out))
+    image.verify()                      # the ESP32 digest was redone (verify checks it)
+    assert out != built and adapter.with_header_flash_size(b"\xe9 not an image", rom, 0x30) == b"\xe9 not an image"
