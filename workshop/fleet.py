@@ -38,7 +38,7 @@ class FleetError(ValueError):
 class Target:
     hostname: str
     host: str | None            # IP (or name) to connect to; None: not known (offline, never seen)
-    port: int = 23
+    port: int | None = 23       # telnet's port; None: the board says telnet is not running
     board: str | None = None
     state: str = "online"       # the roster's view: online | stale | offline | unknown
 
@@ -163,11 +163,8 @@ def completed_in(path: Path, command: Command) -> set[str]:
 
 
 def targets_from_rows(rows: Iterable[Any]) -> list[Target]:
-    """Roster rows (workshop.roster.Row) -> targets."""
-    out = []
-    for r in rows:
-        out.append(Target(r.hostname, r.ip, r.telnet or 23, r.board, r.state))
-    return out
+    """Roster rows (workshop.roster.Row) -> targets (a row's telnet None: telnet is not running)."""
+    return [Target(r.hostname, r.ip, r.telnet, r.board, r.state) for r in rows]
 
 
 class Fleet:
@@ -253,6 +250,9 @@ class Fleet:
             return fail("not in the roster: it never announced itself (is announce in its start list?)")
         if t.state == "offline":
             return fail("offline (its last will, or it left cleanly)")
+        if t.port is None:
+            return fail("telnet is not running on this board (its status has no telnet port): "
+                        "add telnet to its start list (./kit provision --start ...,telnet) and reset it")
         if self._cancelled.is_set():
             return fail("cancelled")
         self._event(t.hostname, "start", f"{command.kind} via telnet {address}")

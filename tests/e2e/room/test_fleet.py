@@ -152,3 +152,13 @@ def test_an_empty_room_is_a_clear_error_not_a_traceback(mosquitto, tmp_path, arg
     assert "Traceback" not in proc.stderr and "FleetError" not in proc.stderr, proc.stderr
     assert "error: no boards in the roster" in " ".join(proc.stderr.split())
     assert not report.exists()
+
+
+def test_a_board_without_telnet_is_said_to_have_none_not_tried_on_port_23(room, tmp_path):
+    """A status with "telnet": null once sent fleet to port 23: 'Connection refused'."""
+    room("nt-01", "pypi", start=("wifi", "announce"))
+    time.sleep(1.2)
+    proc = kit(room, "fleet", "exec", "print(1)", "--hosts", "nt-01", report=tmp_path / "r.json")
+    assert proc.returncode == 1, proc.stderr
+    error = results(proc)["nt-01"]["error"]
+    assert error.startswith("telnet is not running on this board") and "refused" not in error, error
