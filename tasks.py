@@ -968,6 +968,8 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
     try:
         time.sleep(listen)
         rows = room.rows()
+    except KeyboardInterrupt:
+        raise _fail("interrupted while listening for the boards (--wait): nothing was sent to any board", 130) from None
     finally:
         watcher.stop()
     try:

@@ -162,3 +162,20 @@ def test_a_board_without_telnet_is_said_to_have_none_not_tried_on_port_23(room, 
     assert proc.returncode == 1, proc.stderr
     error = results(proc)["nt-01"]["error"]
     assert error.startswith("telnet is not running on this board") and "refused" not in error, error
+
+
+def test_ctrl_c_while_listening_for_the_boards_exits_130_and_says_so(mosquitto, tmp_path):
+    """Ctrl-C during fleet's --wait once ended with exit 1 and no output; README promises 130."""
+    import signal
+
+    argv = [sys.executable, "-m", "invoke", "fleet", "exec", "print(1)", "--all", "--mqtt",
+            f"{mosquitto.host}:{mosquitto.port}", "--no-mdns", "--wait", "30", "--report", str(tmp_path / "r.json")]
+    proc = subprocess.Popen(argv, cwd=REPO, env=dict(os.environ, WORKSHOP_TELNET_PASSWORD=PASSWORD),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - t < 2 and proc.returncode == 130, (proc.returncode, out, err)
+    assert "error: interrupted while listening for the boards" in err and "Traceback" not in err, err
+    assert not (tmp_path / "r.json").exists()
