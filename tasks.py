@@ -808,8 +808,13 @@ _ROOM_HELP = {
 
 def _room_lookups(registry):
     """--registry PATH -> (by hostname, by MAC) lookups of the station's records (sticker, MAC, ...)."""
+    from pathlib import Path
+
     from workshop import roster as _roster
 
+    if registry and not Path(registry).exists():     # as the registry task: never a new empty one
+        raise _fail(f"--registry {registry}: no registry there (the station, or flash/provision/smoke --registry, "
+                    "create it)")
     reg = _open_registry(registry)
     return _roster.registry_lookups(reg) if reg is not None else (None, None)
 
@@ -1134,21 +1139,28 @@ class _StationView:
         if self.json:
             self.json.close()
 
+    _COLUMNS = ["port", "stage", Column("%", justify="right"), "chip", "MAC", "hostname", Column("s", justify="right"),
+                Column("note", wrap=True)]
+
     def _render(self):
+        from rich.console import Group
+        from rich.text import Text
+
         counts = {"ready": 0, "failed": 0, "in progress": 0}
         rows = []
         for e in self.rows.values():
-            state = "ready" if e.final and e.ok else "failed" if e.final else "in progress"
-            counts[state] += 1
-            status = {"ready": "ok", "failed": "failed"}.get(state)
+            # A journey's last event is how it ended: ready, interrupted, unplugged, or failed.
+            state = ("ready" if e.ok else e.stage if e.stage in ("interrupted", "unplugged") else "failed") \
+                if e.final else "in progress"
+            counts[state] = counts.get(state, 0) + 1
+            status = {"ready": "ok", "failed": "failed", "interrupted": "interrupted", "unplugged": "warn"}.get(state)
             rows.append([e.port, Cell(e.stage, status), f"{e.percent:.0f}" if e.percent is not None else "", e.chip or "",
                          e.mac or "", e.hostname or "", f"{e.elapsed:.1f}",
                          Cell("unplug me", "ok") if state == "ready" else e.message])
-        # The shared rules (workshop.render): port, MAC and hostname are never cut, the note wraps.
-        table = render.build_table(None, ["port", "stage", Column("%", justify="right"), "chip", "MAC", "hostname",
-                                          Column("s", justify="right"), Column("note", wrap=True)], rows)
-        table.caption = f"ready {counts['ready']} · failed {counts['failed']} · in progress {counts['in progress']}"
-        return table
+        # The shared rules (workshop.render.LiveTable): port, MAC and hostname are never cut, the
+        # note wraps, and a table too wide for the terminal is drawn wider, folded at its edge.
+        counter = " · ".join(f"{state} {n}" for state, n in counts.items())
+        return Group(render.LiveTable(None, self._COLUMNS, rows), Text(counter))
 
     def __call__(self, e) -> None:
         import json as _json

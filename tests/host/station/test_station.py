@@ -3,6 +3,7 @@ MicroPython REPLs after their flash's reset; hot-plug through a folder of links.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -589,3 +590,74 @@ def test_invoke_station_refuses_a_broker_that_is_no_host_before_watching(value, 
     assert proc.returncode == 1 and "Traceback" not in err, out + err
     assert f"--mqtt {value!r}: expected a host name or IP address" in " ".join(err.split()), err
     assert "watching" not in out
+
+
+def test_the_live_view_at_80_columns_keeps_every_note_readable_and_counts_interrupted_apart(farm, tmp_path):
+    """At 80 columns the note column shrank to one letter ('unplug me' one letter per line) and
+    the counter said 'failed 2' for one failed and one interrupted board. The live table follows
+    the shared width rule (render.LiveTable); the counter names each way a journey ended."""
+    import pty
+    import re
+    import signal
+
+    hub = HotPlug(tmp_path / "by-id")
+    make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    ready, wrong, hung = (farm.start("esp32", runtime=None), farm.start("esp32c3", runtime=None),
+                          farm.start("esp32", runtime=None, hang_stub=True))
+    jsonl = tmp_path / "events.jsonl"
+    argv = [str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "station", "--board", "ESP32_GENERIC",
+            "--dist", str(tmp_path / "dist"), "--ports-dir", str(hub.folder), "--registry", str(tmp_path / "w.db"),
+            "--json-out", str(jsonl), "--logs", str(tmp_path / "logs")]
+    pid, fd = pty.fork()
+    if pid == 0:     # the child: the station on an 80-column terminal
+        os.environ.update(COLUMNS="80", LINES="50", TERM="xterm")
+        os.execv(argv[0], argv)
+    out = bytearray()
+
+    def read(until: float) -> None:
+        import select
+
+        while time.monotonic() < until:
+            if select.select([fd], [], [], 0.05)[0]:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                out.extend(data)
+
+    try:
+        for board, serial in ((ready, "RDY0001"), (wrong, "C3000001"), (hung, "HUNG0001")):
+            hub.plug(board, serial=serial)
+        deadline = time.monotonic() + 90
+        while True:
+            read(time.monotonic() + 0.2)
+            events = [json.loads(x) for x in jsonl.read_text().splitlines()] if jsonl.exists() else []
+            finals = {e["key"] for e in events if e["final"]}
+            if len(finals) >= 2 and any(e["stage"] == "stub" for e in events):
+                break
+            assert time.monotonic() < deadline, events[-5:]
+        read(time.monotonic() + 0.5)
+        os.kill(pid, signal.SIGINT)
+        read(time.monotonic() + 10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode(errors="replace"))
+    screen = text.replace("\r", "\n").splitlines()
+    live = text[:text.index("Station interrupted")].replace("\r", "\n").splitlines()   # the live frames
+    # A live table wider than the terminal is folded at its 80th column (render.LiveTable): join
+    # each full screen line with the next to read the table's own lines.
+    lines: list[str] = []
+    for line in live:
+        if lines and len(lines[-1]) % 80 == 0 and lines[-1].startswith(("│", "┃", "┏", "┡", "└")):
+            lines[-1] += line
+        else:
+            lines.append(line)
+    row = next((line for line in reversed(lines) if line.startswith(f"│ {ready.port} ") and "ready" in line), "")
+    assert "│ unplug me " in row, "\n".join(lines[-40:])      # not one letter per line
+    assert any("found ESP32-C3, but" in line for line in lines), "\n".join(lines[-40:])
+    assert any("ready 1 · failed 1 · in progress 0 · interrupted 1" in line for line in screen), text[-3000:]
+    assert not any("failed 2" in line for line in screen), text[-3000:]
