@@ -452,3 +452,14 @@ def test_an_empty_retained_message_clears_the_board_from_the_roster(mosquitto):
         wait_rows(r, lambda rows: set(rows) == {"lab-31"})
     assert r.warnings == []
     assert "workshop/lab-30/status" not in retained(mosquitto)        # and the broker holds none
+
+
+def test_a_registry_that_does_not_exist_is_refused_not_created(mosquitto, tmp_path):
+    missing = tmp_path / "missing.db"
+    proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
+                           "--no-mdns", "--registry", str(missing), "--wait", "0"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"error: --registry {missing}: no registry there (the station, or "
+                                   "flash/provision/smoke --registry, create it)")
+    assert not missing.exists()
