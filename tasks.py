@@ -1139,8 +1139,8 @@ class _StationView:
         if self.json:
             self.json.close()
 
-    _COLUMNS = ["port", "stage", Column("%", justify="right"), "chip", "MAC", "hostname", Column("s", justify="right"),
-                Column("note", wrap=True)]
+    _COLUMNS: list[str | Column] = ["port", "stage", Column("%", justify="right"), "chip", "MAC", "hostname",
+                                    Column("s", justify="right"), Column("note", wrap=True)]
 
     def _render(self):
         from rich.console import Group
