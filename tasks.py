@@ -470,6 +470,75 @@ _IMAGE_HELP = {
 }
 
 
+class _FlashView:
+    """flash's progress: on a terminal a live table (one row per board: port, stage, percent
+    written, chip, MAC, note) that follows the table rule (render.LiveTable: nothing cut); piped,
+    one whole line per stage change (and per 25 % written)."""
+
+    COLUMNS: list[str | Column] = ["port", "stage", Column("%", justify="right"), "chip", "MAC",
+                                   Column("note", wrap=True)]
+
+    def __init__(self, ports: list[str]) -> None:
+        import time
+
+        self.rows: dict[str, Any] = dict.fromkeys(ports)
+        self.written: dict[str, float] = {}        # percent of the image written, per port (this attempt)
+        self.live: Any = None
+        self.last: dict[str, tuple[str, int]] = {}
+        self.t = time.monotonic
+        self.last_draw = 0.0
+
+    def __enter__(self) -> _FlashView:
+        if console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.__exit__(*exc)
+
+    def _render(self):
+        status = {"done": "ok", "failed": "failed", "retrying": "warn", "interrupted": "interrupted"}
+        rows: list[list[render.CellLike]] = []
+        for port, e in self.rows.items():
+            if e is None:
+                rows.append([port, "queued", "", "", "", ""])
+                continue
+            stage = e.stage.value
+            percent = self.written.get(port)
+            rows.append([port, Cell(stage, status.get(stage)), f"{percent:.0f}" if percent is not None else "",
+                         e.chip or "", e.mac or "",
+                         " ".join(x for x in (f"try {e.attempt}" if e.attempt > 1 else "", e.message) if x)])
+        return render.LiveTable(None, self.COLUMNS, rows)
+
+    def __call__(self, e) -> None:
+        from workshop.flash import Stage
+
+        self.rows[e.port] = e
+        if e.bytes_total:
+            self.written[e.port] = e.percent
+        elif e.stage is Stage.CONNECTING:        # a new attempt writes from the start
+            self.written.pop(e.port, None)
+        if self.live is not None:
+            now = self.t()
+            if now - self.last_draw > 0.1 or e.stage.value in ("done", "failed", "interrupted"):
+                self.last_draw = now
+                self.live.update(self._render())
+            return
+        step = int(e.percent // 25) if e.bytes_total else -1
+        if self.last.get(e.port) == (e.stage.value, step):
+            return
+        self.last[e.port] = (e.stage.value, step)
+        fields = " ".join(x for x in (e.chip, e.mac, f"{e.percent:.0f}%" if e.bytes_total else "",
+                                      f"try {e.attempt}" if e.attempt > 1 else "") if x)
+        console.print(f"{e.port} {e.stage.value}{' ' + fields if fields else ''}{': ' + e.message if e.message else ''}",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
 @task(help={
     **_IMAGE_HELP,
     "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
@@ -489,9 +558,6 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
           registry=None, json_out=None, boot_timeout=None, repl_timeout=None, reset_probe=None, reset_wait=None):
     """Flash every selected board in parallel, verify each, retry slower, report; non-zero exit if any failed."""
     from pathlib import Path
-
-    from rich.markup import escape
-    from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
 
     from workshop import flash as _flash
     from workshop import station as _station
@@ -514,23 +580,9 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
         _run_station(lambda on_event, cancel: _station.run_boards(targets, plan, on_event=on_event, cancel=cancel),
                      events_out)
         return
-    columns = (TextColumn("{task.description}"), TextColumn("{task.fields[stage]:<11}"), BarColumn(),
-               TaskProgressColumn(), DownloadColumn(), TextColumn("{task.fields[note]}"))
-    with Progress(*columns, console=console, transient=False) as progress:
-        rows = {t.device: progress.add_task(t.device, total=None, stage="queued", note="") for t in targets}
-
-        def on_event(e: _flash.FlashEvent) -> None:
-            note = " ".join(x for x in (e.chip, e.mac, f"try {e.attempt}" if e.attempt > 1 else "") if x)
-            if e.stage in (_flash.Stage.FAILED, _flash.Stage.RETRYING, _flash.Stage.INTERRUPTED):
-                colour = "red" if e.stage is _flash.Stage.FAILED else "yellow"
-                note = f"[{colour}]{escape(e.message)}[/]"
-            update: dict[str, Any] = {"stage": e.stage.value, "note": note}
-            if e.bytes_total:
-                update.update(total=e.bytes_total, completed=e.bytes_done)
-            progress.update(rows[e.port], **update)
-
+    with _FlashView([t.device for t in targets]) as view:
         try:
-            result = _flash.flash_all(targets, images, options, on_event=on_event, log_dir=log_dir)
+            result = _flash.flash_all(targets, images, options, on_event=view, log_dir=log_dir)
         except _flash.FlashError as e:
             raise _fail(str(e)) from None
     summary = []

@@ -434,3 +434,60 @@ def test_an_image_too_big_for_the_boards_flash_is_refused_once_with_nothing_writ
                           "flash (0x400000); nothing written"), r["error"]
     assert "partially written" not in proc.stdout
     assert_untouched(device)
+
+
+def test_flash_progress_keeps_ports_and_stages_whole_piped_and_at_80_columns(mocks, dist, tmp_path):
+    """Piped, the progress was one frame cut to 80 columns ('/d… don…'); on an 80-column terminal
+    '/dev/… conne…'; the summary line folded in the middle of the log path. Piped: one whole line
+    per stage change; on a terminal: a live table by the table rule (render.LiveTable)."""
+    import re
+    import select
+    import signal
+    import time
+
+    devices = mocks.start_many(["esp32", "esp32"])
+    make_dist(dist, "ESP32_GENERIC", "esp32", size=32 * 1024)
+    logs = tmp_path / "a-log-folder-with-a-long-name-so-that-the-summary-line-passes-80-columns" / "flash"
+    ports = [mocks.tcp_bridge(devices[0]), devices[1].port]
+    args = ["flash", "--board", "ESP32_GENERIC", "--dist", str(dist), "--ports", ",".join(ports), "--logs", str(logs)]
+    invoke = str(Path(sys.executable).parent / "invoke")
+    piped = subprocess.run([invoke, "-r", str(REPO), *args, "--report", str(tmp_path / "r1.json")], capture_output=True,
+                           text=True, timeout=120, cwd=REPO, env={**os.environ, "COLUMNS": "80"})
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    lines = piped.stdout.splitlines()
+    for port in ports:
+        assert f"{port} connecting" in piped.stdout and any(
+            line.startswith(f"{port} done ") and line.endswith(": verified") for line in lines), piped.stdout
+    assert "…" not in piped.stdout
+    assert any(line.startswith("2/2 verified in ") and line.endswith(f"esptool logs in {logs}") for line in lines), lines
+
+    devices = mocks.start_many(["esp32", "esp32"])
+    ports = [d.port for d in devices]
+    argv = [invoke, "-r", str(REPO), *args[:5], "--ports", ",".join(ports), "--logs", str(logs),
+            "--report", str(tmp_path / "r2.json")]
+    pid, fd = pty.fork()
+    if pid == 0:      # the child: flash on an 80-column terminal
+        os.environ.update(COLUMNS="80", LINES="50", TERM="xterm")
+        os.execv(argv[0], argv)
+    out = bytearray()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                out.extend(data)
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode(errors="replace"))
+    live = text[text.index("┏"):text.index("Flash summary")].replace("\r", "\n").splitlines()
+    assert "…" not in "".join(live) and max(len(line) for line in live) <= 80, "\n".join(live[-20:])
+    for port in ports:
+        assert any(re.match(rf"│ {re.escape(port)} +│ done +│ +100 │ esp32 │ 24:0a:c4(:[0-9a-f]{{2}}){{3}} │ verified +│",
+                            line) for line in live), "\n".join(live[-20:])
