@@ -539,7 +539,7 @@ class _FlashView:
                       markup=False, highlight=False, soft_wrap=True)
 
 
-@task(help={
+@task(auto_shortflags=False, help={
     **_IMAGE_HELP,
     "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
     "erase": "erase the whole flash first",
@@ -710,7 +710,7 @@ def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_passwo
                 start=tuple(_csv(start)) if start is not None else None)
 
 
-@task(help={
+@task(auto_shortflags=False, help={
     "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
     **_PROVISION_HELP,
     "replace": "replace the device config instead of merging into it (merging keeps keys not given here)",
@@ -745,7 +745,7 @@ def _smoke_expected(board, dist, release, board_file=False):
         raise _fail(str(e)) from None
 
 
-@task(help={
+@task(auto_shortflags=False, help={
     "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
     "board": "the board the firmware was built for (default: the only build in dist/)",
     "dist": "folder with <BOARD>/build.json builds (default: dist/); it must hold the board's build",
@@ -1266,7 +1266,7 @@ def _run_station(run, json_out=None):
         raise Exit(code=1)
 
 
-@task(help={
+@task(auto_shortflags=False, help={
     **_IMAGE_HELP,
     "provision": "provision each board from this workshop.toml (identity, boot hook)",
     "files": "copy this folder of lesson files onto each board",

@@ -661,3 +661,19 @@ def test_the_live_view_at_80_columns_keeps_every_note_readable_and_counts_interr
     assert any("found ESP32-C3, but" in line for line in lines), "\n".join(lines[-40:])
     assert any("ready 1 · failed 1 · in progress 0 · interrupted 1" in line for line in screen), text[-3000:]
     assert not any("failed 2" in line for line in screen), text[-3000:]
+
+
+@pytest.mark.parametrize("task", ["flash", "station", "provision", "smoke"])
+def test_help_names_every_option_and_h_is_help_not_an_option(task):
+    """Invoke's automatic short flags ran out of letters ('--=STRING, --boot-timeout') and took -h
+    (station --reflash, provision --hostname, smoke --http-url): `station --auto -h` started a
+    reflashing station. These tasks have long options only; -h after them is help."""
+    invoke = str(Path(sys.executable).parent / "invoke")
+    helped = subprocess.run([invoke, "-r", str(REPO), "--help", task], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    assert "--=" not in helped.stdout and "-h," not in helped.stdout, helped.stdout
+    first = {"flash": "--board", "station": "--auto", "provision": "--ports", "smoke": "--ports"}[task]
+    proc = subprocess.run([invoke, "-r", str(REPO), task, first, *(["x"] if first != "--auto" else []), "-h"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage:"), proc.stdout + proc.stderr
+    assert "watching" not in proc.stdout
