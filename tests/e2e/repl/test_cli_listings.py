@@ -200,3 +200,25 @@ def test_smoke_refuses_a_broker_that_is_no_host_before_touching_a_board(make_pee
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     assert f"--mqtt {value!r}: expected a host name or IP address" in " ".join(proc.stderr.split()), proc.stderr
     assert "Smoke" not in proc.stdout
+
+
+def test_provision_shows_macs_as_every_other_table_does(make_peer):
+    """provision's table and JSON said 240ac450c064 where devices, flash, station and the registry
+    say 24:0a:c4:50:c0:64."""
+    import re
+
+    from workshop.provision import identify as repl_identify
+    from workshop.registry import normalize_mac
+    from workshop.repl import ReplSession
+
+    peer = make_peer()
+    with ReplSession(peer.port) as s:
+        mac = normalize_mac(repl_identify(s).mac)
+    proc = invoke("provision", "--ports", peer.port, "--json")
+    assert proc.returncode == 0, proc.stderr
+    [result] = json.loads(proc.stdout)
+    assert result["mac"] == mac and re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac)
+    table = invoke("provision", "--ports", peer.port)
+    assert table.returncode == 0, table.stderr
+    row = next(line.split() for line in table.stdout.splitlines() if line.startswith(peer.port))
+    assert row[2] == mac, table.stdout
