@@ -39,6 +39,7 @@ import csv
 import io
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -68,6 +69,10 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_mac ON runs(mac);
 """
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"       # the first 16 bytes of every SQLite database file
+CREATING_S = 2.0      # an empty file this recent may be a registry another process is creating
 
 
 class RegistryError(RuntimeError):
@@ -147,6 +152,7 @@ class Registry:
 
     def __init__(self, path: str | Path = DEFAULT_PATH) -> None:
         self.path = Path(path)
+        self._refuse_other_files()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
@@ -155,6 +161,28 @@ class Registry:
             raise RegistryError(f"{self.path}: not a usable registry: {e}") from None
         except OSError as e:
             raise RegistryError(f"{self.path}: {e}") from None
+
+    def _refuse_other_files(self) -> None:
+        """An existing file must already be an SQLite database: SQLite would make any empty file
+        one (and a typo'd --registry would turn that file into a registry)."""
+        deadline = time.monotonic() + CREATING_S
+        while True:
+            try:
+                with self.path.open("rb") as f:
+                    header = f.read(len(SQLITE_HEADER))
+                fresh = time.time() - self.path.stat().st_mtime < CREATING_S
+            except (FileNotFoundError, IsADirectoryError):
+                return                    # created on first use; a folder is sqlite's error below
+            except OSError as e:
+                raise RegistryError(f"{self.path}: {e.strerror or e}") from None
+            # Another process creating the registry right now leaves it empty for a moment.
+            if header or not fresh or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if header != SQLITE_HEADER:
+            what = "an empty file" if not header else "another kind of file"
+            raise RegistryError(f"{self.path}: not a usable registry: {what}, not an SQLite database (left as it "
+                                "is; name a new file, or the station's registry)")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

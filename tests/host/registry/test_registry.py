@@ -164,3 +164,26 @@ def test_a_writer_killed_mid_run_leaves_the_registry_consistent(tmp_path):
     assert all(b.state in ("seen", "flashed") for b in boards)
     assert sum(b.state == "seen" for b in boards) <= 1
     assert reg.see("24:0a:c4:ff:ff:ff").sticker == len(boards) + 1
+
+
+def test_an_existing_file_that_is_no_database_is_refused_and_left_alone(tmp_path):
+    """`registry --registry <an empty file>` (or any other file) made it a database: SQLite
+    takes an empty file for an empty database. Refused, file untouched; a new path is created."""
+    import subprocess
+    import sys
+
+    import os
+    import time
+
+    empty = tmp_path / "class-list.txt"
+    empty.write_bytes(b"")
+    os.utime(empty, (time.time() - 60, time.time() - 60))   # not one another process is creating now
+    with pytest.raises(RegistryError, match="class-list.txt: not a usable registry: an empty file, not an SQLite"):
+        Registry(empty)
+    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "registry", "--registry",
+                           str(empty)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "not an SQLite database" in " ".join(proc.stderr.split())
+    assert empty.read_bytes() == b"" and not list(tmp_path.glob("class-list.txt-*"))
+    Registry(tmp_path / "new.db").see(mac(1))
+    assert Registry(tmp_path / "new.db").get(mac(1)) is not None      # a real registry opens again
