@@ -51,7 +51,7 @@ def test_provision_four_boards_in_parallel(make_peer):
     names = set()
     for peer, r in zip(peers, results):
         doc = json.loads((peer.root / "workshop.json").read_text())
-        assert doc["hostname"] == r.hostname == f"ws-{r.mac[-4:]}"
+        assert doc["hostname"] == r.hostname == f"ws-{r.mac.replace(':', '')[-4:]}"
         assert doc["wifi"]["password"] == WIFI_PW and doc["telnet"] == {"user": "micro", "password": TELNET_PW}
         assert doc["mqtt"] == {"broker": "127.0.0.1", "port": 1883} and doc["start"] == ["wifi", "telnet"]
         assert r.config["wifi"]["password"] == "***"
