@@ -273,10 +273,27 @@ def check_pattern(pattern: str) -> None:
         if f not in PATTERN_KEYS:
             raise ProvisionError(f"hostname pattern {pattern!r}: unknown {{{f}}} (known: "
                                  + ", ".join("{" + k + "}" for k in PATTERN_KEYS) + ")")
+    # What it makes of a board, checked now: a name no board could get (Bad_Name!) is refused
+    # before any board is touched, not once per board after connecting to every one.
+    _expand(pattern, mac="0" * 12, port="ttyUSB0", index=1)
+
+
+def check_hostnames(pattern: str | None, boards: int) -> None:
+    """A fixed hostname (no {key}) for more than one board is refused up front: names must be unique."""
+    if pattern is None or boards < 2:
+        return
+    check_pattern(pattern)
+    if not pattern_fields(pattern):
+        raise ProvisionError(f"hostname {pattern!r} would be the name of all {boards} boards: give a pattern "
+                             "with {mac4}, {mac6}, {mac}, {port} or {index} (e.g. ws-{mac4}), or one board")
 
 
 def expand_hostname(pattern: str, *, mac: str, port: str, index: int) -> str:
     check_pattern(pattern)
+    return _expand(pattern, mac=mac, port=port, index=index)
+
+
+def _expand(pattern: str, *, mac: str, port: str, index: int) -> str:
     try:
         name = pattern.format(mac=mac, mac4=mac[-4:], mac6=mac[-6:], port=Path(port).name, index=index)
     except (ValueError, IndexError, KeyError) as e:
@@ -463,6 +480,7 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     """
     from . import lessons
 
+    check_hostnames(config.hostname, len(ports))
     lesson_files = lessons.collect(files, config.secrets()) if files is not None else None
     lesson_hook = None
     if lesson_files is not None:

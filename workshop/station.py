@@ -839,6 +839,13 @@ def run_boards(ports: Sequence[SerialPort | str], plan: Plan, *, on_event: Event
     if len({t.device for t in targets}) != len(targets):
         raise StationError("a port is listed twice")
     _check_plan(plan)
+    if plan.provision is not None:
+        from .provision import ProvisionError, check_hostnames
+
+        try:
+            check_hostnames(plan.provision.hostname, len(targets))
+        except ProvisionError as e:
+            raise StationError(str(e)) from None
     cancel = cancel or threading.Event()
     emit = _locked(on_event)
     tracker = PortTracker(FixedSource(tuple(targets)))

@@ -222,3 +222,16 @@ def test_provision_shows_macs_as_every_other_table_does(make_peer):
     assert table.returncode == 0, table.stderr
     row = next(line.split() for line in table.stdout.splitlines() if line.startswith(peer.port))
     assert row[2] == mac, table.stdout
+
+
+@pytest.mark.parametrize("hostname, boards, message", [
+    ("Bad_Name!", 1, "hostname 'bad-name!' (from 'Bad_Name!') is not a valid host name"),
+    ("lab-01", 2, "hostname 'lab-01' would be the name of all 2 boards"),
+])
+def test_provision_refuses_a_hostname_no_board_can_have_before_connecting(make_peer, hostname, boards, message):
+    """Both were refused only after connecting to (and identifying) every board."""
+    peers = [make_peer(f"d{i}") for i in range(boards)]
+    proc = invoke("provision", "--ports", ",".join(p.port for p in peers), "--hostname", hostname)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert message in " ".join(proc.stderr.split()), proc.stderr
+    assert "Provisioning" not in proc.stdout and not any((p.root / "workshop.json").exists() for p in peers)

@@ -10,7 +10,7 @@ import pytest
 
 from workshop import smoke
 from workshop.config import get_board
-from workshop.provision import ProvisionConfig, provision_all
+from workshop.provision import ProvisionConfig, ProvisionError, provision_all
 
 
 
@@ -78,9 +78,13 @@ def test_provision_through_a_dropping_uart(make_peer, drop):
 
 def test_duplicate_hostnames_are_refused_before_writing(make_peer):
     peers = [make_peer(f"d{i}") for i in range(2)]
-    results = provision_all([p.port for p in peers], config(hostname="same-name"))
+    # A fixed name for two boards: refused before any board is touched.
+    with pytest.raises(ProvisionError, match="hostname 'same-name' would be the name of all 2 boards"):
+        provision_all([p.port for p in peers], config(hostname="same-name"))
+    # A pattern that makes one name of two boards' MACs ({mac:.0} is empty): refused once both are identified.
+    results = provision_all([p.port for p in peers], config(hostname="same-x{mac:.0}"))
     assert not any(r.ok for r in results)
-    assert all("same-name" in r.error and r.stage == "name" for r in results)
+    assert all("same-x" in r.error and r.stage == "name" for r in results)
     assert not any((p.root / "workshop.json").exists() for p in peers)
 
 
