@@ -265,7 +265,11 @@ def choose_images(*, board: str | None = None, auto: bool = False, image: Path |
 
     The one place that decides what `flash` and `station` write; FlashError says what to fix.
     """
-    if sum((bool(board), bool(auto), bool(image))) != 1:
+    given = [name for name, value in (("--board", board), ("--auto", auto), ("--image", image)) if value]
+    if len(given) > 1:
+        raise FlashError(f"{' and '.join(given)}: give only one of them (--board NAME, --auto, or --image FILE "
+                         "--offset N)")
+    if not given:
         raise FlashError("choose what to write: --board NAME, --auto (each board's chip picks its image), "
                          "or --image FILE --offset N")
     base = dist if dist is not None else dist_dir()

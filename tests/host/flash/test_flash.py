@@ -491,3 +491,14 @@ def test_flash_progress_keeps_ports_and_stages_whole_piped_and_at_80_columns(moc
     for port in ports:
         assert any(re.match(rf"│ {re.escape(port)} +│ done +│ +100 │ esp32 │ 24:0a:c4(:[0-9a-f]{{2}}){{3}} │ verified +│",
                             line) for line in live), "\n".join(live[-20:])
+
+
+def test_two_choices_of_what_to_write_are_refused_as_such(dist, tmp_path):
+    """`flash --board X --auto` said 'choose what to write', as if nothing had been chosen."""
+    make_dist(dist, "ESP32_GENERIC", "esp32", size=4096)
+    with pytest.raises(flash.FlashError, match=r"^--board and --auto: give only one of them"):
+        flash.choose_images(board="ESP32_GENERIC", auto=True, dist=dist)
+    with pytest.raises(flash.FlashError, match=r"^choose what to write"):
+        flash.choose_images(dist=dist)
+    proc = _invoke("flash", "--board", "ESP32_GENERIC", "--auto", "--dist", str(dist), "--ports", "/dev/null")
+    assert proc.returncode == 1 and "--board and --auto: give only one of them" in " ".join(proc.stderr.split())
