@@ -1295,6 +1295,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     from workshop import station as _station
 
     times = _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait)
+    stop = _checked(devconfig.count, stop_after, "--stop-after") if stop_after is not None else None
     events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
@@ -1317,8 +1318,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         raise _fail(str(e)) from None
     console.print(f"watching {ports_dir or 'the serial ports'} for boards; Ctrl-C stops", highlight=False)
     _run_station(lambda on_event, cancel: _station.watch(plan, source, on_event=on_event, cancel=cancel,
-                                                         stop_after=_checked(devconfig.count, stop_after, "--stop-after") if stop_after else None),
-                 events_out)
+                                                         stop_after=stop), events_out)
 
 
 @task(help={

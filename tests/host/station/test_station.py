@@ -677,3 +677,14 @@ def test_help_names_every_option_and_h_is_help_not_an_option(task):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("Usage:"), proc.stdout + proc.stderr
     assert "watching" not in proc.stdout
+
+
+def test_invoke_station_refuses_stop_after_0_before_watching(tmp_path):
+    """--stop-after 0 was refused only after 'watching ... for boards' was printed."""
+    image = tmp_path / "firmware.bin"
+    image.write_bytes(b"\xe9" + bytes(4095))
+    proc = _invoke("station", "--image", str(image), "--offset", "0x1000", "--ports-dir", str(tmp_path),
+                   "--stop-after", "0")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err, out + err
+    assert "--stop-after: expected a whole number >= 1, got '0'" in " ".join(err.split()) and "watching" not in out
