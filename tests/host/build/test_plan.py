@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,12 @@ def test_esp8266_docker_plan_uses_esp_open_sdk_and_image_override():
 def test_native_plans_run_the_same_make_without_docker():
     unix = make_plan("UNIX", "native")
     bdir = build.build_dir_for(config.get_board("UNIX"), REPO, CACHE)
+    port_args = tomllib.loads((REPO / "ports" / "unix" / "port.toml").read_text())["make"]["args"]
+    assert [arg.split()[0] for arg in port_args] == ["CFLAGS_EXTRA=-DMICROPY_PY_OS_DUPTERM=1"]  # the boards' Python
     assert [list(s.argv) for s in unix.steps] == [
         ["make", "-j4", "-C", f"{MP}/mpy-cross", f"BUILD={bdir}/mpy-cross"],
         ["make", "-j4", "-C", f"{MP}/ports/unix", "VARIANT=standard",
-         f"FROZEN_MANIFEST={REPO}/ports/unix/manifest.py", f"BUILD={bdir}", "CFLAGS_EXTRA=-DMICROPY_PY_OS_DUPTERM=1",
-         "MICROPY_PY_BTREE=0"],
+         f"FROZEN_MANIFEST={REPO}/ports/unix/manifest.py", f"BUILD={bdir}", *port_args, "MICROPY_PY_BTREE=0"],
     ]
     assert all(dict(s.env) == {"MICROPY_MPYCROSS": f"{bdir}/mpy-cross/mpy-cross",
                                "WORKSHOP_BUILD_IDENTITY": f"{bdir}/identity"} for s in unix.steps)
