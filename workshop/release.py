@@ -6,10 +6,11 @@ checked (checksums, secret scan), and only then renamed into place. It refuses b
 dist/<BOARD>/ is missing or stale against its inputs, builds from a dirty tree (unless
 `allow_dirty`), and any output file that contains a configured secret.
 
-Every image flashed at the chip's bootloader offset carries the board's flash size in its header
-(what `esptool write-flash --flash-size` sets; ESP Web Tools writes images as they are), so the
-checksums in index.json and SHA256SUMS are those of the released bytes; the image's identity (the
-build's inputs hash) is unchanged.
+An image flashed at the chip's bootloader offset carries in its header the flash size `invoke
+flash` would write there (the port's write_flash_size: for esp8266 the board's size; esp32 images
+are kept as built), as ESP Web Tools writes images as they are; the checksums in index.json and
+SHA256SUMS are those of the released bytes, and the image's identity (the build's inputs hash)
+is unchanged.
 
 Names follow MicroPython's download page: `<BOARD>-<YYYYMMDD>-v<micropython>-<tag><ext>`, the date
 being the build's. Chip families come from esptool's chip definitions (`CHIP_NAME`), which are
@@ -251,6 +252,16 @@ def with_flash_size(data: bytes, chip: str, flash_size: str | None, offset: int 
     from .esptool_adapter import with_header_flash_size
 
     return with_header_flash_size(data, rom, code)
+
+
+def header_flash_size(board: Board, built: str | None) -> str | None:
+    """The flash size a released image's header must say, as `invoke flash` writes it: the port's
+    write_flash_size, where "detect" (esp8266: modules vary, and its MicroPython reads the
+    header) is the board's size, as no browser detects it; None for "keep" (the esp32 ports,
+    whose MicroPython reads the chip's real size, and whose images say the size they were
+    built for)."""
+    mode = board.port.write_flash_size
+    return None if mode == "keep" else built if mode == "detect" else mode
 
 
 def flash_size_name(chip: str, header: bytes) -> str:
@@ -557,13 +568,15 @@ def make_release(
                 data = built.read_bytes()
                 if hashlib.sha256(data).hexdigest() != f.sha256:
                     raise ReleaseError(f"{built}: changed while being released; rebuild")
-                # The board's flash size in the image header: index.json and SHA256SUMS describe
-                # the released bytes (the build's identity, its inputs hash, is unchanged).
-                released = with_flash_size(data, entry.chip, entry.flash_size, f.offset) if f.flash else data
+                # The flash size `invoke flash` would write into the image header, set here for
+                # ESP Web Tools, which writes images as they are: index.json and SHA256SUMS
+                # describe the released bytes (the build's identity, its inputs hash, is unchanged).
+                size = header_flash_size(known[entry.board], entry.flash_size)
+                released = with_flash_size(data, entry.chip, size, f.offset) if f.flash else data
                 if released != data:
                     f = replace(f, sha256=hashlib.sha256(released).hexdigest(), size=len(released))
                     emit(ReleaseEvent("header", f"{f.name}: flash size in the image header "
-                                                f"{flash_size_name(entry.chip, data)} -> {entry.flash_size} "
+                                                f"{flash_size_name(entry.chip, data)} -> {size} "
                                                 f"(the board's)", entry.board))
                 dest.write_bytes(released)
                 released_files.append(f)

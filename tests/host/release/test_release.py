@@ -431,17 +431,29 @@ def test_the_released_esp8266_image_says_the_boards_flash_size(release_kwargs, d
     assert smoke.Expected.from_release_index(made.directory / "index.json", "ESP8266_GENERIC").inputs_sha256 == info.inputs_sha256
 
 
-def test_an_esp32_image_header_is_set_and_its_appended_digest_recomputed(release_kwargs, dist: Path, tmp_path):
-    """The same rule for every chip (no `if chip ==`): an ESP32 bootloader image carries a SHA-256
-    of its bytes, header included, which esptool checks ('Validation hash ... (valid)')."""
+def test_an_esp32_image_is_released_as_built_as_invoke_flash_writes_it(release_kwargs, dist: Path, tmp_path):
+    """The header says what `invoke flash` writes (the port's write_flash_size, data, no `if chip
+    ==`): the esp32 port keeps it (its MicroPython reads the chip's real size; an 8MB header on a
+    4 MB ESP32-S3 would stop its bootloader), so the browser gets the same bytes."""
     rest = b"\xff" * 0x7000 + b"partition table and app, kept as they are"
     built = esp_image("esp32", "2MB", after=rest)
     write_placeholder_build(dist, "ESP32_GENERIC", image=built)
     made = rel.make_release("v0.1.0", **release_kwargs)
     released = made.directory / "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
-    report = image_info("esp32", released)
+    assert released.read_bytes() == built
+    assert "Flash size: 2MB" in image_info("esp32", released)
+
+
+def test_an_esp32_image_header_can_be_set_with_its_appended_digest_recomputed(tmp_path):
+    """with_flash_size on an ESP32 bootloader image (for a port that sets a size): it carries a
+    SHA-256 of its bytes, header included, which esptool checks ('Validation hash ... (valid)')."""
+    rest = b"\xff" * 0x7000 + b"partition table and app, kept as they are"
+    built = esp_image("esp32", "2MB", after=rest)
+    out = rel.with_flash_size(built, "esp32", "4MB", 0x1000)
+    assert out[3] >> 4 == 2 and out.endswith(rest) and len(out) == len(built)
+    (tmp_path / "out.bin").write_bytes(out)
+    report = image_info("esp32", tmp_path / "out.bin")
     assert "Flash size: 4MB" in report and "Validation hash" in report and "(invalid)" not in report, report
-    assert released.read_bytes().endswith(rest) and released.stat().st_size == len(built)
 
 
 def test_an_image_already_right_and_bytes_that_are_no_image_are_released_as_built(release_kwargs, dist: Path):
