@@ -345,7 +345,8 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             if old:
                 old.close("taken over by " + self.peer)
             self._send(b"\r\nLogged in: MicroPython REPL. Close telnet to end the session.\r\n")
-            self._attach()
+            if _cl is self:  # not gone already (_send closed it): a closed socket never attached
+                self._attach()
             return
         _fails += 1
         self.tries += 1
@@ -466,6 +467,14 @@ def _accept(srv):
         s, a = srv.accept()
     except OSError:
         return
+    try:
+        # REPL answers are small and interactive. The names, not 6, 1: lwIP (ESP8266) takes the
+        # option number alone, where TCP_NODELAY is 0x40, and prints a warning for any other. At
+        # once: lwIP runs between bytecodes at loops and returns, and a client's reset in between
+        # leaves a pcb that setsockopt(TCP_NODELAY) would use unchecked.
+        s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
+    except (OSError, AttributeError):
+        pass
     peer = _peer(a)
     _log(peer, "connected")
     w = _locked()
@@ -475,16 +484,11 @@ def _accept(srv):
         if time.ticks_diff(time.ticks_ms(), _lg.t0) < _LOGIN_MS:
             return _refuse(s, peer, b"Busy: another telnet login is in progress\r\n", "busy")
         _lg.close()  # a login left hanging for too long gives way
-    _lg = _Session(s, peer)
-    try:
-        # REPL answers are small and interactive. The names, not 6, 1: lwIP (ESP8266) takes the
-        # option number alone, where TCP_NODELAY is 0x40, and prints a warning for any other.
-        s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
-    except (OSError, AttributeError):
-        pass
+    c = _lg = _Session(s, peer)
     s.setblocking(False)
-    _lg._send(b"\xff\xfb\x01\xff\xfb\x03\xff\xfd\x03MicroPython telnet\r\nlogin: ")
-    wsconfig.watch(s, _lg.on_data)
+    c._send(b"\xff\xfb\x01\xff\xfb\x03\xff\xfd\x03MicroPython telnet\r\nlogin: ")
+    if c is _lg:  # not gone already (_send closed it)
+        wsconfig.watch(s, c.on_data)
 
 
 def start(user=None, password=None, port=23, lockout_ms=30000, host="0.0.0.0"):

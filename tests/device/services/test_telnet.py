@@ -152,20 +152,16 @@ def reset(s: socket.socket) -> None:
     s.close()
 
 
-def test_a_client_that_resets_mid_answer_or_mid_login_never_stops_the_server(tn):
-    # A fleet command that timed out, a Ctrl-C'd tool, a scanner: the board's next write to that
-    # client fails (ECONNRESET / EPIPE). Before, that error came out of the socket callback and
-    # ended the server (on a board: left the login slot taken, every login "Busy").
+def test_a_client_that_resets_mid_answer_never_stops_the_server(tn):
+    # A fleet command that timed out, a Ctrl-C'd tool: the board's next write to that client
+    # fails (ECONNRESET / EPIPE). Before, that error came out of the socket callback and ended
+    # the server (on a board: left the session attached or the login slot taken).
     s, out = login(tn.port)
     assert b"Logged in" in out
-    s.sendall(b"__import__('time').sleep(0.5) or 7\r\n")  # its answer comes after the reset
+    s.sendall(b"__import__('time').sleep(0.5) or 7\r\n")
+    assert b"or 7" in recv_until(s, b"\r\n")            # echoed: the line is in, its answer comes after the reset
     reset(s)
     time.sleep(1)
-    s = socket.create_connection(("127.0.0.1", tn.port))  # gone between login: and Password:
-    recv_until(s, b"login: ")
-    s.sendall(b"micro\r\n")
-    reset(s)
-    time.sleep(0.5)
     s, out = login(tn.port)                               # the server still serves
     assert b"Logged in" in out
     s.sendall(b"6*7\r\n")
