@@ -567,8 +567,8 @@ class RoomWatcher:
                 roster._warn(f"mDNS {name}: answer not handled ({type(e).__name__}: {e}), skipped", f"mdns {name}")
 
         def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
-            if state_change is ServiceStateChange.Removed:
-                roster.leave_mdns(self._services.get(name) or name.split(".")[0])
+            if state_change is ServiceStateChange.Removed:  # a goodbye: no more asking after it
+                roster.leave_mdns(self._services.pop(name, None) or name.split(".")[0])
                 return
             info = zeroconf.get_service_info(service_type, name, timeout=1500)
             if info is None:
@@ -602,10 +602,12 @@ class RoomWatcher:
                     now = current_time_millis()
                     records = zc.cache.get_all_by_details(name, srv, class_in)
                     newest = max(records, key=lambda r: r.created, default=None)
-                    if newest is not None:
-                        age = (now - newest.created) / 1000
-                        self.roster.seen_mdns(host, self.roster.clock() - age, newest.ttl)
-                    if newest is None or age > newest.ttl / 2:
+                    if newest is None:  # silent past its TTL (stale by now): asked enough; the
+                        self._services.pop(name, None)  # browser adds it again when it answers
+                        continue
+                    age = (now - newest.created) / 1000
+                    self.roster.seen_mdns(host, self.roster.clock() - age, newest.ttl)
+                    if age > newest.ttl / 2:
                         out = DNSOutgoing(query)
                         out.add_question(DNSQuestion(name, srv, class_in))
                         zc.send(out)
