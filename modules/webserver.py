@@ -554,10 +554,12 @@ def _match(pat, parts):
 
 def _static(req, path):
     # A directory named without its "/" (the prefix too) is redirected to it, as web servers do:
-    # the relative links of its index.html then resolve inside it.
-    try:
-        if os.stat(path)[0] & 0x4000:
-            return redirect(req.path + "/", 301)
-    except OSError:
-        pass
+    # the relative links of its index.html then resolve inside it. Only a name without an
+    # extension is looked at here: a file's stat is the one _send makes.
+    if "." not in path[path.rfind("/") + 1 :]:
+        try:
+            if os.stat(path)[0] & 0x4000:
+                return redirect(req.path + "/", 301)
+        except OSError:
+            pass
     return send_file(path)
