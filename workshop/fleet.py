@@ -240,7 +240,7 @@ class Fleet:
 
     def _one(self, t: Target, command: Command) -> BoardResult:
         t0 = time.monotonic()
-        address = f"{t.host}:{t.port}" if t.host else ""
+        address = t.host + (f":{t.port}" if t.port is not None else "") if t.host else ""
 
         def fail(why: str) -> BoardResult:
             self._event(t.hostname, "failed", why)

@@ -160,8 +160,9 @@ def test_a_board_without_telnet_is_said_to_have_none_not_tried_on_port_23(room, 
     time.sleep(1.2)
     proc = kit(room, "fleet", "exec", "print(1)", "--hosts", "nt-01", report=tmp_path / "r.json")
     assert proc.returncode == 1, proc.stderr
-    error = results(proc)["nt-01"]["error"]
-    assert error.startswith("telnet is not running on this board") and "refused" not in error, error
+    got = results(proc)["nt-01"]
+    assert got["error"].startswith("telnet is not running on this board") and "refused" not in got["error"], got
+    assert got["address"] == "127.0.0.1", got  # no ':None'
 
 
 def test_ctrl_c_while_listening_for_the_boards_exits_130_and_says_so(mosquitto, tmp_path):
