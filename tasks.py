@@ -258,7 +258,9 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
     except (_release.ReleaseError, _serve.ServeError) as e:
         raise _fail(str(e)) from None
     if served.problem:
-        err_console.print(f"[yellow]warning:[/] {served.problem}", highlight=False)
+        from rich.markup import escape
+
+        err_console.print(f"[yellow]warning:[/] {escape(served.problem)}", highlight=False)  # a path may hold [..]
     watcher = the_room = None
     if mqtt or room:
         the_room, watcher = _room_watcher(mqtt, None, None, None, None, False, interface)
