@@ -568,7 +568,7 @@ class RoomWatcher:
 
         def changed(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
             if state_change is ServiceStateChange.Removed:  # a goodbye: no more asking after it
-                roster.leave_mdns(self._services.pop(name, None) or name.split(".")[0])
+                roster.leave_mdns(self._services.pop(name, "") or name.split(".")[0])
                 return
             info = zeroconf.get_service_info(service_type, name, timeout=1500)
             if info is None:
@@ -603,7 +603,7 @@ class RoomWatcher:
                     records = zc.cache.get_all_by_details(name, srv, class_in)
                     newest = max(records, key=lambda r: r.created, default=None)
                     if newest is None:  # silent past its TTL (stale by now): asked enough; the
-                        self._services.pop(name, None)  # browser adds it again when it answers
+                        self._services.pop(name, "")  # browser adds it again when it answers
                         continue
                     age = (now - newest.created) / 1000
                     self.roster.seen_mdns(host, self.roster.clock() - age, newest.ttl)
