@@ -25,7 +25,7 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from types import EllipsisType
 
-from . import check, elf, source
+from . import check, elf, parallel, source
 from .buildinfo import (BUILD_INFO, IDENTITY_ENV, IDENTITY_MODULE, Artifact, BuildInfo, BuildInfoError,
                         read_build_info, sha256_file, write_atomic)
 from .config import Board, ConfigError, cache_dir, get_board, load_boards, project_root
@@ -729,13 +729,7 @@ def build_all(boards: Iterable[Board], *, toolchain: str = "auto", image: str | 
                 futures += [pool.submit(run, p, on_event, force, None, cancel) for p in plans]
             except KeyboardInterrupt:
                 cancel.set()
-            for future in futures:
-                while True:
-                    try:
-                        results.append(future.result())
-                        break
-                    except KeyboardInterrupt:
-                        cancel.set()        # every running step is stopped; queued builds do not start
+            results.extend(parallel.results(futures, cancel))  # Ctrl-C: running steps stop, queued builds do not start
     except KeyboardInterrupt:               # while planning: nothing runs yet
         cancel.set()
     done = {r.board for r in results}

@@ -24,6 +24,7 @@ import serial
 from serial.tools import list_ports
 
 from . import esptool_adapter
+from .parallel import results
 from .esptool_adapter import (DEFAULT_CONNECT_ATTEMPTS, ROM_BAUD, Cancelled, DeviceError, NoAnswer, PortBusy,
                               PortUnavailable, chip_key, connect, esptool_session, format_mac)
 
@@ -297,15 +298,10 @@ def identify_all(ports: Sequence[SerialPort], log_dir: Path | None = None,
     with ThreadPoolExecutor(max_workers=len(ports), thread_name_prefix="identify") as pool:
         futures = [pool.submit(identify, p, log_dir, connect_attempts, True, cancel) for p in ports]
         devices = []
-        for f in futures:
-            while True:
-                try:
-                    devices.append(f.result())
-                    break
-                except KeyboardInterrupt:
-                    cancel.set()        # before the pool's exit waits for its workers
+        for device in results(futures, cancel):
+            devices.append(device)
             if on_result:
-                on_result(devices[-1])
+                on_result(device)
     return devices
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 
 from .config import ConfigError, get_board
+from .parallel import results
 from .provision import identify as repl_identify
 from .registry import Registry, normalize_mac
 from .repl import FRIENDLY_PROMPT, ReplError, ReplSession
@@ -139,15 +140,9 @@ def identify_boards(ports: Sequence[str], registry: Registry | None, *, only: st
         if rec is None:
             raise ValueError(f"--blink {only}: no such board in {registry.path}")
     cancel = cancel or threading.Event()
-    shown: list[Shown] = []
     with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
-        for future in [pool.submit(_show_one, p, registry, only, baudrate, rounds, cancel) for p in ports]:
-            while True:
-                try:
-                    shown.append(future.result())
-                    break
-                except KeyboardInterrupt:
-                    cancel.set()            # before the pool's exit waits for its workers
+        shown = list(results([pool.submit(_show_one, p, registry, only, baudrate, rounds, cancel) for p in ports],
+                             cancel))
     if cancel.is_set():
         return shown
     if only is not None and all(s.ok for s in shown) and not any(_is(s, only) for s in shown):

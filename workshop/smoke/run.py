@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 from ..devconfig import masked
+from ..parallel import results
 from ..provision import CONFIG_PATH_CODE, HOST_PLATFORMS
 from ..repl import Pacing, ReplError, ReplEvent, ReplSession, ReplTimeout
 from .evaluate import HTTP_STAGES, MQTT_STAGES, _reason, config_shape_error, evaluate, mqtt_port
@@ -285,14 +286,5 @@ def smoke_all(ports: Sequence[str], expected: Expected | Callable[[str], Expecte
         report.interrupted = cancel.is_set()       # finished after Ctrl-C: cut short
         return report
 
-    reports = []
     with ThreadPoolExecutor(max_workers=max(1, workers or len(ports))) as pool:
-        futures = [pool.submit(one, p) for p in ports]
-        for future in futures:
-            while True:
-                try:
-                    reports.append(future.result())
-                    break
-                except KeyboardInterrupt:
-                    cancel.set()            # before the pool's exit waits for its workers
-    return reports
+        return list(results([pool.submit(one, p) for p in ports], cancel))
