@@ -125,8 +125,8 @@ def setup(c, ports="", micropython=None, git_url=None, check=False):
 
 
 @task(help={
-    "board": "board name(s), comma-separated (see 'invoke boards')",
-    "all": "every board in boards/",
+    "board": "board name(s), comma-separated (see 'invoke boards'; default: every board this machine can build, the others listed as skipped)",
+    "all": "every board in boards/, failing on one without a toolchain here (unless --skip-unavailable)",
     "skip_unavailable": "with --all: list boards without a toolchain here as skipped instead of failing",
     "toolchain": "auto (native if its tools are on PATH, else docker), docker or native",
     "image": "container image instead of the port's default (docker toolchain)",
@@ -137,14 +137,15 @@ def setup(c, ports="", micropython=None, git_url=None, check=False):
 def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", image=None, jobs="1",
           micropython=None, force=False):
     """Build images into dist/<BOARD>/ (image, build.json); 'up to date' when nothing changed."""
-    selected = _selected_boards(board, all)
+    chosen = bool(board) or all  # neither: every board this machine can build (what ./kit build does)
+    selected = _selected_boards(board, all or not chosen)
 
     def on_event(name: str, message: str) -> None:
         console.print(f"[bold]{name}[/]: {message}", highlight=False, soft_wrap=True)
 
     workers = _checked(devconfig.count, jobs, "--jobs")
     results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=workers, micropython=micropython,
-                               force=force, skip_unavailable=all and skip_unavailable, on_event=on_event)
+                               force=force, skip_unavailable=all and skip_unavailable or not chosen, on_event=on_event)
     rows = []
     for r in results:
         size = f"{r.image_size:,} B" if r.image_size else "-"

@@ -36,6 +36,8 @@ def test_build_all_names_every_board_and_why_it_was_not_built(mp_checkout, tmp_p
 
     lenient = invoke("build", "--all", "--skip-unavailable", env=env)
     assert lenient.returncode == 0, lenient.stdout + lenient.stderr
+    default = invoke("build", env=env)          # neither --board nor --all: what ./kit build runs
+    assert default.returncode == 0 and default.stdout == lenient.stdout, default.stdout + default.stderr
     # Piped, the table is plain: a header line, then one whole line per board.
     table = lenient.stdout.splitlines()
     header = next(i for i, line in enumerate(table) if line.split()[:2] == ["board", "result"])
