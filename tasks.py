@@ -14,7 +14,7 @@ from rich.console import Console
 
 from workshop import build as _build
 from workshop import check as _check
-from workshop import config, devconfig, render, source
+from workshop import config, devconfig, parallel, render, source
 from workshop.render import Cell, Column
 
 # This CLI works on the checkout it lives in, wherever invoke was started from (invoke -r ...).
@@ -144,8 +144,9 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
         console.print(f"[bold]{name}[/]: {message}", highlight=False, soft_wrap=True)
 
     workers = _checked(devconfig.count, jobs, "--jobs")
-    results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=workers, micropython=micropython,
-                               force=force, skip_unavailable=all and skip_unavailable or not chosen, on_event=on_event)
+    with parallel.signals_interrupt():  # kill or a closed terminal stops make as Ctrl-C does (its own session)
+        results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=workers, micropython=micropython,
+                                   force=force, skip_unavailable=all and skip_unavailable or not chosen, on_event=on_event)
     rows = []
     for r in results:
         size = f"{r.image_size:,} B" if r.image_size else "-"
@@ -320,7 +321,7 @@ def download(c, version, board=None, from_=None, debug=False):
                 progress.console.print("[yellow]source unreachable: using the verified cache[/]")
 
         try:
-            with _download.signals_interrupt():     # SIGTERM/SIGHUP end it as Ctrl-C does
+            with parallel.signals_interrupt():      # SIGTERM/SIGHUP end it as Ctrl-C does
                 result = _download.download_release(version, _csv(board) or None, source=from_, include_debug=debug,
                                                     on_event=on_event)
         except _download.DownloadError as e:

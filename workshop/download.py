@@ -13,21 +13,18 @@ source cannot be reached, a complete cache is used as it is).
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import http.client
 import os
 import re
 import shutil
-import signal
 import socket
 import tempfile
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -278,26 +275,6 @@ def remove_stale_parts(directory: Path, name: str) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """Within this block SIGTERM and SIGHUP (`kill`, a closed terminal) raise KeyboardInterrupt in
-    the main thread, as Ctrl-C does, so a download ended that way removes its partial file and says
-    it was interrupted. Outside the main thread it changes nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _fetch_verified(source: _Source, name: str, sha256: str, size: int | None, dest: Path,

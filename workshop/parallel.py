@@ -1,11 +1,13 @@
-"""Waiting for work done in threads, with Ctrl-C that ends it rather than waiting it out."""
+"""Waiting for work done in threads, with Ctrl-C (and kill, a closed terminal) that ends it rather than waiting it out."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -22,3 +24,24 @@ def results(futures: Iterable[Future[T]], cancel: threading.Event) -> Iterator[T
             except KeyboardInterrupt:
                 cancel.set()
         yield result
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """Within this block SIGTERM and SIGHUP (`kill`, a closed terminal) raise KeyboardInterrupt in
+    the main thread, as Ctrl-C does, so work ended that way is cancelled as Ctrl-C cancels it (a
+    download removes its partial file; a build stops its make, which runs in a session of its own
+    and would not get the signal). Outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

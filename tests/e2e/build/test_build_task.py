@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -88,9 +90,12 @@ def test_build_refuses_a_board_together_with_all():
     assert "Build" not in proc.stdout
 
 
-def test_ctrl_c_stops_a_build_within_2_s_and_says_what_dist_still_holds(mp_checkout, tmp_path: Path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_ctrl_c_stops_a_build_within_2_s_and_says_what_dist_still_holds(mp_checkout, tmp_path: Path, signame):
     """Ctrl-C mid-make: exit 130 within 2 s, the table says interrupted, and that dist/UNIX/
-    still holds the previous image (a project copy of its own: its own build tree and dist/)."""
+    still holds the previous image (a project copy of its own: its own build tree and dist/).
+    kill (SIGTERM) and a closed terminal (SIGHUP) the same: make runs in a session of its own,
+    so nothing but the kit stops it, and no make is left running."""
     import signal
     import time
 
@@ -124,12 +129,16 @@ def test_ctrl_c_stops_a_build_within_2_s_and_says_what_dist_still_holds(mp_check
         assert "mpy-cross: make" in seen, seen
         time.sleep(0.5)
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signame))
         out, err = proc.communicate(timeout=60)
         elapsed = time.monotonic() - t0
+        time.sleep(0.5)
+        left = subprocess.run(["pgrep", "-f", f"BUILD={tree}"], capture_output=True, text=True).stdout.split()
     finally:
         proc.kill()
+        subprocess.run(["pkill", "-f", f"BUILD={tree}"], capture_output=True)
         shutil.rmtree(tree, ignore_errors=True)
+    assert left == [], f"make still running after the build ended: pids {left}"
     text = " ".join((seen + out).split())
     assert elapsed < 2.0, (elapsed, text[-800:])
     assert proc.returncode == 130, text + err
