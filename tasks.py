@@ -483,32 +483,30 @@ class _FlashView:
                                    Column("note", wrap=True)]
 
     def __init__(self, ports: list[str]) -> None:
-        import time
-
         self.rows: dict[str, Any] = dict.fromkeys(ports)
         self.written: dict[str, float] = {}        # percent of the image written, per port (this attempt)
         self.live: Any = None
         self.last: dict[str, tuple[str, int]] = {}
-        self.t = time.monotonic
-        self.last_draw = 0.0
 
     def __enter__(self) -> _FlashView:
         if console.is_terminal:
             from rich.live import Live
 
-            self.live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+            # Live draws _render() itself, 8 times a second: the latest stage of every board, never
+            # a frame kept from before an update skipped to save redraws.
+            self.live = Live(get_renderable=self._render, console=console, refresh_per_second=8, transient=False)
             self.live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.live is not None:
-            self.live.update(self._render())
+            self.live.refresh()
             self.live.__exit__(*exc)
 
     def _render(self):
         status = {"done": "ok", "failed": "failed", "retrying": "warn", "interrupted": "interrupted"}
         rows: list[list[render.CellLike]] = []
-        for port, e in self.rows.items():
+        for port, e in list(self.rows.items()):  # (a worker thread may be adding to it)
             if e is None:
                 rows.append([port, "queued", "", "", "", ""])
                 continue
@@ -528,10 +526,6 @@ class _FlashView:
         elif e.stage is Stage.CONNECTING:        # a new attempt writes from the start
             self.written.pop(e.port, None)
         if self.live is not None:
-            now = self.t()
-            if now - self.last_draw > 0.1 or e.stage.value in ("done", "failed", "interrupted"):
-                self.last_draw = now
-                self.live.update(self._render())
             return
         step = int(e.percent // 25) if e.bytes_total else -1
         if self.last.get(e.port) == (e.stage.value, step):
@@ -1167,7 +1161,6 @@ class _StationView:
 
     def __init__(self, json_out=None) -> None:
         import sys
-        import time
         from pathlib import Path
 
         self.tty = sys.stdout.isatty()
@@ -1177,20 +1170,20 @@ class _StationView:
         self.json = open(json_out, "a", encoding="utf-8") if json_out else None  # noqa: SIM115 - closed in close()
         self.live: Any = None
         self.last_percent: dict[str, int] = {}
-        self.t = time.monotonic
-        self.last_draw = 0.0
 
     def __enter__(self):
         if self.tty:
             from rich.live import Live
 
-            self.live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+            # Live draws _render() itself, 8 times a second: the latest stage of every board, never
+            # a frame kept from before an update skipped to save redraws.
+            self.live = Live(get_renderable=self._render, console=console, refresh_per_second=8, transient=False)
             self.live.__enter__()
         return self
 
     def __exit__(self, *exc):
         if self.live is not None:
-            self.live.update(self._render())
+            self.live.refresh()
             self.live.__exit__(*exc)
         if self.json:
             self.json.close()
@@ -1204,7 +1197,7 @@ class _StationView:
 
         counts = {"ready": 0, "failed": 0, "in progress": 0}
         rows = []
-        for e in self.rows.values():
+        for e in list(self.rows.values()):  # (a journey's thread may be adding to it)
             # A journey's last event is how it ended: ready, interrupted, unplugged, or failed.
             state = ("ready" if e.ok else e.stage if e.stage in ("interrupted", "unplugged") else "failed") \
                 if e.final else "in progress"
@@ -1226,10 +1219,6 @@ class _StationView:
             self.json.flush()
         self.rows[e.key] = e
         if self.live is not None:
-            now = self.t()
-            if e.final or now - self.last_draw > 0.1:
-                self.last_draw = now
-                self.live.update(self._render())
             return
         if e.percent is not None:           # plain output: progress every 25 %
             step = int(e.percent // 25)
