@@ -388,7 +388,7 @@ class FlashOptions:
         """Checked before any board is touched: a value esptool refuses would fail every board
         after connecting (and be retried as if the board were at fault)."""
         try:
-            devconfig.baud(self.baud, "--baud")
+            object.__setattr__(self, "baud", devconfig.baud(self.baud, "--baud"))  # "921600" -> 921600
         except devconfig.DevConfigError as e:
             raise FlashError(str(e)) from None
         if self.flash_size is not None:

@@ -502,3 +502,12 @@ def test_two_choices_of_what_to_write_are_refused_as_such(dist, tmp_path):
         flash.choose_images(dist=dist)
     proc = _invoke("flash", "--board", "ESP32_GENERIC", "--auto", "--dist", str(dist), "--ports", "/dev/null")
     assert proc.returncode == 1 and "--board and --auto: give only one of them" in " ".join(proc.stderr.split())
+
+
+def test_flash_options_take_the_baud_as_a_number_from_text_too():
+    """A library caller's FlashOptions(baud="921600") passed the check and kept the text, which
+    then failed every board at the first comparison with a number; it is the number now."""
+    assert FlashOptions(baud="921600").baud == 921600 and FlashOptions(baud=115200).baud == 115200
+    for bad in ("fast", 100, True):
+        with pytest.raises(flash.FlashError, match=r"^--baud: expected a baud rate"):
+            FlashOptions(baud=bad)
