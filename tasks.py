@@ -776,6 +776,8 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     budget = 10.0 if timeout is None else _checked(devconfig.seconds, timeout, "--timeout")  # a string: not invoke's cast
     baudrate = _checked(devconfig.baud, baud, "--baud")
     net = None
+    if (mqtt or http_url) and not network:  # they would be ignored: the network checks are off
+        raise _fail(f"{'--mqtt' if mqtt else '--http-url'} goes with --network (the network checks)")
     if network:
         try:
             host, mport = _smoke.parse_broker(mqtt)
@@ -1294,6 +1296,8 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     lesson = _lesson_folder(files, cfg)
     net = None
+    if (mqtt or http_url) and not network:  # they would be ignored: the network checks are off
+        raise _fail(f"{'--mqtt' if mqtt else '--http-url'} goes with --network (the network checks)")
     if network:
         try:
             host, mport = _smoke.parse_broker(mqtt)

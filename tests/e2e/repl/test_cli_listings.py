@@ -202,6 +202,15 @@ def test_smoke_refuses_a_broker_that_is_no_host_before_touching_a_board(make_pee
     assert "Smoke" not in proc.stdout
 
 
+def test_smoke_network_options_without_network_are_refused_not_ignored(make_peer):
+    """--mqtt (or --http-url) without --network was silently ignored: the run passed without the
+    network checks the person asked for."""
+    peer = make_peer(stack_on_path=False, files={"workshop.json": '{"hostname": "x"}'})
+    proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--board-file", "--mqtt", "10.0.0.2")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "--mqtt goes with --network" in " ".join(proc.stderr.split()) and "Smoke" not in proc.stdout
+
+
 def test_provision_shows_macs_as_every_other_table_does(make_peer):
     """provision's table and JSON said 240ac450c064 where devices, flash, station and the registry
     say 24:0a:c4:50:c0:64."""
