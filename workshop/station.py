@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
-from . import devconfig
+from . import devconfig, parallel
 from . import flash as _flash
 from .devices import SerialPort, bridge_from_link, list_board_ports, log_name, usb_ports
 from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
@@ -1019,13 +1019,7 @@ def board_macs(ports: Sequence[str], baudrate: int = 115200,
 
     macs: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
-        for future in [pool.submit(one, p) for p in ports]:
-            while True:
-                try:
-                    port, mac = future.result()
-                    break
-                except KeyboardInterrupt:
-                    cancel.set()
+        for port, mac in parallel.results([pool.submit(one, p) for p in ports], cancel):
             if mac:
                 macs[port] = mac
     return macs
