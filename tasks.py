@@ -1296,8 +1296,8 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     lesson = _lesson_folder(files, cfg)
     net = None
-    if (mqtt or http_url) and not network:  # they would be ignored: the network checks are off
-        raise _fail(f"{'--mqtt' if mqtt else '--http-url'} goes with --network (the network checks)")
+    if mqtt and not network:  # it would be ignored: the network checks are off
+        raise _fail("--mqtt goes with --network (the network checks)")
     if network:
         try:
             host, mport = _smoke.parse_broker(mqtt)
