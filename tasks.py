@@ -860,14 +860,9 @@ _ROOM_HELP = {
 
 def _room_lookups(registry):
     """--registry PATH -> (by hostname, by MAC) lookups of the station's records (sticker, MAC, ...)."""
-    from pathlib import Path
-
     from workshop import roster as _roster
 
-    if registry and not Path(registry).exists():     # as the registry task: never a new empty one
-        raise _fail(f"--registry {registry}: no registry there (the station, or flash/provision/smoke --registry, "
-                    "create it)")
-    reg = _open_registry(registry)
+    reg = _open_registry(registry, existing=True)
     return _roster.registry_lookups(reg) if reg is not None else (None, None)
 
 
@@ -1146,11 +1141,18 @@ def broker(c, bind="0.0.0.0", port="1883", password_file=None):
 # --- station / registry / identify (workshop.station, workshop.registry, workshop.identify) -------
 
 
-def _open_registry(path):
-    """--registry PATH -> Registry, or None when not given."""
+def _open_registry(path, existing=False):
+    """--registry PATH -> Registry, or None when not given; `existing`: a registry only reads
+    it, so a missing file is an error rather than a new empty one (a typo shows no boards)."""
     if not path:
         return None
+    from pathlib import Path
+
     from workshop import registry as _registry
+
+    if existing and not Path(path).exists():
+        raise _fail(f"--registry {path}: no registry there (the station, or flash/provision/smoke --registry, "
+                    "create it)")
 
     try:
         return _registry.Registry(path)
@@ -1325,15 +1327,10 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
 })
 def registry(c, registry="workshop.db", csv=None, json=False):  # noqa: A002
     """Every board ever seen, by sticker: MAC, chip, hostname, image, last results."""
-    from pathlib import Path
-
-
     from workshop import buildinfo
 
-    if not Path(registry).exists():
-        raise _fail(f"{registry}: no registry yet (the station, or flash/provision/smoke --registry, create it)")
     csv_path = _checked(devconfig.output_file, csv, "--csv") if csv else None
-    reg = _open_registry(registry)
+    reg = _open_registry(registry, existing=True)
     if csv_path is not None:
         buildinfo.write_atomic(csv_path, reg.to_csv())
         console.print(f"{len(reg.boards())} board(s) written to {csv}")

@@ -187,3 +187,10 @@ def test_an_existing_file_that_is_no_database_is_refused_and_left_alone(tmp_path
     assert empty.read_bytes() == b"" and not list(tmp_path.glob("class-list.txt-*"))
     Registry(tmp_path / "new.db").see(mac(1))
     assert Registry(tmp_path / "new.db").get(mac(1)) is not None      # a real registry opens again
+    # A registry that is only read (the registry task, roster --registry) is never made: a typo
+    # would show an empty room.
+    typo = tmp_path / "nwe.db"
+    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "registry", "--registry",
+                           str(typo)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and f"--registry {typo}: no registry there" in " ".join(proc.stderr.split())
+    assert not typo.exists()
