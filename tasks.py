@@ -236,7 +236,7 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
                   f"{', '.join(sorted(secrets)) or 'none configured'}. Try it: invoke serve --version {made.version}")
 
 
-@task(help={
+@task(auto_shortflags=False, help={
     "version": "release to serve from release/<version>/",
     "directory": "serve this folder instead (a release folder or a download cache)",
     "host": "address to listen on (default 0.0.0.0: the whole LAN)",
