@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import project_root
 from .devconfig import MASK, DevConfigError, load_file, masked, port_number, secret_values
+from .registry import mac_or_id
 from .repl import Pacing, ReplError, ReplEvent, ReplSession, mask
 
 
@@ -234,12 +235,6 @@ class ProvisionConfig:
 
 
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
-
-
-def mac_text(mac: str) -> str:
-    """A MAC as every table and report shows it (aa:bb:cc:dd:ee:ff); an odd one as it came."""
-    digits = "".join(c for c in mac.lower() if c in "0123456789abcdef")
-    return ":".join(digits[i:i + 2] for i in range(0, 12, 2)) if len(digits) == 12 else mac
 
 
 def valid_host(host: str) -> bool:
@@ -514,7 +509,7 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
             s.enter_raw()
             results[i].stage = "identify"
             ident = idents[i] = identify(s)
-            results[i].mac = mac_text(ident.mac)      # shown as everywhere else: aa:bb:cc:dd:ee:ff
+            results[i].mac = mac_or_id(ident.mac)     # shown as everywhere else: aa:bb:cc:dd:ee:ff
             results[i].config_path = ident.config_path
         except Exception as e:  # noqa: BLE001 - one board's failure is its result
             fail(i, e)

@@ -135,6 +135,15 @@ def normalize_mac(mac: str) -> str:
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
 
+def mac_or_id(mac: str) -> str:
+    """aa:bb:cc:dd:ee:ff for a MAC in any spelling; anything else (an ESP8266's chip id, the unix
+    port's stand-in) as it came."""
+    try:
+        return normalize_mac(mac)
+    except RegistryError:
+        return mac
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -37,7 +37,7 @@ from . import devconfig, parallel
 from . import flash as _flash
 from .devices import SerialPort, bridge_from_link, list_board_ports, log_name, usb_ports
 from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
-from .registry import Registry, RegistryError, normalize_mac
+from .registry import Registry, mac_or_id, normalize_mac
 
 DEFAULT_BOOT_TIMEOUT = 20.0      # a freshly flashed board formats its filesystem on first boot
 RESET_WAIT = 120.0               # how long a "press RESET" board is waited for
@@ -347,12 +347,8 @@ def budgets(**given: str | float | None) -> Budgets:
 
 
 def _mac_key(mac: str) -> str:
-    """One spelling per board id: a MAC normalized; anything else (an ESP8266's chip id, the unix
-    port's stand-in) lowercased as it is."""
-    try:
-        return normalize_mac(mac)
-    except RegistryError:
-        return mac.lower()
+    """One spelling per board id: a MAC normalized, anything else lowercased."""
+    return mac_or_id(mac).lower()
 
 
 @dataclass(frozen=True)
