@@ -82,3 +82,58 @@ def interrupt(proc: subprocess.Popen) -> tuple[str, str, float]:
     finally:
         proc.kill()
     return out, err, time.monotonic() - t0
+
+
+class Terminal:
+    """A command on a pseudo-terminal `columns` wide, as on a person's terminal (rich draws its
+    live tables only there): read what it draws, Ctrl-C it, and its text without ANSI codes."""
+
+    ANSI = __import__("re").compile(r"\x1b\[[0-9;?]*[a-zA-Z]")
+
+    def __init__(self, argv: list[str], columns: int = 80, cwd: Path | None = None) -> None:
+        import os
+        import pty
+
+        self.out = bytearray()
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the command on its terminal
+            if cwd is not None:
+                os.chdir(cwd)
+            os.environ.update(COLUMNS=str(columns), LINES="50", TERM="xterm")
+            os.execv(argv[0], list(argv))
+        self.ended = False
+
+    def read(self, seconds: float) -> bool:
+        """What it draws for `seconds`, or until it ends; True once it has ended."""
+        import os
+        import select
+
+        until = time.monotonic() + seconds
+        while not self.ended and time.monotonic() < until:
+            if select.select([self.fd], [], [], 0.05)[0]:
+                try:
+                    data = os.read(self.fd, 65536)
+                except OSError:  # EIO: the child has gone
+                    data = b""
+                if not data:
+                    self.ended = True
+                self.out.extend(data)
+        return self.ended
+
+    def interrupt(self) -> None:
+        import os
+
+        os.kill(self.pid, signal.SIGINT)
+
+    def close(self) -> None:
+        import contextlib
+        import os
+
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+    @property
+    def text(self) -> str:
+        return self.ANSI.sub("", self.out.decode(errors="replace"))

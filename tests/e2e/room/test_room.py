@@ -409,35 +409,18 @@ def test_roster_watch_over_mdns_alone_reports_a_board_leaving():
 
 def test_roster_watch_on_a_100_column_terminal_cuts_no_column(room):
     """The live table once drew firmware and last seen zero-wide and pushed state off the edge."""
-    import os
-    import pty
-    import re
-    import signal
+    from support import Terminal
 
     room("classroom-lab-board-0042", "pypi")
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(REPO)
-        os.environ.update(COLUMNS="100", LINES="40", TERM="xterm")
-        os.execv(sys.executable, [sys.executable, "-m", "invoke", "roster", "--mqtt",
-                                  f"{room.broker.host}:{room.broker.port}", "--no-mdns", "--watch"])
-    out = b""
-    deadline = time.monotonic() + 4
-    import select
-    while time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.1)[0]:
-            out += os.read(fd, 65536)
-    os.kill(pid, signal.SIGINT)
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        out += data
-    os.waitpid(pid, 0)
-    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode(errors="replace"))
+    term = Terminal([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{room.broker.host}:{room.broker.port}",
+                     "--no-mdns", "--watch"], 100, cwd=REPO)
+    try:
+        term.read(4)
+        term.interrupt()
+        term.read(30)
+    finally:
+        term.close()
+    text = term.text
     lines = text.splitlines()
     assert max(len(line) for line in lines) <= 100
     for header in ("hostname", "firmware", "last seen", "state"):

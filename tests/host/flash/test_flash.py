@@ -441,9 +441,8 @@ def test_flash_progress_keeps_ports_and_stages_whole_piped_and_at_80_columns(moc
     '/dev/… conne…'; the summary line folded in the middle of the log path. Piped: one whole line
     per stage change; on a terminal: a live table by the table rule (render.LiveTable)."""
     import re
-    import select
-    import signal
-    import time
+
+    from support import Terminal
 
     devices = mocks.start_many(["esp32", "esp32"])
     make_dist(dist, "ESP32_GENERIC", "esp32", size=32 * 1024)
@@ -465,27 +464,12 @@ def test_flash_progress_keeps_ports_and_stages_whole_piped_and_at_80_columns(moc
     ports = [d.port for d in devices]
     argv = [invoke, "-r", str(REPO), *args[:5], "--ports", ",".join(ports), "--logs", str(logs),
             "--report", str(tmp_path / "r2.json")]
-    pid, fd = pty.fork()
-    if pid == 0:      # the child: flash on an 80-column terminal
-        os.environ.update(COLUMNS="80", LINES="50", TERM="xterm")
-        os.execv(argv[0], argv)
-    out = bytearray()
-    deadline = time.monotonic() + 120
+    term = Terminal(argv, 80)      # flash on an 80-column terminal
     try:
-        while time.monotonic() < deadline:
-            if select.select([fd], [], [], 0.1)[0]:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:
-                    break
-                if not data:
-                    break
-                out.extend(data)
+        term.read(120)
     finally:
-        with __import__("contextlib").suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode(errors="replace"))
+        term.close()
+    text = term.text
     live = text[text.index("┏"):text.index("Flash summary")].replace("\r", "\n").splitlines()
     assert "…" not in "".join(live) and max(len(line) for line in live) <= 80, "\n".join(live[-20:])
     for port in ports:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import pty
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 from rich.console import Console
+from support import Terminal
 
 from workshop import render, smoke
 from workshop.render import Cell, Column
@@ -89,22 +88,12 @@ def test_smoke_summary_carries_a_status_instead_of_being_parsed():
 
 
 def run_tty(*argv: str, columns: int = 80) -> str:
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the CLI on a terminal of `columns` columns
-        os.chdir(REPO)
-        os.environ.update(COLUMNS=str(columns), LINES="50", TERM="xterm")
-        os.execv(argv[0], list(argv))
-    out = b""
-    while True:
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        out += data
-    os.waitpid(pid, 0)
-    return ANSI.sub("", out.decode())
+    term = Terminal(list(argv), columns, cwd=REPO)
+    try:
+        assert term.read(120), f"{argv} did not end: {term.text[-2000:]}"
+    finally:
+        term.close()
+    return term.text
 
 
 def test_invoke_boards_in_an_80_column_terminal():

@@ -596,9 +596,7 @@ def test_the_live_view_at_80_columns_keeps_every_note_readable_and_counts_interr
     """At 80 columns the note column shrank to one letter ('unplug me' one letter per line) and
     the counter said 'failed 2' for one failed and one interrupted board. The live table follows
     the shared width rule (render.LiveTable); the counter names each way a journey ended."""
-    import pty
-    import re
-    import signal
+    from support import Terminal
 
     hub = HotPlug(tmp_path / "by-id")
     make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
@@ -608,44 +606,24 @@ def test_the_live_view_at_80_columns_keeps_every_note_readable_and_counts_interr
     argv = [str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "station", "--board", "ESP32_GENERIC",
             "--dist", str(tmp_path / "dist"), "--ports-dir", str(hub.folder), "--registry", str(tmp_path / "w.db"),
             "--json-out", str(jsonl), "--logs", str(tmp_path / "logs")]
-    pid, fd = pty.fork()
-    if pid == 0:     # the child: the station on an 80-column terminal
-        os.environ.update(COLUMNS="80", LINES="50", TERM="xterm")
-        os.execv(argv[0], argv)
-    out = bytearray()
-
-    def read(until: float) -> None:
-        import select
-
-        while time.monotonic() < until:
-            if select.select([fd], [], [], 0.05)[0]:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                out.extend(data)
-
+    term = Terminal(argv, 80)     # the station on an 80-column terminal
     try:
         for board, serial in ((ready, "RDY0001"), (wrong, "C3000001"), (hung, "HUNG0001")):
             hub.plug(board, serial=serial)
         deadline = time.monotonic() + 90
         while True:
-            read(time.monotonic() + 0.2)
+            term.read(0.2)
             events = [json.loads(x) for x in jsonl.read_text().splitlines()] if jsonl.exists() else []
             finals = {e["key"] for e in events if e["final"]}
             if len(finals) >= 2 and any(e["stage"] == "stub" for e in events):
                 break
             assert time.monotonic() < deadline, events[-5:]
-        read(time.monotonic() + 0.5)
-        os.kill(pid, signal.SIGINT)
-        read(time.monotonic() + 10)
+        term.read(0.5)
+        term.interrupt()
+        term.read(10)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out.decode(errors="replace"))
+        term.close()
+    text = term.text
     screen = text.replace("\r", "\n").splitlines()
     live = text[:text.index("Station interrupted")].replace("\r", "\n").splitlines()   # the live frames
     # A live table wider than the terminal is folded at its 80th column (render.LiveTable): join
