@@ -308,27 +308,32 @@ def test_an_endless_body_is_cut_off_at_the_size_the_index_gives(made, http_serve
         dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=tmp_path / "other")
 
 
-def _download_process(url: str, cache: Path) -> subprocess.Popen[str]:
+STALLED = "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
+
+
+def _stalled_download(made, http_server, tmp_path: Path):
+    """`invoke download` in a process of its own, inside the transfer of STALLED (the server stops
+    sending it): (the process, the server, its cache)."""
+    server = http_server(made.directory)
+    server.behaviour.stall.add(STALLED)
+    cache = tmp_path / "cache"
     env = dict(os.environ, WORKSHOP_CACHE=str(cache), COLUMNS="200")
-    return subprocess.Popen([INVOKE, "-r", str(PROJECT_ROOT), "download", "--version", "v0.1.0", "--board",
-                             "ESP32_GENERIC", "--from", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([INVOKE, "-r", str(PROJECT_ROOT), "download", "--version", "v0.1.0", "--board",
+                             "ESP32_GENERIC", "--from", server.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
+    assert server.behaviour.stalled.wait(30), "the download never started"
+    time.sleep(0.3)
+    return proc, server, cache
 
 
 def test_ctrl_c_during_a_download_says_so_and_exits_130_within_2_s(made, http_server, tmp_path):
     from support import interrupt
 
-    server = http_server(made.directory)
-    name = "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
-    server.behaviour.stall.add(name)
-    cache = tmp_path / "cache"
-    proc = _download_process(server.url, cache)
-    assert server.behaviour.stalled.wait(30), "the download never started"
-    time.sleep(0.3)
+    proc, _, cache = _stalled_download(made, http_server, tmp_path)
     out, err, seconds = interrupt(proc)
     assert proc.returncode == 130, (out, err)
     assert seconds < 2, seconds
-    assert "interrupted" in err and name in err, err
+    assert "interrupted" in err and STALLED in err, err
     assert leftovers(cache) == []
 
 
@@ -336,13 +341,7 @@ def test_ctrl_c_during_a_download_says_so_and_exits_130_within_2_s(made, http_se
 def test_a_download_ended_by_sigterm_or_sighup_leaves_no_partial_file(made, http_server, tmp_path, sig):
     import signal
 
-    server = http_server(made.directory)
-    name = "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
-    server.behaviour.stall.add(name)
-    cache = tmp_path / "cache"
-    proc = _download_process(server.url, cache)
-    assert server.behaviour.stalled.wait(30), "the download never started"
-    time.sleep(0.3)
+    proc, _, cache = _stalled_download(made, http_server, tmp_path)
     assert [p for p in leftovers(cache) if p.endswith(".part")], "the partial file exists while it runs"
     proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=10)
@@ -355,24 +354,18 @@ def test_a_partial_file_left_by_a_killed_download_is_removed_by_the_next(made, h
     part files of dead processes, and leaves those of a download still running."""
     import signal
 
-    server = http_server(made.directory)
-    name = "ESP32_GENERIC-20261121-v1.28.0-v0.1.0.bin"
-    server.behaviour.stall.add(name)
-    cache = tmp_path / "cache"
-    proc = _download_process(server.url, cache)
-    assert server.behaviour.stalled.wait(30), "the download never started"
-    time.sleep(0.3)
+    proc, server, cache = _stalled_download(made, http_server, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
     stale = [p for p in leftovers(cache) if p.endswith(".part")]
     assert stale, "SIGKILL leaves the partial file"
     # A part file of a live process (this one) with another name stays.
     folder = cache / "releases" / "v0.1.0"
-    live = folder / f".{name}.{os.getpid()}-abcd.part"
+    live = folder / f".{STALLED}.{os.getpid()}-abcd.part"
     live.write_bytes(b"in progress elsewhere")
     server.behaviour.stall.clear()
     result = dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=cache)
-    assert result.board("ESP32_GENERIC").paths[name].read_bytes() == (made.directory / name).read_bytes()
+    assert result.board("ESP32_GENERIC").paths[STALLED].read_bytes() == (made.directory / STALLED).read_bytes()
     assert leftovers(cache) == [live.name]
 
 
