@@ -751,8 +751,10 @@ class _Worker:
             self.result.board = image.board
             if self.gate is not None and not self.gated:
                 # Not "attempt 1": an attempt that failed before reading the MAC never got here.
-                self.gated = True
+                # Marked once it has run: a gate that raised runs again on the retry, never skipped
+                # (a clone's refusal was lost that way, and the clone flashed on attempt 2).
                 self.skipped = self.gate(self.result)
+                self.gated = True
                 if self.skipped is not None:
                     if self.options.reset_after:        # back into its firmware, as after a flash
                         self.box(Stage.RESETTING, budgets.fixed(budgets.reset), "hard reset", "hard reset")

@@ -511,6 +511,9 @@ class _Journey:
         other = self.tracker.claim(r.mac, self.port.device)
         if other is not None:
             if plan.registry is not None:
+                # The MAC's record may not exist yet: the board that claimed it first records
+                # itself only after its claim (see() is idempotent, so either order is one record).
+                plan.registry.see(r.mac, chip=r.chip)
                 plan.registry.record_event(r.mac, "duplicate", False, f"also on {self.port.device}", other)
             raise DuplicateMac(f"MAC {r.mac} already seen on {other} (a clone or an emulator?): not flashed, "
                                "not merged with that board")

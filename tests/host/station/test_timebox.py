@@ -154,3 +154,24 @@ def test_the_registry_gate_runs_when_the_first_attempt_failed_before_reading_the
     assert (r.state, r.bytes_written) == (State.SKIPPED, 0), r.error
     data = board.flash()
     assert data[0x1000:0x1000 + 16] == b"\xff" * 16          # nothing written
+
+
+def test_a_gate_that_raised_runs_again_on_the_retry_and_never_lets_the_board_through_unchecked(farm, tmp_path):
+    # The station's gate once raised RegistryError (a clone racing the first board's record):
+    # the attempt failed, the retry skipped the gate as done, and the clone was flashed and
+    # merged with the first board. The gate runs again; its refusal then holds.
+    board = farm.start("esp32", runtime=None)
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=16 * 1024)
+    calls: list[str | None] = []
+
+    def gate(result: flash.DeviceResult) -> str | None:
+        calls.append(result.mac)
+        if len(calls) == 1:
+            raise RuntimeError("the registry was busy")
+        raise flash.Refused("a clone of another board: not flashed")
+
+    r = flash.flash_device(board.port, FlashImage.from_dist(image_dir), log_path=tmp_path / "b.log", gate=gate)
+
+    assert calls == [board.mac, board.mac], r.attempts
+    assert r.state is State.FAILED and "a clone of another board" in (r.error or ""), (r.state, r.error)
+    assert r.bytes_written == 0 and board.flash()[0x1000:0x1000 + 16] == b"\xff" * 16   # nothing written
