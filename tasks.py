@@ -555,7 +555,6 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
           release=None, dist=None, flash_size=None, report=None, logs=None, provision=None, files=None,
           registry=None, json_out=None, boot_timeout=None, repl_timeout=None, reset_probe=None, reset_wait=None):
     """Flash every selected board in parallel, verify each, retry slower, report; non-zero exit if any failed."""
-    from pathlib import Path
 
     from workshop import flash as _flash
     from workshop import station as _station
@@ -764,7 +763,6 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
           json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None, board_file=False):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
     import threading
-    from pathlib import Path
 
     from rich.markup import escape
 
@@ -1005,7 +1003,6 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                no_mdns, interface, wait, telnet_user, telnet_password, jobs, timeout, report, as_json):
     import json as _json
     import time
-    from pathlib import Path
 
     from rich.markup import escape
 
@@ -1287,7 +1284,6 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     """Hot-plug: every board plugged in goes appear -> flash -> provision -> smoke -> ready, until Ctrl-C."""
     from pathlib import Path
 
-    from workshop import flash as _flash
     from workshop import smoke as _smoke
     from workshop import station as _station
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import mimetypes
-import socket
 import threading
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer

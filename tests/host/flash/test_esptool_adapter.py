@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import pty
-import subprocess
 import sys
 import threading
 import time
@@ -148,7 +147,6 @@ def test_an_images_flash_size_is_set_with_esptools_image_classes(chip):
     # an image, and, for the ESP32 family, on append_digest / data_length / SHA256_DIGEST_LEN to
     # redo the digest. An image esptool made itself must come back valid with the new size.
     import io
-    import sys
 
     from esptool.targets import CHIP_DEFS
 

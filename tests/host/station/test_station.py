@@ -3,7 +3,6 @@ MicroPython REPLs after their flash's reset; hot-plug through a folder of links.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
