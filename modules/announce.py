@@ -276,8 +276,14 @@ def start(cfg=None, ip=None, telnet_port=None):
     pw = m.get("password")
     mac = _mac()
     # The client id is the broker's key for a connection: two boards given one hostname must not
-    # take turns throwing each other off, so it carries the MAC (unix, without one: the ticks).
-    cid = "ws-%s-%s" % (host, mac.replace(":", "")[-6:] if mac else "%x" % time.ticks_us())
+    # take turns throwing each other off, so it carries the MAC (unix, without one: 3 random bytes;
+    # two processes started together read the same ticks_us).
+    if mac:
+        tail = mac.replace(":", "")[-6:]
+    else:
+        import os
+        tail = "%02x%02x%02x" % tuple(os.urandom(3))
+    cid = "ws-%s-%s" % (host, tail)
     _cfg = (topic, cid.encode(), addr, user.encode() if user else None,
             pw.encode() if pw else None, interval * 1000, min(interval * 2, 0xFFFF))
     board, inputs, project = _ident()
