@@ -104,17 +104,7 @@ def test_anonymous_broker_keeps_retained_messages_across_a_restart(tmp_path):
     proc = start_kit(port, env=env)
     try:
         wait_for_port(port)
-        got: list[bytes] = []
-        s = paho.Client(paho.CallbackAPIVersion.VERSION2)
-        s.on_message = lambda c, u, m: got.append(m.payload)
-        s.connect("127.0.0.1", port)
-        s.subscribe("workshop/+/status")
-        s.loop_start()
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.05)
-        s.loop_stop()
-        assert got == [b'{"state": "online"}']
+        assert retained_now(port, 5, until_any=True) == [b'{"state": "online"}']
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)
@@ -181,14 +171,17 @@ def _processes_mentioning(path: Path) -> list[int]:
     return found
 
 
-def retained_now(port: int, seconds: float = 1.0) -> list[bytes]:
+def retained_now(port: int, seconds: float = 1.0, *, until_any: bool = False) -> list[bytes]:
+    """The statuses a new subscriber gets within `seconds` (until_any: from the first on)."""
     got: list[bytes] = []
     s = paho.Client(paho.CallbackAPIVersion.VERSION2)
     s.on_message = lambda c, u, m: got.append(m.payload)
     s.connect("127.0.0.1", port)
     s.subscribe("workshop/+/status")
     s.loop_start()
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while not (until_any and got) and time.monotonic() < deadline:
+        time.sleep(0.05)
     s.loop_stop()
     s.disconnect()
     return got
