@@ -137,3 +137,12 @@ class Terminal:
     @property
     def text(self) -> str:
         return self.ANSI.sub("", self.out.decode(errors="replace"))
+
+
+def wait_while_running(proc: subprocess.Popen, ready, what: str, timeout: float = 60, poll: float = 0.05) -> None:
+    """Until ready() says the process reached the point the test acts at (a file it made, a log);
+    fails with `what` when the process ends, or the time runs out, first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline and proc.poll() is None, what
+        time.sleep(poll)

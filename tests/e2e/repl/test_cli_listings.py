@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import interrupt
+from support import interrupt, wait_while_running
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -120,10 +120,7 @@ def test_ctrl_c_during_provision_ends_it_within_2_s_with_the_table(make_peer, tm
                              "--hostname", "lab-01", "--files", str(lesson)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not list(peer.root.glob("f*.py")):          # the first lesson file is on the board
-            assert time.monotonic() < deadline and proc.poll() is None, "provisioning never reached the files"
-            time.sleep(0.05)
+        wait_while_running(proc, lambda: list(peer.root.glob("f*.py")), "provisioning never reached the files", 60)  # the first lesson file is on the board
         out, err, elapsed = interrupt(proc)
     finally:
         proc.kill()
@@ -173,10 +170,7 @@ def test_ctrl_c_during_smoke_ends_it_within_2_s_with_the_table(make_peer, tmp_pa
                              "--board", "UNIX", "--board-file", "--timeout", "120"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (hung.root / "hanging").exists():
-            assert time.monotonic() < deadline and proc.poll() is None, "the board never reached the hanging import"
-            time.sleep(0.05)
+        wait_while_running(proc, lambda: (hung.root / "hanging").exists(), "the board never reached the hanging import", 60)
         time.sleep(1.0)                                   # the other board is done by now
         out, err, elapsed = interrupt(proc)
     finally:

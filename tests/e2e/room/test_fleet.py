@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from roomtools import PASSWORD
+from support import wait_while_running
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -93,10 +94,7 @@ def test_a_board_dropping_mid_transfer_fails_alone_and_resume_finishes_the_rest(
     report = tmp_path / "r.json"
     victim = three[1]
     proc = kit(room, "fleet", "put", str(src), "--all", report=report, popen=True)
-    deadline = time.monotonic() + 60
-    while not (victim.root / "big.bin.tmp").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, "the transfer never started"
-        time.sleep(0.01)
+    wait_while_running(proc, lambda: (victim.root / "big.bin.tmp").exists(), "the transfer never started", 60, poll=0.01)
     victim.kill()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err

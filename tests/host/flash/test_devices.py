@@ -16,7 +16,7 @@ from serial.tools.list_ports_common import ListPortInfo
 
 from workshop import devices
 
-from support import interrupt
+from support import interrupt, wait_while_running
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -113,10 +113,7 @@ def test_ctrl_c_ends_devices_identify_within_2_s(tmp_path):
                                  "--logs", str(tmp_path / "logs"), "--ports", os.ttyname(slave)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
         try:
-            deadline = time.monotonic() + 30
-            while not list((tmp_path / "logs").glob("*.log")):     # esptool is at the port
-                assert time.monotonic() < deadline and proc.poll() is None, "identify never started"
-                time.sleep(0.05)
+            wait_while_running(proc, lambda: list((tmp_path / "logs").glob("*.log")), "identify never started", 30)  # esptool is at the port
             time.sleep(0.5)
             out, err, elapsed = interrupt(proc)
         finally:

@@ -9,12 +9,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from station_peers import E2E
-from support import interrupt
+from support import interrupt, wait_while_running
 from workshop import identify
 from workshop.registry import Registry, normalize_mac
 
@@ -138,10 +137,7 @@ def test_ctrl_c_during_identify_ends_it_within_2_s_with_the_table(tmp_path):
                                  peer.port, "--registry", str(tmp_path / "w.db")], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 60
-            while not (peer.root / "pin.log").exists():
-                assert time.monotonic() < deadline and proc.poll() is None, "the board never started blinking"
-                time.sleep(0.05)
+            wait_while_running(proc, lambda: (peer.root / "pin.log").exists(), "the board never started blinking", 60)
             out, err, elapsed = interrupt(proc)
         finally:
             proc.kill()
