@@ -48,9 +48,13 @@ def test_eight_devices_in_one_parallel_run_hold_the_image_byte_for_byte(mocks, d
         assert stages.index(Stage.VERIFYING) < stages.index(Stage.DONE) == len(stages) - 1
         written = [e.bytes_done for e in streams[d.port] if e.stage is Stage.WRITING]
         assert written == sorted(written) and written[-1] == image.size and len(written) > 2
-    # In parallel: several devices were writing before the first one finished.
-    first_done = next(i for i, e in enumerate(events) if e.stage is Stage.DONE)
-    assert len({e.port for e in events[:first_done] if e.stage is Stage.WRITING}) >= 2
+    # In parallel: some two devices were writing at the same time (one sequential run has no such
+    # pair). Not "before the first finished": on a loaded 2-core machine one may finish first.
+    spans = {}
+    for i, e in enumerate(events):
+        if e.stage is Stage.WRITING:
+            spans.setdefault(e.port, [i, i])[1] = i
+    assert any(a[0] < b[1] and b[0] < a[1] for p, a in spans.items() for q, b in spans.items() if p < q), spans
     # esptool's chatter went to the log files, not to our stdout/stderr.
     out, err = capfd.readouterr()
     assert "esptool" not in out + err and "Connecting" not in out + err
