@@ -762,8 +762,6 @@ def _smoke_expected(board, dist, release, board_file=False):
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
           json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None, board_file=False):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
-    import threading
-
     from rich.markup import escape
 
     from workshop import buildinfo
@@ -794,18 +792,10 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     reg = _open_registry(registry)
     from workshop import station as _station
 
-    cancel = threading.Event()
-    reports, macs = None, {}
     with console.status(f"checking {len(targets)} board(s)..."):
-        try:       # Ctrl-C: every board's session stops within one read; the reports say what was done
-            macs = _station.board_macs(targets, baudrate, cancel=cancel) if reg is not None else {}
-            reports = _smoke.smoke_all(targets, expected, network=net, baudrate=baudrate, timeout=budget,
-                                       cancel=cancel)
-        except KeyboardInterrupt:
-            cancel.set()
-    if reports is None:
-        reports = [_smoke.DeviceReport(port, interrupted=True) for port in targets]
-    _not_recorded(_station.record_smoke_reports(reg, reports, macs) if reg is not None else [])
+        run = _station.smoke_boards(targets, expected, registry=reg, network=net, baudrate=baudrate, timeout=budget)
+    reports = run.reports
+    _not_recorded(run.not_recorded)
     if json_out:
         text = _smoke.to_json(reports)
         if json_out == "-":
@@ -823,7 +813,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
                       else Cell("FAILED", "failed"))
             rows.append([r.port, *(Cell(cells[g].text, cells[g].status) if g in cells else "-" for g in groups),
                          f"{r.duration_s:.1f}", result])
-        _table(f"Smoke{' interrupted' if cancel.is_set() else ''}: expecting {expected.source}",
+        _table(f"Smoke{' interrupted' if run.interrupted else ''}: expecting {expected.source}",
                ["port", *groups, Column("s", justify="right"), "result"], rows)
         for r in reports:
             for chk in [] if r.interrupted else r.failed:
@@ -833,7 +823,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
         console.print(f"{ok}/{len(reports)} board(s) passed"
                       + (f"; {cut} not finished (Ctrl-C)" if cut else ""),
                       highlight=False, soft_wrap=True)
-    if cancel.is_set():
+    if run.interrupted:
         raise Exit(code=130)
     if not all(r.ok for r in reports):
         raise Exit(code=1)

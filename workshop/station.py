@@ -1041,8 +1041,42 @@ def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[
     return skipped
 
 
+@dataclass
+class SmokeRun:
+    """`smoke`: one report per port, in the order given; `not_recorded`: the ports a registry was
+    given for but whose MAC no one read (they are not in it)."""
+    reports: list[Any]                 # workshop.smoke.DeviceReport
+    not_recorded: list[str]
+    interrupted: bool = False          # Ctrl-C: the reports cut short say so
+
+
+def smoke_boards(ports: Sequence[str], expected: Any, *, registry: Registry | None = None,
+                 baudrate: int = 115200, cancel: threading.Event | None = None, **smoke_options: Any) -> SmokeRun:
+    """`smoke` from start to end: with a registry, each board's MAC first (its firmware's: the port
+    name says nothing), then every board's checks in parallel, then each result recorded by MAC.
+
+    Ctrl-C sets `cancel` (every session stops within one read) and returns at once: the boards
+    not finished are reported `interrupted` and not recorded."""
+    from .smoke import DeviceReport, smoke_all
+
+    cancel = cancel or threading.Event()
+    reports: list[Any] | None = None
+    macs: dict[str, str] = {}
+    try:
+        if registry is not None:
+            macs = board_macs(ports, baudrate, cancel=cancel)
+        if not cancel.is_set():
+            reports = smoke_all(ports, expected, baudrate=baudrate, cancel=cancel, **smoke_options)
+    except KeyboardInterrupt:
+        cancel.set()
+    if reports is None:
+        reports = [DeviceReport(port, interrupted=True) for port in ports]
+    skipped = record_smoke_reports(registry, reports, macs) if registry is not None else []
+    return SmokeRun(reports, skipped, cancel.is_set())
+
+
 __all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",
-           "StationError", "StationEvent", "StationReport", "SystemSource", "board_macs", "check_hostname_free",
-           "default_source",
-           "expected_for", "record_flash_report", "record_provision_results", "record_smoke_reports", "run_board",
-           "registry_vet", "run_boards", "serial_from_link", "sticker_index", "watch"]
+           "SmokeRun", "StationError", "StationEvent", "StationReport", "SystemSource", "board_macs",
+           "check_hostname_free", "default_source", "expected_for", "record_flash_report",
+           "record_provision_results", "record_smoke_reports", "registry_vet", "run_board", "run_boards",
+           "serial_from_link", "smoke_boards", "sticker_index", "watch"]

@@ -238,3 +238,41 @@ def test_provision_refuses_a_hostname_no_board_can_have_before_connecting(make_p
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     assert message in " ".join(proc.stderr.split()), proc.stderr
     assert "Provisioning" not in proc.stdout and not any((p.root / "workshop.json").exists() for p in peers)
+
+
+def test_smoke_registry_records_each_board_by_its_mac_and_names_the_board_it_could_not(make_peer, tmp_path):
+    """smoke --registry: each board's result goes to the registry under the MAC its firmware
+    reports (pass and fail alike, with the failing check); a port where no MAC was read is named
+    on stderr, not silently left out."""
+    from workshop.provision import identify
+    from workshop.registry import Registry
+    from workshop.repl import ReplSession
+
+    if not (REPO / "dist" / "UNIX" / "micropython").exists():
+        pytest.skip("dist/UNIX/micropython not built (invoke build --board UNIX)")
+    good = make_peer("good", runtime="frozen")
+    stale = make_peer("stale", runtime="frozen", files={"umqtt/simple.py": "X = 1\n"})
+    mute = make_peer("mute", silent=True)      # a port that is there, where no MicroPython answers
+    gone = mute.port
+    proc = invoke("provision", "--ports", f"{good.port},{stale.port}", "--hostname", "lab-{mac4}", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    macs = {}
+    for peer in (good, stale):
+        with ReplSession(peer.port) as s:
+            macs[peer.port] = identify(s).mac
+    db = tmp_path / "workshop.db"
+
+    proc = invoke("smoke", "--ports", f"{good.port},{stale.port},{gone}", "--board", "UNIX", "--registry", str(db),
+                  "--json")
+
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("{"), proc.stdout + proc.stderr
+    devices = {d["port"]: d for d in json.loads(proc.stdout)["devices"]}
+    assert devices[good.port]["ok"] and not devices[stale.port]["ok"] and not devices[gone]["ok"]
+    reg = Registry(db)
+    ok, bad = reg.get(macs[good.port]), reg.get(macs[stale.port])
+    assert ok is not None and (ok.smoke_ok, ok.smoke_detail, ok.port) == (True, "all checks passed", good.port)
+    assert bad is not None and bad.smoke_ok is False and bad.port == stale.port
+    assert "module umqtt.simple: not frozen: imported from the file umqtt/simple.py" in (bad.smoke_detail or ""), bad.smoke_detail
+    assert len(reg.boards()) == 2
+    assert f"not recorded in the registry: {gone} (MAC unknown)" in " ".join(proc.stderr.split()), proc.stderr
