@@ -1189,9 +1189,7 @@ class _StationView:
         counts = {"ready": 0, "failed": 0, "in progress": 0}
         rows = []
         for e in list(self.rows.values()):  # (a journey's thread may be adding to it)
-            # A journey's last event is how it ended: ready, interrupted, unplugged, or failed.
-            state = ("ready" if e.ok else e.stage if e.stage in ("interrupted", "unplugged") else "failed") \
-                if e.final else "in progress"
+            state = e.state
             counts[state] = counts.get(state, 0) + 1
             status = {"ready": "ok", "failed": "failed", "interrupted": "interrupted", "unplugged": "warn"}.get(state)
             rows.append([e.port, Cell(e.stage, status), f"{e.percent:.0f}" if e.percent is not None else "", e.chip or "",

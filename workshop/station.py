@@ -366,6 +366,12 @@ class StationEvent:
     final: bool = False           # the journey ended (ready, failed, interrupted, unplugged)
     ok: bool | None = None
 
+    @property
+    def state(self) -> str:
+        """The journey's state as its BoardResult will say it: "in progress" until its last event,
+        whose stage is how it ended (ready, failed, interrupted, unplugged)."""
+        return self.stage if self.final else "in progress"
+
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 

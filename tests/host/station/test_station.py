@@ -60,6 +60,7 @@ def test_one_board_goes_from_bootloader_to_ready(farm, tmp_path):
                  ("booting", "provisioning"), ("provisioning", "smoking"), ("smoking", "ready")]:
         assert stages.index(a) < stages.index(b)
     assert events[-1].final and events[-1].ok and "unplug me" in events[-1].message
+    assert events[-1].state == r.state and {e.state for e in events[:-1]} == {"in progress"}
     # The lesson files are on the board, byte for byte; the config names it by its sticker.
     assert (board.root / "lib" / "blink.py").read_text() == "N = 3\n"
     assert json.loads((board.root / "workshop.json").read_text())["hostname"] == "lab-01"
@@ -160,10 +161,12 @@ def test_hot_plug_a_board_unplugged_mid_write_is_reported_the_others_finish_and_
     first, second = by_key[str(steady_link)]
     assert first.state == "ready", first.reason
     assert first.hostname in ("lab-01", "lab-02")                  # the victim may have been seen first
-    assert second.state == "ready" and second.recognized == f"{first.hostname}, already ready with this image"
+    assert second.state == "ready" and second.recognized == f"{first.hostname}, already ready with this image", (
+        second.stage, second.reason, [(e.stage, e.message) for e in events if e.key == str(steady_link)])
     [v] = by_key[str(victim_link)]
     assert v.state == "unplugged" and v.reason.startswith("unplugged during writing"), v.reason
     assert v.left_as == "unplugged during writing: reflash before use"
+    assert [e.state for e in events if e.key == str(victim_link) and e.final] == ["unplugged"]
     assert again_link == steady_link
     assert [r.sticker for r in report.results if r.mac == steady.mac] == [first.sticker] * 2
 
