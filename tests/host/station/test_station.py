@@ -162,7 +162,9 @@ def test_hot_plug_a_board_unplugged_mid_write_is_reported_the_others_finish_and_
     assert first.state == "ready", first.reason
     assert first.hostname in ("lab-01", "lab-02")                  # the victim may have been seen first
     assert second.state == "ready" and second.recognized == f"{first.hostname}, already ready with this image", (
-        second.stage, second.reason, [(e.stage, e.message) for e in events if e.key == str(steady_link)])
+        second.stage, second.reason, [(e.stage, e.message) for e in events if e.key == str(steady_link)],
+        steady.log_path.read_text(errors="replace")[-3000:], second.flash and second.flash.log_file and
+        Path(second.flash.log_file).read_text(errors="replace")[-3000:])
     [v] = by_key[str(victim_link)]
     assert v.state == "unplugged" and v.reason.startswith("unplugged during writing"), v.reason
     assert v.left_as == "unplugged during writing: reflash before use"
