@@ -82,7 +82,7 @@ def _selected_boards(board: str | None, all_boards: bool) -> list[config.Board]:
 
 @task(help={"json": "print the boards as JSON instead of a table"})
 def boards(c, json=False):  # noqa: A002 - invoke derives --json
-    """List the boards: port, chip, MicroPython BOARD/VARIANT, flash offset, toolchain here."""
+    """List the boards: chip, MicroPython BOARD/VARIANT, flash offset, toolchain here (and why none)."""
     import json as _json
 
     try:
@@ -93,14 +93,21 @@ def boards(c, json=False):  # noqa: A002 - invoke derives --json
         print(_json.dumps([row.to_dict() for row in known], indent=2))
         return
     rows = []
+    missing: dict[str, list[str]] = {}      # why there is no toolchain -> the boards it holds back
     for row in known:
         b, status = row.board, row.toolchain
-        offsets = ", ".join(f"{r.file}@0x{r.offset:x}" for r in b.flash_regions()) or "-"
+        # One image at its offset (the file is named only when it is not the usual firmware.bin):
+        # with the port left to --json (the chip says it), the table fits 80 columns uncut.
+        offsets = ", ".join(f"0x{r.offset:x}" if r.file == "firmware.bin" else f"{r.file}@0x{r.offset:x}"
+                            for r in b.flash_regions()) or "-"
         target = "/".join(x for x in (b.mp_board, b.variant) if x) or "-"
-        toolchain = Cell(status.kind, "ok") if status.kind else Cell(f"none: {status.reason}", "none")
-        rows.append([b.name, b.port.name, b.chip_name, target, b.flash_size, offsets, toolchain])
-    _table("Boards", ["board", "port", "chip", Column("MicroPython BOARD/VARIANT", wrap=True), "flash", Column("offsets", wrap=True),
-                      Column("toolchain here", wrap=True)], rows)
+        toolchain = Cell(status.kind, "ok") if status.kind else Cell("none", "none")
+        if not status.kind:
+            missing.setdefault(status.reason, []).append(b.name)
+        rows.append([b.name, b.chip_name, target, b.flash_size, offsets, toolchain])
+    _table("Boards", ["board", "chip", "BOARD/VARIANT", "flash", Column("offset", wrap=True), "toolchain"], rows)
+    for reason, names in missing.items():
+        console.print(f"no toolchain here for {', '.join(names)}: {reason}", highlight=False)
 
 
 @task(help={

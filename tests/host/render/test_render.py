@@ -96,22 +96,42 @@ def run_tty(*argv: str, columns: int = 80) -> str:
     return term.text
 
 
+def boards_said_to_have_no_toolchain(text: str) -> set[str]:
+    """The names in 'no toolchain here for A, B: why' lines."""
+    prefix = "no toolchain here for "
+    return {name for line in text.splitlines() if line.startswith(prefix)
+            for name in line[len(prefix):].split(": ", 1)[0].split(", ")}
+
+
 def test_invoke_boards_in_an_80_column_terminal():
+    """At 80 columns every board name and MicroPython BOARD/VARIANT is whole on its line (they
+    were folded mid-name: ESP32_G / ENERIC_C3), and why a board has no toolchain is said below."""
     text = run_tty(INVOKE, "boards")
     lines = text.splitlines()
     assert "┃ board" in text                                    # a terminal: boxes
     assert max(len(line) for line in lines) <= 80 and "…" not in text
     for name in BOARDS:
-        assert any(f"│ {name} " in line for line in lines), name
+        row = next(line for line in lines if f"│ {name} " in line)
+        target = "standard" if name == "UNIX" else name
+        assert f"│ {target} " in row.split("│", 2)[2], row
+    without = {line.split("│")[1].strip() for line in lines if line.rstrip().endswith("│ none      │")}
+    below = " ".join(lines[lines.index(next(line for line in lines if line.startswith("└"))) + 1:])
+    assert boards_said_to_have_no_toolchain(" ".join(below.split())) == without, below
 
 
 def test_invoke_boards_piped():
     proc = subprocess.run([INVOKE, "boards"], cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     lines = proc.stdout.splitlines()
-    assert lines[0] == "Boards" and lines[1].split()[:3] == ["board", "port", "chip"]
-    assert [line.split()[0] for line in lines[2:]] == BOARDS          # one whole line per board
-    esp32 = next(line for line in lines if line.startswith("ESP32_GENERIC "))
-    assert "firmware.bin@0x1000" in esp32 and "…" not in proc.stdout and "━" not in proc.stdout
+    assert lines[0] == "Boards" and lines[1].split() == ["board", "chip", "BOARD/VARIANT", "flash", "offset",
+                                                          "toolchain"]
+    rows = lines[2:2 + len(BOARDS)]
+    assert [line.split()[0] for line in rows] == BOARDS          # one whole line per board
+    esp32 = next(line for line in rows if line.startswith("ESP32_GENERIC "))
+    assert esp32.split()[:5] == ["ESP32_GENERIC", "ESP32", "ESP32_GENERIC", "4MB", "0x1000"], esp32
+    assert "…" not in proc.stdout and "━" not in proc.stdout
+    # Each board without a toolchain is named, whole, on a line that says why.
+    without = {line.split()[0] for line in rows if line.split()[-1] == "none"}
+    assert boards_said_to_have_no_toolchain("\n".join(lines[2 + len(BOARDS):])) == without, proc.stdout
 
 
 def test_a_live_table_follows_the_width_rule_folded_at_the_terminal():
