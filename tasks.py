@@ -1110,7 +1110,9 @@ def broker(c, bind="0.0.0.0", port="1883", password_file=None):
 
     try:
         plan = _broker.plan(bind, _checked(devconfig.port_number, port, "--port"), password_file)
-        running = _broker.Broker(plan, on_line=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
+        # mosquitto's lines carry client ids and user names: text, never markup ("[/]x" raised).
+        running = _broker.Broker(plan, on_line=lambda line: console.print(line, style="dim", markup=False,
+                                                                          highlight=False))
         running.start()        # from here to stop(), SIGTERM/SIGHUP arrive as KeyboardInterrupt
     except _broker.BrokerError as e:
         raise _fail(str(e)) from None

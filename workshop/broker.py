@@ -188,7 +188,10 @@ class Broker:
             self._lines.append(line)
             del self._lines[:-50]
             if self.on_line:
-                self.on_line(line)
+                try:
+                    self.on_line(line)
+                except Exception:  # noqa: BLE001 - this thread must read on: a full pipe blocks mosquitto
+                    pass
 
     def wait(self) -> int:
         assert self.process

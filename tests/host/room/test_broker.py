@@ -244,3 +244,52 @@ def test_readiness_is_our_mosquittos_own_word(tmp_path, monkeypatch):
     finally:
         b.stop()
         taken.close()
+
+
+def test_a_client_id_that_looks_like_markup_neither_stops_the_log_nor_the_broker(tmp_path):
+    """mosquitto logs each client id; the kit printed its lines as rich markup, so a client named
+    "[/]x" raised MarkupError in the thread that reads mosquitto's output. The thread died, the
+    pipe was never read again, and once it was full mosquitto blocked: the room's broker hung.
+    Lines are printed as text, and no callback's exception ends the reader."""
+    port = free_port()
+    proc = start_kit(port, env=dict(os.environ, WORKSHOP_CACHE=str(tmp_path / "cache"), COLUMNS="200"))
+    try:
+        wait_for_port(port)
+        for client_id in ("[/]x", "[bold]y", "after-the-odd-ones"):
+            c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+            c.connect("127.0.0.1", port)
+            c.loop_start()
+            c.publish("workshop/t", b"1", qos=1).wait_for_publish(5)
+            c.loop_stop()
+            c.disconnect()
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert "MarkupError" not in err and "Traceback" not in err, err
+    assert proc.returncode == 0, err
+    for client_id in ("[/]x", "[bold]y", "after-the-odd-ones"):
+        assert f" as {client_id} " in out, out
+
+
+def test_a_log_callback_that_raises_does_not_stop_the_reader(tmp_path, monkeypatch):
+    """Library side: an on_line that raises once loses that line only; mosquitto's later lines
+    still come (its pipe is read on), and it still answers."""
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path))
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        if len(seen) == 1:
+            raise ValueError("a renderer's bug")
+
+    port = free_port()
+    running = broker.Broker(broker.plan("127.0.0.1", port), on_line=on_line).start()
+    try:
+        assert connect(port, None, None) == "Success"
+        deadline = time.monotonic() + 5
+        while not any("New client connected" in line for line in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        running.stop()
+    assert len(seen) > 1 and any("New client connected" in line for line in seen), seen
