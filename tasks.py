@@ -243,6 +243,14 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
                   f"{', '.join(sorted(secrets)) or 'none configured'}. Try it: invoke serve --version {made.version}")
 
 
+def _print_request(who: str, line: str) -> None:
+    """A request line as text, never as markup: a client's path is not ours to style (a request
+    for /x[/]y made the handler raise before its answer went out)."""
+    from rich.text import Text
+
+    console.print(Text.assemble((who, "dim"), " ", line), highlight=False)
+
+
 @task(auto_shortflags=False, help={
     "version": "release to serve from release/<version>/",
     "directory": "serve this folder instead (a release folder or a download cache)",
@@ -276,12 +284,12 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
         the_room.expected = served.expected     # outdated against the release served, not dist/
     try:
         server = _serve.make_server(folder, host, _checked(devconfig.port_number, port, "--port"), room=the_room,
-                                    on_request=lambda who, line: console.print(f"[dim]{who}[/] {line}", highlight=False))
+                                    on_request=_print_request)
     except (_release.ReleaseError, _serve.ServeError) as e:
         if watcher:
             watcher.stop()
         raise _fail(str(e)) from None
-    console.print(f"Serving {folder}" + (f" (release {served.version})" if served.version else ""))
+    console.print(f"Serving {folder}" + (f" (release {served.version})" if served.version else ""), markup=False)
     urls = _serve.urls(server)
     for url in urls:
         console.print(f"  {url}")

@@ -57,3 +57,36 @@ def test_serve_mqtt_judges_outdated_against_the_release_it_serves(mosquitto, tmp
         out, err = proc.communicate(timeout=10)
     assert f"invoke download --version v0.3.0 --from http://127.0.0.1:{port}/" in out, out
     assert "--version V " not in out
+
+
+def test_serve_answers_and_logs_a_request_whose_path_looks_like_markup(tmp_path):
+    """serve printed each request line as rich markup: a request for /x[/]y raised MarkupError in
+    the handler before its status line went out, so that client got no answer at all (and
+    /[red]... restyled the log). Request lines and the folder are printed as text."""
+    import urllib.error
+
+    dist = tmp_path / "dist"
+    for board in ESP_BOARDS:
+        write_placeholder_build(dist, board)
+    made = rel.make_release("v0.3.1", dist=dist, out=tmp_path / "rel[b]ease" / "v0.3.1", boards=ESP_BOARDS,
+                            web_tools=make_fake_web_tools(tmp_path / "ewt"), stale=never_stale, tree_dirty=clean_tree)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "serve", "--directory", str(made.directory), "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, COLUMNS="200"))
+    try:
+        wait_for_port(port)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/x[/]y", timeout=5)
+            status = 200
+        except urllib.error.HTTPError as e:
+            status = e.code
+        index = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.json", timeout=5)
+        assert index.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    assert status == 404, (out, err)
+    assert '"GET /x[/]y HTTP/1.1" 404' in out, out
+    assert f"Serving {made.directory}" in out, out
+    assert "MarkupError" not in err, err
