@@ -11,6 +11,7 @@ from typing import Any
 
 from invoke import Exit, task
 from rich.console import Console
+from rich.markup import escape
 
 from workshop import build as _build
 from workshop import check as _check
@@ -37,13 +38,11 @@ def _csv(value: str | None) -> list[str]:
 
 
 def _fail(message: str, code: int = 1) -> Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return Exit(code=code)
 
 
 def _warn(message: str) -> None:
-    from rich.markup import escape
-
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
@@ -107,7 +106,7 @@ def boards(c, json=False):  # noqa: A002 - invoke derives --json
         rows.append([b.name, b.chip_name, target, b.flash_size, offsets, toolchain])
     _table("Boards", ["board", "chip", "BOARD/VARIANT", "flash", Column("offset", wrap=True), "toolchain"], rows)
     for reason, names in missing.items():
-        console.print(f"no toolchain here for {', '.join(names)}: {reason}", highlight=False)
+        console.print(f"no toolchain here for {', '.join(names)}: {reason}", markup=False, highlight=False)
 
 
 @task(help={
@@ -123,12 +122,13 @@ def setup(c, ports="", micropython=None, git_url=None, check=False):
         if check:
             checkout = source.verify(chosen, micropython)
         else:
-            checkout = source.setup(chosen, micropython, git_url, on_event=lambda m: console.print(f"  {m}", soft_wrap=True))
+            checkout = source.setup(chosen, micropython, git_url, on_event=lambda m: console.print(f"  {m}", markup=False,
+                                                                                           soft_wrap=True))
     except (source.SourceError, config.ConfigError) as e:
         raise _fail(str(e)) from None
     pin = "pinned" if checkout.pinned else "NOT the pinned release"
     console.print(f"MicroPython {checkout.label} ({checkout.commit[:10]}, {pin}) at {checkout.path}, "
-                  f"ready for {', '.join(chosen)}", soft_wrap=True)
+                  f"ready for {', '.join(chosen)}", markup=False, soft_wrap=True)
 
 
 @task(help={
@@ -148,7 +148,7 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
     selected = _selected_boards(board, all or not chosen)
 
     def on_event(name: str, message: str) -> None:
-        console.print(f"[bold]{name}[/]: {message}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]{name}[/]: {escape(message)}", highlight=False, soft_wrap=True)
 
     workers = _checked(devconfig.count, jobs, "--jobs")
     with parallel.signals_interrupt():  # kill or a closed terminal stops make as Ctrl-C does (its own session)
@@ -229,7 +229,8 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
                                         extra={"wifi.password": wifi_password, "telnet.password": telnet_password})
         made = _release.make_release(version, boards=_csv(board) or None, allow_dirty=allow_dirty, force=force,
                                      secrets=secrets, repository=_download.repository(),
-                                     on_event=lambda e: console.print(f"  {e.message}", highlight=False))
+                                     on_event=lambda e: console.print(f"  {e.message}", markup=False,
+                                                                      highlight=False))
     except _release.ReleaseError as e:
         raise _fail(str(e)) from None
     rows = []
@@ -240,7 +241,8 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
     _table(f"Release {made.version}", ["board", "chip", "MicroPython", "image", Column("size", justify="right"),
                                        "offset"], rows)
     console.print(f"{made.directory}: {len(made.files)} files, secrets scanned: "
-                  f"{', '.join(sorted(secrets)) or 'none configured'}. Try it: invoke serve --version {made.version}")
+                  f"{', '.join(sorted(secrets)) or 'none configured'}. Try it: invoke serve --version {made.version}",
+                  markup=False)
 
 
 def _print_request(who: str, line: str) -> None:
@@ -275,8 +277,6 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
     except (_release.ReleaseError, _serve.ServeError) as e:
         raise _fail(str(e)) from None
     if served.problem:
-        from rich.markup import escape
-
         err_console.print(f"[yellow]warning:[/] {escape(served.problem)}", highlight=False)  # a path may hold [..]
     watcher = the_room = None
     if mqtt or room:
@@ -292,11 +292,11 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
     console.print(f"Serving {folder}" + (f" (release {served.version})" if served.version else ""), markup=False)
     urls = _serve.urls(server)
     for url in urls:
-        console.print(f"  {url}")
+        console.print(f"  {url}", markup=False)
     lan = next((u for u in urls if "//localhost:" not in u), f"http://<this laptop>:{server.server_address[1]}/")
     console.print("Flashing from the page needs Chrome/Edge on localhost or https; over plain http on the LAN "
                   f"attendees can download images, or run: invoke download --version {served.version or 'V'} "
-                  f"--from {lan}  (Ctrl-C stops)", soft_wrap=True)
+                  f"--from {lan}  (Ctrl-C stops)", markup=False, soft_wrap=True)
     if the_room is not None:
         console.print(f"  the room: {_serve.urls(server)[0]}room")
     try:
@@ -354,7 +354,7 @@ def download(c, version, board=None, from_=None, debug=False):
                              f"0x{f.offset:x}" if f.offset is not None else "-"])
     _table(f"Release {result.version} from {result.source}", ["board", "chip", "file", "offset"], rows)
     console.print(f"{len(result.fetched)} fetched, {len(result.cached)} already in the cache, all verified "
-                  f"against SHA256SUMS: {result.directory}")
+                  f"against SHA256SUMS: {result.directory}", markup=False)
 
 
 # --- devices / flash (workshop.devices, workshop.flash) ---------------------------------------
@@ -614,7 +614,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
         raise _fail(f"the report could not be written: {e}") from None
     ok = sum(r.ok for r in result.results)
     console.print(f"{ok}/{len(result.results)} verified in {result.seconds:.1f} s; report {report_path}; "
-                  f"esptool logs in {log_dir}")
+                  f"esptool logs in {log_dir}", markup=False)
     if result.interrupted:
         raise Exit(code=130)
     if not result.ok:
@@ -627,7 +627,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
 def _not_recorded(ports: list[str]) -> None:
     """--registry: name every board that could not be recorded (on stderr: stdout may be JSON)."""
     for port in ports:
-        err_console.print(f"[yellow]not recorded in the registry:[/] {port} (MAC unknown)", highlight=False,
+        err_console.print(f"[yellow]not recorded in the registry:[/] {escape(port)} (MAC unknown)", highlight=False,
                           soft_wrap=True)
 
 
@@ -777,8 +777,6 @@ def _smoke_expected(board, dist, release, board_file=False):
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
           json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None, board_file=False):  # noqa: A002 - invoke derives --json
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
-    from rich.markup import escape
-
     from workshop import buildinfo
     from workshop import smoke as _smoke
 
@@ -879,8 +877,6 @@ def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, in
         raise _fail(str(e)) from None
     if not broker and no_mdns:
         raise _fail("nothing to listen to: give --mqtt HOST[:PORT] (or drop --no-mdns)")
-    from rich.markup import escape
-
     # A warning quotes what a board (or anyone on the broker) sent: text, never markup.
     by_hostname, by_mac = _room_lookups(registry)
     room = _roster.Roster(expected, by_hostname, lookup_mac=by_mac,
@@ -1009,8 +1005,6 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
     import json as _json
     import time
 
-    from rich.markup import escape
-
     from workshop import fleet as _fleet
 
     listen = _checked(devconfig.seconds, wait, "--wait", zero=True)
@@ -1050,7 +1044,8 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
     else:
         for r in done.results:
             if r.resumed:
-                console.print(f"[dim]- {r.hostname}: skipped (completed in the resumed run)[/]", highlight=False)
+                console.print(f"- {r.hostname}: skipped (completed in the resumed run)", style="dim", markup=False,
+                              highlight=False)
             elif r.ok:
                 text = r.result.strip() or "ok"
                 console.print(f"[green]✓[/] {r.hostname}: {escape(text)}", highlight=False, soft_wrap=True)
@@ -1058,7 +1053,7 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                 console.print(f"[red]✗[/] {r.hostname}: {escape(r.error)}", highlight=False, soft_wrap=True)
         ok = sum(r.ok for r in done.results)
         console.print(f"{ok}/{len(done.results)} board(s) ok; report: {path}"
-                      + ("" if done.ok else "  (retry the rest: add --resume)"))
+                      + ("" if done.ok else "  (retry the rest: add --resume)"), markup=False)
     if unwritten:
         raise _fail(unwritten)
     if done.cancelled:
@@ -1129,7 +1124,7 @@ def broker(c, bind="0.0.0.0", port="1883", password_file=None):
         return
     try:
         console.print(f"MQTT broker on {bind}:{plan.port} ({'users from ' + str(plan.password_file) if plan.password_file else 'anonymous'}); "
-                      f"persistence in {plan.directory}")
+                      f"persistence in {plan.directory}", markup=False)
         for address in _broker.provision_addresses(plan):
             console.print(f"  boards: ./kit provision --mqtt {address} ...   roster: ./kit roster --mqtt {address}")
         console.print("Ctrl-C stops it.")
@@ -1316,7 +1311,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
         source = _station.default_source(Path(ports_dir) if ports_dir else None, all_ports)
     except _station.StationError as e:
         raise _fail(str(e)) from None
-    console.print(f"watching {ports_dir or 'the serial ports'} for boards; Ctrl-C stops", highlight=False)
+    console.print(f"watching {ports_dir or 'the serial ports'} for boards; Ctrl-C stops", markup=False, highlight=False)
     _run_station(lambda on_event, cancel: _station.watch(plan, source, on_event=on_event, cancel=cancel,
                                                          stop_after=stop), events_out)
 
@@ -1334,7 +1329,7 @@ def registry(c, registry="workshop.db", csv=None, json=False):  # noqa: A002
     reg = _open_registry(registry, existing=True)
     if csv_path is not None:
         buildinfo.write_atomic(csv_path, reg.to_csv())
-        console.print(f"{len(reg.boards())} board(s) written to {csv}")
+        console.print(f"{len(reg.boards())} board(s) written to {csv}", markup=False)
         return
     if json:
         print(reg.to_json(), end="")

@@ -230,6 +230,8 @@ def test_provision_shows_macs_as_every_other_table_does(make_peer):
 @pytest.mark.parametrize("hostname, boards, message", [
     ("Bad_Name!", 1, "hostname 'bad-name!' (from 'Bad_Name!') is not a valid host name"),
     ("lab-01", 2, "hostname 'lab-01' would be the name of all 2 boards"),
+    # An error is text, never markup: this one ended in a MarkupError traceback.
+    ("[/]lab", 1, "hostname '[/]lab' (from '[/]lab') is not a valid host name"),
 ])
 def test_provision_refuses_a_hostname_no_board_can_have_before_connecting(make_peer, hostname, boards, message):
     """Both were refused only after connecting to (and identifying) every board."""
