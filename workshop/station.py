@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -90,16 +91,19 @@ class FolderSource:
         for entry in entries:
             if entry.name.startswith(".") or entry.name.endswith((".new", ".tmp")):
                 continue
+            # Link or node first, then its target: the other order raced an unplug. A link removed
+            # between resolve() and is_symlink() looked like a device node named after the link,
+            # a new "board" whose journey failed as unplugged (and counted towards --stop-after).
             try:
+                link = stat.S_ISLNK(os.lstat(entry).st_mode)
                 target = entry.resolve(strict=True)
             except OSError:
-                continue                  # a dangling link: the device is gone
-            if entry.is_dir():
+                continue                  # gone, or a dangling link: the device is gone
+            if target.is_dir():
                 continue
             if usb is None:
                 usb = usb_ports()         # once per scan, only when there is something to judge
             known = usb.get(str(target))
-            link = entry.is_symlink()
             serial = (known.serial_number if known else None) or (serial_from_link(entry.name) if link else None)
             if known is not None:
                 bridge, vid, pid = known.bridge, known.vid, known.pid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -306,3 +307,35 @@ def test_a_hostname_is_one_board_s_in_any_mac_spelling_and_free_again_when_its_b
     assert tracker.reserve_hostname("lab-01", "24:0a:c4:99:99:99") is None    # its replacement takes it
     assert tracker.reserve_hostname("lab-02", "chip-00a1b2") is None          # an ESP8266 chip id as it is
     assert tracker.reserve_hostname("lab-02", "CHIP-00A1B2") is None
+
+
+def test_a_link_unplugged_while_the_folder_is_scanned_is_never_taken_for_a_device_node(tmp_path, monkeypatch):
+    """The hot-plug folder was scanned as resolve() then is_symlink(): a by-id link removed between
+    the two (the board unplugged just then) came back as a port whose device was the link's own
+    path, a phantom board whose journey failed as 'unplugged' and counted towards --stop-after
+    (CI saw it: the re-plugged board then never got its journey). The link is the board's port
+    with its target, or, once gone, not there at all."""
+    import pathlib
+
+    master, slave = os.openpty()
+    try:
+        node = os.ttyname(slave)
+        folder = tmp_path / "by-id"
+        folder.mkdir()
+        link = folder / "usb-Espressif_USB_JTAG_serial_debug_unit_AB12CD-if00"
+        link.symlink_to(node)
+        real_resolve = pathlib.Path.resolve
+
+        def resolve_then_unplug(self, strict=False):
+            target = real_resolve(self, strict=strict)
+            if self == link:
+                link.unlink()                   # unplugged right after its target was read
+            return target
+
+        monkeypatch.setattr(pathlib.Path, "resolve", resolve_then_unplug)
+        [port] = station.FolderSource(folder).scan()
+        assert (port.device, port.by_id, port.serial_number) == (node, str(link), "AB12CD")
+        assert station.FolderSource(folder).scan() == []
+    finally:
+        os.close(master)
+        os.close(slave)
