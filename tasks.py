@@ -33,17 +33,23 @@ def _table(title: str | None, columns: list, rows: list) -> None:
     render.print_table(console, title, columns, rows)
 
 
+def _text(value: str) -> str:
+    """Text from a board, the network, a path or a tool, for a line that also has markup: shown
+    as it is (rich markup escaped, control characters as \\xNN)."""
+    return escape(render.visible(value))
+
+
 def _csv(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
 def _fail(message: str, code: int = 1) -> Exit:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {_text(message)}", highlight=False, soft_wrap=True)
     return Exit(code=code)
 
 
 def _warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {_text(message)}", highlight=False, soft_wrap=True)
 
 
 def _checked(parse, *args, **kw):
@@ -148,7 +154,7 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
     selected = _selected_boards(board, all or not chosen)
 
     def on_event(name: str, message: str) -> None:
-        console.print(f"[bold]{name}[/]: {escape(message)}", highlight=False, soft_wrap=True)
+        console.print(f"[bold]{name}[/]: {_text(message)}", highlight=False, soft_wrap=True)
 
     workers = _checked(devconfig.count, jobs, "--jobs")
     with parallel.signals_interrupt():  # kill or a closed terminal stops make as Ctrl-C does (its own session)
@@ -277,7 +283,7 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
     except (_release.ReleaseError, _serve.ServeError) as e:
         raise _fail(str(e)) from None
     if served.problem:
-        err_console.print(f"[yellow]warning:[/] {escape(served.problem)}", highlight=False)  # a path may hold [..]
+        err_console.print(f"[yellow]warning:[/] {_text(served.problem)}", highlight=False)  # a path may hold [..]
     watcher = the_room = None
     if mqtt or room:
         the_room, watcher = _room_watcher(mqtt, None, None, None, None, False, interface)
@@ -548,7 +554,8 @@ class _FlashView:
         self.last[e.port] = (e.stage.value, step)
         fields = " ".join(x for x in (e.chip, e.mac, f"{e.percent:.0f}%" if e.bytes_total else "",
                                       f"try {e.attempt}" if e.attempt > 1 else "") if x)
-        console.print(f"{e.port} {e.stage.value}{' ' + fields if fields else ''}{': ' + e.message if e.message else ''}",
+        console.print(render.visible(f"{e.port} {e.stage.value}{' ' + fields if fields else ''}"
+                                     f"{': ' + e.message if e.message else ''}"),
                       markup=False, highlight=False, soft_wrap=True)
 
 
@@ -627,7 +634,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
 def _not_recorded(ports: list[str]) -> None:
     """--registry: name every board that could not be recorded (on stderr: stdout may be JSON)."""
     for port in ports:
-        err_console.print(f"[yellow]not recorded in the registry:[/] {escape(port)} (MAC unknown)", highlight=False,
+        err_console.print(f"[yellow]not recorded in the registry:[/] {_text(port)} (MAC unknown)", highlight=False,
                           soft_wrap=True)
 
 
@@ -830,7 +837,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
                ["port", *groups, Column("s", justify="right"), "result"], rows)
         for r in reports:
             for chk in [] if r.interrupted else r.failed:
-                console.print(f"[red]✗[/] {r.port} {chk.name}: {escape(chk.detail)}", soft_wrap=True)
+                console.print(f"[red]✗[/] {_text(r.port)} {_text(chk.name)}: {_text(chk.detail)}", soft_wrap=True)
         ok = sum(r.ok for r in reports)
         cut = sum(r.interrupted for r in reports)
         console.print(f"{ok}/{len(reports)} board(s) passed"
@@ -880,7 +887,7 @@ def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, in
     # A warning quotes what a board (or anyone on the broker) sent: text, never markup.
     by_hostname, by_mac = _room_lookups(registry)
     room = _roster.Roster(expected, by_hostname, lookup_mac=by_mac,
-                          on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False,
+                          on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {_text(w)}", highlight=False,
                                                                  soft_wrap=True))
     try:
         watcher = _roster.RoomWatcher(room, broker, mdns=not no_mdns, interfaces=_csv(interface) or None,
@@ -1029,7 +1036,7 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                               password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD", ""),
                               jobs=workers, timeout=budget,
                               on_event=None if as_json else
-                              (lambda e: err_console.print(f"[dim]{e.hostname}: {escape(e.message)}[/]", highlight=False, soft_wrap=True)
+                              (lambda e: err_console.print(f"[dim]{_text(e.hostname)}: {_text(e.message)}[/]", highlight=False, soft_wrap=True)
                                if e.kind in ("start",) else None))
         done = runner.run(targets, command, skip=skip)   # Ctrl-C: returns at once, unfinished boards "cancelled"
     except _fleet.FleetError as e:
@@ -1048,9 +1055,9 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                               highlight=False)
             elif r.ok:
                 text = r.result.strip() or "ok"
-                console.print(f"[green]✓[/] {r.hostname}: {escape(text)}", highlight=False, soft_wrap=True)
+                console.print(f"[green]✓[/] {_text(r.hostname)}: {_text(text)}", highlight=False, soft_wrap=True)
             else:
-                console.print(f"[red]✗[/] {r.hostname}: {escape(r.error)}", highlight=False, soft_wrap=True)
+                console.print(f"[red]✗[/] {_text(r.hostname)}: {_text(r.error)}", highlight=False, soft_wrap=True)
         ok = sum(r.ok for r in done.results)
         console.print(f"{ok}/{len(done.results)} board(s) ok; report: {path}"
                       + ("" if done.ok else "  (retry the rest: add --resume)"), markup=False)
@@ -1228,7 +1235,8 @@ class _StationView:
             self.last_percent[e.key] = step
         fields = " ".join(x for x in (e.chip, e.mac, e.hostname, f"{e.percent:.0f}%" if e.percent is not None else "")
                           if x)
-        print(f"{e.elapsed:7.1f}s {e.port} {e.stage}{' ' + fields if fields else ''}: {e.message}", flush=True)
+        print(render.visible(f"{e.elapsed:7.1f}s {e.port} {e.stage}{' ' + fields if fields else ''}: {e.message}"),
+              flush=True)
 
 
 def _run_station(run, json_out=None):

@@ -5,8 +5,9 @@ No policy here, only presentation. The rules every table follows:
   only columns marked `wrap` (long details: errors, offsets, reasons) fold onto more lines,
   and when even that does not fit the terminal the table is drawn wider than the terminal
   rather than cut;
-- cells are plain text (never parsed as markup: a port named `[x]` stays `[x]`); a cell's
-  colour comes from its `status` (ok, fail, skip...), never from parsing its text;
+- cells are plain text (never parsed as markup: a port named `[x]` stays `[x]`; a control
+  character is shown as `\\x1b`, never sent to the terminal); a cell's colour comes from its
+  `status` (ok, fail, skip...), never from parsing its text;
 - piped or redirected (stdout not a terminal), a table is printed without boxes or colour, one
   line per row at its natural width, so `grep` and `cut` see whole rows;
 - a live view (rich `Live`, redrawn in place) follows the same width rule: `LiveTable`.
@@ -15,6 +16,7 @@ No policy here, only presentation. The rules every table follows:
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -50,10 +52,22 @@ class Cell:
 CellLike = str | Cell | None
 
 
+# C0 controls but tab and newline, DEL, and C1: an escape sequence in a board's hostname, a
+# status message or a board's output could clear the screen, retitle the window or set the
+# clipboard of the terminal showing it (anyone on the LAN may publish a status).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """Text from boards and the network as it may reach a terminal: each control character shown
+    as \\xNN instead of being sent to the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _cell(value: CellLike) -> Cell:
     if isinstance(value, Cell):
-        return value
-    return Cell("-" if value is None or value == "" else str(value))
+        return Cell(visible(value.text), value.status)
+    return Cell("-" if value is None or value == "" else visible(str(value)))
 
 
 def _columns(columns: Sequence[str | Column]) -> list[Column]:

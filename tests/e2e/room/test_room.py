@@ -452,3 +452,20 @@ def test_a_registry_that_does_not_exist_is_refused_not_created(mosquitto, tmp_pa
     assert proc.stderr.strip() == (f"error: --registry {missing}: no registry there (the station, or "
                                    "flash/provision/smoke --registry, create it)")
     assert not missing.exists()
+
+
+def test_control_characters_in_a_status_reach_the_terminal_as_text(room):
+    """Anyone on the LAN may publish a status. An escape sequence in one (a window title, a
+    clear-screen, OSC 52 to the clipboard) went to the teacher's terminal as it was, in the table
+    and in the warnings; each control character is shown as \\xNN instead."""
+    broker = room.broker
+    publish_retained(broker, "workshop/lab-03/status",
+                     b'{"state": "online", "hostname": "lab-03", "board": "\\u001b]0;pwned\\u0007ESP32"}')
+    publish_retained(broker, "workshop/lab-04/status", b'{"state": "online", "hostname": "\\u001b[2Jlab"}')
+    proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--mqtt", f"{broker.host}:{broker.port}",
+                           "--no-mdns", "--wait", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout + proc.stderr and "\x07" not in proc.stdout, repr(proc.stdout + proc.stderr)
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("lab-03 "))
+    assert "\\x1b]0;pwned\\x07ESP32" in row, row
+    assert "\\x1b[2Jlab" in proc.stderr, proc.stderr              # the warning about that hostname
