@@ -9,7 +9,10 @@
 # Status codes differ per port (ESP32: STAT_GOT_IP=1010 and ESP-IDF reason codes; ESP8266:
 # STAT_GOT_IP=5), so everything here compares against the network.STAT_* constants.
 # ESP32 keeps retrying after a failed attempt and reports the last reason while it does, so a
-# wrong password fails at once and other reasons (no AP, ...) are reported when the time is up.
+# wrong password it names (AUTH_FAIL) fails at once and other reasons (no AP, ...) are reported
+# when the time is up. A wrong WPA2 key is a 4-way handshake timeout, which ESP32's status()
+# reports as CONNECTING while it retries (ports/esp32/network_wlan.c): that ends at the timeout,
+# and the message says what it may be.
 import time
 import wsconfig
 
@@ -116,7 +119,11 @@ def connect(ssid=None, password=None, timeout_ms=15000, hostname=None):
         time.sleep_ms(100)
     sta.disconnect()
     why = _WHY.get(last) or ("no access point with that name" if last and "NO_AP" in last else last)
-    raise WifiError("wifi: cannot connect to %r: %s" % (ssid, why or "timeout after %d ms" % timeout_ms))
+    if not why:
+        why = "timeout after %d ms" % timeout_ms
+        if hasattr(network, "STAT_HANDSHAKE_TIMEOUT"):  # ESP32: a wrong WPA2 password looks like this
+            why += " (still connecting: a wrong password, or a weak signal)"
+    raise WifiError("wifi: cannot connect to %r: %s" % (ssid, why))
 
 
 def ap(ssid, password=None):

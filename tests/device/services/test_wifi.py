@@ -45,6 +45,10 @@ def run(mp, port: str, script: str, args: str = "", config: dict | None = None, 
 def test_connect_outcomes_per_port(micropython, port, script, expect):
     out = run(micropython, port, script, '"Workshop", "pw", timeout_ms=400, hostname="ws-1"')
     kind, _, value = expect.partition(" ")
+    if script == "silent" and port == "esp32":
+        # ESP32 reports a wrong WPA2 key (a 4-way handshake timeout) as CONNECTING until the end:
+        # the timeout says what it may be.
+        value += " (still connecting: a wrong password, or a weak signal)"
     assert out.get(kind) == value, out
     calls = eval(out["CALLS"])
     # the hostname is set before the interface is activated, and connect comes after both
