@@ -198,12 +198,13 @@ def _on_packet(s):
         pass  # malformed packets and send errors are dropped
 
 
-def _announce():
+def _announce(ttl=_TTL):
+    # ttl 0: the goodbye (RFC 6762 10.1), so browsers drop us now rather than after _TTL s.
     out = bytearray(struct.pack("!HHHHHH", 0, 0x8400, 0, 0, 0, 0))
     n = 1
-    _rr(out, _host, _A, 1, _TTL, _ip)
+    _rr(out, _host, _A, 1, ttl, _ip)
     for t, inst, port, txt in _svcs:
-        _rr(out, t, _PTR, 0, _TTL, inst)
+        _rr(out, t, _PTR, 0, ttl, inst)
         n += 1
     struct.pack_into("!H", out, 6, n)
     try:
@@ -269,5 +270,6 @@ def stop():
     global _sock
     if _sock:
         wsconfig.watch(_sock, None)
+        _announce(0)
         _sock.close()
         _sock = None

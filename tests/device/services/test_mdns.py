@@ -157,3 +157,42 @@ print(repr(mdns.start("ws-new")), repr(network.name))
 """
     out = micropython.run(code).stdout.splitlines()
     assert out == [said, "False 'ws-new'"], out
+
+
+GOODBYE = r"""
+import mdns, wsconfig
+mdns.start("ws-bye", "127.0.0.1", [("_http._tcp", 80, {"path": "/"})])
+wsconfig.serve(2500)
+mdns.stop()
+print("stopped")
+"""
+
+
+def test_stop_says_goodbye_so_a_browser_drops_the_board_at_once(micropython):
+    """A board that stops its responder (a lesson's mdns.stop(), a restart under a new name) sends
+    its records again with TTL 0: python-zeroconf's browser removes it within about a second,
+    instead of listing it for the records' 120 s."""
+    import threading
+    import time
+
+    from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
+
+    events: list[tuple[str, str, float]] = []
+    removed = threading.Event()
+
+    def on_change(zeroconf, service_type, name, state_change):
+        events.append((name, state_change.name, time.monotonic()))
+        if state_change is ServiceStateChange.Removed and name == "ws-bye._http._tcp.local.":
+            removed.set()
+
+    zc = Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    try:
+        ServiceBrowser(zc, "_http._tcp.local.", handlers=[on_change])
+        out = micropython.run(GOODBYE).stdout
+        stopped = time.monotonic()
+        assert "stopped" in out, out
+        assert ("ws-bye._http._tcp.local.", "Added") in [(n, s) for n, s, _ in events], events
+        assert removed.wait(5), events
+        assert max(t for n, s, t in events if s == "Removed") - stopped < 3, events
+    finally:
+        zc.close()
