@@ -196,10 +196,31 @@ class PortTracker:
         """Scan once: (appeared, vanished)."""
         now = {_port_key(p): p for p in self.source.scan()}
         with self._lock:
-            appeared = [p for k, p in now.items() if k not in self.present]
-            vanished = [p for k, p in self.present.items() if k not in now]
+            # udev makes a node's by-id link a moment after the node: the same node and USB serial
+            # seen first without its link is the same port, named now (not an unplug and a new board).
+            named = {k for k, p in now.items() if k not in self.present and p.by_id is not None
+                     and (old := self.present.get((p.device, None))) is not None
+                     and (p.device, None) not in now and old.serial_number == p.serial_number}
+            appeared = [p for k, p in now.items() if k not in self.present and k not in named]
+            vanished = [p for k, p in self.present.items() if k not in now
+                        and not (k[1] is None and any(n[0] == k[0] for n in named))]
             self.present = now
+            # A port parked for a journey and gone again is no port of its board any more; a MAC's
+            # claim ends when its node goes (the node number may be another board's next).
+            for serial, p in list(self._parked.items()):
+                if _port_key(p) not in now:
+                    del self._parked[serial]
+            nodes = {p.device for p in now.values()}
+            for mac, device in list(self._claims.items()):
+                if any(p.device == device for p in vanished) and device not in nodes:
+                    del self._claims[mac]
         return appeared, vanished
+
+    def _another_board(self, port: SerialPort) -> bool:
+        """Another port with this USB serial is plugged in: `port` is a second board sharing the
+        serial (CP2102 clones all say 0001), not the re-enumeration of the first. (Lock held.)"""
+        return bool(port.serial_number) and any(
+            q.serial_number == port.serial_number and _port_key(q) != _port_key(port) for q in self.present.values())
 
     def is_present(self, port: SerialPort) -> bool:
         if port.is_url:
@@ -215,6 +236,8 @@ class PortTracker:
         "parked": its journey will ask for it; "finished": a finished board back after its last
         reset), or None: it is a new board."""
         with self._lock:
+            if self._another_board(port):
+                return None
             until = self._lingering.pop(port.serial_number, None) if port.serial_number else None
             if until is not None and time.monotonic() < until:
                 return "finished"
