@@ -173,19 +173,25 @@ class PortTracker:
             with self._lock:
                 self._owned[serial] = key
 
-    def disown(self, serial: str | None, key: str, linger: float = 0.0) -> None:
+    def disown(self, serial: str | None, key: str, linger: float = 0.0,
+               its_port: tuple[str, str | None] | None = None) -> None:
         """The journey no longer waits for its board: a port parked for it (a board it did not need)
         is handed back, to get its own journey.
 
         `linger`: the journey ended right after resetting its board, and a native-USB board
         re-enumerates after that: its next appearance under `serial` within `linger` s is that
         board, finished, not a new board (else each journey's reset would start the next one).
+        `its_port`: the (node, link) its board ended ready on; a port parked that is that one is
+        its board, back there after a reset (a lone native-USB board gets the same ttyACM0),
+        not a new board (each such journey started the next, flashing the board again and again).
         """
         if serial is not None:
             with self._lock:
                 if self._owned.get(serial) == key:
                     del self._owned[serial]
                     parked = self._parked.pop(serial, None)
+                    if parked is not None and its_port is not None and _port_key(parked) == its_port:
+                        return
                     if linger > 0 and serial:
                         if parked is None:                    # (a parked port is that re-enumeration)
                             self._lingering[serial] = time.monotonic() + linger
@@ -582,7 +588,10 @@ class _Journey:
         try:
             return self._journey()
         finally:
-            self.tracker.disown(self.port.serial_number, r.key, self.linger)
+            # A ready board answered on its port to the end: a port parked for it that is that
+            # same port (a native-USB board back on the same node after a reset) is this board.
+            here = _port_key(self.followed or self.port) if r.state == "ready" else None
+            self.tracker.disown(self.port.serial_number, r.key, self.linger, here)
             self.tracker.disown("", r.key)
 
     def _journey(self) -> BoardResult:

@@ -272,3 +272,39 @@ def test_a_board_replugged_twice_while_it_flashes_gets_one_more_journey_not_two(
         cancel.set()
         runner.join(5)
     assert [r.state for r in out["r"].results] == ["failed", "ready"], (summary(out["r"]), calls)
+
+
+def test_a_native_usb_board_back_on_the_same_node_after_its_reset_is_one_journey(tmp_path, monkeypatch):
+    """An ESP32-S3 on its own USB re-enumerates after the flash's reset, and a lone board comes
+    back on the same node (ttyACM0, lowest free) under the same by-id link. Its return was parked
+    for the journey, which found its port there and never asked; the journey then handed it back
+    as a new board: a second journey for the same board (counted by --stop-after, listed twice)."""
+    nodes, folder = Nodes(tmp_path / "dev"), tmp_path / "by-id"
+    folder.mkdir()
+    node = nodes.plug("ttyACM0")
+    link = folder / "usb-Espressif_USB_JTAG_serial_debug_unit_F4:12:FA:00:00:01-if00"
+    link.symlink_to(node)
+    calls: list[str] = []
+
+    def flash(port, images, options=None, on_event=None, log_path=None, cancel=None, gate=None):
+        calls.append(port.device)
+        r = DeviceResult(port=port.device, chip="esp32s3", board="fw", mac=MAC_A, stage=Stage.DONE)
+        link.unlink()                             # the hard reset: gone from USB...
+        nodes.unplug(node)
+        time.sleep(0.3)
+        nodes.plug("ttyACM0")                     # ...and back, on the same node and link
+        link.symlink_to(node)
+        time.sleep(0.3)
+        r.state, r.verified = State.OK, True
+        return r
+
+    monkeypatch.setattr(_flash, "flash_device", flash)
+    monkeypatch.setattr(station._Journey, "provision", lambda self, port: True)
+    runner, cancel, events, out = watching(lesson_plan(tmp_path), station.FolderSource(folder), stop_after=2)
+    try:
+        until(lambda: any(e.final for e in events))
+        runner.join(2)                            # a second journey would have started and ended by now
+    finally:
+        cancel.set()
+        runner.join(5)
+    assert [r.state for r in out["r"].results] == ["ready"] and calls == [node], (summary(out["r"]), calls)
