@@ -61,6 +61,11 @@ def _checked(parse, *args, **kw):
         raise _fail(str(e)) from None
 
 
+def _connect_timeout(value) -> float:
+    """--connect-timeout (smoke, provision, identify): how long a board has to give a raw REPL."""
+    return 3.0 if value is None else _checked(devconfig.seconds, value, "--connect-timeout")
+
+
 def _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait):
     """The station's time budgets (station and flash --provision), checked before any board is touched."""
     from workshop import station as _station
@@ -631,11 +636,13 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
 # --- provision / smoke (workshop.provision, workshop.smoke) -----------------------------------
 
 
-def _not_recorded(ports: list[str]) -> None:
-    """--registry: name every board that could not be recorded (on stderr: stdout may be JSON)."""
+def _not_recorded(ports: list[str], why: dict[str, str] | None = None) -> None:
+    """--registry: name every board that could not be recorded, and why when known (on stderr:
+    stdout may be JSON)."""
     for port in ports:
-        err_console.print(f"[yellow]not recorded in the registry:[/] {_text(port)} (MAC unknown)", highlight=False,
-                          soft_wrap=True)
+        reason = (why or {}).get(port)
+        err_console.print(f"[yellow]not recorded in the registry:[/] {_text(port)} (MAC unknown"
+                          f"{': ' + _text(reason) if reason else ''})", highlight=False, soft_wrap=True)
 
 
 def _serial_ports(ports: str | None) -> list[str]:
@@ -656,7 +663,7 @@ def _provision_config(config_file, **options):
 
 
 def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=115200, connect_timeout=3.0,
-                   as_json=False, files=None, registry=None) -> bool:
+                   as_json=False, files=None, registry=None, reset_timeout=None) -> bool:
     """Provision, render a table (or JSON); True if every board was provisioned (Ctrl-C: exit 130
     after the table of what was done)."""
     import threading
@@ -676,6 +683,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
 
         try:
             results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
+                                               reset_timeout=reset_timeout or _provision.RESET_TIMEOUT_S,
                                                baudrate=baudrate, connect_timeout=connect_timeout,
                                                files=Path(files) if files else None,
                                                index_of=_station.sticker_index(reg) if reg is not None else None,
@@ -733,23 +741,31 @@ def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_passwo
     "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
     **_PROVISION_HELP,
     "replace": "replace the device config instead of merging into it (merging keeps keys not given here)",
-    "reset": "soft-reset each board afterwards, so boot.py starts the services now",
+    "reset": "soft-reset each board afterwards, so boot.py starts the services now; a service that does not "
+             "start (Wi-Fi not reachable from here, ...) fails that board, saying why",
+    "reset_timeout": "with --reset: seconds a board has to run its start-up (default 30; Wi-Fi alone may take 15)",
     "baud": "serial baud rate of the REPL",
     "json": "print JSON instead of a table",
     "files": "also copy this folder of lesson files (main.py, lib/, ...) onto every board: atomic, verified, identical files skipped",
     "registry": "record the boards in this registry; {index} is then each board's sticker number",
+    "connect_timeout": "seconds each board has to answer with a MicroPython REPL (default 3; a board still "
+                       "booting after a flash or a reset, or an emulated one, needs more)",
 })
 def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telnet_user=None, telnet_password=None,
               mqtt=None, mqtt_port=None, start=None, config=None, replace=False, reset=False, baud="115200",
-              json=False, files=None, registry=None):  # noqa: A002
+              json=False, files=None, registry=None, connect_timeout=None, reset_timeout=None):  # noqa: A002
     """Write /workshop.json and the boot hook on every board in parallel (atomic, read back); non-zero exit if any failed."""
     cfg = _provision_config(config, **_provision_options(wifi, wifi_password, hostname, telnet_user,
                                                          telnet_password, mqtt, mqtt_port, start))
+    connect = _connect_timeout(connect_timeout)
+    if reset_timeout is not None and not reset:
+        raise _fail("--reset-timeout goes with --reset (the soft reset it bounds)")
+    restart = _checked(devconfig.seconds, reset_timeout, "--reset-timeout") if reset_timeout is not None else None
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     if not _run_provision(targets, cfg, replace=replace, reset=reset, baud=baud, as_json=json, files=files,
-                          registry=registry):
+                          registry=registry, connect_timeout=connect, reset_timeout=restart):
         raise Exit(code=1)
 
 
@@ -780,9 +796,12 @@ def _smoke_expected(board, dist, release, board_file=False):
     "timeout": "seconds the device check may take on one board (default 10; slow or emulated boards need more); "
                "a board that runs out says which step it was in and what it had found",
     "registry": "record each board's result in this registry (by the MAC its firmware reports)",
+    "connect_timeout": "seconds each board has to answer with a MicroPython REPL (default 3; a board still "
+                       "booting after a flash or a reset, or an emulated one, needs more)",
 })
 def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqtt=None, http_url=None,
-          json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None, board_file=False):  # noqa: A002 - invoke derives --json
+          json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None, board_file=False,  # noqa: A002 - invoke derives --json
+          connect_timeout=None):
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
     from workshop import buildinfo
     from workshop import smoke as _smoke
@@ -791,6 +810,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
         json_out = "-"
     budget = 10.0 if timeout is None else _checked(devconfig.seconds, timeout, "--timeout")  # a string: not invoke's cast
     baudrate = _checked(devconfig.baud, baud, "--baud")
+    connect = _connect_timeout(connect_timeout)
     net = None
     if (mqtt or http_url) and not network:  # they would be ignored: the network checks are off
         raise _fail(f"{'--mqtt' if mqtt else '--http-url'} goes with --network (the network checks)")
@@ -813,9 +833,10 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     from workshop import station as _station
 
     with console.status(f"checking {len(targets)} board(s)..."):
-        run = _station.smoke_boards(targets, expected, registry=reg, network=net, baudrate=baudrate, timeout=budget)
+        run = _station.smoke_boards(targets, expected, registry=reg, network=net, baudrate=baudrate, timeout=budget,
+                                    connect_timeout=connect)
     reports = run.reports
-    _not_recorded(run.not_recorded)
+    _not_recorded(run.not_recorded, run.why_not_recorded)
     if json_out:
         text = _smoke.to_json(reports)
         if json_out == "-":
@@ -1376,10 +1397,13 @@ def _identify_over_network(hosts, all, mqtt, mqtt_user, mqtt_password, no_mdns, 
     "baud": "serial baud rate of the REPL",
     "json": "print JSON instead of a table (over the network: the JSON report)",
     "seconds": "over the network: how long to blink (default 5)",
+    "connect_timeout": "seconds each board has to answer with a MicroPython REPL (default 3; a board still "
+                       "booting after a flash or a reset, or an emulated one, needs more)",
 })
 def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", json=False,  # noqa: A002
              hosts=None, all=False, mqtt=None, mqtt_user=None, mqtt_password=None, no_mdns=False,  # noqa: A002
-             interface=None, wait="2", telnet_user=None, telnet_password=None, seconds="5", timeout="20", report=None):
+             interface=None, wait="2", telnet_user=None, telnet_password=None, seconds="5", timeout="20", report=None,
+             connect_timeout=None):
     """Each board blinks its sticker number on its LED (or prints its name on its console); port -> hostname -> MAC.
     With --hosts/--all: boards on the network, through their telnet REPL."""
     if hosts or all:
@@ -1392,6 +1416,7 @@ def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", j
     from workshop import identify as _identify
 
     baudrate = _checked(devconfig.baud, baud, "--baud")
+    connect = _connect_timeout(connect_timeout)
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
@@ -1401,7 +1426,8 @@ def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", j
     cancel = threading.Event()
     try:
         with console.status(f"asking {len(targets)} board(s) to show themselves..."):
-            shown = _identify.identify_boards(targets, reg, only=blink, baudrate=baudrate, cancel=cancel)
+            shown = _identify.identify_boards(targets, reg, only=blink, baudrate=baudrate, cancel=cancel,
+                                              connect_timeout=connect)
     except ValueError as e:
         raise _fail(str(e)) from None
     if json:

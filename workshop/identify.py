@@ -125,7 +125,8 @@ def show(port: str, registry: Registry | None, *, baudrate: int = 115200, rounds
 
 
 def identify_boards(ports: Sequence[str], registry: Registry | None, *, only: str | None = None,
-                    baudrate: int = 115200, rounds: int = 2, cancel: threading.Event | None = None) -> list[Shown]:
+                    baudrate: int = 115200, rounds: int = 2, cancel: threading.Event | None = None,
+                    connect_timeout: float = 3.0) -> list[Shown]:
     """Every port in parallel; with `only` (a hostname or sticker number) just that board blinks.
 
     `only` needs the registry that knows names and stickers, and must be on one of the ports:
@@ -141,8 +142,8 @@ def identify_boards(ports: Sequence[str], registry: Registry | None, *, only: st
             raise ValueError(f"--blink {only}: no such board in {registry.path}")
     cancel = cancel or threading.Event()
     with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
-        shown = list(results([pool.submit(_show_one, p, registry, only, baudrate, rounds, cancel) for p in ports],
-                             cancel))
+        shown = list(results([pool.submit(_show_one, p, registry, only, baudrate, rounds, cancel, connect_timeout)
+                              for p in ports], cancel))
     if cancel.is_set():
         return shown
     if only is not None and all(s.ok for s in shown) and not any(_is(s, only) for s in shown):
@@ -156,14 +157,14 @@ def _is(r: Shown, only: str) -> bool:
 
 
 def _show_one(port: str, registry: Registry | None, only: str | None, baudrate: int, rounds: int,
-              cancel: threading.Event) -> Shown:
+              cancel: threading.Event, connect_timeout: float) -> Shown:
     if only is None:
-        return show(port, registry, baudrate=baudrate, rounds=rounds, cancel=cancel)
+        return show(port, registry, baudrate=baudrate, rounds=rounds, cancel=cancel, connect_timeout=connect_timeout)
     # Find which port has it first (MAC only), then blink just that one.
-    r = show(port, registry, baudrate=baudrate, display=False, cancel=cancel)
+    r = show(port, registry, baudrate=baudrate, display=False, cancel=cancel, connect_timeout=connect_timeout)
     if not _is(r, only) or r.interrupted:
         return r
-    return show(port, registry, baudrate=baudrate, rounds=rounds, cancel=cancel)
+    return show(port, registry, baudrate=baudrate, rounds=rounds, cancel=cancel, connect_timeout=connect_timeout)
 
 
 __all__ = ["Shown", "digits", "identify_boards", "show"]

@@ -28,7 +28,7 @@ from typing import Any
 from .config import project_root
 from .devconfig import MASK, DevConfigError, load_file, masked, port_number, secret_values
 from .registry import mac_or_id
-from .repl import Pacing, ReplError, ReplEvent, ReplSession, mask
+from .repl import Pacing, ReplError, ReplEvent, ReplSession, ReplTimeout, mask
 
 
 
@@ -416,10 +416,12 @@ class ProvisionResult:
     stage: str = "connect"                # where it stopped: connect, identify, name, config, files, boot, reset, done
     duration_s: float = 0.0
     files: dict[str, Any] | None = None   # lesson files: {"written": [...], "unchanged": [...]}
+    boot: list[str] | None = None         # after --reset: the start-up's own lines ("workshop: wifi up, ...")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("port", "ok", "hostname", "mac", "config_path", "config",
-                                                "boot_hook", "files", "reset", "error", "stage", "duration_s")}
+                                                "boot_hook", "files", "reset", "boot", "error", "stage",
+                                                "duration_s")}
 
 
 def write_config(session: ReplSession, ident: DeviceIdentity, updates: dict[str, Any],
@@ -450,9 +452,27 @@ def ensure_boot_hook(session: ReplSession, ident: DeviceIdentity) -> str:
     return "added"
 
 
+# `--reset`: boot.py runs the start-up (workshop_boot), whose Wi-Fi is bounded by 15 s by
+# default: a board needs that and the services after it before it is back at its prompt.
+RESET_TIMEOUT_S = 30.0
+
+
+def started_lines(boot_output: str) -> list[str]:
+    """The start-up's own lines in what a board printed while it restarted (workshop_boot says
+    each service it started, or why not, on a line of its own)."""
+    return [line.strip() for line in boot_output.splitlines() if line.strip().startswith("workshop:")]
+
+
+def start_failed(line: str) -> bool:
+    """A start-up line saying something did not start (workshop_boot's words)."""
+    return any(words in line for words in (" not started", "start-up interrupted", "unknown service",
+                                           "must be a list", "no config at", "bad config"))
+
+
 def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                   on_event: Callable[[ReplEvent], None] | None = None, replace: bool = False,
-                  reset: bool = False, pacing: Pacing = Pacing(), timeout: float = 10.0,
+                  reset: bool = False, reset_timeout: float = RESET_TIMEOUT_S, pacing: Pacing = Pacing(),
+                  timeout: float = 10.0,
                   connect_timeout: float = 3.0, baudrate: int = 115200, workers: int | None = None,
                   session_factory: Callable[..., ReplSession] | None = None,
                   index_of: Callable[[str, str], int] | None = None,
@@ -536,8 +556,15 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
             r.boot_hook = "added" if added and hook == "present" else hook
             if reset:
                 r.stage = "reset"
-                s.soft_reset()
+                try:
+                    out = s.soft_reset(timeout=reset_timeout)
+                except ReplTimeout as e:
+                    raise ProvisionError(f"{e} (allow it longer: --reset-timeout, now {reset_timeout:g} s)") from None
                 r.reset = True
+                r.boot = started_lines(out)
+                failed = [line for line in r.boot if start_failed(line)]
+                if failed:   # the config is written; what --reset was for did not happen
+                    raise ProvisionError("after the reset: " + "; ".join(failed))
             r.stage = "done"
             r.ok = True
             r.duration_s = round(time.monotonic() - t0[i], 3)

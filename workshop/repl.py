@@ -220,11 +220,12 @@ class ReplSession:
                  connect_timeout: float = 3.0, pacing: Pacing = Pacing(), raw_paste: bool = True,
                  retries: int = 3, on_event: Callable[[ReplEvent], None] | None = None,
                  secrets: Iterable[str] = (), serial_factory: Callable[..., Any] | None = None,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, connect_option: str = "--connect-timeout") -> None:
         self.port = port
         self.baudrate = baudrate
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.connect_option = connect_option      # the caller's name for connect_timeout, for its message
         self.pacing = pacing
         self.use_raw_paste = raw_paste
         self.retries = retries
@@ -407,8 +408,10 @@ class ReplSession:
             except ReplTimeout:
                 if time.monotonic() >= deadline:
                     raise self._error(ReplTimeout, f"no raw REPL after Ctrl-C/Ctrl-A within {timeout:g} s "
-                                      "(not a MicroPython REPL? check the port, the baud rate, that the board "
-                                      "is not in its bootloader, and that no other program holds the port)") from None
+                                      "(a board still starting up after a flash or a reset answers later: "
+                                      f"allow it longer with {self.connect_option}; else not a MicroPython "
+                                      "REPL? check the port, the baud rate, that the board is not in its "
+                                      "bootloader, and that no other program holds the port)") from None
                 continue
             self._buf.clear()
             self.in_raw = True
@@ -419,12 +422,16 @@ class ReplSession:
         self._write(b"\r\x02")
         self.in_raw = False
 
-    def soft_reset(self, timeout: float | None = None) -> str:
+    def soft_reset(self, timeout: float | None = None, quiet: float | None = None) -> str:
         """Ctrl-D in the raw REPL: the board restarts its VM, runs boot.py, and we are back in raw REPL.
 
-        Returns what the board printed while restarting (boot.py output and the like).
-        On a board that comes back to the friendly REPL and runs main.py (or a unix peer that
-        restarts its process), the restart output is collected and main.py interrupted.
+        Returns what the board printed while restarting (boot.py output and the like). A real
+        board comes back to the raw REPL by itself once boot.py has run, however long that takes
+        (boot.py connecting to Wi-Fi is silent for seconds): silence is not the end. A unix peer
+        restarts into the friendly REPL (and main.py): its prompt is the end; `quiet` also takes
+        that many seconds of silence after some output as the end (a main.py that loops quietly),
+        and main.py is interrupted. When neither comes within `timeout` (default: the session's),
+        whatever still runs is interrupted and ReplTimeout says so (the board is in raw REPL).
         """
         timeout = self.timeout if timeout is None else timeout
         if not self.in_raw:
@@ -433,24 +440,28 @@ class ReplSession:
         self.in_raw = False
         self._event("soft-reset", "soft reset")
         deadline = time.monotonic() + timeout
-        # Collect output until the board settles: either it is back in raw REPL by itself
-        # (real boards stay in raw mode) or it prints a friendly prompt / runs main.py.
         out = bytearray()
         quiet_since = time.monotonic()
+        settled = False
         while time.monotonic() < deadline:
             if self._fill(0.05):
                 out += self._buf
                 self._buf.clear()
                 quiet_since = time.monotonic()
                 if out.endswith(RAW_BANNER + b">"):
-                    self.in_raw = True
+                    self.in_raw = settled = True
                     break
                 if out.endswith(FRIENDLY_PROMPT):
+                    settled = True
                     break
-            elif out and time.monotonic() - quiet_since > 0.5:
+            elif quiet is not None and out and time.monotonic() - quiet_since > quiet:
+                settled = True
                 break                             # booted and busy (main.py) or idle: interrupt it
         if not self.in_raw:
             self.enter_raw(timeout=max(self.connect_timeout, deadline - time.monotonic()))
+        if not settled:
+            raise self._error(ReplTimeout, f"boot.py was still running {timeout:g} s after the soft reset: "
+                              "interrupted (the services it starts may not have started)")
         text = _text(bytes(out))
         for marker in ("OK", "MPY: soft reboot", "soft reboot"):
             text = text.replace(marker, "", 1) if text.lstrip().startswith(marker) else text

@@ -29,7 +29,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
@@ -536,6 +536,7 @@ class _Journey:
         from .repl import ReplSession
 
         options.setdefault("baudrate", self.plan.repl_baud)
+        options.setdefault("connect_option", "--boot-timeout")    # the station's name for that budget
         return ReplSession(port, cancel=self.cancel, **options)
 
     def _gone(self) -> bool:
@@ -1040,10 +1041,12 @@ def record_provision_results(registry: Registry, results: Sequence[Any]) -> list
     return skipped
 
 
-def board_macs(ports: Sequence[str], baudrate: int = 115200,
-               cancel: threading.Event | None = None) -> dict[str, str]:
-    """The MAC each port's MicroPython reports (ports that do not answer are left out). Ctrl-C
-    sets `cancel` (every session stops within one read) and returns what was read."""
+def board_macs(ports: Sequence[str], baudrate: int = 115200, cancel: threading.Event | None = None, *,
+               timeout: float = 10.0, connect_timeout: float = 3.0,
+               errors: dict[str, str] | None = None) -> dict[str, str]:
+    """The MAC each port's MicroPython reports (ports that do not answer are left out, and with
+    `errors` given, why is put there by port). Ctrl-C sets `cancel` (every session stops within
+    one read) and returns what was read."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .provision import identify as repl_identify
@@ -1053,9 +1056,12 @@ def board_macs(ports: Sequence[str], baudrate: int = 115200,
 
     def one(port: str) -> tuple[str, str | None]:
         try:
-            with ReplSession(port, baudrate=baudrate, cancel=cancel) as s:
+            with ReplSession(port, baudrate=baudrate, cancel=cancel, timeout=timeout,
+                             connect_timeout=connect_timeout) as s:
                 return port, repl_identify(s).mac
-        except ReplError:
+        except ReplError as e:
+            if errors is not None:
+                errors[port] = str(e)
             return port, None
 
     macs: dict[str, str] = {}
@@ -1086,10 +1092,11 @@ def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[
 @dataclass
 class SmokeRun:
     """`smoke`: one report per port, in the order given; `not_recorded`: the ports a registry was
-    given for but whose MAC no one read (they are not in it)."""
+    given for but whose MAC no one read (they are not in it), each with why when it is known."""
     reports: list[Any]                 # workshop.smoke.DeviceReport
     not_recorded: list[str]
     interrupted: bool = False          # Ctrl-C: the reports cut short say so
+    why_not_recorded: dict[str, str] = field(default_factory=dict)
 
 
 def smoke_boards(ports: Sequence[str], expected: Any, *, registry: Registry | None = None,
@@ -1104,9 +1111,11 @@ def smoke_boards(ports: Sequence[str], expected: Any, *, registry: Registry | No
     cancel = cancel or threading.Event()
     reports: list[Any] | None = None
     macs: dict[str, str] = {}
+    why: dict[str, str] = {}
     try:
-        if registry is not None:
-            macs = board_macs(ports, baudrate, cancel=cancel)
+        if registry is not None:       # (the smoke check's own budgets: a slow board is slow for both)
+            macs = board_macs(ports, baudrate, cancel=cancel, timeout=smoke_options.get("timeout", 10.0),
+                              connect_timeout=smoke_options.get("connect_timeout", 3.0), errors=why)
         if not cancel.is_set():
             reports = smoke_all(ports, expected, baudrate=baudrate, cancel=cancel, **smoke_options)
     except KeyboardInterrupt:
@@ -1114,7 +1123,7 @@ def smoke_boards(ports: Sequence[str], expected: Any, *, registry: Registry | No
     if reports is None:
         reports = [DeviceReport(port, interrupted=True) for port in ports]
     skipped = record_smoke_reports(registry, reports, macs) if registry is not None else []
-    return SmokeRun(reports, skipped, cancel.is_set())
+    return SmokeRun(reports, skipped, cancel.is_set(), {p: why[p] for p in skipped if p in why})
 
 
 __all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",

@@ -91,7 +91,7 @@ class PtyPeer:
     """One emulated board. `port` is the serial device path to hand to pyserial."""
 
     def __init__(self, root: Path, *, runtime: str = "pypi", heapsize: str | None = None,
-                 drop: Drop | None = None, silent: bool = False, stack_on_path: bool = True,
+                 drop: Drop | None = None, silent: bool = False, stack_on_path: bool = True, boot_delay: float = 0.0,
                  env: dict[str, str] | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -99,6 +99,7 @@ class PtyPeer:
         self.heapsize = heapsize
         self.drop = drop
         self.silent = silent
+        self.boot_delay = boot_delay    # a board just reset: nothing answers (what it is sent is lost) for so long
         self.stack_on_path = stack_on_path
         self.extra_env = env or {}
         self.starts = 0
@@ -149,10 +150,24 @@ class PtyPeer:
         self._master_a, self._slave_a = pty.openpty()
         _set_board_tty(self._slave_a)
         self._fds += [self._master_a, self._slave_a]
-        self._spawn()
-        self._thread = threading.Thread(target=self._relay, name=f"relay {self.port}", daemon=True)
+        if not self.boot_delay:
+            self._spawn()
+        self._thread = threading.Thread(target=self._boot_then_relay, name=f"relay {self.port}", daemon=True)
         self._thread.start()
         return self
+
+    def _boot_then_relay(self) -> None:
+        end = time.monotonic() + self.boot_delay
+        while self.boot_delay and time.monotonic() < end and not self._closing:
+            ready, _, _ = select.select([self._master_b], [], [], 0.02)
+            if ready:
+                try:
+                    os.read(self._master_b, 4096)      # lost: the board is still booting
+                except OSError:
+                    pass
+        if self.boot_delay and not self._closing:
+            self._spawn()
+        self._relay()
 
     def _relay(self) -> None:
         a, b = self._master_a, self._master_b
