@@ -410,7 +410,7 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  #
     else:
         columns: list = ["port", Column("by-id", wrap=True), "USB", "bridge", "serial"]
         if identify:
-            columns += ["chip", "MAC", "flash", Column("error", wrap=True)]
+            columns += ["chip", "MAC", "flash", Column("detail", wrap=True)]
         rows = []
         for d in result:
             p = d.port
@@ -418,7 +418,7 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  #
             if identify:
                 i = d.identity
                 row += [i.description if i else "-", i.mac if i else "-", (i.flash_size or "?") if i else "-",
-                        Cell(d.error, "failed") if d.error else ""]
+                        Cell(d.error, "failed") if d.error else Cell(d.note, "warn") if d.note else ""]
             rows.append(row)
         _table(f"{len(result)} serial port(s)" + ("" if ports else " that look like boards"), columns, rows)
         if not result:

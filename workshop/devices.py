@@ -107,6 +107,7 @@ class Device:
     error: str | None = None
     error_kind: str | None = None
     seconds: float = 0.0
+    note: str | None = None        # found, but not all of it: why (the flash size, without a stub)
 
     @property
     def ok(self) -> bool:
@@ -114,7 +115,8 @@ class Device:
 
     def to_dict(self) -> dict[str, Any]:
         return {"port": self.port.to_dict(), "identity": asdict(self.identity) if self.identity else None,
-                "error": self.error, "error_kind": self.error_kind, "seconds": round(self.seconds, 3)}
+                "error": self.error, "error_kind": self.error_kind, "note": self.note,
+                "seconds": round(self.seconds, 3)}
 
 
 # --- discovery ------------------------------------------------------------------------------
@@ -247,8 +249,10 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
                     esp = esptool_adapter.run_stub(esp, "2")
                     attach_flash(esp)
                     found["identity"] = read_identity(esp)
-                except Exception:  # noqa: BLE001 - no stub/flash access: chip and MAC came from the ROM
-                    pass
+                except Exception as e:  # noqa: BLE001 - no stub/flash access: chip and MAC came from the ROM
+                    found["note"] = (f"flash size unknown: esptool's stub did not start within {IDENTIFY_STUB_S:g} s "
+                                     "(flash falls back to the legacy stub)" if abort.is_set()
+                                     else f"flash size unknown: {type(e).__name__}: {e}")
                 if reset_after:
                     with contextlib.suppress(Exception):
                         reset_chip(esp, "hard-reset")
@@ -272,7 +276,9 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
             break
     seconds = time.monotonic() - started
     if "identity" in found:
-        return Device(port, identity=found["identity"], seconds=seconds)
+        note = found.get("note") or (f"flash size unknown: esptool's stub did not start within {IDENTIFY_STUB_S:g} s "
+                                     "(flash falls back to the legacy stub)" if found.get("timeout") else None)
+        return Device(port, identity=found["identity"], seconds=seconds, note=note)
     error = found.get("error")
     if found.get("interrupted"):
         return Device(port, error=f"{port.device}: interrupted", error_kind="interrupted", seconds=seconds)

@@ -133,6 +133,9 @@ def test_identify_on_a_board_whose_stub_hangs_returns_chip_and_mac_from_the_rom(
     assert d.ok, d.error
     assert (d.identity.chip, d.identity.mac, d.identity.flash_size) == ("esp32", board.mac, None)
     assert time.monotonic() - t0 < devices.IDENTIFY_STUB_S + 3
+    # The flash size is missing, and the row says why (it was a bare "?"):
+    assert d.note == ("flash size unknown: esptool's stub did not start within 4 s (flash falls back to the "
+                      "legacy stub)") and d.to_dict()["note"] == d.note
 
 
 def test_the_registry_gate_runs_when_the_first_attempt_failed_before_reading_the_mac(farm, tmp_path):
