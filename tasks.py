@@ -698,7 +698,9 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
     else:
         rows = []
         for r in results:
-            result = Cell("written + verified", "ok") if r.ok else Cell(f"failed at {r.stage}", "failed")
+            result = (Cell("written + verified", "ok") if r.ok else
+                      Cell(f"interrupted at {r.stage}", "interrupted") if r.interrupted else
+                      Cell(f"failed at {r.stage}", "failed"))
             copied = f"{len(r.files['written'])} new, {len(r.files['unchanged'])} same" if r.files else "-"
             rows.append([r.port, r.hostname, r.mac, r.config_path, r.boot_hook, copied, result, f"{r.duration_s:.1f}",
                          r.error or ""])

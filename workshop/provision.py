@@ -417,11 +417,12 @@ class ProvisionResult:
     duration_s: float = 0.0
     files: dict[str, Any] | None = None   # lesson files: {"written": [...], "unchanged": [...]}
     boot: list[str] | None = None         # after --reset: the start-up's own lines ("workshop: wifi up, ...")
+    interrupted: bool = False             # Ctrl-C ended it where `stage` says
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("port", "ok", "hostname", "mac", "config_path", "config",
                                                 "boot_hook", "files", "reset", "boot", "error", "stage",
-                                                "duration_s")}
+                                                "interrupted", "duration_s")}
 
 
 def write_config(session: ReplSession, ident: DeviceIdentity, updates: dict[str, Any],
@@ -511,12 +512,13 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
         if on_event:
             on_event(ReplEvent(port, kind, mask(message, secrets)))
 
+    cancel = cancel or threading.Event()
+
     def fail(i: int, e: BaseException) -> None:
         results[i].error = mask(str(e) if isinstance(e, (ReplError, ProvisionError)) else f"{type(e).__name__}: {e}", secrets)
         results[i].duration_s = round(time.monotonic() - t0[i], 3)
+        results[i].interrupted = cancel.is_set()
         event(ports[i], "failed", results[i].error or "")
-
-    cancel = cancel or threading.Event()
 
     def phase1(i: int) -> None:
         t0[i] = time.monotonic()
@@ -615,6 +617,7 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
         for r in results:
             if not r.ok and not r.error:
                 r.error = "interrupted before it was provisioned"
+            r.interrupted = r.interrupted or not r.ok
     return results
 
 
