@@ -198,8 +198,9 @@ def _on_packet(s):
         pass  # malformed packets and send errors are dropped
 
 
-def _announce(ttl=_TTL):
+def _announce(ttl):
     # ttl 0: the goodbye (RFC 6762 10.1), so browsers drop us now rather than after _TTL s.
+    # (No default for ttl: a default is a tuple held on the heap for as long as the module.)
     out = bytearray(struct.pack("!HHHHHH", 0, 0x8400, 0, 0, 0, 0))
     n = 1
     _rr(out, _host, _A, 1, ttl, _ip)
@@ -219,7 +220,7 @@ def add_service(stype, port, txt=None):
     t = _wire(stype + ".local")
     _svcs.append((t, _wire(host)[:-1] + t, port, _txt(txt)))
     if _sock:
-        _announce()
+        _announce(_TTL)
 
 
 def start(hostname=None, ip=None, services=(), port=5353):
@@ -261,7 +262,7 @@ def start(hostname=None, ip=None, services=(), port=5353):
     for sv in services:
         add_service(*sv)
     wsconfig.watch(s, _on_packet)
-    _announce()
+    _announce(_TTL)
     print("mdns: %s.local -> %s" % (hostname, ip))
     return True
 
