@@ -422,16 +422,16 @@ class ReplSession:
         self._write(b"\r\x02")
         self.in_raw = False
 
-    def soft_reset(self, timeout: float | None = None, quiet: float | None = None) -> str:
+    def soft_reset(self, timeout: float | None = None) -> str:
         """Ctrl-D in the raw REPL: the board restarts its VM, runs boot.py, and we are back in raw REPL.
 
         Returns what the board printed while restarting (boot.py output and the like). A real
         board comes back to the raw REPL by itself once boot.py has run, however long that takes
-        (boot.py connecting to Wi-Fi is silent for seconds): silence is not the end. A unix peer
-        restarts into the friendly REPL (and main.py): its prompt is the end; `quiet` also takes
-        that many seconds of silence after some output as the end (a main.py that loops quietly),
-        and main.py is interrupted. When neither comes within `timeout` (default: the session's),
-        whatever still runs is interrupted and ReplTimeout says so (the board is in raw REPL).
+        (boot.py connecting to Wi-Fi is silent for seconds): silence is not the end (taking 0.5 s
+        of it for the end interrupted boot.py mid-Wi-Fi). A unix peer restarts into the friendly
+        REPL: its prompt is the end. When neither comes within `timeout` (default: the
+        session's), whatever still runs is interrupted and ReplTimeout says so (the board is then
+        in raw REPL).
         """
         timeout = self.timeout if timeout is None else timeout
         if not self.in_raw:
@@ -441,22 +441,17 @@ class ReplSession:
         self._event("soft-reset", "soft reset")
         deadline = time.monotonic() + timeout
         out = bytearray()
-        quiet_since = time.monotonic()
         settled = False
         while time.monotonic() < deadline:
             if self._fill(0.05):
                 out += self._buf
                 self._buf.clear()
-                quiet_since = time.monotonic()
                 if out.endswith(RAW_BANNER + b">"):
                     self.in_raw = settled = True
                     break
                 if out.endswith(FRIENDLY_PROMPT):
                     settled = True
                     break
-            elif quiet is not None and out and time.monotonic() - quiet_since > quiet:
-                settled = True
-                break                             # booted and busy (main.py) or idle: interrupt it
         if not self.in_raw:
             self.enter_raw(timeout=max(self.connect_timeout, deadline - time.monotonic()))
         if not settled:
