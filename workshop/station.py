@@ -211,10 +211,15 @@ class PortTracker:
             vanished = [p for k, p in self.present.items() if k not in now
                         and not (k[1] is None and any(n[0] == k[0] for n in named))]
             self.present = now
-            # A port parked for a journey and gone again is no port of its board any more; a MAC's
-            # claim ends when its node goes (the node number may be another board's next).
+            # A port parked for a journey and gone again is no port of its board any more (one
+            # named meanwhile is kept, under its name); a MAC's claim ends when its node goes (the
+            # node number may be another board's next).
+            renamed: dict[tuple[str, str | None], SerialPort] = {(p.device, None): p for k, p in now.items()
+                                                                 if k in named}
             for serial, p in list(self._parked.items()):
-                if _port_key(p) not in now:
+                if _port_key(p) in renamed:
+                    self._parked[serial] = renamed[_port_key(p)]
+                elif _port_key(p) not in now:
                     del self._parked[serial]
             nodes = {p.device for p in now.values()}
             for mac, device in list(self._claims.items()):
@@ -792,7 +797,7 @@ class _Journey:
 
         [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
                             connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
-                            vet=vet, cancel=self.cancel)
+                            vet=vet, cancel=self.cancel, session_factory=self.session)   # (names --boot-timeout)
         r.provision = p
         if not p.ok:
             for name, mac in reserved:
@@ -820,9 +825,11 @@ class _Journey:
         except _smoke.SmokeError as e:
             r.reason = f"smoke: {e}"
             return False
-        connect = 3.0 if plan.provision is not None or plan.files is not None else plan.boot_timeout
+        # --boot-timeout, as its message says: a slow board that just answered provisioning can
+        # still take longer than a fixed 3 s to give its REPL again.
         report = _smoke.smoke_device(port, expected, network=plan.network, timeout=plan.repl_timeout,
-                                     connect_timeout=connect, baudrate=plan.repl_baud, session_factory=self.session,
+                                     connect_timeout=plan.boot_timeout, baudrate=plan.repl_baud,
+                                     session_factory=self.session,
                                      timeout_option="--repl-timeout")
         r.smoke = report
         if self.cancel.is_set():

@@ -308,3 +308,34 @@ def test_a_native_usb_board_back_on_the_same_node_after_its_reset_is_one_journey
         cancel.set()
         runner.join(5)
     assert [r.state for r in out["r"].results] == ["ready"] and calls == [node], (summary(out["r"]), calls)
+
+
+def test_a_returning_board_parked_before_udev_named_its_port_is_still_handed_to_its_journey():
+    """A native-USB board back on a new node after its reset, seen first without its by-id link
+    (udev makes the link a moment later) and parked for its journey: once the link came, the
+    parked port was dropped as gone, and the journey waiting for its board never got it ("did
+    not come back after its reset")."""
+    class Listed:
+        ports: list[devices.SerialPort] = []
+
+        def scan(self) -> list[devices.SerialPort]:
+            return list(self.ports)
+
+    listed = Listed()
+    tracker = station.PortTracker(listed)
+    link = "/dev/serial/by-id/usb-Espressif_USB_JTAG_serial_debug_unit_F4:12:FA:00:00:02-if00"
+    serial = "F4:12:FA:00:00:02"
+    listed.ports = [devices.SerialPort("/dev/ttyACM0", link, serial_number=serial)]
+    tracker.refresh()
+    tracker.own(serial, link)                     # its journey has it
+    listed.ports = []                             # the reset: gone from USB
+    tracker.refresh()
+    back = devices.SerialPort("/dev/ttyACM1", None, serial_number=serial)
+    listed.ports = [back]                         # back, its link not made yet
+    appeared, _ = tracker.refresh()
+    assert [tracker.offer(p) for p in appeared] == ["parked"]
+    named = devices.SerialPort("/dev/ttyACM1", link, serial_number=serial)
+    listed.ports = [named]                        # udev's link
+    assert tracker.refresh() == ([], [])          # the same port, named: neither new nor gone
+    got = tracker.wait_for(link, serial, 0.5, threading.Event())
+    assert got == named
