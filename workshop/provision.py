@@ -464,6 +464,14 @@ def started_lines(boot_output: str) -> list[str]:
     return [line.strip() for line in boot_output.splitlines() if line.strip().startswith("workshop:")]
 
 
+def raised(output: str) -> str:
+    """The exception line of the last traceback in a board's output ("ImportError: ...")."""
+    lines = output.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)"))
+    return next((line.strip() for line in lines[start + 1:] if line.strip() and not line.startswith(" ")),
+                "a traceback")
+
+
 def start_failed(line: str) -> bool:
     """A start-up line saying something did not start (workshop_boot's words)."""
     return any(words in line for words in (" not started", "start-up interrupted", "unknown service",
@@ -565,6 +573,11 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                 r.reset = True
                 r.boot = started_lines(out)
                 failed = [line for line in r.boot if start_failed(line)]
+                if "Traceback (most recent call last)" in out:    # boot.py itself raised
+                    failed.append("boot.py raised " + raised(out))
+                elif doc.get("start") and not r.boot:
+                    failed.append("boot.py started none of " + ", ".join(map(str, doc["start"])) +
+                                  " and said nothing of them (is workshop_boot in this firmware?)")
                 if failed:   # the config is written; what --reset was for did not happen
                     raise ProvisionError("after the reset: " + "; ".join(failed))
             r.stage = "done"
@@ -617,7 +630,7 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
         for r in results:
             if not r.ok and not r.error:
                 r.error = "interrupted before it was provisioned"
-            r.interrupted = r.interrupted or not r.ok
+                r.interrupted = True
     return results
 
 

@@ -446,17 +446,22 @@ class ReplSession:
             if self._fill(0.05):
                 out += self._buf
                 self._buf.clear()
-                if out.endswith(RAW_BANNER + b">"):
+                if RAW_BANNER + b">" in out:      # (a log line may follow the prompt in the same read)
                     self.in_raw = settled = True
                     break
                 if out.endswith(FRIENDLY_PROMPT):
                     settled = True
                     break
+        if not settled:
+            still = self._error(ReplTimeout, f"boot.py (on a unix board: or main.py) was still running {timeout:g} s "
+                                "after the soft reset: interrupted (the services it starts may not have started)")
+            try:
+                self.enter_raw()                      # (Ctrl-C: whatever still runs is interrupted)
+            except ReplError:
+                pass                                  # the board did not answer that either: said above
+            raise still
         if not self.in_raw:
             self.enter_raw(timeout=max(self.connect_timeout, deadline - time.monotonic()))
-        if not settled:
-            raise self._error(ReplTimeout, f"boot.py was still running {timeout:g} s after the soft reset: "
-                              "interrupted (the services it starts may not have started)")
         text = _text(bytes(out))
         for marker in ("OK", "MPY: soft reboot", "soft reboot"):
             text = text.replace(marker, "", 1) if text.lstrip().startswith(marker) else text

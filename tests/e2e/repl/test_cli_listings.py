@@ -109,15 +109,18 @@ def test_smoke_with_a_dist_that_holds_no_build_says_so(make_peer, tmp_path):
 
 def test_ctrl_c_during_provision_ends_it_within_2_s_with_the_table(make_peer, tmp_path):
     """invoke provision --files: Ctrl-C in the middle of the lesson files ends the process within
-    2 s (its pool workers stop writing at once), exit 130, the table says what was not done."""
+    2 s (its pool workers stop writing at once), exit 130, the table says what was not done: the
+    board cut short 'interrupted', a board that had failed before Ctrl-C still 'failed'."""
     peer = make_peer("slow")
+    mute = make_peer("mute", silent=True)
     lesson = tmp_path / "lesson"
     lesson.mkdir()
     for i in range(20):                                   # tens of seconds of paced writes
         (lesson / f"f{i}.py").write_text("x = 1\n" * 400)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSHOP_")}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "invoke"), "provision", "--ports", peer.port,
-                             "--hostname", "lab-01", "--files", str(lesson)], cwd=REPO, env=env,
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "invoke"), "provision", "--ports",
+                             f"{peer.port},{mute.port}", "--connect-timeout", "1", "--hostname", "lab-{mac4}",
+                             "--files", str(lesson)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_while_running(proc, lambda: list(peer.root.glob("f*.py")), "provisioning never reached the files", 60)  # the first lesson file is on the board
@@ -129,8 +132,10 @@ def test_ctrl_c_during_provision_ends_it_within_2_s_with_the_table(make_peer, tm
     assert elapsed < 2.0, (elapsed, out[-500:], err[-500:])
     assert proc.returncode == 130, out + err
     assert "Traceback" not in err, out + err
-    row = next(line for line in out.splitlines() if line.startswith(peer.port))
+    row = next(line for line in out.splitlines() if line.startswith(peer.port + " "))
     assert "interrupted at files" in row and "failed at" not in row, out     # not "failed at connect"
+    row = next(line for line in out.splitlines() if line.startswith(mute.port + " "))
+    assert "failed at connect" in row and "interrupted at" not in row, out   # it failed before Ctrl-C
     assert len(written) < 20 and sorted(p.name for p in peer.root.glob("f*.py")) == written  # nothing after
 
 
@@ -234,6 +239,8 @@ def test_provision_shows_macs_as_every_other_table_does(make_peer):
     ("lab-01", 2, "hostname 'lab-01' would be the name of all 2 boards"),
     # An error is text, never markup: this one ended in a MarkupError traceback.
     ("[/]lab", 1, "hostname '[/]lab' (from '[/]lab') is not a valid host name"),
+    # ...and no emoji: rich turned ":ab:" into 🆎 (in a MAC too: 24:0a:c4:ab:cd:ef)
+    ("lab:ab:cd:ef", 1, "hostname 'lab:ab:cd:ef' (from 'lab:ab:cd:ef') is not a valid host name"),
 ])
 def test_provision_refuses_a_hostname_no_board_can_have_before_connecting(make_peer, hostname, boards, message):
     """Both were refused only after connecting to (and identifying) every board."""
@@ -360,7 +367,7 @@ def test_provision_reset_timeout_bounds_the_start_up_and_names_its_option(make_p
     assert proc.returncode == 1, proc.stdout + proc.stderr
     [r] = json.loads(proc.stdout)
     assert not r["ok"] and r["stage"] == "reset", r
-    assert "boot.py was still running 2 s after the soft reset: interrupted" in r["error"], r
+    assert "was still running 2 s after the soft reset: interrupted" in r["error"], r
     assert "(allow it longer: --reset-timeout, now 2 s)" in r["error"], r
     refused = invoke("provision", "--ports", peer.port, "--reset-timeout", "5")
     assert refused.returncode == 1 and "--reset-timeout goes with --reset" in refused.stderr, refused.stderr
@@ -384,3 +391,15 @@ def test_a_board_still_booting_is_given_longer_with_connect_timeout(make_peer, t
     assert "no raw REPL" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     if task[0] == "provision":
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_provision_reset_fails_a_board_whose_boot_py_raised(make_peer):
+    """A firmware without the frozen stack: boot.py's `import workshop_boot` raises, no start-up
+    line comes, and --reset passed the board as "written + verified" with nothing started."""
+    peer = make_peer(stack_on_path=False)
+    proc = invoke("provision", "--ports", peer.port, "--hostname", "lab-{mac4}", "--start", "telnet",
+                  "--telnet-password", "tn-secret-9", "--reset", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [r] = json.loads(proc.stdout)
+    assert not r["ok"] and r["stage"] == "reset" and r["boot"] == [], r
+    assert r["error"] == "after the reset: boot.py raised ImportError: no module named 'workshop_boot'", r

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from workshop import smoke
 from workshop.provision import ProvisionConfig, ProvisionError, Secret, expand_hostname, masked, merge, with_boot_hook
-from workshop.repl import guard, mask
+from workshop.repl import ReplSession, guard, mask
 
 
 def test_secret_never_shows():
@@ -367,3 +368,74 @@ def test_ctrl_c_ends_a_write_already_blocked_on_a_board_that_stopped_reading():
     os.close(master)
     os.close(slave)
     assert done and done[0] - t0 < 0.5, "a blocked write outlived Ctrl-C"
+
+
+class _BoardAfterCtrlD:
+    """The bytes a real board (ESP32) sends in the raw REPL: the banner on Ctrl-A; on Ctrl-D a soft
+    reboot, boot.py's lines `boot_s` later, the raw banner and prompt, and in the same read an
+    ESP-IDF log line (a unix peer cannot show this: it restarts into the friendly REPL)."""
+
+    def __init__(self, port: str, boot_s: float = 1.5) -> None:
+        self.out = bytearray()
+        self.timeout = 0.05
+        self.boot_s = boot_s
+        self.pending: list[tuple[float, bytes]] = []
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for due, data in list(self.pending):
+            if due <= now:
+                self.out += data
+                self.pending.remove((due, data))
+
+    @property
+    def in_waiting(self) -> int:
+        self._tick()
+        return len(self.out)
+
+    def read(self, n: int = 1) -> bytes:
+        end = time.monotonic() + self.timeout
+        while True:
+            self._tick()
+            if self.out or time.monotonic() >= end:
+                break
+            time.sleep(0.005)
+        data = bytes(self.out[:n])
+        del self.out[:n]
+        return data
+
+    def write(self, b: bytes) -> int:
+        now = time.monotonic()
+        if b"\x01" in b:
+            self.pending.append((now, b"raw REPL; CTRL-B to exit\r\n>"))
+        if b == b"\x04":
+            self.pending += [(now, b"OK\r\nMPY: soft reboot\r\n"),
+                             (now + self.boot_s, b"workshop: wifi up, 10.0.0.5\r\nraw REPL; CTRL-B to exit\r\n>"
+                                                 b"I (5123) wifi: station ip lost\r\n")]
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+    def reset_input_buffer(self) -> None:
+        self.out.clear()
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def is_open(self) -> bool:
+        return True
+
+
+def test_soft_reset_waits_out_a_silent_boot_and_ends_at_the_raw_prompt_whatever_follows_it():
+    """boot.py connecting to Wi-Fi is silent for seconds: that silence is not the end (0.5 s of it
+    was, and boot.py was interrupted); the raw prompt is, even when a log line comes after it in
+    the same read (the soft reset then waited its whole timeout and failed the board)."""
+    s = ReplSession("fake", serial_factory=_BoardAfterCtrlD, timeout=8)
+    s.open()
+    s.enter_raw()
+    t0 = time.monotonic()
+    out = s.soft_reset(timeout=8)
+    assert 1.4 < time.monotonic() - t0 < 4, time.monotonic() - t0
+    assert out == "workshop: wifi up, 10.0.0.5" and s.in_raw
