@@ -21,9 +21,11 @@ from workshop.render import Cell, Column
 # This CLI works on the checkout it lives in, wherever invoke was started from (invoke -r ...).
 os.environ.setdefault(config.PROJECT_ENV, os.path.dirname(os.path.abspath(__file__)))
 
-console = Console()
+# emoji=False: rich turned ":ab:" and ":cd:" into emoji, so a MAC such as 24:0a:c4:ab:cd:ef printed as
+# "24:0a:c4🆎cd:ef" in every line that named it (markup=False and escape() leave emoji codes on).
+console = Console(emoji=False)
 console.soft_wrap = not console.is_terminal     # piped: a line (a command to copy) is never wrapped at 80
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)
 
 
 def _table(title: str | None, columns: list, rows: list) -> None:
@@ -261,7 +263,7 @@ def _print_request(who: str, line: str) -> None:
     for /x[/]y made the handler raise before its answer went out)."""
     from rich.text import Text
 
-    console.print(Text.assemble((who, "dim"), " ", line), highlight=False)
+    console.print(Text.assemble((who, "dim"), " ", render.visible(line)), highlight=False)
 
 
 @task(auto_shortflags=False, help={
@@ -339,7 +341,7 @@ def download(c, version, board=None, from_=None, debug=False):
 
         def on_event(e: _download.DownloadEvent) -> None:
             if e.kind == "start":
-                tasks[e.file] = progress.add_task(e.file, total=e.total)
+                tasks[e.file] = progress.add_task(_text(e.file), total=e.total)   # (a description is markup)
                 current[:] = [e.file]
             elif e.kind in ("progress", "done") and e.file in tasks:
                 progress.update(tasks[e.file], completed=e.done)
@@ -679,7 +681,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
     with console.status(f"provisioning {len(targets)} board(s)...") as status:
         def on_event(e) -> None:
             if e.kind in ("provisioned", "failed", "retry", "files"):
-                status.update(f"{e.port}: {e.message}")
+                status.update(_text(f"{e.port}: {e.message}"))    # a board's words, not markup
 
         try:
             results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
@@ -1144,8 +1146,8 @@ def broker(c, bind="0.0.0.0", port="1883", password_file=None):
     try:
         plan = _broker.plan(bind, _checked(devconfig.port_number, port, "--port"), password_file)
         # mosquitto's lines carry client ids and user names: text, never markup ("[/]x" raised).
-        running = _broker.Broker(plan, on_line=lambda line: console.print(line, style="dim", markup=False,
-                                                                          highlight=False))
+        running = _broker.Broker(plan, on_line=lambda line: console.print(render.visible(line), style="dim",
+                                                                          markup=False, highlight=False))
         running.start()        # from here to stop(), SIGTERM/SIGHUP arrive as KeyboardInterrupt
     except _broker.BrokerError as e:
         raise _fail(str(e)) from None

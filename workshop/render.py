@@ -159,7 +159,7 @@ def print_table(console: Console, title: str | None, columns: Sequence[str | Col
     if plain:
         # Natural width, one line per row, no padding after the last column.
         measure = Measurement.get(console, console.options.update_width(1 << 16), table)
-        sink = Console(width=max(1, measure.maximum), color_system=None, force_terminal=False,
+        sink = Console(width=max(1, measure.maximum), color_system=None, force_terminal=False, emoji=False,
                        highlight=False, record=False, file=io.StringIO())
         with sink.capture() as captured:
             sink.print(table, crop=False)

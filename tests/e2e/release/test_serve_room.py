@@ -83,6 +83,11 @@ def test_serve_answers_and_logs_a_request_whose_path_looks_like_markup(tmp_path)
             status = e.code
         index = urllib.request.urlopen(f"http://127.0.0.1:{port}/index.json", timeout=5)
         assert index.status == 200
+        import socket
+
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:   # (urllib refuses to send it)
+            raw.sendall(b"GET /\x1b[2Jcleared HTTP/1.0\r\n\r\n")
+            assert raw.recv(100).startswith(b"HTTP/1.0 404")
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
@@ -90,3 +95,4 @@ def test_serve_answers_and_logs_a_request_whose_path_looks_like_markup(tmp_path)
     assert '"GET /x[/]y HTTP/1.1" 404' in out, out
     assert f"Serving {made.directory}" in out, out
     assert "MarkupError" not in err, err
+    assert "\x1b" not in out and '"GET /\\x1b[2Jcleared HTTP/1.0" 404' in out, repr(out)   # shown, not sent
