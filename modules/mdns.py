@@ -271,6 +271,8 @@ def stop():
     global _sock
     if _sock:
         wsconfig.watch(_sock, None)
-        _announce(0)
-        _sock.close()
-        _sock = None
+        try:
+            _announce(0)
+        finally:  # (a MemoryError building the goodbye must not leave the socket open)
+            _sock.close()
+            _sock = None

@@ -275,13 +275,13 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
             found.setdefault("timeout", True)
             break
     seconds = time.monotonic() - started
+    if found.get("interrupted"):      # (before the ROM's chip and MAC: Ctrl-C also aborts the stub)
+        return Device(port, error=f"{port.device}: interrupted", error_kind="interrupted", seconds=seconds)
     if "identity" in found:
         note = found.get("note") or (f"flash size unknown: esptool's stub did not start within {IDENTIFY_STUB_S:g} s "
                                      "(flash falls back to the legacy stub)" if found.get("timeout") else None)
         return Device(port, identity=found["identity"], seconds=seconds, note=note)
     error = found.get("error")
-    if found.get("interrupted"):
-        return Device(port, error=f"{port.device}: interrupted", error_kind="interrupted", seconds=seconds)
     if isinstance(error, DeviceError):
         return Device(port, error=str(error), error_kind=error.kind, seconds=seconds)
     if found.get("timeout"):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 from support import Terminal
 
@@ -115,6 +116,8 @@ def test_invoke_boards_in_an_80_column_terminal():
         target = "standard" if name == "UNIX" else name
         assert f"│ {target} " in row.split("│", 2)[2], row
     without = {line.split("│")[1].strip() for line in lines if line.rstrip().endswith("│ none      │")}
+    if not without:
+        pytest.skip("every board has a toolchain here: no line below the table to check")
     below = " ".join(lines[lines.index(next(line for line in lines if line.startswith("└"))) + 1:])
     assert boards_said_to_have_no_toolchain(" ".join(below.split())) == without, below
 
@@ -131,6 +134,8 @@ def test_invoke_boards_piped():
     assert "…" not in proc.stdout and "━" not in proc.stdout
     # Each board without a toolchain is named, whole, on a line that says why.
     without = {line.split()[0] for line in rows if line.split()[-1] == "none"}
+    if not without:
+        pytest.skip("every board has a toolchain here: no line below the table to check")
     assert boards_said_to_have_no_toolchain("\n".join(lines[2 + len(BOARDS):])) == without, proc.stdout
 
 
