@@ -49,7 +49,8 @@ def test_no_network_is_bounded_by_the_wifi_timeout(micropython, tmp_path):
     t = time.monotonic()
     out = boot(micropython, tmp_path, cfg, script="silent", extra="import telnet; telnet.stop()").stdout.splitlines()
     assert time.monotonic() - t < 5
-    assert out[0] == "workshop: wifi not started: wifi: cannot connect to 'Gone': timeout after 800 ms"
+    assert out[0] == ("workshop: wifi not started: wifi: cannot connect to 'Gone': timeout after 800 ms"
+                      " (still connecting: a wrong password, or a weak signal)")   # (the double is an ESP32)
     assert out[1] == "workshop: mdns not started: no network"
     assert out[2].startswith("telnet: listening on port 23") or "telnet not started" in out[2]
     assert out[-2:] == ["workshop: unknown service 'ftp' in \"start\"", "REPL REACHED"]

@@ -336,7 +336,8 @@ def test_flash_and_smoke_with_a_registry_name_the_boards_they_could_not_record(f
                        "--registry", str(db), "--json")
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, out + err
-        assert f"not recorded in the registry: {dead} (MAC unknown)" in " ".join(err.split())
+        assert (f"not recorded in the registry: {dead} (MAC unknown: {dead}: no raw REPL after Ctrl-C/Ctrl-A "
+                "within 3 s") in " ".join(err.split())                # smoke also says why
         assert board.port not in err
         reports = {r["port"]: r for r in json.loads(out)["devices"]}     # stdout stays JSON
         assert not reports[dead]["ok"], reports[board.port]
