@@ -331,28 +331,31 @@ def _needs_frozen():
         pytest.skip("dist/UNIX/micropython not built (invoke build --board UNIX)")
 
 
+def provision_with_reset(make_peer, wifi_seconds: float, board_key: str, *options: str):
+    """`provision --wifi labnet ... --start wifi --reset --json` on a frozen board whose Wi-Fi takes
+    `wifi_seconds` and takes only `board_key`: (the process, the board's JSON result)."""
+    _needs_frozen()
+    peer = make_peer(runtime="frozen", files={"lib/network.py": SLOW_WIFI % (wifi_seconds, board_key)})
+    proc = invoke("provision", "--ports", peer.port, "--wifi", "labnet", "--wifi-password", "pw12345678",
+                  "--start", "wifi", "--reset", *options, "--json")
+    [result] = json.loads(proc.stdout) if proc.stdout.startswith("[") else [None]
+    return peer, proc, result
+
+
 def test_provision_reset_waits_for_a_slow_wi_fi_start_up_and_reports_it(make_peer):
     """provision --reset took 0.5 s of silence after the reset for "booted" and interrupted boot.py
     while it connected to Wi-Fi (silent for seconds on a real board): the services never started,
     and the table said "written + verified". It now waits for the board's prompt, and reports the
     start-up's own lines."""
-    _needs_frozen()
-    peer = make_peer(runtime="frozen", files={"lib/network.py": SLOW_WIFI % (3, "pw12345678")})
-    proc = invoke("provision", "--ports", peer.port, "--wifi", "labnet", "--wifi-password", "pw12345678",
-                  "--start", "wifi", "--reset", "--json")
+    peer, proc, r = provision_with_reset(make_peer, 3, "pw12345678")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    [r] = json.loads(proc.stdout)
     assert r["ok"] and r["reset"] and r["boot"] == ["workshop: wifi up, 10.0.0.5"], r
     assert (peer.root / "wifi-up").exists()                # the board really is on its Wi-Fi
 
 
 def test_provision_reset_fails_a_board_whose_services_do_not_start_and_says_why(make_peer):
-    _needs_frozen()
-    peer = make_peer(runtime="frozen", files={"lib/network.py": SLOW_WIFI % (0, "the-right-key")})
-    proc = invoke("provision", "--ports", peer.port, "--wifi", "labnet", "--wifi-password", "pw12345678",
-                  "--start", "wifi", "--reset", "--json")
+    _, proc, r = provision_with_reset(make_peer, 0, "the-right-key")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    [r] = json.loads(proc.stdout)
     assert not r["ok"] and r["stage"] == "reset", r
     assert r["error"] == ("after the reset: workshop: wifi not started: wifi: cannot connect to 'labnet': "
                           "wrong password"), r
@@ -360,12 +363,8 @@ def test_provision_reset_fails_a_board_whose_services_do_not_start_and_says_why(
 
 
 def test_provision_reset_timeout_bounds_the_start_up_and_names_its_option(make_peer):
-    _needs_frozen()
-    peer = make_peer(runtime="frozen", files={"lib/network.py": SLOW_WIFI % (6, "pw12345678")})
-    proc = invoke("provision", "--ports", peer.port, "--wifi", "labnet", "--wifi-password", "pw12345678",
-                  "--start", "wifi", "--reset", "--reset-timeout", "2", "--json")
+    peer, proc, r = provision_with_reset(make_peer, 6, "pw12345678", "--reset-timeout", "2")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    [r] = json.loads(proc.stdout)
     assert not r["ok"] and r["stage"] == "reset", r
     assert "was still running 2 s after the soft reset: interrupted" in r["error"], r
     assert "(allow it longer: --reset-timeout, now 2 s)" in r["error"], r

@@ -175,28 +175,31 @@ def test_a_board_whose_by_id_link_comes_after_its_node_gets_one_journey(tmp_path
     assert not [e for e in events if e.stage == "vanished"], [(e.key, e.message) for e in events]
 
 
-def clones_on_the_system_list(monkeypatch, plugged: list[str]) -> None:
-    """Every plugged node, as pyserial lists CP2102 boards that all report USB serial 0001."""
+def two_clones_watched(tmp_path, monkeypatch, write_s: float):
+    """Two CP2102 boards that both report USB serial 0001 (on pyserial's list as it is plugged in:
+    the first one only, to begin with), flashed by a ScriptedFlash, and watch() running on the
+    system list: (first, second, plugged, flash, (runner, cancel, events, out))."""
+    nodes = Nodes(tmp_path / "dev")
+    a, b = nodes.plug("ttyUSB0"), nodes.plug("ttyUSB1")
+    plugged = [a]
+
     def comports():
         return [SimpleNamespace(device=p, vid=0x10C4, pid=0xEA60, serial_number="0001", description="CP2102")
                 for p in list(plugged)]
 
     monkeypatch.setattr(devices.list_ports, "comports", comports)
     monkeypatch.setattr(devices, "_by_id_links", lambda: {})      # (their by-id names collide anyway)
+    flash = ScriptedFlash(write_s=write_s, macs={a: MAC_A, b: MAC_B})
+    monkeypatch.setattr(_flash, "flash_device", flash)
+    plan = station.Plan(images=an_image(tmp_path), log_dir=tmp_path / "logs")      # flash only
+    return a, b, plugged, flash, watching(plan, station.SystemSource(), stop_after=2)
 
 
 def test_a_second_clone_plugged_while_the_first_flashes_gets_its_journey(tmp_path, monkeypatch):
     """Same USB serial was taken for same board: the second clone was parked for the first one's
     journey, which never asked for it, and dropped when that journey ended: never flashed, and
     --stop-after 2 never stopped."""
-    nodes = Nodes(tmp_path / "dev")
-    a, b = nodes.plug("ttyUSB0"), nodes.plug("ttyUSB1")
-    plugged = [a]
-    clones_on_the_system_list(monkeypatch, plugged)
-    flash = ScriptedFlash(write_s=1.0, macs={a: MAC_A, b: MAC_B})
-    monkeypatch.setattr(_flash, "flash_device", flash)
-    plan = station.Plan(images=an_image(tmp_path), log_dir=tmp_path / "logs")      # flash only
-    runner, cancel, events, out = watching(plan, station.SystemSource(), stop_after=2)
+    a, b, plugged, flash, (runner, cancel, events, out) = two_clones_watched(tmp_path, monkeypatch, 1.0)
     try:
         until(lambda: flash.calls == [a])
         plugged.append(b)                         # the next board, while the first is written
@@ -212,14 +215,7 @@ def test_a_second_clone_plugged_while_the_first_flashes_gets_its_journey(tmp_pat
 def test_a_clone_plugged_next_to_a_finished_one_is_not_ignored_as_its_reset(tmp_path, monkeypatch):
     """A board with the finished board's USB serial, plugged while that one is still there, was
     'ignored' as the finished board back after its last reset."""
-    nodes = Nodes(tmp_path / "dev")
-    a, b = nodes.plug("ttyUSB0"), nodes.plug("ttyUSB1")
-    plugged = [a]
-    clones_on_the_system_list(monkeypatch, plugged)
-    flash = ScriptedFlash(write_s=0.2, macs={a: MAC_A, b: MAC_B})
-    monkeypatch.setattr(_flash, "flash_device", flash)
-    plan = station.Plan(images=an_image(tmp_path), log_dir=tmp_path / "logs")
-    runner, cancel, events, out = watching(plan, station.SystemSource(), stop_after=2)
+    a, b, plugged, flash, (runner, cancel, events, out) = two_clones_watched(tmp_path, monkeypatch, 0.2)
     try:
         until(lambda: any(e.final for e in events))
         plugged.append(b)                         # the next board; the first one, ready, still plugged
