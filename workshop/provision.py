@@ -467,7 +467,7 @@ def started_lines(boot_output: str) -> list[str]:
 def raised(output: str) -> str:
     """The exception line of the last traceback in a board's output ("ImportError: ...")."""
     lines = output.splitlines()
-    start = max(i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)"))
+    start = max((i for i, line in enumerate(lines) if "Traceback (most recent call last)" in line), default=-1)
     return next((line.strip() for line in lines[start + 1:] if line.strip() and not line.startswith(" ")),
                 "a traceback")
 
@@ -571,7 +571,7 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                 except ReplTimeout as e:
                     raise ProvisionError(f"{e} (allow it longer: --reset-timeout, now {reset_timeout:g} s)") from None
                 r.reset = True
-                r.boot = started_lines(out)
+                r.boot = [mask(line, secrets) for line in started_lines(out)]
                 failed = [line for line in r.boot if start_failed(line)]
                 if "Traceback (most recent call last)" in out:    # boot.py itself raised
                     failed.append("boot.py raised " + raised(out))
