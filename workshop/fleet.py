@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .buildinfo import write_atomic
-from .repl import LoginError, RemoteError, ReplError, ReplSession, telnet_session
+from .repl import LoginError, RemoteError, ReplError, ReplSession, ReplTimeout, telnet_session
 
 KINDS = ("exec", "run", "put", "reset", "identify")
 RESET_MARK = "WS-RESET"
+RETURNED_MARK = "WS-RESET-RETURNED"
 PUT_BLOCK = 1024   # bytes per guarded write: ~7 KB peak heap to receive and run it (ESP8266-safe; 2048 fails in 16 KB)
 
 
@@ -285,14 +286,24 @@ class Fleet:
         if c.kind == "reset":
             s.run("import machine")
             try:
-                # machine.reset() on a board; on the unix port soft_reset ends the process (the "board").
-                s.run(f"import machine\nprint({RESET_MARK!r})\n(getattr(machine,'reset',None) or machine.soft_reset)()\n",
-                      timeout=5.0)
+                # machine.reset() on a board, which never returns; the unix port has only soft_reset,
+                # which ends the process (the "board") once the command is done.
+                text = s.run(f"import machine\nprint({RESET_MARK!r})\nr = getattr(machine, 'reset', None)\n"
+                             f"if r:\n    r()\n    print({RETURNED_MARK!r})\nelse:\n    machine.soft_reset()\n",
+                             timeout=5.0)
             except RemoteError:
                 raise
-            except ReplError as e:
-                if "closed" not in str(e) and "no end of the command" not in str(e):
+            except ReplTimeout as e:
+                # A board that resets goes silent (lwIP sends no FIN): silence after the mark is the
+                # reset. Silence before it is a board that never got to reset().
+                if RESET_MARK.encode() not in e.partial:
                     raise
+            except ReplError as e:
+                if "closed" not in str(e):
+                    raise
+            else:
+                if RETURNED_MARK in text:     # machine.reset() returned: the board is still running
+                    raise ReplError(s.port, "machine.reset() returned: the board did not reset")
             return "reset"
         raise FleetError(f"unknown command {c.kind!r} (one of {', '.join(KINDS)})")
 
@@ -313,7 +324,7 @@ def resolve(rows: Sequence[Any], hosts: Iterable[str] = (), *, all_boards: bool 
     outdated ones, or all. Exactly one way must be chosen."""
     from .roster import select
 
-    names = [h for h in hosts if h]
+    names = list(dict.fromkeys(h for h in hosts if h))    # a name given twice is one board (one run)
     if sum((bool(names), all_boards, outdated)) != 1:
         raise FleetError("choose the boards: --hosts h1,h2 or --all or --outdated")
     if all_boards and not rows:

@@ -118,7 +118,7 @@ def test_reset_restarts_the_board_and_identify_reaches_it(room, three, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "no LED pin known" in results(proc)["fl-01"]["result"]  # unix: no machine.Pin, the console banner
     proc = kit(room, "fleet-reset", "--hosts", "fl-01,fl-03", report=tmp_path / "r.json")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, results(proc)
     assert all(r["ok"] for r in results(proc).values())
     assert three[0].wait_exit(10) == 0 and three[2].wait_exit(10) == 0   # the unix "board" restarts = ends
     assert three[1].proc.poll() is None
@@ -178,3 +178,21 @@ def test_ctrl_c_while_listening_for_the_boards_exits_130_and_says_so(mosquitto, 
     assert time.monotonic() - t < 2 and proc.returncode == 130, (proc.returncode, out, err)
     assert "error: interrupted while listening for the boards" in err and "Traceback" not in err, err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_reset_that_returns_is_a_failure_and_a_name_given_twice_is_one_board(room, three, tmp_path):
+    """fleet-reset reported "ok: reset" for a board whose reset() returned (it never reset), and
+    --hosts fl-01,fl-01 ran the command twice on one board at once (the second login took the
+    first one over) and reported 2/2 ok."""
+    patch = "import sys\nclass M:\n    def reset(self):\n        pass\nsys.modules['machine'] = M()\nprint('patched')"
+    proc = kit(room, "fleet", "exec", patch, "--hosts", "fl-01", report=tmp_path / "p.json")
+    assert proc.returncode == 0 and results(proc)["fl-01"]["result"].strip() == "patched", proc.stdout + proc.stderr
+    proc = kit(room, "fleet-reset", "--hosts", "fl-01,fl-03", report=tmp_path / "r.json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    res = results(proc)
+    assert not res["fl-01"]["ok"] and res["fl-01"]["error"] == "machine.reset() returned: the board did not reset", res
+    assert res["fl-03"]["ok"] and three[2].wait_exit(10) == 0         # the other one did reset
+    assert three[0].proc.poll() is None                              # fl-01 still runs
+    proc = kit(room, "fleet", "exec", "print('once')", "--hosts", "fl-02,fl-02", report=tmp_path / "d.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [r["hostname"] for r in json.loads(proc.stdout)["results"]] == ["fl-02"]
