@@ -551,9 +551,10 @@ class ReplSession:
         self._read_until(b"\x04", timeout, "end of raw paste")
 
     def _follow(self, timeout: float) -> ExecResult:
-        out = self._read_until(b"\x04", timeout, "end of the command's output")[:-1]
-        err = self._read_until(b"\x04", timeout, "end of the command's error output")[:-1]
-        self._read_until(b">", timeout, "raw REPL prompt after the command")
+        # The raw REPL answers stdout, \x04, stderr, \x04, ">". Read to the end and split at the
+        # last \x04 before it: a \x04 the command printed (binary output) is stdout, not its end.
+        tail = self._read_until(b"\x04>", timeout, "end of the command's output")[:-2]
+        out, _, err = tail.rpartition(b"\x04")
         return ExecResult(out, err)
 
     def _recover_after_stall(self) -> None:

@@ -180,3 +180,13 @@ def test_a_bad_port_name_is_that_boards_error_not_a_crash():
     report = smoke.smoke_device("foo://bar", smoke.Expected(source="test"), connect_timeout=1)
     assert report.checks[0].name == "connect" and report.checks[0].status == smoke.FAIL
     assert "not a usable port" in report.checks[0].detail
+
+
+def test_a_command_that_prints_the_raw_repls_own_end_byte_is_not_cut_there(make_peer):
+    """The raw REPL ends stdout with \\x04: a command that printed one (binary data, a lesson
+    printing bytes) had the rest of its output taken for a traceback: "the board raised ...",
+    for a command that succeeded."""
+    peer = make_peer()
+    with ReplSession(peer.port) as s:
+        assert s.run("print('before\\x04after'); print('more')") == "before\x04after\nmore\n"
+        assert s.run("print(6 * 7)") == "42\n"                  # and the session goes on in step
