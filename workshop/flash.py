@@ -42,6 +42,7 @@ from .buildinfo import BuildInfoError, dist_dir, read_build_info, write_atomic
 from .config import HOST_CHIP, ConfigError, chip_definition, load_port, project_root
 from .devices import Cancelled, DeviceError, SerialPort
 from .esptool_adapter import VerifyFailed
+from .parallel import Runner
 
 DEFAULT_BAUD = 460800
 SAFE_BAUD = 115200
@@ -894,29 +895,6 @@ def flash_all(ports: Sequence[SerialPort | str], images: ImageChoice, options: F
     chosen = [images] if isinstance(images, FlashImage) else list(images.values())
     return FlashReport(results=[w.result for w in workers], started_at=started_at, seconds=time.monotonic() - t0,
                        interrupted=interrupted, images={i.board: i.source for i in chosen})
-
-
-class Runner:
-    """A daemon thread whose end is an Event: waiting on it survives Ctrl-C.
-
-    (A KeyboardInterrupt inside Thread.join() can leave Thread.is_alive() wrong on CPython 3.11,
-    so nothing here joins threads.)
-    """
-
-    def __init__(self, target: Callable[[], Any], name: str) -> None:
-        self.done = threading.Event()
-
-        def body() -> None:
-            try:
-                target()
-            finally:
-                self.done.set()
-
-        self.thread = threading.Thread(target=body, name=name, daemon=True)
-        self.thread.start()
-
-    def is_alive(self) -> bool:
-        return not self.done.is_set()
 
 
 def wait_threads(runners: Sequence[Runner], cancel: threading.Event, stop_wait: float = STOP_WAIT_S) -> bool:

@@ -12,17 +12,18 @@ Library code never prints: progress goes to `on_event`, results are returned.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .buildinfo import write_atomic
+from .parallel import Runner
 from .repl import LoginError, RemoteError, ReplError, ReplSession, ReplTimeout, telnet_session
 
 KINDS = ("exec", "run", "put", "reset", "identify")
@@ -216,25 +217,33 @@ class Fleet:
                 return
             results[t.hostname] = self._one(t, command(t) if callable(command) else command)
 
-        pool = ThreadPoolExecutor(max_workers=min(self.jobs, len(targets)), thread_name_prefix="fleet")
-        futures = [pool.submit(one, t) for t in targets]
+        # Daemon threads, at most `jobs` at a time: a worker still inside connect() or the login of
+        # a board that froze has no session for cancel() to close, and a pool's threads are
+        # joined at exit (Ctrl-C took its whole connect timeout, 3.8 s with one frozen board).
+        gate = threading.Semaphore(self.jobs)
+        raised: list[BaseException] = []
+
+        def guarded(t: Target) -> None:
+            with gate:
+                if not self._cancelled.is_set():
+                    try:
+                        one(t)
+                    except BaseException as e:  # noqa: BLE001 - raised in the caller's thread below
+                        raised.append(e)
+
+        runners = [Runner(functools.partial(guarded, t), f"fleet {t.hostname}") for t in targets]
         try:
-            for f in futures:
-                f.result()
+            while any(r.is_alive() for r in runners):
+                time.sleep(0.05)
         except KeyboardInterrupt:
             # Ctrl-C: close every session (blocked reads end at once), keep what finished.
             self.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
             deadline = time.monotonic() + 1.5
-            for f in futures:
-                if not f.done():
-                    try:
-                        f.exception(timeout=max(0.0, deadline - time.monotonic()))
-                    except Exception:  # noqa: BLE001 - a worker still ending is reported as cancelled
-                        pass
+            while any(r.is_alive() for r in runners) and time.monotonic() < deadline:
+                time.sleep(0.05)
             report.cancelled = True
-        else:
-            pool.shutdown()
+        if raised and not report.cancelled:
+            raise raised[0]               # (as the pool's result() did: a bug is not a board's failure)
         report.results = [results.get(t.hostname) or BoardResult(t.hostname, False, error="cancelled")
                           for t in targets]
         return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -45,3 +45,26 @@ def signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class Runner:
+    """A daemon thread whose end is an Event: waiting on it survives Ctrl-C.
+
+    (A KeyboardInterrupt inside Thread.join() can leave Thread.is_alive() wrong on CPython 3.11,
+    so nothing here joins threads.)
+    """
+
+    def __init__(self, target: Callable[[], Any], name: str) -> None:
+        self.done = threading.Event()
+
+        def body() -> None:
+            try:
+                target()
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=body, name=name, daemon=True)
+        self.thread.start()
+
+    def is_alive(self) -> bool:
+        return not self.done.is_set()

@@ -196,3 +196,29 @@ def test_a_reset_that_returns_is_a_failure_and_a_name_given_twice_is_one_board(r
     proc = kit(room, "fleet", "exec", "print('once')", "--hosts", "fl-02,fl-02", report=tmp_path / "d.json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [r["hostname"] for r in json.loads(proc.stdout)["results"]] == ["fl-02"]
+
+
+def test_ctrl_c_ends_a_fleet_run_within_two_seconds_even_with_a_frozen_board(room, three, tmp_path):
+    """A board frozen in the roster (its TCP still connects, no login prompt ever comes) held
+    Ctrl-C for its whole connect timeout: the worker in its login had no session to close, and
+    the pool's threads were joined at exit (3.8 s)."""
+    import signal
+
+    frozen = three[1].proc
+    report = tmp_path / "r.json"
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        proc = kit(room, "fleet", "exec", "import time\nwhile True:\n    time.sleep(1)\n", "--all", report=report,
+                   popen=True)
+        time.sleep(3.2)  # roster wait + logins: the others are in the endless loop, fl-02's login hangs
+        assert proc.poll() is None
+        t = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+        elapsed = time.monotonic() - t
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    assert elapsed < 2.0 and proc.returncode == 130, elapsed
+    doc = json.loads(report.read_text())
+    assert doc["cancelled"] and {r["hostname"]: r["error"] for r in doc["results"]} == {
+        "fl-01": "cancelled", "fl-02": "cancelled", "fl-03": "cancelled"}
