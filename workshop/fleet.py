@@ -12,9 +12,11 @@ Library code never prints: progress goes to `on_event`, results are returned.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -277,7 +279,11 @@ class Fleet:
         except LoginError as e:
             return fail(str(e).split(": ", 1)[-1])
         except RemoteError as e:
-            return fail(f"the board raised {e.exc_type}: {e.exc_message}".rstrip(": "))
+            # Where it raised, and what it had printed by then: a lesson's "step 1" and line 3 were lost.
+            lines = re.findall(r"line (\d+)", e.traceback)
+            raised = fail(f"the board raised {e.exc_type}: {e.exc_message}".rstrip(": ")
+                          + (f" (line {lines[-1]})" if lines else ""))
+            return dataclasses.replace(raised, result=e.stdout)
         except ReplError as e:
             why = str(e).split(": ", 1)[-1]
             return fail("cancelled" if self._cancelled.is_set() else why)

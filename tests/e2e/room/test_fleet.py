@@ -66,9 +66,12 @@ def test_put_lands_intact_and_a_remote_error_is_a_failure(room, three, tmp_path)
         assert (b.root / "copy.bin").read_bytes() == payload
         assert not (b.root / "copy.bin.tmp").exists()
     assert all(hashlib.sha256(payload).hexdigest()[:16] in r["result"] for r in results(proc).values())
-    proc = kit(room, "fleet", "exec", "1/0", "--hosts", "fl-02", report=tmp_path / "r.json")
+    proc = kit(room, "fleet", "exec", "print('step 1')\nx = 1\n1/0", "--hosts", "fl-02", report=tmp_path / "r.json")
     assert proc.returncode == 1
-    assert results(proc)["fl-02"]["error"] == "the board raised ZeroDivisionError: divide by zero"
+    # The line it raised at, and what it printed before: both were dropped.
+    failed = results(proc)["fl-02"]
+    assert failed["error"] == "the board raised ZeroDivisionError: divide by zero (line 3)", failed
+    assert failed["result"] == "step 1\n", failed
 
 
 def test_wrong_password_and_unknown_board_fail_alone(room, tmp_path):
