@@ -42,7 +42,7 @@ from .buildinfo import BuildInfoError, dist_dir, read_build_info, write_atomic
 from .config import HOST_CHIP, ConfigError, chip_definition, load_port, project_root
 from .devices import Cancelled, DeviceError, SerialPort
 from .esptool_adapter import VerifyFailed
-from .parallel import Runner
+from .parallel import Runner, wait_threads
 
 DEFAULT_BAUD = 460800
 SAFE_BAUD = 115200
@@ -836,10 +836,6 @@ def default_log_dir(root: Path | None = None) -> Path:
     return project_root(root) / "logs" / "flash" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-# Ctrl-C: how long the run waits for its workers to record their state before returning anyway.
-STOP_WAIT_S = 1.5
-
-
 def flash_device(port: SerialPort | str, images: ImageChoice, options: FlashOptions = FlashOptions(),
                  on_event: EventHandler | None = None, log_path: Path | None = None,
                  cancel: threading.Event | None = None, gate: Gate | None = None) -> DeviceResult:
@@ -895,25 +891,6 @@ def flash_all(ports: Sequence[SerialPort | str], images: ImageChoice, options: F
     chosen = [images] if isinstance(images, FlashImage) else list(images.values())
     return FlashReport(results=[w.result for w in workers], started_at=started_at, seconds=time.monotonic() - t0,
                        interrupted=interrupted, images={i.board: i.source for i in chosen})
-
-
-def wait_threads(runners: Sequence[Runner], cancel: threading.Event, stop_wait: float = STOP_WAIT_S) -> bool:
-    """Wait for workers; on Ctrl-C set `cancel` and wait at most `stop_wait` more. Interrupted?"""
-    interrupted = False
-    stop_by: float | None = None
-    while True:
-        try:
-            alive = [r for r in runners if r.is_alive()]
-            if not alive:
-                return interrupted
-            if cancel.is_set() and stop_by is None:
-                stop_by = time.monotonic() + stop_wait
-            if stop_by is not None and time.monotonic() > stop_by:
-                return interrupted
-            time.sleep(0.05)
-        except KeyboardInterrupt:
-            interrupted = True
-            cancel.set()         # each worker aborts its attempt now
 
 
 __all__ = ["Attempt", "Budgets", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions",

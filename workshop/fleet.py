@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .buildinfo import write_atomic
-from .parallel import Runner
+from .parallel import Runner, wait_threads
 from .repl import LoginError, RemoteError, ReplError, ReplSession, ReplTimeout, telnet_session
 
 KINDS = ("exec", "run", "put", "reset", "identify")
@@ -234,16 +234,8 @@ class Fleet:
                         raised.append(e)
 
         runners = [Runner(functools.partial(guarded, t), f"fleet {t.hostname}") for t in targets]
-        try:
-            while any(r.is_alive() for r in runners):
-                time.sleep(0.05)
-        except KeyboardInterrupt:
-            # Ctrl-C: close every session (blocked reads end at once), keep what finished.
-            self.cancel()
-            deadline = time.monotonic() + 1.5
-            while any(r.is_alive() for r in runners) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            report.cancelled = True
+        # Ctrl-C: close every session (blocked reads end at once), keep what finished.
+        report.cancelled = wait_threads(runners, self._cancelled, on_interrupt=self.cancel)
         if raised and not report.cancelled:
             raise raised[0]               # (as the pool's result() did: a bug is not a board's failure)
         report.results = [results.get(t.hostname) or BoardResult(t.hostname, False, error="cancelled")

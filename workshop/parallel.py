@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -68,3 +69,30 @@ class Runner:
 
     def is_alive(self) -> bool:
         return not self.done.is_set()
+
+
+# Ctrl-C: how long a run waits for its workers to record their state before returning anyway.
+STOP_WAIT_S = 1.5
+
+
+def wait_threads(runners: Sequence[Runner], cancel: threading.Event, stop_wait: float = STOP_WAIT_S,
+                 on_interrupt: Callable[[], None] | None = None) -> bool:
+    """Wait for workers; on Ctrl-C set `cancel` (and call `on_interrupt`: fleet closes its open
+    sessions there) and wait at most `stop_wait` more. Interrupted?"""
+    interrupted = False
+    stop_by: float | None = None
+    while True:
+        try:
+            alive = [r for r in runners if r.is_alive()]
+            if not alive:
+                return interrupted
+            if cancel.is_set() and stop_by is None:
+                stop_by = time.monotonic() + stop_wait
+            if stop_by is not None and time.monotonic() > stop_by:
+                return interrupted
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            interrupted = True
+            cancel.set()         # each worker aborts its attempt now
+            if on_interrupt is not None:
+                on_interrupt()
