@@ -215,6 +215,8 @@ def read_identity(esp: Any, flash: bool = True) -> Identity:
 # Time boxes of identify: connect (per sync attempt), then stub start + flash ID together.
 IDENTIFY_CONNECT_S = 2.5
 IDENTIFY_STUB_S = 4.0
+STUB_DID_NOT_START = (f"flash size unknown: esptool's stub did not start within {IDENTIFY_STUB_S:g} s "
+                      "(flash falls back to the legacy stub)")
 
 
 def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS,
@@ -250,9 +252,7 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
                     attach_flash(esp)
                     found["identity"] = read_identity(esp)
                 except Exception as e:  # noqa: BLE001 - no stub/flash access: chip and MAC came from the ROM
-                    found["note"] = (f"flash size unknown: esptool's stub did not start within {IDENTIFY_STUB_S:g} s "
-                                     "(flash falls back to the legacy stub)" if abort.is_set()
-                                     else f"flash size unknown: {type(e).__name__}: {e}")
+                    found["note"] = STUB_DID_NOT_START if abort.is_set() else f"flash size unknown: {type(e).__name__}: {e}"
                 if reset_after:
                     with contextlib.suppress(Exception):
                         reset_chip(esp, "hard-reset")
@@ -278,8 +278,7 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
     if found.get("interrupted"):      # (before the ROM's chip and MAC: Ctrl-C also aborts the stub)
         return Device(port, error=f"{port.device}: interrupted", error_kind="interrupted", seconds=seconds)
     if "identity" in found:
-        note = found.get("note") or (f"flash size unknown: esptool's stub did not start within {IDENTIFY_STUB_S:g} s "
-                                     "(flash falls back to the legacy stub)" if found.get("timeout") else None)
+        note = found.get("note") or (STUB_DID_NOT_START if found.get("timeout") else None)
         return Device(port, identity=found["identity"], seconds=seconds, note=note)
     error = found.get("error")
     if isinstance(error, DeviceError):

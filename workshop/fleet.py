@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -272,9 +271,8 @@ class Fleet:
             return fail(str(e).split(": ", 1)[-1])
         except RemoteError as e:
             # Where it raised, and what it had printed by then: a lesson's "step 1" and line 3 were lost.
-            lines = re.findall(r"line (\d+)", e.traceback)
             raised = fail(f"the board raised {e.exc_type}: {e.exc_message}".rstrip(": ")
-                          + (f" (line {lines[-1]})" if lines else ""))
+                          + (f" (line {e.line})" if e.line is not None else ""))
             return dataclasses.replace(raised, result=e.stdout)
         except ReplError as e:
             why = str(e).split(": ", 1)[-1]

@@ -23,6 +23,7 @@ import ast
 import binascii
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -84,6 +85,12 @@ class RemoteError(ReplError):
         self.exc_type, _, self.exc_message = last.partition(": ")
         self.stdout = stdout
         super().__init__(port, f"the board raised {last}")
+
+    @property
+    def line(self) -> int | None:
+        """The line of the code sent that raised (the traceback's innermost one), if it says."""
+        found = re.findall(r"line (\d+)", self.traceback)
+        return int(found[-1]) if found else None
 
 
 @dataclass(frozen=True)
