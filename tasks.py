@@ -502,6 +502,23 @@ _IMAGE_HELP = {
 }
 
 
+def _start_live(render_now):
+    """A live view on the terminal that draws `render_now()` itself, 8 times a second: the latest
+    stage of every board, never a frame kept from before an update skipped to save redraws."""
+    from rich.live import Live
+
+    live = Live(get_renderable=render_now, console=console, refresh_per_second=8, transient=False)
+    live.__enter__()
+    return live
+
+
+def _stop_live(live, *exc) -> None:
+    """The last frame drawn (the final state of every board), then the live view ended."""
+    if live is not None:
+        live.refresh()
+        live.__exit__(*exc)
+
+
 class _FlashView:
     """flash's progress: on a terminal a live table (one row per board: port, stage, percent
     written, chip, MAC, note) that follows the table rule (render.LiveTable: nothing cut); piped,
@@ -517,19 +534,11 @@ class _FlashView:
         self.last: dict[str, tuple[str, int]] = {}
 
     def __enter__(self) -> _FlashView:
-        if console.is_terminal:
-            from rich.live import Live
-
-            # Live draws _render() itself, 8 times a second: the latest stage of every board, never
-            # a frame kept from before an update skipped to save redraws.
-            self.live = Live(get_renderable=self._render, console=console, refresh_per_second=8, transient=False)
-            self.live.__enter__()
+        self.live = _start_live(self._render) if console.is_terminal else None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.refresh()
-            self.live.__exit__(*exc)
+        _stop_live(self.live, *exc)
 
     def _render(self):
         status = {"done": "ok", "failed": "failed", "retrying": "warn", "interrupted": "interrupted"}
@@ -773,6 +782,22 @@ def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telne
         raise Exit(code=1)
 
 
+def _network_options(network, mqtt, http_url=None):
+    """--network [--mqtt HOST[:PORT]] [--http-url URL] (smoke, station) -> smoke.NetworkOptions, or
+    None without --network; --mqtt or --http-url without it is refused (it would be ignored)."""
+    from workshop import smoke as _smoke
+
+    if (mqtt or http_url) and not network:
+        raise _fail(f"{'--mqtt' if mqtt else '--http-url'} goes with --network (the network checks)")
+    if not network:
+        return None
+    try:
+        host, port = _smoke.parse_broker(mqtt)
+    except _smoke.SmokeError as e:
+        raise _fail(str(e)) from None
+    return _smoke.NetworkOptions(mqtt_host=host, mqtt_port=port, **({"http_url": http_url} if http_url else {}))
+
+
 def _smoke_expected(board, dist, release, board_file=False):
     from pathlib import Path
 
@@ -815,15 +840,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
     budget = 10.0 if timeout is None else _checked(devconfig.seconds, timeout, "--timeout")  # a string: not invoke's cast
     baudrate = _checked(devconfig.baud, baud, "--baud")
     connect = _connect_timeout(connect_timeout)
-    net = None
-    if (mqtt or http_url) and not network:  # they would be ignored: the network checks are off
-        raise _fail(f"{'--mqtt' if mqtt else '--http-url'} goes with --network (the network checks)")
-    if network:
-        try:
-            host, mport = _smoke.parse_broker(mqtt)
-        except _smoke.SmokeError as e:
-            raise _fail(str(e)) from None
-        net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport, **({"http_url": http_url} if http_url else {}))
+    net = _network_options(network, mqtt, http_url)
     json_path = _checked(devconfig.output_file, json_out, "--json-out") if json_out and json_out != "-" else None
     junit_path = _checked(devconfig.output_file, junit, "--junit") if junit else None
     expected = _smoke_expected(board, dist, release, board_file)
@@ -1207,19 +1224,11 @@ class _StationView:
         self.last_percent: dict[str, int] = {}
 
     def __enter__(self):
-        if self.tty:
-            from rich.live import Live
-
-            # Live draws _render() itself, 8 times a second: the latest stage of every board, never
-            # a frame kept from before an update skipped to save redraws.
-            self.live = Live(get_renderable=self._render, console=console, refresh_per_second=8, transient=False)
-            self.live.__enter__()
+        self.live = _start_live(self._render) if self.tty else None
         return self
 
     def __exit__(self, *exc):
-        if self.live is not None:
-            self.live.refresh()
-            self.live.__exit__(*exc)
+        _stop_live(self.live, *exc)
         if self.json:
             self.json.close()
 
@@ -1317,7 +1326,6 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     """Hot-plug: every board plugged in goes appear -> flash -> provision -> smoke -> ready, until Ctrl-C."""
     from pathlib import Path
 
-    from workshop import smoke as _smoke
     from workshop import station as _station
 
     times = _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait)
@@ -1326,15 +1334,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     lesson = _lesson_folder(files, cfg)
-    net = None
-    if mqtt and not network:  # it would be ignored: the network checks are off
-        raise _fail("--mqtt goes with --network (the network checks)")
-    if network:
-        try:
-            host, mport = _smoke.parse_broker(mqtt)
-        except _smoke.SmokeError as e:
-            raise _fail(str(e)) from None
-        net = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=mport)
+    net = _network_options(network, mqtt)
     flash_options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"))
     plan = _station.Plan(images=images, flash_options=flash_options, provision=cfg,
                          files=lesson, smoke=smoke or network, network=net,
