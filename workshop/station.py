@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
-from . import devconfig, parallel
+from . import devconfig
 from . import flash as _flash
 from .devices import SerialPort, bridge_from_link, list_board_ports, log_name, usb_ports
 from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
@@ -1048,51 +1048,19 @@ def record_provision_results(registry: Registry, results: Sequence[Any]) -> list
     return skipped
 
 
-def board_macs(ports: Sequence[str], baudrate: int = 115200, cancel: threading.Event | None = None, *,
-               timeout: float = 10.0, connect_timeout: float = 3.0,
-               errors: dict[str, str] | None = None) -> dict[str, str]:
-    """The MAC each port's MicroPython reports (ports that do not answer are left out, and with
-    `errors` given, why is put there by port). Ctrl-C sets `cancel` (every session stops within
-    one read) and returns what was read."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .provision import identify as repl_identify
-    from .repl import ReplError, ReplSession
-
-    cancel = cancel or threading.Event()
-
-    def one(port: str) -> tuple[str, str | None]:
-        try:
-            with ReplSession(port, baudrate=baudrate, cancel=cancel, timeout=timeout,
-                             connect_timeout=connect_timeout) as s:
-                return port, repl_identify(s).mac
-        except ReplError as e:
-            if errors is not None:
-                errors[port] = str(e)
-            return port, None
-
-    macs: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, len(ports))) as pool:
-        for port, mac in parallel.results([pool.submit(one, p) for p in ports], cancel):
-            if mac:
-                macs[port] = mac
-    return macs
-
-
-def record_smoke_reports(registry: Registry, reports: Sequence[Any], macs: dict[str, str]) -> list[str]:
-    """`smoke --registry` (macs from `board_macs`); returns the ports not recorded (MAC unknown).
-    A board whose checks Ctrl-C cut short has no result to record."""
+def record_smoke_reports(registry: Registry, reports: Sequence[Any]) -> list[str]:
+    """`smoke --registry` (each report's `mac`, read in its session); returns the ports not
+    recorded (MAC unknown). A board whose checks Ctrl-C cut short has no result to record."""
     skipped = []
     for r in reports:
         if getattr(r, "interrupted", False):
             continue
-        mac = macs.get(r.port)
-        if not mac:
+        if not r.mac:
             skipped.append(r.port)
             continue
-        registry.see(mac, port=r.port)
+        registry.see(r.mac, port=r.port)
         detail = "all checks passed" if r.ok else "; ".join(f"{c.name}: {c.detail}" for c in r.failed)
-        registry.record_smoke(mac, ok=r.ok, detail=detail, port=r.port)
+        registry.record_smoke(r.mac, ok=r.ok, detail=detail, port=r.port)
     return skipped
 
 
@@ -1108,33 +1076,34 @@ class SmokeRun:
 
 def smoke_boards(ports: Sequence[str], expected: Any, *, registry: Registry | None = None,
                  baudrate: int = 115200, cancel: threading.Event | None = None, **smoke_options: Any) -> SmokeRun:
-    """`smoke` from start to end: with a registry, each board's MAC first (its firmware's: the port
-    name says nothing), then every board's checks in parallel, then each result recorded by MAC.
+    """`smoke` from start to end: every board's checks in parallel (with a registry, each board's
+    MAC first, in the same session: its firmware's, as the port name says nothing), then each
+    result recorded by MAC.
 
     Ctrl-C sets `cancel` (every session stops within one read) and returns at once: the boards
     not finished are reported `interrupted` and not recorded."""
+    from .provision import identify as repl_identify
     from .smoke import DeviceReport, smoke_all
 
     cancel = cancel or threading.Event()
     reports: list[Any] | None = None
-    macs: dict[str, str] = {}
-    why: dict[str, str] = {}
+    if registry is not None:
+        smoke_options["read_mac"] = lambda session: repl_identify(session).mac
     try:
-        if registry is not None:       # (the smoke check's own budgets: a slow board is slow for both)
-            macs = board_macs(ports, baudrate, cancel=cancel, timeout=smoke_options.get("timeout", 10.0),
-                              connect_timeout=smoke_options.get("connect_timeout", 3.0), errors=why)
-        if not cancel.is_set():
-            reports = smoke_all(ports, expected, baudrate=baudrate, cancel=cancel, **smoke_options)
+        reports = smoke_all(ports, expected, baudrate=baudrate, cancel=cancel, **smoke_options)
     except KeyboardInterrupt:
         cancel.set()
     if reports is None:
         reports = [DeviceReport(port, interrupted=True) for port in ports]
-    skipped = record_smoke_reports(registry, reports, macs) if registry is not None else []
-    return SmokeRun(reports, skipped, cancel.is_set(), {p: why[p] for p in skipped if p in why})
+    skipped = record_smoke_reports(registry, reports) if registry is not None else []
+    # Why a MAC is unknown: it could not be read, or the board's REPL was never reached.
+    why = {r.port: r.mac_error or next((c.detail for c in r.checks if c.name == "connect" and c.status == "fail"), "")
+           for r in reports if r.port in skipped}
+    return SmokeRun(reports, skipped, cancel.is_set(), {p: w for p, w in why.items() if w})
 
 
 __all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",
-           "SmokeRun", "StationError", "StationEvent", "StationReport", "SystemSource", "board_macs",
+           "SmokeRun", "StationError", "StationEvent", "StationReport", "SystemSource",
            "check_hostname_free", "default_source", "expected_for", "record_flash_report",
            "record_provision_results", "record_smoke_reports", "registry_vet", "run_board", "run_boards",
            "serial_from_link", "smoke_boards", "sticker_index", "watch"]

@@ -32,6 +32,8 @@ class DeviceReport:
     duration_s: float = 0.0
     expected: str | None = None
     interrupted: bool = False       # Ctrl-C cut the board's checks short (or they never started)
+    mac: str | None = None          # asked for (smoke --registry): the MAC its firmware reports
+    mac_error: str | None = None    # ...and why it is None when it could not be read
 
     @property
     def ok(self) -> bool:
@@ -46,7 +48,7 @@ class DeviceReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"port": self.port, "ok": self.ok, "interrupted": self.interrupted, "duration_s": self.duration_s,
-                "expected": self.expected, "facts": self.facts, "checks": [asdict(c) for c in self.checks]}
+                "expected": self.expected, "mac": self.mac, "facts": self.facts, "checks": [asdict(c) for c in self.checks]}
 
 
 @dataclass(frozen=True)

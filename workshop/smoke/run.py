@@ -127,9 +127,12 @@ def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | Non
                  on_event: Callable[[ReplEvent], None] | None = None, pacing: Pacing = Pacing(),
                  timeout: float = 10.0, connect_timeout: float = 3.0, baudrate: int = 115200,
                  session_factory: Callable[..., ReplSession] | None = None,
-                 timeout_option: str = "--timeout") -> DeviceReport:
+                 timeout_option: str = "--timeout",
+                 read_mac: Callable[[ReplSession], str] | None = None) -> DeviceReport:
     """One board's smoke test; `timeout_option` is the caller's name for `timeout`, which a
-    timeout's message tells the user to raise."""
+    timeout's message tells the user to raise. `read_mac` (smoke --registry): the board's MAC
+    is read first, in the same session as its checks (one interrupt of what the board runs, and
+    the result is the MAC's whatever the port is by then), into `report.mac`."""
     report = DeviceReport(port=port, expected=expected.source)
     t0 = time.monotonic()
     make = session_factory or ReplSession
@@ -143,6 +146,18 @@ def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | Non
             report.checks.append(Check("connect", FAIL, str(e), round(time.monotonic() - t0, 3)))
             return report
         report.checks.append(Check("connect", PASS, "raw REPL", round(time.monotonic() - t0, 3)))
+        if read_mac is not None:
+            try:
+                report.mac = read_mac(session)
+            except ReplError as e:
+                # Not a check of the board's: its result is not recorded, and the caller says why.
+                report.mac_error = str(e)
+                if isinstance(e, ReplTimeout):
+                    try:
+                        session.enter_raw()       # still inside the read: interrupt it for the checks
+                    except ReplError as again:
+                        report.checks.append(Check("device", FAIL, str(again), round(time.monotonic() - t0, 3)))
+                        return report
         t = time.monotonic()
         args = {"mods": list(expected.stack_modules), "lazy": list(RUNS_ON_IMPORT)}
         try:

@@ -103,6 +103,7 @@ class PtyPeer:
         self.stack_on_path = stack_on_path
         self.extra_env = env or {}
         self.starts = 0
+        self.output = bytearray()       # everything the board sent the host
         self.proc: subprocess.Popen | None = None
         self._closing = False
         self._fds: list[int] = []
@@ -186,6 +187,7 @@ class PtyPeer:
                 if not data:
                     continue
                 if fd == a:
+                    self.output += data
                     _write_all(b, data)
                 else:
                     if self.drop is not None:

@@ -291,6 +291,38 @@ def test_smoke_registry_records_each_board_by_its_mac_and_names_the_board_it_cou
         in " ".join(proc.stderr.split()), proc.stderr
 
 
+def test_smoke_registry_reads_the_mac_in_the_session_of_the_checks(make_peer, tmp_path):
+    """smoke --registry read each board's MAC in a session of its own before the checks: the
+    board's program was interrupted and its REPL entered twice, and the result went under the
+    MAC of whatever board the port led to at the first session. Now the board sees no more
+    raw-REPL sessions than a smoke without a registry, and the JSON says the MAC it recorded."""
+    from workshop.provision import identify
+    from workshop.registry import Registry
+    from workshop.repl import RAW_BANNER, ReplSession
+
+    if not (REPO / "dist" / "UNIX" / "micropython").exists():
+        pytest.skip("dist/UNIX/micropython not built (invoke build --board UNIX)")
+    peer = make_peer("one", runtime="frozen")
+    proc = invoke("provision", "--ports", peer.port, "--hostname", "lab-{mac4}", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with ReplSession(peer.port) as s:
+        mac = identify(s).mac
+    plain_start = len(peer.output)
+    proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--board-file", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plain = peer.output[plain_start:].count(RAW_BANNER)
+    db = tmp_path / "workshop.db"
+    start = len(peer.output)
+
+    proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--board-file", "--registry", str(db), "--json")
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert peer.output[start:].count(RAW_BANNER) == plain >= 1, bytes(peer.output[start:])
+    assert json.loads(proc.stdout)["devices"][0]["mac"] == mac
+    board = Registry(db).get(mac)
+    assert board is not None and (board.smoke_ok, board.port) == (True, peer.port)
+
+
 # The radio double for these peers (the unix port has no WLAN; this one replays an ESP32's status
 # codes): its Wi-Fi takes `SECONDS` to get an IP, like DHCP in a busy classroom, or refuses the key.
 SLOW_WIFI = """import time
