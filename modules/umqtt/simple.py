@@ -57,7 +57,7 @@ class MQTTClient:
         self.cb = f
 
     def set_last_will(self, topic, msg, retain=False, qos=0):
-        if not topic or not 0 <= qos <= 1:
+        if not topic or not 0 <= qos <= 2:  # the broker delivers the will: any QoS
             raise ValueError("last will")
         self.lw_topic = topic
         self.lw_msg = msg
@@ -169,16 +169,16 @@ class MQTTClient:
             s.settimeout(timeout)  # None: wait_msg() blocks, as tutorials expect
             return b[2] & 1
         except:
-            s.close()
-            self.sock = self._raw = None
+            # Kept, closed (TLS: with the socket under it): a later call raises OSError, as
+            # micropython-lib's does, so `except OSError` (and umqtt.robust) reconnects.
+            self.sock.close()
             raise
 
     def disconnect(self):
         try:
             self._send(0xE0, (), b"", 0)
         finally:
-            self.sock.close()
-            self.sock = self._raw = None
+            self.sock.close()  # kept, closed: a later call raises OSError (robust reconnects)
 
     def ping(self):
         self._send(0xC0, (), b"", 0)

@@ -110,7 +110,7 @@ def test_last_will_is_published_only_when_the_device_vanishes(micropython, mosqu
     sub = subscriber("ws/status")
     dev = DeviceProcess(micropython, PRELUDE + """
 c = MQTTClient("will1", HOST, PORT, keepalive=30)
-c.set_last_will("ws/status", "offline °", qos=1)
+c.set_last_will("ws/status", "offline °", qos=2)   # any QoS: the broker delivers it
 c.connect()
 c.publish("ws/status", "online", qos=1)
 print(repr("ready"))
@@ -343,6 +343,48 @@ while 1:
         assert dev.expect(...) == ("reconnects", 0)
     finally:
         dev.kill()
+
+
+def test_after_a_failed_connect_or_a_disconnect_calls_raise_oserror_and_robust_recovers(micropython, mosquitto,
+                                                                                       subscriber):
+    """A board that booted before the broker was up (its connect() refused), or a client used
+    after disconnect(), raised AttributeError ('NoneType' object has no attribute 'write') on its
+    next call: the tutorials' `except OSError` loop crashed, and umqtt.robust never reconnected.
+    As with micropython-lib: OSError, and robust reconnects on the publish and the check_msg."""
+    sub = subscriber("ws/late")
+    out = run(micropython, f"""
+c = MQTTClient("s1", HOST, {free_port()})
+try:
+    c.connect()
+except OSError:
+    print(repr("refused"))
+for call in (lambda: c.publish("ws/x", "y"), c.check_msg, c.ping):
+    try:
+        call()
+    except OSError:
+        print(repr("OSError"))
+c = MQTTClient("s2", HOST, PORT)
+c.connect()
+c.disconnect()
+for call in (lambda: c.publish("ws/x", "y"), c.check_msg, c.disconnect):
+    try:
+        call()
+    except OSError:
+        print(repr("OSError"))
+from umqtt.robust import MQTTClient
+MQTTClient.DELAY = 0.1
+c = MQTTClient("r1", HOST, {free_port()})
+try:
+    c.connect()
+except OSError:
+    print(repr("refused"))
+c.port = PORT                                     # the broker is up now (here: at another port)
+c.publish("ws/late", "made it", qos=1)
+print(repr(c.check_msg()))
+c.disconnect()
+""", mosquitto)
+    assert device_lines(out.stdout) == ["refused"] + ["OSError"] * 6 + ["refused", None], out.stdout + out.stderr
+    assert [m.payload for m in sub.wait_for(2)] == [b"made it"]
 
 
 def test_robust_publish_survives_broker_outage(micropython, mosquitto, subscriber, tmp_path):
