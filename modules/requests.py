@@ -8,7 +8,9 @@
 # json.load(r.raw)), so stream=True reads it piecewise; the request head (and a small body) leaves
 # in one write; https verifies the server when given `cadata=` (a CA, DER; a clear
 # NotImplementedError where the port's TLS cannot verify, ESP8266's axTLS), else it is unauthenticated;
-# the socket is closed on any error; Response is a context manager (`with requests.get(url) as r:`).
+# the socket is closed on any error; Response is a context manager (`with requests.get(url) as r:`);
+# a body cut short (the server closed early) is OSError(104 ECONNRESET, ...), as a network error,
+# where micropython-lib returns what came. Unlike it: request() makes the Response (no Response(f)).
 # (Heap: as .mpy every code byte, function and constant is heap, and a str constant longer than
 # 10 characters or any bytes constant is an object of its own (shorter strs are shared qstrs). So
 # socket is imported in request(), headers are compared as str, and each constant appears once.)
@@ -52,7 +54,7 @@ class Response(__import__("io").IOBase):  # (no global for the base: each global
         k = self._s.readinto(memoryview(buf)[:n] if 0 < n < len(buf) else buf) or 0
         if n > 0:
             if not k:
-                raise ValueError("HTTP body cut short")
+                raise OSError(104, "HTTP body cut short")
             self._n -= k
         return k
 
@@ -65,7 +67,7 @@ class Response(__import__("io").IOBase):  # (no global for the base: each global
             l = self._s.readline() if n < 0 else self._s.readline(n)
             if not l:
                 if n > 0:
-                    raise ValueError("HTTP body cut short")
+                    raise OSError(104, "HTTP body cut short")
                 break
             if n > 0:
                 self._n -= len(l)
@@ -88,7 +90,7 @@ class Response(__import__("io").IOBase):  # (no global for the base: each global
             n = sz
         b = self._s.read(n)
         if len(b) < n:
-            raise ValueError("HTTP body cut short")
+            raise OSError(104, "HTTP body cut short")
         self._n -= n
         return b
 
@@ -203,6 +205,8 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
         h = None
         if gen:
             for h in data:
+                if isinstance(h, str):  # a chunk's size is its bytes'
+                    h = h.encode()
                 s.write(b"%x\r\n%s\r\n" % (len(h), h) if te else h)
             if te:
                 s.write(b"%x\r\n%s\r\n" % (0, bytes()))  # the last, empty chunk
@@ -218,7 +222,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
                 break
             while s.readline() not in b"\r\n":  # an interim 1xx (100 Continue): skip its head
                 pass
-        reason = str(h[2].rstrip(), "utf-8") if len(h) > 2 else ""
+        reason = h[2].rstrip() if len(h) > 2 else b""  # bytes, as micropython-lib's
         resp_d = None if parse_headers is False else {}
         location = None
         chunked = False

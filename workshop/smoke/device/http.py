@@ -10,7 +10,8 @@ try:
     try:
         st = 'read'
         R['status'] = r.status_code
-        R['reason'] = str(getattr(r, 'reason', '') or '')
+        x = getattr(r, 'reason', '') or ''
+        R['reason'] = str(x, 'utf-8') if isinstance(x, bytes) else str(x)  # bytes: micropython-lib's too
         R['bytes'] = len(r.content)
     finally:
         r.close()
