@@ -22,6 +22,8 @@ def _bytes(s):
 
 def _tr(s, f, t):
     # Map f[0] -> t[0] and f[1] -> t[1] in s, in an order that cannot remap a result.
+    if len(f) != 2 or len(t) != 2:
+        raise ValueError("altchars: 2 bytes")
     a, b = f[0:1], f[1:2]
     x, y = t[0:1], t[1:2]
     if x != b:

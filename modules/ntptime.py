@@ -28,17 +28,18 @@ def time():
         s.sendto(q, addr)
         t = ticks_ms()
         while 1:  # one deadline for the whole exchange: a flood of other datagrams cannot extend it
-            left = timeout * 1000 - ticks_diff(ticks_ms(), t)
-            if left <= 0:
-                raise OSError(ETIMEDOUT)
-            s.settimeout(left / 1000)
+            if timeout is not None:  # None: wait for ever, as micropython-lib's
+                left = timeout * 1000 - ticks_diff(ticks_ms(), t)
+                if left <= 0:
+                    raise OSError(ETIMEDOUT)
+                s.settimeout(left / 1000)
             msg = s.recv(48)
             if len(msg) == 48 and msg[24:32] == q[40:48]:
                 break  # a reply to this request; anything else (a late earlier reply) is skipped
     finally:
         s.close()
-    if msg[0] & 7 != 4 or msg[0] >> 6 == 3 or not msg[1]:
-        raise OSError(EIO)  # not a server, unsynchronised, or kiss-of-death (stratum 0)
+    if msg[0] & 7 != 4 or msg[0] >> 6 == 3 or not 0 < msg[1] < 16:
+        raise OSError(EIO)  # not a server, unsynchronised (LI 3, stratum 16), or kiss-of-death (stratum 0)
     val = struct.unpack_from("!I", msg, 40)[0]
     if val < _MIN_NTP:
         val += 0x100000000
