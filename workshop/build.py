@@ -46,6 +46,7 @@ class Step:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
     name: str = ""
+    container: str | None = None       # docker: the container's --name, killed when the build is stopped
 
 
 @dataclass(frozen=True)
@@ -186,10 +187,11 @@ def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], 
 
 
 def image_argv(step: Step) -> list[str]:
-    """The step's command without what does not change the image: parallelism (-jN) and the
-    container user (--user UID:GID)."""
+    """The step's command without what does not change the image: parallelism (-jN), the
+    container user (--user UID:GID) and name (--name, which names the build tree's place)."""
     a = step.argv
-    return [x for i, x in enumerate(a) if not re.fullmatch(r"-j\d+", x) and x != "--user" and not (i and a[i - 1] == "--user")]
+    flags = ("--user", "--name")
+    return [x for i, x in enumerate(a) if not re.fullmatch(r"-j\d+", x) and x not in flags and not (i and a[i - 1] in flags)]
 
 
 def identity_dir(build: Path) -> Path:
@@ -292,14 +294,18 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
         uid, gid = uid_gid or (os.getuid(), os.getgid())
         mounts = tuple(dict.fromkeys(p.resolve() for p in (mp, root, build)))
         for name, argv in commands:
-            docker = ["docker", "run", "--rm", "--user", f"{uid}:{gid}", "-e", "HOME=/tmp"]
+            # Named: stopping the docker client does not stop its container (Ctrl-C would leave a
+            # make running in the build tree), `docker kill <name>` does (run_step). One name per
+            # board, project and step: a second build of the same tree at once is refused.
+            container = f"workshop-{build.name}-{name}"
+            docker = ["docker", "run", "--rm", "--name", container, "--user", f"{uid}:{gid}", "-e", "HOME=/tmp"]
             for key, value in env:
                 docker += ["-e", f"{key}={value}"]
             for m in mounts:
                 docker += ["-v", f"{m}:{m}"]
             assert image is not None      # a docker plan without an image was refused above
             docker += ["-w", str(mp), image, *argv]
-            steps.append(Step(tuple(docker), (), name))
+            steps.append(Step(tuple(docker), (), name, container))
     else:
         steps = [Step(tuple(argv), env, name) for name, argv in commands]
     places = {mp: "$(MPY_DIR)", root.resolve(): "$(PROJECT)", build: "$(BUILD)"}
@@ -442,9 +448,12 @@ class _Interrupted(Exception):
 STOP_GRACE_S = 0.8     # after SIGTERM, how long a step's processes get before SIGKILL
 
 
-def run_step(argv: list[str], *, cancel: threading.Event | None = None, **kwargs: object) -> subprocess.CompletedProcess:
+def run_step(argv: list[str], *, cancel: threading.Event | None = None, container: str | None = None,
+             **kwargs: object) -> subprocess.CompletedProcess:
     """One step's command (make, docker run) in its own process group; a set `cancel` stops the
-    whole group (SIGTERM, then SIGKILL) within about a second and raises _Interrupted."""
+    whole group (SIGTERM, then SIGKILL) within about a second and raises _Interrupted. A docker
+    step's `container` is killed too (`docker kill`, argv[0] being the docker client): the
+    client's end is not its container's."""
     proc = subprocess.Popen(argv, start_new_session=True, **kwargs)  # type: ignore[call-overload]
     while True:
         try:
@@ -452,6 +461,12 @@ def run_step(argv: list[str], *, cancel: threading.Event | None = None, **kwargs
         except subprocess.TimeoutExpired:
             if cancel is None or not cancel.is_set():
                 continue
+        if container:
+            try:   # not waited for past a moment: Ctrl-C's 2 s; the kill goes on on its own
+                subprocess.Popen([argv[0], "kill", container], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True).wait(timeout=0.5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 1.0)):
             try:
                 os.killpg(proc.pid, sig)
@@ -497,7 +512,8 @@ def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = F
                 out.write(f"$ {' '.join(step.argv)}\n")
                 out.flush()
                 env = dict(os.environ, **dict(step.env))
-                proc = step_runner(list(step.argv), stdout=out, stderr=subprocess.STDOUT, env=env)
+                named = {"container": step.container} if step.container else {}
+                proc = step_runner(list(step.argv), stdout=out, stderr=subprocess.STDOUT, env=env, **named)
                 if proc.returncode != 0:
                     raise BuildError(f"{name}: {step.name} step failed (exit {proc.returncode}); see {log}")
         info = _stage(p, started)

@@ -285,3 +285,38 @@ def test_cancel_stops_a_running_step_and_keeps_the_last_good_image(unix_plan: bu
     _kept(unix_plan, before)
     queued = build.run(p, cancel=cancel)
     assert queued.status == "not started" and queued.error.startswith("interrupted before it started; dist/UNIX/ still")
+
+
+def test_a_stopped_docker_step_kills_its_container(tmp_path: Path):
+    """Ctrl-C ended the docker client (SIGTERM, then SIGKILL) and nothing else: the container,
+    which the client does not own, went on compiling into the build tree. A stopped docker step
+    now runs `docker kill <its --name>`, and still ends within Ctrl-C's 2 s.
+
+    No Docker engine here: `docker` is a stand-in client on this test's PATH that records its
+    commands and, like the real one, outlives a SIGTERM while its container runs."""
+    import os
+    import threading
+    import time
+
+    calls = tmp_path / "calls"
+    client = tmp_path / "docker"
+    client.write_text(f"""#!/bin/sh
+echo "$*" >> {calls}
+[ "$1" = kill ] && exit 0
+trap 'echo "client got TERM" >> {calls}' TERM
+while :; do sleep 0.05; done
+""")
+    client.chmod(0o755)
+    p = build.plan(config.get_board("ESP8266_GENERIC"), CHECKOUT, "docker", jobs=1, dist=tmp_path / "dist",
+                   cache=tmp_path / "cache", uid_gid=(1000, 1000))
+    step = p.steps[0]
+    assert step.container and step.argv[step.argv.index("--name") + 1] == step.container
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(build._Interrupted):
+        build.run_step([str(client), *step.argv[1:]], cancel=cancel, container=step.container,
+                       env=dict(os.environ), stdout=subprocess.DEVNULL)
+    assert time.monotonic() - t0 < 2.0
+    lines = calls.read_text().splitlines()
+    assert lines[0].startswith("run --rm --name " + step.container) and f"kill {step.container}" in lines, lines

@@ -29,14 +29,17 @@ def test_esp32_docker_plan_is_micropython_ci_in_espressif_idf():
     mounts = []
     for m in (MP, REPO, bdir):
         mounts += ["-v", f"{m}:{m}"]
-    docker = ["docker", "run", "--rm", "--user", "1000:1000", "-e", "HOME=/tmp",
-              "-e", f"MICROPY_MPYCROSS={bdir}/mpy-cross/mpy-cross", "-e", f"WORKSHOP_BUILD_IDENTITY={bdir}/identity",
-              *mounts, "-w", str(MP), "espressif/idf:v5.5.1"]
+    def docker(step: str) -> list[str]:
+        return ["docker", "run", "--rm", "--name", f"workshop-{bdir.name}-{step}", "--user", "1000:1000",
+                "-e", "HOME=/tmp", "-e", f"MICROPY_MPYCROSS={bdir}/mpy-cross/mpy-cross",
+                "-e", f"WORKSHOP_BUILD_IDENTITY={bdir}/identity", *mounts, "-w", str(MP), "espressif/idf:v5.5.1"]
     assert [list(s.argv) for s in p.steps] == [
-        docker + ["make", "-j4", "-C", f"{MP}/mpy-cross", f"BUILD={bdir}/mpy-cross"],
-        docker + ["make", "-j4", "-C", f"{MP}/ports/esp32", "BOARD=ESP32_GENERIC_S3",
-                  f"FROZEN_MANIFEST={REPO}/ports/esp32/manifest.py", f"BUILD={bdir}"],
+        docker("mpy-cross") + ["make", "-j4", "-C", f"{MP}/mpy-cross", f"BUILD={bdir}/mpy-cross"],
+        docker("esp32") + ["make", "-j4", "-C", f"{MP}/ports/esp32", "BOARD=ESP32_GENERIC_S3",
+                           f"FROZEN_MANIFEST={REPO}/ports/esp32/manifest.py", f"BUILD={bdir}"],
     ]
+    # Named so that a stopped build can kill its container (the client's end is not the container's)
+    assert [s.container for s in p.steps] == [f"workshop-{bdir.name}-mpy-cross", f"workshop-{bdir.name}-esp32"]
     assert p.toolchain == "docker" and p.image == "espressif/idf:v5.5.1"
     assert p.board_dist == REPO / "dist" / "ESP32_GENERIC_S3"
     assert bdir.is_relative_to(CACHE)  # build trees live outside the repository
