@@ -158,7 +158,7 @@ def _project_files(board: Board, root: Path) -> list[Path]:
 
 
 def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], image: str | None,
-                  root: Path | None = None, checkout_dirty: bool = False,
+                  root: Path | None = None, checkout_changes: str | None = None,
                   places: dict[Path, str] | None = None, toolchain_identity: str | None = None) -> str:
     """The cache key: manifests, every module file, board/port data, MicroPython commit,
     toolchain image and the exact commands. Same key -> the image in dist/ is current.
@@ -177,7 +177,7 @@ def inputs_sha256(board: Board, micropython_commit: str, steps: Iterable[Step], 
     for path in _project_files(board, root):
         rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
         h.update(f"file {rel} {sha256_file(path) if path.exists() else 'missing'}\n".encode())
-    h.update(f"micropython {micropython_commit}{' dirty' if checkout_dirty else ''}\n".encode())
+    h.update(f"micropython {micropython_commit}{' changes ' + checkout_changes if checkout_changes else ''}\n".encode())
     h.update(f"image {image}\n".encode())
     if toolchain_identity:
         h.update(f"toolchain {toolchain_identity}\n".encode())
@@ -315,7 +315,9 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
         identity = native.identity
     if compiler and toolchain == "native":
         identity = f"{identity or ''} {compiler}".strip()
-    key = inputs_sha256(board, checkout.commit, steps, image, root, checkout.dirty, places, identity)
+    # (a Checkout made without its changes' hash, yet dirty, still differs from a clean one)
+    changes = checkout.changes or ("dirty" if checkout.dirty else None)
+    key = inputs_sha256(board, checkout.commit, steps, image, root, changes, places, identity)
     return BuildPlan(board=board, checkout=mp, micropython_version=checkout.version,
                      micropython_commit=checkout.commit, toolchain=toolchain, image=image, build_dir=build,
                      dist_dir=dist or root / "dist", manifest=manifest, steps=tuple(steps),

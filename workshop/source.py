@@ -38,8 +38,9 @@ class Checkout:
     path: Path
     commit: str
     version: str         # `git describe`, e.g. "v1.28.0"
-    dirty: bool          # tracked files modified
+    dirty: bool          # tracked files modified (in the checkout or a submodule it was checked with)
     pinned: bool         # exactly the commit this project pins
+    changes: str | None = None   # sha256 of those modifications (None: clean): what a build is of
 
     @property
     def label(self) -> str:
@@ -116,15 +117,16 @@ def locate(path: str | Path | None = None, ports: Iterable[str] = ("unix",),
         version = _git(where, "describe", "--tags", "--always")
     except subprocess.CalledProcessError as e:
         raise SourceError(f"{where}: not a git checkout ({e.stderr.strip()}): run 'invoke setup'") from None
-    dirty = bool(tree_changes(where, submodules=False))
     pinned = commit == MICROPYTHON_COMMIT
     if not explicit and not pinned:
         raise SourceError(f"{where} is MicroPython {version} ({commit[:10]}), expected {MICROPYTHON_VERSION}: "
                           "delete it and run 'invoke setup'")
+    checked: list[str] = []
     for port in ports:
         for sub in port_submodules(port):
             if submodules is not None and sub not in submodules:
                 continue
+            checked.append(sub)
             want = submodule_commit(where, sub)
             have = _submodule_head(where, sub)
             if have is None:
@@ -132,7 +134,32 @@ def locate(path: str | Path | None = None, ports: Iterable[str] = ("unix",),
             if have != want:
                 raise SourceError(f"{where}: submodule {sub} is at {have[:10]}, MicroPython pins {want[:10]}: "
                                   f"run 'invoke setup --ports {port}'")
-    return Checkout(where, commit, version, dirty, pinned)
+    changes = changes_sha256(where, dict.fromkeys(checked))
+    return Checkout(where, commit, version, changes is not None, pinned, changes)
+
+
+def changes_sha256(where: Path, submodules: Iterable[str] = ()) -> str | None:
+    """sha256 of the uncommitted changes to tracked files of the checkout at `where` and of its
+    `submodules` (their `git diff HEAD`), None when there are none: a second edit of an already
+    modified checkout, or one inside lib/micropython-lib, is another build, not "up to date".
+    (Untracked files are not counted: MicroPython's manifests freeze tracked folders.)"""
+    h = hashlib.sha256()
+    found = False
+    for sub in ("", *submodules):
+        tree = where / sub if sub else where
+        if sub and not (tree / ".git").exists():
+            continue
+        try:
+            diff = subprocess.run(["git", "-C", str(tree), "diff", "HEAD", "--binary", "--ignore-submodules=all"],
+                                  capture_output=True, timeout=60)
+        except FileNotFoundError:
+            raise SourceError("git is not installed, so the checkout cannot be checked") from None
+        if diff.returncode != 0:
+            raise SourceError(f"{tree}: git diff failed ({diff.stderr.decode(errors='replace').strip()})")
+        if diff.stdout:
+            found = True
+            h.update(f"{sub or '.'} {len(diff.stdout)}\n".encode() + diff.stdout)
+    return h.hexdigest() if found else None
 
 
 def git_url(owner: str, name: str, template: str | None = None) -> str:

@@ -220,3 +220,34 @@ def test_a_port_whose_sources_cannot_be_fetched_does_not_stop_the_others(mirror,
     assert len(str(e.value).splitlines()) == 1
     assert str(e.value).startswith("esp32: cannot fetch ") and "berkeley-db-1.xx" in str(e.value)
     assert source.locate(None, ["unix"]).pinned                 # unix is ready all the same
+
+
+def test_each_local_change_of_the_checkout_is_another_build(mirror, tmp_path, monkeypatch):
+    """The inputs key held only "dirty": a second edit of an already modified checkout built
+    nothing ("up to date", the image without the edit), and an edit inside lib/micropython-lib
+    did not count at all. The key now holds the changes themselves, submodules' included."""
+    from workshop import build, config
+
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path / "cache"))
+    checkout = source.setup(["unix"], url_template=mirror)
+    board = config.get_board("UNIX")
+
+    def key() -> str:
+        now = source.locate(None, ["unix"])
+        return build.plan(board, now, "native", jobs=1, cache=tmp_path / "cache").inputs_sha256
+
+    clean = key()
+    funcs = checkout.path / "extmod" / "asyncio" / "funcs.py"
+    mip = checkout.path / "lib" / "micropython-lib" / "micropython" / "mip" / "mip" / "__init__.py"
+    original, original_mip = funcs.read_bytes(), mip.read_bytes()
+    funcs.write_bytes(original + b"WS_EDIT = 1\n")
+    first = key()
+    funcs.write_bytes(original + b"WS_EDIT = 2\n")
+    second = key()
+    mip.write_bytes(original_mip + b"WS_LIB = 3\n")
+    in_submodule = key()
+    assert len({clean, first, second, in_submodule}) == 4
+    assert source.locate(None, ["unix"]).dirty
+    funcs.write_bytes(original)
+    mip.write_bytes(original_mip)
+    assert key() == clean and not source.locate(None, ["unix"]).dirty
