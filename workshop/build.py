@@ -515,7 +515,11 @@ def run(p: BuildPlan, on_event: Event = lambda board, msg: None, force: bool = F
                 out.flush()
                 env = dict(os.environ, **dict(step.env))
                 named = {"container": step.container} if step.container else {}
-                proc = step_runner(list(step.argv), stdout=out, stderr=subprocess.STDOUT, env=env, **named)
+                try:
+                    proc = step_runner(list(step.argv), stdout=out, stderr=subprocess.STDOUT, env=env, **named)
+                except OSError as e:   # the command itself is missing (no make on PATH) or cannot run
+                    raise BuildError(f"{name}: {step.name} step: cannot run {step.argv[0]!r}: {e.strerror or e} "
+                                     "(see README, 'What each toolchain needs')") from None
                 if proc.returncode != 0:
                     raise BuildError(f"{name}: {step.name} step failed (exit {proc.returncode}); see {log}")
         info = _stage(p, started)

@@ -320,3 +320,14 @@ while :; do sleep 0.05; done
     assert time.monotonic() - t0 < 2.0
     lines = calls.read_text().splitlines()
     assert lines[0].startswith("run --rm --name " + step.container) and f"kill {step.container}" in lines, lines
+
+
+def test_a_command_that_is_not_there_is_a_failed_build_not_a_traceback(unix_plan: build.BuildPlan, monkeypatch,
+                                                                       tmp_path: Path):
+    """No make on PATH: the build died with FileNotFoundError's traceback."""
+    before = _previous_build(unix_plan)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    result = build.run(unix_plan)
+    assert result.status == "failed", result
+    assert result.error.startswith("UNIX: mpy-cross step: cannot run 'make': No such file or directory"), result.error
+    _kept(unix_plan, before)
