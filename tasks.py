@@ -228,24 +228,37 @@ def check(c, board=None, all=False, micropython=None, json_out=None, json=False)
     "config": "workshop.toml whose secrets (every password/secret/token key: [wifi], [telnet], [mqtt] password...) must not occur in any output",
     "wifi_password": "a Wi-Fi password to scan for (also $WORKSHOP_WIFI_PASSWORD)",
     "telnet_password": "a telnet password to scan for (also $WORKSHOP_TELNET_PASSWORD)",
+    "json": "print the release (boards, files, sha256, offsets) as JSON instead of the table",
 })
 def release(c, version, board=None, allow_dirty=False, force=False, config=None, wifi_password=None,
-            telnet_password=None):
+            telnet_password=None, json=False):
     """dist/ -> release/<version>/: images, SHA256SUMS, index.json, ESP Web Tools manifests, flasher page."""
     from pathlib import Path
 
     from workshop import download as _download
     from workshop import release as _release
 
+    def on_event(e: _release.ReleaseEvent) -> None:
+        if e.kind == "warning":
+            _warn(e.message)
+        elif not json:
+            console.print(f"  {e.message}", markup=False, highlight=False)
+
     try:
         secrets = _release.load_secrets(Path(config) if config else None,
                                         extra={"wifi.password": wifi_password, "telnet.password": telnet_password})
-        made = _release.make_release(version, boards=_csv(board) or None, allow_dirty=allow_dirty, force=force,
-                                     secrets=secrets, repository=_download.repository(),
-                                     on_event=lambda e: console.print(f"  {e.message}", markup=False,
-                                                                      highlight=False))
+        with parallel.signals_interrupt():      # kill or a closed terminal: the staging folder goes too
+            made = _release.make_release(version, boards=_csv(board) or None, allow_dirty=allow_dirty, force=force,
+                                         secrets=secrets, repository=_download.repository(), on_event=on_event)
     except _release.ReleaseError as e:
         raise _fail(str(e)) from None
+    except KeyboardInterrupt:
+        raise _fail(f"release {version} interrupted: nothing was released (release/ is as it was)", code=130) from None
+    if json:
+        import json as _json
+
+        print(_json.dumps(made.to_dict(), indent=2))
+        return
     rows = []
     for b in made.boards:
         for f in b.images:
@@ -325,10 +338,12 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
 @task(help={
     "version": "release tag, e.g. v0.1.0",
     "board": "board name(s), comma-separated (default: every board in the release)",
-    "from_": "base URL or local folder (may contain {version}); default: the project's GitHub Releases",
+    "from_": "base URL or local folder (may contain {version}); default: the GitHub Releases of "
+             "$WORKSHOP_REPOSITORY (else micropython-workshop/workshop-kit)",
     "debug": "also fetch the .elf/.map files",
+    "json": "print what was fetched (boards, files, paths, sha256) as JSON instead of the table",
 })
-def download(c, version, board=None, from_=None, debug=False):
+def download(c, version, board=None, from_=None, debug=False, json=False):
     """Fetch release images into the cache, each checked against SHA256SUMS; cached files are reused."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
@@ -359,6 +374,11 @@ def download(c, version, board=None, from_=None, debug=False):
             why = f" ({e.args[0]})" if e.args else ""
             raise _fail(f"download interrupted{why}{during}: nothing half-written was kept; run it again to "
                         f"finish (verified files are not fetched again)", code=130) from None
+    if json:
+        import json as _json
+
+        print(_json.dumps(result.to_dict(), indent=2))
+        return
     rows = []
     for b in result.boards:
         for f in b.board.files:

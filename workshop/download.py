@@ -97,6 +97,13 @@ class DownloadResult:
                 return b
         raise KeyError(name)
 
+    def to_dict(self) -> dict:
+        """`download --json`: each board's index entry with, per file fetched, its cached path."""
+        return {"version": self.version, "source": self.source, "directory": str(self.directory),
+                "fetched": list(self.fetched), "cached": list(self.cached),
+                "boards": [{**b.board.to_dict(), "paths": {n: str(p) for n, p in b.paths.items()}}
+                           for b in self.boards]}
+
 
 def repository() -> str:
     return os.environ.get(ENV_REPOSITORY) or DEFAULT_REPOSITORY

@@ -115,6 +115,7 @@ class ReleaseBoard:
     # build.json's inputs hash, which the image's frozen build identity carries (smoke --release
     # compares them). None in indexes made before images carried an identity: still readable.
     inputs_sha256: str | None = None
+    project_version: str | None = None   # what the image announces (pyproject.toml's at the build)
 
     @property
     def images(self) -> tuple[ReleaseFile, ...]:
@@ -153,6 +154,10 @@ class Release:
             if b.board == name:
                 return b
         raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "directory": str(self.directory), "web_tools_version": self.web_tools_version,
+                "boards": [b.to_dict() for b in self.boards], "files": list(self.files)}
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -459,6 +464,7 @@ def _board_entry(info: BuildInfo, board: Board, version: str) -> ReleaseBoard:
         micropython_commit=info.micropython_commit,
         project_commit=info.project_commit,
         project_dirty=info.project_dirty,
+        project_version=info.project_version,
         frozen_modules=tuple(info.frozen_modules),
         built_at=info.built_at,
         manifest=manifest_name(info.board) if has_flash and info.chip != HOST_CHIP else None,
@@ -475,6 +481,12 @@ def _publishable(directory: Path, executables: set[str]) -> None:
             path.chmod(EXEC_MODE)
         else:
             path.chmod(EXEC_MODE if path.parent == directory and path.name in executables else FILE_MODE)
+
+
+def _cannot_write(version: str, out: Path, e: OSError) -> str:
+    where = e.filename or out.parent
+    return (f"cannot release {version}: {where}: {e.strerror or e}; nothing was released "
+            f"({out} is as it was): free some space or fix the folder, and run it again")
 
 
 def make_release(
@@ -548,6 +560,13 @@ def make_release(
     mixed = toolchain_mix(infos.values())
     if mixed:
         emit(ReleaseEvent("warning", mixed))
+    # The images say the project version they were built as (announce, roster): a release of
+    # another version is allowed (a re-release) but said, and index.json records both.
+    for name, info in infos.items():
+        if info.project_version and normalize_version(info.project_version) != version:
+            emit(ReleaseEvent("warning", f"{name}: built as project version {info.project_version} (pyproject.toml), "
+                                         f"released as {version}: its board will announce {info.project_version} "
+                                         "(set the version in pyproject.toml and rebuild to match)", name))
 
     if out.exists() and not force:
         raise ReleaseError(f"{out} already exists: releases are immutable; remove it or pass --force to replace it")
@@ -557,8 +576,11 @@ def make_release(
     page = flasher_page()
 
     entries = [_board_entry(infos[n], known[n], version) for n in names]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise ReleaseError(_cannot_write(version, out, e)) from None
     try:
         for i, entry in enumerate(entries):
             emit(ReleaseEvent("board", f"{entry.board}: {len(entry.files)} file(s)", entry.board))
@@ -620,8 +642,10 @@ def make_release(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(staging, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError):     # a full disk, a read-only folder: said, with nothing half-written
+            raise ReleaseError(_cannot_write(version, out, e)) from None
         raise
     release = Release(version, out, tuple(entries), tuple([*files, SUMS]), web_version)
     emit(ReleaseEvent("done", f"{out}: {len(entries)} board(s), {len(release.files)} files"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -255,6 +257,14 @@ def test_a_host_boards_program_is_its_image_released_downloaded_and_runnable(rel
     assert proc.returncode == 0, proc.stderr
     assert name in proc.stdout and "1 fetched" in proc.stdout, proc.stdout
     assert os.access(program, os.X_OK)
+    # --json: the same, for a script (each file's cached path and sha256)
+    proc = run_invoke("download", "--version", "v0.1.0", "--board", "UNIX", "--from", server.url, "--json", cache=cache)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    (board,) = got["boards"]
+    assert (got["version"], name in got["cached"], board["board"], board["paths"]) == ("v0.1.0", True, "UNIX",
+                                                                                {name: str(program)})
+    assert board["files"][0]["sha256"] == hashlib.sha256(program.read_bytes()).hexdigest()
 
 
 def modes(folder: Path) -> dict[str, int]:

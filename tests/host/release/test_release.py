@@ -74,7 +74,7 @@ def test_release_layout_index_sums_and_manifests_exact(release_kwargs, dist: Pat
             "chip_family": family, "flash_size": get_board(board).flash_size, "micropython_version": "v1.28.0",
             "micropython_commit": MP_COMMIT, "project_commit": info.project_commit, "project_dirty": False,
             "frozen_modules": list(FROZEN), "built_at": BUILT_AT, "manifest": f"{board}.manifest.json",
-            "files": files, "inputs_sha256": info.inputs_sha256,
+            "files": files, "inputs_sha256": info.inputs_sha256, "project_version": "0.1.0",
         })
         # The released image is byte-for-byte the built one.
         assert sha256_file(out / f"{base}.bin") == by_source[image].sha256
@@ -512,3 +512,79 @@ def test_a_board_named_twice_is_released_once(release_kwargs):
     assert [b.board for b in made.boards] == ["ESP32_GENERIC", "ESP8266_GENERIC"]
     index = json.loads((made.directory / "index.json").read_text())
     assert [b["board"] for b in index["boards"]] == ["ESP32_GENERIC", "ESP8266_GENERIC"]
+
+
+def test_a_release_of_another_version_than_the_images_is_said_and_recorded(release_kwargs, tmp_path):
+    """Images built as project 0.1.0 released as v0.5.0 announce 0.1.0 on every board (roster shows
+    that), and nothing said so: a warning names the board and both versions, and index.json
+    records what each image announces."""
+    events: list[rel.ReleaseEvent] = []
+    made = rel.make_release("v0.5.0", **{**release_kwargs, "out": tmp_path / "release" / "v0.5.0"},
+                            on_event=events.append)
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert len(warnings) == len(made.boards) and all("built as project version 0.1.0" in w and "released as v0.5.0"
+                                                     in w for w in warnings), warnings
+    index = json.loads((made.directory / "index.json").read_text())
+    assert {b["project_version"] for b in index["boards"]} == {"0.1.0"}
+    events.clear()
+    rel.make_release("v0.1.0", **release_kwargs, on_event=events.append)
+    assert not [e for e in events if e.kind == "warning"]
+
+
+def test_a_full_disk_is_a_release_error_and_nothing_is_left(release_kwargs, tmp_path):
+    """A write that fails (here: a real EFBIG, the child's file-size limit below the image size)
+    was a traceback (pathlib.write_bytes ... OSError); now a ReleaseError saying nothing was
+    released, and no staging folder is left beside the releases."""
+    import resource
+    import signal
+    import sys
+
+    out = release_kwargs["out"]
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from placeholders import clean_tree, never_stale
+from workshop import release as rel
+try:
+    rel.make_release("v0.1.0", root=Path({str(release_kwargs['root'])!r}), dist=Path({str(release_kwargs['dist'])!r}),
+                     out=Path({str(out)!r}), web_tools=Path({str(release_kwargs['web_tools'])!r}), stale=never_stale,
+                     tree_dirty=clean_tree, boards={list(release_kwargs['boards'])!r})
+except rel.ReleaseError as e:
+    print("ReleaseError:", e)
+"""
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)       # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          preexec_fn=small_files)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ReleaseError: cannot release v0.1.0: ") and "File too large; nothing was released" \
+        in proc.stdout, proc.stdout
+    assert not out.parent.exists() or list(out.parent.iterdir()) == [], list(out.parent.iterdir())
+
+
+def test_the_release_task_prints_json_and_warns_on_stderr(tmp_path, fake_web_tools):
+    """`invoke release --json`: the release as JSON on stdout (a listing like the others), and a
+    warning (here: images built as 0.1.0 released as v0.7.0) on stderr as a warning, not as one
+    more progress line on stdout."""
+    reason = _unix_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    project = tmp_path / "project"
+    for name in ("boards", "ports", "modules"):
+        shutil.copytree(PROJECT_ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__", "*.mpy"))
+    for name in ("manifest.py", "pyproject.toml"):
+        shutil.copy2(PROJECT_ROOT / name, project / name)
+    shutil.copytree(PROJECT_ROOT / "dist" / "UNIX", project / "dist" / "UNIX")
+    env = dict(os.environ, WORKSHOP_PROJECT=str(project), WORKSHOP_ESP_WEB_TOOLS=str(fake_web_tools), COLUMNS="200")
+    invoke = Path(sys.executable).parent / "invoke"
+    proc = subprocess.run([str(invoke), "-r", str(PROJECT_ROOT), "release", "--version", "v0.7.0", "--board", "UNIX",
+                           "--allow-dirty", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    made = json.loads(proc.stdout)
+    assert made["version"] == "v0.7.0" and [b["board"] for b in made["boards"]] == ["UNIX"]
+    assert made["directory"] == str(project / "release" / "v0.7.0") and "SHA256SUMS" in made["files"]
+    assert "warning: UNIX: built as project version 0.1.0" in " ".join(proc.stderr.split()), proc.stderr
