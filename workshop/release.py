@@ -116,6 +116,8 @@ class ReleaseBoard:
     # compares them). None in indexes made before images carried an identity: still readable.
     inputs_sha256: str | None = None
     project_version: str | None = None   # what the image announces (pyproject.toml's at the build)
+    # boards/*.toml: its ROM stays in download mode after a flash, so the page says to press RESET
+    manual_reset_after_flash: bool = False
 
     @property
     def images(self) -> tuple[ReleaseFile, ...]:
@@ -465,6 +467,7 @@ def _board_entry(info: BuildInfo, board: Board, version: str) -> ReleaseBoard:
         project_commit=info.project_commit,
         project_dirty=info.project_dirty,
         project_version=info.project_version,
+        manual_reset_after_flash=board.manual_reset_after_flash,
         frozen_modules=tuple(info.frozen_modules),
         built_at=info.built_at,
         manifest=manifest_name(info.board) if has_flash and info.chip != HOST_CHIP else None,

@@ -82,6 +82,10 @@ def test_flasher_page_in_headless_chromium(served_release, browser, tmp_path):
     assert rendered == [b["board"] for b in index["boards"]] == list(ESP_BOARDS)
     families = browser.evaluate("[...document.querySelectorAll('#boards li.board')].map(li => li.dataset.chipFamily)")
     assert families == ["ESP32", "ESP32-C3", "ESP32-S2", "ESP32-S3", "ESP8266"]
+    # The S2 stays in its bootloader after a flash (boards/*.toml manual_reset_after_flash): its
+    # attendees are told to press RESET, the others are not.
+    told = browser.evaluate("[...document.querySelectorAll('#boards li.board')].filter(li => li.querySelector('.reset-note')).map(li => li.dataset.board)")
+    assert told == ["ESP32_GENERIC_S2"]
     assert browser.evaluate("document.title") == "MicroPython workshop firmware v0.1.0"
     # 127.0.0.1 is a secure context and Chromium has WebSerial: no "cannot flash" notice.
     assert browser.evaluate("window.isSecureContext && 'serial' in navigator && document.querySelector('#no-serial').hidden")

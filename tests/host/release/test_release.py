@@ -75,6 +75,7 @@ def test_release_layout_index_sums_and_manifests_exact(release_kwargs, dist: Pat
             "micropython_commit": MP_COMMIT, "project_commit": info.project_commit, "project_dirty": False,
             "frozen_modules": list(FROZEN), "built_at": BUILT_AT, "manifest": f"{board}.manifest.json",
             "files": files, "inputs_sha256": info.inputs_sha256, "project_version": "0.1.0",
+            "manual_reset_after_flash": get_board(board).manual_reset_after_flash,
         })
         # The released image is byte-for-byte the built one.
         assert sha256_file(out / f"{base}.bin") == by_source[image].sha256
