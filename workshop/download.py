@@ -385,7 +385,19 @@ def download_release(
     try:
         sums = parse_sums(sums_raw.decode("utf-8", "replace"), src.where(SUMS))
     except ReleaseError as e:
-        raise DownloadError(str(e)) from None
+        # No SHA256SUMS at all: a venue's captive portal or a web server's error page answering 200.
+        # With the release cached, that is a source as good as unreachable.
+        if offline_reason is None and sums_path.is_file():
+            emit(DownloadEvent("offline", SUMS))
+            offline_reason = f"{e} (not a release: a captive portal?)"
+            sums_raw = sums_path.read_bytes()
+            try:
+                sums = parse_sums(sums_raw.decode("utf-8", "replace"), str(sums_path))
+            except ReleaseError as cached_too:
+                raise DownloadError(str(cached_too)) from None
+        else:
+            raise DownloadError(f"{e}: {src.where(SUMS)} is no release's checksum list (a captive portal, or "
+                                "a server's error page?): check the network, or try another --from") from None
 
     # index.json: verified against SHA256SUMS and checked to be this version's before anything is
     # written to the cache (a source serving another release must not leave its files there).

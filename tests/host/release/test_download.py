@@ -66,6 +66,20 @@ def test_happy_path_then_second_run_from_cache(made, http_server, tmp_path):
                                   boards=["ESP8266_GENERIC"])
     assert offline.board("ESP8266_GENERIC").paths
 
+    # A captive portal (a real server answering 200 with its login page for every path) is as
+    # good as unreachable: the cache answers (it was "not a sha256sum line" and nothing).
+    portal = tmp_path / "portal"
+    portal.mkdir()
+    (portal / "SHA256SUMS").write_text("<!DOCTYPE html><html><body>Log in to the venue Wi-Fi</body></html>\n")
+    events = []
+    behind = dl.download_release("v0.1.0", source=http_server(portal).url, cache=cache, boards=["ESP8266_GENERIC"],
+                                 on_event=events.append)
+    assert behind.board("ESP8266_GENERIC").paths and dl.DownloadEvent("offline", "SHA256SUMS") in events
+    # ...and without a cache it says what it probably is
+    with pytest.raises(dl.DownloadError, match=r"not a sha256sum line.*is no release's checksum list \(a captive "
+                                               r"portal, or a server's error page\?\): check the network, or try another --from"):
+        dl.download_release("v0.1.0", source=http_server(portal).url, cache=tmp_path / "empty-cache")
+
 
 def test_include_debug_and_one_board(made, http_server, tmp_path):
     server = http_server(made.directory)
