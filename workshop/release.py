@@ -398,7 +398,11 @@ def ensure_web_tools(version: str = ESP_WEB_TOOLS_VERSION, integrity: str | None
         return folder
     root = (cache or cache_dir()) / "esp-web-tools" / version
     web = root / "web"
-    if (web / "install-button.js").is_file():
+
+    def complete() -> bool:   # VERSION is written last: a folder without it was damaged by hand
+        return (web / "install-button.js").is_file() and (web / "VERSION").is_file()
+
+    if complete():
         return web
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
@@ -433,8 +437,10 @@ def ensure_web_tools(version: str = ESP_WEB_TOOLS_VERSION, integrity: str | None
         if not (staging / "install-button.js").is_file():
             raise ReleaseError(f"esp-web-tools@{version}: no dist/web/install-button.js in the package")
         (staging / "VERSION").write_text(version + "\n")
-        if web.exists():  # another run got there first
+        if complete():  # another run got there first
             return web
+        if web.exists():  # damaged (files deleted): replaced, not re-fetched and discarded on every run
+            shutil.rmtree(web)
         os.replace(staging, web)
     return web
 

@@ -71,6 +71,18 @@ def test_release_bundles_the_real_esp_web_tools(web_tools, served_release):
         assert "unpkg.com" not in text and "jsdelivr" not in text and 'from"http' not in text.replace(" ", "")
 
 
+def test_a_damaged_esp_web_tools_cache_is_replaced(tmp_path):
+    """A cached ESP Web Tools folder missing its files (deleted by hand) made every release fetch
+    the package again, throw it away, and fail with "no install-button.js"."""
+    if shutil.which("npm") is None:
+        pytest.skip("npm not installed (apt-get install npm): ESP Web Tools is fetched from the npm registry")
+    web = tmp_path / "esp-web-tools" / rel.ESP_WEB_TOOLS_VERSION / "web"
+    web.mkdir(parents=True)
+    (web / "styles.js").write_text("// what was left\n")
+    assert rel.ensure_web_tools(cache=tmp_path) == web
+    assert (web / "install-button.js").is_file() and (web / "VERSION").read_text().strip() == rel.ESP_WEB_TOOLS_VERSION
+
+
 def test_flasher_page_in_headless_chromium(served_release, browser, tmp_path):
     made, base = served_release
     browser.goto(base, "!!document.body && ['true', 'error'].includes(document.body.dataset.loaded)")
