@@ -97,26 +97,26 @@ def boards(c, json=False):  # noqa: A002 - invoke derives --json
     """List the boards: chip, MicroPython BOARD/VARIANT, flash offset, toolchain here (and why none)."""
     import json as _json
 
-    try:
-        known = _build.board_rows()
-    except config.ConfigError as e:
-        raise _fail(str(e)) from None
-    if json:
-        print(_json.dumps([row.to_dict() for row in known], indent=2))
-        return
     rows = []
     missing: dict[str, list[str]] = {}      # why there is no toolchain -> the boards it holds back
-    for row in known:
-        b, status = row.board, row.toolchain
-        # One image at its offset (the file is named only when it is not the usual firmware.bin):
-        # with the port left to --json (the chip says it), the table fits 80 columns uncut.
-        offsets = ", ".join(f"0x{r.offset:x}" if r.file == "firmware.bin" else f"{r.file}@0x{r.offset:x}"
-                            for r in b.flash_regions()) or "-"
-        target = "/".join(x for x in (b.mp_board, b.variant) if x) or "-"
-        toolchain = Cell(status.kind, "ok") if status.kind else Cell("none", "none")
-        if not status.kind:
-            missing.setdefault(status.reason, []).append(b.name)
-        rows.append([b.name, b.chip_name, target, b.flash_size, offsets, toolchain])
+    try:    # the chip facts (offsets, names) are read per board too: a ConfigError there is one line as well
+        known = _build.board_rows()
+        if json:
+            print(_json.dumps([row.to_dict() for row in known], indent=2))
+            return
+        for row in known:
+            b, status = row.board, row.toolchain
+            # One image at its offset (the file is named only when it is not the usual firmware.bin):
+            # with the port left to --json (the chip says it), the table fits 80 columns uncut.
+            offsets = ", ".join(f"0x{r.offset:x}" if r.file == "firmware.bin" else f"{r.file}@0x{r.offset:x}"
+                                for r in b.flash_regions()) or "-"
+            target = "/".join(x for x in (b.mp_board, b.variant) if x) or "-"
+            toolchain = Cell(status.kind, "ok") if status.kind else Cell("none", "none")
+            if not status.kind:
+                missing.setdefault(status.reason, []).append(b.name)
+            rows.append([b.name, b.chip_name, target, b.flash_size, offsets, toolchain])
+    except config.ConfigError as e:
+        raise _fail(str(e)) from None
     _table("Boards", ["board", "chip", "BOARD/VARIANT", "flash", Column("offset", wrap=True), "toolchain"], rows)
     for reason, names in missing.items():
         console.print(f"no toolchain here for {', '.join(names)}: {reason}", markup=False, highlight=False)
@@ -196,7 +196,7 @@ def check(c, board=None, all=False, micropython=None, json_out=None, json=False)
     out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     try:
         results = _check.check_all(selected, micropython)
-    except source.SourceError as e:
+    except (source.SourceError, config.ConfigError) as e:   # ConfigError: any board's file (the ports' submodules need them all)
         raise _fail(str(e)) from None
     findings = {r.board: r.to_dict() for r in results}
     if json:

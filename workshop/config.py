@@ -76,9 +76,14 @@ def __getattr__(name: str) -> Any:
 
 
 def cache_dir() -> Path:
-    """Where fetched sources and build trees live: outside the repository, shared by CI runs."""
+    """Where fetched sources and build trees live: outside the repository, shared by CI runs.
+
+    Always absolute and resolved: a relative $WORKSHOP_CACHE is read from the current folder
+    (make -C and docker -v would read it elsewhere), and a symlinked cache home gives one
+    spelling of every path (cache keys, mounts, messages)."""
     override = os.environ.get("WORKSHOP_CACHE")
-    return Path(override) if override else Path(platformdirs.user_cache_dir("workshop-kit"))
+    path = Path(override).expanduser() if override else Path(platformdirs.user_cache_dir("workshop-kit"))
+    return path.resolve()
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class Port:
     submodules: tuple[str, ...]
     docker_images: dict[str, str]
     native_tools: tuple[str, ...]
+    chips: tuple[str, ...]                   # the chips its boards may name (esptool chip names, or 'host')
     outputs: tuple[PortOutput, ...]
     mpy_cross_args: tuple[str, ...]
     # Stock manifest entries that our stack replaces (checked by `invoke check`).
@@ -234,6 +240,8 @@ def _load_toml(path: Path, root: Path) -> dict[str, Any]:
         raise ConfigError(f"{_rel(path, root)}: file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{_rel(path, root)}: not valid TOML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{_rel(path, root)}: not UTF-8 text") from None
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -313,6 +321,7 @@ def load_port(name: str, root: Path | None = None) -> Port:
         submodules=r.str_list("submodules"),
         docker_images=dict(docker),
         native_tools=r.str_list("native_tools"),
+        chips=_port_chips(r),
         outputs=tuple(outputs),
         mpy_cross_args=r.str_list("mpy_cross_args"),
         replaces=r.str_list("replaces"),
@@ -329,7 +338,27 @@ def load_port(name: str, root: Path | None = None) -> Port:
         raise r.fail("write_flash_size", '"keep", "detect" or one of ' + ", ".join(FLASH_SIZES), port.write_flash_size)
     if port.name != name:
         raise r.fail("name", repr(name) + " (the folder's name)", port.name)
+    for i, out in enumerate(port.outputs):   # the bootloader offset is a fact of an esptool chip
+        if out.offset == "bootloader" and HOST_CHIP in port.chips:
+            raise r.fail(f"outputs[{i}].offset", f"a number (chips has {HOST_CHIP!r}, which has no bootloader)",
+                         out.offset)
     return port
+
+
+def _port_chips(r: _Reader) -> tuple[str, ...]:
+    """The chips a port's boards may name: data in its port.toml, each one esptool knows (or 'host')."""
+    expected = "esptool chip names or 'host'"
+    if "chips" not in r.data:
+        raise ConfigError(f"{_rel(r.path, r.root)}: chips: missing (expected a list of {expected})")
+    chips = r.str_list("chips")
+    if not chips:
+        raise r.fail("chips", f"at least one of the {expected}", [])
+    for chip in chips:
+        if chip not in known_chips():
+            raise r.fail("chips", f"{expected} (esptool knows {', '.join(known_chips())})", chip)
+    if len(set(chips)) != len(chips):
+        raise r.fail("chips", "each chip once", list(chips))
+    return chips
 
 
 def _native_spec(path: Path, data: dict[str, Any], root: Path) -> NativeSpec:
@@ -383,6 +412,9 @@ def load_board(path: Path, root: Path | None = None) -> Board:
     chip = r.get("chip", str, "an esptool chip name or 'host'")
     if chip not in known_chips():
         raise r.fail("chip", f"one of {', '.join(known_chips())}", chip)
+    if chip not in port.chips:
+        raise ConfigError(f"{_rel(path, root)}: chip: {chip!r} is not a chip of port {port.name} "
+                          f"({', '.join(port.chips)})")
     flash_size = r.get("flash_size", str, "'4MB' and the like", None)
     if chip == HOST_CHIP:
         if flash_size is not None:

@@ -88,7 +88,7 @@ def test_invoke_boards_shows_the_native_toolchain_once_prepared(checkout):
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     row = next(r for r in json.loads(proc.stdout) if r["board"] == BOARD)
-    assert (row["toolchain"], row["toolchain_reason"]) == ("native", "native: xtensa-lx106-elf-gcc on PATH")
+    assert (row["toolchain"], row["toolchain_reason"]) == ("native", "native: xtensa-lx106-elf-gcc, make on PATH")
 
 
 def test_the_image_links_and_build_json_says_what_built_it(built, checkout):

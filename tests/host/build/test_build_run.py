@@ -177,13 +177,13 @@ def test_build_all_keeps_the_order_and_names_why_each_board_was_not_built(tmp_pa
     strict = build.build_all(boards, micropython=nowhere)
     assert [(r.board, r.status) for r in strict] == [("UNIX", "failed"), ("ESP8266_GENERIC", "failed"),
                                                      ("ESP32_GENERIC", "failed")]
-    assert strict[0].error == "UNIX: no toolchain here: needs cc, pkg-config on PATH (force one with --toolchain docker|native)"
-    assert strict[1].error.startswith("ESP8266_GENERIC: no toolchain here: no docker client; no xtensa-lx106-elf-gcc on PATH")
+    assert strict[0].error == "UNIX: no toolchain here: needs cc, pkg-config, make on PATH (force one with --toolchain docker|native)"
+    assert strict[1].error.startswith("ESP8266_GENERIC: no toolchain here: no docker client; no xtensa-lx106-elf-gcc, make on PATH")
     lenient = build.build_all(boards, micropython=nowhere, skip_unavailable=True)
     assert [(r.board, r.status, r.error) for r in lenient] == [
-        ("UNIX", "skipped", "needs cc, pkg-config on PATH"),
-        ("ESP8266_GENERIC", "skipped", "no docker client; no xtensa-lx106-elf-gcc on PATH"),
-        ("ESP32_GENERIC", "skipped", "no docker client; no idf.py on PATH")]
+        ("UNIX", "skipped", "needs cc, pkg-config, make on PATH"),
+        ("ESP8266_GENERIC", "skipped", "no docker client; no xtensa-lx106-elf-gcc, make on PATH"),
+        ("ESP32_GENERIC", "skipped", "no docker client; no idf.py, make on PATH")]
     # A forced toolchain skips the availability check: the missing checkout is the reason then.
     forced = build.build_all(boards[:1], toolchain="native", micropython=nowhere)
     assert forced[0].status == "failed" and forced[0].error.startswith(f"no MicroPython checkout at {nowhere}")

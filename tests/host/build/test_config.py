@@ -95,7 +95,7 @@ def _load_edited_port(project: Path, port: str, edit: tuple[str, str]) -> config
     (('offset = "bootloader"', 'offset = "boot"'), "outputs[0].offset: expected \"bootloader\" or a number, got 'boot'"),
     (('dir = "ports/esp32"', 'dir = 32'), "make.dir: expected a path inside the MicroPython checkout, got 32"),
     (('name = "esp32"', 'name = "esp-32"'), "name: expected 'esp32' (the folder's name), got 'esp-32'"),
-    (('native_tools = ["idf.py"]', 'native_tools = "idf.py"'), "native_tools: expected a list of strings, got 'idf.py'"),
+    (('native_tools = ["idf.py", "make"]', 'native_tools = "idf.py"'), "native_tools: expected a list of strings, got 'idf.py'"),
 ])
 def test_broken_port_file_names_file_and_key(project: Path, edit, message):
     error = _load_edited_port(project, "esp32", edit)

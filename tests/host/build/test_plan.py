@@ -74,14 +74,14 @@ def test_native_plans_run_the_same_make_without_docker():
 
 def test_auto_toolchain_prefers_native_then_docker_else_says_why():
     b = config.get_board("ESP32_GENERIC")
-    have_idf = lambda tool: "/opt/idf/idf.py" if tool == "idf.py" else None
+    have_idf = lambda tool: {"idf.py": "/opt/idf/idf.py", "make": "/usr/bin/make"}.get(tool)
     assert build.toolchain_status(b, which=have_idf, docker_reason="no docker engine running").kind == "native"
     nothing = lambda tool: None
     assert build.toolchain_status(b, which=nothing, docker_reason=None).kind == "docker"
     none = build.toolchain_status(b, which=nothing, docker_reason="no docker engine running")
-    assert none.kind is None and none.reason == "no docker engine running; no idf.py on PATH"
+    assert none.kind is None and none.reason == "no docker engine running; no idf.py, make on PATH"
     with pytest.raises(build.BuildError, match=r"ESP32_GENERIC: no toolchain here: no docker engine running; "
-                                                r"no idf.py on PATH \(force one with --toolchain docker\|native\)"):
+                                                r"no idf.py, make on PATH \(force one with --toolchain docker\|native\)"):
         build.plan(b, CHECKOUT, "auto", status=none)
 
 
@@ -236,10 +236,10 @@ def test_esp8266_native_without_a_prepared_sdk_says_run_setup(tmp_path: Path, mo
     gcc = lambda tool: "/usr/bin/" + tool
     status = build.toolchain_status(b, which=gcc, docker_reason="no docker engine running")
     assert status.kind is None and status.reason == (
-        "no docker engine running; xtensa-lx106-elf-gcc on PATH but its SDK is not prepared "
+        "no docker engine running; xtensa-lx106-elf-gcc, make on PATH but its SDK is not prepared "
         "(invoke setup --ports esp8266)")
     none = build.toolchain_status(b, which=lambda tool: None, docker_reason="no docker client")
-    assert none.reason == "no docker client; no xtensa-lx106-elf-gcc on PATH"
+    assert none.reason == "no docker client; no xtensa-lx106-elf-gcc, make on PATH"
 
 
 def test_esp8266_native_with_a_prepared_sdk_is_auto(tmp_path: Path, monkeypatch):
