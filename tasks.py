@@ -281,7 +281,9 @@ def _print_request(who: str, line: str) -> None:
 
 @task(auto_shortflags=False, help={
     "version": "release to serve from release/<version>/",
-    "directory": "serve this folder instead (a release folder or a download cache)",
+    "directory": "serve this folder instead (a release folder, or a download cache: no flasher page, and only "
+                 "the boards it holds); checked against its SHA256SUMS first, and refused if a file is missing "
+                 "or corrupt",
     "host": "address to listen on (default 0.0.0.0: the whole LAN)",
     "port": "TCP port (default 8000)",
     "mqtt": "also serve the live room page /room from this broker: HOST[:PORT]",
@@ -289,7 +291,7 @@ def _print_request(who: str, line: str) -> None:
     "interface": "mDNS for /room on these interface addresses only, comma-separated",
 })
 def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=None, room=False, interface=None):
-    """Serve a release on the LAN: the flasher page and every image (WebSerial needs https or localhost); /room with --mqtt."""
+    """Serve a release on the LAN: the flasher page and every image, checked against SHA256SUMS first (WebSerial needs https or localhost); /room with --mqtt."""
     from pathlib import Path
 
     from workshop import release as _release
@@ -300,10 +302,14 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
     try:
         folder = Path(directory) if directory else config.project_root() / "release" / _release.normalize_version(version)
         served = _serve.served_release(folder)
+        # Every file against SHA256SUMS, and the flasher page's files, before a byte is served.
+        checked = _serve.verified_folder(folder)
     except (_release.ReleaseError, _serve.ServeError) as e:
         raise _fail(str(e)) from None
     if served.problem:
-        err_console.print(f"[yellow]warning:[/] {_text(served.problem)}", highlight=False)  # a path may hold [..]
+        _warn(served.problem)
+    for warning in checked.warnings:
+        _warn(warning)
     watcher = the_room = None
     if mqtt or room:
         the_room, watcher = _room_watcher(mqtt, None, None, None, None, False, interface)
@@ -315,14 +321,21 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
         if watcher:
             watcher.stop()
         raise _fail(str(e)) from None
-    console.print(f"Serving {folder}" + (f" (release {served.version})" if served.version else ""), markup=False)
+    what = [f"release {served.version}"] if served.version else []
+    if checked.verified:
+        what.append(f"{len(checked.verified)} files match {_release.SUMS}")
+    console.print(f"Serving {folder}" + (f" ({', '.join(what)})" if what else ""), markup=False)
     urls = _serve.urls(server)
     for url in urls:
         console.print(f"  {url}", markup=False)
     lan = next((u for u in urls if "//localhost:" not in u), f"http://<this laptop>:{server.server_address[1]}/")
-    console.print("Flashing from the page needs Chrome/Edge on localhost or https; over plain http on the LAN "
-                  f"attendees can download images, or run: invoke download --version {served.version or 'V'} "
-                  f"--from {lan}  (Ctrl-C stops)", markup=False, soft_wrap=True)
+    download = f"invoke download --version {served.version or 'V'} --from {lan}"
+    if checked.kind == "download-cache":
+        console.print(f"No flasher page here (a download cache): attendees run: {download}  (Ctrl-C stops)",
+                      markup=False, soft_wrap=True)
+    else:
+        console.print("Flashing from the page needs Chrome/Edge on localhost or https; over plain http on the LAN "
+                      f"attendees can download images, or run: {download}  (Ctrl-C stops)", markup=False, soft_wrap=True)
     if the_room is not None:
         console.print(f"  the room: {_serve.urls(server)[0]}room")
     try:

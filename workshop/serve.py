@@ -1,5 +1,10 @@
 """Serve a release folder over HTTP (the organizer's laptop as the workshop's download mirror).
 
+Before serving, `verified_folder` checks the folder against its release's own records: every file
+SHA256SUMS lists is there with that sha256, and the flasher page's files are there. A corrupt or
+incomplete release is refused (ESP Web Tools flashes whatever bytes it fetches); a download cache,
+which has no flasher page and only the boards fetched, is served with warnings naming what it lacks.
+
 WebSerial only works in a secure context: attendees who want to flash from the page must open it
 over https or on localhost; over plain http on the LAN the page still lists every image for
 download (and `invoke download --from http://<laptop>:<port>/` works).
@@ -15,7 +20,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .release import INDEX, ReleaseError, read_index
+from .buildinfo import sha256_file
+from .release import INDEX, PAGE, SUMS, WEB_TOOLS_DIR, ReleaseBoard, ReleaseError, parse_sums, read_index
 
 ROOM_PAGE = Path(__file__).resolve().parent / "room" / "room.html"
 
@@ -25,6 +31,12 @@ mimetypes.add_type("application/json", ".json")
 
 class ServeError(RuntimeError):
     pass
+
+
+# What the flasher page (release.flasher_page) loads besides index.json: the page itself and ESP
+# Web Tools' entry script (which loads its chunks, all listed in SHA256SUMS under esp-web-tools/).
+PAGE_SCRIPT = f"{WEB_TOOLS_DIR}/install-button.js"
+PAGE_FILES = (PAGE, PAGE_SCRIPT)
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -100,6 +112,194 @@ def served_release(directory: Path) -> Served:
     except (ReleaseError, OSError) as e:
         return Served(Path(directory), None, Expected({}, str(index)), f"{e}: /room cannot tell outdated boards")
     return Served(Path(directory), version, Expected({b.board: b.inputs_sha256 for b in boards if b.inputs_sha256}, str(index)))
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    file: str                 # relative to the folder, as SHA256SUMS names it
+    expected: str             # SHA256SUMS' sha256 (the released bytes')
+    actual: str               # the sha256 of the file in the folder
+
+
+@dataclass(frozen=True)
+class FolderCheck:
+    """A folder to serve, checked against its release's own records (SHA256SUMS, index.json) and
+    for the flasher page's files. `problems` non-empty: it must not be served (see verified_folder)."""
+
+    directory: Path
+    version: str | None       # index.json's; None when that is no release index
+    kind: str                 # "release" (has the flasher page) | "download-cache" (has none) | "not-a-release"
+    verified: tuple[str, ...] = ()              # files whose sha256 is the one SHA256SUMS gives
+    # Files SHA256SUMS lists (or the page loads) that are not here; for a download cache, those
+    # of the page are left out (one warning says it has no page).
+    missing: tuple[str, ...] = ()
+    mismatched: tuple[Mismatch, ...] = ()       # files here whose sha256 is not SHA256SUMS'
+    problems: tuple[str, ...] = ()              # each a sentence: why it is refused
+    warnings: tuple[str, ...] = ()              # each a sentence: served, but said
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def has_page(self) -> bool:
+        return self.kind == "release"
+
+    def remedy(self) -> str:
+        v = self.version or "V"
+        if self.kind == "download-cache":
+            return (f"run `invoke download --version {v}` again (it fetches what is missing and replaces what does "
+                    f"not match), or serve the release folder itself (invoke serve --version {v})")
+        return (f"re-run `invoke release --version {v} --force` (from dist/), or copy the release folder again "
+                "from where it was made")
+
+    def refusal(self) -> str:
+        what = f"{self.directory}" + (f" (release {self.version})" if self.version else "")
+        return (f"refusing to serve {what}: attendees' browsers flash whatever it serves, and `invoke download "
+                "--from` it would fail:\n  - " + "\n  - ".join(self.problems) + f"\nTo fix it: {self.remedy()}.")
+
+
+class FolderRefused(ServeError):
+    """The folder fails its check; `check` says how (the message lists every problem)."""
+
+    def __init__(self, check: FolderCheck) -> None:
+        super().__init__(check.refusal())
+        self.check = check
+
+
+def _safe_name(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\\" not in name
+
+
+def _page_file(name: str) -> bool:
+    return name == PAGE or name.startswith(WEB_TOOLS_DIR + "/")
+
+
+def _page_role(name: str) -> str:
+    if name == PAGE:
+        return "the flasher page itself: / would be a directory listing"
+    if name == PAGE_SCRIPT:
+        return "the flasher page's ESP Web Tools script: without it the Install button is dead"
+    return "a file of the flasher page's ESP Web Tools: the Install button may not work"
+
+
+def check_folder(directory: Path) -> FolderCheck:
+    """Check `directory` before serving it: every file its SHA256SUMS lists is there with that
+    sha256, index.json agrees with SHA256SUMS, and the flasher page's files are there.
+
+    A folder with the page (a release) must be complete. A folder without any of it is taken for a
+    download cache: served with a warning (no flasher page) and one naming each file it lacks that
+    `invoke download --from` would ask for. A folder with no SHA256SUMS whose index.json is no
+    release index is not a release at all: served as it is, with a warning. Files whose sha256
+    differs are a problem everywhere. Raises ServeError only when there is no index.json."""
+    directory = Path(directory)
+    index_path = directory / INDEX
+    if not index_path.is_file():
+        raise ServeError(f"{directory}: no {INDEX}; make the release first (invoke release --version V)")
+    version: str | None = None
+    boards: tuple[ReleaseBoard, ...] = ()
+    index_problem: str | None = None
+    try:
+        version, boards = read_index(index_path.read_bytes(), str(index_path))
+    except (ReleaseError, OSError) as e:
+        index_problem = str(e)
+    has_page = (directory / PAGE).exists() or (directory / WEB_TOOLS_DIR).exists()
+    kind = "release" if has_page else "download-cache"
+
+    sums_path = directory / SUMS
+    if not sums_path.is_file():
+        if index_problem is not None:
+            return FolderCheck(directory, None, "not-a-release", warnings=(
+                f"{directory}: no {SUMS} and no release index: not a release, nothing verified; served as it is "
+                f"(`invoke download --from` cannot use it)",))
+        return FolderCheck(directory, version, kind, problems=(
+            f"no {SUMS}: nothing to check its files against (every release and download cache has one)",))
+    try:
+        sums = parse_sums(sums_path.read_text(encoding="utf-8", errors="replace"), str(sums_path))
+    except (ReleaseError, OSError) as e:
+        return FolderCheck(directory, version, kind, problems=(f"{e}",))
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    if index_problem is not None:     # (a newer kit's format, say): the files are still checked
+        warnings.append(f"{index_problem}: checked against {SUMS} alone (this kit's `invoke download --from` "
+                        "cannot read that index)")
+    verified: list[str] = []
+    missing: list[str] = []
+    mismatched: list[Mismatch] = []
+    for name, expected in sums.items():
+        if not _safe_name(name):
+            problems.append(f"{SUMS} lists {name!r}, which is no file inside the folder")
+            continue
+        path = directory / name
+        if not path.is_file():
+            missing.append(name)
+            continue
+        try:
+            actual = sha256_file(path)
+        except OSError as e:
+            problems.append(f"{name}: cannot be read ({e.strerror or e}): it cannot be served either")
+            continue
+        if actual == expected:
+            verified.append(name)
+        else:
+            mismatched.append(Mismatch(name, expected, actual))
+            problems.append(f"{name}: its sha256 here is {actual}, {SUMS} says {expected}: not the released "
+                            f"bytes (corrupt, or changed since the release)")
+    if INDEX not in sums:
+        problems.append(f"{SUMS} does not list {INDEX}: `invoke download --from` refuses the folder")
+    for board in boards:
+        for f in board.files:
+            if f.name in sums and sums[f.name] != f.sha256:
+                problems.append(f"{INDEX} and {SUMS} disagree about {f.name}: the release is inconsistent")
+        for named in [board.manifest, *(f.name for f in board.files)]:
+            if named and named not in sums:
+                problems.append(f"{INDEX} names {named} ({board.board}), {SUMS} does not list it: "
+                                "`invoke download --from` fails on it")
+
+    if has_page:
+        # A release folder is made whole: every file it lists, and the page's, must be here.
+        for name in PAGE_FILES:
+            if name not in sums and not (directory / name).is_file():
+                missing.append(name)
+        for name in missing:
+            listed = f" (listed in {SUMS})" if name in sums else ""
+            why = _page_role(name) if _page_file(name) else "`invoke download --from` fails on it (404)"
+            problems.append(f"{name}: missing{listed}: {why}")
+    else:
+        warnings.append(f"no flasher page ({PAGE}, {WEB_TOOLS_DIR}/): this looks like a download cache: attendees "
+                        f"can `invoke download --from` it but not flash from a browser (serve the release folder "
+                        f"for that: invoke serve --version {version or 'V'})")
+        absent = {n for n in missing if not _page_file(n)}
+        described: set[str] = set()
+        debug: list[str] = []
+        for board in boards:
+            needed = [n for n in [board.manifest, *(f.name for f in board.images)] if n and n in absent]
+            debug += [f.name for f in board.files if f.role != "image" and f.name in absent]
+            described |= {*needed, *debug}
+            if needed:
+                warnings.append(f"{board.board}: not here, though {SUMS} lists them: {', '.join(needed)}: "
+                                f"`invoke download --from` this server fails for {board.board} (404); "
+                                f"complete the cache with `invoke download --version {version or 'V'}`")
+        if debug:
+            warnings.append(f"debug files (.elf/.map) not here: {', '.join(debug)}: only `invoke download --debug "
+                            f"--from` needs them (`invoke download --version {version or 'V'} --debug` fetches them)")
+        rest = sorted(absent - described)
+        if rest:
+            warnings.append(f"not here, though {SUMS} lists them: {', '.join(rest)}")
+        missing = sorted(absent)
+    return FolderCheck(directory, version, kind, tuple(verified), tuple(missing), tuple(mismatched),
+                       tuple(problems), tuple(warnings))
+
+
+def verified_folder(directory: Path) -> FolderCheck:
+    """check_folder, refusing (FolderRefused, a ServeError listing every problem and what to do) a
+    folder that fails; what it returns may still carry warnings to show."""
+    check = check_folder(directory)
+    if not check.ok:
+        raise FolderRefused(check)
+    return check
 
 
 def make_server(directory: Path, host: str = "0.0.0.0", port: int = 8000, on_request=None,
