@@ -41,6 +41,26 @@ def run_serve(folder: Path, port: int, timeout: float = 30) -> subprocess.Comple
                           env=dict(os.environ, COLUMNS="200"))
 
 
+class Serving:
+    """The real `invoke serve --directory FOLDER` on 127.0.0.1 while inside `with`; out and err
+    hold what it printed once it has been stopped (Ctrl-C)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port, self.out, self.err = folder, free_port(), "", ""
+
+    def __enter__(self) -> Serving:
+        self.proc = subprocess.Popen([sys.executable, "-m", "invoke", "serve", "--directory", str(self.folder),
+                                      "--host", "127.0.0.1", "--port", str(self.port)], cwd=REPO,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, COLUMNS="200"))
+        wait_for_port(self.port, timeout=20)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.out, self.err = self.proc.communicate(timeout=10)
+
+
 def one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -103,19 +123,12 @@ def test_an_intact_release_is_served_and_an_image_is_the_released_bytes(release_
     check = serve.verified_folder(made.directory)
     assert check.ok and check.kind == "release" and check.warnings == () and check.version == "v0.1.0"
     assert set(check.verified) == set(sums_of(made.directory))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "serve", "--directory", str(made.directory),
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="200"))
-    try:
-        wait_for_port(port, timeout=20)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{IMAGE}", timeout=10) as r:
+    with Serving(made.directory) as served:
+        with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/{IMAGE}", timeout=10) as r:
             assert r.status == 200
             body = r.read()
         assert hashlib.sha256(body).hexdigest() == sums_of(made.directory)[IMAGE]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+    out, err = served.out, served.err
     assert f"Serving {made.directory} (release v0.1.0" in out, out
     assert "warning" not in err and "error" not in err, err
 
@@ -143,15 +156,9 @@ def test_a_download_cache_is_served_with_warnings_naming_what_it_lacks(release_k
         server.shutdown()
         server.server_close()
     # The task says so, and still serves.
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "invoke", "serve", "--directory", str(got.directory),
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="200"))
-    try:
-        wait_for_port(port, timeout=20)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+    with Serving(got.directory) as served:
+        pass
+    out, err = served.out, served.err
     err = one_line(err)
     assert "warning: no flasher page" in err and other in err, err
     assert f"Serving {got.directory}" in out, out
