@@ -1096,10 +1096,8 @@ def smoke_boards(ports: Sequence[str], expected: Any, *, registry: Registry | No
     if reports is None:
         reports = [DeviceReport(port, interrupted=True) for port in ports]
     skipped = record_smoke_reports(registry, reports) if registry is not None else []
-    # Why a MAC is unknown: it could not be read, or the board's REPL was never reached.
-    why = {r.port: r.mac_error or next((c.detail for c in r.checks if c.name == "connect" and c.status == "fail"), "")
-           for r in reports if r.port in skipped}
-    return SmokeRun(reports, skipped, cancel.is_set(), {p: w for p, w in why.items() if w})
+    why = {r.port: r.mac_error for r in reports if r.port in skipped and r.mac_error}
+    return SmokeRun(reports, skipped, cancel.is_set(), why)
 
 
 __all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",

@@ -144,6 +144,8 @@ def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | Non
             session.enter_raw()
         except ReplError as e:
             report.checks.append(Check("connect", FAIL, str(e), round(time.monotonic() - t0, 3)))
+            if read_mac is not None:
+                report.mac_error = str(e)         # no REPL, no MAC: the same reason
             return report
         report.checks.append(Check("connect", PASS, "raw REPL", round(time.monotonic() - t0, 3)))
         if read_mac is not None:
@@ -152,12 +154,10 @@ def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | Non
             except ReplError as e:
                 # Not a check of the board's: its result is not recorded, and the caller says why.
                 report.mac_error = str(e)
-                if isinstance(e, ReplTimeout):
-                    try:
-                        session.enter_raw()       # still inside the read: interrupt it for the checks
-                    except ReplError as again:
-                        report.checks.append(Check("device", FAIL, str(again), round(time.monotonic() - t0, 3)))
-                        return report
+                again = _interrupt(session) if isinstance(e, ReplTimeout) else None
+                if again is not None:
+                    report.checks.append(Check("device", FAIL, str(again), round(time.monotonic() - t0, 3)))
+                    return report
         t = time.monotonic()
         args = {"mods": list(expected.stack_modules), "lazy": list(RUNS_ON_IMPORT)}
         try:
@@ -168,10 +168,7 @@ def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | Non
                                                                     "modules": progress.modules}})
             report.checks.append(Check("device", FAIL, _timeout_detail(progress, session.timeout, expected, timeout_option),
                                        round(time.monotonic() - t, 3)))
-            try:
-                session.enter_raw()           # interrupt it: the board is left at a usable prompt
-            except ReplError:
-                pass
+            _interrupt(session)               # the board is left at a usable prompt (or said why not above)
             return report
         except ReplError as e:
             report.checks.append(Check("device", FAIL, str(e), round(time.monotonic() - t, 3)))
@@ -194,6 +191,16 @@ def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | Non
                                "failed: " + ", ".join(c.name for c in report.failed)))
 
 
+def _interrupt(session: ReplSession) -> ReplError | None:
+    """A board still inside what timed out: Ctrl-C it back to the raw prompt, for what comes next;
+    the error when it does not come back."""
+    try:
+        session.enter_raw()
+    except ReplError as e:
+        return e
+    return None
+
+
 def _run_check(session: ReplSession, name: str, script: str, args: dict[str, Any], timeout: float,
                judge: Callable[[dict[str, Any]], Check]) -> Check:
     t = time.monotonic()
@@ -203,10 +210,7 @@ def _run_check(session: ReplSession, name: str, script: str, args: dict[str, Any
     except ReplTimeout as e:
         # The board is still inside the check: interrupt it, so that the next check can run.
         check = Check(name, FAIL, f"{e} (the check did not finish; interrupted)")
-        try:
-            session.enter_raw()
-        except ReplError:
-            pass
+        _interrupt(session)
     except ReplError as e:
         check = Check(name, FAIL, str(e))
     return Check(check.name, check.status, check.detail, round(time.monotonic() - t, 3))
