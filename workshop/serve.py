@@ -141,10 +141,6 @@ class FolderCheck:
     def ok(self) -> bool:
         return not self.problems
 
-    @property
-    def has_page(self) -> bool:
-        return self.kind == "release"
-
     def remedy(self) -> str:
         v = self.version or "V"
         if self.kind == "download-cache":
