@@ -368,36 +368,30 @@ def download_release(
 
     # SHA256SUMS: the root of trust, re-read every run (it is small); a complete cache works offline.
     sums_path = directory / SUMS
+    offline_reason: str | None = None
     try:
         sums_raw = _read_small(src, SUMS)
+        sums = parse_sums(sums_raw.decode("utf-8", "replace"), src.where(SUMS))
     except NotFound:
         hint = f" (releases: https://github.com/{repository()}/releases)" if source is None else ""
         raise DownloadError(f"release {version} not found: {src.where(SUMS)} does not exist. "
                             f"Check the version{hint}.") from None
-    except DownloadError as e:
+    except (DownloadError, ReleaseError) as e:
+        # Unreachable, or answering with no checksum list (a venue's captive portal, a server's
+        # error page answering 200): with the release cached, the cache answers either way.
+        no_sums = isinstance(e, ReleaseError)
         if not sums_path.is_file():
+            if no_sums:
+                raise DownloadError(f"{e}: {src.where(SUMS)} is no release's checksum list (a captive portal, "
+                                    "or a server's error page?): check the network, or try another --from") from None
             raise
         emit(DownloadEvent("offline", SUMS))
+        offline_reason = f"{e} (not a release: a captive portal?)" if no_sums else str(e)
         sums_raw = sums_path.read_bytes()
-        offline_reason: str | None = str(e)
-    else:
-        offline_reason = None
-    try:
-        sums = parse_sums(sums_raw.decode("utf-8", "replace"), src.where(SUMS))
-    except ReleaseError as e:
-        # No SHA256SUMS at all: a venue's captive portal or a web server's error page answering 200.
-        # With the release cached, that is a source as good as unreachable.
-        if offline_reason is None and sums_path.is_file():
-            emit(DownloadEvent("offline", SUMS))
-            offline_reason = f"{e} (not a release: a captive portal?)"
-            sums_raw = sums_path.read_bytes()
-            try:
-                sums = parse_sums(sums_raw.decode("utf-8", "replace"), str(sums_path))
-            except ReleaseError as cached_too:
-                raise DownloadError(str(cached_too)) from None
-        else:
-            raise DownloadError(f"{e}: {src.where(SUMS)} is no release's checksum list (a captive portal, or "
-                                "a server's error page?): check the network, or try another --from") from None
+        try:
+            sums = parse_sums(sums_raw.decode("utf-8", "replace"), str(sums_path))
+        except ReleaseError as cached_too:
+            raise DownloadError(str(cached_too)) from None
 
     # index.json: verified against SHA256SUMS and checked to be this version's before anything is
     # written to the cache (a source serving another release must not leave its files there).
