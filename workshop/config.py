@@ -348,8 +348,7 @@ def load_port(name: str, root: Path | None = None) -> Port:
 def _port_chips(r: _Reader) -> tuple[str, ...]:
     """The chips a port's boards may name: data in its port.toml, each one esptool knows (or 'host')."""
     expected = "esptool chip names or 'host'"
-    if "chips" not in r.data:
-        raise ConfigError(f"{_rel(r.path, r.root)}: chips: missing (expected a list of {expected})")
+    r.get("chips", list, f"a list of {expected}")    # required: a missing key is named as every one is
     chips = r.str_list("chips")
     if not chips:
         raise r.fail("chips", f"at least one of the {expected}", [])
