@@ -738,6 +738,9 @@ def build_all(boards: Iterable[Board], *, toolchain: str = "auto", image: str | 
                         continue
                     raise no_toolchain(b, status)
                 checkout = source.locate(micropython, [b.port.name])
+                missing = check.missing_target(b, checkout)
+                if missing:             # make would say so too, after mpy-cross and minutes of CMake
+                    raise BuildError(f"{b.name}: {missing}")
                 p = plan(b, checkout, toolchain, image, make_jobs, root=root, dist=dist, status=status)
                 if p.toolchain == "docker" and docker_reason:
                     raise BuildError(f"{b.name}: {docker_reason}: a Docker build (--toolchain docker, --image) needs a "

@@ -6,6 +6,7 @@ manifests must replace), and measures the frozen bytecode of our stack with the 
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import re
@@ -153,6 +154,10 @@ def check_board(board: Board, checkout: Checkout, root: Path | None = None, dist
         result.budget, result.budget_built_at = last.budget, last.built_at
     except BuildInfoError:
         pass
+    missing = missing_target(board, checkout)
+    if missing:
+        result.problems.append(missing)
+        return result
     try:
         result.files = resolve(board, checkout)
     except Exception as e:  # manifestfile raises its own error class; any failure is a finding
@@ -174,6 +179,38 @@ def check_board(board: Board, checkout: Checkout, root: Path | None = None, dist
     except SyntaxError as e:
         result.problems.append(str(e))
     return result
+
+
+def missing_target(board: Board, checkout: Checkout) -> str | None:
+    """What is wrong when the MicroPython BOARD or variant a board file names is not in the
+    checkout (a typo, or a board renamed between releases), or None. Without this the manifest
+    still resolves, and only `make` finds it, minutes into a build."""
+    port_dir = checkout.path / board.port.make_dir
+    where = f"MicroPython {checkout.label}"
+    if board.mp_board:
+        boards = port_dir / "boards"
+        board_dir = boards / board.mp_board
+        if not board_dir.is_dir():
+            known = sorted(d.name for d in boards.iterdir() if d.is_dir()) if boards.is_dir() else []
+            return (f"{board.source.name}: board = {board.mp_board!r} is not a board of {where} "
+                    f"({board.port.make_dir}/boards/){_did_you_mean(board.mp_board, known)}")
+        if board.variant:
+            variants = sorted(f.stem.removeprefix("mpconfigvariant_") for f in board_dir.glob("mpconfigvariant_*"))
+            if board.variant not in variants:
+                return (f"{board.source.name}: variant = {board.variant!r} is not a variant of "
+                        f"{board.mp_board} in {where} (it has: {', '.join(variants) or 'none'})")
+    elif board.variant:
+        variants_dir = port_dir / "variants"
+        known = sorted(d.name for d in variants_dir.iterdir() if d.is_dir()) if variants_dir.is_dir() else []
+        if board.variant not in known:
+            return (f"{board.source.name}: variant = {board.variant!r} is not a variant of {where} "
+                    f"({board.port.make_dir}/variants/){_did_you_mean(board.variant, known)}")
+    return None
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 def _manifest_error(message: str, board: Board, root: Path, checkout: Path) -> str:

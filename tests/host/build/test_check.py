@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workshop import check, config
+from workshop import build, check, config
 from workshop.smoke import manifest_modules
 
 REPO = Path(__file__).resolve().parents[3]
@@ -83,3 +83,54 @@ def test_identity_module_is_frozen_only_when_a_build_names_its_folder(mp_checkou
     (identity / "_workshop_build.py").unlink()
     with pytest.raises(Exception, match="Cannot stat .*_workshop_build.py"):
         check.resolve(board, mp_checkout, identity=identity)
+
+
+def _project_with_board(tmp_path: Path, name: str, toml: str) -> Path:
+    for folder in ("boards", "ports", "modules"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    shutil.copy(REPO / "manifest.py", tmp_path)
+    (tmp_path / "boards" / f"{name}.toml").write_text(toml)
+    return tmp_path
+
+
+
+_ESP32_BOARD_TYPO = ('port = "esp32"\nboard = "ESP32_GENRIC"\nchip = "esp32"\nflash_size = "4MB"\nmin_free_heap = 1\n',
+                     "TYPO.toml: board = 'ESP32_GENRIC' is not a board of MicroPython v1.28.0 (ports/esp32/boards/); "
+                     "did you mean ESP32_GENERIC")
+_ESP32_VARIANT_TYPO = ('port = "esp32"\nboard = "ESP32_GENERIC"\nvariant = "SPIRAMX"\nchip = "esp32"\n'
+                       'flash_size = "4MB"\nmin_free_heap = 1\n',
+                       "TYPO.toml: variant = 'SPIRAMX' is not a variant of ESP32_GENERIC in MicroPython v1.28.0 "
+                       "(it has: D2WD, OTA, SPIRAM, UNICORE)")
+_ESP8266_BOARD_TYPO = ('port = "esp8266"\nboard = "ESP8266_GENERIK"\nchip = "esp8266"\nflash_size = "2MB"\n'
+                       'min_free_heap = 1\n',
+                       "TYPO.toml: board = 'ESP8266_GENERIK' is not a board of MicroPython v1.28.0 "
+                       "(ports/esp8266/boards/); did you mean ESP8266_GENERIC")
+_UNIX_VARIANT_TYPO = ('port = "unix"\nvariant = "standrd"\nchip = "host"\nmin_free_heap = 1\n',
+                      "TYPO.toml: variant = 'standrd' is not a variant of MicroPython v1.28.0 (ports/unix/variants/); "
+                      "did you mean standard")
+
+
+@pytest.mark.parametrize("toml, problem", [_ESP32_BOARD_TYPO, _ESP32_VARIANT_TYPO, _ESP8266_BOARD_TYPO,
+                                           _UNIX_VARIANT_TYPO])
+def test_a_board_or_variant_the_checkout_lacks_is_a_check_problem(mp_checkout, tmp_path: Path, toml: str,
+                                                                  problem: str):
+    """A typo in a board file still resolves as a manifest (the port manifests do not read
+    BOARD_DIR): only make would find it, minutes into a build."""
+    root = _project_with_board(tmp_path, "TYPO", toml)
+    result = check.check_board(config.get_board("TYPO", root), mp_checkout, root)
+    assert len(result.problems) == 1 and result.problems[0].startswith(problem), result.problems
+
+
+@pytest.mark.parametrize("toml, problem", [_ESP8266_BOARD_TYPO, _UNIX_VARIANT_TYPO])
+def test_build_refuses_a_board_or_variant_the_checkout_lacks_before_make(mp_checkout, tmp_path: Path, toml: str,
+                                                                          problem: str):
+    root = _project_with_board(tmp_path, "TYPO", toml)
+    [built] = build.build_all([config.get_board("TYPO", root)], toolchain="native", micropython=mp_checkout.path,
+                              root=root, dist=tmp_path / "dist")
+    assert built.status == "failed" and built.error.startswith(f"TYPO: {problem}"), built.error
+    assert built.log is None               # refused before any step ran
+
+
+def test_the_shipped_boards_and_variants_exist_in_the_checkout(mp_checkout):
+    for board in config.load_boards().values():
+        assert check.missing_target(board, mp_checkout) is None, board.name
