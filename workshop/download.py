@@ -32,7 +32,7 @@ from typing import IO, Any
 from .buildinfo import sha256_file
 from .config import HOST_CHIP, cache_dir
 from .release import (EXEC_MODE, FILE_MODE, INDEX, SUMS, ReleaseBoard, ReleaseError, normalize_version, parse_sums,
-                      read_index)
+                      process_alive, read_index)
 
 # The one place naming the project on GitHub (owner/name); $WORKSHOP_REPOSITORY overrides it.
 DEFAULT_REPOSITORY = "micropython-workshop/workshop-kit"
@@ -259,18 +259,6 @@ def _part_prefix(name: str) -> str:
     return f".{name}.{os.getpid()}-"
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True                 # another thread of this run may be fetching it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True                 # exists, another user's
-    return True
-
-
 def remove_stale_parts(directory: Path, name: str) -> list[Path]:
     """Remove the partial files of `name` that no running download owns (one killed by SIGKILL, a
     power cut, or a kit from before part files named their process). Returns what was removed."""
@@ -278,7 +266,7 @@ def remove_stale_parts(directory: Path, name: str) -> list[Path]:
     removed = []
     for path in directory.glob(f".{glob.escape(name)}.*.part"):
         m = pattern.fullmatch(path.name)
-        if m and not (m.group(1) and _alive(int(m.group(1)))):
+        if m and not (m.group(1) and process_alive(int(m.group(1)))):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

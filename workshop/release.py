@@ -24,6 +24,7 @@ same origin and nothing is fetched from a CDN.
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import json
 import os
@@ -492,6 +493,53 @@ def _publishable(directory: Path, executables: set[str]) -> None:
             path.chmod(EXEC_MODE if path.parent == directory and path.name in executables else FILE_MODE)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (this one included: another thread of it may own the file)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                 # exists, another user's
+    return True
+
+
+def _leftover_prefix(out: Path, kind: str) -> str:
+    """A release of `out` stages in .<name>.partial-<pid>-<random> beside it, and moves the release
+    it replaces (--force) to .<name>.old-<pid>-<random>: a later run can tell whose they are."""
+    return f".{out.name}.{kind}-{os.getpid()}-"
+
+
+def recover_leftovers(out: Path) -> list[str]:
+    """Clear what a release of `out` killed mid-way (SIGKILL, a power cut) left beside it, and say
+    what was done. A staging folder is incomplete by definition: removed. An .old- folder holds
+    the release a --force run was replacing: if it was killed between the two renames, `out` is
+    missing and that release is moved back, not deleted. Folders of a running release are kept."""
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(partial|old)-(?:(\d+)-)?[^/]*")
+    notes = []
+    for path in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        m = pattern.fullmatch(path.name)
+        if not m or not path.is_dir() or (m.group(2) and process_alive(int(m.group(2)))):
+            continue
+        kept = path / out.name
+        try:
+            if m.group(1) == "old" and kept.is_dir() and not out.exists():
+                os.replace(kept, out)
+                notes.append(f"{out}: restored the release an interrupted --force run had moved aside "
+                             f"({path.name})")
+            else:
+                notes.append(f"{path}: removed, left by an interrupted release")
+            shutil.rmtree(path)
+        except OSError as e:
+            raise ReleaseError(f"{path}: left by an interrupted release, and cannot be cleared: "
+                               f"{e.strerror or e}; remove it by hand") from None
+    return notes
+
+
 def _cannot_write(version: str, out: Path, e: OSError) -> str:
     where = e.filename or out.parent
     return (f"cannot release {version}: {where}: {e.strerror or e}; nothing was released "
@@ -577,6 +625,8 @@ def make_release(
                                          f"released as {version}: its board will announce {info.project_version} "
                                          "(set the version in pyproject.toml and rebuild to match)", name))
 
+    for note in recover_leftovers(out):
+        emit(ReleaseEvent("warning", note))
     if out.exists() and not force:
         raise ReleaseError(f"{out} already exists: releases are immutable; remove it or pass --force to replace it")
     web = web_tools or ensure_web_tools()
@@ -587,7 +637,7 @@ def make_release(
     entries = [_board_entry(infos[n], known[n], version) for n in names]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=_leftover_prefix(out, "partial"), dir=out.parent))
     except OSError as e:
         raise ReleaseError(_cannot_write(version, out, e)) from None
     try:
@@ -645,7 +695,7 @@ def make_release(
                                f"/workshop.json on the device), rebuild, and release again.")
 
         if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            trash = Path(tempfile.mkdtemp(prefix=_leftover_prefix(out, "old"), dir=out.parent))
             os.replace(out, trash / out.name)
             os.replace(staging, out)
             shutil.rmtree(trash, ignore_errors=True)

@@ -589,3 +589,77 @@ def test_the_release_task_prints_json_and_warns_on_stderr(tmp_path, fake_web_too
     assert made["version"] == "v0.7.0" and [b["board"] for b in made["boards"]] == ["UNIX"]
     assert made["directory"] == str(project / "release" / "v0.7.0") and "SHA256SUMS" in made["files"]
     assert "warning: UNIX: built as project version 0.1.0" in " ".join(proc.stderr.split()), proc.stderr
+
+
+def _release_killed(release_kwargs, *, force: bool, kill_at: str) -> subprocess.CompletedProcess:
+    """Run make_release in a child that SIGKILLs itself at `kill_at`: "staged" (every file is in
+    the staging folder) or "swap" (a --force run, between moving the old release aside and
+    moving the new one in): what a power cut or `kill -9` leaves."""
+    script = f"""
+import os, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from placeholders import clean_tree, never_stale
+from workshop import release as rel
+real_replace = os.replace
+def replace(src, dst):
+    real_replace(src, dst)
+    if {kill_at!r} == "swap" and ".old-" in str(dst):
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+def on_event(e):
+    if {kill_at!r} == "staged" and e.kind == "scan":
+        os.kill(os.getpid(), signal.SIGKILL)
+rel.make_release("v0.1.0", root=Path({str(release_kwargs['root'])!r}), dist=Path({str(release_kwargs['dist'])!r}),
+                 out=Path({str(release_kwargs['out'])!r}), web_tools=Path({str(release_kwargs['web_tools'])!r}),
+                 stale=never_stale, tree_dirty=clean_tree, boards={list(release_kwargs['boards'])!r},
+                 force={force!r}, on_event=on_event)
+"""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def test_a_release_killed_while_staging_leaves_a_folder_the_next_release_removes(release_kwargs):
+    out = release_kwargs["out"]
+    killed = _release_killed(release_kwargs, force=False, kill_at="staged")
+    assert killed.returncode == -9, killed.stderr
+    [left] = out.parent.iterdir()
+    assert left.name.startswith(".v0.1.0.partial-") and (left / rel.INDEX).is_file()
+    events: list[rel.ReleaseEvent] = []
+    rel.make_release("v0.1.0", **release_kwargs, on_event=events.append)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["v0.1.0"]
+    assert f"{left}: removed, left by an interrupted release" in [e.message for e in events if e.kind == "warning"]
+    assert rel.read_release(out).version == "v0.1.0"
+
+
+def test_a_force_release_killed_between_its_renames_gets_the_old_release_back(release_kwargs, dist: Path):
+    """Killed after the old release was moved aside and before the new one moved in, a --force run
+    left no release at all, and the old one in a hidden folder nothing cleared."""
+    out = release_kwargs["out"]
+    rel.make_release("v0.1.0", **release_kwargs)
+    before = (out / rel.SUMS).read_text()
+    write_placeholder_build(dist, "ESP32_GENERIC", built_at="2026-11-21T10:00:00Z")   # a rebuild to re-release
+    killed = _release_killed(release_kwargs, force=True, kill_at="swap")
+    assert killed.returncode == -9, killed.stderr
+    assert not out.exists()
+    events: list[rel.ReleaseEvent] = []
+    with pytest.raises(rel.ReleaseError, match="already exists"):
+        rel.make_release("v0.1.0", **release_kwargs, on_event=events.append)
+    assert (out / rel.SUMS).read_text() == before          # the release attendees had, back and whole
+    assert any(e.kind == "warning" and e.message.startswith(f"{out}: restored the release an interrupted --force run")
+               for e in events), events
+    # The killed run's staged release never took effect: removed, as any interrupted run's.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["v0.1.0"]
+
+
+def test_a_running_releases_staging_folder_is_not_touched(release_kwargs):
+    out = release_kwargs["out"]
+    out.parent.mkdir(parents=True)
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        theirs = out.parent / f".v0.1.0.partial-{running.pid}-abc123"
+        theirs.mkdir()
+        rel.make_release("v0.1.0", **release_kwargs)
+        assert theirs.is_dir()
+    finally:
+        running.kill()
+        running.wait()
