@@ -270,8 +270,8 @@ def plan(board: Board, checkout: source.Checkout, toolchain: str = "auto", image
     if toolchain == "native" and spec.compiler:
         compiler = compiler or source.compiler_version(spec.compiler)
         if not compiler:
-            raise BuildError(f"{board.name}: {spec.compiler} is not on PATH (install Debian's gcc-xtensa-lx106, "
-                             "or build with --toolchain docker)")
+            raise BuildError(f"{board.name}: {spec.compiler} gives no --version: not on PATH, or not set up "
+                             f"({spec.install}, or build with --toolchain docker)")
     elif toolchain == "docker":
         compiler = image
     mp = checkout.path

@@ -112,6 +112,8 @@ class NativeSpec:
     """How a port's native toolchain is prepared ([native] in port.toml; empty = tools on PATH only)."""
 
     compiler: str | None = None        # the compiler whose --version build.json records
+    # What to do when that compiler gives no version (not on PATH, not set up), for the message.
+    install: str = "install it"
     prepare: str | None = None         # recipe name in workshop.source.RECIPES, run by `invoke setup`
     python: tuple[str, ...] = ()       # pip requirements for the prepared folder's own venv
     make_args: tuple[str, ...] = ()    # with {sdk}, {python}, {port} filled in by the plan
@@ -378,6 +380,7 @@ def _native_spec(path: Path, data: dict[str, Any], root: Path) -> NativeSpec:
         s.reject_unknown()
     spec = NativeSpec(
         compiler=n.get("compiler", str, "a compiler command", None),
+        install=n.get("install", str, "what to do when the compiler gives no version", "install it"),
         prepare=n.get("prepare", str, "a recipe name", None),
         python=n.str_list("python"),
         make_args=n.str_list("make_args"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tomllib
 from pathlib import Path
@@ -67,7 +68,7 @@ def test_native_plans_run_the_same_make_without_docker():
     ]
     assert all(dict(s.env) == {"MICROPY_MPYCROSS": f"{bdir}/mpy-cross/mpy-cross",
                                "WORKSHOP_BUILD_IDENTITY": f"{bdir}/identity"} for s in unix.steps)
-    esp32 = make_plan("ESP32_GENERIC", "native")
+    esp32 = make_plan("ESP32_GENERIC", "native", compiler="ESP-IDF v5.5.1")
     assert esp32.steps[1].argv[:5] == ("make", "-j4", "-C", f"{MP}/ports/esp32", "BOARD=ESP32_GENERIC")
     assert esp32.image is None and not esp32.mounts
 
@@ -252,3 +253,25 @@ def test_esp8266_native_with_a_prepared_sdk_is_auto(tmp_path: Path, monkeypatch)
     status = build.toolchain_status(config.get_board("ESP8266_GENERIC"), which=gcc, docker_reason="no docker client")
     assert status.kind == "native"
     assert source.native_toolchain(port) == source.NativeToolchain("esp8266", folder, {"recipe": "esp-open-sdk"})
+
+
+def test_an_esp32_native_build_is_keyed_by_the_esp_idf_it_runs_with(tmp_path: Path, monkeypatch):
+    """Two ESP-IDF versions exported in the shell make two different images: the version
+    `idf.py --version` gives is in the inputs key and build.json, as gcc's is for the ESP8266."""
+    p = make_plan("ESP32_GENERIC", "native", compiler="ESP-IDF v5.5.1")
+    assert p.compiler == "ESP-IDF v5.5.1"
+    assert make_plan("ESP32_GENERIC", "native", compiler="ESP-IDF v5.4.2").inputs_sha256 != p.inputs_sha256
+    # Asked of the idf.py on PATH when not given (an IDF's idf.py answers this first line).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    idf = bin_dir / "idf.py"
+    idf.write_text("#!/bin/sh\necho 'ESP-IDF v5.5.1'\n")
+    idf.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert make_plan("ESP32_GENERIC", "native").inputs_sha256 == p.inputs_sha256
+    # An idf.py that is not set up (no exported environment: it fails) is named, with what to do.
+    idf.write_text("#!/bin/sh\necho 'ERROR: ESP-IDF not set up' >&2\nexit 2\n")
+    with pytest.raises(build.BuildError, match=r"ESP32_GENERIC: idf.py gives no --version: not on PATH, or not set "
+                                               r"up \(install ESP-IDF and run its export.sh in this shell, or build "
+                                               r"with --toolchain docker\)"):
+        make_plan("ESP32_GENERIC", "native")
