@@ -215,6 +215,13 @@ class CancellablePort:
         self._ser.close()
 
 
+def _within(timeout: float, budget: float | None) -> str:
+    """'5 s', or for a wait that was the rest of a command's budget, what that budget was."""
+    if budget is None:
+        return f"{timeout:g} s"
+    return f"the command's {budget:g} s (sending it included)"
+
+
 class ReplSession:
     """One serial port, one raw-REPL session. Use as a context manager.
 
@@ -357,8 +364,10 @@ class ReplSession:
                 break
         self._buf.clear()
 
-    def _read_until(self, markers: bytes | tuple[bytes, ...], timeout: float, what: str) -> bytes:
-        """Bytes up to and including the first marker; the rest stays buffered."""
+    def _read_until(self, markers: bytes | tuple[bytes, ...], timeout: float, what: str,
+                    budget: float | None = None) -> bytes:
+        """Bytes up to and including the first marker; the rest stays buffered. `budget`: the
+        command's whole time, of which `timeout` is what is left, for the message."""
         if isinstance(markers, bytes):
             markers = (markers,)
         deadline = time.monotonic() + timeout
@@ -371,14 +380,14 @@ class ReplSession:
                 del self._buf[:end]
                 return data
             if time.monotonic() >= deadline:
-                raise ReplTimeout(self.port, self._mask(f"no {what} within {timeout:g} s"), bytes(self._buf))
+                raise ReplTimeout(self.port, self._mask(f"no {what} within {_within(timeout, budget)}"), bytes(self._buf))
             self._fill(deadline - time.monotonic())
 
-    def _read_exact(self, n: int, timeout: float, what: str) -> bytes:
+    def _read_exact(self, n: int, timeout: float, what: str, budget: float | None = None) -> bytes:
         deadline = time.monotonic() + timeout
         while len(self._buf) < n:
             if time.monotonic() >= deadline:
-                raise self._error(ReplTimeout, f"no {what} within {timeout:g} s")
+                raise self._error(ReplTimeout, f"no {what} within {_within(timeout, budget)}")
             self._fill(deadline - time.monotonic())
         data = bytes(self._buf[:n])
         del self._buf[:n]
@@ -477,22 +486,29 @@ class ReplSession:
     # --- exec ---------------------------------------------------------------------------------
 
     def exec_raw(self, code: bytes, timeout: float | None = None) -> ExecResult:
-        """Send code as is (no integrity guard) and return its stdout and stderr."""
-        timeout = self.timeout if timeout is None else timeout
+        """Send code as is (no integrity guard) and return its stdout and stderr, all within
+        `timeout` (default: the session's): the time spent sending it counts, so a slow link
+        or slowed pacing does not stretch a budget the user set."""
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if not self.in_raw:
             self.enter_raw()
         if self.use_raw_paste and self.stats["raw_paste"] is not False:
             self._write(b"\x05A\x01")
-            resp = self._read_exact(2, timeout, "answer to the raw-paste request")
+            resp = self._read_exact(2, left(), "answer to the raw-paste request", budget)
             if resp == b"R\x01":
                 self.stats["raw_paste"] = True
-                self._raw_paste_write(code, timeout)
-                return self._follow(timeout)
+                self._raw_paste_write(code, left(), budget)
+                return self._follow(left(), budget)
             if resp == b"R\x00":
                 self.stats["raw_paste"] = False       # firmware has raw paste switched off
             else:
                 # Old firmware: it took \x05A as input and Ctrl-A reset the raw REPL.
-                self._read_until(RAW_BANNER + b">", timeout, "raw REPL after the raw-paste request")
+                self._read_until(RAW_BANNER + b">", left(), "raw REPL after the raw-paste request", budget)
                 self.stats["raw_paste"] = False
             self._event("exec", "no raw-paste on this firmware: paced writes")
         self._paced_write(code)
@@ -501,16 +517,18 @@ class ReplSession:
         self._write(b"\x04")
         try:
             # The board answers OK at once, before running anything.
-            ok = self._read_exact(2, min(timeout, 1.5), "OK after the command")
+            ok = self._read_exact(2, min(left(), 1.5), "OK after the command", budget)
         except ReplTimeout:
+            if not left():
+                raise                         # the budget went on sending: no second Ctrl-D into a running command
             # No OK: the Ctrl-D itself was lost in a dropped burst. Send it again, after a pause
             # that lets the UART drain (what arrived is guarded: a damaged command will not run).
             time.sleep(0.2)
             self._write(b"\x04")
-            ok = self._read_exact(2, timeout, "OK after the command")
+            ok = self._read_exact(2, left(), "OK after the command", budget)
         if ok != b"OK":
             raise self._error(ReplError, f"board did not accept the command (answered {ok!r})")
-        return self._follow(timeout)
+        return self._follow(left(), budget)
 
     def _paced_write(self, data: bytes) -> None:
         p = self.pacing
@@ -519,8 +537,9 @@ class ReplSession:
             if p.delay and i + p.chunk < len(data):
                 time.sleep(p.delay)
 
-    def _raw_paste_write(self, data: bytes, timeout: float) -> None:
-        header = self._read_exact(2, timeout, "raw-paste window size")
+    def _raw_paste_write(self, data: bytes, timeout: float, budget: float | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        header = self._read_exact(2, timeout, "raw-paste window size", budget)
         window = int.from_bytes(header, "little")
         self.raw_paste_window = window
         remain = window
@@ -555,12 +574,12 @@ class ReplSession:
             remain -= n
             i += n
         self._write(b"\x04")
-        self._read_until(b"\x04", timeout, "end of raw paste")
+        self._read_until(b"\x04", max(0.0, deadline - time.monotonic()), "end of raw paste", budget)
 
-    def _follow(self, timeout: float) -> ExecResult:
+    def _follow(self, timeout: float, budget: float | None = None) -> ExecResult:
         # The raw REPL answers stdout, \x04, stderr, \x04, ">". Read to the end and split at the
         # last \x04 before it: a \x04 the command printed (binary output) is stdout, not its end.
-        tail = self._read_until(b"\x04>", timeout, "end of the command's output")[:-2]
+        tail = self._read_until(b"\x04>", timeout, "end of the command's output", budget)[:-2]
         out, _, err = tail.rpartition(b"\x04")
         return ExecResult(out, err)
 

@@ -9,7 +9,7 @@ import ends by itself a little after the budget; the session then gets the promp
 from __future__ import annotations
 
 from workshop import smoke
-from workshop.repl import ReplSession
+from workshop.repl import Pacing, ReplSession
 
 SLOW_S = 4
 SLOW = f"import time\ntime.sleep({SLOW_S})\n"     # a module whose import takes 4 s
@@ -22,12 +22,12 @@ def expected() -> smoke.Expected:
 
 def test_a_timeout_names_the_step_and_keeps_the_facts(make_peer):
     peer = make_peer(stack_on_path=False, files={"slowmod.py": SLOW, "workshop.json": '{"hostname": "x"}'})
-    [report] = smoke.smoke_all([peer.port], expected(), timeout=1.5, connect_timeout=8)
+    [report] = smoke.smoke_all([peer.port], expected(), timeout=2.5, connect_timeout=8)
     [failed] = report.failed
     assert failed.name == "device"
     assert failed.duration_s < SLOW_S                 # the budget decided, not the board
     version = report.facts["version"]
-    assert failed.detail.startswith("the device check did not finish within 1.5 s, during step 'import slowmod'; "
+    assert failed.detail.startswith("the device check did not finish within 2.5 s, during step 'import slowmod'; "
                                     f"found so far: MicroPython {version} on linux")
     assert "1 of 3 stack modules checked: asyncio (frozen)" in failed.detail and "raise --timeout" in failed.detail
     assert report.facts["platform"] == "linux" and version.count(".") == 2
@@ -45,3 +45,20 @@ def test_a_larger_budget_lets_the_slow_board_finish(make_peer):
     slow = report.check("module slowmod")
     assert slow.status == smoke.FAIL and "not frozen" in slow.detail       # a file on the device: correct verdict
     assert report.check("config").status == smoke.PASS and "incomplete" not in report.facts
+
+
+def test_the_time_spent_sending_the_check_counts_against_the_budget(make_peer):
+    """Over a slow link (here: the session's pacing slowed to ~640 B/s, as after lost bytes on a
+    cheap bridge) sending the check takes longer than --timeout: the check reports that it did
+    not finish within the budget the user set, instead of passing after twice that."""
+    peer = make_peer(stack_on_path=False, files={"workshop.json": '{"hostname": "x"}'})
+    slow_link = Pacing(chunk=32, delay=0.05)
+    [report] = smoke.smoke_all([peer.port], expected(), timeout=2.0, connect_timeout=8, pacing=slow_link)
+    [failed] = report.failed
+    assert failed.name == "device" and failed.detail.startswith("the device check did not finish within 2 s"), \
+        failed.detail
+    with ReplSession(peer.port) as s:                   # left at a usable prompt
+        assert s.eval("1 + 2") == 3
+    # The same link with a budget that covers the sending passes.
+    [report] = smoke.smoke_all([peer.port], expected(), timeout=30.0, connect_timeout=8, pacing=slow_link)
+    assert report.check("device") is None and report.check("config").status == smoke.PASS
