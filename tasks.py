@@ -506,11 +506,13 @@ def _lesson_folder(files, cfg):
     return Path(files)
 
 
-def _flash_options(**options):
-    """workshop.flash.FlashOptions, checked (--baud, --flash-size) before any board is touched."""
+def _flash_options(timeout_scale=None, **options):
+    """workshop.flash.FlashOptions, checked (--baud, --flash-size, --timeout-scale) before any board is touched."""
     from workshop import flash as _flash
 
     try:
+        if timeout_scale is not None:
+            options["budgets"] = _flash.Budgets(scale=timeout_scale)
         return _flash.FlashOptions(**options)
     except _flash.FlashError as e:
         raise _fail(str(e)) from None
@@ -535,12 +537,13 @@ _IMAGE_HELP = {
 }
 
 
-def _start_live(render_now):
-    """A live view on the terminal that draws `render_now()` itself, 8 times a second: the latest
-    stage of every board, never a frame kept from before an update skipped to save redraws."""
+def _start_live(render_now, out=None):
+    """A live view on the terminal (`out`, default stdout's) that draws `render_now()` itself, 8
+    times a second: the latest stage of every board, never a frame kept from before an update
+    skipped to save redraws."""
     from rich.live import Live
 
-    live = Live(get_renderable=render_now, console=console, refresh_per_second=8, transient=False)
+    live = Live(get_renderable=render_now, console=out or console, refresh_per_second=8, transient=False)
     live.__enter__()
     return live
 
@@ -560,14 +563,15 @@ class _FlashView:
     COLUMNS: list[str | Column] = ["port", "stage", Column("%", justify="right"), "chip", "MAC",
                                    Column("note", wrap=True)]
 
-    def __init__(self, ports: list[str]) -> None:
+    def __init__(self, ports: list[str], out: Console | None = None) -> None:
+        self.out = out or console                  # stderr's when stdout carries JSON
         self.rows: dict[str, Any] = dict.fromkeys(ports)
         self.written: dict[str, float] = {}        # percent of the image written, per port (this attempt)
         self.live: Any = None
         self.last: dict[str, tuple[str, int]] = {}
 
     def __enter__(self) -> _FlashView:
-        self.live = _start_live(self._render) if console.is_terminal else None
+        self.live = _start_live(self._render, self.out) if self.out.is_terminal else None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -603,7 +607,7 @@ class _FlashView:
         self.last[e.port] = (e.stage.value, step)
         fields = " ".join(x for x in (e.chip, e.mac, f"{e.percent:.0f}%" if e.bytes_total else "",
                                       f"try {e.attempt}" if e.attempt > 1 else "") if x)
-        console.print(render.visible(f"{e.port} {e.stage.value}{' ' + fields if fields else ''}"
+        self.out.print(render.visible(f"{e.port} {e.stage.value}{' ' + fields if fields else ''}"
                                      f"{': ' + e.message if e.message else ''}"),
                       markup=False, highlight=False, soft_wrap=True)
 
@@ -620,11 +624,14 @@ class _FlashView:
     "files": "with --provision: also copy this folder of lesson files onto every board",
     "registry": "record every board in this registry (SQLite; e.g. workshop.db)",
     "json_out": "with --provision: write one JSON line per event to this file",
+    "json": "print the report (as --report writes it) as JSON instead of the table; progress goes to stderr",
+    "timeout_scale": "stretch every esptool stage's time box by this factor (default 1; e.g. 3 for an emulated board)",
     **{k: "with --provision: " + v for k, v in _BUDGET_HELP.items()},
 })
 def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", image=None, offset=None, chip=None,
           release=None, dist=None, flash_size=None, report=None, logs=None, provision=None, files=None,
-          registry=None, json_out=None, boot_timeout=None, repl_timeout=None, reset_probe=None, reset_wait=None):
+          registry=None, json_out=None, boot_timeout=None, repl_timeout=None, reset_probe=None, reset_wait=None,
+          json=False, timeout_scale=None):  # noqa: A002 - invoke derives --json
     """Flash every selected board in parallel, verify each, retry slower, report; non-zero exit if any failed."""
 
     from workshop import flash as _flash
@@ -634,7 +641,8 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     report_out = _checked(devconfig.output_file, report, "--report") if report else None
     events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
-    options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"), erase=erase, flash_size=flash_size)
+    options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"), erase=erase, flash_size=flash_size,
+                             timeout_scale=timeout_scale)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     lesson = _lesson_folder(files, cfg)
     targets = _device_ports(ports)
@@ -643,25 +651,31 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     log_dir = _flash_log_dir(logs)
     reg = _open_registry(registry)
     if provision or files:
+        if json:
+            raise _fail("--json prints the flash report; with --provision or --files use --json-out FILE "
+                        "(one JSON line per event)")
         plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=lesson,
                              registry=reg, log_dir=log_dir, **times)
         _run_station(lambda on_event, cancel: _station.run_boards(targets, plan, on_event=on_event, cancel=cancel),
                      events_out)
         return
-    with _FlashView([t.device for t in targets]) as view:
+    with _FlashView([t.device for t in targets], err_console if json else console) as view:
         try:
             result = _flash.flash_all(targets, images, options, on_event=view, log_dir=log_dir)
         except _flash.FlashError as e:
             raise _fail(str(e)) from None
+    if json:
+        print(result.to_json(), end="")
     summary = []
     for r in result.results:
         state = "verified" if r.ok else r.state.value
         why = r.left_as if r.ok else f"{r.left_as}: [{r.error_kind}] {r.error}"
         summary.append([r.port, r.chip_name, r.mac, r.board, Cell(state, r.state.value), f"{r.seconds:.1f}",
                         str(r.retries), why])
-    _table("Flash " + ("interrupted" if result.interrupted else "summary"),
-           ["port", "chip", "MAC", "image", "result", Column("s", justify="right"), "retries",
-            Column("left as / why", wrap=True)], summary)
+    if not json:
+        _table("Flash " + ("interrupted" if result.interrupted else "summary"),
+               ["port", "chip", "MAC", "image", "result", Column("s", justify="right"), "retries",
+                Column("left as / why", wrap=True)], summary)
     if reg is not None:                       # recorded first: a report that cannot be written loses nothing
         _not_recorded(_station.record_flash_report(reg, result, images))
     try:
@@ -669,8 +683,8 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     except OSError as e:
         raise _fail(f"the report could not be written: {e}") from None
     ok = sum(r.ok for r in result.results)
-    console.print(f"{ok}/{len(result.results)} verified in {result.seconds:.1f} s; report {report_path}; "
-                  f"esptool logs in {log_dir}", markup=False)
+    (err_console if json else console).print(f"{ok}/{len(result.results)} verified in {result.seconds:.1f} s; "
+                                             f"report {report_path}; esptool logs in {log_dir}", markup=False)
     if result.interrupted:
         raise Exit(code=130)
     if not result.ok:
@@ -1349,13 +1363,14 @@ def _run_station(run, json_out=None):
     "json_out": "write one JSON line per event to this file",
     "reflash": "flash even boards the registry knows as ready with this image",
     "baud": "flash baud rate (a failed attempt retries at 115200, then legacy stub, then no stub)",
+    "timeout_scale": "stretch every esptool stage's time box by this factor (default 1; e.g. 3 for an emulated board)",
     **_BUDGET_HELP,
     "logs": "folder for the per-board esptool logs (default: logs/station/<time>/)",
 })
 def station(c, board=None, auto=False, release=None, image=None, offset=None, chip=None, dist=None, provision=None,
             files=None, smoke=False, network=False, mqtt=None, registry="workshop.db", ports_dir=None, all_ports=False,
             stop_after=None, json_out=None, reflash=False, baud="460800", boot_timeout=None, repl_timeout=None,
-            reset_probe=None, reset_wait=None, logs=None):
+            reset_probe=None, reset_wait=None, logs=None, timeout_scale=None):
     """Hot-plug: every board plugged in goes appear -> flash -> provision -> smoke -> ready, until Ctrl-C."""
     from pathlib import Path
 
@@ -1368,7 +1383,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
     lesson = _lesson_folder(files, cfg)
     net = _network_options(network, mqtt)
-    flash_options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"))
+    flash_options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"), timeout_scale=timeout_scale)
     plan = _station.Plan(images=images, flash_options=flash_options, provision=cfg,
                          files=lesson, smoke=smoke or network, network=net,
                          registry=_open_registry(registry), reflash=reflash, log_dir=Path(logs) if logs else None,

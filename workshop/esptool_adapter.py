@@ -20,10 +20,13 @@ What we rely on, and how:
 - Errors: esptool raises one type, `FatalError`, for nearly everything. Where it has a finer
   type we use it (`NotImplementedInROMError` for ROM-only loaders); two message matches remain,
   each tested: "Failed to connect" (sync never answered) and "Verification failed" (verify_flash).
+- Writes: esptool's write_flash reconnects on a lost link by itself, `WRITE_FLASH_ATTEMPTS`
+  times; `single_write_attempt` sets it to one (our ladder retries, each stage time-boxed).
 - Speed: esptool 5.6 formats a hex dump of every packet even with tracing off; the formatter is
   replaced by one that prints the length (`_skip_untraced_hex_dumps`).
-- Images: a released image's header gets the board's flash size (`with_header_flash_size`),
-  read and checked with esptool's image classes, the ESP32 family's appended digest redone.
+- Images, read and checked with esptool's image classes: which chip an image is for
+  (`image_chip`, before anything is written); a released image's header gets the board's flash
+  size (`with_header_flash_size`), the ESP32 family's appended digest redone.
 
 Tested range: esptool 5.6 (pyproject pins >=5.6,<5.7). 5.3.1 crashes on import of `esp_pylib`.
 """
@@ -351,6 +354,14 @@ def run_stub(esp: Any, version: str) -> Any:
     return esp if esp.IS_STUB else esp.run_stub(stub_flasher(esp, version))
 
 
+def single_write_attempt(esp: Any) -> None:
+    """A lost connection during write_flash raises at once. esptool's own answer is to close the
+    port we handed it, sleep, reopen it and upload the stub again, `WRITE_FLASH_ATTEMPTS` (an
+    ESPLoader attribute write_flash reads) times, inside our write stage's time box; our retry
+    ladder does that, with each stage time-boxed."""
+    esp.WRITE_FLASH_ATTEMPTS = 1
+
+
 def change_baud(esp: Any, baud: int) -> bool:
     """Switch to `baud`; False when the loader cannot (ROM without stub on ESP8266)."""
     from esptool.util import NotImplementedInROMError
@@ -407,6 +418,36 @@ def with_header_flash_size(data: bytes, rom: Any, code: int) -> bytes:
     return patched
 
 
+def image_chip(data: bytes, expected: str) -> str | None:
+    """The chip (CHIP_DEFS key) the image at the start of `data` is built for, as the ROM
+    bootloader would read it at its offset: `expected` when it reads as an image of that chip;
+    else the chip whose image it reads as; None when esptool reads no image there (not firmware,
+    or cut short). Relies on esptool's image classes (`bin_image.LoadFirmwareImage`, the ESP32
+    family's extended-header `chip_id`) and each chip class's `IMAGE_CHIP_ID`. An ESP8266 image
+    has no chip id (its chip class has none), so an ESP32-family header naming a known chip is the
+    stronger evidence: an ESP32-S2 bootloader also happens to read as an ESP8266 image."""
+    from esptool.bin_image import LoadFirmwareImage
+    from esptool.targets import CHIP_DEFS
+
+    def read(chip: str) -> Any:
+        try:
+            with esptool_session(None):     # esptool's warnings about odd segments go nowhere
+                return LoadFirmwareImage(CHIP_DEFS[chip].CHIP_NAME, data)
+        except Exception:   # FatalError, struct/IO errors, RuntimeError (a bad header field)
+            return None
+
+    def chip_id(chip: str) -> int | None:
+        return getattr(CHIP_DEFS[chip], "IMAGE_CHIP_ID", None)
+
+    with_ids = [chip for chip in CHIP_DEFS if chip_id(chip) is not None]
+    # The ESP32 family has one header layout: read as any of its chips, chip_id says which.
+    family = read(expected if chip_id(expected) is not None else with_ids[0])
+    named = next((chip for chip in with_ids if family is not None and chip_id(chip) == family.chip_id), None)
+    if named is not None:
+        return named
+    return next((chip for chip in (expected, *CHIP_DEFS) if chip_id(chip) is None and read(chip) is not None), None)
+
+
 def read_identity_fields(esp: Any, flash: bool = True) -> dict[str, Any]:
     """Chip, MAC, description, features (and flash size: needs the stub and attached flash)."""
     from esptool.cmds import detect_flash_size
@@ -428,4 +469,5 @@ def read_identity_fields(esp: Any, flash: bool = True) -> dict[str, Any]:
 
 __all__ = ["Cancelled", "DeviceError", "NoAnswer", "PORT_BUSY", "PortBusy", "PortUnavailable", "VerifyFailed",
            "abort_port", "change_baud", "chip_key", "close", "connect", "esptool_session", "flash_size", "format_mac",
-           "open_port", "port_error", "read_mac", "run_stub", "stub_flasher", "stub_size", "verify"]
+           "image_chip", "open_port", "port_error", "read_mac", "run_stub", "single_write_attempt", "stub_flasher",
+           "stub_size", "verify"]

@@ -74,13 +74,18 @@ class TooBig(Refused):
     kind = "too-big"
 
 
+# The command-line option that stretches every stage's time box (Budgets.scale), for messages.
+TIMEOUT_SCALE_OPTION = "--timeout-scale"
+
+
 class StageTimeout(DeviceError):
     """An esptool stage overran its time box: the attempt was aborted (its port closed)."""
 
     kind = "timeout"
 
     def __init__(self, stage: str, budget: float, doing: str) -> None:
-        super().__init__(f"{stage}: no answer within its {budget:.1f} s budget ({doing}); attempt aborted")
+        super().__init__(f"{stage}: no answer within its {budget:.1f} s budget ({doing}); attempt aborted "
+                         f"(a slow hub or an emulated board: {TIMEOUT_SCALE_OPTION} stretches every stage)")
         self.stage = stage
 
 
@@ -93,6 +98,27 @@ def port_write_flash_size(port: str) -> str:
         return load_port(port).write_flash_size
     except ConfigError:
         return "keep"
+
+
+# What a board whose flash was verified, then stopped before its reset, holds.
+VERIFIED_NOT_RESET = "flashed and verified, not reset: press RESET"
+
+
+def chip_write_flash_size(chip: str) -> str:
+    """The esptool --flash-size of the port that builds for `chip` (its port.toml `chips`), for
+    an image that names no port (a bare --image file); "keep" when no port builds for it."""
+    try:
+        folders = sorted((project_root() / "ports").glob("*/port.toml"))
+    except ConfigError:
+        return "keep"
+    for toml in folders:
+        try:
+            port = load_port(toml.parent.name)
+        except ConfigError:
+            continue
+        if chip in port.chips:
+            return port.write_flash_size
+    return "keep"
 
 
 @dataclass(frozen=True)
@@ -113,6 +139,7 @@ class FlashImage:
     build_dir: Path | None = None        # dist/<BOARD>/ it came from (smoke expectations)
     release: str | None = None           # the release version it came from
     stale: str | None = None             # why dist/<BOARD>/ is not the current sources' build (None: it is)
+    from_build: bool = True              # False: a bare --image file, no build record vouches for its bytes
 
     @property
     def identity(self) -> str:
@@ -135,6 +162,12 @@ class FlashImage:
 
     def load(self) -> list[tuple[int, bytes]]:
         return [(offset, path.read_bytes()) for path, offset in self.regions]
+
+    def header_flash_size(self, chip: str) -> str:
+        """esptool's --flash-size for writing this image to a `chip`: its port's data; for a bare
+        --image file, that of the port that builds for the chip found (an ESP8266 image's header
+        says 1MB until esptool writes the size it detects)."""
+        return self.write_flash_size if self.from_build else chip_write_flash_size(chip)
 
     @classmethod
     def from_dist(cls, board_dir: Path) -> FlashImage:
@@ -179,15 +212,27 @@ class FlashImage:
 
     @classmethod
     def from_file(cls, path: Path, offset: int, chip: str | None = None) -> FlashImage:
-        """A single binary (--image FILE --offset N); chip checked only when given."""
+        """A single binary (--image FILE --offset N). With `chip`, its bytes are checked against
+        it here, before any board is touched (else against each board's chip, before writing)."""
         if not path.is_file():
             raise FlashError(f"{path}: no such image file")
+        # (its header's flash size: the port's data for the chip found, see header_flash_size)
+        image = cls(board=path.stem, chip=chip, flash_size=None, regions=((path, offset),), source=str(path),
+                    from_build=False)
         if chip is not None:
             try:
                 chip_definition(chip)
             except ConfigError as e:
                 raise FlashError(str(e)) from None
-        return cls(board=path.stem, chip=chip, flash_size=None, regions=((path, offset),), source=str(path))
+            foreign = _foreign_image(chip, image.load()) if path.stat().st_size else None  # (empty: refused as such)
+            if foreign is not None:
+                offset_found, blob, found = foreign
+                name = chip_definition(chip).CHIP_NAME
+                if found is not None:
+                    raise FlashError(f"--image {path}: an image for {chip_definition(found).CHIP_NAME} (its header "
+                                     f"says so), not for {name} (--chip {chip}): nothing written")
+                raise FlashError(f"--image {path}: {_no_image(name, offset_found, blob)}")
+        return image
 
 
 def dist_images(root: Path | None = None) -> list[FlashImage]:
@@ -355,6 +400,16 @@ class Budgets:
     reset: float = 3.0
     scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        try:
+            scale = float(self.scale)       # "2.5" from a command line
+        except (TypeError, ValueError):
+            scale = -1.0
+        if not 0 < scale < float("inf"):
+            raise FlashError(f"{TIMEOUT_SCALE_OPTION}: expected a number > 0 (2 doubles every stage's time box), "
+                             f"got {self.scale!r}")
+        object.__setattr__(self, "scale", scale)
+
     def line(self, nbytes: int, baud: int) -> float:
         return nbytes * 10 / max(1, baud) * self.line_margin
 
@@ -481,6 +536,8 @@ class DeviceResult:
         """In words, what the board holds now (the furthest any attempt got decides)."""
         if self.ok:
             return "flashed and verified"
+        if self.verified:                   # stopped (Ctrl-C) during the reset after verify
+            return VERIFIED_NOT_RESET
         reached = {a.stage for a in self.attempts} | {self.stage.value}
         if reached & {Stage.ERASING.value, Stage.WRITING.value, Stage.VERIFYING.value, Stage.RESETTING.value,
                       Stage.DONE.value}:
@@ -529,6 +586,49 @@ EventHandler = Callable[[FlashEvent], None]
 
 
 # --- one device -----------------------------------------------------------------------------
+
+
+class NotAnImage(Refused):
+    """A bare --image file holds no firmware image where the chip's ROM looks for one: nothing written."""
+
+    kind = "not-an-image"
+
+
+def _foreign_image(chip: str, data: Sequence[tuple[int, bytes]]) -> tuple[int, bytes, str | None] | None:
+    """The region at the chip's bootloader offset that its ROM would not boot as its own image:
+    (offset, bytes, the chip its header names, or None when it is no image at all); None: none."""
+    boot = int(chip_definition(chip).BOOTLOADER_FLASH_OFFSET)
+    for offset, blob in data:
+        if offset == boot:
+            found = esptool.image_chip(blob, chip)
+            if found != chip:
+                return offset, blob, found
+    return None
+
+
+def _no_image(chip_name: str, offset: int, blob: bytes) -> str:
+    return (f"no {chip_name} firmware image at {offset:#x}, where its ROM bootloader looks for one (a download "
+            f"cut short, or not firmware: it starts {blob[:12]!r}); nothing written")
+
+
+def check_image_chip(image: FlashImage, chip: str, data: Sequence[tuple[int, bytes]]) -> None:
+    """Refuse, before anything is written, what the chip's ROM bootloader would not boot: at its
+    bootloader offset, an image whose header names another chip (WrongChip: esptool itself
+    refuses it at write time, which looked like a failed write and was retried), and, in a bare
+    --image file, bytes that are no image at all (NotAnImage: esptool writes them, and the
+    board's working firmware is gone for a download that went wrong). A build's bytes are
+    vouched for by its record (and tests flash synthetic ones): only another chip is refused."""
+    foreign = _foreign_image(chip, data)
+    if foreign is None:
+        return
+    offset, blob, found = foreign
+    name = chip_definition(chip).CHIP_NAME
+    if found is not None:
+        what = image.board if image.from_build else image.source
+        raise WrongChip(f"found {name}, but {what} is an image for {chip_definition(found).CHIP_NAME} "
+                        "(its header says so): nothing written")
+    if not image.from_build:
+        raise NotAnImage(f"{image.source}: {_no_image(name, offset, blob)}")
 
 
 def _pick(images: ImageChoice, chip: str) -> FlashImage:
@@ -731,8 +831,6 @@ class _Worker:
         self.emit(Stage.FAILED, message)
 
     def _attempt(self, attempt: Attempt) -> None:
-        from esptool.cmds import attach_flash, erase_flash, reset_chip, write_flash
-
         budgets = self.options.budgets
         self.result.verified = False
         tries = self.options.connect_attempts
@@ -741,76 +839,91 @@ class _Worker:
         ser = esptool.open_port(self.port.device)
         with self._lock:
             self._ser = ser
-        if self._abort.is_set():
-            raise Cancelled()
-        esp = esptool.connect(ser, tries)
         try:
-            chip = esptool.chip_key(esp)
-            self.result.chip, self.result.chip_name = chip, esp.CHIP_NAME
-            self.result.mac = esptool.read_mac(esp)
-            image = _pick(self.images, chip)          # refuses a wrong-chip image before any write
-            self.result.board = image.board
-            if self.gate is not None and not self.gated:
-                # Not "attempt 1": an attempt that failed before reading the MAC never got here.
-                # Marked once it has run: a gate that raised runs again on the retry, never skipped
-                # (a clone's refusal was lost that way, and the clone flashed on attempt 2).
-                self.skipped = self.gate(self.result)
-                self.gated = True
-                if self.skipped is not None:
-                    if self.options.reset_after:        # back into its firmware, as after a flash
-                        self.box(Stage.RESETTING, budgets.fixed(budgets.reset), "hard reset", "hard reset")
-                        with contextlib.suppress(Exception):
-                            reset_chip(esp, "hard-reset")
-                    return
-            data = image.load()
-            self.total = sum(len(d) for _, d in data)
-            baud = devices.ROM_BAUD
-            if attempt.stub is not None:
-                size = esptool.stub_size(esp, attempt.stub)
-                self.box(Stage.STUB, budgets.stub(size), f"uploading and starting the {attempt.label.split(', ')[1]} "
-                         f"({size} bytes)", attempt.label)
-                esp = esptool.run_stub(esp, attempt.stub)
-            if attempt.baud > devices.ROM_BAUD:
-                self.box(Stage.BAUD, budgets.fixed(budgets.baud_change), f"switching to {attempt.baud} baud")
-                if esptool.change_baud(esp, attempt.baud):
-                    baud = attempt.baud
-            self.box(Stage.ATTACH, budgets.fixed(budgets.attach), "attaching the SPI flash")
-            attach_flash(esp)
-            self.result.flash_size = esptool.flash_size(esp) or self.result.flash_size
-            _check_fits(data, self.result.flash_size)     # as esptool refuses it: before anything is written
-            esp.WRITE_FLASH_ATTEMPTS = 1   # our ladder retries, not esptool's 7 s reconnect loop
-            if self.options.erase:
-                self.box(Stage.ERASING, budgets.fixed(budgets.chip_erase), "erasing the whole flash",
-                         "erasing the whole flash")
-                erase_flash(esp)
-            self.done_before = 0
-            flash_size = self.options.flash_size or image.write_flash_size
-            for offset, blob in data:
-                self.region_size = len(blob)
-                budget = budgets.write(len(blob), baud)
-                self.box(Stage.WRITING, budget, f"writing {len(blob)} bytes at {offset:#x} at {baud} baud",
-                         f"{offset:#x}", self.done_before, self.total)
-                write_flash(esp, [(offset, blob)], flash_size=flash_size)
-                self.done_before += len(blob)
-                self.result.bytes_written = self.done_before
-                self.emit(Stage.WRITING, f"{offset:#x} written", self.done_before, self.total)
-            self.box(Stage.VERIFYING, budgets.verify(self.total), f"checksumming {self.total} bytes of flash",
-                     "md5 of flash vs image", self.total, self.total)
-            esptool.verify(esp, data, flash_size, image.board)
-            self.result.verified = True
-            if self.options.reset_after:
-                self.box(Stage.RESETTING, budgets.fixed(budgets.reset), "hard reset", "hard reset")
-                with contextlib.suppress(Exception):
-                    reset_chip(esp, "hard-reset")
+            if self._abort.is_set():
+                raise Cancelled()
+            self._flash(esptool.connect(ser, tries), attempt)
         finally:
+            # Closed whatever failed, the connect included: a port left open keeps its exclusive
+            # lock, and the next attempt would find the board "busy: held by another program".
             with self._lock:
                 ser, self._ser, self._deadline = self._ser, None, None
             if ser is not None:
                 esptool.abort_port(ser)
 
+    def _flash(self, esp: Any, attempt: Attempt) -> None:
+        """One attempt on a connected loader: identify, refuse or write, verify, reset."""
+        from esptool.cmds import attach_flash, erase_flash, reset_chip, write_flash
 
-def _check_fits(data: Sequence[tuple[int, bytes]], flash_size: str | None) -> None:
-    """TooBig when a region ends past the flash the chip reports (unknown size: not checked)."""
+        budgets = self.options.budgets
+        chip = esptool.chip_key(esp)
+        self.result.chip, self.result.chip_name = chip, esp.CHIP_NAME
+        self.result.mac = esptool.read_mac(esp)
+        image = _pick(self.images, chip)          # refuses a wrong-chip image before any write
+        self.result.board = image.board
+        data = image.load()
+        check_image_chip(image, chip, data)       # and one whose bytes say so (before the gate records a flash)
+        if self.gate is not None and not self.gated:
+            # Not "attempt 1": an attempt that failed before reading the MAC never got here.
+            # Marked once it has run: a gate that raised runs again on the retry, never skipped
+            # (a clone's refusal was lost that way, and the clone flashed on attempt 2).
+            self.skipped = self.gate(self.result)
+            self.gated = True
+            if self.skipped is not None:
+                if self.options.reset_after:        # back into its firmware, as after a flash
+                    self.box(Stage.RESETTING, budgets.fixed(budgets.reset), "hard reset", "hard reset")
+                    with contextlib.suppress(Exception):
+                        reset_chip(esp, "hard-reset")
+                return
+        self.total = sum(len(d) for _, d in data)
+        baud = devices.ROM_BAUD
+        if attempt.stub is not None:
+            size = esptool.stub_size(esp, attempt.stub)
+            self.box(Stage.STUB, budgets.stub(size), f"uploading and starting the {attempt.label.split(', ')[1]} "
+                     f"({size} bytes)", attempt.label)
+            esp = esptool.run_stub(esp, attempt.stub)
+        if attempt.baud > devices.ROM_BAUD:
+            self.box(Stage.BAUD, budgets.fixed(budgets.baud_change), f"switching to {attempt.baud} baud")
+            if esptool.change_baud(esp, attempt.baud):
+                baud = attempt.baud
+        self.box(Stage.ATTACH, budgets.fixed(budgets.attach), "attaching the SPI flash")
+        attach_flash(esp)
+        self.result.flash_size = esptool.flash_size(esp) or self.result.flash_size
+        flash_size = self.options.flash_size or image.header_flash_size(chip)
+        where = "--flash-size" if self.options.flash_size else "the port's write_flash_size"
+        _check_fits(data, self.result.flash_size, flash_size, where)     # before anything is written
+        esptool.single_write_attempt(esp)   # our ladder retries, not esptool's reconnect loop
+        if self.options.erase:
+            self.box(Stage.ERASING, budgets.fixed(budgets.chip_erase), "erasing the whole flash",
+                     "erasing the whole flash")
+            erase_flash(esp)
+        self.done_before = 0
+        for offset, blob in data:
+            self.region_size = len(blob)
+            budget = budgets.write(len(blob), baud)
+            self.box(Stage.WRITING, budget, f"writing {len(blob)} bytes at {offset:#x} at {baud} baud",
+                     f"{offset:#x}", self.done_before, self.total)
+            write_flash(esp, [(offset, blob)], flash_size=flash_size)
+            self.done_before += len(blob)
+            self.result.bytes_written = self.done_before
+            self.emit(Stage.WRITING, f"{offset:#x} written", self.done_before, self.total)
+        self.box(Stage.VERIFYING, budgets.verify(self.total), f"checksumming {self.total} bytes of flash",
+                 "md5 of flash vs image", self.total, self.total)
+        esptool.verify(esp, data, flash_size, image.board)
+        self.result.verified = True
+        if self.options.reset_after:
+            self.box(Stage.RESETTING, budgets.fixed(budgets.reset), "hard reset", "hard reset")
+            with contextlib.suppress(Exception):
+                reset_chip(esp, "hard-reset")
+
+
+def _check_fits(data: Sequence[tuple[int, bytes]], flash_size: str | None, header: str = "keep",
+                where: str = "--flash-size") -> None:
+    """TooBig when a region ends past the flash the chip reports, or when the header would claim
+    more flash than that (`header`, esptool's --flash-size, from `where`): esptool only warns and
+    writes it, verify passes, and the firmware trusts the header (ESP-IDF stops at boot: "Detected
+    size smaller than the size in the binary image header"; ESP8266 MicroPython sizes its
+    filesystem past the chip's end). An unknown chip size is not checked."""
     try:
         size = _size_bytes(flash_size) if flash_size else None
     except ValueError:
@@ -821,6 +934,9 @@ def _check_fits(data: Sequence[tuple[int, bytes]], flash_size: str | None) -> No
         if offset + len(blob) > size:
             raise TooBig(f"the image does not fit: {len(blob):,} bytes at {offset:#x} end at {offset + len(blob):#x}, "
                          f"past this board's {flash_size} flash ({size:#x}); nothing written")
+    if header not in ("keep", "detect") and _size_bytes(header) > size:
+        raise TooBig(f"{where} {header}: more than this board's {flash_size} flash, and a header claiming more "
+                     "flash than the chip has breaks the firmware at boot; nothing written")
 
 
 def _describe(e: BaseException) -> str:
@@ -894,6 +1010,6 @@ def flash_all(ports: Sequence[SerialPort | str], images: ImageChoice, options: F
 
 
 __all__ = ["Attempt", "Budgets", "DeviceResult", "FlashError", "FlashEvent", "FlashImage", "FlashOptions",
-           "FlashReport", "HostBuild", "Refused", "Stage", "StageTimeout", "State", "TooBig", "VerifyFailed", "WrongChip", "choose_images", "dist_images",
+           "FlashReport", "HostBuild", "NotAnImage", "Refused", "Stage", "StageTimeout", "State", "TooBig", "VerifyFailed", "WrongChip", "choose_images", "dist_images",
            "flash_all",
            "flash_device", "stale_warnings", "images_by_chip", "retry_ladder", "Runner", "wait_threads"]

@@ -443,7 +443,7 @@ class BoardResult:
         if self.ok:
             return "ready: unplug me"
         written = self.flash is not None and self.flash.left_as == "partially written: flash again"
-        if self.flash is not None and self.flash.ok:
+        if self.flash is not None and self.flash.verified:
             return f"{self.state} during {self.stage}: flashed and verified, run it again to finish"
         if written:
             return f"{self.state} during {self.stage}: reflash before use"

@@ -35,7 +35,18 @@ from support import MOCK_FLASH_SIZE, FlashDumpingPeer, free_port
 _MOCK = r"""
 import os, signal, sys
 from esp32_mock_bootloader import server
-chip, port_file, dump, fast_slip = sys.argv[1:5]
+chip, port_file, dump, fast_slip, garbled_detects = sys.argv[1:6]
+if int(garbled_detects):
+    # Noise on the line while esptool detects the chip: the chip-detect magic register reads as
+    # garbage the first N times (esptool: "Unexpected chip magic value"), then as the chip's.
+    left = [int(garbled_detects)]
+    _read = server._read_reg_value_for_chip
+    def _noisy(addr, chip):
+        if addr == 0x40001000 and left[0] > 0:
+            left[0] -= 1
+            return 0xDEADBEEF
+        return _read(addr, chip)
+    server._read_reg_value_for_chip = _noisy
 if fast_slip == "1":
     # The package re-decodes its whole receive buffer, byte by byte in Python, on every read: fine
     # for a PTY's 4 KB reads, quadratic for a UART's trickle. Same frames (for valid SLIP), in C.
@@ -164,11 +175,13 @@ class MockFarm:
     bridges: list[subprocess.Popen] = field(default_factory=list)
     relays: list[subprocess.Popen] = field(default_factory=list)
 
-    def start(self, chip: str, fast_slip: bool = False) -> MockDevice:
-        """A mock on a fresh PTY; `fast_slip` swaps the mock's Python SLIP decoder for one in C (for paced links)."""
+    def start(self, chip: str, fast_slip: bool = False, garbled_detects: int = 0) -> MockDevice:
+        """A mock on a fresh PTY; `fast_slip` swaps the mock's Python SLIP decoder for one in C (for paced links);
+        `garbled_detects`: that many chip detections read noise (ESP32's detect register) before the real answer."""
         n = len(self.devices)
         port_file, dump, log = (self.root / f"mock{n}.{ext}" for ext in ("port", "flash", "log"))
-        proc = subprocess.Popen([sys.executable, "-c", _MOCK, chip, str(port_file), str(dump), str(int(fast_slip))],
+        proc = subprocess.Popen([sys.executable, "-c", _MOCK, chip, str(port_file), str(dump), str(int(fast_slip)),
+                                 str(garbled_detects)],
                                 stdout=log.open("wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while not (port_file.exists() and port_file.read_text().strip()):

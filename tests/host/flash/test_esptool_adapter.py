@@ -160,3 +160,52 @@ def test_an_images_flash_size_is_set_with_esptools_image_classes(chip):
     image = rom.BOOTLOADER_IMAGE(io.BytesIO(out))
     image.verify()                      # the ESP32 digest was redone (verify checks it)
     assert out != built and adapter.with_header_flash_size(b"\xe9 not an image", rom, 0x30) == b"\xe9 not an image"
+
+
+def test_the_chip_an_image_is_for_is_read_with_esptools_image_classes():
+    # image_chip relies on bin_image.LoadFirmwareImage reading an image for a chip, the ESP32
+    # family's extended header carrying `chip_id` (one layout for every chip in it) and each chip
+    # class's IMAGE_CHIP_ID (ESP8266's has none). Images esptool made itself must read back as
+    # theirs, against every expected chip; bytes that are no image (or cut short) as None.
+    from esptool.targets import CHIP_DEFS
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "release"))
+    from placeholders import esp_image
+
+    assert getattr(CHIP_DEFS["esp8266"], "IMAGE_CHIP_ID", None) is None
+    assert len({CHIP_DEFS[c].IMAGE_CHIP_ID for c in CHIP_DEFS if c != "esp8266"}) == len(CHIP_DEFS) - 1
+    chips = ["esp8266", "esp32", "esp32s2", "esp32s3", "esp32c3", "esp32c6", "esp32p4"]
+    for built in chips:
+        data = esp_image(built, "4MB", after=b"\xff" * 0x7000 + b"partition table and app")
+        assert [adapter.image_chip(data, expected) for expected in chips] == [built] * len(chips), built
+        assert adapter.image_chip(data[:40], built) is None                 # a download cut short
+    for not_firmware in (b"", b"<!DOCTYPE html>" * 64, b"\xff" * 4096):
+        assert [adapter.image_chip(not_firmware, c) for c in chips] == [None] * len(chips)
+
+
+def test_a_lost_link_mid_write_raises_at_once_with_one_write_attempt(mocks):
+    # single_write_attempt relies on ESPLoader.WRITE_FLASH_ATTEMPTS, which esptool's write_flash
+    # reads: more than one (its default) closes our port, sleeps a second per try and reopens it
+    # to reconnect and upload the stub again, inside our write stage's time box.
+    from esptool.cmds import attach_flash, write_flash
+    from esptool.loader import ESPLoader
+
+    assert ESPLoader.WRITE_FLASH_ATTEMPTS > 1
+    device = mocks.start("esp32")
+
+    def unplug(done: int, total: int, _: str) -> None:
+        if done * 4 >= total and device.alive:
+            device.kill()
+
+    with adapter.esptool_session(None, on_progress=unplug) as log:
+        esp = adapter.run_stub(adapter.connect(device.port), "2")
+        try:
+            attach_flash(esp)
+            adapter.single_write_attempt(esp)
+            t0 = time.monotonic()
+            with pytest.raises(serial.SerialException):
+                write_flash(esp, [(0x1000, image_bytes(256 * 1024, 3))])
+            assert time.monotonic() - t0 < 1.0
+            assert "Lost connection, retrying" not in log.getvalue()
+        finally:
+            adapter.close(esp)

@@ -216,6 +216,23 @@ def test_a_lost_connection_is_retried_at_a_lower_baud(mocks, dist, tmp_path):
     assert_flashed(device, image_dir, 0x1000)
 
 
+def test_a_failed_connect_is_retried_on_its_own_port_not_reported_busy(mocks, dist, tmp_path):
+    """Noise while esptool detects the chip fails attempt 1 in its connect. That attempt's port
+    stayed open (its exclusive lock held), so attempt 2 failed as 'port busy: held by another
+    program (Thonny, ...)' on a board nothing else held. Now the retry connects and flashes."""
+    device = mocks.start("esp32", garbled_detects=1)
+    image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=32 * 1024)
+
+    report = flash.flash_all([device.port], FlashImage.from_dist(image_dir), log_dir=tmp_path / "logs")
+
+    [r] = report.results
+    assert r.ok, r.error
+    assert "busy" not in str(r.attempts)
+    assert r.retries == 1 and r.attempts[0].stage == "connecting", r.attempts
+    assert "Unexpected chip magic value" in r.attempts[0].error
+    assert_flashed(device, image_dir, 0x1000)
+
+
 def test_cancel_stops_every_worker_and_says_what_each_was_left_as(mocks, dist, tmp_path):
     devices = mocks.start_many(["esp32"] * 3)
     image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=256 * 1024)
@@ -440,6 +457,23 @@ def test_an_image_too_big_for_the_boards_flash_is_refused_once_with_nothing_writ
     assert_untouched(device)
 
 
+def test_a_flash_size_larger_than_the_boards_flash_is_refused_once_with_nothing_written(mocks, dist, tmp_path):
+    """--flash-size 16MB on a 4 MB board: esptool only warned in the log ("larger than the
+    available flash size") and wrote a header claiming 16 MB; verify passed and the board was
+    reported 'flashed and verified', then its firmware stopped at boot on the mismatch."""
+    [device] = mocks.start_many(["esp32"])
+    make_dist(dist, "ESP32_GENERIC", "esp32", size=16 * 1024)
+    report = tmp_path / "r.json"
+    proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(dist), "--ports", device.port,
+                   "--flash-size", "16MB", "--logs", str(tmp_path / "logs"), "--report", str(report), timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [r] = json.loads(report.read_text())["devices"]
+    assert (r["state"], r["error_kind"], r["retries"], r["left_as"]) == ("failed", "too-big", 0, "untouched"), r
+    assert r["error"] == ("--flash-size 16MB: more than this board's 4MB flash, and a header claiming more flash "
+                          "than the chip has breaks the firmware at boot; nothing written"), r["error"]
+    assert_untouched(device)
+
+
 def test_flash_progress_keeps_ports_and_stages_whole_piped_and_at_80_columns(mocks, dist, tmp_path):
     """Piped, the progress was one frame cut to 80 columns ('/d… don…'); on an 80-column terminal
     '/dev/… conne…'; the summary line folded in the middle of the log path. Piped: one whole line
@@ -499,3 +533,130 @@ def test_flash_options_take_the_baud_as_a_number_from_text_too():
     for bad in ("fast", 100, True):
         with pytest.raises(flash.FlashError, match=r"^--baud: expected a baud rate"):
             FlashOptions(baud=bad)
+
+
+# --- what the image file holds, against the chip found ---------------------------------------
+
+
+def _esp_image(chip: str, flash_size: str, after: bytes = b"") -> bytes:
+    """A valid image for `chip`, made with esptool's own image classes (tests/host/release/placeholders)."""
+    sys.path.insert(0, str(REPO / "tests" / "host" / "release"))
+    from placeholders import esp_image
+
+    return esp_image(chip, flash_size, after=after)
+
+
+def test_an_image_file_built_for_another_chip_is_refused_once_with_nothing_written(mocks, tmp_path):
+    """An ESP32 firmware.bin given as --image to an ESP32-C3: esptool refuses it at write time
+    ("Input does not contain an ESP32-C3 image"), which looked like a failed write: it was retried
+    three times and reported 'partially written: flash again' (with the same wrong file). It is a
+    wrong chip, refused before anything is written; with --chip, before any board is touched."""
+    device = mocks.start("esp32c3")
+    image = tmp_path / "firmware.bin"
+    image.write_bytes(_esp_image("esp32", "4MB", after=b"\xff" * 0x7000 + bytes(32 * 1024)))
+
+    report = flash.flash_all([device.port], flash.choose_images(image=image, offset="0x0"), log_dir=tmp_path / "logs")
+
+    [r] = report.results
+    assert (r.state, r.error_kind, r.retries, r.left_as) == (State.FAILED, "wrong-chip", 0, "untouched"), r
+    assert r.error == f"found ESP32-C3, but {image} is an image for ESP32 (its header says so): nothing written"
+    with pytest.raises(flash.FlashError, match=r"an image for ESP32 \(its header says so\), not for ESP32-C3 "
+                                               r"\(--chip esp32c3\): nothing written"):
+        flash.choose_images(image=image, offset="0x0", chip="esp32c3")
+    assert_untouched(device)
+
+
+def test_an_image_file_that_is_no_firmware_is_never_written_where_the_rom_boots_from(mocks, tmp_path):
+    """A firmware.bin that is a captive portal's page (or a download cut short) was written over
+    the board's bootloader and reported 'flashed and verified': the board no longer booted. At the
+    chip's bootloader offset it is refused, nothing written; elsewhere (data, a filesystem) it is
+    written as given."""
+    device = mocks.start("esp32c3")
+    page = tmp_path / "firmware.bin"
+    page.write_bytes(b"<!DOCTYPE html><html><body>Sign in to the Wi-Fi</body></html>\n" * 64)
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(_esp_image("esp32c3", "4MB")[:200])
+
+    with pytest.raises(flash.FlashError, match=r"no ESP32-C3 firmware image at 0x0, where its ROM bootloader looks for "
+                                               r"one \(a download cut short, or not firmware: it starts b'<!DOCTYPE ht'\)"):
+        flash.choose_images(image=page, offset="0x0", chip="esp32c3")
+    for bad in (page, cut):
+        report = flash.flash_all([device.port], flash.choose_images(image=bad, offset="0x0"),
+                                 log_dir=tmp_path / f"logs-{bad.stem}")
+        [r] = report.results
+        assert (r.state, r.error_kind, r.retries, r.left_as) == (State.FAILED, "not-an-image", 0, "untouched"), r
+        assert r.error.startswith(f"{bad}: no ESP32-C3 firmware image at 0x0") and "nothing written" in r.error
+    report = flash.flash_all([device.port], flash.choose_images(image=page, offset="0x200000", chip="esp32c3"),
+                             log_dir=tmp_path / "logs-data")
+    assert report.ok, report.results[0].error
+    data = device.flash()
+    assert data[:0x200000] == b"\xff" * 0x200000 and data[0x200000:0x200000 + page.stat().st_size] == page.read_bytes()
+
+
+def test_an_esp8266_image_file_gets_the_flash_size_detected_as_a_dist_build_does(mocks, dist, tmp_path):
+    """The ESP8266 port writes with --flash-size detect (its port data): an image's header says
+    1MB until then, and MicroPython sizes its filesystem by it. dist/ESP8266_GENERIC got the 4 MB
+    the flash chip reports; the same bytes as --image (with --chip esp8266 or without) kept 1MB."""
+    from esptool.targets import CHIP_DEFS
+
+    built = _esp_image("esp8266", "1MB")
+    detected = int(CHIP_DEFS["esp8266"].FLASH_SIZES["4MB"])          # the mock's flash chip: 4 MB
+    file = tmp_path / "ESP8266_GENERIC-v1.28.0.bin"
+    file.write_bytes(built)
+    for chip in ("esp8266", None):
+        device = mocks.start("esp8266")
+        report = flash.flash_all([device.port], flash.choose_images(image=file, offset="0x0", chip=chip),
+                                 log_dir=tmp_path / f"logs-{chip}")
+        assert report.ok, report.results[0].error
+        written = device.flash()[:len(built)]
+        assert written[3] & 0xF0 == detected, (chip, hex(written[3]))
+        assert written[:3] + written[4:] == built[:3] + built[4:]
+
+
+def test_ctrl_c_during_the_reset_after_verify_says_the_board_is_flashed_not_partly(mocks, dist, tmp_path):
+    """Stopped once verify has passed, a board holds the whole image: "partially written: flash
+    again" sent a person to reflash a good board, and the station said "reflash before use"."""
+    from workshop import station
+
+    device = mocks.start("esp32")
+    image_dir = make_dist(dist, "ESP32_GENERIC", "esp32", size=64 * 1024)
+    cancel = threading.Event()
+
+    def on_event(e: flash.FlashEvent) -> None:
+        if e.stage is Stage.RESETTING:
+            cancel.set()
+
+    report = flash.flash_all([device.port], FlashImage.from_dist(image_dir), on_event=on_event,
+                             log_dir=tmp_path / "logs", cancel=cancel)
+    [r] = report.results
+    assert r.state is State.INTERRUPTED and r.verified, (r.state, r.error)
+    assert r.left_as == "flashed and verified, not reset: press RESET"
+    assert_flashed(device, image_dir, 0x1000)
+    board = station.BoardResult(key=device.port, port=device.port, state="interrupted", stage="flashing", flash=r)
+    assert board.left_as == "interrupted during flashing: flashed and verified, run it again to finish"
+
+
+def test_invoke_flash_json_prints_the_report_on_stdout_and_progress_on_stderr(mocks, dist, tmp_path):
+    [device] = mocks.start_many(["esp32"])
+    make_dist(dist, "ESP32_GENERIC", "esp32", size=16 * 1024)
+    report = tmp_path / "r.json"
+    proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(dist), "--ports", device.port, "--json",
+                   "--logs", str(tmp_path / "logs"), "--report", str(report), timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    printed = json.loads(proc.stdout)                   # nothing but the report on stdout
+    assert printed == json.loads(report.read_text())
+    [r] = printed["devices"]
+    assert (r["port"], r["ok"], r["left_as"], r["board"]) == (device.port, True, "flashed and verified", "ESP32_GENERIC")
+    assert f"{device.port} connecting" in proc.stderr and "1/1 verified in " in proc.stderr
+
+
+def test_invoke_flash_refuses_a_timeout_scale_that_is_not_a_positive_number(mocks, dist, tmp_path):
+    [device] = mocks.start_many(["esp32"])
+    make_dist(dist, "ESP32_GENERIC", "esp32", size=16 * 1024)
+    for bad in ("0", "-2", "fast", "inf"):
+        proc = _invoke("flash", "--board", "ESP32_GENERIC", "--dist", str(dist), "--ports", device.port,
+                       "--timeout-scale", bad, "--logs", str(tmp_path / "logs"), timeout=60)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"--timeout-scale: expected a number > 0 (2 doubles every stage's time box), got '{bad}'" \
+            in proc.stderr, proc.stderr
+    assert_untouched(device)

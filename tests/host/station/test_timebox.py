@@ -178,3 +178,26 @@ def test_a_gate_that_raised_runs_again_on_the_retry_and_never_lets_the_board_thr
     assert calls == [board.mac, board.mac], r.attempts
     assert r.state is State.FAILED and "a clone of another board" in (r.error or ""), (r.state, r.error)
     assert r.bytes_written == 0 and board.flash()[0x1000:0x1000 + 16] == b"\xff" * 16   # nothing written
+
+
+def test_timeout_scale_stretches_the_stub_stage_and_a_timeout_names_the_option(farm, tmp_path):
+    """A slow hub or an emulated board needs longer stages: `invoke flash --timeout-scale 3` gives
+    the stub three times its time box, and the message of a stage that overran says so."""
+    import re
+
+    board = farm.start("esp32", runtime=None, hang_stub=True)
+    dist = tmp_path / "dist"
+    make_dist(dist, "ESP32_GENERIC", "esp32", size=16 * 1024)
+    report = tmp_path / "r.json"
+    invoke = Path(sys.executable).parent / "invoke"
+    proc = subprocess.run([str(invoke), "-r", str(REPO), "flash", "--board", "ESP32_GENERIC", "--dist", str(dist),
+                           "--ports", board.port, "--timeout-scale", "3", "--logs", str(tmp_path / "logs"),
+                           "--report", str(report)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr          # then the legacy stub flashed it
+    [r] = json.loads(report.read_text())["devices"]
+    hung = r["attempts"][0]["error"]
+    m = re.search(r"no answer within its ([\d.]+) s budget \(uploading and starting the stub \((\d+) bytes\)\)", hung)
+    assert m, hung
+    assert float(m.group(1)) == round(flash.Budgets(scale=3).stub(int(m.group(2))), 1) > \
+        flash.Budgets().stub(int(m.group(2))) * 2.9
+    assert "--timeout-scale stretches every stage" in hung
