@@ -420,15 +420,22 @@ def _device_ports(ports: str | None) -> list:
     "all": "list every USB serial port, not only known ESP bridges (CP210x, CH34x, FTDI, Espressif USB)",
     "json": "print JSON instead of a table",
     "logs": "folder for the esptool logs of --identify (default: logs/flash/<time>/identify)",
+    "timeout_scale": "with --identify: stretch its time boxes by this factor (default 1; e.g. 3 for an emulated board)",
 })
-def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  # noqa: A002 - invoke derives --all/--json
+def devices(c, ports=None, identify=False, all=False, json=False, logs=None,  # noqa: A002 - invoke derives --all/--json
+            timeout_scale=None):
     """List serial ports that look like boards; --identify reads chip, MAC and flash size."""
     import json as _json
     import threading
     from pathlib import Path
 
     from workshop import devices as _devices
+    from workshop import flash as _flash
 
+    try:
+        scale = _flash.timeout_scale(timeout_scale) if timeout_scale is not None else 1.0
+    except _flash.FlashError as e:
+        raise _fail(str(e)) from None
     try:
         found = _devices.select_ports(_csv(ports)) if ports else _devices.list_board_ports(include_unknown=all)
     except _devices.DeviceError as e:
@@ -437,7 +444,7 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None):  #
     if identify and found:
         with console.status(f"identifying {len(found)} port(s)..."):
             result = _devices.identify_all(found, log_dir=Path(logs) if logs else _flash_log_dir(None) / "identify",
-                                           cancel=cancel)
+                                           cancel=cancel, timeout_scale=scale)
     else:
         result = [_devices.Device(p) for p in found]
     if json:

@@ -215,17 +215,21 @@ def read_identity(esp: Any, flash: bool = True) -> Identity:
 # Time boxes of identify: connect (per sync attempt), then stub start + flash ID together.
 IDENTIFY_CONNECT_S = 2.5
 IDENTIFY_STUB_S = 4.0
-STUB_DID_NOT_START = (f"flash size unknown: esptool's stub did not start within {IDENTIFY_STUB_S:g} s "
-                      "(flash falls back to the legacy stub)")
+
+
+def stub_did_not_start(seconds: float) -> str:
+    return (f"flash size unknown: esptool's stub did not start within {seconds:g} s "
+            "(flash falls back to the legacy stub)")
 
 
 def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS,
-             reset_after: bool = True, cancel: threading.Event | None = None) -> Device:
+             reset_after: bool = True, cancel: threading.Event | None = None, timeout_scale: float = 1.0) -> Device:
     """Connect, read chip/MAC (ROM), then flash size (stub), hard-reset the board into its firmware.
 
-    Time-boxed like a flash: a port that stops answering, or a stub that never starts, is
-    aborted (its port closed); chip and MAC read from the ROM before the stub are kept. A set
-    `cancel` (threading.Event: Ctrl-C) aborts it the same way, at once.
+    Time-boxed like a flash (`timeout_scale` stretches both boxes, as flash's --timeout-scale):
+    a port that stops answering, or a stub that never starts, is aborted (its port closed);
+    chip and MAC read from the ROM before the stub are kept. A set `cancel` (threading.Event:
+    Ctrl-C) aborts it the same way, at once.
     """
 
     from esptool.cmds import attach_flash, reset_chip
@@ -236,7 +240,8 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
     abort = threading.Event()
     done = threading.Event()
     ser_box: list[Any] = []
-    deadline = [started + 1.0 + IDENTIFY_CONNECT_S * max(1, connect_attempts)]
+    stub_s = IDENTIFY_STUB_S * timeout_scale
+    deadline = [started + (1.0 + IDENTIFY_CONNECT_S * max(1, connect_attempts)) * timeout_scale]
 
     def body() -> None:
         esp = None
@@ -246,13 +251,14 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
                 ser_box.append(ser)
                 esp = connect(ser, connect_attempts)
                 found["identity"] = read_identity(esp, flash=False)
-                deadline[0] = time.monotonic() + IDENTIFY_STUB_S
+                deadline[0] = time.monotonic() + stub_s
                 try:
                     esp = esptool_adapter.run_stub(esp, "2")
                     attach_flash(esp)
                     found["identity"] = read_identity(esp)
                 except Exception as e:  # noqa: BLE001 - no stub/flash access: chip and MAC came from the ROM
-                    found["note"] = STUB_DID_NOT_START if abort.is_set() else f"flash size unknown: {type(e).__name__}: {e}"
+                    found["note"] = (stub_did_not_start(stub_s) if abort.is_set()
+                                     else f"flash size unknown: {type(e).__name__}: {e}")
                 if reset_after:
                     with contextlib.suppress(Exception):
                         reset_chip(esp, "hard-reset")
@@ -278,13 +284,14 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
     if found.get("interrupted"):      # (before the ROM's chip and MAC: Ctrl-C also aborts the stub)
         return Device(port, error=f"{port.device}: interrupted", error_kind="interrupted", seconds=seconds)
     if "identity" in found:
-        note = found.get("note") or (STUB_DID_NOT_START if found.get("timeout") else None)
+        note = found.get("note") or (stub_did_not_start(stub_s) if found.get("timeout") else None)
         return Device(port, identity=found["identity"], seconds=seconds, note=note)
     error = found.get("error")
     if isinstance(error, DeviceError):
         return Device(port, error=str(error), error_kind=error.kind, seconds=seconds)
     if found.get("timeout"):
-        return Device(port, error=f"{port.device}: no answer within {deadline[0] - started:.1f} s: aborted",
+        return Device(port, error=f"{port.device}: no answer within {deadline[0] - started:.1f} s: aborted "
+                                  "(a slow hub or an emulated board: --timeout-scale stretches it)",
                       error_kind="timeout", seconds=seconds)
     return Device(port, error=f"{port.device}: {error}", error_kind=DeviceError.kind, seconds=seconds)
 
@@ -292,7 +299,7 @@ def identify(port: SerialPort, log_dir: Path | None = None, connect_attempts: in
 def identify_all(ports: Sequence[SerialPort], log_dir: Path | None = None,
                  connect_attempts: int = DEFAULT_CONNECT_ATTEMPTS,
                  on_result: Callable[[Device], None] | None = None,
-                 cancel: threading.Event | None = None) -> list[Device]:
+                 cancel: threading.Event | None = None, timeout_scale: float = 1.0) -> list[Device]:
     """identify() on every port in parallel (one thread per port); results in the ports' order.
 
     Ctrl-C (KeyboardInterrupt) sets `cancel`: every identify is aborted at once and the results
@@ -301,7 +308,7 @@ def identify_all(ports: Sequence[SerialPort], log_dir: Path | None = None,
         return []
     cancel = cancel or threading.Event()
     with ThreadPoolExecutor(max_workers=len(ports), thread_name_prefix="identify") as pool:
-        futures = [pool.submit(identify, p, log_dir, connect_attempts, True, cancel) for p in ports]
+        futures = [pool.submit(identify, p, log_dir, connect_attempts, True, cancel, timeout_scale) for p in ports]
         devices = []
         for device in results(futures, cancel):
             devices.append(device)

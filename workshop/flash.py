@@ -78,6 +78,18 @@ class TooBig(Refused):
 TIMEOUT_SCALE_OPTION = "--timeout-scale"
 
 
+def timeout_scale(value: Any) -> float:
+    """--timeout-scale: a finite number > 0 (or such a string, from a command line); FlashError else."""
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = -1.0
+    if not 0 < scale < float("inf"):
+        raise FlashError(f"{TIMEOUT_SCALE_OPTION}: expected a number > 0 (2 doubles every stage's time box), "
+                         f"got {value!r}")
+    return scale
+
+
 class StageTimeout(DeviceError):
     """An esptool stage overran its time box: the attempt was aborted (its port closed)."""
 
@@ -401,14 +413,7 @@ class Budgets:
     scale: float = 1.0
 
     def __post_init__(self) -> None:
-        try:
-            scale = float(self.scale)       # "2.5" from a command line
-        except (TypeError, ValueError):
-            scale = -1.0
-        if not 0 < scale < float("inf"):
-            raise FlashError(f"{TIMEOUT_SCALE_OPTION}: expected a number > 0 (2 doubles every stage's time box), "
-                             f"got {self.scale!r}")
-        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "scale", timeout_scale(self.scale))
 
     def line(self, nbytes: int, baud: int) -> float:
         return nbytes * 10 / max(1, baud) * self.line_margin

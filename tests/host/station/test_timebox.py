@@ -138,6 +138,23 @@ def test_identify_on_a_board_whose_stub_hangs_returns_chip_and_mac_from_the_rom(
                       "legacy stub)") and d.to_dict()["note"] == d.note
 
 
+def test_devices_identify_timeout_scale_gives_a_slow_stub_longer(farm):
+    """`invoke devices --identify --timeout-scale 2`: the stub's time box is doubled, and said."""
+    board = farm.start("esp32", runtime=None, hang_stub=True)
+    invoke = Path(sys.executable).parent / "invoke"
+    t0 = time.monotonic()
+    proc = subprocess.run([str(invoke), "-r", str(REPO), "devices", "--ports", board.port, "--identify", "--json",
+                           "--timeout-scale", "2"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [d] = json.loads(proc.stdout)
+    assert d["identity"]["mac"] == board.mac and d["note"] == ("flash size unknown: esptool's stub did not start within 8 s "
+                                                   "(flash falls back to the legacy stub)"), d
+    assert time.monotonic() - t0 > 8
+    bad = subprocess.run([str(invoke), "-r", str(REPO), "devices", "--ports", board.port, "--identify",
+                          "--timeout-scale", "0"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert bad.returncode == 1 and "--timeout-scale: expected a number > 0" in bad.stderr, bad.stderr
+
+
 def test_the_registry_gate_runs_when_the_first_attempt_failed_before_reading_the_mac(farm, tmp_path):
     # Attempt 1 hangs in its sync (no MAC yet); attempt 2 reads the MAC: the gate must run there.
     board = farm.start("esp32", runtime=None, hang_first_connect=True)
