@@ -826,7 +826,9 @@ class _Worker:
         last = str(e) if isinstance(e, DeviceError) else _describe(e)
         first = self.result.attempts[0]
         if len(self.result.attempts) > 1 and first.error and first.error != last:
-            return f"{first.stage}: {first.error}; after {self.result.retries} retr{'y' if self.result.retries == 1 else 'ies'}: {last}"
+            # (a stage timeout's text names its stage already: "stub: no answer within ...")
+            where = "" if first.error.startswith(f"{first.stage}: ") else f"{first.stage}: "
+            return f"{where}{first.error}; after {self.result.retries} retr{'y' if self.result.retries == 1 else 'ies'}: {last}"
         if isinstance(e, StageTimeout):
             return last
         return last if isinstance(e, DeviceError) else f"{self.result.stage.value}: {last}"

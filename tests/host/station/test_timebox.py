@@ -218,3 +218,17 @@ def test_timeout_scale_stretches_the_stub_stage_and_a_timeout_names_the_option(f
     assert float(m.group(1)) == round(flash.Budgets(scale=3).stub(int(m.group(2))), 1) > \
         flash.Budgets().stub(int(m.group(2))) * 2.9
     assert "--timeout-scale stretches every stage" in hung
+
+
+def test_a_failure_after_retries_names_each_stage_once(farm, tmp_path):
+    """The default stub hangs, then the legacy stub's write stalls: the reason names the first
+    and the last failure, each with its stage once (it read "stub: stub: no answer ...")."""
+    board = farm.start("esp32", runtime=None, hang_stub=True, stall_after=2)
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=128 * 1024)
+    options = FlashOptions(attempts=(flash.Attempt(460800, "2"), flash.Attempt(115200, "1")),
+                           budgets=flash.Budgets(write_base=2.0, line_margin=1.0))
+    report = flash.flash_all([board.port], FlashImage.from_dist(image_dir), options, log_dir=tmp_path / "logs")
+    [r] = report.results
+    assert (r.state, r.error_kind, r.retries) == (State.FAILED, "timeout", 1), r.error
+    assert r.error.startswith("stub: no answer within its ") and "; after 1 retry: writing: no answer" in r.error, \
+        r.error
