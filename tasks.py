@@ -328,9 +328,15 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
     urls = _serve.urls(server)
     for url in urls:
         console.print(f"  {url}", markup=False)
-    lan = next((u for u in urls if "//localhost:" not in u), f"http://<this laptop>:{server.server_address[1]}/")
-    download = f"invoke download --version {served.version or 'V'} --from {lan}"
-    if checked.kind == "download-cache":
+    lan = _serve.attendee_url(server)
+    download = f"invoke download --version {served.version or 'V'} --from {lan or 'URL'}"
+    if lan is None and host in ("0.0.0.0", ""):
+        console.print("This machine has no LAN address yet: attendees reach it once it is on the workshop network "
+                      "(the addresses are shown again on a restart)  (Ctrl-C stops)", markup=False, soft_wrap=True)
+    elif lan is None:
+        console.print(f"Listening on {host} only: no other machine reaches it (attendees' laptops need "
+                      "--host 0.0.0.0, or this laptop's LAN address)  (Ctrl-C stops)", markup=False, soft_wrap=True)
+    elif checked.kind == "download-cache":
         console.print(f"No flasher page here (a download cache): attendees run: {download}  (Ctrl-C stops)",
                       markup=False, soft_wrap=True)
     else:

@@ -310,7 +310,7 @@ def make_server(directory: Path, host: str = "0.0.0.0", port: int = 8000, on_req
     try:
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as e:
-        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e} (try another --port)") from None
+        raise ServeError(listen_error(host, port, e, "--host", "--port")) from None
     server.daemon_threads = True
     server.on_request = on_request  # type: ignore[attr-defined]
     server.room = room  # type: ignore[attr-defined]
@@ -322,12 +322,48 @@ def make_room_server(room, host: str = "0.0.0.0", port: int = 8000, on_request=N
     try:
         server = ThreadingHTTPServer((host, port), functools.partial(_Handler, directory=str(ROOM_PAGE.parent)))
     except OSError as e:
-        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e} (try another port)") from None
+        raise ServeError(listen_error(host, port, e, "the host", "the port")) from None
     server.daemon_threads = True
     server.on_request = on_request  # type: ignore[attr-defined]
     server.room = room  # type: ignore[attr-defined]
     server.room_only = True  # type: ignore[attr-defined]
     return server
+
+
+def listen_error(host: str, port: int, e: OSError, host_option: str, port_option: str) -> str:
+    """Why a server cannot listen on host:port, and what to change: the port (in use, or below
+    1024 without root) or the host (not an address of this machine, or no address at all)."""
+    import errno
+    import socket
+
+    why = e.strerror or str(e)
+    if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+        mine = ", ".join(["127.0.0.1", *lan_addresses()])
+        hint = f"{host_option} {host} is not an address of this machine (its addresses: {mine}; 0.0.0.0: all)"
+    elif e.errno == errno.EACCES and 0 < port < 1024:
+        hint = f"ports below 1024 need root: try another {port_option}, e.g. 8000"
+    elif e.errno == errno.EADDRINUSE:
+        hint = f"another program listens on port {port}: stop it, or try another {port_option}"
+    else:
+        hint = f"try another {port_option}"
+    return f"cannot listen on {host}:{port}: {why} ({hint})"
+
+
+def attendee_url(server: ThreadingHTTPServer) -> str | None:
+    """The URL attendees' laptops reach the server at (its first LAN address); None when it
+    listens on loopback only, where no other machine can reach it."""
+    import ipaddress
+
+    host = str(server.server_address[0])
+    if host in ("0.0.0.0", ""):
+        lan = lan_addresses()
+        return f"http://{lan[0]}:{server.server_address[1]}/" if lan else None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass                       # a name: as it was given
+    return urls(server)[0]
 
 
 def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:

@@ -45,7 +45,7 @@ def test_port_in_use_is_a_clear_error(release_kwargs):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        with pytest.raises(serve.ServeError, match=r"cannot listen on 127.0.0.1:\d+: .*try another --port"):
+        with pytest.raises(serve.ServeError, match=r"cannot listen on 127.0.0.1:\d+: .*another program listens on port \d+: stop it, or try another --port"):
             serve.make_server(made.directory, "127.0.0.1", busy.getsockname()[1])
 
 

@@ -186,3 +186,29 @@ def test_a_folder_that_is_no_release_is_served_as_it_is_with_a_warning(tmp_path)
     (made_index / "index.json").write_text('{"format": 1, "version": "v0.1.0", "boards": []}')
     with pytest.raises(serve.FolderRefused, match=f"no {SUMS}"):
         serve.verified_folder(made_index)
+
+
+def test_serving_on_loopback_says_no_attendee_reaches_it(release_kwargs):
+    """Bound to 127.0.0.1, the hint told attendees to run `invoke download --from
+    http://127.0.0.1:PORT/`, which on their laptops is their own machine."""
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    with Serving(made.directory) as served:
+        pass
+    out = one_line(served.out)
+    assert f"http://127.0.0.1:{served.port}/" in out, out
+    assert "Listening on 127.0.0.1 only: no other machine reaches it" in out and "--host 0.0.0.0" in out, out
+    assert "--from http://127.0.0.1" not in out, out
+
+
+@pytest.mark.parametrize("host, hint", [
+    ("10.255.255.77", "--host 10.255.255.77 is not an address of this machine (its addresses: 127.0.0.1"),
+    ("no-such-host.invalid", "--host no-such-host.invalid is not an address of this machine (its addresses: 127.0.0.1"),
+])
+def test_a_host_that_is_not_this_machines_is_named_not_the_port(release_kwargs, host, hint):
+    made = rel.make_release("v0.1.0", **release_kwargs)
+    proc = subprocess.run([sys.executable, "-m", "invoke", "serve", "--directory", str(made.directory), "--host", host,
+                           "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=30,
+                          env=dict(os.environ, COLUMNS="200"))
+    err = one_line(proc.stderr)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert f"cannot listen on {host}:" in err and hint in err and "try another --port" not in err, err
