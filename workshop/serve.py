@@ -322,7 +322,7 @@ def make_room_server(room, host: str = "0.0.0.0", port: int = 8000, on_request=N
     try:
         server = ThreadingHTTPServer((host, port), functools.partial(_Handler, directory=str(ROOM_PAGE.parent)))
     except OSError as e:
-        raise ServeError(listen_error(host, port, e, "the host", "the port")) from None
+        raise ServeError(listen_error(host, port, e, "host", "port")) from None
     server.daemon_threads = True
     server.on_request = on_request  # type: ignore[attr-defined]
     server.room = room  # type: ignore[attr-defined]
