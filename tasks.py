@@ -707,13 +707,12 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
 # --- provision / smoke (workshop.provision, workshop.smoke) -----------------------------------
 
 
-def _not_recorded(ports: list[str], why: dict[str, str] | None = None) -> None:
-    """--registry: name every board that could not be recorded, and why when known (on stderr:
-    stdout may be JSON)."""
-    for port in ports:
-        reason = (why or {}).get(port)
-        err_console.print(f"[yellow]not recorded in the registry:[/] {_text(port)} (MAC unknown"
-                          f"{': ' + _text(reason) if reason else ''})", highlight=False, soft_wrap=True)
+def _not_recorded(missing: dict[str, str]) -> None:
+    """--registry: name every board that could not be recorded, and why (on stderr: stdout may be
+    JSON)."""
+    for port, why in missing.items():
+        err_console.print(f"[yellow]not recorded in the registry:[/] {_text(port)} ({_text(why)})",
+                          highlight=False, soft_wrap=True)
 
 
 def _serial_ports(ports: str | None) -> list[str]:
@@ -917,7 +916,7 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
         run = _station.smoke_boards(targets, expected, registry=reg, network=net, baudrate=baudrate, timeout=budget,
                                     connect_timeout=connect)
     reports = run.reports
-    _not_recorded(run.not_recorded, run.why_not_recorded)
+    _not_recorded(run.not_recorded)
     if json_out:
         text = _smoke.to_json(reports)
         if json_out == "-":
@@ -1419,21 +1418,28 @@ def registry(c, registry="workshop.db", csv=None, json=False):  # noqa: A002
     """Every board ever seen, by sticker: MAC, chip, hostname, image, last results."""
     from workshop import buildinfo
 
+    from workshop import registry as _registry
+
     csv_path = _checked(devconfig.output_file, csv, "--csv") if csv else None
     reg = _open_registry(registry, existing=True)
-    if csv_path is not None:
-        buildinfo.write_atomic(csv_path, reg.to_csv())
-        console.print(f"{len(reg.boards())} board(s) written to {csv}", markup=False)
-        return
-    if json:
-        print(reg.to_json(), end="")
-        return
+    try:
+        if csv_path is not None:
+            text = reg.to_csv()
+            buildinfo.write_atomic(csv_path, text)
+            console.print(f"{len(reg.boards())} board(s) written to {csv}", markup=False)
+            return
+        if json:
+            print(reg.to_json(), end="")
+            return
+        boards = reg.boards()
+    except _registry.RegistryError as e:     # a lock taken after it opened (an SQLite browser)
+        raise _fail(str(e)) from None
 
     def mark(v):
         return Cell("-") if v is None else (Cell("ok", "ok") if v else Cell("failed", "failed"))
 
     rows = [[str(b.sticker), b.hostname, b.mac, b.chip, b.board, b.state, mark(b.flash_ok), mark(b.provision_ok),
-             mark(b.smoke_ok), b.port, b.last_seen, b.smoke_detail or b.provision_detail or ""] for b in reg.boards()]
+             mark(b.smoke_ok), b.port, b.last_seen, b.smoke_detail or b.provision_detail or ""] for b in boards]
     _table(f"Registry {registry}", ["sticker", "hostname", "MAC", "chip", "board", "state", "flash", "provision",
                                     "smoke", "last port", "last seen", Column("detail", wrap=True)], rows)
 

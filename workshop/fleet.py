@@ -53,6 +53,8 @@ class Command:
     data: bytes = b""           # put: the file's bytes
     dest: str = ""              # put: the path on the board
     label: str = ""             # what a person typed (for reports)
+    takes_s: float = 0.0        # how long the command itself runs on the board (identify: its blink),
+                                # on top of the fleet's per-command timeout
 
     @property
     def key(self) -> str:
@@ -90,7 +92,8 @@ class Command:
     @classmethod
     def identify(cls, led_pin: int | None, active_low: bool = False, seconds: float = 5.0) -> Command:
         return cls("identify", code=identify_code(led_pin, active_low, seconds),
-                   label=f"identify (LED pin {led_pin})" if led_pin is not None else "identify (console)")
+                   label=f"identify (LED pin {led_pin})" if led_pin is not None else "identify (console)",
+                   takes_s=float(seconds) if led_pin is not None else 0.0)
 
 
 def identify_code(led_pin: int | None, active_low: bool = False, seconds: float = 5.0) -> str:
@@ -285,7 +288,8 @@ class Fleet:
 
     def _do(self, s: ReplSession, c: Command) -> str:
         if c.kind in ("exec", "run", "identify"):
-            return s.run(c.code)
+            # A blink of --seconds is not a board that stopped answering: the timeout is on top of it.
+            return s.run(c.code, timeout=self.timeout + c.takes_s) if c.takes_s else s.run(c.code)
         if c.kind == "put":
             return self._put(s, c)
         if c.kind == "reset":
@@ -335,7 +339,8 @@ def resolve(rows: Sequence[Any], hosts: Iterable[str] = (), *, all_boards: bool 
     if all_boards and not rows:
         raise FleetError("no boards in the roster: none announced itself on the broker or mDNS (see ./kit roster; "
                          "a longer --wait, or --hosts h1,h2)")
-    chosen = select(rows, hosts=names, outdated=outdated)
+    # Two spellings of one board (LAB-01,lab-01) are one board too: one session, one result.
+    chosen = list({r.hostname: r for r in select(rows, hosts=names, outdated=outdated)}.values())
     if not chosen and outdated:
         raise FleetError("no outdated board in the roster (every image matches, or none is known)")
     return targets_from_rows(chosen)

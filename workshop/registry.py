@@ -28,8 +28,15 @@ Stickers: the first time a MAC is seen it gets the next sticker number (1, 2, 3,
 never seen again (a counter, not max()+1).
 
 Concurrency: each operation opens its own connection (threads and processes alike), writes in
-`BEGIN IMMEDIATE` transactions with a busy timeout, WAL journal: two processes recording at once
-both land, and a crash mid-run leaves the file as of the last committed operation.
+`BEGIN IMMEDIATE` transactions, WAL journal: two processes recording at once both land, and a
+crash mid-run leaves the file as of the last committed operation. A lock another program holds
+(an SQLite browser with unsaved changes) is waited for up to BUSY_TIMEOUT_S in short tries, so
+Ctrl-C still ends the wait at once; then it is a RegistryError naming the lock.
+
+Every failure is a RegistryError naming the file: not an SQLite database, another program's
+database (its tables are never touched: nothing is created in it, its journal mode is kept),
+a damaged one (checked when opened), or a lock that never went away. Nothing raises sqlite3's
+own exceptions.
 """
 
 from __future__ import annotations
@@ -40,18 +47,20 @@ import io
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_PATH = Path("workshop.db")
 BUSY_TIMEOUT_S = 30.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS boards (
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS boards (
     mac TEXT PRIMARY KEY,
     sticker INTEGER NOT NULL UNIQUE,
     chip TEXT, flash_size TEXT, usb_serial TEXT, usb_id TEXT, port TEXT,
@@ -61,22 +70,38 @@ CREATE TABLE IF NOT EXISTS boards (
     smoke_ok INTEGER, smoke_at TEXT, smoke_detail TEXT,
     state TEXT NOT NULL DEFAULT 'seen',
     first_seen TEXT NOT NULL, last_seen TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS boards_hostname ON boards(hostname);
-CREATE TABLE IF NOT EXISTS runs (
+)""",
+    "CREATE INDEX IF NOT EXISTS boards_hostname ON boards(hostname)",
+    """CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     mac TEXT NOT NULL, at TEXT NOT NULL, stage TEXT NOT NULL, ok INTEGER, detail TEXT, port TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_mac ON runs(mac);
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS runs_mac ON runs(mac)",
+)
+# The tables a registry has, and the columns each must have ("sqlite_sequence": AUTOINCREMENT's).
+_TABLES: dict[str, frozenset[str]] = {
+    "meta": frozenset({"key", "value"}),
+    "boards": frozenset({"mac", "sticker", "chip", "flash_size", "usb_serial", "usb_id", "port", "hostname", "board",
+                         "image", "release", "inputs", "flash_ok", "flashed_at", "provision_ok", "provision_at",
+                         "provision_detail", "smoke_ok", "smoke_at", "smoke_detail", "state", "first_seen",
+                         "last_seen"}),
+    "runs": frozenset({"id", "mac", "at", "stage", "ok", "detail", "port"}),
+    "sqlite_sequence": frozenset(),
+}
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"       # the first 16 bytes of every SQLite database file
 CREATING_S = 2.0      # an empty file this recent may be a registry another process is creating
+LOCK_TRY_S = 0.1      # one try at a lock another connection holds: Ctrl-C lands between tries
+LEFT_AS_IS = "left as it is; name a new file, or the station's registry"
 
 
 class RegistryError(RuntimeError):
-    """The registry file cannot be used (not a database, wrong schema, unwritable)."""
+    """The registry file cannot be used (not a database, wrong schema, damaged, locked, unwritable)."""
+
+
+class RegistryLocked(RegistryError):
+    """Another program held the registry's lock for longer than BUSY_TIMEOUT_S."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +169,16 @@ def mac_or_id(mac: str) -> str:
         return mac
 
 
+def _busy(e: sqlite3.Error) -> bool:
+    """Another connection holds the lock this statement needs (SQLITE_BUSY, SQLITE_LOCKED)."""
+    return getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or (
+        "database is locked" in str(e))
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -164,12 +199,15 @@ class Registry:
         self._refuse_other_files()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
-                db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise RegistryError(f"{self.path}: not a usable registry: {e}") from None
         except OSError as e:
-            raise RegistryError(f"{self.path}: {e}") from None
+            raise RegistryError(f"{self.path}: {e.strerror or e}") from None
+        try:
+            self._open()
+        except RegistryLocked:
+            raise
+        except RegistryError as e:
+            why = str(e).removeprefix(f"{self.path}: ")
+            raise RegistryError(f"{self.path}: not a usable registry: {why}") from None
 
     def _refuse_other_files(self) -> None:
         """An existing file must already be an SQLite database: SQLite would make any empty file
@@ -190,56 +228,127 @@ class Registry:
             time.sleep(0.05)
         if header != SQLITE_HEADER:
             what = "an empty file" if not header else "another kind of file"
-            raise RegistryError(f"{self.path}: not a usable registry: {what}, not an SQLite database (left as it "
-                                "is; name a new file, or the station's registry)")
+            raise RegistryError(f"{self.path}: not a usable registry: {what}, not an SQLite database ({LEFT_AS_IS})")
+
+    def _open(self) -> None:
+        """Check what the file holds before anything is written to it: another program's
+        database is refused untouched, a damaged one too; a new one gets the schema (one
+        transaction) and the WAL journal."""
+        def look(db: sqlite3.Connection) -> dict[str, set[str]]:
+            names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            tables = {n: {c[1] for c in db.execute(f"PRAGMA table_info({_quoted(n)})")} for n in names}
+            if tables:
+                found = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
+                if found != ["ok"]:
+                    problems = [ln.strip() for f in found for ln in f.splitlines() if not ln.startswith("***")]
+                    raise RegistryError(f"the file is damaged ({'; '.join(problems)}); left as it is: restore a "
+                                        "copy from before the damage, or name a new file")
+            return tables
+
+        tables = self._read(look)
+        for name in set(tables) & set(_TABLES):
+            missing = sorted(_TABLES[name] - tables[name])
+            if missing:
+                raise RegistryError(f"table {name} has no column {', '.join(missing[:5])}"
+                                    f"{', ...' if len(missing) > 5 else ''}: not a registry this kit can use "
+                                    f"({LEFT_AS_IS})")
+        if set(tables) >= {"meta", "boards", "runs"}:
+            return                      # a registry (a table someone added beside ours is theirs)
+        others = sorted(set(tables) - set(_TABLES))
+        if others:
+            raise RegistryError(f"an SQLite database of another kind (its tables: {', '.join(others[:5])}"
+                                f"{', ...' if len(others) > 5 else ''}), not a board registry ({LEFT_AS_IS})")
+        # New (or created by a process that was killed in the middle: only our tables in it).
+        def journal(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA journal_mode=WAL")
+
+        self._read(journal)
+        with self._write() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        """One connection; every sqlite3 error in it becomes a RegistryError (RegistryLocked for
+        a lock that another connection held through one try)."""
+        try:
+            db = sqlite3.connect(self.path, timeout=LOCK_TRY_S, isolation_level=None)
+        except sqlite3.Error as e:
+            raise RegistryError(f"{self.path}: {e}") from None
         try:
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             yield db
+        except sqlite3.Error as e:
+            if _busy(e):
+                raise RegistryLocked(self._locked_message()) from None
+            raise RegistryError(f"{self.path}: {e}") from None
         finally:
             db.close()
+
+    def _locked_message(self) -> str:
+        return (f"{self.path}: locked by another program for {BUSY_TIMEOUT_S:g} s (one holding it open with "
+                "unsaved changes, such as an SQLite browser?): close or save it there, then run again")
+
+    def _retry(self, attempt: Callable[[], T]) -> T:
+        """`attempt()` until no other connection holds the lock it needs, for up to BUSY_TIMEOUT_S
+        (short tries: a KeyboardInterrupt ends the wait between them)."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return attempt()
+            except RegistryLocked:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(LOCK_TRY_S / 2)
+
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        def attempt() -> T:
+            with self._connect() as db:
+                return query(db)
+        return self._retry(attempt)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
+            def begin() -> None:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as e:
+                    if _busy(e):
+                        raise RegistryLocked(self._locked_message()) from None
+                    raise
+            self._retry(begin)
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 
     # --- reading ------------------------------------------------------------------------------
 
+    def _one(self, sql: str, args: tuple[Any, ...]) -> BoardRecord | None:
+        row = self._read(lambda db: db.execute(sql, args).fetchone())
+        return _record(row) if row else None
+
     def boards(self) -> list[BoardRecord]:
-        with self._connect() as db:
-            return [_record(r) for r in db.execute("SELECT * FROM boards ORDER BY sticker")]
+        rows = self._read(lambda db: db.execute("SELECT * FROM boards ORDER BY sticker").fetchall())
+        return [_record(r) for r in rows]
 
     def get(self, mac: str) -> BoardRecord | None:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM boards WHERE mac = ?", (normalize_mac(mac),)).fetchone()
-        return _record(row) if row else None
+        return self._one("SELECT * FROM boards WHERE mac = ?", (normalize_mac(mac),))
 
     def by_hostname(self, hostname: str) -> BoardRecord | None:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM boards WHERE hostname = ? ORDER BY last_seen DESC",
-                             (hostname.lower(),)).fetchone()
-        return _record(row) if row else None
+        return self._one("SELECT * FROM boards WHERE hostname = ? ORDER BY last_seen DESC", (hostname.lower(),))
 
     def by_sticker(self, sticker: int) -> BoardRecord | None:
-        with self._connect() as db:
-            row = db.execute("SELECT * FROM boards WHERE sticker = ?", (int(sticker),)).fetchone()
-        return _record(row) if row else None
+        return self._one("SELECT * FROM boards WHERE sticker = ?", (int(sticker),))
 
     def history(self, mac: str) -> list[Run]:
-        with self._connect() as db:
-            rows = db.execute("SELECT * FROM runs WHERE mac = ? ORDER BY id", (normalize_mac(mac),)).fetchall()
+        mac = normalize_mac(mac)
+        rows = self._read(lambda db: db.execute("SELECT * FROM runs WHERE mac = ? ORDER BY id", (mac,)).fetchall())
         return [Run(r["mac"], r["at"], r["stage"], None if r["ok"] is None else bool(r["ok"]), r["detail"], r["port"])
                 for r in rows]
 
@@ -358,4 +467,5 @@ def read_csv(text: str) -> list[BoardRecord]:
     return records
 
 
-__all__ = ["BoardRecord", "DEFAULT_PATH", "Registry", "RegistryError", "Run", "normalize_mac", "read_csv"]
+__all__ = ["BoardRecord", "DEFAULT_PATH", "Registry", "RegistryError", "RegistryLocked", "Run", "normalize_mac",
+           "read_csv"]

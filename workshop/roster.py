@@ -404,7 +404,7 @@ class Roster:
 
 def registry_lookups(registry: Any) -> tuple[Lookup, Lookup]:
     """A `workshop.registry.Registry` -> (by hostname, by MAC) lookups for `Roster`."""
-    from .registry import RegistryError
+    from .registry import RegistryError, normalize_mac
 
     def by_hostname(hostname: str) -> Mapping[str, Any] | None:
         record = registry.by_hostname(hostname)
@@ -412,9 +412,10 @@ def registry_lookups(registry: Any) -> tuple[Lookup, Lookup]:
 
     def by_mac(mac: str) -> Mapping[str, Any] | None:
         try:
-            record = registry.get(mac)
+            normalize_mac(mac)
         except RegistryError:           # not a MAC at all: nothing to find
             return None
+        record = registry.get(mac)      # a locked or damaged registry: the roster's warning says so
         return record.to_dict() if record else None
 
     return by_hostname, by_mac
@@ -653,12 +654,16 @@ def snapshot(mqtt: tuple[str, int] | None, *, wait: float = 2.0, expected: Expec
 
 
 def select(rows: Iterable[Row], *, hosts: Iterable[str] = (), outdated: bool = False) -> list[Row]:
-    """Rows by hostname (in the order asked), or the outdated ones, or all."""
+    """Rows by hostname (in the order asked; a host name's case does not matter, as in DNS and
+    mDNS: LAB-07 is lab-07), or the outdated ones, or all."""
     rows = list(rows)
     names = [h for h in hosts if h]
     if names:
         by = {r.hostname: r for r in rows}
-        return [by.get(h) or Row(hostname=h, state="unknown") for h in names]
+        folded: dict[str, Row] = {}
+        for r in rows:
+            folded.setdefault(r.hostname.lower(), r)
+        return [by.get(h) or folded.get(h.lower()) or Row(hostname=h, state="unknown") for h in names]
     if outdated:
         return [r for r in rows if r.outdated]
     return rows

@@ -38,7 +38,7 @@ from . import devconfig
 from . import flash as _flash
 from .devices import SerialPort, bridge_from_link, list_board_ports, log_name, usb_ports
 from .flash import FlashEvent, FlashImage, FlashOptions, ImageChoice, Refused, Runner, Stage, State
-from .registry import Registry, mac_or_id, normalize_mac
+from .registry import Registry, RegistryError, mac_or_id, normalize_mac
 
 DEFAULT_BOOT_TIMEOUT = 20.0      # a freshly flashed board formats its filesystem on first boot
 RESET_WAIT = 120.0               # how long a "press RESET" board is waited for
@@ -992,23 +992,43 @@ def watch(plan: Plan, source: PortSource, *, on_event: EventHandler | None = Non
 # --- recording plain verbs (flash, provision, smoke --registry) ---------------------------------
 
 
-def record_flash_report(registry: Registry, report: _flash.FlashReport, images: ImageChoice) -> list[str]:
-    """`flash --registry`: every board that answered, with what it holds now.
+MAC_UNKNOWN = "MAC unknown"
 
-    Returns the ports not recorded (no MAC was read there): the caller tells the user.
-    """
-    skipped = []
-    for r in report.results:
+
+def _record_each(items: Sequence[Any], record: Callable[[Any], bool]) -> dict[str, str]:
+    """Record each item (each has `.port`; `record` returns False when its MAC is unknown); the
+    ports not recorded, each with why. A registry that fails (locked by another program past its
+    wait, the disk full) fails the rest with the same reason, not one 30 s wait per board: the
+    results are in the caller's report, and the user is told which boards the registry lacks."""
+    missing: dict[str, str] = {}
+    failed: str | None = None
+    for item in items:
+        if failed is None:
+            try:
+                if record(item):
+                    continue
+                missing[item.port] = MAC_UNKNOWN
+                continue
+            except RegistryError as e:
+                failed = str(e)
+        missing[item.port] = failed
+    return missing
+
+
+def record_flash_report(registry: Registry, report: _flash.FlashReport, images: ImageChoice) -> dict[str, str]:
+    """`flash --registry`: every board that answered, with what it holds now. Returns the ports
+    not recorded (no MAC was read there, or the registry failed), with why: the caller says so."""
+    def record(r: _flash.DeviceResult) -> bool:
         if not r.mac:
-            skipped.append(r.port)
-            continue
+            return False
         registry.see(r.mac, chip=r.chip, port=r.port)
         image = _flash._pick(images, r.chip) if r.chip and r.board else None
         registry.record_flash(r.mac, ok=r.ok, board=r.board, image=image.source if image else None,
                               release=image.release if image else None,
                               inputs=image.identity if image and r.ok else None,
                               detail=r.error or "verified", port=r.port, flash_size=r.flash_size)
-    return skipped
+        return True
+    return _record_each(report.results, record)
 
 
 def check_hostname_free(registry: Registry, hostname: str | None, mac: str) -> None:
@@ -1035,43 +1055,39 @@ def sticker_index(registry: Registry) -> Callable[[str, str], int]:
     return index_of
 
 
-def record_provision_results(registry: Registry, results: Sequence[Any]) -> list[str]:
-    """`provision --registry`; returns the ports not recorded (the board's MAC was never read)."""
-    skipped = []
-    for r in results:
+def record_provision_results(registry: Registry, results: Sequence[Any]) -> dict[str, str]:
+    """`provision --registry`; returns the ports not recorded, with why (as record_flash_report)."""
+    def record(r: Any) -> bool:
         if not r.mac:
-            skipped.append(r.port)
-            continue
+            return False
         registry.see(r.mac, port=r.port)
         registry.record_provision(r.mac, ok=r.ok, hostname=r.hostname,
                                   detail=r.error or "written and verified", port=r.port)
-    return skipped
+        return True
+    return _record_each(results, record)
 
 
-def record_smoke_reports(registry: Registry, reports: Sequence[Any]) -> list[str]:
+def record_smoke_reports(registry: Registry, reports: Sequence[Any]) -> dict[str, str]:
     """`smoke --registry` (each report's `mac`, read in its session); returns the ports not
-    recorded (MAC unknown). A board whose checks Ctrl-C cut short has no result to record."""
-    skipped = []
-    for r in reports:
-        if getattr(r, "interrupted", False):
-            continue
+    recorded, with why (as record_flash_report). A board whose checks Ctrl-C cut short has no
+    result to record."""
+    def record(r: Any) -> bool:
         if not r.mac:
-            skipped.append(r.port)
-            continue
+            return False
         registry.see(r.mac, port=r.port)
         detail = "all checks passed" if r.ok else "; ".join(f"{c.name}: {c.detail}" for c in r.failed)
         registry.record_smoke(r.mac, ok=r.ok, detail=detail, port=r.port)
-    return skipped
+        return True
+    return _record_each([r for r in reports if not getattr(r, "interrupted", False)], record)
 
 
 @dataclass
 class SmokeRun:
     """`smoke`: one report per port, in the order given; `not_recorded`: the ports a registry was
-    given for but whose MAC no one read (they are not in it), each with why when it is known."""
+    given for that are not in it, each with why ("MAC unknown: ...", or the registry's error)."""
     reports: list[Any]                 # workshop.smoke.DeviceReport
-    not_recorded: list[str]
+    not_recorded: dict[str, str]
     interrupted: bool = False          # Ctrl-C: the reports cut short say so
-    why_not_recorded: dict[str, str] = field(default_factory=dict)
 
 
 def smoke_boards(ports: Sequence[str], expected: Any, *, registry: Registry | None = None,
@@ -1095,9 +1111,11 @@ def smoke_boards(ports: Sequence[str], expected: Any, *, registry: Registry | No
         cancel.set()
     if reports is None:
         reports = [DeviceReport(port, interrupted=True) for port in ports]
-    skipped = record_smoke_reports(registry, reports) if registry is not None else []
-    why = {r.port: r.mac_error for r in reports if r.port in skipped and r.mac_error}
-    return SmokeRun(reports, skipped, cancel.is_set(), why)
+    missing = record_smoke_reports(registry, reports) if registry is not None else {}
+    for r in reports:           # why the MAC is unknown, where the session knew
+        if missing.get(r.port) == MAC_UNKNOWN and r.mac_error:
+            missing[r.port] = f"{MAC_UNKNOWN}: {r.mac_error}"
+    return SmokeRun(reports, missing, cancel.is_set())
 
 
 __all__ = ["BoardResult", "DuplicateMac", "FixedSource", "FolderSource", "Plan", "PortSource", "PortTracker",

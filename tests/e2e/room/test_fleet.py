@@ -225,3 +225,53 @@ def test_ctrl_c_ends_a_fleet_run_within_two_seconds_even_with_a_frozen_board(roo
     doc = json.loads(report.read_text())
     assert doc["cancelled"] and {r["hostname"]: r["error"] for r in doc["results"]} == {
         "fl-01": "cancelled", "fl-02": "cancelled", "fl-03": "cancelled"}
+
+
+FAKE_PIN = """import sys
+class Pin:
+    OUT = 1
+    log = []
+    def __init__(self, n, mode):
+        self.n = n
+    def value(self, v):
+        Pin.log.append((self.n, v))
+class Machine:
+    pass
+m = Machine()
+m.Pin = Pin
+sys.modules['machine'] = m
+print('an LED on pin 2')"""
+
+
+def test_identify_blinking_longer_than_the_timeout_is_not_a_failure(room, tmp_path):
+    """`identify --hosts ... --seconds 25` failed every board at the 20 s command timeout ("no end
+    of the command's output") while their LEDs were still blinking: the blink is the command."""
+    room("id-01", "pypi", identity={"board": "ESP32_GENERIC", "inputs": "ab" * 32, "project": "0.1.0"})
+    time.sleep(1.2)
+    proc = kit(room, "fleet", "exec", FAKE_PIN, "--hosts", "id-01", report=tmp_path / "p.json")
+    assert proc.returncode == 0 and results(proc)["id-01"]["result"].strip() == "an LED on pin 2", proc.stdout
+    t = time.monotonic()
+    proc = kit(room, "identify", "--hosts", "id-01", "--seconds", "3", "--timeout", "2", report=tmp_path / "i.json")
+    took = time.monotonic() - t
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = results(proc)["id-01"]
+    assert got["ok"] and got["result"].strip() == "blinked LED pin 2", got           # ESP32_GENERIC's led_pin
+    assert got["seconds"] >= 3 and took < 30, (got, took)
+    proc = kit(room, "fleet", "exec", "import machine\nprint(len(machine.Pin.log), machine.Pin.log[-1])",
+               "--hosts", "id-01", report=tmp_path / "l.json")
+    assert results(proc)["id-01"]["result"].strip() == "13 (2, 0)", proc.stdout   # 12 blinks, then off
+
+
+def test_a_hostname_typed_in_capitals_is_the_board_not_one_that_never_announced(room, tmp_path):
+    """Host names are case-blind (DNS, mDNS, the registry); `--hosts LAB-01` failed a board that
+    was online as lab-01 with "not in the roster: it never announced itself", and `--hosts
+    Lab-02,lab-02` would have been two sessions on one board."""
+    room("cs-01", "pypi")
+    room("cs-02", "pypi")
+    time.sleep(1.2)
+    proc = kit(room, "fleet", "exec", "print('here')", "--hosts", "CS-01,Cs-02,cs-02,NOSUCH", report=tmp_path / "r.json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    res = json.loads(proc.stdout)["results"]
+    assert [r["hostname"] for r in res] == ["cs-01", "cs-02", "NOSUCH"], res
+    assert res[0]["ok"] and res[1]["ok"] and res[0]["result"].strip() == res[1]["result"].strip() == "here", res
+    assert not res[2]["ok"] and "never announced" in res[2]["error"]

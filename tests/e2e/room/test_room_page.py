@@ -77,3 +77,50 @@ def test_kit_serve_serves_the_room_beside_a_release(room, tmp_path):
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+def test_a_roster_that_stops_answering_is_said_on_the_page_and_the_cards_are_greyed(tmp_path):
+    """A roster that hangs (or a network that drops the projector's connection without a reset)
+    left /room.json's fetch waiting for ever: the page went on showing every board "online", "last
+    seen 1 s ago", with no word that nothing was being watched any more."""
+    import threading
+
+    from workshop import roster, serve
+
+    hang = threading.Event()
+
+    class HangingRoster(roster.Roster):
+        def report(self, now=None):
+            while hang.is_set():
+                time.sleep(0.05)
+            return super().report(now)
+
+    room = HangingRoster(None)
+    room.ingest_mqtt("workshop/lab-01/status", b'{"state": "online", "hostname": "lab-01", "ip": "10.0.0.5"}')
+    port = free_port()
+    server = serve.make_room_server(room, "127.0.0.1", port)
+    serve.start_in_thread(server)
+    live = "document.body.dataset.live"
+    error = "document.getElementById('error').textContent"
+    try:
+        with Browser(require_tool("chromium", "chromium"), tmp_path / "profile", tmp_path / "chromium.log") as b:
+            b.goto(f"http://127.0.0.1:{port}/room", "document.querySelector('.board[data-host=\"lab-01\"]') !== null")
+            assert card_state(b, "lab-01") == "online" and b.evaluate(error) == ""
+            b.pump(1.5)                                    # a few polls answered
+            hang.set()                                     # the roster stops answering
+            t = time.monotonic()
+            b.wait_for(f"{error}.startsWith('roster unreachable')", 8, "the page saying so")
+            assert time.monotonic() - t < 6 and b.evaluate(live) == "false"
+            b.wait_for(f"{error}.includes('no answer within 3 s')", 6, "why")
+            text = b.evaluate(error)
+            assert "the cards show the room as it was" in text and "(retrying)" in text, text
+            assert b.evaluate("getComputedStyle(document.getElementById('grid')).opacity") == "0.45"
+            assert card_state(b, "lab-01") == "online"     # still there, greyed: the room as it was
+            hang.clear()                                   # answering again: live, without a reload
+            b.wait_for(f"{live} === 'true' && {error} === ''", 8, "live again")
+            assert b.evaluate("getComputedStyle(document.getElementById('grid')).opacity") == "1"
+            assert b.evaluate("performance.getEntriesByType('navigation').length") == 1
+    finally:
+        hang.clear()
+        server.shutdown()
+        server.server_close()

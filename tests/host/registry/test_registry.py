@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -194,3 +195,178 @@ def test_an_existing_file_that_is_no_database_is_refused_and_left_alone(tmp_path
                            str(typo)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and f"--registry {typo}: no registry there" in " ".join(proc.stderr.split())
     assert not typo.exists()
+
+
+def _kit_registry(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "registry", "--registry",
+                           str(path), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_another_programs_sqlite_database_is_refused_and_left_untouched(tmp_path):
+    """`registry --registry` naming another program's SQLite file (a class list app's, a browser's)
+    once added the registry's three tables to it and switched it to the WAL journal."""
+    other = tmp_path / "attendance.sqlite"
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE pupils (name TEXT, present INTEGER)")
+        db.execute("INSERT INTO pupils VALUES ('Ada', 1)")
+        db.commit()
+    before = other.read_bytes()
+    with pytest.raises(RegistryError, match=r"attendance.sqlite: not a usable registry: an SQLite database of "
+                                            r"another kind \(its tables: pupils\), not a board registry"):
+        Registry(other)
+    proc = _kit_registry(other, "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "an SQLite database of another kind" in " ".join(proc.stderr.split()) and proc.stdout == ""
+    assert other.read_bytes() == before                                           # not one byte changed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attendance.sqlite"]    # no -wal/-shm beside it
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["pupils"]
+
+
+def _damaged(tmp_path: Path) -> Path:
+    path = tmp_path / "class.db"
+    reg = Registry(path)
+    for i in range(300):
+        reg.see(mac(i), chip="esp32", port=f"/dev/ttyUSB{i}")
+    with contextlib.closing(sqlite3.connect(path)) as db:          # everything in the file, no WAL left
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    for page in range(2, len(data) // 4096):                      # a bad sector, a half-copied USB stick
+        data[page * 4096:page * 4096 + 64] = b"\xde\xad" * 32
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_damaged_registry_is_one_clear_line_when_opened_not_a_traceback_later(tmp_path):
+    """A registry whose header was intact but whose pages were damaged opened fine; `registry`
+    (table or --json) then died in a sqlite3.DatabaseError traceback."""
+    path = _damaged(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(RegistryError, match="class.db: not a usable registry: the file is damaged"):
+        Registry(path)
+    for args in ((), ("--json",)):
+        proc = _kit_registry(path, *args)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr and "sqlite3." not in proc.stderr, proc.stderr
+        assert "not a usable registry: the file is damaged" in " ".join(proc.stderr.split()), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) <= 3, proc.stderr          # one message, folded at most
+    assert path.read_bytes() == before
+
+
+_HOLDER = r"""
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+if sys.argv[2] == "exclusive":          # nobody else may even read
+    db.execute("PRAGMA locking_mode=EXCLUSIVE")
+db.execute("BEGIN IMMEDIATE")
+db.execute("INSERT INTO meta (key, value) VALUES ('held', 'by another program')")
+print("held", flush=True)
+time.sleep(120)
+"""
+
+_SEE = r"""
+import sys, time
+from workshop import registry
+if len(sys.argv) > 2:
+    registry.BUSY_TIMEOUT_S = float(sys.argv[2])
+reg = registry.Registry(sys.argv[1])
+print("open", flush=True)
+try:
+    reg.see("24:0a:c4:00:00:99", chip="esp32")
+except registry.RegistryError as e:
+    print(type(e).__name__, e, flush=True)
+"""
+
+
+@contextlib.contextmanager
+def _held(path: Path, how: str):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), how], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _sigint_after(argv: list[str], ready: str | None, delay: float) -> tuple[subprocess.CompletedProcess, float]:
+    import signal
+    import time
+
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    if ready is not None:
+        assert proc.stdout.readline().strip() == ready
+    time.sleep(delay)
+    assert proc.poll() is None, proc.communicate()           # still waiting for the lock
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), time.monotonic() - t
+
+
+def test_ctrl_c_ends_a_wait_for_a_locked_registry_within_two_seconds(tmp_path):
+    """A registry another program keeps locked (an SQLite browser with unsaved changes): Ctrl-C
+    did nothing for up to 30 s, sqlite3 waiting for the lock inside one call."""
+    path = tmp_path / "class.db"
+    Registry(path).see(mac(1), chip="esp32")
+    with _held(path, "write"):
+        proc, elapsed = _sigint_after([sys.executable, "-c", _SEE, str(path)], "open", 1.0)
+        assert elapsed < 2.0, (elapsed, proc.stdout, proc.stderr)
+        assert "KeyboardInterrupt" in proc.stderr, proc.stderr
+    with _held(path, "exclusive"):            # `registry` itself, which only reads: it cannot even read
+        proc, elapsed = _sigint_after([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "registry",
+                                       "--registry", str(path)], None, 2.5)
+        assert elapsed < 2.0, (elapsed, proc.stdout, proc.stderr)
+    assert [b.mac for b in Registry(path).boards()] == [mac(1)]      # the other program's change never landed
+
+
+def test_a_lock_that_never_goes_away_is_a_registry_error_naming_it(tmp_path):
+    """After the wait, a raw sqlite3.OperationalError 'database is locked' (a traceback in the
+    station, flash/provision/smoke --registry); the open of a registry that could not be read
+    said 'not a usable registry', as if the file were bad."""
+    import time
+
+    path = tmp_path / "class.db"
+    Registry(path).see(mac(1), chip="esp32")
+    with _held(path, "write"):
+        t = time.monotonic()
+        proc = subprocess.run([sys.executable, "-c", _SEE, str(path), "1"], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stdout.splitlines()[-1] == (f"RegistryLocked {path}: locked by another program for 1 s (one "
+                                                "holding it open with unsaved changes, such as an SQLite browser?): "
+                                                "close or save it there, then run again"), proc.stdout
+        assert time.monotonic() - t < 10
+    assert Registry(path).see("24:0a:c4:00:00:99").sticker == 2          # released: recorded at once
+
+
+def test_results_a_locked_registry_cannot_take_are_named_per_board_once(tmp_path, monkeypatch):
+    """flash/provision/smoke --registry record after the run: a lock another program took in the
+    meantime was a traceback that lost the run's table and report; now every board not recorded
+    is named with the lock, after one wait (not one per board)."""
+    import time
+    from types import SimpleNamespace
+
+    from workshop import registry, station
+
+    monkeypatch.setattr(registry, "BUSY_TIMEOUT_S", 1.0)
+    path = tmp_path / "class.db"
+    reg = Registry(path)
+    reports = [SimpleNamespace(port=f"/dev/ttyUSB{i}", mac=mac(i + 1), ok=True, failed=[], interrupted=False)
+               for i in range(3)] + [SimpleNamespace(port="/dev/ttyUSB9", mac=None, ok=False, failed=[],
+                                                     interrupted=False)]
+    with _held(path, "write"):
+        t = time.monotonic()
+        missing = station.record_smoke_reports(reg, reports)
+        assert time.monotonic() - t < 3
+    locked = (f"{path}: locked by another program for 1 s (one holding it open with unsaved changes, such as an "
+              "SQLite browser?): close or save it there, then run again")
+    assert missing == {"/dev/ttyUSB0": locked, "/dev/ttyUSB1": locked, "/dev/ttyUSB2": locked,
+                       "/dev/ttyUSB9": locked}
+    assert station.record_smoke_reports(reg, reports) == {"/dev/ttyUSB9": "MAC unknown"}   # released: recorded
+    assert [b.mac for b in reg.boards()] == [mac(1), mac(2), mac(3)]

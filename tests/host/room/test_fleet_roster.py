@@ -204,3 +204,36 @@ def test_a_board_known_from_mdns_alone_turns_stale_after_its_ttl_and_offline_whe
     r.ingest_mdns("lab-20", "10.0.0.29", 0, {"board": "ESP32_GENERIC_S3"})    # back, elsewhere, reflashed
     row = {x.hostname: x for x in r.rows()}["lab-20"]
     assert (row.state, row.ip, row.board, row.telnet) == ("online", "10.0.0.29", "ESP32_GENERIC_S3", None)
+
+
+def test_a_locked_registry_is_a_warning_in_the_room_not_a_board_without_a_sticker(tmp_path, monkeypatch):
+    """The MAC lookup took every RegistryError for "not a MAC": a registry that another program
+    kept locked would have shown the board without its sticker, and no word why."""
+    import subprocess
+    import sys
+
+    from workshop import registry
+
+    path = tmp_path / "class.db"
+    reg = registry.Registry(path)
+    reg.see("24:6f:28:00:00:01", chip="esp32")
+    reg.record_provision("24:6f:28:00:00:01", ok=True, hostname="lab-01")
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
+                               "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                               "db.execute('PRAGMA locking_mode=EXCLUSIVE')\ndb.execute('BEGIN EXCLUSIVE')\n"
+                               "print('held', flush=True)\ntime.sleep(60)\n", str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(registry, "BUSY_TIMEOUT_S", 0.3)
+        by_hostname, by_mac = roster.registry_lookups(reg)
+        r = roster.Roster(None, lookup=lambda name: None, lookup_mac=by_mac)   # the MAC lookup alone
+        r.ingest_mqtt("workshop/lab-01/status", status(mac="24:6f:28:00:00:01"))
+        row = r.rows()[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert row.sticker is None
+    assert len(r.warnings) == 1 and "registry lookup of lab-01 failed" in r.warnings[0], r.warnings
+    assert "locked by another program" in r.warnings[0], r.warnings
+    assert r.rows()[0].sticker == "1"                                 # released: the sticker is back
