@@ -10,6 +10,7 @@
 # name answered is network.hostname() (wifi.connect() sets it from /workshop.json), and services
 # cannot be advertised (MicroPython v1.28 has no Python API for that responder).
 # No probing or conflict resolution: the workshop's hostnames are unique by construction.
+# Known answers are honoured (RFC 6762 7.1): a record the query lists is not sent again.
 import socket
 import struct
 import sys
@@ -29,6 +30,7 @@ _host = None  # wire-format "<hostname>.local"
 _ip = b"\0\0\0\0"
 _svcs = []  # [type wire, instance wire, port, txt rdata]
 _group = None
+_poll = None  # select.poll with _sock: is a packet waiting?
 
 
 def _wire(name):
@@ -148,7 +150,7 @@ def _records(qname, qtype):
 
 
 def _answer(p, legacy):
-    qid, flags, qd = struct.unpack_from("!HHH", p)
+    qid, flags, qd, ka = struct.unpack_from("!HHHH", p)
     if flags & 0x8000:
         return None, False  # a response, not a query
     off = 12
@@ -156,7 +158,6 @@ def _answer(p, legacy):
     ad = []
     qu = False
     for _ in range(qd):
-        start = off
         name, off = _name_at(p, off)
         qtype, qclass = struct.unpack_from("!HH", p, off)
         off += 4
@@ -165,13 +166,28 @@ def _answer(p, legacy):
             qu = qu or bool(qclass & 0x8000)
             an.extend(a)
             ad.extend(b)
+    end = off
+    try:
+        # Known answers (RFC 6762 7.1): a record the querier lists with at least half our TTL is
+        # not sent again (a browser's every re-query lists what it has). A list cut off at our
+        # 512 bytes counts as far as it was read.
+        for _ in range(ka):
+            name, off = _name_at(p, off)
+            typ, cls, ttl, n = struct.unpack_from("!HHIH", p, off)
+            off += 10
+            rd = _name_at(p, off)[0] if typ == _PTR else p[off:off + n]
+            off += n
+            if ttl >= _TTL // 2:
+                an = [r for r in an if r[1] != typ or r[0] != name or r[2] != rd]
+    except (IndexError, ValueError):
+        pass
     if not an:
         return None, False
     ad = [r for r in ad if r not in an]
     out = bytearray(struct.pack("!HHHHHH", qid if legacy else 0, 0x8400, qd if legacy else 0,
                                 len(an), 0, len(ad)))
     if legacy:
-        out.extend(memoryview(p)[12:off])  # the questions, as asked
+        out.extend(memoryview(p)[12:end])  # the questions, as asked
     ttl = 10 if legacy else _TTL
     for r in an + ad:
         _rr(out, r[0], r[1], r[3] and not legacy, ttl, r[2])
@@ -183,19 +199,28 @@ def _port(addr):
 
 
 def _on_packet(s):
-    try:
-        # recvfrom's own copy of the packet and of the sender is the one allocation left for a
-        # packet that is not for us: MicroPython sockets have no recvfrom_into, and readinto
-        # would lose the sender (legacy unicast answers go back to it) and datagram boundaries.
-        p, addr = s.recvfrom(512)
-        if not _ours(p, len(p)):
+    # Every packet waiting (lwIP queues 4), not one per call: a board loses a socket callback
+    # when its scheduler queue (4 deep, shared) is full, and the packet it was for waited for the
+    # next one (each answer a query late); four such and lwIP, its queue full, dropped all later
+    # packets without a callback (no answers until a reset). Polled first, without allocating:
+    # a callback whose packet an earlier one took finds none (recvfrom would wait for ever).
+    for _ in range(4):
+        for _ in _poll.ipoll(0):
+            break
+        else:
             return
-        legacy = _port(addr) != 5353
-        out, qu = _answer(p, legacy)
-        if out:
-            s.sendto(out, addr if legacy or qu else _group)
-    except Exception:
-        pass  # malformed packets and send errors are dropped
+        try:
+            # recvfrom's own copy of the packet and of the sender is the one allocation left for a
+            # packet that is not for us: MicroPython sockets have no recvfrom_into, and readinto
+            # would lose the sender (legacy unicast answers go back to it) and datagram boundaries.
+            p, addr = s.recvfrom(512)
+            if _ours(p, len(p)):
+                legacy = _port(addr) != 5353
+                out, qu = _answer(p, legacy)
+                if out:
+                    s.sendto(out, addr if legacy or qu else _group)
+        except Exception:
+            pass  # malformed packets and send errors are dropped
 
 
 def _announce(ttl):
@@ -225,7 +250,7 @@ def add_service(stype, port, txt=None):
 
 def start(hostname=None, ip=None, services=(), port=5353):
     # services: [(type, port, txt dict)]. Returns False when the port's own responder serves.
-    global _sock, _host, _ip, _group
+    global _sock, _host, _ip, _group, _poll
     stop()
     if hostname is None:
         hostname = wsconfig.load().get("hostname")
@@ -259,6 +284,10 @@ def start(hostname=None, ip=None, services=(), port=5353):
     except OSError as e:
         print("mdns: no multicast (%s): legacy unicast only" % e)
     _sock = s
+    import select
+    _poll = select.poll()
+    _poll.register(s, select.POLLIN)
+    _poll.ipoll(0)  # its first call makes the tuple it reuses: not in the first packet's cost
     for sv in services:
         add_service(*sv)
     wsconfig.watch(s, _on_packet)

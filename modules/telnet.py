@@ -462,33 +462,41 @@ def _refuse(s, peer, msg, why):
 
 
 def _accept(srv):
+    # Every connection waiting, not one per call: a board loses a socket callback when its
+    # scheduler queue (4 deep, shared) is full, and a connection left in lwIP's one-slot accept
+    # queue would turn every later one away (no REPL over the network until a reset).
     global _lg
-    try:
-        s, a = srv.accept()
-    except OSError:
-        return
-    try:
-        # REPL answers are small and interactive. The names, not 6, 1: lwIP (ESP8266) takes the
-        # option number alone, where TCP_NODELAY is 0x40, and prints a warning for any other. At
-        # once: lwIP runs between bytecodes at loops and returns, and a client's reset in between
-        # leaves a pcb that setsockopt(TCP_NODELAY) would use unchecked.
-        s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
-    except (OSError, AttributeError):
-        pass
-    peer = _peer(a)
-    _log(peer, "connected")
-    w = _locked()
-    if w:
-        return _refuse(s, peer, b"Locked: too many failed logins, try again in %d s\r\n" % w, "locked")
-    if _lg is not None:
-        if time.ticks_diff(time.ticks_ms(), _lg.t0) < _LOGIN_MS:
-            return _refuse(s, peer, b"Busy: another telnet login is in progress\r\n", "busy")
-        _lg.close()  # a login left hanging for too long gives way
-    c = _lg = _Session(s, peer)
-    s.setblocking(False)
-    c._send(b"\xff\xfb\x01\xff\xfb\x03\xff\xfd\x03MicroPython telnet\r\nlogin: ")
-    if c is _lg:  # not gone already (_send closed it)
-        wsconfig.watch(s, c.on_data)
+    while True:
+        try:
+            s, a = srv.accept()
+        except OSError:  # none (left)
+            return
+        try:
+            # REPL answers are small and interactive. The names, not 6, 1: lwIP (ESP8266) takes the
+            # option number alone, where TCP_NODELAY is 0x40, and prints a warning for any other. At
+            # once: lwIP runs between bytecodes at loops and returns, and a client's reset in between
+            # leaves a pcb that setsockopt(TCP_NODELAY) would use unchecked.
+            s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
+        except (OSError, AttributeError):
+            pass
+        peer = _peer(a)
+        _log(peer, "connected")
+        if _lg is not None:  # still there? lwIP calls back for data and a close, never for a
+            _lg.on_data(None)  # reset: a client that reset mid-login is found gone here
+        w = _locked()
+        if w:
+            _refuse(s, peer, b"Locked: too many failed logins, try again in %d s\r\n" % w, "locked")
+            continue
+        if _lg is not None:
+            if time.ticks_diff(time.ticks_ms(), _lg.t0) < _LOGIN_MS:
+                _refuse(s, peer, b"Busy: another telnet login is in progress\r\n", "busy")
+                continue
+            _lg.close()  # a login left hanging for too long gives way
+        c = _lg = _Session(s, peer)
+        s.setblocking(False)
+        c._send(b"\xff\xfb\x01\xff\xfb\x03\xff\xfd\x03MicroPython telnet\r\nlogin: ")
+        if c is _lg:  # not gone already (_send closed it)
+            wsconfig.watch(s, c.on_data)
 
 
 def start(user=None, password=None, port=23, lockout_ms=30000, host="0.0.0.0"):

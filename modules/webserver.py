@@ -14,11 +14,12 @@
 # Limits: request line and each header line <= max_line bytes (414/431), head <= max_head
 # bytes and 24 headers (431), body <= max_body (413); a request must arrive within timeout_ms
 # (408) and an idle keep-alive connection is closed after idle_ms, so slow clients cannot hold
-# the server; more than max_clients connections at once get 503, and so does a new connection or
-# request while other connections leave less than min_free bytes of heap (a server out of memory
-# closes connections, never stops). A handler's own Content-Type header replaces ctype; a 204 has
-# no body headers; a static directory path ending in "/" serves its index.html, one without it is
-# redirected there (301).
+# the server (a file being sent gets timeout_ms per piece the client takes, not for all of it);
+# a connection beyond max_clients closes one idle between requests, or gets 503 when none is,
+# and so does a new connection or request while other connections leave less than min_free
+# bytes of heap (a server out of memory closes connections, never stops). A handler's own
+# Content-Type header replaces ctype; a 204 has no body headers; a static directory path ending
+# in "/" serves its index.html, one without it is redirected there (301).
 import gc
 import json
 import os
@@ -331,6 +332,9 @@ class App:
                         if not k:
                             break
                         await w.drain()
+                        # The client took the last piece: a deadline per piece, not for the whole
+                        # file (a big file over slow Wi-Fi is not cut off; a stalled client still is).
+                        self._due(c, _WRITE, self.timeout_ms)
                         w.write(mv[:k])
             finally:
                 f.close()
@@ -386,7 +390,17 @@ class App:
         try:
             c = [asyncio.current_task(), _IDLE, 0]
             if len(self._conns) >= self.max_clients:
-                raise MemoryError  # too many at once: answered as when memory runs out, 503
+                # A connection idle between requests gives way (a browser keeps 6 open for
+                # minutes: they would lock out every other client); none idle: 503, as when
+                # memory runs out. _HANDLE: closed without an answer, and given up only once.
+                for o in self._conns:
+                    if o[1] == _IDLE:
+                        o[1] = _HANDLE
+                        o[0].cancel()
+                        o = None  # a coroutine's frame outlives it: no chain of closed connections
+                        break
+                else:
+                    raise MemoryError
             self._conns.append(c)
             rd = _Reader(r, self.max_line)
             addr = r.get_extra_info("peername")

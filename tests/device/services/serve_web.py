@@ -1,8 +1,12 @@
 # Test server: the LED and pins example apps' routes plus a demo API, on one port.
 # micropython serve_web.py PORT [STATIC_DIR]
+# Environment: MAX_CLIENTS (default 12; App's own default is 6), SNDBUF (bytes: each connection's
+# SO_SNDBUF, a board's small lwIP send buffer instead of Linux's self-tuning one of up to 4 MB).
+import os
 import sys
 import gc
 import asyncio
+import asyncio.stream
 import led_app
 import pins_app
 from led_app import Pin
@@ -13,7 +17,14 @@ app = led_app.make(pin=2)
 app.max_body = 1024
 app.timeout_ms = 1500
 app.idle_ms = 3000
-app.max_clients = 12
+app.max_clients = int(os.getenv("MAX_CLIENTS") or 12)
+if os.getenv("SNDBUF"):
+    class _Stream(asyncio.stream.Stream):
+        def __init__(self, s, e={}):
+            s.setsockopt(1, 7, int(os.getenv("SNDBUF")))  # SOL_SOCKET, SO_SNDBUF (Linux)
+            super().__init__(s, e)
+
+    asyncio.stream.Stream = _Stream  # what webserver's accept loop wraps each connection in
 pins = pins_app.make(pins=(2, 4, 5))
 app.route("/pins")(pins.routes[0][2])
 app.route("/pins.json")(pins.routes[1][2])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import dns.flags
 import dns.message
@@ -173,7 +174,6 @@ def test_stop_says_goodbye_so_a_browser_drops_the_board_at_once(micropython):
     its records again with TTL 0: python-zeroconf's browser removes it within about a second,
     instead of listing it for the records' 120 s."""
     import threading
-    import time
 
     from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 
@@ -196,3 +196,93 @@ def test_stop_says_goodbye_so_a_browser_drops_the_board_at_once(micropython):
         assert max(t for n, s, t in events if s == "Removed") - stopped < 3, events
     finally:
         zc.close()
+
+
+LOST = r"""
+import sys, socket, binascii, time
+import mdns
+port = int(sys.argv[1])
+mdns.start("ws-test", "127.0.0.1", [("_http._tcp", 80, {"path": "/"})], port=port)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.bind(socket.getaddrinfo("127.0.0.1", 0)[0][-1])
+dst = socket.getaddrinfo("127.0.0.1", port)[0][-1]
+for h in sys.argv[2:]:
+    c.sendto(binascii.unhexlify(h), dst)
+time.sleep_ms(100)
+mdns._on_packet(mdns._sock)  # the one callback that came for them
+mdns._on_packet(mdns._sock)  # and one whose packet an earlier call took: nothing to read
+print("RETURNED")
+c.setblocking(False)
+while True:
+    try:
+        print("ANSWER", binascii.hexlify(c.recv(512)).decode())
+    except OSError:
+        break
+"""
+
+
+def test_queries_that_arrive_together_are_all_answered_from_one_callback(micropython):
+    """A board runs mdns from a socket callback, one per packet, through a scheduler queue 4
+    deep that telnet and the tick share: when it is full, a callback is lost. Its packet then
+    waited in lwIP's queue (4 packets) for the next one's callback, each answer a query late, and
+    once four were stuck lwIP dropped every later packet: the board was deaf until a reset. Here
+    three queries arrive while the board is busy and only one callback comes: all three are
+    answered, and a callback with nothing left to read returns (a blocking read would hang the
+    REPL)."""
+    queries = [dns.message.make_query(n, t) for n, t in (
+        ("ws-test.local.", "A"), ("_http._tcp.local.", "PTR"), ("ws-test._http._tcp.local.", "SRV"))]
+    out = micropython.run(LOST, str(free_port(socket.SOCK_DGRAM)), *(q.to_wire().hex() for q in queries),
+                          timeout=20).stdout
+    assert "RETURNED" in out, out
+    answers = [dns.message.from_wire(bytes.fromhex(l.split()[1])) for l in out.splitlines() if l.startswith("ANSWER")]
+    assert sorted(a.id for a in answers) == sorted(q.id for q in queries), out
+    got = set().union(*(records(a.answer) for a in answers))
+    assert got == {"ws-test.local. 10 A 127.0.0.1", "_http._tcp.local. 10 PTR ws-test._http._tcp.local.",
+                   "ws-test._http._tcp.local. 10 SRV 0 0 80 ws-test.local."}, got
+
+
+def test_a_browser_asking_again_with_what_it_knows_is_not_answered_again(serve):
+    """A browser's every re-query lists the answers it already has (python-zeroconf's
+    ServiceBrowser: at 1 s, 5 s, ... listing our PTR, which it keeps for 1125 s); RFC 6762 7.1:
+    a responder MUST NOT answer with a record listed there with at least half its TTL. Before,
+    every board answered every re-query of every laptop in the room. The queries here are
+    python-zeroconf's own packets (DNSOutgoing), multicast on the loopback interface."""
+    from zeroconf import DNSOutgoing, DNSPointer, DNSQuestion, const
+
+    serve("serve_mdns.py", port=5353, ready="ready")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("", 5353))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("224.0.0.251") + socket.inet_aton("127.0.0.1"))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+
+    def ask(*known: tuple[str, int]) -> set[str]:
+        """Browse _http._tcp listing known PTR answers (instance, ttl); our answers within 0.5 s."""
+        out = DNSOutgoing(const._FLAGS_QR_QUERY, multicast=True)
+        out.add_question(DNSQuestion("_http._tcp.local.", const._TYPE_PTR, const._CLASS_IN))
+        for instance, ttl in known:
+            out.add_answer_at_time(DNSPointer("_http._tcp.local.", const._TYPE_PTR, const._CLASS_IN, ttl, instance), 0)
+        [packet] = out.packets()
+        s.sendto(packet, ("224.0.0.251", 5353))
+        got: set[str] = set()
+        end = time.monotonic() + 0.5
+        while (left := end - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                m = dns.message.from_wire(s.recv(9000))
+            except (socket.timeout, dns.exception.DNSException):
+                continue
+            if m.flags & dns.flags.QR:
+                got |= {r for r in records(m.answer) if "ws-test" in r}
+        return got
+
+    ours = {"_http._tcp.local. 120 PTR ws-test._http._tcp.local."}
+    try:
+        assert ask() == ours                                               # a first query
+        assert ask(("ws-test._http._tcp.local.", 1125)) == set()          # what zeroconf lists
+        assert ask(("ws-test._http._tcp.local.", 60)) == set()            # half our TTL
+        assert ask(("ws-test._http._tcp.local.", 59)) == ours             # about to expire: sent
+        assert ask(("printer._http._tcp.local.", 4500)) == ours           # another's: ours sent
+    finally:
+        s.close()
