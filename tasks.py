@@ -1139,7 +1139,8 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                               on_event=None if as_json else
                               (lambda e: err_console.print(f"[dim]{_text(e.hostname)}: {_text(e.message)}[/]", highlight=False, soft_wrap=True)
                                if e.kind in ("start",) else None))
-        done = runner.run(targets, command, skip=skip)   # Ctrl-C: returns at once, unfinished boards "cancelled"
+        left_out = _fleet.not_compared(rows) if outdated else []
+        done = runner.run(targets, command, skip=skip, left_out=left_out)  # Ctrl-C: returns at once, unfinished "cancelled"
     except _fleet.FleetError as e:
         raise _fail(str(e)) from None
     try:
@@ -1159,6 +1160,9 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                 console.print(f"[green]✓[/] {_text(r.hostname)}: {_text(text)}", highlight=False, soft_wrap=True)
             else:
                 console.print(f"[red]✗[/] {_text(r.hostname)}: {_text(r.error)}", highlight=False, soft_wrap=True)
+        for left in done.left_out:
+            console.print(f"[yellow]-[/] {_text(left['hostname'])}: left out of --outdated, not compared "
+                          f"({_text(left['why'])}): name it with --hosts to include it", highlight=False, soft_wrap=True)
         ok = sum(r.ok for r in done.results)
         console.print(f"{ok}/{len(done.results)} board(s) ok; report: {path}"
                       + ("" if done.ok else "  (retry the rest: add --resume)"), markup=False)

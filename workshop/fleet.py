@@ -139,6 +139,8 @@ class FleetReport:
     started: float
     results: list[BoardResult] = field(default_factory=list)
     cancelled: bool = False     # Ctrl-C: boards not finished are failed "cancelled"
+    # --outdated: the boards whose image could not be compared, so not run on: {hostname, why}
+    left_out: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -147,7 +149,7 @@ class FleetReport:
     def to_json(self) -> dict[str, Any]:
         return {"command": self.command, "key": self.key, "started": self.started, "ok": self.ok,
                 "cancelled": self.cancelled,
-                "results": [asdict(r) for r in self.results]}
+                "results": [asdict(r) for r in self.results], "left_out": self.left_out}
 
 
 def write_report(report: FleetReport, path: Path) -> None:
@@ -205,13 +207,15 @@ class Fleet:
                 pass
 
     def run(self, targets: Sequence[Target], command: Command | Callable[[Target], Command], *,
-            skip: Iterable[str] = ()) -> FleetReport:
-        """`command` may be one per board (identify: each board's own LED pin)."""
+            skip: Iterable[str] = (), left_out: Iterable[tuple[str, str]] = ()) -> FleetReport:
+        """`command` may be one per board (identify: each board's own LED pin); `left_out`: the
+        boards chosen not to run on and why (not_compared), said in the report."""
         if not targets:
             raise FleetError("no boards to run on (see ./kit roster; --hosts, --all or --outdated)")
         skip = set(skip)
         first = command(targets[0]) if callable(command) else command
-        report = FleetReport(first.label if not callable(command) else first.kind, first.key, time.time())
+        report = FleetReport(first.label if not callable(command) else first.kind, first.key, time.time(),
+                             left_out=[{"hostname": h, "why": why} for h, why in left_out])
         results: dict[str, BoardResult] = {}
 
         def one(t: Target) -> None:
@@ -342,8 +346,17 @@ def resolve(rows: Sequence[Any], hosts: Iterable[str] = (), *, all_boards: bool 
     # Two spellings of one board (LAB-01,lab-01) are one board too: one session, one result.
     chosen = list({r.hostname: r for r in select(rows, hosts=names, outdated=outdated)}.values())
     if not chosen and outdated:
-        raise FleetError("no outdated board in the roster (every image matches, or none is known)")
+        unknown = not_compared(rows)
+        raise FleetError("no outdated board in the roster: " + (
+            f"{len(rows) - len(unknown)} match the current images; not compared: "
+            + "; ".join(f"{h} ({why})" for h, why in unknown) if unknown else "every image matches"))
     return targets_from_rows(chosen)
+
+
+def not_compared(rows: Sequence[Any]) -> list[tuple[str, str]]:
+    """The boards --outdated cannot judge (no build identity in the image, no build of that board
+    to compare with), each with why: left out of the run, and said (they may be outdated)."""
+    return [(r.hostname, r.outdated_reason or "not compared") for r in rows if r.outdated is None]
 
 
 def led_for(board: str | None, boards: Mapping[str, Any] | None = None) -> tuple[int | None, bool]:

@@ -275,3 +275,36 @@ def test_a_hostname_typed_in_capitals_is_the_board_not_one_that_never_announced(
     assert [r["hostname"] for r in res] == ["cs-01", "cs-02", "NOSUCH"], res
     assert res[0]["ok"] and res[1]["ok"] and res[0]["result"].strip() == res[1]["result"].strip() == "here", res
     assert not res[2]["ok"] and "never announced" in res[2]["error"]
+
+
+def test_outdated_names_the_boards_it_could_not_compare_instead_of_leaving_them_out_silently(room, tmp_path):
+    """--outdated ran on the outdated boards and said nothing of the boards whose image it could
+    not judge (no build identity, no build of that board here), which may be outdated too."""
+    room("od-01", "pypi", identity={"board": "UNIX", "inputs": "0" * 64, "project": "0.0.9"})     # outdated
+    room("od-02", "pypi")                                                                      # no identity
+    room("od-03", "pypi", identity={"board": "ESP32_GENERIC_S2", "inputs": "1" * 64, "project": "0.1.0"})
+    time.sleep(1.2)
+    proc = kit(room, "fleet", "exec", "print(6 * 7)", "--outdated", report=tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [(r["hostname"], r["ok"], r["result"].strip()) for r in doc["results"]] == [("od-01", True, "42")]
+    assert doc["left_out"] == [{"hostname": "od-02", "why": "no build identity in the image"},
+                               {"hostname": "od-03", "why": f"no build of ESP32_GENERIC_S2 in {REPO}/dist/*/build.json"}], \
+        doc["left_out"]
+    assert json.loads((tmp_path / "r.json").read_text())["left_out"] == doc["left_out"]
+    argv = [sys.executable, "-m", "invoke", "fleet", "exec", "print(1)", "--outdated", "--mqtt",
+            f"{room.broker.host}:{room.broker.port}", "--no-mdns", "--wait", "1.5", "--report", str(tmp_path / "t.json")]
+    text = subprocess.run(argv, cwd=REPO, env=dict(os.environ, WORKSHOP_TELNET_PASSWORD=PASSWORD), capture_output=True,
+                          text=True, timeout=120)
+    assert text.returncode == 0, text.stderr
+    assert "od-02: left out of --outdated, not compared (no build identity in the image): name it with --hosts" \
+        in " ".join(text.stdout.split()), text.stdout
+
+
+def test_outdated_with_none_to_run_on_names_what_it_could_not_compare(room, tmp_path):
+    room("nc-01", "pypi")
+    time.sleep(1.2)
+    proc = kit(room, "fleet", "exec", "print(1)", "--outdated", report=tmp_path / "r.json")
+    assert proc.returncode == 1
+    assert ("no outdated board in the roster: 0 match the current images; not compared: nc-01 (no build identity "
+            "in the image)") in " ".join(proc.stderr.split()), proc.stderr
