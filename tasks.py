@@ -1045,7 +1045,11 @@ def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, regis
         if serve:
             server = _room_server(serve, room)
         if not (watch or server):
-            time.sleep(listen)
+            try:
+                time.sleep(listen)
+            except KeyboardInterrupt:   # one listing, asked for and not given: not a success (`> room.json`)
+                raise _fail(f"interrupted while listening for the boards (--wait {listen:g}): no listing printed",
+                            130) from None
             if json:
                 print(_json.dumps(room.report(), indent=2))
             else:
@@ -1237,8 +1241,12 @@ def broker(c, bind="0.0.0.0", port="1883", password_file=None):
     try:
         console.print(f"MQTT broker on {bind}:{plan.port} ({'users from ' + str(plan.password_file) if plan.password_file else 'anonymous'}); "
                       f"persistence in {plan.directory}", markup=False)
-        for address in _broker.provision_addresses(plan):
+        addresses = _broker.provision_addresses(plan)
+        for address in addresses:
             console.print(f"  boards: ./kit provision --mqtt {address} ...   roster: ./kit roster --mqtt {address}")
+        if not addresses:
+            console.print("  this machine has no LAN address yet: join the workshop network, then give boards "
+                          "that address (./kit provision --mqtt <address>)", markup=False)
         console.print("Ctrl-C stops it.")
         code = running.wait()
     except KeyboardInterrupt:

@@ -127,9 +127,10 @@ def lan_addresses() -> list[str]:
 
 
 def provision_addresses(p: BrokerPlan) -> list[str]:
-    """What to give `provision --mqtt`: the address boards can reach the broker at."""
+    """What to give `provision --mqtt`: the addresses boards can reach the broker at; none when it
+    listens on every interface and this machine has no LAN address yet (127.0.0.1 would be each
+    board's own loopback). A broker bound to one address: that address."""
     hosts = lan_addresses() if p.bind in ("", "0.0.0.0", "::") else [p.bind]
-    hosts = hosts or ["127.0.0.1"]
     return [h if p.port == 1883 else f"{h}:{p.port}" for h in hosts]
 
 

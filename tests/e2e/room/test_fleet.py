@@ -308,3 +308,19 @@ def test_outdated_with_none_to_run_on_names_what_it_could_not_compare(room, tmp_
     assert proc.returncode == 1
     assert ("no outdated board in the roster: 0 match the current images; not compared: nc-01 (no build identity "
             "in the image)") in " ".join(proc.stderr.split()), proc.stderr
+
+
+def test_ctrl_c_during_a_roster_listing_exits_130_with_nothing_on_stdout(mosquitto, tmp_path):
+    """`roster --wait 30 --json > room.json`, stopped: it exited 0 with nothing printed, so a
+    script took the empty file for the room."""
+    import signal
+
+    argv = [sys.executable, "-m", "invoke", "roster", "--json", "--mqtt", f"{mosquitto.host}:{mosquitto.port}",
+            "--no-mdns", "--wait", "30"]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    t = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - t < 2 and proc.returncode == 130, (proc.returncode, out, err)
+    assert out == "" and "interrupted while listening for the boards (--wait 30): no listing printed" in err, err

@@ -293,3 +293,12 @@ def test_a_log_callback_that_raises_does_not_stop_the_reader(tmp_path, monkeypat
     finally:
         running.stop()
     assert len(seen) > 1 and any("New client connected" in line for line in seen), seen
+
+
+def test_a_broker_on_every_interface_of_a_machine_without_a_lan_address_advises_no_loopback(monkeypatch, tmp_path):
+    """It advised `provision --mqtt 127.0.0.1`: on a board that is its own loopback, never the broker."""
+    monkeypatch.setattr(broker, "lan_addresses", lambda: [])
+    assert broker.provision_addresses(broker.plan("0.0.0.0", 1883, None, tmp_path / "b")) == []
+    monkeypatch.setattr(broker, "lan_addresses", lambda: ["10.0.0.2"])
+    assert broker.provision_addresses(broker.plan("0.0.0.0", 1884, None, tmp_path / "b")) == ["10.0.0.2:1884"]
+    assert broker.provision_addresses(broker.plan("127.0.0.1", 1883, None, tmp_path / "b")) == ["127.0.0.1"]
