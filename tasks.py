@@ -1031,17 +1031,23 @@ def _roster_table(rows, title):
 
 @task(auto_shortflags=False, help={**_ROOM_HELP, "watch": "keep a live table (Ctrl-C ends); with --json one JSON report per line, on each change",
             "json": "print JSON instead of a table",
-            "serve": "also serve the live /room page on this [HOST:]PORT (e.g. 8000 or 0.0.0.0:8000)"})
+            "serve": "also serve the live /room page on this [HOST:]PORT (e.g. 8000 or 0.0.0.0:8000)",
+            "forget": "clear these boards' retained status on the broker (h1,h2: renamed or gone boards shown offline)"})
 def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, registry=None, no_mdns=False,
-           interface=None, wait="2", watch=False, json=False, serve=None):  # noqa: A002
+           interface=None, wait="2", watch=False, json=False, serve=None, forget=None):  # noqa: A002
     """Every board that announced itself: online/stale/offline, outdated image, heap, RSSI, uptime."""
     import json as _json
     import time
 
     listen = _checked(devconfig.seconds, wait, "--wait", zero=True)
+    if forget and (watch or serve):
+        raise _fail("--forget clears statuses and ends: not with --watch or --serve")
     room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, interface)
     server = None
     try:
+        if forget:
+            _forget(watcher, _csv(forget), listen, json)
+            return
         if serve:
             server = _room_server(serve, room)
         if not (watch or server):
@@ -1081,6 +1087,31 @@ def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, regis
             server.shutdown()
             server.server_close()
         watcher.stop()
+
+
+def _forget(watcher, hostnames, listen, as_json):
+    """roster --forget: listen for --wait (the retained statuses arrive), clear the named ones."""
+    import json as _json
+    import time
+
+    from workshop import roster as _roster
+
+    try:
+        time.sleep(listen)
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted while listening for the boards (--wait {listen:g}): nothing was forgotten",
+                    130) from None
+    try:
+        done = watcher.forget(hostnames)
+    except _roster.RosterError as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        print(_json.dumps([{"hostname": h, "result": r} for h, r in done.items()], indent=2))
+    else:
+        for host, result in done.items():
+            console.print(f"{host}: {result}", markup=False, highlight=False)
+    if any(not r.startswith("forgotten") for r in done.values()):
+        raise Exit(code=1)
 
 
 def _room_server(address, room):

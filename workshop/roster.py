@@ -615,6 +615,34 @@ class RoomWatcher:
                 except Exception as e:  # noqa: BLE001 - one board's records must not end the checks
                     self.roster._warn(f"mDNS {name}: cannot check it ({type(e).__name__}: {e})", f"mdns {name}")
 
+    def forget(self, hostnames: Iterable[str], timeout: float = 5.0) -> dict[str, str]:
+        """Clear each board's retained status on the broker (an empty retained message, the MQTT
+        way), so a board renamed or gone no longer haunts the roster as "offline"; each name the
+        roster does not know is left alone. Returns {hostname: what was done}, in the order given.
+        A board still running announces itself again on its next tick. RosterError when there is
+        no broker, or it does not confirm within `timeout`."""
+        if self._client is None:
+            raise RosterError("--forget needs the broker: give --mqtt HOST[:PORT] (statuses are kept there)")
+        known = {r.hostname: r for r in self.roster.rows()}
+        done: dict[str, str] = {}
+        for name in dict.fromkeys(h.strip().lower() for h in hostnames if h.strip()):
+            row = known.get(name)
+            if row is None:
+                done[name] = "not in the roster: nothing to forget"
+                continue
+            if any(c in name for c in "+#/"):
+                done[name] = "not a hostname (MQTT wildcard or level): left alone"
+                continue
+            info = self._client.publish(f"workshop/{name}/status", b"", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as e:      # paho: not connected, queue full
+                raise RosterError(f"--forget {name}: the broker did not take it: {e}") from None
+            if not info.is_published():
+                raise RosterError(f"--forget {name}: the broker did not confirm within {timeout:g} s")
+            done[name] = f"forgotten (was {row.state})"
+        return done
+
     def stop(self) -> None:
         self._stopping.set()
         if self._client is not None:

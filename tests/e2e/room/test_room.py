@@ -469,3 +469,24 @@ def test_control_characters_in_a_status_reach_the_terminal_as_text(room):
     row = next(line for line in proc.stdout.splitlines() if line.startswith("lab-03 "))
     assert "\\x1b]0;pwned\\x07ESP32" in row, row
     assert "\\x1b[2Jlab" in proc.stderr, proc.stderr              # the warning about that hostname
+
+
+def test_roster_forget_clears_a_gone_boards_retained_status(room):
+    """A board renamed or taken away stays "offline" in every roster (its retained will) and
+    fails every `fleet --all`: `roster --forget` clears it on the broker, and only what it names."""
+    gone = room("old-name", "pypi")
+    room("kept-01", "pypi")
+    time.sleep(1.5)
+    gone.kill()
+    time.sleep(0.5)
+    assert retained(room.broker)["workshop/old-name/status"][0]["state"] == "offline"
+    mqtt = ["--mqtt", f"{room.broker.host}:{room.broker.port}", "--no-mdns", "--wait", "1.0"]
+    proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--forget", "old-name,OLD-NAME,never-was", "--json",
+                           *mqtt], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr          # one name was not in the roster: said, and not 0
+    assert json.loads(proc.stdout) == [{"hostname": "old-name", "result": "forgotten (was offline)"},
+                                       {"hostname": "never-was", "result": "not in the roster: nothing to forget"}]
+    assert set(retained(room.broker)) == {"workshop/kept-01/status"}
+    listing = subprocess.run([sys.executable, "-m", "invoke", "roster", "--json", *mqtt], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert [b["hostname"] for b in json.loads(listing.stdout)["boards"]] == ["kept-01"], listing.stdout
