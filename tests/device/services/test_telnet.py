@@ -441,3 +441,19 @@ telnet.stop()
     out = micropython.run(p, timeout=30).stdout
     got = [line for line in out.splitlines() if line.startswith("GOT")]
     assert got and got[0].endswith("login: '") and "Busy" not in got[0], out
+
+
+def test_what_is_typed_with_the_password_reaches_the_repl_on_a_board(micropython):
+    """A paste or a script sends `micro\\r\\npw\\r\\n6*7\\r` in one packet: on the board path the
+    bytes after the password were dropped (the session attached to dupterm and returned)."""
+    con = Console(micropython)
+    try:
+        with socket.create_connection(("127.0.0.1", con.port)) as s:
+            recv_until(s, b"login: ")
+            s.sendall(b"micro\r\ns3cret\r\n6*7\r")
+            got = recv_until(s, b"42\r\n")
+            assert b"Logged in" in got and got.endswith(b"42\r\n"), got
+            s.sendall(b"7*6\r")                       # and the session goes on as usual
+            assert recv_until(s, b"42\r\n").endswith(b"42\r\n")
+    finally:
+        con.stop()
