@@ -640,6 +640,7 @@ def make_release(
         staging = Path(tempfile.mkdtemp(prefix=_leftover_prefix(out, "partial"), dir=out.parent))
     except OSError as e:
         raise ReleaseError(_cannot_write(version, out, e)) from None
+    trash: Path | None = None          # --force: where the release being replaced waits, mid-swap
     try:
         for i, entry in enumerate(entries):
             emit(ReleaseEvent("board", f"{entry.board}: {len(entry.files)} file(s)", entry.board))
@@ -703,6 +704,10 @@ def make_release(
             os.replace(staging, out)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        # Stopped between the two renames of a --force run: the release it was replacing goes back.
+        if trash is not None and (trash / out.name).is_dir() and not out.exists():
+            os.replace(trash / out.name, out)
+            shutil.rmtree(trash, ignore_errors=True)
         if isinstance(e, OSError):     # a full disk, a read-only folder: said, with nothing half-written
             raise ReleaseError(_cannot_write(version, out, e)) from None
         raise

@@ -663,3 +663,26 @@ def test_a_running_releases_staging_folder_is_not_touched(release_kwargs):
     finally:
         running.kill()
         running.wait()
+
+
+def test_a_force_release_stopped_between_its_renames_puts_the_old_release_back_at_once(release_kwargs, dist: Path,
+                                                                                       monkeypatch):
+    """Ctrl-C (or SIGTERM, raised in the run) after the old release moved aside: the run cleaned
+    its staging folder and left no release in place, the old one hidden until the next run."""
+    out = release_kwargs["out"]
+    rel.make_release("v0.1.0", **release_kwargs)
+    before = (out / rel.SUMS).read_text()
+    write_placeholder_build(dist, "ESP32_GENERIC", built_at="2026-11-21T10:00:00Z")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if ".old-" in str(dst):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        rel.make_release("v0.1.0", **release_kwargs, force=True)
+    monkeypatch.undo()
+    assert (out / rel.SUMS).read_text() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["v0.1.0"]
