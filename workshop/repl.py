@@ -485,12 +485,14 @@ class ReplSession:
 
     # --- exec ---------------------------------------------------------------------------------
 
-    def exec_raw(self, code: bytes, timeout: float | None = None) -> ExecResult:
+    def exec_raw(self, code: bytes, timeout: float | None = None, budget: float | None = None) -> ExecResult:
         """Send code as is (no integrity guard) and return its stdout and stderr, all within
         `timeout` (default: the session's): the time spent sending it counts, so a slow link
-        or slowed pacing does not stretch a budget the user set."""
-        budget = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
+        or slowed pacing does not stretch a budget the user set. `budget`: the whole command's
+        time when `timeout` is what is left of it (exec's re-sends), for the messages."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        budget = timeout if budget is None else budget
 
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
@@ -599,9 +601,16 @@ class ReplSession:
         """
         wrapped = guard(code)
         pacing0 = self.pacing
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget        # one budget for the command, its re-sends included
         for attempt in range(self.retries + 1):
+            left = deadline - time.monotonic()
+            if attempt and left <= 0:
+                self.pacing = pacing0
+                raise self._error(ReplTimeout, f"no answer within the command's {budget:g} s (sending it included): "
+                                  f"bytes were lost on the way and {attempt} re-send(s) took the rest")
             try:
-                result = self.exec_raw(wrapped, timeout)
+                result = self.exec_raw(wrapped, left, budget)
             except _PasteStall:
                 self._recover_after_stall()
                 result = None

@@ -190,3 +190,18 @@ def test_a_command_that_prints_the_raw_repls_own_end_byte_is_not_cut_there(make_
     with ReplSession(peer.port) as s:
         assert s.run("print('before\\x04after'); print('more')") == "before\x04after\nmore\n"
         assert s.run("print(6 * 7)") == "42\n"                  # and the session goes on in step
+
+
+def test_re_sends_after_lost_bytes_stay_within_the_commands_one_budget(make_peer, drop):
+    """Each re-send after lost bytes got a fresh timeout: with 4 retries a 2 s command could take
+    several times that. Now the command has one budget, its re-sends included, and says so."""
+    import time
+
+    peer = make_peer(drop=drop)
+    code = "y = [" + ",".join(str(i) for i in range(900)) + "]\nprint(len(y))"
+    with ReplSession(peer.port, pacing=Pacing.unpaced(), raw_paste=False, retries=4) as s:
+        t = time.monotonic()
+        with pytest.raises(ReplTimeout, match=r"within the command's 2 s \(sending it included\)"):
+            s.run(code, timeout=2.0)
+        assert time.monotonic() - t < 2.0 + 1.0, time.monotonic() - t
+        assert s.stats["retries"] >= 1
