@@ -438,6 +438,8 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None,  # 
     from workshop import devices as _devices
     from workshop import flash as _flash
 
+    if timeout_scale is not None and not identify:
+        raise _fail("--timeout-scale stretches the time boxes of --identify: give --identify too")
     try:
         scale = _flash.timeout_scale(timeout_scale) if timeout_scale is not None else 1.0
     except _flash.FlashError as e:
@@ -1164,7 +1166,7 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
     finally:
         watcher.stop()
     try:
-        targets = _fleet.resolve(rows, _csv(hosts), all_boards=all_boards, outdated=outdated)
+        targets, left_out = _fleet.choose(rows, _csv(hosts), all_boards=all_boards, outdated=outdated)
         command = make_command(targets)
         first = command(targets[0]) if callable(command) and targets else command
         skip = _fleet.completed_in(path, first) if resume and not callable(command) else set()
@@ -1174,7 +1176,6 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                               on_event=None if as_json else
                               (lambda e: err_console.print(f"[dim]{_text(e.hostname)}: {_text(e.message)}[/]", highlight=False, soft_wrap=True)
                                if e.kind in ("start",) else None))
-        left_out = _fleet.not_compared(rows) if outdated else []
         done = runner.run(targets, command, skip=skip, left_out=left_out)  # Ctrl-C: returns at once, unfinished "cancelled"
     except _fleet.FleetError as e:
         raise _fail(str(e)) from None
@@ -1275,6 +1276,9 @@ def broker(c, bind="0.0.0.0", port="1883", password_file=None):
         addresses = _broker.provision_addresses(plan)
         for address in addresses:
             console.print(f"  boards: ./kit provision --mqtt {address} ...   roster: ./kit roster --mqtt {address}")
+        if _broker.loopback_only(plan):
+            console.print("  (listening on loopback: only this machine reaches it, not boards on Wi-Fi: "
+                          "--bind 0.0.0.0 for the room)", markup=False)
         if not addresses:
             console.print("  this machine has no LAN address yet: join the workshop network, then give boards "
                           "that address (./kit provision --mqtt <address>)", markup=False)

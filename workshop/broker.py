@@ -134,6 +134,16 @@ def provision_addresses(p: BrokerPlan) -> list[str]:
     return [h if p.port == 1883 else f"{h}:{p.port}" for h in hosts]
 
 
+def loopback_only(p: BrokerPlan) -> bool:
+    """Bound to a loopback address: boards on Wi-Fi cannot reach it (the unix port's can)."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(p.bind).is_loopback
+    except ValueError:
+        return p.bind == "localhost"
+
+
 class Broker:
     """mosquitto running a plan; `start()` returns once it listens (or raises with its error)."""
 

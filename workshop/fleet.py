@@ -335,12 +335,19 @@ def resolve(rows: Sequence[Any], hosts: Iterable[str] = (), *, all_boards: bool 
             outdated: bool = False) -> list[Target]:
     """Pick targets from roster rows: named hosts (unknown ones kept, to fail with a reason), the
     outdated ones, or all. Exactly one way must be chosen."""
+    return choose(rows, hosts, all_boards=all_boards, outdated=outdated)[0]
+
+
+def choose(rows: Sequence[Any], hosts: Iterable[str] = (), *, all_boards: bool = False,
+           outdated: bool = False) -> tuple[list[Target], list[tuple[str, str]]]:
+    """resolve(), and the boards --outdated leaves out because their image cannot be compared
+    (not_compared: hostname, why), for the report to name."""
     from .roster import select
 
     names = list(dict.fromkeys(h for h in hosts if h))    # a name given twice is one board (one run)
     if sum((bool(names), all_boards, outdated)) != 1:
         raise FleetError("choose the boards: --hosts h1,h2 or --all or --outdated")
-    if all_boards and not rows:
+    if (all_boards or outdated) and not rows:
         raise FleetError("no boards in the roster: none announced itself on the broker or mDNS (see ./kit roster; "
                          "a longer --wait, or --hosts h1,h2)")
     # Two spellings of one board (LAB-01,lab-01) are one board too: one session, one result.
@@ -350,7 +357,7 @@ def resolve(rows: Sequence[Any], hosts: Iterable[str] = (), *, all_boards: bool 
         raise FleetError("no outdated board in the roster: " + (
             f"{len(rows) - len(unknown)} match the current images; not compared: "
             + "; ".join(f"{h} ({why})" for h, why in unknown) if unknown else "every image matches"))
-    return targets_from_rows(chosen)
+    return targets_from_rows(chosen), not_compared(rows) if outdated else []
 
 
 def not_compared(rows: Sequence[Any]) -> list[tuple[str, str]]:

@@ -623,12 +623,17 @@ class RoomWatcher:
         no broker, or it does not confirm within `timeout`."""
         if self._client is None:
             raise RosterError("--forget needs the broker: give --mqtt HOST[:PORT] (statuses are kept there)")
-        known = {r.hostname: r for r in self.roster.rows()}
+        # In any case, as select() matches; cleared under the spelling its topic has (MQTT topics
+        # are case-sensitive: a board provisioned before hostnames were lowercased keeps its own).
+        known = {r.hostname.lower(): r for r in self.roster.rows()}
         done: dict[str, str] = {}
-        for name in dict.fromkeys(h.strip().lower() for h in hostnames if h.strip()):
-            row = known.get(name)
+        for asked in dict.fromkeys(h.strip() for h in hostnames if h.strip()):
+            row = known.get(asked.lower())
             if row is None:
-                done[name] = "not in the roster: nothing to forget"
+                done.setdefault(asked, "not in the roster: nothing to forget")
+                continue
+            name = row.hostname
+            if name in done:
                 continue
             if any(c in name for c in "+#/"):
                 done[name] = "not a hostname (MQTT wildcard or level): left alone"

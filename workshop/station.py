@@ -1011,7 +1011,7 @@ def _record_each(items: Sequence[Any], record: Callable[[Any], bool]) -> dict[st
                 continue
             except RegistryError as e:
                 failed = str(e)
-        missing[item.port] = failed
+        missing[item.port] = failed if item.mac else MAC_UNKNOWN   # no MAC: never recordable, whatever the registry
     return missing
 
 

@@ -479,13 +479,22 @@ def test_roster_forget_clears_a_gone_boards_retained_status(room):
     time.sleep(1.5)
     gone.kill()
     time.sleep(0.5)
-    assert retained(room.broker)["workshop/old-name/status"][0]["state"] == "offline"
+    doc = retained(room.broker)["workshop/old-name/status"][0]
+    assert doc["state"] == "offline"
+    # A status under a topic in capitals (MQTT topics are case-sensitive): forgotten by any spelling.
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    c.connect(room.broker.host, room.broker.port)
+    c.loop_start()
+    c.publish("workshop/Old-Caps/status", json.dumps(dict(doc, hostname="Old-Caps")), qos=1, retain=True).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
     mqtt = ["--mqtt", f"{room.broker.host}:{room.broker.port}", "--no-mdns", "--wait", "1.0"]
-    proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--forget", "old-name,OLD-NAME,never-was", "--json",
-                           *mqtt], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "invoke", "roster", "--forget", "old-name,OLD-NAME,never-was,old-caps",
+                           "--json", *mqtt], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr          # one name was not in the roster: said, and not 0
     assert json.loads(proc.stdout) == [{"hostname": "old-name", "result": "forgotten (was offline)"},
-                                       {"hostname": "never-was", "result": "not in the roster: nothing to forget"}]
+                                       {"hostname": "never-was", "result": "not in the roster: nothing to forget"},
+                                       {"hostname": "Old-Caps", "result": "forgotten (was offline)"}], proc.stdout
     assert set(retained(room.broker)) == {"workshop/kept-01/status"}
     listing = subprocess.run([sys.executable, "-m", "invoke", "roster", "--json", *mqtt], cwd=REPO,
                              capture_output=True, text=True, timeout=60)

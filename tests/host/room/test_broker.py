@@ -302,3 +302,6 @@ def test_a_broker_on_every_interface_of_a_machine_without_a_lan_address_advises_
     monkeypatch.setattr(broker, "lan_addresses", lambda: ["10.0.0.2"])
     assert broker.provision_addresses(broker.plan("0.0.0.0", 1884, None, tmp_path / "b")) == ["10.0.0.2:1884"]
     assert broker.provision_addresses(broker.plan("127.0.0.1", 1883, None, tmp_path / "b")) == ["127.0.0.1"]
+    # ... which only this machine reaches: the task says so (boards on Wi-Fi need --bind 0.0.0.0).
+    assert broker.loopback_only(broker.plan("127.0.0.1", 1883, None, tmp_path / "b"))
+    assert not broker.loopback_only(broker.plan("0.0.0.0", 1883, None, tmp_path / "b"))

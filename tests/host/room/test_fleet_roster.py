@@ -90,6 +90,8 @@ def test_resolve_targets():
     assert [(t.hostname, t.state) for t in named] == [("lab-02", "online"), ("ghost", "unknown")]
     with pytest.raises(fleet.FleetError, match="choose the boards"):
         fleet.resolve(rows)
+    with pytest.raises(fleet.FleetError, match="no boards in the roster: none announced itself"):
+        fleet.resolve([], outdated=True)          # not "every image matches"
     with pytest.raises(fleet.FleetError, match="choose the boards"):
         fleet.resolve(rows, ["lab-01"], all_boards=True)
 
