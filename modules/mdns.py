@@ -297,7 +297,8 @@ def start(hostname=None, ip=None, services=(), port=5353):
 
 
 def stop():
-    global _sock
+    global _sock, _poll
+    _poll = None
     if _sock:
         wsconfig.watch(_sock, None)
         try:

@@ -106,6 +106,7 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
         self.raw = 0  # unix raw REPL: 0 off, 1 on, 2/3 inside a raw-paste request (Ctrl-E A Ctrl-A)
         self.ibuf = bytearray(_LINE)  # on_data's receive buffer: one per session, not per packet
         self.pend = b""  # what came after the password in its packet: the REPL's first input
+        self.pi = 0  # how much of it the REPL has read
         self.imv = memoryview(self.ibuf)
         self.out = bytearray(_OUT)  # ring of output the socket could not take yet
         self.oh = 0  # its head
@@ -217,10 +218,14 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
         # Until data or nothing is left: on ESP8266 a socket callback fires once per packet, so a
         # None after swallowing a telnet command would leave the rest unread until the next one.
         p = self.pend
-        if p:  # typed ahead of the login, filtered already
-            n = min(len(p), len(buf))
-            buf[:n] = p[:n]
-            self.pend = p[n:]
+        if p:  # typed ahead of the login, filtered already (dupterm reads a byte at a time: by index)
+            i = self.pi
+            n = min(len(p) - i, len(buf))
+            for k in range(n):
+                buf[k] = p[i + k]
+            self.pi = i + n
+            if self.pi >= len(p):
+                self.pend = b""
             return n
         while True:
             try:
@@ -309,7 +314,8 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
                     self._enter()
                 if self is not _lg and (self is not _cl or wsconfig._CB):
                     if self is _cl and i + 1 < n:  # typed ahead (a paste, a script): the REPL's,
-                        self.pend = bytes(buf[i + 1 : n])  # which reads it once told to
+                        self.pend = bytes(self.imv[i + 1 : n])  # which reads it once told to
+                        self.pi = 0
                         os.dupterm_notify(None)
                     return
             elif c == 8 or c == 127:
