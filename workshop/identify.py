@@ -20,7 +20,7 @@ from typing import Any
 from .config import ConfigError, get_board
 from .parallel import results
 from .provision import identify as repl_identify
-from .registry import Registry, normalize_mac
+from .registry import Registry, RegistryError, normalize_mac
 from .repl import FRIENDLY_PROMPT, ReplError, ReplSession
 
 BLINK = """
@@ -115,7 +115,7 @@ def show(port: str, registry: Registry | None, *, baudrate: int = 115200, rounds
         result.how = "console"
         result.ok = True
         return result
-    except ReplError as e:
+    except (ReplError, RegistryError) as e:   # a registry another program locked: this board's error, said
         result.error = str(e)
         if cancel is not None and cancel.is_set():
             result.interrupted, result.error = True, "interrupted (Ctrl-C)"
@@ -153,7 +153,8 @@ def identify_boards(ports: Sequence[str], registry: Registry | None, *, only: st
 
 
 def _is(r: Shown, only: str) -> bool:
-    return only in (r.hostname, str(r.sticker))
+    # A hostname in any case, as the registry finds it (LAB-02 is lab-02).
+    return only.lower() in ((r.hostname or "").lower(), str(r.sticker))
 
 
 def _show_one(port: str, registry: Registry | None, only: str | None, baudrate: int, rounds: int,

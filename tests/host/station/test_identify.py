@@ -95,7 +95,7 @@ def test_blink_one_board_by_name_among_several(tmp_path):
             reg.see(mac)
             reg.record_flash(mac, ok=True, board="ESP32_GENERIC")
             reg.record_provision(mac, ok=True, hostname=f"lab-0{i + 1}")
-        shown = identify.identify_boards([p.port for p in peers], reg, only="lab-02", rounds=1)
+        shown = identify.identify_boards([p.port for p in peers], reg, only="LAB-02", rounds=1)  # any case
     finally:
         for p in peers:
             p.stop()
@@ -146,3 +146,20 @@ def test_ctrl_c_during_identify_ends_it_within_2_s_with_the_table(tmp_path):
     assert "Traceback" not in err, err
     row = next(line.split() for line in out.splitlines() if line.startswith(peer.port))
     assert row[:5] == [peer.port, "lab-01", "1", normalize_mac(mac), "interrupted"], out
+
+
+def test_a_registry_that_fails_mid_identify_is_that_boards_error_not_a_crash(tmp_path, monkeypatch):
+    """A registry another program locked after it opened (RegistryLocked from get()) escaped the
+    worker: the whole identify ended in a traceback, the table of the other boards lost."""
+    from workshop import registry
+
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi")
+    with peer:
+        reg = Registry(tmp_path / "w.db")
+
+        def locked(mac: str):
+            raise registry.RegistryLocked(f"{reg.path}: locked by another program for 30 s")
+
+        monkeypatch.setattr(reg, "get", locked)
+        [shown] = identify.identify_boards([peer.port], reg, rounds=1)
+    assert not shown.ok and shown.error == f"{reg.path}: locked by another program for 30 s" and shown.mac
