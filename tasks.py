@@ -334,8 +334,10 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
         console.print("This machine has no LAN address yet: attendees reach it once it is on the workshop network "
                       "(the addresses are shown again on a restart)  (Ctrl-C stops)", markup=False, soft_wrap=True)
     elif lan is None:
+        here = f"invoke download --version {served.version or 'V'} --from {urls[0]}"
         console.print(f"Listening on {host} only: no other machine reaches it (attendees' laptops need "
-                      "--host 0.0.0.0, or this laptop's LAN address)  (Ctrl-C stops)", markup=False, soft_wrap=True)
+                      f"--host 0.0.0.0, or this laptop's LAN address); on this machine: {here}  (Ctrl-C stops)",
+                      markup=False, soft_wrap=True)
     elif checked.kind == "download-cache":
         console.print(f"No flasher page here (a download cache): attendees run: {download}  (Ctrl-C stops)",
                       markup=False, soft_wrap=True)

@@ -197,7 +197,9 @@ def test_serving_on_loopback_says_no_attendee_reaches_it(release_kwargs):
     out = one_line(served.out)
     assert f"http://127.0.0.1:{served.port}/" in out, out
     assert "Listening on 127.0.0.1 only: no other machine reaches it" in out and "--host 0.0.0.0" in out, out
-    assert "--from http://127.0.0.1" not in out, out
+    # The download line is offered for this machine only, never as what attendees run.
+    assert f"; on this machine: invoke download --version v0.1.0 --from http://127.0.0.1:{served.port}/" in out, out
+    assert "attendees can download images, or run" not in out, out
 
 
 @pytest.mark.parametrize("host, hint", [
