@@ -737,7 +737,7 @@ def _provision_config(config_file, **options):
 
 
 def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=115200, connect_timeout=3.0,
-                   as_json=False, files=None, registry=None, reset_timeout=None) -> bool:
+                   as_json=False, files=None, registry=None, reset_timeout=None, timeout=None) -> bool:
     """Provision, render a table (or JSON); True if every board was provisioned (Ctrl-C: exit 130
     after the table of what was done)."""
     import threading
@@ -759,6 +759,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
             results = _provision.provision_all(targets, cfg, on_event=on_event, replace=replace, reset=reset,
                                                reset_timeout=reset_timeout or _provision.RESET_TIMEOUT_S,
                                                baudrate=baudrate, connect_timeout=connect_timeout,
+                                               timeout=timeout or 10.0,
                                                files=Path(files) if files else None,
                                                index_of=_station.sticker_index(reg) if reg is not None else None,
                                                vet=_station.registry_vet(reg) if reg is not None else None,
@@ -826,10 +827,13 @@ def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_passwo
     "registry": "record the boards in this registry; {index} is then each board's sticker number",
     "connect_timeout": "seconds each board has to answer with a MicroPython REPL (default 3; a board still "
                        "booting after a flash or a reset, or an emulated one, needs more)",
+    "timeout": "seconds each REPL command on a board may take, sending it included (default 10; a slow or "
+               "emulated board, or a large lesson file over a slow link, needs more)",
 })
 def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telnet_user=None, telnet_password=None,
               mqtt=None, mqtt_port=None, start=None, config=None, replace=False, reset=False, baud="115200",
-              json=False, files=None, registry=None, connect_timeout=None, reset_timeout=None):  # noqa: A002
+              json=False, files=None, registry=None, connect_timeout=None, reset_timeout=None,  # noqa: A002
+              timeout=None):
     """Write /workshop.json and the boot hook on every board in parallel (atomic, read back); non-zero exit if any failed."""
     cfg = _provision_config(config, **_provision_options(wifi, wifi_password, hostname, telnet_user,
                                                          telnet_password, mqtt, mqtt_port, start))
@@ -837,11 +841,12 @@ def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telne
     if reset_timeout is not None and not reset:
         raise _fail("--reset-timeout goes with --reset (the soft reset it bounds)")
     restart = _checked(devconfig.seconds, reset_timeout, "--reset-timeout") if reset_timeout is not None else None
+    budget = _checked(devconfig.seconds, timeout, "--timeout") if timeout is not None else None
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
     if not _run_provision(targets, cfg, replace=replace, reset=reset, baud=baud, as_json=json, files=files,
-                          registry=registry, connect_timeout=connect, reset_timeout=restart):
+                          registry=registry, connect_timeout=connect, reset_timeout=restart, timeout=budget):
         raise Exit(code=1)
 
 

@@ -27,7 +27,9 @@ def path():
 
 
 def load(report=True):
-    # The config as a dict; {} when missing or broken (reported in one line).
+    # The config as a dict; {} when missing or broken (reported in one line). Broken is anything
+    # json raises: a config too big or too deeply nested for the heap is a MemoryError, and must
+    # not end boot.py (the rest of it, and the services, would not run).
     p = path()
     try:
         import json
@@ -39,7 +41,7 @@ def load(report=True):
     except OSError:
         if report:
             print("workshop: no config at", p)
-    except ValueError as e:
+    except Exception as e:
         if report:
             print("workshop: bad config", p + ":", e)
     return {}

@@ -4,7 +4,11 @@ Per file: the board's sha256 of what it holds is compared first (identical files
 then the file is written to `<path>.tmp` and renamed (never half a file under the real name),
 then the board's sha256 of the result must equal ours. Secrets never come from the lesson
 folder: `workshop.json` there is refused (provisioning writes the config), and so is any file
-that contains a configured secret.
+that contains a configured secret. Nor does a lesson replace the kit's own stack: a `wifi.py`
+(or `umqtt/` folder) at the lesson's root would be imported on the board instead of the frozen
+module (a board's sys.path is ['', '.frozen', '/lib']) and is refused, as is anything that
+would be left out without a word (a symlink to nothing, a FIFO) or that the board cannot name.
+Symlinks are followed (a `lib -> ../shared/lib` is copied as the folder it shows).
 
 Used by `provision --files DIR` (workshop.provision.provision_all(files=...)), which runs it on
 every board in parallel.
@@ -13,51 +17,66 @@ every board in parallel.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
+import re
+import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .repl import ReplSession
+from .repl import RemoteError, ReplError, ReplSession
 
 SKIP_NAMES = {"__pycache__", ".git", ".DS_Store"}
 CONFIG_NAME = "workshop.json"
 
-# Board side: sha256 (hex) of each path, None when missing; folders made on request. No '%'.
+# Board side: one line per path, in order: its sha256 (hex), or '-' when missing; folders made
+# first. Small on purpose (an ESP8266 has ~14 KB free): the paths of one batch come as a list
+# literal of at most HASH_BATCH characters, each hash is printed as it is made (no dict, no JSON
+# of them all), and nothing stays in the REPL's globals afterwards. No '%' but the two below.
 _HASHES = """
-import os, json, binascii
+import os, binascii
 try:
     import hashlib
 except ImportError:
     import uhashlib as hashlib
-A = json.loads(%r)
-for d in A['dirs']:
-    try:
-        os.mkdir(d)
-    except OSError:
-        pass
-R = {}
-b = bytearray(512)
-for p in A['paths']:
-    try:
-        f = open(p, 'rb')
-    except OSError:
-        R[p] = None
-        continue
-    h = hashlib.sha256()
-    while 1:
-        n = f.readinto(b)
-        if not n:
-            break
-        h.update(memoryview(b)[:n])
-    f.close()
-    R[p] = binascii.hexlify(h.digest()).decode()
-print(json.dumps(R))
+def _wsh(dirs, paths):
+    for d in dirs:
+        try:
+            os.mkdir(d)
+        except OSError:
+            pass
+    b = bytearray(512)
+    m = memoryview(b)
+    for p in paths:
+        try:
+            f = open(p, 'rb')
+        except OSError:
+            print('-')
+            continue
+        h = hashlib.sha256()
+        while 1:
+            n = f.readinto(b)
+            if not n:
+                break
+            h.update(m[:n])
+        f.close()
+        print(binascii.hexlify(h.digest()).decode())
+_wsh(%r, %r)
+del _wsh
 """
+HASH_BATCH = 1024        # characters of paths per command
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class LessonError(ValueError):
-    """The lesson folder cannot be used as it is (missing, holds a secret or the device config)."""
+    """The lesson folder cannot be used as it is (missing, holds a secret or the device config),
+    or a file of it could not be written to a board. `result` holds what was done on that board
+    before it stopped (the files already written), when it got that far."""
+
+    def __init__(self, message: str, result: FilesResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -83,19 +102,77 @@ class FilesResult:
         return f"{len(self.written)} lesson file(s) written, {len(self.unchanged)} already identical"
 
 
-def collect(folder: Path, secrets: list[str] | tuple[str, ...] = ()) -> list[LessonFile]:
-    """Every file under `folder` (sorted), checked before any board is touched."""
+def stack_names() -> frozenset[str]:
+    """The top-level names the firmware's own stack is imported by (manifest.py: 'wifi', 'umqtt',
+    ...; the build identity too): a lesson file or folder of that name at the board's root
+    would be imported instead of the frozen one."""
+    from .buildinfo import IDENTITY_MODULE
+    from .smoke.expect import manifest_modules
+
+    return frozenset(PurePosixPath(p).parts[0].removesuffix(".py") for p in (*manifest_modules(), IDENTITY_MODULE))
+
+
+def _shadowed(rel: PurePosixPath, stack: frozenset[str]) -> str | None:
+    # Case-blind: on a FAT filesystem (case-insensitive) WiFi.py is found by `import wifi`.
+    top = rel.parts[0].lower()
+    name = top if len(rel.parts) > 1 else re.sub(r"\.(py|mpy)$", "", top)
+    return name if name in stack and (len(rel.parts) > 1 or name != top) else None
+
+
+def collect(folder: Path, secrets: list[str] | tuple[str, ...] = (),
+            stack: frozenset[str] | None = None) -> list[LessonFile]:
+    """Every file under `folder` (sorted), checked before any board is touched. `stack`: the
+    module names a root-level lesson file must not take (default: the firmware's, stack_names())."""
     if not folder.is_dir():
         raise LessonError(f"{folder}: no such folder of lesson files")
+    stack = stack_names() if stack is None else stack
+    found: list[tuple[PurePosixPath, Path]] = []
+
+    def walk(d: Path, rel: PurePosixPath, above: tuple[tuple[int, int], ...]) -> None:
+        for entry in sorted(os.scandir(d), key=lambda e: e.name):
+            path, sub = d / entry.name, rel / entry.name
+            if entry.name in SKIP_NAMES or entry.name.startswith("."):
+                continue
+            try:
+                st = os.stat(path)                   # a symlink: what it points to
+            except OSError as e:
+                if not os.path.islink(path):
+                    raise LessonError(f"{path}: cannot read: {e.strerror or e}") from None
+                raise LessonError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist: fix "
+                                  "or remove the link (it would be left out)") from None
+            try:
+                sub.as_posix().encode("utf-8")
+            except UnicodeEncodeError:
+                raise LessonError(f"{path!r}: the name is not UTF-8 (a board names files in UTF-8): "
+                                  "rename it") from None
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in above:
+                    raise LessonError(f"{path}: a symbolic link to a folder it is in (a loop): remove the link")
+                walk(path, sub, (*above, key))
+            elif stat.S_ISREG(st.st_mode):
+                found.append((sub, path))
+            else:
+                raise LessonError(f"{path}: neither a file nor a folder (a FIFO, socket or device): "
+                                  "remove it from the lesson folder")
+
+    root = os.stat(folder)
+    walk(folder, PurePosixPath(), ((root.st_dev, root.st_ino),))
     files = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part in SKIP_NAMES or part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
+    for rel, path in sorted(found, key=lambda f: f[0].parts):
         if rel.as_posix() == CONFIG_NAME:
             raise LessonError(f"{path}: the device config is written by provisioning, not copied as a lesson "
                               "file: remove it from the folder")
-        data = path.read_bytes()
+        name = _shadowed(rel, stack)
+        if name is not None:
+            raise LessonError(f"{path}: would replace the kit's own '{name}' module on every board (a board "
+                              f"imports its files before the firmware's, so boot and tutorials would get this "
+                              f"one): rename it (e.g. {name}_lesson{'.py' if len(rel.parts) == 1 else ''}), "
+                              "or put it under lib/")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise LessonError(f"{path}: cannot read: {e.strerror or e}") from None
         for secret in secrets:
             if secret and secret.encode() in data:
                 raise LessonError(f"{path}: contains a configured secret (a password): lesson files are shared "
@@ -104,12 +181,68 @@ def collect(folder: Path, secrets: list[str] | tuple[str, ...] = ()) -> list[Les
     return files
 
 
+_ERRNO = {28: "the board's filesystem is full", 30: "the board's filesystem is read-only",
+          2: "no such file or folder on the board", 20: "a file on the board is in the way of a folder there",
+          21: "a folder on the board has that name", 13: "the board refused access",
+          5: "the board's flash failed to write (I/O error)"}
+_ERRNO_NAMES = {"ENOSPC": 28, "EROFS": 30, "ENOENT": 2, "ENOTDIR": 20, "EISDIR": 21, "EACCES": 13, "EIO": 5}
+
+
+def board_error(e: ReplError) -> str:
+    """What a board's error means, in words: 'the board's filesystem is full (OSError 28)' for a
+    RemoteError a file write raised (MicroPython says 'OSError: 28' or '[Errno 28] ENOSPC');
+    other errors as they are (their port prefix dropped)."""
+    text = str(e).removeprefix(f"{e.port}: ")
+    if isinstance(e, RemoteError):
+        if e.exc_type.endswith("MemoryError"):
+            return f"the board ran out of memory ({e.exc_type}: {e.exc_message})"
+        if e.exc_type.endswith("OSError"):
+            m = re.search(r"\d+", e.exc_message)
+            name = re.search(r"\bE[A-Z]+\b", e.exc_message)
+            code = int(m.group()) if m else _ERRNO_NAMES.get(name.group()) if name else None
+            if code in _ERRNO:
+                return f"{_ERRNO[code]} (OSError {code})"
+    return text
+
+
 def _device_path(root: str, relative: str) -> str:
     return str(PurePosixPath(root) / relative) if root else relative
 
 
+def _batches(paths: list[str]) -> list[list[str]]:
+    out: list[list[str]] = [[]]
+    size = 0
+    for p in paths:
+        n = len(repr(p)) + 2
+        if out[-1] and size + n > HASH_BATCH:
+            out.append([])
+            size = 0
+        out[-1].append(p)
+        size += n
+    return out
+
+
+def board_hashes(session: ReplSession, paths: list[str], dirs: Sequence[str] = ()) -> dict[str, str | None]:
+    """The board's sha256 (hex) of each path, None for a missing one; `dirs` made first. A line
+    a background service prints meanwhile (telnet, announce) is no hash and is passed over."""
+    for batch in _batches(list(dirs)) if dirs else []:
+        session.run(_HASHES % (batch, []))
+    hashes: dict[str, str | None] = {}
+    for batch in _batches(paths):
+        text = session.run(_HASHES % ([], batch))
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip() == "-" or _SHA256.fullmatch(ln.strip())]
+        if len(lines) != len(batch):
+            raise ReplError(session.port, f"the board answered {len(lines)} sha256 line(s) for {len(batch)} "
+                                          f"file(s): {text.strip()[:80]!r}")
+        for p, line in zip(batch, lines):
+            hashes[p] = None if line == "-" else line
+    return hashes
+
+
 def copy_files(session: ReplSession, files: list[LessonFile], root: str = "/") -> FilesResult:
-    """Copy `files` under `root` on the board ('' = the device's current folder, the unix port)."""
+    """Copy `files` under `root` on the board ('' = the device's current folder, the unix port).
+    A file that cannot be written raises LessonError naming it, why in words, and (`.result`)
+    the files written before it."""
     result = FilesResult()
     if not files:
         return result
@@ -121,22 +254,37 @@ def copy_files(session: ReplSession, files: list[LessonFile], root: str = "/") -
             d = _device_path(root, str(parent))
             if d not in dirs:
                 dirs.append(d)
-    before = session.eval_json(_HASHES % json.dumps({"dirs": dirs, "paths": list(targets.values())}))
+    try:
+        before = board_hashes(session, list(targets.values()), dirs)
+    except ReplError as e:
+        raise LessonError(f"{session.port}: cannot read the board's lesson files: {board_error(e)}", result) from None
     changed = [f for f in files if before.get(targets[f.relative]) != f.sha256]
     for f in files:
         if f not in changed:
             result.unchanged.append(f.relative)
+    done: list[LessonFile] = []
     for f in changed:
-        session.put(targets[f.relative], f.data, atomic=True, verify=False)
+        try:
+            session.put(targets[f.relative], f.data, atomic=True, verify=False)
+        except ReplError as e:
+            so_far = f" ({len(done)} other file(s) written before it)" if done else ""
+            result.written += [d.relative for d in done]
+            raise LessonError(f"{session.port}: {targets[f.relative]} ({len(f.data)} bytes) not written: "
+                              f"{board_error(e)}{so_far}", result) from None
+        done.append(f)
     if changed:
-        after = session.eval_json(_HASHES % json.dumps({"dirs": [], "paths": [targets[f.relative] for f in changed]}))
+        try:
+            after = board_hashes(session, [targets[f.relative] for f in changed])
+        except ReplError as e:
+            raise LessonError(f"{session.port}: cannot check the files written: {board_error(e)}", result) from None
         for f in changed:
             got = after.get(targets[f.relative])
             if got != f.sha256:
                 raise LessonError(f"{targets[f.relative]}: the board's sha256 {str(got)[:12]} differs from the "
-                                  f"lesson file's {f.sha256[:12]} after writing")
+                                  f"lesson file's {f.sha256[:12]} after writing", result)
             result.written.append(f.relative)
     return result
 
 
-__all__ = ["FilesResult", "LessonError", "LessonFile", "collect", "copy_files"]
+__all__ = ["FilesResult", "LessonError", "LessonFile", "board_error", "board_hashes", "collect", "copy_files",
+           "stack_names"]

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import project_root
-from .devconfig import MASK, DevConfigError, load_file, masked, port_number, secret_values
+from .devconfig import MASK, DevConfigError, is_secret_key, load_file, masked, port_number, secret_values
 from .registry import mac_or_id
-from .repl import Pacing, ReplError, ReplEvent, ReplSession, ReplTimeout, mask
+from .repl import Pacing, RemoteError, ReplError, ReplEvent, ReplSession, ReplTimeout, mask
 
 
 
@@ -139,6 +139,28 @@ class ProvisionConfig:
                 raise ProvisionError(str(e)) from None
         if self.hostname is not None:
             check_pattern(self.hostname)
+        self._check_wifi()
+        problem = unwritable(self.updates("x"))
+        if problem:
+            raise ProvisionError(problem)
+
+    def _check_wifi(self) -> None:
+        """What a board's Wi-Fi driver would cut short without a word (ESP-IDF and the ESP8266 SDK
+        copy at most 32 bytes of SSID and 64 of password), refused before any board is touched:
+        such a board never finds its network."""
+        if self.wifi_ssid is not None:
+            n = len(self.wifi_ssid.encode("utf-8", "surrogatepass"))
+            if not n or n > 32:
+                raise ProvisionError(f"wifi.ssid {self.wifi_ssid!r}: a Wi-Fi network name is 1 to 32 bytes, "
+                                     f"this one is {n}" + (" (in UTF-8)" if n != len(self.wifi_ssid) else ""))
+        if self.wifi_password:
+            pw = self.wifi_password.reveal()
+            n = len(pw.encode("utf-8", "surrogatepass"))
+            if n > 64 or n == 64 and not re.fullmatch(r"[0-9A-Fa-f]{64}", pw):
+                # (never the value: it is a password)
+                why = ("more than the 64 a board takes" if n > 64 else
+                       "not 64 hex digits (a board takes 64 characters as a hex key)")
+                raise ProvisionError(f"wifi password: {n} bytes, {why}: a WPA2 passphrase is 8 to 63 characters")
 
     def _split_broker(self) -> None:
         """--mqtt HOST:PORT (or [v6]:PORT, as smoke and roster take it): the host into mqtt.broker,
@@ -364,6 +386,45 @@ def identify(session: ReplSession) -> DeviceIdentity:
                           r["config_path"], r["boot_path"])
 
 
+def unwritable(doc: Any, key: str = "") -> str | None:
+    """Why `doc` cannot go into a board's /workshop.json, naming the key, or None. MicroPython's
+    json reader takes no NaN or Infinity (the whole file would be unreadable at boot), JSON has
+    no dates (a TOML `2025-03-01`), and text must be UTF-8. A secret's value is never shown."""
+    import math
+
+    shown = key if is_secret_key(key.rsplit(".", 1)[-1]) else f"{key}: {doc!r}"
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if not isinstance(k, str):
+                return f"{key or 'the config'}: key {k!r} is not a string"
+            name = f"{key}.{k}" if key else k
+            problem = unwritable(k, f"{name} (the key)") or unwritable(v, name)
+            if problem:
+                return problem
+        return None
+    if isinstance(doc, list | tuple):
+        return next((p for i, v in enumerate(doc) if (p := unwritable(v, f"{key}[{i}]"))), None)
+    if isinstance(doc, str):
+        try:
+            doc.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{key}: not valid text (a character that is no UTF-8, from a terminal in another encoding?)"
+        return None
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return f"{shown}: a board's JSON reader takes no NaN or Infinity (the whole config would be unreadable): give a number"
+    if doc is None or isinstance(doc, bool | int | float):
+        return None
+    return (f"{shown}: a {type(doc).__name__} cannot be written to a board's JSON config: "
+            "give it as a string (quoted in workshop.toml)")
+
+
+def config_bytes(doc: dict[str, Any]) -> bytes:
+    """/workshop.json as written: UTF-8, non-ASCII as itself. Not \\u escapes: MicroPython's json
+    reads an escaped pair (an emoji in an SSID or password: \\ud83c\\udf93) as two lone
+    surrogates, so the board would look for another network name and take another password."""
+    return (json.dumps(doc, separators=(", ", ": "), ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
 def merge(existing: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
     """Existing config with the updates applied; nested tables merged key by key, unknown keys kept."""
     out = dict(existing)
@@ -425,31 +486,50 @@ class ProvisionResult:
                                                 "interrupted", "duration_s")}
 
 
+def _unreadable_constant(name: str) -> Any:
+    """NaN/Infinity in a board's config: CPython reads them, the board's json does not."""
+    raise ValueError(f"{name} is no JSON a board reads")
+
+
 def write_config(session: ReplSession, ident: DeviceIdentity, updates: dict[str, Any],
                  replace: bool = False) -> dict[str, Any]:
     """Merge `updates` into the device config and write it atomically; returns what was written."""
     existing: dict[str, Any] = {}
     if not replace and session.exists(ident.config_path):
         try:
-            old = json.loads(session.get(ident.config_path))
+            old = json.loads(session.get(ident.config_path), parse_constant=_unreadable_constant)
             if isinstance(old, dict):
                 existing = old
         except ValueError:
-            existing = {}                      # unreadable: replaced by a good one
+            existing = {}                      # unreadable (on the board too): replaced by a good one
     for s in secret_values(existing):
         session.add_secret(s)
     doc = merge(existing, updates)
-    data = (json.dumps(doc, separators=(", ", ": ")) + "\n").encode()
-    session.put(ident.config_path, data, atomic=True, verify=True)
+    problem = unwritable(doc)              # (a key the board's old config had, say)
+    if problem:
+        raise ProvisionError(f"{ident.config_path} on the board: {problem} (--replace writes a new config)")
+    _put(session, ident.config_path, config_bytes(doc))
     return doc
 
 
+def _put(session: ReplSession, path: str, data: bytes) -> None:
+    """session.put, atomic and verified; what the board raised said in words, naming the file."""
+    from .lessons import board_error
+
+    try:
+        session.put(path, data, atomic=True, verify=True)
+    except RemoteError as e:
+        raise ProvisionError(f"{session.port}: {path} not written: {board_error(e)}") from None
+
+
 def ensure_boot_hook(session: ReplSession, ident: DeviceIdentity) -> str:
-    boot = session.get(ident.boot_path).decode("utf-8", "replace") if session.exists(ident.boot_path) else None
+    # surrogateescape: bytes of a boot.py that are no UTF-8 (a Latin-1 comment) are written back as they were.
+    boot = (session.get(ident.boot_path).decode("utf-8", "surrogateescape") if session.exists(ident.boot_path)
+            else None)
     new = with_boot_hook(boot)
     if new is None:
         return "present"
-    session.put(ident.boot_path, new.encode(), atomic=True, verify=True)
+    _put(session, ident.boot_path, new.encode("utf-8", "surrogateescape"))
     return "added"
 
 
@@ -523,7 +603,8 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     cancel = cancel or threading.Event()
 
     def fail(i: int, e: BaseException) -> None:
-        results[i].error = mask(str(e) if isinstance(e, (ReplError, ProvisionError)) else f"{type(e).__name__}: {e}", secrets)
+        results[i].error = mask(str(e) if isinstance(e, (ReplError, ProvisionError, lessons.LessonError))
+                                else f"{type(e).__name__}: {e}", secrets)
         results[i].duration_s = round(time.monotonic() - t0[i], 3)
         results[i].interrupted = cancel.is_set()
         event(ports[i], "failed", results[i].error or "")
@@ -557,7 +638,12 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                 # Lesson files first, then the hook is checked on the board: a lesson boot.py
                 # (given the hook by hook_lesson_boot) never leaves a board without it.
                 r.stage = "files"
-                copied = lessons.copy_files(s, lesson_files, root="/" if ident.config_path.startswith("/") else "")
+                try:
+                    copied = lessons.copy_files(s, lesson_files, root="/" if ident.config_path.startswith("/") else "")
+                except lessons.LessonError as e:
+                    if e.result is not None:
+                        r.files = e.result.to_dict()      # what did reach the board before it stopped
+                    raise
                 r.files = copied.to_dict()
                 event(ports[i], "files", copied.summary)
             r.stage = "boot"

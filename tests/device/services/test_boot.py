@@ -43,6 +43,19 @@ def test_corrupt_config_is_one_line_and_the_repl_is_reached(micropython, tmp_pat
         assert len(out) == 2 and out[0].startswith("workshop: bad config") and out[1] == "REPL REACHED", out
 
 
+def test_a_config_too_big_for_the_heap_is_one_line_and_boot_py_goes_on(micropython, tmp_path):
+    """A corrupt file of brackets, or a config too big for an ESP8266's heap: json raises
+    MemoryError, not ValueError. That is a bad config (one line), not a traceback that ends
+    boot.py before its own lines after the hook."""
+    cfg = tmp_path / "workshop.json"
+    for bad in ("[" * 30000, json.dumps({"notes": ["x" * 60] * 2000, "start": ["wifi"]})):
+        cfg.write_text(bad)
+        out = micropython.run(BOOT, env={"WORKSHOP_CONFIG": str(cfg), "FAKE_PORT": "esp32"}, heapsize="96k",
+                              timeout=30).stdout.splitlines()
+        assert len(out) == 2 and out[0].startswith(f"workshop: bad config {cfg}: memory allocation failed"), out
+        assert out[1] == "REPL REACHED"
+
+
 def test_no_network_is_bounded_by_the_wifi_timeout(micropython, tmp_path):
     cfg = {"hostname": "ws-t", "wifi": {"ssid": "Gone", "password": "pw", "timeout_ms": 800},
            "telnet": {"password": "pw"}, "start": ["wifi", "mdns", "telnet", "ftp"]}

@@ -434,3 +434,20 @@ def test_provision_reset_fails_a_board_whose_boot_py_raised(make_peer):
     [r] = json.loads(proc.stdout)
     assert not r["ok"] and r["stage"] == "reset" and r["boot"] == [], r
     assert r["error"] == "after the reset: boot.py raised ImportError: no module named 'workshop_boot'", r
+
+
+def test_provision_timeout_bounds_each_command_and_is_checked(make_peer):
+    """provision had a fixed 10 s per REPL command: a slow or emulated board had no way out.
+    `--timeout` bounds each command, sending it included (here 0.2 s: less than sending the
+    config takes at the default pacing, so the board fails saying so, and keeps its config)."""
+    peer = make_peer()
+    proc = invoke("provision", "--ports", peer.port, "--hostname", "lab-01", "--timeout", "0.2", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [r] = json.loads(proc.stdout)
+    assert not r["ok"] and "within the command's 0.2 s (sending it included)" in r["error"], r
+    assert not (peer.root / "workshop.json").exists()
+    bad = invoke("provision", "--ports", peer.port, "--hostname", "lab-01", "--timeout", "0")
+    assert bad.returncode == 1 and "--timeout: expected seconds > 0, got '0'" in bad.stderr, bad.stderr
+    ok = invoke("provision", "--ports", peer.port, "--hostname", "lab-01", "--timeout", "20", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((peer.root / "workshop.json").read_text())["hostname"] == "lab-01"

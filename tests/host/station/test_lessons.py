@@ -96,3 +96,59 @@ def test_invoke_smoke_with_registry_records_each_boards_result_by_its_mac(tmp_pa
     assert proc.returncode == 1, proc.stdout + proc.stderr
     [rec] = Registry(db).boards()
     assert rec.smoke_ok is False and rec.state == "failed" and "modules" in rec.smoke_detail
+
+
+@pytest.mark.parametrize("name", ["wifi.py", "webserver.py", "WiFi.py", "umqtt/helper.py", "telnet.mpy",
+                                  "wsconfig.py", "announce/__init__.py"])
+def test_a_lesson_file_that_would_replace_the_kits_own_module_is_refused_before_any_board(tmp_path, name):
+    """A board imports its root folder before its firmware: an exercise called webserver.py (or a
+    umqtt/ folder of helpers) would be what boot starts and what `from umqtt.simple import
+    MQTTClient` finds. Refused in one line naming the file, before any board is touched."""
+    folder = lesson(tmp_path)
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("print('my exercise')\n")
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi").start()
+    try:
+        with pytest.raises(lessons.LessonError, match=r"would replace the kit's own '\w+' module on every board") as e:
+            provision_all([peer.port], ProvisionConfig(hostname="lab-1"), files=folder)
+        assert str(folder / name) in str(e.value) and "rename it" in str(e.value)
+        assert not (peer.root / "workshop.json").exists()                  # nothing written
+    finally:
+        peer.stop()
+    ok = tmp_path / "ok"
+    (ok / "lib").mkdir(parents=True)
+    (ok / "lib" / "wifi.py").write_text("X = 1\n")    # /lib comes after the firmware: no shadow
+    (ok / "wifi_exercise.py").write_text("X = 1\n")
+    (ok / "wifi").write_text("notes\n")              # no .py: nothing imports it
+    assert [f.relative for f in lessons.collect(ok)] == ["lib/wifi.py", "wifi", "wifi_exercise.py"]
+
+
+def test_a_symlinked_folder_is_copied_and_a_broken_link_is_refused(tmp_path):
+    """A teacher keeps one shared lib/ and links it into each lesson: the board gets what the
+    folder shows (the link's files), not a board without lib/ reported OK. A link to nothing,
+    or back into its own folder, is refused naming it, rather than left out without a word."""
+    shared = tmp_path / "shared"
+    (shared / "lib" / "drivers").mkdir(parents=True)
+    (shared / "lib" / "drivers" / "oled.py").write_text("W = 128\n")
+    (shared / "util.py").write_text("U = 1\n")
+    folder = tmp_path / "lesson"
+    folder.mkdir()
+    (folder / "main.py").write_text("import oled\n")
+    (folder / "lib").symlink_to(shared / "lib")
+    (folder / "util.py").symlink_to(shared / "util.py")
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi").start()
+    try:
+        [r] = provision_all([peer.port], ProvisionConfig(), files=folder)
+        assert r.ok, r.error
+        assert r.files["written"] == ["lib/drivers/oled.py", "main.py", "util.py"]
+        assert (peer.root / "lib" / "drivers" / "oled.py").read_text() == "W = 128\n"
+        assert (peer.root / "util.py").read_text() == "U = 1\n" and not (peer.root / "util.py").is_symlink()
+    finally:
+        peer.stop()
+    (folder / "old.py").symlink_to(tmp_path / "moved-away.py")
+    with pytest.raises(lessons.LessonError, match=r"old.py: a symbolic link to .*moved-away.py, which does not exist"):
+        lessons.collect(folder)
+    (folder / "old.py").unlink()
+    (shared / "lib" / "again").symlink_to(shared / "lib")
+    with pytest.raises(lessons.LessonError, match=r"lib/again: a symbolic link to a folder it is in \(a loop\)"):
+        lessons.collect(folder)
