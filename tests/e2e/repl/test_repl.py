@@ -205,3 +205,13 @@ def test_re_sends_after_lost_bytes_stay_within_the_commands_one_budget(make_peer
             s.run(code, timeout=2.0)
         assert time.monotonic() - t < 2.0 + 1.0, time.monotonic() - t
         assert s.stats["retries"] >= 1
+
+
+def test_a_command_leaves_nothing_of_itself_in_the_boards_globals(make_peer):
+    """The guarded literal stayed in the board's globals (`_c`) until the next command: up to the
+    3 KB of a smoke check held on a board whose heap is 38 KB."""
+    peer = make_peer()
+    with ReplSession(peer.port) as s:
+        s.run("big = 1\n" + "# padding\n" * 300)
+        assert s.eval("[k for k in globals() if k.startswith('_c')]") == []
+        assert s.eval("big") == 1                         # what the command itself defined stays
