@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from support import interrupt
 from workshop.registry import Registry, RegistryError, normalize_mac, read_csv
 
 REPO = Path(__file__).resolve().parents[3]
@@ -300,13 +301,8 @@ def _sigint_after(argv: list[str], ready: str | None, delay: float) -> tuple[sub
         assert proc.stdout.readline().strip() == ready
     time.sleep(delay)
     assert proc.poll() is None, proc.communicate()           # still waiting for the lock
-    t = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err), time.monotonic() - t
+    out, err, elapsed = interrupt(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), elapsed
 
 
 def test_ctrl_c_ends_a_wait_for_a_locked_registry_within_two_seconds(tmp_path):
