@@ -217,6 +217,21 @@ class CancellablePort:
         self._ser.close()
 
 
+# The banner every port prints when MicroPython starts ("MicroPython v1.28.0 on 2026-11-20; ...",
+# or a build's git hash for the version).
+_BANNER = re.compile(rb"MicroPython \S+ on \d{4}-\d\d-\d\d;")
+
+
+def _restarted(received: bytes | bytearray, budget: float | None) -> str:
+    """For a command's timeout (`budget` given: not a wait where a banner is expected, after
+    Ctrl-B or a reset): the board's start-up banner among what it sent instead of the answer
+    says why the answer never came."""
+    if budget is not None and _BANNER.search(received):
+        return (": the board restarted during the command (a reset, a brown-out or a crash: its start-up "
+                "banner came instead of the answer)")
+    return ""
+
+
 def _within(timeout: float, budget: float | None) -> str:
     """'5 s', or for a wait that was the rest of a command's budget, what that budget was."""
     if budget is None:
@@ -382,14 +397,16 @@ class ReplSession:
                 del self._buf[:end]
                 return data
             if time.monotonic() >= deadline:
-                raise ReplTimeout(self.port, self._mask(f"no {what} within {_within(timeout, budget)}"), bytes(self._buf))
+                raise ReplTimeout(self.port, self._mask(f"no {what} within {_within(timeout, budget)}"
+                                                        + _restarted(self._buf, budget)), bytes(self._buf))
             self._fill(deadline - time.monotonic())
 
     def _read_exact(self, n: int, timeout: float, what: str, budget: float | None = None) -> bytes:
         deadline = time.monotonic() + timeout
         while len(self._buf) < n:
             if time.monotonic() >= deadline:
-                raise self._error(ReplTimeout, f"no {what} within {_within(timeout, budget)}")
+                raise self._error(ReplTimeout, f"no {what} within {_within(timeout, budget)}"
+                                  + _restarted(self._buf, budget))
             self._fill(deadline - time.monotonic())
         data = bytes(self._buf[:n])
         del self._buf[:n]

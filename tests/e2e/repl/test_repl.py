@@ -215,3 +215,13 @@ def test_a_command_leaves_nothing_of_itself_in_the_boards_globals(make_peer):
         s.run("big = 1\n" + "# padding\n" * 300)
         assert s.eval("[k for k in globals() if k.startswith('_c')]") == []
         assert s.eval("big") == 1                         # what the command itself defined stays
+
+
+def test_a_board_that_restarts_mid_command_is_said_to_have_restarted(make_peer):
+    """A board reset (or crashing) during a command: the timeout said only 'no end of the
+    command's output within 3 s', as for a board that was slow."""
+    peer = make_peer()
+    with ReplSession(peer.port) as s:
+        with pytest.raises(ReplTimeout, match=r"no end of the command's output within the command's 3 s \(sending it "
+                                              r"included\): the board restarted during the command"):
+            s.run("import machine\nmachine.soft_reset()\n", timeout=3.0)
