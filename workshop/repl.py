@@ -585,6 +585,12 @@ class ReplSession:
                         raise self._error(ReplError, f"unexpected {bytes(b)!r} from the board during raw paste")
                 elif remain == 0 and time.monotonic() > stall_deadline:
                     raise _PasteStall()
+            if time.monotonic() > deadline:
+                # The budget went on sending (a slow link): end the paste here. What arrived is cut
+                # short inside the guard's literal, a SyntaxError on the board: nothing of it runs.
+                self._recover_after_stall()
+                raise ReplTimeout(self.port, self._mask(f"sending the command ({i} of {len(data)} bytes sent) took "
+                                                        f"{_within(timeout, budget)}: nothing of it ran"))
             n = min(remain, p.chunk, len(data) - i)
             if p.delay:
                 wait = last_write + p.delay - time.monotonic()

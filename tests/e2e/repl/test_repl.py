@@ -225,3 +225,20 @@ def test_a_board_that_restarts_mid_command_is_said_to_have_restarted(make_peer):
         with pytest.raises(ReplTimeout, match=r"no end of the command's output within the command's 3 s \(sending it "
                                               r"included\): the board restarted during the command"):
             s.run("import machine\nmachine.soft_reset()\n", timeout=3.0)
+
+
+def test_a_command_whose_sending_outlasts_its_budget_is_stopped_and_never_half_run(make_peer):
+    """Over a slow link the raw paste went on past the command's budget (the overrun noticed only
+    at the end); now sending stops at the budget, and what arrived never runs (the guard)."""
+    import time
+
+    peer = make_peer()
+    code = "open('ran.txt', 'w').write('x')\n" + "y = [" + ",".join(str(i) for i in range(400)) + "]\n"
+    with ReplSession(peer.port, pacing=Pacing(chunk=32, delay=0.05)) as s:
+        t = time.monotonic()
+        with pytest.raises(ReplTimeout, match=r"sending the command \(\d+ of \d+ bytes sent\) took the command's "
+                                              r"1 s \(sending it included\): nothing of it ran"):
+            s.run(code, timeout=1.0)
+        assert time.monotonic() - t < 1.0 + 2.5
+        assert s.eval("1 + 2") == 3                     # the session goes on
+    assert not (peer.root / "ran.txt").exists()
