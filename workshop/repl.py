@@ -504,11 +504,14 @@ class ReplSession:
 
     # --- exec ---------------------------------------------------------------------------------
 
-    def exec_raw(self, code: bytes, timeout: float | None = None, budget: float | None = None) -> ExecResult:
+    def exec_raw(self, code: bytes, timeout: float | None = None, budget: float | None = None,
+                 guarded: bool = False) -> ExecResult:
         """Send code as is (no integrity guard) and return its stdout and stderr, all within
         `timeout` (default: the session's): the time spent sending it counts, so a slow link
         or slowed pacing does not stretch a budget the user set. `budget`: the whole command's
-        time when `timeout` is what is left of it (exec's re-sends), for the messages."""
+        time when `timeout` is what is left of it (exec's re-sends), for the messages.
+        `guarded` (guard()'s code, which runs only whole): a raw paste still sending when the
+        time is up is cut there."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         budget = timeout if budget is None else budget
@@ -523,7 +526,7 @@ class ReplSession:
             resp = self._read_exact(2, left(), "answer to the raw-paste request", budget)
             if resp == b"R\x01":
                 self.stats["raw_paste"] = True
-                self._raw_paste_write(code, left(), budget)
+                self._raw_paste_write(code, left(), budget, guarded)
                 return self._follow(left(), budget)
             if resp == b"R\x00":
                 self.stats["raw_paste"] = False       # firmware has raw paste switched off
@@ -558,7 +561,7 @@ class ReplSession:
             if p.delay and i + p.chunk < len(data):
                 time.sleep(p.delay)
 
-    def _raw_paste_write(self, data: bytes, timeout: float, budget: float | None = None) -> None:
+    def _raw_paste_write(self, data: bytes, timeout: float, budget: float | None = None, cut: bool = False) -> None:
         deadline = time.monotonic() + timeout
         header = self._read_exact(2, timeout, "raw-paste window size", budget)
         window = int.from_bytes(header, "little")
@@ -585,9 +588,10 @@ class ReplSession:
                         raise self._error(ReplError, f"unexpected {bytes(b)!r} from the board during raw paste")
                 elif remain == 0 and time.monotonic() > stall_deadline:
                     raise _PasteStall()
-            if time.monotonic() > deadline:
-                # The budget went on sending (a slow link): end the paste here. What arrived is cut
-                # short inside the guard's literal, a SyntaxError on the board: nothing of it runs.
+            if cut and len(data) - i > 1 and time.monotonic() > deadline:
+                # The budget went on sending (a slow link): end the paste here. Guarded code cut
+                # short is a SyntaxError on the board, or stops before its exec: nothing of it
+                # runs. (Not with its last byte alone missing: "exec(...)" without its newline runs.)
                 self._recover_after_stall()
                 raise ReplTimeout(self.port, self._mask(f"sending the command ({i} of {len(data)} bytes sent) took "
                                                         f"{_within(timeout, budget)}: nothing of it ran"))
@@ -635,7 +639,7 @@ class ReplSession:
                 raise self._error(ReplTimeout, f"no answer within the command's {budget:g} s (sending it included): "
                                   f"bytes were lost on the way and {attempt} re-send(s) took the rest")
             try:
-                result = self.exec_raw(wrapped, left, budget)
+                result = self.exec_raw(wrapped, left, budget, guarded=True)
             except _PasteStall:
                 self._recover_after_stall()
                 result = None
