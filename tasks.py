@@ -328,7 +328,7 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
     urls = _serve.urls(server)
     for url in urls:
         console.print(f"  {url}", markup=False)
-    lan = _serve.attendee_url(server)
+    lan = _serve.attendee_url(urls)
     download = f"invoke download --version {served.version or 'V'} --from {lan or 'URL'}"
     if lan is None and host in ("0.0.0.0", ""):
         console.print("This machine has no LAN address yet: attendees reach it once it is on the workshop network "
@@ -345,7 +345,7 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
         console.print("Flashing from the page needs Chrome/Edge on localhost or https; over plain http on the LAN "
                       f"attendees can download images, or run: {download}  (Ctrl-C stops)", markup=False, soft_wrap=True)
     if the_room is not None:
-        console.print(f"  the room: {_serve.urls(server)[0]}room")
+        console.print(f"  the room: {urls[0]}room")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -1060,11 +1060,7 @@ def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, regis
         if serve:
             server = _room_server(serve, room)
         if not (watch or server):
-            try:
-                time.sleep(listen)
-            except KeyboardInterrupt:   # one listing, asked for and not given: not a success (`> room.json`)
-                raise _fail(f"interrupted while listening for the boards (--wait {listen:g}): no listing printed",
-                            130) from None
+            _listen(listen, "no listing printed")   # asked for and not given: not a success (`> room.json`)
             if json:
                 print(_json.dumps(room.report(), indent=2))
             else:
@@ -1098,18 +1094,23 @@ def roster(c, mqtt=None, mqtt_user=None, mqtt_password=None, release=None, regis
         watcher.stop()
 
 
+def _listen(seconds, not_done):
+    """--wait: the boards' announcements arrive meanwhile. Ctrl-C: exit 130, saying what was not done."""
+    import time
+
+    try:
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        raise _fail(f"interrupted while listening for the boards (--wait {seconds:g}): {not_done}", 130) from None
+
+
 def _forget(watcher, hostnames, listen, as_json):
     """roster --forget: listen for --wait (the retained statuses arrive), clear the named ones."""
     import json as _json
-    import time
 
     from workshop import roster as _roster
 
-    try:
-        time.sleep(listen)
-    except KeyboardInterrupt:
-        raise _fail(f"interrupted while listening for the boards (--wait {listen:g}): nothing was forgotten",
-                    130) from None
+    _listen(listen, "nothing was forgotten")
     try:
         done = watcher.forget(hostnames)
     except _roster.RosterError as e:
@@ -1155,7 +1156,6 @@ _FLEET_HELP = {
 def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_user, mqtt_password, release,
                no_mdns, interface, wait, telnet_user, telnet_password, jobs, timeout, report, as_json):
     import json as _json
-    import time
 
     from workshop import fleet as _fleet
 
@@ -1166,10 +1166,8 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
             else config.project_root() / "logs" / "fleet" / "last.json")
     room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, None, no_mdns, interface)
     try:
-        time.sleep(listen)
+        _listen(listen, "nothing was sent to any board")
         rows = room.rows()
-    except KeyboardInterrupt:
-        raise _fail("interrupted while listening for the boards (--wait): nothing was sent to any board", 130) from None
     finally:
         watcher.stop()
     try:

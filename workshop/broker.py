@@ -136,12 +136,9 @@ def provision_addresses(p: BrokerPlan) -> list[str]:
 
 def loopback_only(p: BrokerPlan) -> bool:
     """Bound to a loopback address: boards on Wi-Fi cannot reach it (the unix port's can)."""
-    import ipaddress
+    from .serve import is_loopback
 
-    try:
-        return ipaddress.ip_address(p.bind).is_loopback
-    except ValueError:
-        return p.bind == "localhost"
+    return is_loopback(p.bind)
 
 
 class Broker:

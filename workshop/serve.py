@@ -349,21 +349,22 @@ def listen_error(host: str, port: int, e: OSError, host_option: str, port_option
     return f"cannot listen on {host}:{port}: {why} ({hint})"
 
 
-def attendee_url(server: ThreadingHTTPServer) -> str | None:
-    """The URL attendees' laptops reach the server at (its first LAN address); None when it
-    listens on loopback only, where no other machine can reach it."""
+def is_loopback(host: str) -> bool:
+    """An address (or `localhost`) only this machine reaches; a name is taken as given."""
     import ipaddress
 
-    host = str(server.server_address[0])
-    if host in ("0.0.0.0", ""):
-        lan = lan_addresses()
-        return f"http://{lan[0]}:{server.server_address[1]}/" if lan else None
     try:
-        if ipaddress.ip_address(host).is_loopback:
-            return None
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        pass                       # a name: as it was given
-    return urls(server)[0]
+        return host == "localhost"
+
+
+def attendee_url(addresses: list[str]) -> str | None:
+    """Of `urls(server)`, the first attendees' laptops reach (a LAN address); None when the
+    server listens on loopback only, or the machine has no LAN address yet."""
+    from urllib.parse import urlsplit
+
+    return next((u for u in addresses if not is_loopback(urlsplit(u).hostname or "")), None)
 
 
 def start_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
