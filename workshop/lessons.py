@@ -16,6 +16,7 @@ every board in parallel.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -181,11 +182,12 @@ def collect(folder: Path, secrets: list[str] | tuple[str, ...] = (),
     return files
 
 
-_ERRNO = {28: "the board's filesystem is full", 30: "the board's filesystem is read-only",
-          2: "no such file or folder on the board", 20: "a file on the board is in the way of a folder there",
-          21: "a folder on the board has that name", 13: "the board refused access",
-          5: "the board's flash failed to write (I/O error)"}
-_ERRNO_NAMES = {"ENOSPC": 28, "EROFS": 30, "ENOENT": 2, "ENOTDIR": 20, "EISDIR": 21, "EACCES": 13, "EIO": 5}
+# MicroPython's errno numbers are the POSIX ones Linux has: the host's errno module names them.
+_ERRNO = {errno.ENOSPC: "the board's filesystem is full", errno.EROFS: "the board's filesystem is read-only",
+          errno.ENOENT: "no such file or folder on the board",
+          errno.ENOTDIR: "a file on the board is in the way of a folder there",
+          errno.EISDIR: "a folder on the board has that name", errno.EACCES: "the board refused access",
+          errno.EIO: "the board's flash failed to write (I/O error)"}
 
 
 def board_error(e: ReplError) -> str:
@@ -199,7 +201,7 @@ def board_error(e: ReplError) -> str:
         if e.exc_type.endswith("OSError"):
             m = re.search(r"\d+", e.exc_message)
             name = re.search(r"\bE[A-Z]+\b", e.exc_message)
-            code = int(m.group()) if m else _ERRNO_NAMES.get(name.group()) if name else None
+            code = int(m.group()) if m else getattr(errno, name.group(), None) if name else None
             if code in _ERRNO:
                 return f"{_ERRNO[code]} (OSError {code})"
     return text
