@@ -54,6 +54,9 @@ class Serving:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env=dict(os.environ, COLUMNS="200"))
         wait_for_port(self.port, timeout=20)
+        # Answered only once serve_forever runs, after the addresses and hints are printed: a
+        # Ctrl-C as soon as the port listened could land before them (seen in CI).
+        urllib.request.urlopen(f"http://127.0.0.1:{self.port}/index.json", timeout=10).read()
         return self
 
     def __exit__(self, *exc: object) -> None:
