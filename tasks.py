@@ -1180,7 +1180,7 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
                               jobs=workers, timeout=budget,
                               on_event=None if as_json else
                               (lambda e: err_console.print(f"[dim]{_text(e.hostname)}: {_text(e.message)}[/]", highlight=False, soft_wrap=True)
-                               if e.kind in ("start",) else None))
+                               if e.kind in ("start", "waiting") else None))
         done = runner.run(targets, command, skip=skip, left_out=left_out)  # Ctrl-C: returns at once, unfinished "cancelled"
     except _fleet.FleetError as e:
         raise _fail(str(e)) from None
@@ -1242,14 +1242,17 @@ def fleet(c, action, arg, dest=None, hosts=None, all=False, outdated=False, resu
 
 
 # Invoke has no optional positional arguments, so the command without one is its own task.
-@task(auto_shortflags=False, help=_FLEET_HELP)
+@task(auto_shortflags=False, help={**_FLEET_HELP, "back_within": "seconds each board has to be back on telnet after "
+                                                                    "its reset (default 30; 0: do not wait)"})
 def fleet_reset(c, hosts=None, all=False, outdated=False, resume=False, mqtt=None,  # noqa: A002
                 mqtt_user=None, mqtt_password=None, release=None, no_mdns=False, interface=None, wait="2",
-                telnet_user=None, telnet_password=None, jobs="16", timeout="20", report=None, json=False):
-    """Reset many boards over Wi-Fi (machine.reset() through the telnet REPL)."""
+                telnet_user=None, telnet_password=None, jobs="16", timeout="20", report=None, json=False,
+                back_within="30"):
+    """Reset many boards over Wi-Fi (machine.reset() through the telnet REPL), then see each come back."""
     from workshop import fleet as _fleet
 
-    _fleet_run(lambda _t: _fleet.Command.reset(), hosts=hosts, all_boards=all, outdated=outdated, resume=resume,
+    back = _checked(devconfig.seconds, back_within, "--back-within", zero=True)
+    _fleet_run(lambda _t: _fleet.Command.reset(back), hosts=hosts, all_boards=all, outdated=outdated, resume=resume,
                mqtt=mqtt, mqtt_user=mqtt_user, mqtt_password=mqtt_password, release=release, no_mdns=no_mdns,
                interface=interface, wait=wait, telnet_user=telnet_user, telnet_password=telnet_password, jobs=jobs,
                timeout=timeout, report=report, as_json=json)

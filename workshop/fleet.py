@@ -28,6 +28,8 @@ from .parallel import Runner, wait_threads
 from .repl import LoginError, RemoteError, ReplError, ReplSession, ReplTimeout, telnet_session
 
 KINDS = ("exec", "run", "put", "reset", "identify")
+BEFORE_RESET = "_ws_before_reset"   # a global set just before the reset: a fresh interpreter has none
+BACK_POLL_S = 1.0                   # between logins while a reset board boots
 RESET_MARK = "WS-RESET"
 RETURNED_MARK = "WS-RESET-RETURNED"
 PUT_BLOCK = 1024   # bytes per guarded write: ~7 KB peak heap to receive and run it (ESP8266-safe; 2048 fails in 16 KB)
@@ -55,6 +57,7 @@ class Command:
     label: str = ""             # what a person typed (for reports)
     takes_s: float = 0.0        # how long the command itself runs on the board (identify: its blink),
                                 # on top of the fleet's per-command timeout
+    back_within_s: float = 0.0  # reset: how long the board has to be back on telnet (0: not waited for)
 
     @property
     def key(self) -> str:
@@ -86,8 +89,12 @@ class Command:
         return cls("put", data=data, dest=dest or Path(src).name, label=f"put {src} {dest or Path(src).name}")
 
     @classmethod
-    def reset(cls) -> Command:
-        return cls("reset", label="reset")
+    def reset(cls, back_within_s: float = 30.0) -> Command:
+        """machine.reset(), then (back_within_s > 0) a new telnet login within that many seconds,
+        into a fresh interpreter: "reset" alone is only the old board going silent."""
+        if back_within_s < 0:
+            raise FleetError(f"reset: the time to come back must be 0 (not waited for) or more, not {back_within_s:g}")
+        return cls("reset", label="reset", back_within_s=float(back_within_s))
 
     @classmethod
     def identify(cls, led_pin: int | None, active_low: bool = False, seconds: float = 5.0) -> Command:
@@ -128,7 +135,7 @@ class BoardResult:
 @dataclass(frozen=True)
 class FleetEvent:
     hostname: str
-    kind: str                   # "start", "connect", "done", "failed", "skipped"
+    kind: str                   # "start", "connect", "waiting" (for a reset board), "done", "failed", "skipped"
     message: str
 
 
@@ -287,8 +294,52 @@ class Fleet:
         finally:
             with self._lock:
                 self._open.discard(session)
+        if command.kind == "reset" and command.back_within_s:
+            not_back = self._back(t, command.back_within_s)
+            if not_back:
+                return fail(not_back)
+            text = f"reset; back on telnet after {time.monotonic() - t0:.1f} s"
         self._event(t.hostname, "done", text.strip().splitlines()[-1] if text.strip() else "ok")
         return BoardResult(t.hostname, True, text, seconds=round(time.monotonic() - t0, 2), address=address)
+
+    def _back(self, t: Target, within_s: float) -> str | None:
+        """After a reset: log in again until the board answers from a fresh interpreter (None), or
+        why not within `within_s`. A board that boots answers nothing for a while (refused, no
+        prompt, silence), so those are tried again; a refused login or a REPL that still holds the
+        state from before the reset is said at once."""
+        assert t.host is not None and t.port is not None
+        self._event(t.hostname, "waiting", f"reset; logging in again when it is back (up to {within_s:g} s)")
+        deadline = time.monotonic() + within_s
+        last = "no answer"
+        while not self._cancelled.wait(min(BACK_POLL_S, max(0.0, deadline - time.monotonic()))):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            session = telnet_session(t.host, t.port, user=self.user, password=self.password, name=t.hostname,
+                                     timeout=min(self.timeout, max(left, 1.0)),
+                                     connect_timeout=min(self.connect_timeout, max(left, 0.5)))
+            with self._lock:
+                self._open.add(session)
+            try:
+                with session:
+                    fresh = session.run(f"print({BEFORE_RESET!r} not in globals())").strip() == "True"
+            except LoginError as e:
+                return "reset, then the login was refused: " + str(e).split(": ", 1)[-1]
+            except RemoteError as e:
+                return f"reset, then the board raised {e.exc_type}: {e.exc_message}".rstrip(": ")
+            except ReplError as e:
+                last = str(e).split(": ", 1)[-1]
+                continue
+            finally:
+                with self._lock:
+                    self._open.discard(session)
+            if not fresh:
+                return "reset went silent, but the board answers from before the reset: it did not restart"
+            return None
+        if self._cancelled.is_set():
+            return "cancelled"
+        return (f"reset, but not back on telnet within {within_s:g} s (last try: {last}): "
+                "see its serial console (stuck in boot, or Wi-Fi not joined?); --back-within gives it longer")
 
     def _do(self, s: ReplSession, c: Command) -> str:
         if c.kind in ("exec", "run", "identify"):
@@ -301,7 +352,8 @@ class Fleet:
             try:
                 # machine.reset() on a board, which never returns; the unix port has only soft_reset,
                 # which ends the process (the "board") once the command is done.
-                text = s.run(f"import machine\nprint({RESET_MARK!r})\nr = getattr(machine, 'reset', None)\n"
+                text = s.run(f"import machine\n{BEFORE_RESET} = 1\nprint({RESET_MARK!r})\n"
+                             f"r = getattr(machine, 'reset', None)\n"
                              f"if r:\n    r()\n    print({RETURNED_MARK!r})\nelse:\n    machine.soft_reset()\n",
                              timeout=5.0)
             except RemoteError:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ class Board:
     identity: Path | None = None
     proc: subprocess.Popen | None = None
     log: list[str] = field(default_factory=list)
+    boots: int = 0                  # starts after the first (reboot_on_reset)
+    powered: bool = True            # False once kill()ed: no reboot
 
     def start(self, runtime=None, identity: dict | None | str = "keep") -> Board:
         if runtime is not None:
@@ -79,8 +82,23 @@ class Board:
         self.log.append(seen)
         return self
 
+    def reboot_on_reset(self, boot_s: float = 1.0) -> Board:
+        """As a real board: its reset (on the unix port soft_reset, which ends the process with 0)
+        is followed by a boot, here `boot_s` later (the telnet port refuses meanwhile)."""
+        def watch() -> None:
+            while self.proc.wait() == 0 and self.powered:
+                time.sleep(boot_s)
+                if not self.powered:
+                    return
+                self.start()
+                self.boots += 1
+
+        threading.Thread(target=watch, name=f"{self.hostname} power", daemon=True).start()
+        return self
+
     def kill(self) -> None:
         """Power cut: SIGKILL, no goodbye (the broker publishes the last will)."""
+        self.powered = False
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
@@ -119,6 +137,7 @@ def room(mosquitto, pypi_micropython, tmp_path: Path):
     make.frozen = lambda: frozen_runtime(pypi)
     yield make
     for b in boards:
+        b.powered = False
         if b.proc and b.proc.poll() is None:
             try:
                 b.resume()

@@ -120,11 +120,51 @@ def test_reset_restarts_the_board_and_identify_reaches_it(room, three, tmp_path)
     proc = kit(room, "identify", "--hosts", "fl-01", report=tmp_path / "i.json")
     assert proc.returncode == 0, proc.stderr
     assert "no LED pin known" in results(proc)["fl-01"]["result"]  # unix: no machine.Pin, the console banner
+    first = [three[0].reboot_on_reset(), three[2].reboot_on_reset(boot_s=3.0)]
+    pids = [b.proc.pid for b in first]
     proc = kit(room, "fleet-reset", "--hosts", "fl-01,fl-03", report=tmp_path / "r.json")
     assert proc.returncode == 0, results(proc)
-    assert all(r["ok"] for r in results(proc).values())
-    assert three[0].wait_exit(10) == 0 and three[2].wait_exit(10) == 0   # the unix "board" restarts = ends
+    res = results(proc)
+    assert all(r["ok"] and r["result"].startswith("reset; back on telnet after ") for r in res.values()), res
+    assert res["fl-03"]["seconds"] >= 3.0, res        # waited for the board that boots slowly
+    assert [b.boots for b in first] == [1, 1] and [b.proc.pid for b in first] != pids
+    assert three[1].proc.poll() is None and three[1].boots == 0
+
+
+def test_a_reset_board_that_never_comes_back_fails_after_back_within(room, three, tmp_path):
+    """fleet-reset said "ok: reset" for a board that went silent and never booted again (stuck in
+    its boot, or no longer on Wi-Fi): it only knew the old board had stopped answering."""
+    three[0].reboot_on_reset()
+    t = time.monotonic()
+    proc = kit(room, "fleet-reset", "--hosts", "fl-01,fl-03", "--back-within", "3", report=tmp_path / "r.json")
+    took = time.monotonic() - t
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    res = results(proc)
+    assert res["fl-01"]["ok"], res
+    assert not res["fl-03"]["ok"] and three[2].wait_exit(10) == 0, res
+    assert res["fl-03"]["error"].startswith("reset, but not back on telnet within 3 s (last try: cannot connect"), res
+    assert "--back-within" in res["fl-03"]["error"] and took < 30, (took, res)
+
+
+def test_a_board_back_from_a_reset_that_never_restarted_it_fails(room, three, tmp_path):
+    """A reset() that only dropped the telnet client (the board went on running) counted as a reset:
+    the login after it reaches the same interpreter, which still holds what was set before."""
+    patch = ("import sys, telnet\nclass M:\n    def reset(self):\n        telnet._cl.close('dropped')\n"
+             "sys.modules['machine'] = M()\nprint('patched')")
+    proc = kit(room, "fleet", "exec", patch, "--hosts", "fl-02", report=tmp_path / "p.json")
+    assert proc.returncode == 0 and results(proc)["fl-02"]["result"].strip() == "patched", proc.stdout + proc.stderr
+    proc = kit(room, "fleet-reset", "--hosts", "fl-02", "--back-within", "10", report=tmp_path / "r.json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    got = results(proc)["fl-02"]
+    assert got["error"] == "reset went silent, but the board answers from before the reset: it did not restart", got
     assert three[1].proc.poll() is None
+
+
+def test_back_within_is_checked_before_any_board_is_reached(mosquitto, tmp_path):
+    class Room:
+        broker = mosquitto
+    proc = kit(Room, "fleet-reset", "--all", "--back-within", "soon", report=tmp_path / "r.json", timeout=60)
+    assert proc.returncode == 1 and "--back-within: expected seconds >= 0, got 'soon'" in proc.stderr, proc.stderr
 
 
 def test_ctrl_c_ends_a_fleet_run_within_two_seconds_and_keeps_the_report(room, three, tmp_path):
@@ -190,11 +230,11 @@ def test_a_reset_that_returns_is_a_failure_and_a_name_given_twice_is_one_board(r
     patch = "import sys\nclass M:\n    def reset(self):\n        pass\nsys.modules['machine'] = M()\nprint('patched')"
     proc = kit(room, "fleet", "exec", patch, "--hosts", "fl-01", report=tmp_path / "p.json")
     assert proc.returncode == 0 and results(proc)["fl-01"]["result"].strip() == "patched", proc.stdout + proc.stderr
-    proc = kit(room, "fleet-reset", "--hosts", "fl-01,fl-03", report=tmp_path / "r.json")
+    proc = kit(room, "fleet-reset", "--hosts", "fl-01,fl-03", "--back-within", "0", report=tmp_path / "r.json")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     res = results(proc)
     assert not res["fl-01"]["ok"] and res["fl-01"]["error"] == "machine.reset() returned: the board did not reset", res
-    assert res["fl-03"]["ok"] and three[2].wait_exit(10) == 0         # the other one did reset
+    assert res["fl-03"]["ok"] and res["fl-03"]["result"] == "reset" and three[2].wait_exit(10) == 0  # not waited for
     assert three[0].proc.poll() is None                              # fl-01 still runs
     proc = kit(room, "fleet", "exec", "print('once')", "--hosts", "fl-02,fl-02", report=tmp_path / "d.json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
