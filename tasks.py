@@ -737,7 +737,7 @@ def _provision_config(config_file, **options):
 
 
 def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=115200, connect_timeout=3.0,
-                   as_json=False, files=None, registry=None, reset_timeout=None, timeout=None) -> bool:
+                   as_json=False, files=None, prune=False, registry=None, reset_timeout=None, timeout=None) -> bool:
     """Provision, render a table (or JSON); True if every board was provisioned (Ctrl-C: exit 130
     after the table of what was done)."""
     import threading
@@ -760,7 +760,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
                                                reset_timeout=reset_timeout or _provision.RESET_TIMEOUT_S,
                                                baudrate=baudrate, connect_timeout=connect_timeout,
                                                timeout=timeout or 10.0,
-                                               files=Path(files) if files else None,
+                                               files=Path(files) if files else None, prune=prune,
                                                index_of=_station.sticker_index(reg) if reg is not None else None,
                                                vet=_station.registry_vet(reg) if reg is not None else None,
                                                cancel=cancel)
@@ -776,7 +776,7 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
             result = (Cell("written + verified", "ok") if r.ok else
                       Cell(f"interrupted at {r.stage}", "interrupted") if r.interrupted else
                       Cell(f"failed at {r.stage}", "failed"))
-            copied = f"{len(r.files['written'])} new, {len(r.files['unchanged'])} same" if r.files else "-"
+            copied = _lessons.files_cell(r.files)
             rows.append([r.port, r.hostname, r.mac, r.config_path, r.boot_hook, copied, result, f"{r.duration_s:.1f}",
                          r.error or ""])
         _table("Provisioning", ["port", "hostname", "MAC", "config", "boot hook", Column("files", wrap=True), "result",
@@ -824,6 +824,8 @@ def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_passwo
     "baud": "serial baud rate of the REPL",
     "json": "print JSON instead of a table",
     "files": "also copy this folder of lesson files (main.py, lib/, ...) onto every board: atomic, verified, identical files skipped",
+    "prune": "with --files: remove the files an earlier --files put on the boards that this folder no longer has "
+             "(a file edited on the board is kept, and named)",
     "registry": "record the boards in this registry; {index} is then each board's sticker number",
     "connect_timeout": "seconds each board has to answer with a MicroPython REPL (default 3; a board still "
                        "booting after a flash or a reset, or an emulated one, needs more)",
@@ -833,7 +835,7 @@ def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_passwo
 def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telnet_user=None, telnet_password=None,
               mqtt=None, mqtt_port=None, start=None, config=None, replace=False, reset=False, baud="115200",
               json=False, files=None, registry=None, connect_timeout=None, reset_timeout=None,  # noqa: A002
-              timeout=None):
+              timeout=None, prune=False):
     """Write /workshop.json and the boot hook on every board in parallel (atomic, read back); non-zero exit if any failed."""
     cfg = _provision_config(config, **_provision_options(wifi, wifi_password, hostname, telnet_user,
                                                          telnet_password, mqtt, mqtt_port, start))
@@ -842,10 +844,12 @@ def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telne
         raise _fail("--reset-timeout goes with --reset (the soft reset it bounds)")
     restart = _checked(devconfig.seconds, reset_timeout, "--reset-timeout") if reset_timeout is not None else None
     budget = _checked(devconfig.seconds, timeout, "--timeout") if timeout is not None else None
+    if prune and not files:
+        raise _fail("--prune goes with --files (it removes what an earlier lesson folder put on the boards)")
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
-    if not _run_provision(targets, cfg, replace=replace, reset=reset, baud=baud, as_json=json, files=files,
+    if not _run_provision(targets, cfg, replace=replace, reset=reset, baud=baud, as_json=json, files=files, prune=prune,
                           registry=registry, connect_timeout=connect, reset_timeout=restart, timeout=budget):
         raise Exit(code=1)
 

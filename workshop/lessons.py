@@ -2,7 +2,10 @@
 
 Per file: the board's sha256 of what it holds is compared first (identical files are skipped),
 then the file is written to `<path>.tmp` and renamed (never half a file under the real name),
-then the board's sha256 of the result must equal ours. Secrets never come from the lesson
+then the board's sha256 of the result must equal ours. The board keeps a list of the files the kit
+put there and their sha256 (`.workshop_lessons` beside them): with `prune`, an earlier lesson's
+file that this folder no longer has is removed if it is still as the kit wrote it, and kept (and
+said) if it was edited on the board: an attendee's work is never deleted. Secrets never come from the lesson
 folder: `workshop.json` there is refused (provisioning writes the config), and so is any file
 that contains a configured secret. Nor does a lesson replace the kit's own stack: a `wifi.py`
 (or `umqtt/` folder) at the lesson's root would be imported on the board instead of the frozen
@@ -68,6 +71,34 @@ del _wsh
 """
 HASH_BATCH = 1024        # characters of paths per command
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+RECORD_NAME = ".workshop_lessons"   # on the board: "<sha256> <path>" per file the kit put there
+# The record, line by line (no whole-file string on an ESP8266); '-' first when there is none.
+_READ_RECORD = """
+try:
+    _f = open(%r)
+except OSError:
+    print('-')
+else:
+    for _l in _f:
+        print(_l.rstrip())
+    _f.close()
+    del _l
+    del _f
+"""
+_RECORD_LINE = re.compile(r"([0-9a-f]{64}) (\S.*)")
+# Removes each file, then each folder given that is now empty (deepest first; a folder still
+# holding files raises, and is kept).
+_REMOVE = """
+import os
+for _p in %r:
+    os.remove(_p)
+for _p in %r:
+    try:
+        os.rmdir(_p)
+    except OSError:
+        pass
+del _p
+"""
 
 
 class LessonError(ValueError):
@@ -94,13 +125,32 @@ class LessonFile:
 class FilesResult:
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)   # prune: earlier lessons' files, as the kit wrote them
+    kept: list[str] = field(default_factory=list)      # prune: earlier lessons' files edited on the board
 
     def to_dict(self) -> dict[str, Any]:
-        return {"written": self.written, "unchanged": self.unchanged}
+        return {"written": self.written, "unchanged": self.unchanged, "removed": self.removed, "kept": self.kept}
 
     @property
     def summary(self) -> str:
-        return f"{len(self.written)} lesson file(s) written, {len(self.unchanged)} already identical"
+        text = f"{len(self.written)} lesson file(s) written, {len(self.unchanged)} already identical"
+        if self.removed:
+            text += f", {len(self.removed)} earlier one(s) removed"
+        if self.kept:
+            text += f", {len(self.kept)} earlier one(s) kept, edited on the board: {', '.join(self.kept)}"
+        return text
+
+
+def files_cell(files: dict[str, Any] | None) -> str:
+    """A board's lesson files in a few words, for a table cell: '2 new, 3 same, 1 removed'."""
+    if not files:
+        return "-"
+    text = f"{len(files['written'])} new, {len(files['unchanged'])} same"
+    if files.get("removed"):
+        text += f", {len(files['removed'])} removed"
+    if files.get("kept"):
+        text += f", kept (edited on the board): {', '.join(files['kept'])}"
+    return text
 
 
 def stack_names() -> frozenset[str]:
@@ -146,6 +196,9 @@ def collect(folder: Path, secrets: list[str] | tuple[str, ...] = (),
             except UnicodeEncodeError:
                 raise LessonError(f"{path!r}: the name is not UTF-8 (a board names files in UTF-8): "
                                   "rename it") from None
+            if "\n" in entry.name or "\r" in entry.name:
+                raise LessonError(f"{path!r}: the name has a line break in it (the board's list of lesson "
+                                  "files is one line per file): rename it")
             if stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
                 if key in above:
@@ -241,12 +294,55 @@ def board_hashes(session: ReplSession, paths: list[str], dirs: Sequence[str] = (
     return hashes
 
 
-def copy_files(session: ReplSession, files: list[LessonFile], root: str = "/") -> FilesResult:
+def read_record(session: ReplSession, root: str = "/") -> dict[str, str]:
+    """The files the kit put under `root` in earlier runs: {relative path: sha256 as written}
+    ({} on a board that has no record: provisioned before the kit kept one, or never)."""
+    text = session.run(_READ_RECORD % _device_path(root, RECORD_NAME))
+    record: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _RECORD_LINE.fullmatch(line.strip())
+        if m:
+            record[m.group(2)] = m.group(1)
+    return record
+
+
+def _prune(session: ReplSession, record: dict[str, str], keep: set[str], root: str,
+           result: FilesResult) -> dict[str, str]:
+    """Remove the recorded files not in `keep` that are still as the kit wrote them; the rest of
+    the record (the files still tracked)."""
+    gone = sorted(r for r in record if r not in keep)
+    if not gone:
+        return record
+    now = board_hashes(session, [_device_path(root, r) for r in gone])
+    remove = [r for r in gone if now[_device_path(root, r)] == record[r]]
+    result.kept += [r for r in gone if now[_device_path(root, r)] not in (None, record[r])]
+    folders = sorted({str(d) for r in remove for d in list(PurePosixPath(r).parents)[:-1]},
+                     key=lambda d: -len(PurePosixPath(d).parts))
+    for batch in _batches(remove) if remove else []:
+        session.run(_REMOVE % ([_device_path(root, r) for r in batch], []))
+    if folders:
+        session.run(_REMOVE % ([], [_device_path(root, d) for d in folders]))
+    result.removed += remove
+    return {r: h for r, h in record.items() if r in keep}
+
+
+def copy_files(session: ReplSession, files: list[LessonFile], root: str = "/", *, prune: bool = False) -> FilesResult:
     """Copy `files` under `root` on the board ('' = the device's current folder, the unix port).
     A file that cannot be written raises LessonError naming it, why in words, and (`.result`)
-    the files written before it."""
+    the files written before it. The board's record of the kit's files is updated (atomically)
+    once all are written; `prune` first removes the recorded ones `files` no longer has, unless
+    edited on the board (`.kept`)."""
     result = FilesResult()
+    try:
+        record = read_record(session, root)
+        if prune:
+            record = _prune(session, record, {f.relative for f in files}, root, result)
+    except ReplError as e:
+        raise LessonError(f"{session.port}: cannot remove the earlier lessons' files: {board_error(e)}"
+                          if prune else f"{session.port}: cannot read the board's lesson record: {board_error(e)}",
+                          result) from None
     if not files:
+        _write_record(session, record, root, result)
         return result
     targets = {f.relative: _device_path(root, f.relative) for f in files}
     dirs: list[str] = []
@@ -285,8 +381,18 @@ def copy_files(session: ReplSession, files: list[LessonFile], root: str = "/") -
                 raise LessonError(f"{targets[f.relative]}: the board's sha256 {str(got)[:12]} differs from the "
                                   f"lesson file's {f.sha256[:12]} after writing", result)
             result.written.append(f.relative)
+    _write_record(session, {**record, **{f.relative: f.sha256 for f in files}}, root, result)
     return result
 
 
-__all__ = ["FilesResult", "LessonError", "LessonFile", "board_error", "board_hashes", "collect", "copy_files",
-           "stack_names"]
+def _write_record(session: ReplSession, record: dict[str, str], root: str, result: FilesResult) -> None:
+    data = "".join(f"{record[r]} {r}\n" for r in sorted(record)).encode()
+    try:
+        session.put(_device_path(root, RECORD_NAME), data, atomic=True, verify=True)
+    except ReplError as e:
+        raise LessonError(f"{session.port}: the lesson files are written, but not the list of them "
+                          f"({RECORD_NAME}, which --prune needs): {board_error(e)}", result) from None
+
+
+__all__ = ["RECORD_NAME", "FilesResult", "LessonError", "LessonFile", "board_error", "board_hashes", "collect",
+           "copy_files", "files_cell", "read_record", "stack_names"]

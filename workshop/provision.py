@@ -565,7 +565,7 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                   connect_timeout: float = 3.0, baudrate: int = 115200, workers: int | None = None,
                   session_factory: Callable[..., ReplSession] | None = None,
                   index_of: Callable[[str, str], int] | None = None,
-                  files: Path | None = None,
+                  files: Path | None = None, prune: bool = False,
                   vet: Callable[[str, DeviceIdentity, str | None], None] | None = None,
                   cancel: threading.Event | None = None) -> list[ProvisionResult]:
     """Provision every port in parallel; one result per port, in the order given.
@@ -573,7 +573,8 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     Two phases: identify all boards (so that hostnames can be checked for uniqueness across the
     run), then write. A board that fails never stops the others. `index_of(port, mac)` gives a
     board's `{index}` (the registry's sticker; default: its position in `ports`, from 1).
-    `files`: a folder of lesson files copied onto every board (workshop.lessons).
+    `files`: a folder of lesson files copied onto every board (workshop.lessons); `prune`: the
+    files earlier runs put there that this folder no longer has are removed (unless edited there).
     `vet(port, identity, hostname)` is called for each board once it is named, before anything is
     written: a ProvisionError from it fails that board (stage "name"), e.g. the station's "another
     board answered on this port" or "that hostname is another board's in the registry".
@@ -585,6 +586,8 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
     from . import lessons
 
     check_hostnames(config.hostname, len(ports))
+    if prune and files is None:
+        raise ProvisionError("prune goes with files (it removes what an earlier lesson folder put there)")
     lesson_files = lessons.collect(files, config.secrets()) if files is not None else None
     lesson_hook = None
     if lesson_files is not None:
@@ -639,7 +642,8 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                 # (given the hook by hook_lesson_boot) never leaves a board without it.
                 r.stage = "files"
                 try:
-                    copied = lessons.copy_files(s, lesson_files, root="/" if ident.config_path.startswith("/") else "")
+                    copied = lessons.copy_files(s, lesson_files, root="/" if ident.config_path.startswith("/") else "",
+                                                prune=prune)
                 except lessons.LessonError as e:
                     if e.result is not None:
                         r.files = e.result.to_dict()      # what did reach the board before it stopped

@@ -36,8 +36,10 @@ def test_files_reach_every_board_byte_for_byte_and_identical_ones_are_skipped(tm
         (peers[1].root / "main.py").write_text("import blink\n")            # already there on one board
         results = provision_all([p.port for p in peers], ProvisionConfig(), files=folder)
         assert all(r.ok for r in results), [r.error for r in results]
-        assert results[0].files == {"written": ["lib/blink.py", "lib/sensors/__init__.py", "main.py"], "unchanged": []}
-        assert results[1].files == {"written": ["lib/blink.py", "lib/sensors/__init__.py"], "unchanged": ["main.py"]}
+        assert results[0].files == {"written": ["lib/blink.py", "lib/sensors/__init__.py", "main.py"], "unchanged": [],
+                                    "removed": [], "kept": []}
+        assert results[1].files == {"written": ["lib/blink.py", "lib/sensors/__init__.py"], "unchanged": ["main.py"],
+                                    "removed": [], "kept": []}
         for p in peers:
             assert (p.root / "lib" / "blink.py").read_bytes() == (folder / "lib" / "blink.py").read_bytes()
             assert not list(p.root.rglob("*.tmp")) and not (p.root / ".git").exists()
@@ -151,4 +153,54 @@ def test_a_symlinked_folder_is_copied_and_a_broken_link_is_refused(tmp_path):
     (folder / "old.py").unlink()
     (shared / "lib" / "again").symlink_to(shared / "lib")
     with pytest.raises(lessons.LessonError, match=r"lib/again: a symbolic link to a folder it is in \(a loop\)"):
+        lessons.collect(folder)
+
+
+def test_prune_removes_an_earlier_lessons_files_but_never_one_edited_on_the_board(tmp_path):
+    """provision --files lesson2 left every file of lesson 1 on the boards (old exercises beside
+    the new ones, an old main.py running at boot). --prune removes what the kit put there and the
+    new folder lacks, unless the attendee changed it; without --prune nothing is removed."""
+    one = lesson(tmp_path)
+    (one / "ex1.py").write_text("# exercise 1\n")
+    (one / "mine.py").write_text("# fill me in\n")
+    two = tmp_path / "lesson2"
+    (two / "lib").mkdir(parents=True)
+    (two / "main.py").write_text("import ex2\n")
+    (two / "ex2.py").write_text("# exercise 2\n")
+    (two / "lib" / "blink.py").write_bytes((one / "lib" / "blink.py").read_bytes())
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi").start()
+    try:
+        [r] = provision_all([peer.port], ProvisionConfig(), files=one)
+        assert r.ok, r.error
+        (peer.root / "mine.py").write_text("# my answer\n")               # the attendee's work
+        (peer.root / "notes.txt").write_text("never put there by the kit\n")
+        [r] = provision_all([peer.port], ProvisionConfig(), files=two)    # no --prune: nothing removed
+        assert r.ok and r.files["removed"] == [] and (peer.root / "ex1.py").exists(), r
+        [r] = provision_all([peer.port], ProvisionConfig(), files=two, prune=True)
+        assert r.ok, r.error
+        assert r.files == {"written": [], "unchanged": ["ex2.py", "lib/blink.py", "main.py"],
+                           "removed": ["ex1.py", "lib/sensors/__init__.py"], "kept": ["mine.py"]}, r.files
+        assert not (peer.root / "ex1.py").exists() and not (peer.root / "lib" / "sensors").exists()
+        assert (peer.root / "mine.py").read_text() == "# my answer\n"
+        assert (peer.root / "notes.txt").exists() and (peer.root / "lib" / "blink.py").exists()
+        assert (peer.root / "main.py").read_text().startswith("import ex2")
+        assert lessons.files_cell(r.files) == "0 new, 3 same, 2 removed, kept (edited on the board): mine.py"
+        # The kept file is the attendee's now: a later prune leaves it alone without naming it again.
+        [r] = provision_all([peer.port], ProvisionConfig(), files=two, prune=True)
+        assert r.ok and r.files["removed"] == [] and r.files["kept"] == [], r.files
+        assert (peer.root / "mine.py").exists()
+    finally:
+        peer.stop()
+
+
+def test_prune_without_files_is_refused_before_any_board(tmp_path):
+    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "provision", "--ports",
+                           "/dev/null", "--prune"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 1 and "--prune goes with --files" in proc.stderr, proc.stdout + proc.stderr
+
+
+def test_a_lesson_file_name_with_a_line_break_is_refused(tmp_path):
+    folder = lesson(tmp_path)
+    (folder / "two\nlines.py").write_text("")
+    with pytest.raises(lessons.LessonError, match="line break"):
         lessons.collect(folder)
