@@ -237,7 +237,7 @@ class App:
             raise HTTPError(405, {"Allow": ", ".join(allowed)})
         raise HTTPError(404)
 
-    async def _head(self, rd, addr):
+    async def _head(self, rd, w, addr):
         line = await rd.line(414)
         while not line:
             line = await rd.line(414)
@@ -281,6 +281,10 @@ class App:
             if n > self.max_body:
                 raise HTTPError(413)
             if n:
+                # curl sends a body over 1 KB only after "100 Continue", or after waiting 1 s for it
+                if ver == b"HTTP/1.1" and headers.get("expect", "").lower() == "100-continue":
+                    w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    await w.drain()
                 req.body = await rd.read(n)
         return req
 
@@ -413,7 +417,7 @@ class App:
                         self._due(c, _READ, self.timeout_ms)
                     if len(self._conns) > 1 and self._low():  # (a lone client sheds nothing)
                         raise MemoryError  # 503, and this connection's memory is freed
-                    req = await self._head(rd, addr)
+                    req = await self._head(rd, w, addr)
                 except (HTTPError, ValueError) as e:
                     st = e.status if isinstance(e, HTTPError) else 400
                     self._due(c, _HANDLE, self.timeout_ms)

@@ -34,8 +34,11 @@ async def main():
     ballast = None
     left = int(sys.argv[2])
     for size in (1024, 64):
-        while gc.mem_free() > left + size + 64:
-            ballast = (bytearray(size), ballast)  # a chain: no list to grow
+        try:
+            while gc.mem_free() > left + size + 64:
+                ballast = (bytearray(size), ballast)  # a chain: no list to grow
+        except MemoryError:  # free, but no longer in pieces of this size: on with smaller ones
+            pass
         gc.collect()
     print("ready", port, gc.mem_free())  # listening, with about FREE bytes left for the clients
     await app.server.wait_closed()

@@ -537,3 +537,17 @@ def test_a_browsers_idle_keep_alive_connections_do_not_lock_others_out(serve, tm
     before = keep_open(20)
     after = keep_open(300)  # each new one closes an idle one: what that one held goes with it
     assert after - before < 8 * 1024, (before, after)
+
+
+def test_a_body_sent_after_expect_100_continue_is_not_held_up(web):
+    """curl sends a body over 1 KB only once the server says "100 Continue", else after waiting
+    its --expect100-timeout (1 s): every such upload to a board took a second longer."""
+    t = time.monotonic()
+    r = curl(web.port, "/items/9", "-X", "PUT", "-H", "Expect: 100-continue", "-H", "Content-Type: application/json",
+             "-d", '{"on": 1}', "--expect100-timeout", "5")
+    took = time.monotonic() - t
+    assert "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 " in r.stdout, r.stdout
+    assert json.loads(body_of(r.stdout.split("\r\n\r\n", 1)[1])) == {"id": "9", "got": {"on": 1}}
+    assert took < 4, took                                       # not curl's 5 s wait
+    r = curl(web.port, "/items/9", "-X", "PUT", "-H", "Expect: 100-continue", "-d", "x" * 2000)
+    assert status_of(r.stdout) == 413 and "100 Continue" not in r.stdout, r.stdout   # too large: no body asked for
