@@ -105,12 +105,21 @@ class DownloadResult:
                            for b in self.boards]}
 
 
+_REPOSITORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")
+
+
 def repository() -> str:
     return os.environ.get(ENV_REPOSITORY) or DEFAULT_REPOSITORY
 
 
 def default_source(repo: str | None = None) -> str:
-    return GITHUB_RELEASE_URL.replace("{repository}", repo or repository())
+    """The GitHub Releases URL template of `repo` (default: $WORKSHOP_REPOSITORY's); a value that
+    is no owner/name is refused here, not sent to GitHub as a path."""
+    repo = repo or repository()
+    if not _REPOSITORY.fullmatch(repo):
+        raise DownloadError(f"${ENV_REPOSITORY}={repo!r}: expected a GitHub owner/name, e.g. {DEFAULT_REPOSITORY} "
+                            "(or pass --from URL|DIR)")
+    return GITHUB_RELEASE_URL.replace("{repository}", repo)
 
 
 def release_cache(version: str, cache: Path | None = None) -> Path:
@@ -165,8 +174,10 @@ class _Connected:
 class _Source:
     """Where a release's files come from: an http(s) base URL or a local folder."""
 
-    def __init__(self, spec: str, version: str, timeout: float) -> None:
+    def __init__(self, spec: str, version: str, timeout: float,
+                 elsewhere: str = "Use --from with a mirror, the organizer's laptop or a local folder.") -> None:
         self.timeout = timeout
+        self.elsewhere = elsewhere        # what to do when this source cannot be reached
         spec = spec.replace("{version}", version)
         parsed = urllib.parse.urlparse(spec)
         if parsed.scheme in ("http", "https"):
@@ -213,8 +224,11 @@ class _Source:
                     what = f"did not answer: {reason or type(reason).__name__}"
                 raise DownloadError(f"{host} accepted the connection but {what} (for {url}): the server is "
                                     f"not serving; try again, or another source (--from).") from None
-            raise DownloadError(f"cannot reach {host}: {reason}. Is the network up? "
-                                f"Use --from with a mirror, the organizer's laptop or a local folder.") from None
+            if isinstance(reason, ConnectionRefusedError):
+                # The host answered: nothing listens on that port (a server not started, or stopped).
+                raise DownloadError(f"cannot reach {host}: {reason}: no server runs there (is 'invoke serve' "
+                                    f"running on that machine, with that port?). {self.elsewhere}") from None
+            raise DownloadError(f"cannot reach {host}: {reason}. Is the network up? {self.elsewhere}") from None
         length = response.headers.get("Content-Length")
         return response, int(length) if length and length.isdigit() else None
 
@@ -338,18 +352,20 @@ def download_release(
     include_debug: bool = False,
     timeout: float = 30.0,
     on_event: Callable[[DownloadEvent], None] | None = None,
+    elsewhere: str | None = None,
 ) -> DownloadResult:
     """Fetch release `version` (default: every board's images) into the cache, verified.
 
     `source`: None = the project's GitHub Releases; an http(s) base URL; or a local folder.
-    `include_debug`: also the .elf/.map files. Returns the verified local paths per board."""
+    `include_debug`: also the .elf/.map files. `elsewhere`: what an unreachable source's error
+    tells to do (default: use --from). Returns the verified local paths per board."""
     emit = on_event or (lambda e: None)
     try:
         version = normalize_version(version)
     except ReleaseError as e:
         raise DownloadError(str(e)) from None
     spec = str(source) if source is not None else default_source()
-    src = _Source(spec, version, timeout)
+    src = _Source(spec, version, timeout, *([elsewhere] if elsewhere else []))
     directory = release_cache(version, cache)
     fetched: list[str] = []
     cached: list[str] = []
@@ -362,6 +378,9 @@ def download_release(
         sums = parse_sums(sums_raw.decode("utf-8", "replace"), src.where(SUMS))
     except NotFound:
         hint = f" (releases: https://github.com/{repository()}/releases)" if source is None else ""
+        if src.folder is not None and (src.folder / version / SUMS).is_file() and "{version}" not in spec:
+            hint = (f": {src.folder} holds one folder per release, so name it with --from {src.folder / version} "
+                    f"(or --from '{src.folder / '{version}'}')")
         raise DownloadError(f"release {version} not found: {src.where(SUMS)} does not exist. "
                             f"Check the version{hint}.") from None
     except (DownloadError, ReleaseError) as e:
@@ -437,6 +456,7 @@ def download_release(
             raise DownloadError(f"{src.where(SUMS)} does not list {name}: the release is incomplete")
         dest = directory / name
         if _cached_ok(dest, sums[name]):
+            remove_stale_parts(directory, name)   # a killed run's part of a file another run completed
             if dest.stat().st_mode & 0o777 != mode:
                 dest.chmod(mode)      # cached by a kit that left it 600
             cached.append(name)
@@ -474,7 +494,10 @@ def release_images(version: str, boards: Iterable[str] | None = None, *, source:
     """The flashable boards of release `version` as workshop.flash.FlashImage, downloaded and
     verified first (a no-op for files already in the cache). Host builds are left out."""
     wanted = list(boards) if boards else None
-    result = download_release(version, wanted, source=source, cache=cache, on_event=on_event)
+    # The callers (flash, station) have no --from: a release the cache lacks is fetched first.
+    later = (f"Download the release first, from wherever it is: invoke download --version {version} "
+             "--from URL|DIR (a mirror, the organizer's laptop, a local folder), then run this again.")
+    result = download_release(version, wanted, source=source, cache=cache, on_event=on_event, elsewhere=later)
     hosts = [b.board.board for b in result.boards if b.board.chip == HOST_CHIP]
     if wanted and hosts:
         raise DownloadError(f"{', '.join(hosts)}: a host build, nothing to flash (release {result.version})")

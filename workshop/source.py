@@ -176,11 +176,30 @@ def _owner_name(url: str) -> tuple[str, str]:
     return ("Mbed-TLS" if owner == "ARMmbed" else owner), name
 
 
-def _network_error(url: str, err: subprocess.CalledProcessError) -> SourceError:
+# What git says when the source is there but lacks the commit asked for (a mirror without a pin).
+_NO_SUCH_COMMIT = ("not our ref", "couldn't find remote ref", "no such remote ref", "unadvertised object",
+                   "upload-pack: not our", "did not send all necessary objects", "reference is not a tree")
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url and not re.match(r"^[\w.-]+@[\w.-]+:", url)
+
+
+def _network_error(url: str, err: subprocess.CalledProcessError, commit: str | None = None,
+                   what: str | None = None) -> SourceError:
+    """One line saying why `url` gave nothing: a source lacking the pinned commit, a mirror path
+    that is not there, or (otherwise) the network."""
     detail = (err.stderr or "").strip().splitlines()
     last = detail[-1] if detail else f"git exited {err.returncode}"
-    return SourceError(f"cannot fetch {url} ({last}): check the network, or set {ENV_GIT_URL} to a mirror that has it "
-                       "(e.g. '/srv/git/{owner}+{name}/repo')")
+    text = (err.stderr or "").lower()
+    mirror = f"set {ENV_GIT_URL} to a mirror that has it (or pass --git-url; e.g. '/srv/git/{{owner}}+{{name}}/repo')"
+    if commit and any(s in text for s in _NO_SUCH_COMMIT):
+        pin = f"commit {commit[:10]}" + (f", the one MicroPython {MICROPYTHON_VERSION} pins for {what}" if what else "")
+        return SourceError(f"cannot fetch {url}: it has no {pin} ({last}): a mirror without that commit cannot "
+                           f"provide it; {mirror}")
+    if _is_local(url) and not Path(url).exists():
+        return SourceError(f"cannot fetch {url}: no such mirror folder ({last}): {mirror}, or fix the path")
+    return SourceError(f"cannot fetch {url} ({last}): check the network, or {mirror}")
 
 
 # Building MicroPython never needs a submodule's own test suite; leaving it out keeps the
@@ -189,24 +208,35 @@ SPARSE_PATTERNS = "/*\n!/tests/\n"
 
 
 def _checkout_submodule(subdir: Path, url: str, commit: str) -> None:
-    if not (subdir / ".git").exists():
+    fresh = not (subdir / ".git").exists()
+    if fresh:
         if subdir.exists():
             shutil.rmtree(subdir)  # git leaves an empty folder for a submodule not yet fetched
         _git(None, "-c", "protocol.file.allow=always", "clone", "--quiet", "--filter=blob:none",
              "--no-checkout", url, str(subdir))
-    _git(subdir, "config", "core.sparseCheckout", "true")
-    (Path(_git(subdir, "rev-parse", "--absolute-git-dir")) / "info").mkdir(exist_ok=True)
-    (Path(_git(subdir, "rev-parse", "--absolute-git-dir")) / "info" / "sparse-checkout").write_text(SPARSE_PATTERNS)
-    if _git(subdir, "cat-file", "-t", commit, check=False) != "commit":
-        # From the URL asked for now, not the one the submodule was first cloned from.
-        _git(subdir, "-c", "protocol.file.allow=always", "fetch", "--quiet", "--filter=blob:none", url, commit)
-    _git(subdir, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit)
+    try:
+        _git(subdir, "config", "core.sparseCheckout", "true")
+        (Path(_git(subdir, "rev-parse", "--absolute-git-dir")) / "info").mkdir(exist_ok=True)
+        (Path(_git(subdir, "rev-parse", "--absolute-git-dir")) / "info" / "sparse-checkout").write_text(SPARSE_PATTERNS)
+        if _git(subdir, "cat-file", "-t", commit, check=False) != "commit":
+            # From the URL asked for now, not the one the submodule was first cloned from.
+            _git(subdir, "-c", "protocol.file.allow=always", "fetch", "--quiet", "--filter=blob:none", url, commit)
+        _git(subdir, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit)
+    except BaseException:
+        if fresh:
+            # A clone made here whose pin could not be checked out would look like a submodule
+            # "at" the source's default branch: leave the empty folder git leaves instead (missing).
+            shutil.rmtree(subdir, ignore_errors=True)
+            subdir.mkdir(exist_ok=True)
+        raise
 
 
 def setup(ports: Iterable[str] = ALL_PORTS, path: str | Path | None = None, url_template: str | None = None,
           on_event: Callable[[str], None] = lambda msg: None) -> Checkout:
     """Make (or complete) the checkout: MicroPython v1.28.0 plus the ports' submodules."""
     ports = tuple(ports)
+    for port in ports:
+        load_port(port)            # a misspelt port is refused before a clone of hundreds of MB
     where, explicit = resolve_path(path)
     if not (where / ".git").exists():
         if explicit and where.exists() and any(where.iterdir()):
@@ -222,7 +252,7 @@ def setup(ports: Iterable[str] = ALL_PORTS, path: str | Path | None = None, url_
             _git(staging, "-c", "advice.detachedHead=false", "checkout", "--quiet", MICROPYTHON_COMMIT)
         except subprocess.CalledProcessError as e:
             shutil.rmtree(staging, ignore_errors=True)
-            raise _network_error(url, e) from None
+            raise _network_error(url, e, MICROPYTHON_COMMIT, f"MicroPython {MICROPYTHON_VERSION}") from None
         # Only a finished clone gets the real name: an interrupted setup never looks complete.
         staging.rename(where)
     head = _git(where, "rev-parse", "HEAD")
@@ -261,7 +291,7 @@ def _fetch_submodule(where: Path, sub: str, url_template: str | None, on_event: 
     try:
         _checkout_submodule(where / sub, url, want)
     except subprocess.CalledProcessError as e:
-        return str(_network_error(url, e))
+        return str(_network_error(url, e, want, sub))
     return None
 
 
@@ -403,7 +433,7 @@ def _clone_at(url: str, commit: str, into: Path, exclude: Iterable[str] = ()) ->
         _git(into, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--force", "--detach", commit)
         _git(into, "clean", "-q", "-f", "-d", "-x")
     except subprocess.CalledProcessError as e:
-        raise _network_error(url, e) from None
+        raise _network_error(url, e, commit) from None
 
 
 def _prepare_esp_open_sdk(port: Port, src: dict[str, Path], out: Path, log: Path) -> None:

@@ -251,3 +251,49 @@ def test_each_local_change_of_the_checkout_is_another_build(mirror, tmp_path, mo
     funcs.write_bytes(original)
     mip.write_bytes(original_mip)
     assert key() == clean and not source.locate(None, ["unix"]).dirty
+
+
+def _other_repo(path: Path) -> Path:
+    """A git repository with one commit of its own: a mirror that lacks the pinned commit."""
+    path.mkdir(parents=True)
+    _git("init", "-q", cwd=path)
+    (path / "README").write_text("not the pinned commit\n")
+    _git("add", "README", cwd=path)
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "other", cwd=path)
+    return path
+
+
+def test_a_mirror_without_the_pinned_commit_says_so_and_leaves_the_submodule_missing(mirror, tmp_path, monkeypatch):
+    """The mirror has berkeley-db-1.xx, but not the commit MicroPython pins: the error names the
+    commit and the mirror (not "check the network"), and `setup --check` then says the submodule is
+    missing (not "at <the mirror's branch>", which a half-made clone would claim)."""
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path / "cache"))
+    _other_repo(Path(mirror.replace("{owner}+{name}", "micropython+berkeley-db-1.xx")))
+    with pytest.raises(source.SourceError) as e:
+        source.setup(["esp32"], url_template=mirror)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1, message
+    pin = source.submodule_commit(tmp_path / "cache" / "micropython-v1.28.0", "lib/berkeley-db-1.xx")
+    assert f"it has no commit {pin[:10]}, the one MicroPython v1.28.0 pins for lib/berkeley-db-1.xx" in message
+    assert "check the network" not in message and "set WORKSHOP_GIT_URL to a mirror that has it" in message
+    with pytest.raises(source.SourceError, match=r"submodule lib/berkeley-db-1.xx \(needed by esp32\) is missing"):
+        source.locate(None, ["esp32"])
+
+
+def test_a_mirror_folder_that_is_not_there_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(source.SourceError) as e:
+        source.setup(["unix"], url_template=str(tmp_path / "nowhere" / "{owner}+{name}"))
+    message = str(e.value)
+    assert f"cannot fetch {tmp_path}/nowhere/micropython+micropython: no such mirror folder" in message, message
+    assert "check the network" not in message
+
+
+def test_a_misspelt_port_is_refused_before_anything_is_cloned(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path / "cache"))
+    events: list[str] = []
+    from workshop.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"no such port 'esp33'"):
+        source.setup(["unix", "esp33"], url_template=str(tmp_path / "m" / "{owner}+{name}"), on_event=events.append)
+    assert events == [] and not (tmp_path / "cache").exists()

@@ -422,3 +422,54 @@ def test_a_stalled_transfer_says_how_many_bytes_arrived(made, http_server, tmp_p
     with pytest.raises(dl.DownloadError, match=rf"{name}: transfer failed after {quarter:,} bytes: .*timed out"):
         dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=server.url, cache=tmp_path / "c", timeout=1)
     assert leftovers(tmp_path / "c") == []
+
+
+# --- found in the README review: what each failure tells the person to do --------------------
+
+
+def test_a_refused_connection_says_no_server_runs_there(tmp_path):
+    """The host answered with a reset: the network is up, nothing listens there (a laptop whose
+    `invoke serve` is not running); "is the network up?" would send them the wrong way."""
+    port = closed_port()
+    with pytest.raises(dl.DownloadError) as e:
+        dl.download_release("v0.1.0", source=f"http://127.0.0.1:{port}/", cache=tmp_path / "c", timeout=5)
+    message = str(e.value)
+    assert f"cannot reach 127.0.0.1:{port}: " in message and "no server runs there" in message, message
+    assert "network up" not in message and "--from" in message
+
+
+def test_flash_release_not_downloaded_says_to_download_it_first(tmp_path):
+    """`flash --release V` / `station --release V` have no --from: their error says what to run."""
+    port = closed_port()
+    with pytest.raises(dl.DownloadError) as e:
+        dl.release_images("v0.1.0", source=f"http://127.0.0.1:{port}/", cache=tmp_path / "c")
+    message = str(e.value)
+    assert "invoke download --version v0.1.0 --from URL|DIR" in message, message
+    assert "Use --from" not in message
+
+
+@pytest.mark.parametrize("value", ["workshop-kit", "a b/c", "owner/name/extra"])
+def test_a_workshop_repository_that_is_no_owner_name_is_refused(value, tmp_path, monkeypatch):
+    monkeypatch.setenv(dl.ENV_REPOSITORY, value)
+    with pytest.raises(dl.DownloadError, match=r"\$WORKSHOP_REPOSITORY=.*: expected a GitHub owner/name"):
+        dl.download_release("v0.1.0", cache=tmp_path / "c", timeout=5)
+
+
+def test_a_folder_of_releases_without_version_names_the_release_folder(made, tmp_path):
+    parent = made.directory.parent                    # release/, holding v0.1.0/
+    with pytest.raises(dl.DownloadError) as e:
+        dl.download_release("v0.1.0", source=parent, cache=tmp_path / "c")
+    assert f"--from {parent / 'v0.1.0'}" in str(e.value), str(e.value)
+    result = dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=f"{parent}/{{version}}", cache=tmp_path / "c")
+    assert result.board("ESP32_GENERIC").paths
+
+
+def test_a_stale_part_file_goes_even_when_its_file_is_already_cached(made, tmp_path):
+    cache = tmp_path / "c"
+    dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=made.directory, cache=cache)
+    folder = cache / "releases" / "v0.1.0"
+    stale = folder / f".{STALLED}.999999999-abcd.part"       # a pid no process has
+    stale.write_bytes(b"left by a killed run")
+    result = dl.download_release("v0.1.0", ["ESP32_GENERIC"], source=made.directory, cache=cache)
+    assert STALLED in result.cached
+    assert leftovers(cache) == []
