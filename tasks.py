@@ -249,8 +249,8 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
                                         extra={"wifi.password": wifi_password, "telnet.password": telnet_password})
         with parallel.signals_interrupt():      # kill or a closed terminal: the staging folder goes too
             made = _release.make_release(version, boards=_csv(board) or None, allow_dirty=allow_dirty, force=force,
-                                         secrets=secrets, repository=_download.repository(), on_event=on_event)
-    except _release.ReleaseError as e:
+                                         secrets=secrets, repository=_download.checked_repository(), on_event=on_event)
+    except (_release.ReleaseError, _download.DownloadError) as e:
         raise _fail(str(e)) from None
     except KeyboardInterrupt:
         raise _fail(f"release {version} interrupted: nothing was released (release/ is as it was)", code=130) from None
@@ -364,15 +364,20 @@ def serve(c, version=None, directory=None, host="0.0.0.0", port="8000", mqtt=Non
     "debug": "also fetch the .elf/.map files",
     "json": "print what was fetched (boards, files, paths, sha256) as JSON instead of the table",
 })
-def download(c, version, board=None, from_=None, debug=False, json=False):
+def download(c, version=None, board=None, from_=None, debug=False, json=False):
     """Fetch release images into the cache, each checked against SHA256SUMS; cached files are reused."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
     from workshop import download as _download
 
+    if not version:
+        raise _fail("download: --version is required, e.g. --version v0.1.0")
     current: list[str] = []       # the file being fetched, for the interrupted message
+    # Progress goes to stderr (stdout is the table, or the JSON); bars only on a terminal, else
+    # one plain line per file fetched.
+    bars = err_console.is_terminal
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=console, transient=False) as progress:
+                  console=err_console, transient=False, disable=not bars) as progress:
         tasks: dict[str, TaskID] = {}
 
         def on_event(e: _download.DownloadEvent) -> None:
@@ -381,8 +386,10 @@ def download(c, version, board=None, from_=None, debug=False, json=False):
                 current[:] = [e.file]
             elif e.kind in ("progress", "done") and e.file in tasks:
                 progress.update(tasks[e.file], completed=e.done)
+                if e.kind == "done" and not bars:
+                    err_console.print(f"fetched {e.file} ({e.done:,} bytes)", markup=False, highlight=False)
             elif e.kind == "offline":
-                progress.console.print("[yellow]source unreachable: using the verified cache[/]")
+                err_console.print("[yellow]source unreachable: using the verified cache[/]")
 
         try:
             with parallel.signals_interrupt():      # SIGTERM/SIGHUP end it as Ctrl-C does

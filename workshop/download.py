@@ -112,14 +112,19 @@ def repository() -> str:
     return os.environ.get(ENV_REPOSITORY) or DEFAULT_REPOSITORY
 
 
-def default_source(repo: str | None = None) -> str:
-    """The GitHub Releases URL template of `repo` (default: $WORKSHOP_REPOSITORY's); a value that
-    is no owner/name is refused here, not sent to GitHub as a path."""
+def checked_repository(repo: str | None = None) -> str:
+    """`repo` (default: $WORKSHOP_REPOSITORY's), refused (DownloadError) when it is no owner/name:
+    it becomes a GitHub URL path, in downloads and in a release's links."""
     repo = repo or repository()
     if not _REPOSITORY.fullmatch(repo):
         raise DownloadError(f"${ENV_REPOSITORY}={repo!r}: expected a GitHub owner/name, e.g. {DEFAULT_REPOSITORY} "
                             "(or pass --from URL|DIR)")
-    return GITHUB_RELEASE_URL.replace("{repository}", repo)
+    return repo
+
+
+def default_source(repo: str | None = None) -> str:
+    """The GitHub Releases URL template of `repo` (default: $WORKSHOP_REPOSITORY's)."""
+    return GITHUB_RELEASE_URL.replace("{repository}", checked_repository(repo))
 
 
 def release_cache(version: str, cache: Path | None = None) -> Path:

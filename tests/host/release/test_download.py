@@ -281,6 +281,27 @@ def test_a_host_boards_program_is_its_image_released_downloaded_and_runnable(rel
     assert board["files"][0]["sha256"] == hashlib.sha256(program.read_bytes()).hexdigest()
 
 
+
+def test_download_json_while_fetching_is_json_and_piped_progress_is_plain_lines(made, http_server, tmp_path):
+    """`download --json | jq` failed while files were fetched: the progress bars went to stdout
+    before the JSON. Piped, the bars were drawn as lines of '━'."""
+    server = http_server(made.directory)
+    proc = run_invoke("download", "--version", "v0.1.0", "--from", server.url, "--json", cache=tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)                              # stdout is the JSON alone
+    assert got["fetched"] and "━" not in proc.stderr, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("fetched ")] == \
+        [f"fetched {n} ({(made.directory / n).stat().st_size:,} bytes)" for n in got["fetched"]], proc.stderr
+    proc = run_invoke("download", "--version", "v0.1.0", "--from", server.url, cache=tmp_path / "b")
+    assert proc.returncode == 0 and "━" not in proc.stdout + proc.stderr and "fetched" in proc.stdout, proc.stdout
+
+
+def test_download_without_a_version_says_which_option_is_missing(tmp_path):
+    proc = run_invoke("download", "--from", str(tmp_path), cache=tmp_path / "c", timeout=60)
+    assert proc.returncode == 1 and "error: download: --version is required, e.g. --version v0.1.0" in proc.stderr, \
+        proc.stderr
+
+
 def modes(folder: Path) -> dict[str, int]:
     return {p.relative_to(folder).as_posix() or ".": p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]}
 
@@ -453,6 +474,19 @@ def test_a_workshop_repository_that_is_no_owner_name_is_refused(value, tmp_path,
     monkeypatch.setenv(dl.ENV_REPOSITORY, value)
     with pytest.raises(dl.DownloadError, match=r"\$WORKSHOP_REPOSITORY=.*: expected a GitHub owner/name"):
         dl.download_release("v0.1.0", cache=tmp_path / "c", timeout=5)
+
+
+
+def test_release_refuses_a_workshop_repository_that_is_no_owner_name(tmp_path):
+    """The release's links (the page, index.json) are made from $WORKSHOP_REPOSITORY: 'a b/c'
+    went into them as it was."""
+    env = dict(os.environ, WORKSHOP_CACHE=str(tmp_path / "c"), WORKSHOP_REPOSITORY="a b/c")
+    # (ESP32_GENERIC is not built here: were the check gone, the release would still be refused.)
+    proc = subprocess.run([INVOKE, "-r", str(PROJECT_ROOT), "release", "--version", "v9.9.9", "--board",
+                           "ESP32_GENERIC"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "$WORKSHOP_REPOSITORY='a b/c': expected a GitHub owner/name" in proc.stderr, \
+        proc.stdout + proc.stderr
+    assert not (PROJECT_ROOT / "release" / "v9.9.9").exists()
 
 
 def test_a_folder_of_releases_without_version_names_the_release_folder(made, tmp_path):
