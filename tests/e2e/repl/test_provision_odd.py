@@ -65,7 +65,7 @@ def test_an_emoji_in_the_ssid_password_and_a_file_name_reaches_the_board_as_writ
     [r] = provision_all([peer.port], ProvisionConfig(wifi_ssid=ssid, wifi_password=password), files=lesson,
                         pacing=Pacing.fast())
     assert r.ok, r.error
-    assert r.files == {"written": ["🎓 notes.txt"], "unchanged": []}
+    assert r.files == {"written": ["🎓 notes.txt"], "unchanged": [], "removed": [], "kept": []}
     with ReplSession(peer.port) as s:     # what the board's own config reader makes of it
         seen = s.run("import wsconfig\nw = wsconfig.load()['wifi']\nprint(w['ssid'].encode().hex())\n"
                      "print(w['password'].encode().hex())\n").split()
@@ -86,7 +86,7 @@ def test_a_full_board_filesystem_is_named_with_the_file_and_nothing_is_half_writ
     assert not r.ok and r.stage == "files"
     assert "data.bin (9216 bytes) not written: the board's filesystem is full" in r.error, r.error
     assert "1 other file(s) written before it" in r.error, r.error
-    assert r.files == {"written": ["a_small.py"], "unchanged": []}
+    assert r.files == {"written": ["a_small.py"], "unchanged": [], "removed": [], "kept": []}
     files = board_files(peer.port)
     assert files["data.bin"] == b"last week's data"                   # its previous copy, whole
     assert files["a_small.py"] == b"print('small')\n"

@@ -54,7 +54,7 @@ def test_one_board_goes_from_bootloader_to_ready(farm, tmp_path):
     assert r.ok, (r.stage, r.reason)
     assert (r.state, r.hostname, r.sticker, r.mac) == ("ready", "lab-01", 1, board.mac)
     assert r.flash.verified and r.provision.ok and r.smoke.ok
-    assert r.provision.files == {"written": ["lib/blink.py", "main.py"], "unchanged": []}
+    assert r.provision.files == {"written": ["lib/blink.py", "main.py"], "unchanged": [], "removed": [], "kept": []}
     stages = [e.stage for e in events]
     for a, b in [("appeared", "writing"), ("writing", "verifying"), ("verifying", "booting"),
                  ("booting", "provisioning"), ("provisioning", "smoking"), ("smoking", "ready")]:
@@ -81,7 +81,7 @@ def test_flash_and_provision_on_the_pypi_runtime_and_lesson_files_are_skipped_wh
     assert first.ok, first.reason
     second = station.run_boards([board.port], station.Plan(**{**plan.__dict__, "reflash": True})).results[0]
     assert second.ok, second.reason
-    assert second.provision.files == {"written": [], "unchanged": ["main.py"]}
+    assert second.provision.files == {"written": [], "unchanged": ["main.py"], "removed": [], "kept": []}
     assert second.sticker == first.sticker == 1
 
 
