@@ -39,14 +39,26 @@ def device_source(name: str) -> str:
     return resources.files(__package__).joinpath("device", f"{name}.py").read_text(encoding="utf-8")
 
 
+# Around every program: the names it binds in the board's REPL globals and the modules it
+# imports are removed when it ends (printed its result, raised, or was interrupted). Left there,
+# the stack the check imports and its facts (the config, passwords included) held ~22 KB of
+# the heap until the board's next reset: more than half of what an ESP8266 has for the lesson.
+_KEEP = "_g=list(globals())\nimport sys\n_m=list(sys.modules)\ntry:\n"
+_CLEAN = ("finally:\n"
+          " list(map(sys.modules.pop,[k for k in sys.modules if k not in _m]))\n"
+          " list(map(globals().pop,[k for k in globals() if k not in _g]))\n")
+
+
 def device_program(name: str, args: dict[str, Any]) -> str:
     """What is sent to the board: a prelude (sys, json, A = the arguments; for the main check
     also the config path, computed as provisioning does) and device/<name>.py without its
-    comments, blank lines and most of its indentation (`compact`)."""
+    comments, blank lines and most of its indentation (`compact`), inside a try whose finally
+    leaves the board's globals and sys.modules as they were (`_KEEP`, `_CLEAN`)."""
     prelude = f"import sys, json\nA = json.loads({json.dumps(args)!r})\n"
     if name == "check":
         prelude += CONFIG_PATH_CODE
-    return prelude + compact(device_source(name))
+    body = compact(prelude + device_source(name))
+    return _KEEP + "".join(f" {line}\n" for line in body.splitlines()) + _CLEAN
 
 
 def compact(source: str) -> str:
@@ -106,7 +118,8 @@ def read_progress(output: bytes | str) -> Progress:
     return progress
 
 
-def _timeout_detail(progress: Progress, timeout: float, expected: Expected, option: str) -> str:
+def _timeout_detail(progress: Progress, timeout: float, expected: Expected, option: str,
+                    error: ReplError) -> str:
     facts = progress.facts
     known = []
     if facts.get("version"):
@@ -117,10 +130,15 @@ def _timeout_detail(progress: Progress, timeout: float, expected: Expected, opti
         known.append(f"{len(progress.modules)} of {len(expected.stack_modules)} stack modules checked: {done}")
     if "free" in facts:
         known.append(f"{facts['free']} bytes free")
-    where = f"during step {progress.step!r}" if progress.step else "before the check started"
+    where = f"during step {progress.step!r}" if progress.step else f"before the check started ({_why(error)})"
     return (f"the device check did not finish within {timeout:g} s, {where}; "
             + (f"found so far: {'; '.join(known)}" if known else "nothing reported yet")
             + f" (a slow or emulated board: raise {option})")
+
+
+def _why(error: ReplError) -> str:
+    """The session's own reason, without the port it starts with (the report names the port)."""
+    return str(error).removeprefix(f"{error.port}: ")
 
 
 def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | None = None,
@@ -166,7 +184,8 @@ def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | Non
             progress = read_progress(e.partial)
             report.facts = masked({**progress.facts, "incomplete": {"step": progress.step,
                                                                     "modules": progress.modules}})
-            report.checks.append(Check("device", FAIL, _timeout_detail(progress, session.timeout, expected, timeout_option),
+            report.checks.append(Check("device", FAIL, _timeout_detail(progress, session.timeout, expected,
+                                                                       timeout_option, e),
                                        round(time.monotonic() - t, 3)))
             _interrupt(session)               # the board is left at a usable prompt (or said why not above)
             return report
@@ -202,17 +221,24 @@ def _interrupt(session: ReplSession) -> ReplError | None:
 
 
 def _run_check(session: ReplSession, name: str, script: str, args: dict[str, Any], timeout: float,
-               judge: Callable[[dict[str, Any]], Check]) -> Check:
+               judge: Callable[[dict[str, Any]], Check], what: Callable[[str | None], str] | None = None) -> Check:
+    """One network check; `what(stage)` names what timed out ("GET URL: reading the answer
+    failed"), from the last stage the board announced ('@step', None before the first)."""
     t = time.monotonic()
     try:
         result = session.eval_json(device_program(script, args), timeout=timeout)
         check = judge(result)
     except ReplTimeout as e:
         # The board is still inside the check: interrupt it, so that the next check can run.
-        check = Check(name, FAIL, f"{e} (the check did not finish; interrupted)")
-        _interrupt(session)
+        stage = read_progress(e.partial).step
+        said = what(stage) if what else (f"during stage {stage!r}" if stage else "")
+        why = f"did not finish within {timeout:g} s" if stage else _why(e)
+        check = Check(name, FAIL, (f"{said}: " if said else "") + f"{why}; the board was interrupted")
+        again = _interrupt(session)
+        if again is not None:
+            check = Check(name, FAIL, f"{check.detail}, and did not come back: {_why(again)}")
     except ReplError as e:
-        check = Check(name, FAIL, str(e))
+        check = Check(name, FAIL, _why(e))
     return Check(check.name, check.status, check.detail, round(time.monotonic() - t, 3))
 
 
@@ -263,8 +289,11 @@ def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOp
                     stage = MQTT_STAGES.get(str(r.get("stage")), r.get("stage"))
                     return Check("mqtt", FAIL, f"broker {host}:{mport}: {stage}: {_reason(r['error'])}")
                 return Check("mqtt", PASS, f"round trip through {host}:{mport} in {r.get('ms')} ms")
-            # connect + subscribe + wait, each bounded on the device by mqtt_timeout
-            checks.append(_run_check(session, "mqtt", "mqtt", args, 3 * opts.mqtt_timeout + 5, mqtt))
+            def mqtt_stage(stage: str | None) -> str:
+                return f"broker {host}:{mport}" + (f": {MQTT_STAGES.get(stage, stage)}" if stage else "")
+            # connect + subscribe + wait, each bounded on the device by mqtt_timeout (not the
+            # name lookup: a host name the board cannot resolve may take longer)
+            checks.append(_run_check(session, "mqtt", "mqtt", args, 3 * opts.mqtt_timeout + 5, mqtt, mqtt_stage))
     if opts.http_url:
         url = opts.http_url
 
@@ -277,8 +306,10 @@ def _network_checks(session: ReplSession, facts: dict[str, Any], opts: NetworkOp
             said = f"HTTP {status}" + (f" {r['reason']}" if r.get("reason") else "")
             return Check("http", PASS if ok else FAIL, f"GET {url}: {said}, {r.get('bytes')} bytes"
                          + ("" if ok else " (expected a 2xx status)"))
+        def http_stage(stage: str | None) -> str:
+            return f"GET {url}" + (f": {HTTP_STAGES.get(stage, stage)}" if stage else "")
         checks.append(_run_check(session, "http", "http", {"url": url, "timeout_s": opts.http_timeout},
-                                 2 * opts.http_timeout + 5, http))
+                                 2 * opts.http_timeout + 5, http, http_stage))
     return checks
 
 
