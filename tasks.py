@@ -5,6 +5,7 @@ No logic lives here; every task has an importable twin in the `workshop` package
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -872,9 +873,11 @@ def _network_options(network, mqtt, http_url=None):
         return None
     try:
         host, port = _smoke.parse_broker(mqtt)
+        url = _smoke.parse_http_url(http_url) if http_url else None
     except _smoke.SmokeError as e:
         raise _fail(str(e)) from None
-    return _smoke.NetworkOptions(mqtt_host=host, mqtt_port=port, **({"http_url": http_url} if http_url else {}))
+    opts = _smoke.NetworkOptions(mqtt_host=host, mqtt_port=port)
+    return dataclasses.replace(opts, http_url=url) if url else opts
 
 
 def _smoke_expected(board, dist, release, board_file=False):

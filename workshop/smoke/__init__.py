@@ -18,7 +18,8 @@ Every public name is importable from `workshop.smoke`.
 """
 
 from ..check import module_name
-from .evaluate import FLASH_UNITS, HTTP_STAGES, MQTT_STAGES, evaluate, mqtt_port, parse_broker, short_hash
+from .evaluate import (FLASH_UNITS, HTTP_STAGES, MQTT_STAGES, evaluate, mqtt_port, parse_broker, parse_http_url,
+                       short_hash)
 from .expect import (RUNS_ON_IMPORT, Expected, choose_expected, manifest_modules, release_index,
                      stack_module_names)
 from .model import FAIL, PASS, SKIP, Check, DeviceReport, NetworkOptions, SmokeError
@@ -30,7 +31,7 @@ __all__ = [
     "DEVICE_SCRIPTS", "FAIL", "FLASH_UNITS", "HTTP_STAGES", "MQTT_STAGES", "NETWORK_GROUPS", "PASS",
     "RUNS_ON_IMPORT", "SKIP", "SUMMARY_GROUPS", "Check", "DeviceReport", "Expected", "GroupSummary",
     "NetworkOptions", "Progress", "SmokeError", "choose_expected", "device_program", "device_source", "evaluate",
-    "manifest_modules", "module_name", "mqtt_port", "parse_broker", "read_progress", "release_index",
+    "manifest_modules", "module_name", "mqtt_port", "parse_broker", "parse_http_url", "read_progress", "release_index",
     "short_hash", "smoke_all", "smoke_device", "stack_module_names", "summary", "summary_rows", "to_json",
     "to_junit", "xml_safe",
 ]

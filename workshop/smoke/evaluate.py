@@ -52,6 +52,29 @@ def parse_broker(value: str | None, check_host: bool = True) -> tuple[str | None
     return host, number
 
 
+def parse_http_url(value: str) -> str:
+    """'--http-url' as given, checked before any board is touched: http:// or https://, a host
+    name or IP address ([v6] too), an optional port; the board's requests takes nothing else."""
+    import urllib.parse
+
+    from ..provision import valid_host
+
+    example = "expected http://HOST[:PORT]/PATH or https://..., e.g. http://10.0.0.2:8000/ok"
+    try:
+        url = urllib.parse.urlsplit(value.strip())
+        port = url.port
+    except ValueError as e:           # a port that is no number, or out of range; a bad [v6]
+        raise SmokeError(f"--http-url {value!r}: {e}: {example}") from None
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise SmokeError(f"--http-url {value!r}: {example}")
+    if url.netloc.startswith("["):
+        raise SmokeError(f"--http-url {value!r}: the board's requests takes a host name or IPv4 address, not "
+                         f"[IPv6]: {example}")
+    if not valid_host(url.hostname) or url.username is not None or port == 0:
+        raise SmokeError(f"--http-url {value!r}: no host name or IP address with an optional port: {example}")
+    return value.strip()
+
+
 def mqtt_port(value: Any, what: str = "mqtt port") -> int:
     """A port number from an int or a string of digits; SmokeError naming `what` otherwise."""
     try:

@@ -212,6 +212,22 @@ def test_smoke_network_options_without_network_are_refused_not_ignored(make_peer
     assert "--mqtt goes with --network" in " ".join(proc.stderr.split()) and "Smoke" not in proc.stdout
 
 
+
+@pytest.mark.parametrize("value, why", [("notaurl", "expected http://HOST[:PORT]/PATH"),
+                                        ("ftp://10.0.0.2/x", "expected http://HOST[:PORT]/PATH"),
+                                        ("http://10.0.0.2:99999/ok", "Port out of range"),
+                                        ("http://[::1]:8000/ok", "not [IPv6]")])
+def test_smoke_http_url_is_checked_before_any_board(make_peer, value, why):
+    """A bad --http-url went to every board: 'GET notaurl: request failed: ValueError: need more
+    than 1 values to unpack', one row per board."""
+    peer = make_peer(stack_on_path=False, files={"workshop.json": '{"hostname": "x"}'})
+    proc = invoke("smoke", "--ports", peer.port, "--board", "UNIX", "--board-file", "--network", "--http-url", value)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert f"--http-url {value!r}:" in said and why in said, proc.stderr
+    assert "Smoke" not in proc.stdout
+
+
 def test_provision_shows_macs_as_every_other_table_does(make_peer):
     """provision's table and JSON said 240ac450c064 where devices, flash, station and the registry
     say 24:0a:c4:50:c0:64."""
