@@ -205,7 +205,7 @@ def evaluate(facts: dict[str, Any], expected: Expected) -> list[Check]:
     else:
         ok = int(got) == want_bytes
         checks.append(Check("flash", PASS if ok else FAIL,
-                            f"{int(got) >> 20} MB" + ("" if ok else f", expected {expected.flash_size}")))
+                            (f"{int(got) >> 20} MB" if int(got) >= 1 << 20 else f"{int(got) >> 10} KB") + ("" if ok else f", expected {expected.flash_size}")))
 
     # config
     cfg = facts.get("config", {})

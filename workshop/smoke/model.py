@@ -48,7 +48,8 @@ class DeviceReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"port": self.port, "ok": self.ok, "interrupted": self.interrupted, "duration_s": self.duration_s,
-                "expected": self.expected, "mac": self.mac, "facts": self.facts, "checks": [asdict(c) for c in self.checks]}
+                "expected": self.expected, "mac": self.mac, **({"mac_error": self.mac_error} if self.mac_error else {}),
+                "facts": self.facts, "checks": [asdict(c) for c in self.checks]}
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,18 @@ def test_evaluate_rules():
     assert failed == {"firmware", "module wifi", "heap", "flash", "config"}
 
 
+
+def test_a_flash_under_1_mb_is_said_in_kb_and_a_mac_not_read_says_why_in_the_json():
+    """An ESP-01's 512 KB flash was reported '0 MB'; smoke --registry's JSON said "mac": null
+    without the reason its table printed."""
+    exp = smoke.Expected(source="t", flash_size="1MB")
+    [flash] = [c for c in smoke.evaluate({"flash": 512 << 10}, exp) if c.name == "flash"]
+    assert (flash.status, flash.detail) == ("fail", "512 KB, expected 1MB")
+    report = smoke.DeviceReport("/dev/ttyUSB0", mac_error="no MicroPython REPL answered")
+    assert report.to_dict()["mac"] is None and report.to_dict()["mac_error"] == "no MicroPython REPL answered"
+    assert "mac_error" not in smoke.DeviceReport("/dev/ttyUSB1", mac="24:0a:c4:00:00:01").to_dict()
+
+
 def test_identity_module_is_not_a_stack_module(monkeypatch, tmp_path):
     """A build sets WORKSHOP_BUILD_IDENTITY; the stack the smoke imports is the same either way."""
     plain = smoke.manifest_modules()
