@@ -670,16 +670,23 @@ class ReplSession:
         except (ValueError, SyntaxError):
             raise self._error(ReplError, f"not a literal: {text.strip()[:80]!r}") from None
 
-    def eval_json(self, code: str, timeout: float | None = None) -> Any:
-        """Run code that prints one JSON document as its last line; return it parsed."""
+    def eval_json(self, code: str, timeout: float | None = None) -> dict[str, Any]:
+        """Run code that prints one JSON object on a line of its own; return it parsed. The last
+        such line counts: a line something else on the board printed after it (a lesson's timer,
+        a log line) is passed over."""
         text = self.run(code, timeout)
         lines = [ln for ln in text.splitlines() if ln.strip()]
         if not lines:
             raise self._error(ReplError, "the board printed no result")
-        try:
-            return json.loads(lines[-1])
-        except json.JSONDecodeError:
-            raise self._error(ReplError, f"unreadable result from the board: {lines[-1][:80]!r}") from None
+        for line in reversed(lines):
+            if line.lstrip().startswith("{"):
+                try:
+                    found = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(found, dict):
+                    return found
+        raise self._error(ReplError, f"unreadable result from the board: {lines[-1][:80]!r}")
 
     # --- files --------------------------------------------------------------------------------
 

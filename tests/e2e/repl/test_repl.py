@@ -242,3 +242,14 @@ def test_a_command_whose_sending_outlasts_its_budget_is_stopped_and_never_half_r
         assert time.monotonic() - t < 1.0 + 2.5
         assert s.eval("1 + 2") == 3                     # the session goes on
     assert not (peer.root / "ran.txt").exists()
+
+
+def test_eval_json_passes_over_a_line_printed_after_the_result(make_peer):
+    """A result line followed by something else the board printed (a lesson's timer, a log line)
+    was "unreadable result from the board": the last line was taken, whatever it was."""
+    peer = make_peer()
+    with ReplSession(peer.port) as s:
+        got = s.eval_json("import json\nprint(json.dumps({'free': 123}))\nprint('tick')\nprint(7)\n")
+        assert got == {"free": 123}
+        with pytest.raises(ReplError, match="unreadable result from the board: 'no json here'"):
+            s.eval_json("print('{not json')\nprint('no json here')\n")
