@@ -265,12 +265,15 @@ def start(cfg=None, ip=None, telnet_port=None):
     host = cfg.get("hostname")
     if not host:
         raise ValueError("announce: no hostname in the config")
-    a = cfg.get("announce") or {}
+    a = wsconfig.section(cfg, "announce")
     interval = int(a.get("interval_s") or 30)
     if interval < 1:
         raise ValueError("announce: interval_s must be >= 1")
     _ipfn = ip
-    addr = socket.getaddrinfo(broker, port)[0][-1]
+    try:
+        addr = socket.getaddrinfo(broker, port)[0][-1]
+    except OSError as e:  # a name no DNS knows: ESP32 says "-202", unix "[addrinfo error -2]"
+        raise OSError("announce: cannot resolve mqtt.broker %r (%s): give its IP address" % (broker, e))
     topic = ("workshop/%s/status" % host).encode()
     user = m.get("user")
     pw = m.get("password")

@@ -8,11 +8,12 @@
 #
 # Status codes differ per port (ESP32: STAT_GOT_IP=1010 and ESP-IDF reason codes; ESP8266:
 # STAT_GOT_IP=5), so everything here compares against the network.STAT_* constants.
-# ESP32 keeps retrying after a failed attempt and reports the last reason while it does, so a
-# wrong password it names (AUTH_FAIL) fails at once and other reasons (no AP, ...) are reported
-# when the time is up. A wrong WPA2 key is a 4-way handshake timeout, which ESP32's status()
-# reports as CONNECTING while it retries (ports/esp32/network_wlan.c): that ends at the timeout,
-# and the message says what it may be.
+# ESP32 keeps retrying after a failed attempt and reports the last reason while it does, so its
+# reasons (no AP, ...) are reported when the time is up, and a wrong password (AUTH_FAIL) once it
+# has stood for 5 s (a busy AP gives one on the way to a connection). A wrong WPA2 key is a 4-way
+# handshake timeout, which ESP32's status() reports as CONNECTING while it retries
+# (ports/esp32/network_wlan.c): that ends at the timeout, and the message says what it may be.
+# ESP8266 reports the live state: its WRONG_PASSWORD fails at once.
 import time
 import wsconfig
 
@@ -88,40 +89,83 @@ def connect(ssid=None, password=None, timeout_ms=15000, hostname=None):
         hostname = hostname or cfg.get("hostname")
     if not ssid:
         raise WifiError("wifi: no ssid (wifi.connect(ssid, password) or \"wifi\" in /workshop.json)")
+    # A hand-edited /workshop.json ("password": 12345678, "timeout_ms": "15000") is named here,
+    # before anything starts: the driver's own TypeError names no key, and a bad timeout raised
+    # inside the wait, leaving the station connecting. No value shown: a password never is.
+    for k, v, kind in (("ssid", ssid, (str, bytes)), ("password", password or "", (str, bytes)),
+                       ("hostname", hostname or "", str), ("timeout_ms", timeout_ms, (int, float))):
+        if not isinstance(v, kind):
+            raise WifiError("wifi: %s must be %s, got %s" % (
+                k, "a number of milliseconds" if k == "timeout_ms" else "a string", type(v).__name__))
     sta = _sta()
     if hostname:
-        network.hostname(hostname)  # before the interface comes up: DHCP and mDNS use it
+        try:
+            network.hostname(hostname)  # before the interface comes up: DHCP and mDNS use it
+        except ValueError:  # MicroPython's limit (MICROPY_PY_NETWORK_HOSTNAME_MAX_LEN), no message
+            raise WifiError("wifi: hostname %r is too long for network.hostname() (at most 32 characters)"
+                            % hostname)
     if not sta.active():
         sta.active(True)
     st = sta.status()
     same = sta.config("ssid") == ssid
     if st == network.STAT_GOT_IP and same:
         return sta.ifconfig()[0]
-    if st != network.STAT_CONNECTING or not same:
+    # An attempt already under way to this network is joined (ESP8266 auto-connects at power-on
+    # with the credentials it stored; ESP32 retries after its AP dropped out), but it may carry
+    # another password: the first failure it reports starts ours instead (below).
+    joined = st == network.STAT_CONNECTING and same
+    if not joined:
         if st == network.STAT_GOT_IP or st == network.STAT_CONNECTING:
             sta.disconnect()
         if password:
             sta.connect(ssid, password)
         else:
             sta.connect(ssid)
+    # ESP32 reports the reason of its last failed try while it retries: an AUTH_FAIL there is also
+    # a busy or slow AP (MicroPython PR #4842: 202, then 201, then connected), and it outlives the
+    # next connect() until a new event. So there, a wrong password ends the wait only once it has
+    # stood for 5 s; ESP8266 reports the live state, and its WRONG_PASSWORD ends it at once.
+    hold = 5000 if hasattr(network, "STAT_HANDSHAKE_TIMEOUT") else 0  # ms (a literal: no global)
     t0 = time.ticks_ms()
     last = None
-    while True:
-        st = sta.status()
-        if st == network.STAT_GOT_IP:
-            return sta.ifconfig()[0]
-        if st != network.STAT_CONNECTING and st != network.STAT_IDLE:
-            last = _name(st)
-            if st == network.STAT_WRONG_PASSWORD:
+    wp = None  # ticks_ms since when the status has been WRONG_PASSWORD
+    try:
+        while True:
+            st = sta.status()
+            if st == network.STAT_GOT_IP:
+                return sta.ifconfig()[0]
+            now = time.ticks_ms()
+            if st != network.STAT_CONNECTING and st != network.STAT_IDLE:
+                if joined:  # the attempt we joined failed: ours now, with our password
+                    joined = False
+                    sta.disconnect()
+                    if password:
+                        sta.connect(ssid, password)
+                    else:
+                        sta.connect(ssid)
+                    continue
+                last = _name(st)
+                if st == network.STAT_WRONG_PASSWORD:
+                    if wp is None:
+                        wp = now
+                    if time.ticks_diff(now, wp) >= hold:
+                        break
+                else:
+                    wp = None
+            else:
+                wp = None
+            if time.ticks_diff(now, t0) >= timeout_ms:
                 break
-        if time.ticks_diff(time.ticks_ms(), t0) >= timeout_ms:
-            break
-        time.sleep_ms(100)
-    sta.disconnect()
+            time.sleep_ms(100)
+    finally:
+        if st != network.STAT_GOT_IP:
+            # failed, timed out or interrupted (Ctrl-C, an exception): no driver left retrying
+            # in the background, unseen
+            sta.disconnect()
     why = _WHY.get(last) or ("no access point with that name" if last and "NO_AP" in last else last)
     if not why:
         why = "timeout after %d ms" % timeout_ms
-        if hasattr(network, "STAT_HANDSHAKE_TIMEOUT"):  # ESP32: a wrong WPA2 password looks like this
+        if hold:  # ESP32: a wrong WPA2 password looks like this
             why += " (still connecting: a wrong password, or a weak signal)"
     raise WifiError("wifi: cannot connect to %r: %s" % (ssid, why))
 

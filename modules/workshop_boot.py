@@ -16,6 +16,7 @@ def main():
         print("workshop: \"start\" must be a list of service names")
         return
     ip = None
+    up = []  # what started: only a telnet that runs is advertised (mDNS) and announced
     t = cfg.get("telnet")
     tport = t.get("port") or 23 if isinstance(t, dict) else 23  # a bad section is named when telnet starts
     for name in SERVICES:
@@ -30,19 +31,24 @@ def main():
                 print("workshop: wifi up,", ip)
             elif ip is None and name != "telnet":
                 print("workshop: %s not started: no network" % name)
+                continue
             elif name == "mdns":
                 import mdns
                 mdns.start(cfg.get("hostname"), ip)
-                if "telnet" in start:
-                    mdns.add_service("_telnet._tcp", tport)
             elif name == "telnet":
                 import telnet
                 t = wsconfig.section(cfg, "telnet")
                 kw = {"port": tport} if t.get("port") else {}
                 telnet.start(user=t.get("user") or "micro", password=t.get("password"), **kw)
+                up.append(name)
+                if "mdns" in up:
+                    import mdns
+                    mdns.add_service("_telnet._tcp", tport)
+                continue
             else:
                 import announce
-                announce.start(cfg, telnet_port=tport if "telnet" in start else None)
+                announce.start(cfg, telnet_port=tport if "telnet" in up else None)
+            up.append(name)
         except KeyboardInterrupt:
             print("workshop: start-up interrupted")
             return

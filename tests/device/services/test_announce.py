@@ -188,16 +188,24 @@ announce.stop()
 
 def test_a_config_without_a_broker_is_a_named_error(micropython, tmp_path):
     """announce reads mqtt.broker through wsconfig.broker(), as umqtt.simple does: a config
-    without one, or with a hand-edited "mqtt" that is not an object, says what to set."""
+    without one, or with a hand-edited "mqtt" (or "announce") that is not an object, says what to
+    set; so does a broker name that does not resolve (it said "[addrinfo error -2]", on an ESP32
+    "-202", and nothing else)."""
     p = tmp_path / "nobroker.py"
     p.write_text("""
 import announce
-for cfg in ({"hostname": "ann-1"}, {"hostname": "ann-1", "mqtt": "not-a-table"}):
+mqtt = {"broker": "127.0.0.1"}
+for cfg in ({"hostname": "ann-1"}, {"hostname": "ann-1", "mqtt": "not-a-table"},
+            {"hostname": "ann-1", "mqtt": mqtt, "announce": 30},
+            {"hostname": "ann-1", "mqtt": {"broker": "no-such-broker.invalid"}}):
     try:
         announce.start(cfg)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print("error:", e)
 """)
     out = micropython.run(p, timeout=30, env={"WORKSHOP_CONFIG": "ws.json"}).stdout.splitlines()
-    assert out == ["error: no MQTT broker: set mqtt.broker in ws.json",
-                   "error: ws.json: \"mqtt\" must be an object, got 'not-a-table'"]
+    assert out[:3] == ["error: no MQTT broker: set mqtt.broker in ws.json",
+                       "error: ws.json: \"mqtt\" must be an object, got 'not-a-table'",
+                       "error: ws.json: \"announce\" must be an object, got 30"], out
+    assert out[3].startswith("error: announce: cannot resolve mqtt.broker 'no-such-broker.invalid' (")
+    assert out[3].endswith("): give its IP address") and len(out) == 4, out

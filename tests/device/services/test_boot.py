@@ -32,6 +32,21 @@ def boot(mp, tmp_path, config, script="ok", extra=""):
     return mp.run(BOOT + extra, env=env, timeout=30)
 
 
+
+def boot_to_repl(micropython, shim: str, config: Path) -> tuple[subprocess.Popen, list[str]]:
+    """Run the boot `shim` (an ESP8266's WLAN double) up to its "REPL REACHED"; the lines it printed."""
+    env = micropython.environ({"WORKSHOP_CONFIG": str(config), "FAKE_PORT": "esp8266"})
+    proc = subprocess.Popen(micropython.command("-c", shim), env=env, stdout=subprocess.PIPE, text=True, cwd=HERE)
+    lines: list[str] = []
+    while "REPL REACHED" not in lines:
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError(lines)
+        lines.append(line.strip())
+    return proc, lines
+
+
 def test_missing_config_is_one_line_and_the_repl_is_reached(micropython, tmp_path):
     out = boot(micropython, tmp_path, None).stdout.splitlines()
     assert out == [f"workshop: no config at {tmp_path / 'workshop.json'}", "REPL REACHED"]
@@ -90,15 +105,8 @@ print("REPL REACHED")
 import wsconfig
 wsconfig.serve()
 """
-    env = micropython.environ({"WORKSHOP_CONFIG": str(tmp_path / "workshop.json"), "FAKE_PORT": "esp8266"})
-    proc = subprocess.Popen(micropython.command("-c", shim), env=env, stdout=subprocess.PIPE, text=True,
-                            cwd=HERE)
+    proc, lines = boot_to_repl(micropython, shim, tmp_path / "workshop.json")
     try:
-        lines = []
-        while "REPL REACHED" not in lines:
-            line = proc.stdout.readline()
-            assert line, lines
-            lines.append(line.strip())
         assert lines[0] == "workshop: wifi up, 127.0.0.1"
         assert lines[1] == "mdns: ws-good.local -> 127.0.0.1"
         q = dns.message.make_query("ws-good._telnet._tcp.local.", "SRV")
@@ -125,3 +133,91 @@ def test_a_section_that_is_not_an_object_is_a_named_error(micropython, tmp_path)
     assert out == [f"workshop: wifi not started: {path}: \"wifi\" must be an object, got 'Workshop'",
                    f"workshop: telnet not started: {path}: \"telnet\" must be an object, got ['micro']",
                    "REPL REACHED"]
+
+
+def test_ctrl_c_during_the_wi_fi_wait_reaches_the_repl_with_no_attempt_left_running(micropython, tmp_path):
+    """Ctrl-C while boot waits for a Wi-Fi that does not answer: one line, the rest of boot.py and
+    the REPL at once, and the station is not left retrying in the background (it was: an ESP32
+    retries for ever, unseen, with the password that just failed)."""
+    import signal
+
+    cfg = tmp_path / "workshop.json"
+    cfg.write_text(json.dumps({"hostname": "ws-c", "wifi": {"ssid": "Gone", "password": "pw", "timeout_ms": 15000},
+                               "start": ["wifi", "mdns"]}))
+    code = "print('BOOT')\n" + BOOT + "import network\nprint('STATION', network.WLAN().status(), network.calls[-1])\n"
+    env = micropython.environ({"WORKSHOP_CONFIG": str(cfg), "FAKE_PORT": "esp32", "FAKE_SCRIPT": "silent"})
+    proc = subprocess.Popen(micropython.command("-c", code), env=env, stdout=subprocess.PIPE, text=True, cwd=HERE)
+    try:
+        assert proc.stdout.readline() == "BOOT\n"
+        time.sleep(1)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=10)[0].splitlines()
+        assert time.monotonic() - t < 2
+    finally:
+        proc.kill()
+        proc.wait()
+    assert out == ["workshop: start-up interrupted", "REPL REACHED", "STATION 1000 ('disconnect',)"], out
+
+
+def test_a_telnet_that_did_not_start_is_announced_as_none(micropython, mosquitto, tmp_path):
+    """The room's status says "telnet": null for a board without telnet, and fleet names that
+    ("without telnet") instead of trying it. A telnet listed in "start" that failed to start (no
+    password, its port taken) was announced with port 23 all the same: fleet got a refused
+    connection."""
+    import sys as _sys
+
+    _sys.path.insert(0, str(HERE.parent / "clients"))
+    from clienttools import Subscriber
+
+    cfg = {"hostname": "ws-nt", "wifi": {"ssid": "Workshop", "password": "pw"}, "telnet": {"user": "micro"},
+           "mqtt": {"broker": mosquitto.host, "port": mosquitto.port}, "start": ["wifi", "telnet", "announce"]}
+    sub = Subscriber(mosquitto.host, mosquitto.port, "workshop/ws-nt/status")
+    try:
+        out = boot(micropython, tmp_path, cfg, extra="import wsconfig, announce\nwsconfig.serve(1500)\n"
+                   "announce.stop()\n").stdout.splitlines()
+        assert out[1] == ("workshop: telnet not started: telnet: a password is required "
+                          "(telnet.start(password=...) or /workshop.json)"), out
+        got = [json.loads(m.payload) for m in sub.wait_for(1, timeout=5)]
+        assert got and got[0]["state"] == "online" and got[0]["telnet"] is None, got
+    finally:
+        sub.close()
+
+
+def test_a_telnet_that_did_not_start_is_not_advertised_over_mdns(micropython, tmp_path):
+    """mdns advertised _telnet._tcp as soon as "telnet" was listed, before telnet tried to start:
+    a telnet that then failed (no password, its port taken) was still offered to every browser."""
+    import dns.exception
+
+    mport = free_port(socket.SOCK_DGRAM)
+    cfg = {"hostname": "ws-nt", "wifi": {"ssid": "Workshop", "password": "pw"}, "telnet": {"user": "micro"},
+           "start": ["wifi", "mdns", "telnet"]}
+    (tmp_path / "workshop.json").write_text(json.dumps(cfg))
+    shim = f"""
+import sys
+sys.path.append("{HERE / 'fake'}")
+import network
+network.WLAN.ifconfig = lambda self: ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")
+import mdns
+_ms = mdns.start
+mdns.start = lambda *a, **kw: _ms(*a, port={mport}, **kw)
+import workshop_boot
+print("REPL REACHED")
+import wsconfig
+wsconfig.serve()
+"""
+    proc, lines = boot_to_repl(micropython, shim, tmp_path / "workshop.json")
+    try:
+        assert lines[2].startswith("workshop: telnet not started: telnet: a password is required"), lines
+        q = dns.message.make_query("ws-nt.local.", "A")   # mdns answers...
+        assert dns.query.udp(q, "127.0.0.1", port=mport, timeout=2).answer
+        q = dns.message.make_query("ws-nt._telnet._tcp.local.", "SRV")
+        try:
+            r = dns.query.udp(q, "127.0.0.1", port=mport, timeout=1)
+            answer = [str(x) for a in r.answer for x in a]
+        except dns.exception.Timeout:   # a name it does not serve gets no answer at all
+            answer = []
+        assert answer == [], answer     # ...but offers no telnet
+    finally:
+        proc.kill()
+        proc.wait()

@@ -41,6 +41,20 @@ SCRIPTS = {
     # ESP32 reports a handshake timeout as CONNECTING while it retries (network_wlan_status())
     "silent": [C],
 }
+if PORT == "esp32":
+    # A busy AP on the way to a connection (MicroPython PR #4842's log, in 100 ms polls): AUTH_FAIL
+    # for 2.4 s, then NO_AP_FOUND while it rescans, then connected. Not a wrong password.
+    SCRIPTS["busy_ap"] = [C] * 10 + [STAT_WRONG_PASSWORD] * 24 + [STAT_NO_AP_FOUND] * 2 + [G]
+# FAKE_KEY: the access point's password; a connect() with another key walks "wrong_password".
+KEY = os.getenv("FAKE_KEY")
+
+
+def _str(v):
+    # what mp_obj_str_get_data() accepts (objstr.c, bad_implicit_conversion)
+    if not isinstance(v, (str, bytes)):
+        raise TypeError("can't convert '%s' object to str implicitly" % type(v).__name__)
+
+
 calls = []
 _host = ["mpy-unix"]
 _state = {"script": None, "i": 0, "active": [False, False], "ssid": "", "cfg": {}}
@@ -49,6 +63,9 @@ _state = {"script": None, "i": 0, "active": [False, False], "ssid": "", "cfg": {
 def hostname(name=None):
     if name is None:
         return _host[0]
+    _str(name)
+    if len(name) > 32:  # extmod/modnetwork.c: MICROPY_PY_NETWORK_HOSTNAME_MAX_LEN, a bare ValueError
+        raise ValueError()
     calls.append(("hostname", name))
     _host[0] = name
 
@@ -65,9 +82,13 @@ class WLAN:
 
     def connect(self, ssid, key=None):
         assert _state["active"][0], "connect() on an inactive interface"
+        _str(ssid)
+        if key is not None:
+            _str(key)
         calls.append(("connect", ssid, key))
         _state["ssid"] = ssid
-        _state["script"] = SCRIPTS[os.getenv("FAKE_SCRIPT") or "ok"]
+        script = os.getenv("FAKE_SCRIPT") or "ok"
+        _state["script"] = SCRIPTS["wrong_password" if KEY is not None and key != KEY else script]
         _state["i"] = 0
 
     def disconnect(self):
