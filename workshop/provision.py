@@ -47,7 +47,9 @@ def device_services() -> tuple[str, ...]:
 
 BOOT_LINE = "import workshop_boot"
 HOST_PLATFORMS = ("linux", "darwin")
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# At most 32 characters: what a board's network.hostname() takes (MicroPython's
+# MICROPY_PY_NETWORK_HOSTNAME_MAX_LEN); a longer name would stop its Wi-Fi at boot.
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _BOOT_HOOK = re.compile(r"^\s*import\s+workshop_boot\b", re.M)
 PATTERN_KEYS = ("mac", "mac4", "mac6", "port", "index")
 
@@ -318,7 +320,8 @@ def _expand(pattern: str, *, mac: str, port: str, index: int) -> str:
     name = name.lower().replace("_", "-")
     if not _HOSTNAME.match(name):
         raise ProvisionError(f"hostname {name!r} (from {pattern!r}) is not a valid host name: "
-                             "letters, digits and '-', at most 63, not starting or ending with '-'")
+                             "letters, digits and '-', at most 32 (what a board's network.hostname() takes), "
+                             "not starting or ending with '-'")
     return name
 
 

@@ -29,6 +29,10 @@ def test_hostname_patterns():
         expand_hostname("ws {mac4}", mac="a0b1c2d3e4f5", port="p", index=1)
     with pytest.raises(ProvisionError, match="unknown service"):
         ProvisionConfig(start=("wifi", "ftp"))
+    # A board's network.hostname() takes 32 characters: a 33-character name stopped its Wi-Fi at boot.
+    assert expand_hostname("w" * 28 + "{mac4}", mac="a0b1c2d3e4f5", port="p", index=1) == "w" * 28 + "e4f5"
+    with pytest.raises(ProvisionError, match=r"at most 32 \(what a board's network.hostname\(\) takes\)"):
+        expand_hostname("w" * 29 + "{mac4}", mac="a0b1c2d3e4f5", port="p", index=1)
 
 
 def test_merge_keeps_unknown_keys_and_boot_hook_is_idempotent():
