@@ -25,10 +25,9 @@ from typing import Any
 
 from .buildinfo import write_atomic
 from .parallel import Runner, wait_threads
-from .repl import LoginError, RemoteError, ReplError, ReplSession, ReplTimeout, telnet_session
+from .repl import LoginError, RemoteError, ReplError, ReplSession, ReplTimeout, TelnetTransport, telnet_session
 
 KINDS = ("exec", "run", "put", "reset", "identify")
-BEFORE_RESET = "_ws_before_reset"   # a global set just before the reset: a fresh interpreter has none
 BACK_POLL_S = 1.0                   # between logins while a reset board boots
 RESET_MARK = "WS-RESET"
 RETURNED_MARK = "WS-RESET-RETURNED"
@@ -303,10 +302,12 @@ class Fleet:
         return BoardResult(t.hostname, True, text, seconds=round(time.monotonic() - t0, 2), address=address)
 
     def _back(self, t: Target, within_s: float) -> str | None:
-        """After a reset: log in again until the board answers from a fresh interpreter (None), or
-        why not within `within_s`. A board that boots answers nothing for a while (refused, no
-        prompt, silence), so those are tried again; a refused login or a REPL that still holds the
-        state from before the reset is said at once."""
+        """After a reset: log in again until the board accepts the login (None), or why not within
+        `within_s`. A board that boots answers nothing for a while (refused, no prompt, silence),
+        so those are tried again; a refused login is said at once. Only the telnet login, never
+        the raw REPL: its Ctrl-C would stop the main.py (or the boot's start-up) the reset just
+        began. Each try gets what is left of `within_s` (at most the connect timeout, for the
+        connection and again for the login)."""
         assert t.host is not None and t.port is not None
         self._event(t.hostname, "waiting", f"reset; logging in again when it is back (up to {within_s:g} s)")
         deadline = time.monotonic() + within_s
@@ -315,26 +316,14 @@ class Fleet:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            session = telnet_session(t.host, t.port, user=self.user, password=self.password, name=t.hostname,
-                                     timeout=min(self.timeout, max(left, 1.0)),
-                                     connect_timeout=min(self.connect_timeout, max(left, 0.5)))
-            with self._lock:
-                self._open.add(session)
             try:
-                with session:
-                    fresh = session.run(f"print({BEFORE_RESET!r} not in globals())").strip() == "True"
+                TelnetTransport(t.host, t.port, user=self.user, password=self.password,
+                                timeout=min(self.connect_timeout, max(left, 0.5))).close()
             except LoginError as e:
                 return "reset, then the login was refused: " + str(e).split(": ", 1)[-1]
-            except RemoteError as e:
-                return f"reset, then the board raised {e.exc_type}: {e.exc_message}".rstrip(": ")
             except ReplError as e:
                 last = str(e).split(": ", 1)[-1]
                 continue
-            finally:
-                with self._lock:
-                    self._open.discard(session)
-            if not fresh:
-                return "reset went silent, but the board answers from before the reset: it did not restart"
             return None
         if self._cancelled.is_set():
             return "cancelled"
@@ -352,8 +341,7 @@ class Fleet:
             try:
                 # machine.reset() on a board, which never returns; the unix port has only soft_reset,
                 # which ends the process (the "board") once the command is done.
-                text = s.run(f"import machine\n{BEFORE_RESET} = 1\nprint({RESET_MARK!r})\n"
-                             f"r = getattr(machine, 'reset', None)\n"
+                text = s.run(f"import machine\nprint({RESET_MARK!r})\nr = getattr(machine, 'reset', None)\n"
                              f"if r:\n    r()\n    print({RETURNED_MARK!r})\nelse:\n    machine.soft_reset()\n",
                              timeout=5.0)
             except RemoteError:

@@ -14,6 +14,17 @@ import telnet
 
 _ts = telnet.start
 telnet.start = lambda **kw: _ts(host="127.0.0.1", **kw)
+# INPUT_LOG: every byte the telnet server receives is appended there (what a host sent the board).
+_log = os.getenv("INPUT_LOG")
+if _log:
+    _in = telnet._Session._input
+
+    def _logged(self, buf, n):
+        with open(_log, "ab") as f:
+            f.write(bytes(buf[:n]))
+        return _in(self, buf, n)
+
+    telnet._Session._input = _logged
 import workshop_boot
 import wsconfig
 

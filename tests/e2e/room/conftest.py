@@ -69,7 +69,8 @@ class Board:
         path = self.runtime.path
         if self.identity is not None:
             path = f"{self.identity}:{path}"
-        env = dict(os.environ, MICROPYPATH=path, FAKE_NETWORK_DIR=str(FAKE_NETWORK), FAKE_PORT="esp32")
+        env = dict(os.environ, MICROPYPATH=path, FAKE_NETWORK_DIR=str(FAKE_NETWORK), FAKE_PORT="esp32",
+                   INPUT_LOG=str(self.input_log()))
         env.pop("WORKSHOP_CONFIG", None)
         self.proc = subprocess.Popen(self.runtime.command(str(HERE / "board.py")), cwd=self.root, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -82,6 +83,11 @@ class Board:
         self.log.append(seen)
         return self
 
+    def input_log(self, boot: int | None = None) -> Path:
+        """What the board's telnet server received (logins included) during boot number `boot`
+        (default: the current one; 0 is the first)."""
+        return self.root.parent / f"{self.hostname}-input-{self.boots if boot is None else boot}.log"
+
     def reboot_on_reset(self, boot_s: float = 1.0) -> Board:
         """As a real board: its reset (on the unix port soft_reset, which ends the process with 0)
         is followed by a boot, here `boot_s` later (the telnet port refuses meanwhile)."""
@@ -90,8 +96,8 @@ class Board:
                 time.sleep(boot_s)
                 if not self.powered:
                     return
-                self.start()
                 self.boots += 1
+                self.start()
 
         threading.Thread(target=watch, name=f"{self.hostname} power", daemon=True).start()
         return self
