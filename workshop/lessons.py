@@ -79,13 +79,14 @@ try:
 except OSError:
     print('-')
 else:
+    _l = None
     for _l in _f:
-        print(_l.rstrip())
+        print(_l.rstrip('\\r\\n'))
     _f.close()
     del _l
     del _f
 """
-_RECORD_LINE = re.compile(r"([0-9a-f]{64}) (\S.*)")
+_RECORD_LINE = re.compile(r"([0-9a-f]{64}) (.+)")
 # Removes each file, then each folder given that is now empty (deepest first; a folder still
 # holding files raises, and is kept).
 _REMOVE = """
@@ -299,8 +300,8 @@ def read_record(session: ReplSession, root: str = "/") -> dict[str, str]:
     ({} on a board that has no record: provisioned before the kit kept one, or never)."""
     text = session.run(_READ_RECORD % _device_path(root, RECORD_NAME))
     record: dict[str, str] = {}
-    for line in text.splitlines():
-        m = _RECORD_LINE.fullmatch(line.strip())
+    for line in text.splitlines():          # (not stripped: a name may start or end with a space)
+        m = _RECORD_LINE.fullmatch(line)
         if m:
             record[m.group(2)] = m.group(1)
     return record
@@ -381,7 +382,11 @@ def copy_files(session: ReplSession, files: list[LessonFile], root: str = "/", *
                 raise LessonError(f"{targets[f.relative]}: the board's sha256 {str(got)[:12]} differs from the "
                                   f"lesson file's {f.sha256[:12]} after writing", result)
             result.written.append(f.relative)
-    _write_record(session, {**record, **{f.relative: f.sha256 for f in files}}, root, result)
+    # The kit's files: what it wrote now, and what it wrote before and is still as written. A
+    # file that was already there as the lesson has it, and is not in the record, is not the
+    # kit's (an attendee's copy, a fleet put): --prune never touches it.
+    _write_record(session, {**record, **{f.relative: f.sha256 for f in files if f.relative in record},
+                            **{f.relative: f.sha256 for f in changed}}, root, result)
     return result
 
 

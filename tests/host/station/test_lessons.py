@@ -14,6 +14,7 @@ from station_peers import E2E
 from workshop import lessons
 from workshop.provision import ProvisionConfig, provision_all
 from workshop.registry import Registry
+from workshop.repl import ReplSession
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -204,3 +205,32 @@ def test_a_lesson_file_name_with_a_line_break_is_refused(tmp_path):
     (folder / "two\nlines.py").write_text("")
     with pytest.raises(lessons.LessonError, match="line break"):
         lessons.collect(folder)
+
+
+def test_prune_keeps_to_the_kits_own_files_whatever_their_names_and_an_empty_lesson_clears_them(tmp_path):
+    """Review finds: a file already on the board as the lesson has it was listed as the kit's (and
+    --prune then deleted it); names with a leading or trailing space were read back wrong and never
+    pruned; an empty list (after an empty lesson folder) failed every later --files with KeyError."""
+    one = tmp_path / "one"
+    one.mkdir()
+    for name in ("main.py", "notes ", " lead.txt", "shared.py"):
+        (one / name).write_text(f"# {name}\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    peer = E2E.PtyPeer(tmp_path / "dev", runtime="pypi").start()
+    try:
+        (peer.root / "shared.py").write_text("# shared.py\n")              # there before the kit came
+        [r] = provision_all([peer.port], ProvisionConfig(), files=one)
+        assert r.ok and r.files["unchanged"] == ["shared.py"], r.error or r.files
+        with ReplSession(peer.port) as s:
+            assert lessons.read_record(s, "").keys() == {"main.py", "notes ", " lead.txt"}
+        [r] = provision_all([peer.port], ProvisionConfig(), files=empty, prune=True)
+        assert r.ok and sorted(r.files["removed"]) == [" lead.txt", "main.py", "notes "], r.error or r.files
+        assert not (peer.root / "notes ").exists() and not (peer.root / " lead.txt").exists()
+        assert (peer.root / "shared.py").read_text() == "# shared.py\n"  # never the kit's: never touched
+        assert (peer.root / lessons.RECORD_NAME).read_bytes() == b""
+        [r] = provision_all([peer.port], ProvisionConfig(), files=one, prune=True)   # the empty list reads
+        assert r.ok and r.files["written"] == [" lead.txt", "main.py", "notes "], r.error or r.files
+    finally:
+        peer.stop()
+
