@@ -43,10 +43,12 @@ def device_source(name: str) -> str:
 # imports are removed when it ends (printed its result, raised, or was interrupted). Left there,
 # the stack the check imports and its facts (the config, passwords included) held ~22 KB of
 # the heap until the board's next reset: more than half of what an ESP8266 has for the lesson.
-_KEEP = "_g=list(globals())\nimport sys\n_m=list(sys.modules)\ntry:\n"
+# A name the person had bound before (their own R or sys) gets its value back: the globals are
+# a copy put back whole (the copy is taken, as an argument, before the dict is cleared).
+_KEEP = "_g=dict(globals())\nimport sys\n_m=list(sys.modules)\ntry:\n"
 _CLEAN = ("finally:\n"
           " list(map(sys.modules.pop,[k for k in sys.modules if k not in _m]))\n"
-          " list(map(globals().pop,[k for k in globals() if k not in _g]))\n")
+          " (lambda d,g:(d.clear(),d.update(g)))(globals(),_g)\n")
 
 
 def device_program(name: str, args: dict[str, Any]) -> str:

@@ -45,6 +45,8 @@ def test_the_checks_leave_the_boards_repl_as_they_found_it(make_peer, mosquitto,
                           mqtt_broker=mosquitto.host, mqtt_port=mosquitto.port, start=())
     [p] = provision_all([peer.port], cfg)
     assert p.ok, p.error
+    with ReplSession(peer.port) as s:               # the person's own names the checks also use
+        s.run("R = 'my own R'\nC = [1, 2]\n")
     modules0, globals0, alloc0 = board_state(peer.port)
     [r] = smoke.smoke_all([peer.port], smoke.Expected.for_board(get_board("UNIX")),
                           network=smoke.NetworkOptions(http_url=f"{http_server.url}/ok"))
@@ -57,6 +59,7 @@ def test_the_checks_leave_the_boards_repl_as_they_found_it(make_peer, mosquitto,
         assert alloc1 - alloc0 < 6000, (alloc0, alloc1)    # the imported stack alone held ~22 KB
     with ReplSession(peer.port) as s:
         assert WIFI_PW not in s.run("print(repr(globals()))")
+        assert s.run("print(repr((R, C)))").strip() == "('my own R', [1, 2])"   # their values, not the check's
 
 
 class _Trickle:
