@@ -42,8 +42,9 @@ def load(report=True):
         if report:
             print("workshop: no config at", p)
     except Exception as e:
-        if report:
-            print("workshop: bad config", p + ":", e)
+        if report:  # (no p + ":": after a MemoryError the heap may still be full)
+            print("workshop: bad config", p, end=": ")
+            print(e)
     return {}
 
 
