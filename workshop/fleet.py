@@ -89,8 +89,8 @@ class Command:
 
     @classmethod
     def reset(cls, back_within_s: float = 30.0) -> Command:
-        """machine.reset(), then (back_within_s > 0) a new telnet login within that many seconds,
-        into a fresh interpreter: "reset" alone is only the old board going silent."""
+        """machine.reset(), then (back_within_s > 0) a new telnet login accepted within that many
+        seconds: "reset" alone is only the old board going silent."""
         if back_within_s < 0:
             raise FleetError(f"reset: the time to come back must be 0 (not waited for) or more, not {back_within_s:g}")
         return cls("reset", label="reset", back_within_s=float(back_within_s))
