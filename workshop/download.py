@@ -176,13 +176,15 @@ class _Connected:
         return urllib.request.build_opener(HTTP, HTTPS)
 
 
+USE_FROM = "Use --from with a mirror, the organizer's laptop or a local folder."
+
+
 class _Source:
     """Where a release's files come from: an http(s) base URL or a local folder."""
 
-    def __init__(self, spec: str, version: str, timeout: float,
-                 elsewhere: str = "Use --from with a mirror, the organizer's laptop or a local folder.") -> None:
+    def __init__(self, spec: str, version: str, timeout: float, elsewhere: str | None = None) -> None:
         self.timeout = timeout
-        self.elsewhere = elsewhere        # what to do when this source cannot be reached
+        self.elsewhere = elsewhere or USE_FROM    # what to do when this source cannot be reached
         spec = spec.replace("{version}", version)
         parsed = urllib.parse.urlparse(spec)
         if parsed.scheme in ("http", "https"):
@@ -370,7 +372,7 @@ def download_release(
     except ReleaseError as e:
         raise DownloadError(str(e)) from None
     spec = str(source) if source is not None else default_source()
-    src = _Source(spec, version, timeout, *([elsewhere] if elsewhere else []))
+    src = _Source(spec, version, timeout, elsewhere)
     directory = release_cache(version, cache)
     fetched: list[str] = []
     cached: list[str] = []
