@@ -239,7 +239,9 @@ def _step():
             if time.ticks_diff(now, _chk) >= 1000:
                 _chk = now
                 ip = _ip()
-                if ip != _info["ip"]:
+                # 0.0.0.0 (or none): the link is down, not a new address; the room keeps the last
+                # one (the will carries it) until the board has an address again.
+                if ip and ip[0] != "0" and ip != _info["ip"]:
                     _info["ip"] = ip
                     _publish()  # the new address at once,
                     _close()  # then reconnect: the will must carry it too

@@ -77,6 +77,27 @@ def test_status_fields_ip_change_and_clean_stop(micropython, mosquitto, tmp_path
         late.close()
 
 
+def test_a_dropped_link_is_not_published_as_address_0000(micropython, mosquitto, tmp_path):
+    # On a Wi-Fi drop the station interface says 0.0.0.0: that is no new address, and a retained
+    # status saying it would show the room 0.0.0.0 for the board until it reconnected.
+    sub = Subscriber(mosquitto.host, mosquitto.port, "workshop/ann-1/status")
+    try:
+        p = script(tmp_path, mosquitto.host, mosquitto.port,
+                   "wsconfig.serve(1500)\nips[0] = '0.0.0.0'\nwsconfig.serve(2500)\n"
+                   "ips[0] = '127.0.0.2'\nwsconfig.serve(2500)\nannounce.stop()\nprint('stopped')")
+        out = micropython.run(p, timeout=30).stdout
+        assert "stopped" in out
+        deadline = time.monotonic() + 5
+        while not (sub.messages and json.loads(sub.messages[-1].payload)["state"] == "offline"):
+            assert time.monotonic() < deadline, statuses(sub)
+            time.sleep(0.05)
+        got = statuses(sub)
+        assert [s["ip"] for s in got if s["state"] == "online"][:2] == ["127.0.0.1", "127.0.0.2"]
+        assert all(s["ip"] != "0.0.0.0" for s in got), got
+    finally:
+        sub.close()
+
+
 def test_reconnects_with_backoff_after_the_broker_restarts(micropython, mosquitto, tmp_path):
     p = script(tmp_path, mosquitto.host, mosquitto.port, "print('up', flush=True) if 0 else print('up')\n"
                "wsconfig.serve(1500)\nprint('serving')\nwsconfig.serve(20000)", interval=30)
