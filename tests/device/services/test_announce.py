@@ -44,6 +44,15 @@ def statuses(sub: Subscriber) -> list[dict]:
     return [json.loads(m.payload) for m in sub.messages]
 
 
+def until_offline(sub: Subscriber) -> list[dict]:
+    """The statuses heard up to the offline one that stop() publishes (within 5 s)."""
+    deadline = time.monotonic() + 5
+    while not (sub.messages and json.loads(sub.messages[-1].payload)["state"] == "offline"):
+        assert time.monotonic() < deadline, statuses(sub)
+        time.sleep(0.05)
+    return statuses(sub)
+
+
 def test_status_fields_ip_change_and_clean_stop(micropython, mosquitto, tmp_path):
     sub = Subscriber(mosquitto.host, mosquitto.port, "workshop/ann-1/status")
     try:
@@ -53,11 +62,7 @@ def test_status_fields_ip_change_and_clean_stop(micropython, mosquitto, tmp_path
         out = micropython.run(p, timeout=30).stdout
         elapsed = time.monotonic() - t
         assert "stopped" in out
-        deadline = time.monotonic() + 5
-        while not (sub.messages and json.loads(sub.messages[-1].payload)["state"] == "offline"):
-            assert time.monotonic() < deadline, statuses(sub)
-            time.sleep(0.05)
-        got = statuses(sub)
+        got = until_offline(sub)
         first = got[0]
         assert {"hostname", "ip", "board", "micropython", "inputs", "project", "heap_free", "rssi", "uptime_s",
                 "state"} <= set(first)
@@ -87,11 +92,7 @@ def test_a_dropped_link_is_not_published_as_address_0000(micropython, mosquitto,
                    "ips[0] = '127.0.0.2'\nwsconfig.serve(2500)\nannounce.stop()\nprint('stopped')")
         out = micropython.run(p, timeout=30).stdout
         assert "stopped" in out
-        deadline = time.monotonic() + 5
-        while not (sub.messages and json.loads(sub.messages[-1].payload)["state"] == "offline"):
-            assert time.monotonic() < deadline, statuses(sub)
-            time.sleep(0.05)
-        got = statuses(sub)
+        got = until_offline(sub)
         assert [s["ip"] for s in got if s["state"] == "online"][:2] == ["127.0.0.1", "127.0.0.2"]
         assert all(s["ip"] != "0.0.0.0" for s in got), got
     finally:
