@@ -281,14 +281,14 @@ class Fleet:
                 self._event(t.hostname, "connect", "logged in, raw REPL")
                 text = self._do(session, command)
         except LoginError as e:
-            return fail(str(e).split(": ", 1)[-1])
+            return fail(e.reason)
         except RemoteError as e:
             # Where it raised, and what it had printed by then: a lesson's "step 1" and line 3 were lost.
             raised = fail(f"the board raised {e.exc_type}: {e.exc_message}".rstrip(": ")
                           + (f" (line {e.line})" if e.line is not None else ""))
             return dataclasses.replace(raised, result=e.stdout)
         except ReplError as e:
-            why = str(e).split(": ", 1)[-1]
+            why = e.reason
             return fail("cancelled" if self._cancelled.is_set() else why)
         finally:
             with self._lock:
@@ -320,9 +320,9 @@ class Fleet:
                 TelnetTransport(t.host, t.port, user=self.user, password=self.password,
                                 timeout=min(self.connect_timeout, max(left, 0.5))).close()
             except LoginError as e:
-                return "reset, then the login was refused: " + str(e).split(": ", 1)[-1]
+                return "reset, then the login was refused: " + e.reason
             except ReplError as e:
-                last = str(e).split(": ", 1)[-1]
+                last = e.reason
                 continue
             return None
         if self._cancelled.is_set():

@@ -248,7 +248,7 @@ def board_error(e: ReplError) -> str:
     """What a board's error means, in words: 'the board's filesystem is full (OSError 28)' for a
     RemoteError a file write raised (MicroPython says 'OSError: 28' or '[Errno 28] ENOSPC');
     other errors as they are (their port prefix dropped)."""
-    text = str(e).removeprefix(f"{e.port}: ")
+    text = e.reason
     if isinstance(e, RemoteError):
         if e.exc_type.endswith("MemoryError"):
             return f"the board ran out of memory ({e.exc_type}: {e.exc_message})"

@@ -48,11 +48,13 @@ class ReplStats(TypedDict):
 
 
 class ReplError(Exception):
-    """Talking to the board failed; the message names the port and what to do."""
+    """Talking to the board failed; the message names the port and what to do. `reason` is the
+    message without the port, for callers that name the board themselves (a table's row)."""
 
     def __init__(self, port: str, message: str) -> None:
         super().__init__(f"{port}: {message}")
         self.port = port
+        self.reason = message
 
 
 class PortBusy(ReplError, serialport.PortBusy):

@@ -132,15 +132,10 @@ def _timeout_detail(progress: Progress, timeout: float, expected: Expected, opti
         known.append(f"{len(progress.modules)} of {len(expected.stack_modules)} stack modules checked: {done}")
     if "free" in facts:
         known.append(f"{facts['free']} bytes free")
-    where = f"during step {progress.step!r}" if progress.step else f"before the check started ({_why(error)})"
+    where = f"during step {progress.step!r}" if progress.step else f"before the check started ({error.reason})"
     return (f"the device check did not finish within {timeout:g} s, {where}; "
             + (f"found so far: {'; '.join(known)}" if known else "nothing reported yet")
             + f" (a slow or emulated board: raise {option})")
-
-
-def _why(error: ReplError) -> str:
-    """The session's own reason, without the port it starts with (the report names the port)."""
-    return str(error).removeprefix(f"{error.port}: ")
 
 
 def smoke_device(port: str, expected: Expected, *, network: NetworkOptions | None = None,
@@ -234,13 +229,13 @@ def _run_check(session: ReplSession, name: str, script: str, args: dict[str, Any
         # The board is still inside the check: interrupt it, so that the next check can run.
         stage = read_progress(e.partial).step
         said = what(stage) if what else (f"during stage {stage!r}" if stage else "")
-        why = f"did not finish within {timeout:g} s" if stage else _why(e)
+        why = f"did not finish within {timeout:g} s" if stage else e.reason
         check = Check(name, FAIL, (f"{said}: " if said else "") + f"{why}; the board was interrupted")
         again = _interrupt(session)
         if again is not None:
-            check = Check(name, FAIL, f"{check.detail}, and did not come back: {_why(again)}")
+            check = Check(name, FAIL, f"{check.detail}, and did not come back: {again.reason}")
     except ReplError as e:
-        check = Check(name, FAIL, _why(e))
+        check = Check(name, FAIL, e.reason)
     return Check(check.name, check.status, check.detail, round(time.monotonic() - t, 3))
 
 

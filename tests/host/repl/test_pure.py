@@ -349,6 +349,19 @@ def test_a_failed_write_says_write_failed_once():
     assert str(e.value).endswith("write failed: [Errno 5] Input/output error")
 
 
+def test_an_error_s_reason_is_its_message_without_the_port_and_masked():
+    # Tables (smoke, fleet, provision) name the board in its own column and show only `reason`:
+    # a telnet "port" holds a colon ("10.0.0.5:23"), and a board's own text may hold ": " too.
+    from workshop.repl import RemoteError, ReplSession
+
+    e = RemoteError("10.0.0.5:23", "Traceback:\nOSError: [Errno 2] ENOENT: x")
+    assert str(e) == "10.0.0.5:23: the board raised OSError: [Errno 2] ENOENT: x"
+    assert e.reason == "the board raised OSError: [Errno 2] ENOENT: x"
+    s = ReplSession("/dev/ttyUSB9", secrets=["hunter2"])  # (never opened)
+    err = s._error(RemoteError, "Traceback:\nValueError: hunter2")
+    assert err.reason == "the board raised ValueError: ***" and "hunter2" not in str(err)
+
+
 def test_ctrl_c_ends_a_write_already_blocked_on_a_board_that_stopped_reading():
     # A PTY nobody reads takes a few KB, then a write blocks until its write timeout (20 s here):
     # setting cancel must end it at once (pyserial's cancel_write), not after the timeout.
