@@ -288,8 +288,7 @@ class Fleet:
                           + (f" (line {e.line})" if e.line is not None else ""))
             return dataclasses.replace(raised, result=e.stdout)
         except ReplError as e:
-            why = e.reason
-            return fail("cancelled" if self._cancelled.is_set() else why)
+            return fail("cancelled" if self._cancelled.is_set() else e.reason)
         finally:
             with self._lock:
                 self._open.discard(session)
