@@ -6,6 +6,7 @@ on an ESP8266-sized heap, and config values a board could not read."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ class RAM:
         if op == 4: return len(s.d) // 512
         if op == 5: return 512
         if op == 6: return 0
+_home = os.getcwd()
 _b = RAM(BLOCKS)
 vfs.VfsLfs2.mkfs(_b)
 vfs.mount(vfs.VfsLfs2(_b), '/board')
@@ -39,12 +41,20 @@ if READONLY:
     vfs.umount('/board')
     vfs.mount(vfs.VfsLfs2(_b), '/board', readonly=True)
     os.chdir('/board')
+open(_home + '/.ram_fs_ready', 'w').close()
 """
 
 
 def ram_board(make_peer, name: str, blocks: int, preload: dict[str, bytes], readonly: bool = False):
     boot = f"BLOCKS = {blocks}\nPRELOAD = {list(preload.items())!r}\nREADONLY = {readonly}\n" + RAM_FS
-    return make_peer(name, files={"boot.py": boot})
+    peer = make_peer(name, files={"boot.py": boot})
+    # Provisioning's Ctrl-C would cut a boot.py still making the RAM filesystem (a loaded CI
+    # machine once did): the files went to the host folder and a "full" board took them all.
+    deadline = time.monotonic() + 15
+    while not (peer.root / ".ram_fs_ready").exists():
+        assert time.monotonic() < deadline, f"{name}: boot.py did not make its RAM filesystem within 15 s"
+        time.sleep(0.05)
+    return peer
 
 
 def board_files(port: str) -> dict[str, bytes]:
