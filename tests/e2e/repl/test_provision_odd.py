@@ -6,13 +6,14 @@ on an ESP8266-sized heap, and config values a board could not read."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from workshop.provision import ProvisionConfig, ProvisionError, provision_all
 from workshop.repl import Pacing, ReplSession
+
+from support import wait_while_running
 
 WIFI_PW = "s3cret-wifi-pw"
 
@@ -48,12 +49,10 @@ open(_home + '/.ram_fs_ready', 'w').close()
 def ram_board(make_peer, name: str, blocks: int, preload: dict[str, bytes], readonly: bool = False):
     boot = f"BLOCKS = {blocks}\nPRELOAD = {list(preload.items())!r}\nREADONLY = {readonly}\n" + RAM_FS
     peer = make_peer(name, files={"boot.py": boot})
-    # Provisioning's Ctrl-C would cut a boot.py still making the RAM filesystem (a loaded CI
-    # machine once did): the files went to the host folder and a "full" board took them all.
-    deadline = time.monotonic() + 15
-    while not (peer.root / ".ram_fs_ready").exists():
-        assert time.monotonic() < deadline, f"{name}: boot.py did not make its RAM filesystem within 15 s"
-        time.sleep(0.05)
+    # Provisioning's Ctrl-C would cut a boot.py still making the RAM filesystem (the likely
+    # cause of a loaded CI run's "full" board taking every file, into the host folder).
+    wait_while_running(peer.proc, lambda: (peer.root / ".ram_fs_ready").exists(),
+                       f"{name}: boot.py did not make its RAM filesystem within 15 s", 15)
     return peer
 
 
