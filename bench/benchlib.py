@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +45,65 @@ def anchor_lib(argv: list[str], files) -> Path | None:
               file=sys.stderr)
         return None
     return lib
+
+
+# micropython-lib's clients, the anchors the benches compare ours with.
+# module -> (micropython-lib file, its path as imported)
+ANCHORS = {"umqtt.simple": ("micropython/umqtt.simple/umqtt/simple.py", "umqtt/simple.py"),
+           "umqtt.robust": ("micropython/umqtt.robust/umqtt/robust.py", "umqtt/robust.py"),
+           "requests": ("python-ecosys/requests/requests/__init__.py", "requests/__init__.py"),
+           "base64": ("python-stdlib/base64/base64.py", "base64.py")}
+
+# The anchor firmware's manifest: ports/unix/manifest.py's stock part, then micropython-lib's clients.
+ANCHOR_MANIFEST = """
+add_library("unix-ffi", "$(MPY_LIB_DIR)/unix-ffi")
+package("mip", base_path="$(MPY_LIB_DIR)/micropython/mip", opt=3)
+require("ssl")
+include("$(MPY_DIR)/extmod/asyncio")
+package("umqtt", base_path="{umqtt}")
+package("requests", base_path="$(MPY_LIB_DIR)/python-ecosys/requests")
+module("base64.py", base_path="$(MPY_LIB_DIR)/python-stdlib/base64")
+"""
+
+
+def anchor_firmware(lib: Path) -> Path | str:
+    """micropython-lib's clients frozen into UNIX firmware built like dist/UNIX (same checkout, make
+    command and base manifest, its own build tree): the binary, or why there is none."""
+    sys.path.insert(0, str(REPO))
+    from workshop import build, config, source
+
+    try:
+        checkout = source.locate(None, ["unix"])
+        board = config.get_board("UNIX")
+        plan = build.plan(board, checkout, "native")
+    except Exception as e:  # the other figures are still printed
+        return f"no anchor firmware: {e}"
+    *_, mpy_cross_step, port_step = plan.steps
+    command = [a for a in build.image_argv(port_step) if not a.startswith(("FROZEN_MANIFEST=", "BUILD="))]
+    # The make command is in the key: dist/UNIX built with other flags (ports/unix/port.toml)
+    # needs an anchor built with them too, or the two are not like for like.
+    key = hashlib.sha256(checkout.commit.encode() + ANCHOR_MANIFEST.encode() + "\0".join(command).encode() +
+                         b"".join((lib / f).read_bytes() for f, _ in ANCHORS.values())).hexdigest()[:12]
+    home = config.cache_dir() / "bench" / f"unix-anchor-frozen-{key}"
+    binary = home / "micropython"
+    if binary.exists():
+        return binary
+    umqtt = home / "src"
+    (umqtt / "umqtt").mkdir(parents=True, exist_ok=True)
+    for mod in ("umqtt.simple", "umqtt.robust"):
+        shutil.copy(lib / ANCHORS[mod][0], umqtt / ANCHORS[mod][1])
+    manifest = home / "manifest.py"
+    manifest.write_text(ANCHOR_MANIFEST.format(umqtt=umqtt))
+    argv = [a for a in port_step.argv if not a.startswith(("FROZEN_MANIFEST=", "BUILD="))]
+    argv += [f"FROZEN_MANIFEST={manifest}", f"BUILD={home / 'build'}"]
+    env = dict(os.environ, **{k: v for k, v in port_step.env if k != build.IDENTITY_ENV})
+    print(f"building the anchor firmware (once) in {home} ...", flush=True)
+    for step in (mpy_cross_step.argv, argv):
+        proc = subprocess.run(step, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return f"anchor firmware build failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    shutil.copy(home / "build" / "micropython", binary)
+    return binary
 
 
 # announce's cost on a device: heap held once it runs (connected, first status out) and the CPU

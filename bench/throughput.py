@@ -5,9 +5,11 @@ script starts on a free loopback port), HTTP requests per second (requests.get +
 local CPython HTTP server), and heap allocated per operation; each printed next to micropython-lib's
 (umqtt.simple, requests at the commit MicroPython v1.28.0 pins) with the ratio ours/anchor. Both
 stacks are compiled with the same mpy-cross and run on the same MicroPython binary (the PyPI
-runtime; the frozen UNIX firmware too when dist/UNIX/micropython is built: ours frozen, anchor .mpy).
+runtime), and frozen: ours in dist/UNIX/micropython (`invoke build --board UNIX`), micropython-lib's
+in a second UNIX firmware built from the same checkout, make command and base manifest (bench/heap.py
+builds the same one; it is kept in ~/.cache/workshop-kit/bench/, built once per checkout and anchor).
 
-    .venv/bin/python bench/throughput.py [MICROPYTHON_LIB_DIR]
+    .venv/bin/python bench/throughput.py [MICROPYTHON_LIB_DIR] [--no-frozen-anchor]
 
 MICROPYTHON_LIB_DIR defaults to ~/.cache/workshop-kit/micropython-v1.28.0/lib/micropython-lib
 (made by `invoke setup`); it is read, never copied into the repository.
@@ -27,7 +29,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchlib import anchor_lib, frozen_note
+from benchlib import anchor_firmware, anchor_lib, frozen_note
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -124,10 +126,18 @@ def _stack(out: Path, files: dict[str, Path]) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("lib", nargs="?", help="micropython-lib checkout (default: the pinned checkout's lib/micropython-lib)")
+    ap.add_argument("--no-frozen-anchor", action="store_true", help="skip the frozen pair (no anchor firmware build)")
     args = ap.parse_args(argv)
     lib = anchor_lib([sys.argv[0]] + ([args.lib] if args.lib else []), ANCHOR_FILES.values())
     if lib is None:
         return 2
+    # The frozen pair: ours frozen against micropython-lib's frozen, or no pair at all (ours frozen
+    # against the anchor as .mpy is not like for like: .mpy bytecode runs from the heap).
+    anchor_fz: Path | str = ("skipped (--no-frozen-anchor)" if args.no_frozen_anchor else
+                             "skipped: dist/UNIX not built (invoke build --board UNIX)" if not FROZEN.exists() else
+                             anchor_firmware(lib))
+    if isinstance(anchor_fz, str):
+        print(f"note: frozen pair: {anchor_fz}")
     mosquitto = shutil.which("mosquitto")
     if not mosquitto:
         print("mosquitto not found: apt-get install mosquitto", file=sys.stderr)
@@ -158,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             results = {}
             runs = [("anchor", BIN / "micropython", f"{anchor}:.frozen", "PyPI runtime, micropython-lib .mpy"),
                     ("ours", BIN / "micropython", f"{ours}:.frozen", "PyPI runtime, ours .mpy")]
-            if FROZEN.exists():
+            if isinstance(anchor_fz, Path):
                 if frozen_note():
                     print(frozen_note())
-                runs += [("anchor@frozen", FROZEN, f"{anchor}:.frozen", "UNIX firmware, micropython-lib .mpy"),
+                runs += [("anchor@frozen", anchor_fz, ".frozen", "anchor UNIX firmware, micropython-lib frozen"),
                          ("ours@frozen", FROZEN, ".frozen", "UNIX firmware, ours frozen")]
             for name, binary, path, _ in runs:
                 # micropython-lib's QoS 1 publish stalls on Nagle + delayed ACK (~40 ms): fewer messages
