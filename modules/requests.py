@@ -213,6 +213,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
                 if te:
                     s.write("0\r\n\r\n")  # the last, empty chunk
 
+            e, c = "\r\n".encode(), ":".encode()  # (made once, not per line)
             while 1:
                 h = s.readline().split(None, 2)
                 if len(h) < 2:
@@ -220,7 +221,7 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
                 status = int(h[1])
                 if status // 100 != 1 or status == 101:
                     break
-                while s.readline() not in "\r\n".encode():  # an interim 1xx (100 Continue): skip its head
+                while s.readline() not in e:  # an interim 1xx (100 Continue): skip its head
                     pass
             h.append(b"")
             reason = h[2].rstrip()  # bytes, as micropython-lib's (b"" if the line has none)
@@ -230,11 +231,11 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
             clen = 0 if method == "HEAD" or status == 204 or status == 304 or status < 200 else -1
             while 1:
                 l = s.readline()
-                if l in "\r\n".encode():  # the blank line (CRLF or a bare LF), or EOF
+                if l in e:  # the blank line (CRLF or a bare LF), or EOF
                     break
                 # Names are ASCII tokens, matched in any case; values may be any bytes (decoded
                 # only where a str is made of them). A line without a name is skipped.
-                i = l.find(":".encode())
+                i = l.find(c)
                 n = str(l[:i], "utf-8") if i > 0 else ""
                 k = n.lower()
                 v = l[i + 1 :].strip()
