@@ -253,3 +253,35 @@ def test_eval_json_passes_over_a_line_printed_after_the_result(make_peer):
         assert got == {"free": 123}
         with pytest.raises(ReplError, match="unreadable result from the board: 'no json here'"):
             s.eval_json("print('{not json')\nprint('no json here')\n")
+
+
+def test_ctrl_c_ends_a_long_paced_write_within_2_s_and_leaves_the_old_file(make_peer):
+    # Without raw paste every byte goes in paced chunks (96 B per 40 ms): a 48 KB file is ~20 s
+    # of writes. Ctrl-C (cancel set) in the middle must end the session within 2 s, and the file
+    # on the board stays the old one (put writes a .tmp and renames it only when all arrived).
+    peer = make_peer()
+    (peer.root / "lesson.py").write_text("old = 1\n")
+    cancel = threading.Event()
+    outcome: list[BaseException | None] = []
+    ended: list[float] = []
+
+    def put() -> None:
+        try:
+            with ReplSession(peer.port, raw_paste=False, cancel=cancel) as s:
+                s.put("lesson.py", b"x = 1\n" * 8000)
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - asserted below
+            outcome.append(e)
+        ended.append(time.monotonic())
+
+    t = threading.Thread(target=put, daemon=True)
+    t.start()
+    time.sleep(2.0)
+    assert not ended, "the put finished before Ctrl-C: the test needs a longer paced write"
+    t0 = time.monotonic()
+    cancel.set()
+    t.join(5)
+    assert ended, "the paced write outlived Ctrl-C by 5 s"
+    assert ended[0] - t0 < 2.0, ended[0] - t0
+    assert isinstance(outcome[0], ReplError), outcome
+    assert (peer.root / "lesson.py").read_text() == "old = 1\n"
