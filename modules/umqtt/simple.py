@@ -8,7 +8,8 @@
 # check_msg() keeps that timeout (TLS sockets too) and pings when half the keepalive has passed;
 # server=None takes "mqtt": {"broker", "port"} from /workshop.json. Each packet leaves in one
 # write (its payload apart when large): small writes in a row stall ~40 ms each on Nagle +
-# delayed ACK, which made every QoS 1 publish slow.
+# delayed ACK, which made every QoS 1 publish slow. A QoS 1 publish (or subscribe) made in the
+# callback while another waits for its ack leaves that ack to it.
 import errno
 import socket
 import time
@@ -48,8 +49,8 @@ class MQTTClient:
         self.lw_qos = 0
         self.lw_retain = False
         # received: type, length bytes, packet id + return code; buf[7] is 1 when check_msg()
-        # read the first byte of a packet into buf[0]
-        self.buf = bytearray(8)
+        # read the first byte of a packet into buf[0]; buf[8:12] an ack kept for a waiting call
+        self.buf = bytearray(12)
         self.timeout = None  # connect()'s
         self._sent = 0
 
@@ -70,22 +71,23 @@ class MQTTClient:
         # msg is written apart. A QoS 1 PUBLISH, SUBSCRIBE and UNSUBSCRIBE (code & 6 == 2) wait
         # for their ack (PUBACK, SUBACK, UNSUBACK: (code & 0xF6) + 14) carrying pid: messages
         # arriving meanwhile go to the callback. Not through wait_msg(): a subclass that
-        # reconnects there (umqtt.robust) would wait forever for an ack of the lost connection. Bounded by the connect() timeout, 10 s
-        # without one; after a failed wait the stream may be mid-packet: reconnect.
+        # reconnects there (umqtt.robust) would wait forever for an ack of the lost connection.
+        # Bounded by the connect() timeout, 10 s without one; after a failed wait the stream may
+        # be mid-packet: reconnect.
         # One allocation: the packet, sized first (a str part is encoded twice rather than kept).
         if isinstance(msg, str):
             msg = msg.encode()
-        n = len(msg)
+        n = m = len(msg)
         for p in args:
             n += 2 if isinstance(p, int) else 2 + len(p.encode() if isinstance(p, str) else p)
         if n > 268435455:
             raise ValueError("too large")  # the same words as a received one
-        big = len(msg) > 512
-        b = bytearray(n + 5 - (len(msg) if big else 0))
+        big = m > 512
+        b = bytearray(n + 5 - (m if big else 0))
         b[0] = code
         i = 1
         while 1:  # the remaining length, 7 bits a byte, least significant first
-            b[i] = n & 127 | (128 if n > 127 else 0)
+            b[i] = n & 127 | (n > 127) << 7
             i += 1
             n >>= 7
             if not n:
@@ -102,25 +104,34 @@ class MQTTClient:
                 b[i : i + k] = p
                 i += k
         if not big:
-            b[i : i + len(msg)] = msg
-            i += len(msg)
+            b[i : i + m] = msg
+            i += m
         self.sock.write(b, 0, i)
         if big:
             self.sock.write(msg)
-        self._sent = time.ticks_ms()
+        t = self._sent = time.ticks_ms()
         if code & 6 != 2:
             return
         to = self.timeout
-        if to is None:
-            self._raw.settimeout(10)
-        t = time.ticks_ms()
-        while 1:
-            if time.ticks_diff(time.ticks_ms(), t) > (10 if to is None else to) * 1000:
+        w = 10 if to is None else to
+        code = (code & 0xF6) + 14  # now the ack's type
+        b = self.buf
+        # A call made in the callback (an echo's QoS 1 publish) may have read this ack first: it
+        # kept it in buf[8:12] (type, pid, SUBACK code) rather than drop it.
+        while b[8] != code or b[9] << 8 | b[10] != pid:
+            if time.ticks_diff(time.ticks_ms(), t) > w * 1000:
                 raise OSError(errno.ETIMEDOUT)
-            if MQTTClient.wait_msg(self) == (code & 0xF6) + 14 and self._rx(0) == pid:
-                if to is None:
-                    self._raw.settimeout(None)
-                return
+            self._raw.settimeout(w)  # (each time: a call in the callback ends with its caller's)
+            n = MQTTClient.wait_msg(self)
+            if n == code and self._rx(0) == pid:
+                break
+            if n and n >> 4 != 3:  # an ack (not a PUBLISH) of a call this one runs inside
+                b[8] = n
+                b[9:12] = b[:3]
+        else:  # it was kept
+            b[8] = 0
+            b[2] = b[11]
+        self._raw.settimeout(to)  # None: wait_msg() blocks, as tutorials expect
 
     def _rx(self, n):
         # n (<= 7) bytes into self.buf, returning the first two as a number (a packet id or a
@@ -160,8 +171,9 @@ class MQTTClient:
                     p.append(self.pswd)
             p[1] = 1024 | f
             self._send(0x10, p, b"", 0)
-            self._rx(4)
             b = self.buf
+            b[8] = 0  # no ack kept from another connection
+            self._rx(4)
             if b[0] != 0x20 or b[1] != 2:
                 raise MQTTException("bad packet")
             if b[3]:
@@ -198,9 +210,10 @@ class MQTTClient:
             raise ValueError("qos")
         self.pid = pid = self.pid % 65535 + 1
         self._send(0x82, (pid, topic), bytes((qos,)), pid)
-        if self.buf[2] & 0x80:
-            raise MQTTException(self.buf[2])
-        return self.buf[2]
+        pid = self.buf[2]  # the granted QoS, or 0x80: refused
+        if pid & 0x80:
+            raise MQTTException(pid)
+        return pid
 
     def unsubscribe(self, topic):
         self.pid = pid = self.pid % 65535 + 1
@@ -268,9 +281,9 @@ class MQTTClient:
             n = None
         finally:
             s.settimeout(self.timeout)
-        if n is None:
-            return None
         if not n:
+            if n is None:
+                return None
             raise OSError(errno.ECONNRESET)
         self.buf[7] = 1
         return MQTTClient.wait_msg(self)  # this class's: a subclass's would reconnect mid-packet

@@ -827,3 +827,31 @@ c = MQTTClient("p1", port={mosquitto.port})
 print(repr((c.server, c.port, c.connect())))
 """, mosquitto, env={"WORKSHOP_CONFIG": str(config)})
     assert device_lines(out.stdout) == [(mosquitto.host, mosquitto.port, 0)]
+
+
+@pytest.mark.parametrize("client", ["simple", "robust"])
+def test_a_qos1_publish_from_the_callback_does_not_take_the_ack_the_caller_waits_for(micropython, mosquitto,
+                                                                                     subscriber, client):
+    """The echo a tutorial writes: the callback answers each message with a QoS 1 publish. When a
+    message arrives while the device's own QoS 1 publish waits for its PUBACK (here it subscribes
+    to its own topic, so the broker forwards the message while the ack is due), the callback's
+    publish reads that PUBACK first: it must stay the caller's, not be dropped (which made the
+    caller wait out its timeout and fail, or robust publish the message twice)."""
+    sub = subscriber("ws/echo")
+    out = run(micropython, f"""
+from umqtt.{client} import MQTTClient
+def echo(topic, msg):
+    c.publish(b"ws/echo", msg, qos=1)
+c = MQTTClient("echo1", HOST, PORT)
+c.set_callback(echo)
+c.connect(timeout=3)
+c.subscribe(b"ws/in")
+t = time.ticks_ms()
+for i in range(5):
+    c.publish(b"ws/in", b"m%d" % i, qos=1)
+print(repr(time.ticks_diff(time.ticks_ms(), t) < 2500))
+c.disconnect()
+""", mosquitto)
+    assert device_lines(out.stdout)[-1] is True, out.stdout + out.stderr
+    got = sub.wait_for(5)
+    assert sorted(m.payload for m in got) == [b"m%d" % i for i in range(5)], [m.payload for m in got]
