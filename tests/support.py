@@ -84,6 +84,32 @@ def interrupt(proc: subprocess.Popen) -> tuple[str, str, float]:
     return out, err, time.monotonic() - t0
 
 
+
+def cancel_while_running(work, cancel, running_for: float, wait: float = 5.0) -> float | None:
+    """work() in a thread; after running_for seconds (it must still be running: AssertionError
+    otherwise) cancel is set: the seconds from then until work() returned or raised, or None if
+    it outlived `wait`. interrupt()'s twin for a worker thread, as Ctrl-C reaches one."""
+    import threading
+
+    ended: list[float] = []
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            ended.append(time.monotonic())
+
+    threading.Thread(target=run, daemon=True).start()
+    time.sleep(running_for)
+    assert not ended, f"work ended within {running_for} s, before the cancel: it needs to run longer"
+    t0 = time.monotonic()
+    cancel.set()
+    deadline = t0 + wait
+    while not ended and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ended[0] - t0 if ended else None
+
+
 class Terminal:
     """A command on a pseudo-terminal `columns` wide, as on a person's terminal (rich draws its
     live tables only there): read what it draws, Ctrl-C it, and its text without ANSI codes."""

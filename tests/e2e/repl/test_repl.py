@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from support import cancel_while_running
 
 from workshop.repl import Pacing, RemoteError, ReplError, ReplSession, ReplTimeout, TransferError
 
@@ -263,7 +264,6 @@ def test_ctrl_c_ends_a_long_paced_write_within_2_s_and_leaves_the_old_file(make_
     (peer.root / "lesson.py").write_text("old = 1\n")
     cancel = threading.Event()
     outcome: list[BaseException | None] = []
-    ended: list[float] = []
 
     def put() -> None:
         try:
@@ -272,16 +272,9 @@ def test_ctrl_c_ends_a_long_paced_write_within_2_s_and_leaves_the_old_file(make_
             outcome.append(None)
         except BaseException as e:  # noqa: BLE001 - asserted below
             outcome.append(e)
-        ended.append(time.monotonic())
 
-    t = threading.Thread(target=put, daemon=True)
-    t.start()
-    time.sleep(2.0)
-    assert not ended, "the put finished before Ctrl-C: the test needs a longer paced write"
-    t0 = time.monotonic()
-    cancel.set()
-    t.join(5)
-    assert ended, "the paced write outlived Ctrl-C by 5 s"
-    assert ended[0] - t0 < 2.0, ended[0] - t0
+    elapsed = cancel_while_running(put, cancel, running_for=2.0)
+    assert elapsed is not None, "the paced write outlived Ctrl-C by 5 s"
+    assert elapsed < 2.0, elapsed
     assert isinstance(outcome[0], ReplError), outcome
     assert (peer.root / "lesson.py").read_text() == "old = 1\n"

@@ -368,7 +368,8 @@ def test_ctrl_c_ends_a_write_already_blocked_on_a_board_that_stopped_reading():
     import os
     import pty
     import threading
-    import time
+
+    from support import cancel_while_running
 
     from workshop import serialport
     from workshop.repl import CancellablePort
@@ -377,26 +378,19 @@ def test_ctrl_c_ends_a_write_already_blocked_on_a_board_that_stopped_reading():
     ser = serialport.open_port(os.ttyname(slave), 115200, timeout=0.05, write_timeout=20)
     cancel = threading.Event()
     port = CancellablePort(ser, cancel)
-    done: list[float] = []
 
     def write() -> None:
         try:
             port.write(b"x" * 1_000_000)
         except Exception:  # noqa: BLE001 - how it ends is not the point; when it ends is
             pass
-        done.append(time.monotonic())
 
-    t = threading.Thread(target=write, daemon=True)
-    t.start()
-    time.sleep(0.5)
-    assert not done, "the write did not block: the test needs a PTY nobody reads"
-    t0 = time.monotonic()
-    cancel.set()
-    t.join(3)
+    # (the write must still be blocked at the cancel: a PTY nobody reads takes only a few KB)
+    elapsed = cancel_while_running(write, cancel, running_for=0.5, wait=3)
     port.close()
     os.close(master)
     os.close(slave)
-    assert done and done[0] - t0 < 0.5, "a blocked write outlived Ctrl-C"
+    assert elapsed is not None and elapsed < 0.5, "a blocked write outlived Ctrl-C"
 
 
 class _BoardAfterCtrlD:
