@@ -210,10 +210,9 @@ class MQTTClient:
             raise ValueError("qos")
         self.pid = pid = self.pid % 65535 + 1
         self._send(0x82, (pid, topic), bytes((qos,)), pid)
-        pid = self.buf[2]  # the granted QoS, or 0x80: refused
-        if pid & 0x80:
-            raise MQTTException(pid)
-        return pid
+        if self.buf[2] & 0x80:
+            raise MQTTException(self.buf[2])
+        return self.buf[2]
 
     def unsubscribe(self, topic):
         self.pid = pid = self.pid % 65535 + 1
@@ -281,9 +280,9 @@ class MQTTClient:
             n = None
         finally:
             s.settimeout(self.timeout)
+        if n is None:
+            return None
         if not n:
-            if n is None:
-                return None
             raise OSError(errno.ECONNRESET)
         self.buf[7] = 1
         return MQTTClient.wait_msg(self)  # this class's: a subclass's would reconnect mid-packet
