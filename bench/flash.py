@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def run_flash_all(root: Path, image: flash.FlashImage, link: Link, n: int, tag: 
         farm.close()
 
 
-def run_cli(root: Path, argv_for: callable, link: Link, tag: str) -> float:
+def run_cli(root: Path, argv_for: Callable[[str], list[str]], link: Link, tag: str) -> float:
     farm = MockFarm(root / f"mocks-{tag}")
     farm.root.mkdir()
     try:

@@ -94,6 +94,7 @@ def attempt(binary: Path, path: str, heap_kb: int, mqtt: int, http_port: int) ->
     p = subprocess.Popen([str(binary), "-X", f"heapsize={heap_kb}K", "-c", code], env=dict(os.environ, MICROPYPATH=path),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        assert p.stdout is not None
         line = p.stdout.readline()
         if "READY" not in line:
             p.wait(10)

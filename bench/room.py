@@ -57,6 +57,7 @@ def start_board(binary: Path, path: str, root: Path, hostname: str, broker_port:
 
 def wait_line(proc: subprocess.Popen, text: str) -> float:
     while True:
+        assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"board exited before {text!r}")

@@ -9,22 +9,19 @@ Run: .venv/bin/python bench/smoke.py
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-spec = importlib.util.spec_from_file_location("peers", REPO / "tests" / "e2e" / "repl" / "peers.py")
-peers = importlib.util.module_from_spec(spec)
-sys.modules["peers"] = peers
-spec.loader.exec_module(peers)
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "e2e" / "repl")]
+
+import peers  # noqa: E402
 
 from workshop import smoke  # noqa: E402
 from workshop.config import get_board  # noqa: E402
-from workshop.provision import ProvisionConfig, provision_all  # noqa: E402
+from workshop.provision import ProvisionConfig, Secret, provision_all  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     runtime = "frozen" if peers.FROZEN_UNIX.exists() else "pypi"
     expected = (smoke.Expected.from_build(REPO / "dist" / "UNIX") if runtime == "frozen"
                 else smoke.Expected.for_board(get_board("UNIX")))
-    cfg = ProvisionConfig(hostname="ws-{mac4}", wifi_ssid="Workshop", wifi_password="bench-pw",
+    cfg = ProvisionConfig(hostname="ws-{mac4}", wifi_ssid="Workshop", wifi_password=Secret("bench-pw"),
                           mqtt_broker="127.0.0.1", start=("wifi", "telnet"))
     print(f"runtime: {runtime}; expected: {expected.source}; {len(expected.stack_modules)} stack modules")
     print(f"{'N':>3} {'provision s/device':>20} {'provision wall s':>17} {'smoke s/device':>16} {'smoke wall s':>13}")
@@ -49,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
                 t = time.monotonic()
                 reports = smoke.smoke_all(ports, expected)
                 smoke_wall = time.monotonic() - t
-                assert all(r.check("config").status == "pass" for r in reports)
+                assert all((c := r.check("config")) is not None and c.status == "pass" for r in reports), reports
                 prov = sum(r.duration_s for r in results) / n
                 sm = sum(r.duration_s for r in reports) / n
                 print(f"{n:>3} {prov:>20.2f} {prov_wall:>17.2f} {sm:>16.2f} {smoke_wall:>13.2f}")

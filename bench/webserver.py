@@ -61,7 +61,10 @@ def start(code: str, path: str) -> tuple[subprocess.Popen, int]:
 def wrk(port: int, seconds: int) -> float:
     out = subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True).stdout
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m is None:
+        raise SystemExit(f"wrk printed no Requests/sec:\n{out}")
+    return float(m.group(1))
 
 
 def ab(port: int, seconds: int, keep: bool) -> float:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -46,9 +47,12 @@ class FlashDumpingPeer:
     the image, without going back through esptool. Mixed into the peers' dataclasses."""
 
     proc: subprocess.Popen
-    port: str
     dump_path: Path
     log_path: Path
+
+    if TYPE_CHECKING:  # a field of MockDevice, a property of station_peers.BoardPeer (it re-enumerates)
+        @property
+        def port(self) -> str: ...
 
     @property
     def alive(self) -> bool:

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,12 +214,13 @@ class MockFarm:
             time.sleep(0.02)
         return f"socket://127.0.0.1:{port}"
 
-    def uart_links(self, devices: list[MockDevice], baud: int = 460800, slice_s: float = 0.002) -> list[str]:
+    def uart_links(self, devices: Sequence[FlashDumpingPeer], baud: int = 460800, slice_s: float = 0.002) -> list[str]:
         """A UART-paced PTY in front of each device (one relay process for all); returns the paths to open."""
         proc = subprocess.Popen([sys.executable, "-c", _RELAY, str(baud), str(slice_s), *(d.port for d in devices)],
                                 stdout=subprocess.PIPE, stderr=(self.root / f"relay{len(self.relays)}.log").open("wb"),
                                 text=True)
         self.relays.append(proc)
+        assert proc.stdout is not None
         paths = [proc.stdout.readline().strip() for _ in devices]
         if not all(paths):
             raise AssertionError(f"baud relay did not start (exit {proc.poll()})")

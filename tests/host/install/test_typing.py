@@ -1,4 +1,4 @@
-"""The host code is typed and checked: mypy (configured in pyproject.toml) finds no error."""
+"""The host code (package, tasks.py, benches) is typed and checked: mypy (configured in pyproject.toml) finds no error."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 
 
-def test_mypy_finds_no_error_in_the_package_and_tasks() -> None:
+def test_mypy_finds_no_error_in_the_package_tasks_and_benches() -> None:
     try:
         import mypy  # noqa: F401
     except ImportError:
@@ -22,5 +22,5 @@ def test_mypy_finds_no_error_in_the_package_and_tasks() -> None:
     # The configuration really covers both: a file list that matched nothing would also pass.
     listed = subprocess.run([sys.executable, "-m", "mypy", "--verbose", "--no-error-summary"], cwd=REPO,
                             capture_output=True, text=True, timeout=600).stderr
-    for name in ("tasks.py", "workshop/repl.py", "workshop/devconfig.py"):
+    for name in ("tasks.py", "workshop/repl.py", "workshop/devconfig.py", "bench/heap.py", "tests/support.py"):
         assert name in listed, f"mypy does not check {name}"
