@@ -513,7 +513,12 @@ def _flash_images(board, auto, image, offset, chip, release, dist):
     return images
 
 
-def _lesson_folder(files, cfg):
+def _prune_needs_files(prune, files) -> None:
+    if prune and not files:
+        raise _fail("--prune goes with --files (it removes what an earlier lesson folder put on the boards)")
+
+
+def _lesson_folder(files, cfg, prune=False):
     """--files DIR for the station pipeline, read and checked (workshop.lessons.collect: missing, a
     workshop.json, a configured secret) before any board is flashed; the Path, or None. The
     files are read again as each board is provisioned: a lesson fixed mid-run reaches the boards
@@ -522,6 +527,7 @@ def _lesson_folder(files, cfg):
 
     from workshop import lessons as _lessons
 
+    _prune_needs_files(prune, files)
     if not files:
         return None
     try:
@@ -647,6 +653,8 @@ class _FlashView:
     "logs": "folder for the per-device esptool logs (default: logs/flash/<time>/)",
     "provision": "then provision each verified board from this workshop.toml (the station pipeline, as 'invoke station')",
     "files": "with --provision: also copy this folder of lesson files onto every board",
+    "prune": "with --files: remove the files an earlier --files put on the boards that this folder no longer has "
+             "(a flash without --erase keeps them), unless edited on the board",
     "registry": "record every board in this registry (SQLite; e.g. workshop.db)",
     "json_out": "with --provision: write one JSON line per event to this file",
     "json": "print the report (as --report writes it) as JSON instead of the table; progress goes to stderr",
@@ -654,7 +662,7 @@ class _FlashView:
     **{k: "with --provision: " + v for k, v in _BUDGET_HELP.items()},
 })
 def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", image=None, offset=None, chip=None,
-          release=None, dist=None, flash_size=None, report=None, logs=None, provision=None, files=None,
+          release=None, dist=None, flash_size=None, report=None, logs=None, provision=None, files=None, prune=False,
           registry=None, json_out=None, boot_timeout=None, repl_timeout=None, reset_probe=None, reset_wait=None,
           json=False, timeout_scale=None):  # noqa: A002 - invoke derives --json
     """Flash every selected board in parallel, verify each, retry slower, report; non-zero exit if any failed."""
@@ -669,7 +677,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"), erase=erase, flash_size=flash_size,
                              timeout_scale=timeout_scale)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
-    lesson = _lesson_folder(files, cfg)
+    lesson = _lesson_folder(files, cfg, prune)
     targets = _device_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
@@ -679,7 +687,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
         if json:
             raise _fail("--json prints the flash report; with --provision or --files use --json-out FILE "
                         "(one JSON line per event)")
-        plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=lesson,
+        plan = _station.Plan(images=images, flash_options=options, provision=cfg, files=lesson, prune=prune,
                              registry=reg, log_dir=log_dir, **times)
         _run_station(lambda on_event, cancel: _station.run_boards(targets, plan, on_event=on_event, cancel=cancel),
                      events_out)
@@ -852,8 +860,7 @@ def provision(c, ports=None, wifi=None, wifi_password=None, hostname=None, telne
         raise _fail("--reset-timeout goes with --reset (the soft reset it bounds)")
     restart = _checked(devconfig.seconds, reset_timeout, "--reset-timeout") if reset_timeout is not None else None
     budget = _checked(devconfig.seconds, timeout, "--timeout") if timeout is not None else None
-    if prune and not files:
-        raise _fail("--prune goes with --files (it removes what an earlier lesson folder put on the boards)")
+    _prune_needs_files(prune, files)
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
@@ -1434,6 +1441,8 @@ def _run_station(run, json_out=None):
     **_IMAGE_HELP,
     "provision": "provision each board from this workshop.toml (identity, boot hook)",
     "files": "copy this folder of lesson files onto each board",
+    "prune": "with --files: remove the files an earlier --files put on a board that this folder no longer has "
+             "(a reflash keeps the filesystem), unless edited on the board",
     "smoke": "smoke-test each board (firmware, frozen stack, heap, flash, config)",
     "network": "with --smoke: also Wi-Fi, MQTT round trip, HTTP GET",
     "mqtt": "with --network: the broker, HOST or HOST:PORT (default: the board's config)",
@@ -1449,7 +1458,7 @@ def _run_station(run, json_out=None):
     "logs": "folder for the per-board esptool logs (default: logs/station/<time>/)",
 })
 def station(c, board=None, auto=False, release=None, image=None, offset=None, chip=None, dist=None, provision=None,
-            files=None, smoke=False, network=False, mqtt=None, registry="workshop.db", ports_dir=None, all_ports=False,
+            files=None, prune=False, smoke=False, network=False, mqtt=None, registry="workshop.db", ports_dir=None, all_ports=False,
             stop_after=None, json_out=None, reflash=False, baud="460800", boot_timeout=None, repl_timeout=None,
             reset_probe=None, reset_wait=None, logs=None, timeout_scale=None):
     """Hot-plug: every board plugged in goes appear -> flash -> provision -> smoke -> ready, until Ctrl-C."""
@@ -1462,11 +1471,11 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
-    lesson = _lesson_folder(files, cfg)
+    lesson = _lesson_folder(files, cfg, prune)
     net = _network_options(network, mqtt)
     flash_options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"), timeout_scale=timeout_scale)
     plan = _station.Plan(images=images, flash_options=flash_options, provision=cfg,
-                         files=lesson, smoke=smoke or network, network=net,
+                         files=lesson, prune=prune, smoke=smoke or network, network=net,
                          registry=_open_registry(registry), reflash=reflash, log_dir=Path(logs) if logs else None,
                          **times)
     try:

@@ -341,6 +341,7 @@ class Plan:
     flash_options: FlashOptions = FlashOptions()
     provision: Any = None                   # workshop.provision.ProvisionConfig, or None: no provisioning
     files: Path | None = None               # lesson files (provision --files)
+    prune: bool = False                     # with files: remove an earlier lesson's files (provision --prune)
     smoke: bool = False
     network: Any = None                     # workshop.smoke.NetworkOptions for smoke --network
     registry: Registry | None = None
@@ -795,7 +796,8 @@ class _Journey:
 
         reserved: list[tuple[str, str]] = []
 
-        [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, index_of=index_of,
+        [p] = provision_all([port], plan.provision or ProvisionConfig(), files=plan.files, prune=plan.prune,
+                            index_of=index_of,
                             connect_timeout=plan.boot_timeout, timeout=plan.repl_timeout, baudrate=plan.repl_baud,
                             vet=vet, cancel=self.cancel, session_factory=self.session)   # (names --boot-timeout)
         r.provision = p

@@ -85,6 +85,28 @@ def test_flash_and_provision_on_the_pypi_runtime_and_lesson_files_are_skipped_wh
     assert second.sticker == first.sticker == 1
 
 
+def test_a_reflash_with_the_next_lesson_and_prune_removes_the_last_lessons_files(farm, tmp_path):
+    """A reflash keeps the board's filesystem: lesson 1's extra file stays (and may run) unless the
+    station prunes it, as `provision --prune` does (flash --provision --files --prune)."""
+    board = farm.start("esp32", runtime="pypi")
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=32 * 1024)
+    for name, files in (("one", {"main.py": "x = 1\n", "old.py": "y = 2\n"}), ("two", {"main.py": "x = 3\n"})):
+        (tmp_path / name).mkdir()
+        for f, text in files.items():
+            (tmp_path / name / f).write_text(text)
+    plan = plan_for(tmp_path, image_dir, smoke=False, files=tmp_path / "one")
+    first = station.run_boards([board.port], plan).results[0]
+    assert first.ok, first.reason
+    assert (board.root / "old.py").exists()
+
+    plan = station.Plan(**{**plan.__dict__, "reflash": True, "files": tmp_path / "two", "prune": True})
+    second = station.run_boards([board.port], plan).results[0]
+
+    assert second.ok, second.reason
+    assert second.provision.files == {"written": ["main.py"], "unchanged": [], "removed": ["old.py"], "kept": []}
+    assert not (board.root / "old.py").exists() and (board.root / "main.py").read_text() == "x = 3\n"
+
+
 @pytest.mark.parametrize("late", [False, True], ids=["together", "clone-after-the-first-is-ready"])
 def test_two_boards_with_one_mac_are_not_merged(farm, tmp_path, late):
     # late: the clone's first esptool session hangs, so it reaches its MAC after the first board is
