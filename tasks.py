@@ -518,7 +518,7 @@ def _prune_needs_files(prune, files) -> None:
         raise _fail("--prune goes with --files (it removes what an earlier lesson folder put on the boards)")
 
 
-def _lesson_folder(files, cfg, prune=False):
+def _lesson_folder(files, cfg):
     """--files DIR for the station pipeline, read and checked (workshop.lessons.collect: missing, a
     workshop.json, a configured secret) before any board is flashed; the Path, or None. The
     files are read again as each board is provisioned: a lesson fixed mid-run reaches the boards
@@ -527,7 +527,6 @@ def _lesson_folder(files, cfg, prune=False):
 
     from workshop import lessons as _lessons
 
-    _prune_needs_files(prune, files)
     if not files:
         return None
     try:
@@ -670,6 +669,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     from workshop import flash as _flash
     from workshop import station as _station
 
+    _prune_needs_files(prune, files)
     times = _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait)
     report_out = _checked(devconfig.output_file, report, "--report") if report else None
     events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
@@ -677,7 +677,7 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"), erase=erase, flash_size=flash_size,
                              timeout_scale=timeout_scale)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
-    lesson = _lesson_folder(files, cfg, prune)
+    lesson = _lesson_folder(files, cfg)
     targets = _device_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
@@ -1466,12 +1466,13 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
 
     from workshop import station as _station
 
+    _prune_needs_files(prune, files)
     times = _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait)
     stop = _checked(devconfig.count, stop_after, "--stop-after") if stop_after is not None else None
     events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
     images = _flash_images(board, auto, image, offset, chip, release, dist)
     cfg = _provision_config(provision, **_provision_options(*[None] * 8)) if provision else None
-    lesson = _lesson_folder(files, cfg, prune)
+    lesson = _lesson_folder(files, cfg)
     net = _network_options(network, mqtt)
     flash_options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"), timeout_scale=timeout_scale)
     plan = _station.Plan(images=images, flash_options=flash_options, provision=cfg,

@@ -194,9 +194,10 @@ def test_prune_removes_an_earlier_lessons_files_but_never_one_edited_on_the_boar
         peer.stop()
 
 
-def test_prune_without_files_is_refused_before_any_board(tmp_path):
-    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "provision", "--ports",
-                           "/dev/null", "--prune"], capture_output=True, text=True, timeout=60, cwd=REPO)
+@pytest.mark.parametrize("task", ["provision", "flash", "station"])
+def test_prune_without_files_is_refused_before_any_board(tmp_path, task):
+    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), task, "--prune"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 1 and "--prune goes with --files" in proc.stderr, proc.stdout + proc.stderr
 
 
