@@ -22,7 +22,7 @@ class MQTTClient(simple.MQTTClient):
 
     def log(self, in_reconnect, e):
         if self.DEBUG:
-            print("mqtt%s: %r" % (" reconnect" if in_reconnect else "", e))
+            print("mqtt%s: %r" % (" reconnect" * in_reconnect, e))  # (True: 1 copy, False: none)
 
     def reconnect(self):
         i = 0

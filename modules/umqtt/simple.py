@@ -7,8 +7,8 @@
 # after the connect() timeout, 10 s without one (wait_msg() then blocks, as tutorials expect);
 # check_msg() keeps that timeout (TLS sockets too) and pings when half the keepalive has passed;
 # server=None takes "mqtt": {"broker", "port"} from /workshop.json. Each packet leaves in one
-# write (its payload apart when large): small writes in a row stall ~40 ms each on Nagle +
-# delayed ACK, which made every QoS 1 publish slow. A QoS 1 publish (or subscribe) made in the
+# write (its payload apart when large) with TCP_NODELAY: small writes in a row stall ~40 ms
+# each on Nagle + delayed ACK, which made every QoS 1 publish, and a reply from the callback, slow. A QoS 1 publish (or subscribe) made in the
 # callback while another waits for its ack leaves that ack to it.
 import errno
 import socket
@@ -150,6 +150,12 @@ class MQTTClient:
         addr = socket.getaddrinfo(self.server, self.port)[0][-1]
         s = self._raw = self.sock = socket.socket()
         try:
+            # TCP_NODELAY: an ack and the callback's reply (or the next publish) leave at once,
+            # not ~40 ms apart on Nagle + delayed ACK. Before connect(): the pcb is surely there.
+            # Raw lwIP (ESP8266) takes the option alone, TF_NODELAY 0x40, and is told by its
+            # IP_ADD_MEMBERSHIP 0x400; ESP32 and unix take 6, 1 (the unix port names neither,
+            # and a name of our own would be a qstr on the heap).
+            s.setsockopt(6, 64 if socket.IP_ADD_MEMBERSHIP > 255 else 1, 1)
             s.settimeout(10 if timeout is None else timeout)  # a silent broker is no hang
             s.connect(addr)
             if self.ssl is True:
@@ -158,7 +164,7 @@ class MQTTClient:
                 self.sock = ssl.wrap_socket(s, **self.ssl_params)
             elif self.ssl:
                 self.sock = self.ssl.wrap_socket(s, server_hostname=self.server)
-            f = 2 if clean_session else 0
+            f = clean_session << 1  # (as micropython-lib's: True or False)
             p = ["MQTT", 0, self.keepalive, self.client_id]  # "MQTT", level 4 + flags
             if self.lw_topic:
                 f |= 4 | self.lw_qos << 3 | (32 if self.lw_retain else 0)

@@ -285,6 +285,15 @@ def auth_broker(tmp_path: Path) -> Iterator[AuthBroker]:
     broker.stop()
 
 
+@pytest.fixture
+def nodelay_broker(tmp_path: Path) -> Iterator[AuthBroker]:
+    """mosquitto with Nagle off on its side (set_tcp_nodelay): a delay measured through it is the
+    client's own, not the broker's."""
+    broker = _broker(tmp_path, "allow_anonymous true\nset_tcp_nodelay true\npersistence false\n")
+    yield broker
+    broker.stop()
+
+
 @dataclass
 class PKI:
     ca_pem: Path  # the test CA (for paho and for mosquitto)

@@ -829,6 +829,46 @@ print(repr((c.server, c.port, c.connect())))
     assert device_lines(out.stdout) == [(mosquitto.host, mosquitto.port, 0)]
 
 
+def test_a_reply_from_the_callback_leaves_at_once_not_after_a_nagle_stall(micropython, nodelay_broker, tmp_path):
+    """A board answering commands: the callback publishes a reply, then wait_msg() writes the
+    command's PUBACK: two writes in a row. With Nagle on, the PUBACK waited for the broker's
+    delayed ACK of the reply, and the broker's next command with it (~40 ms a round trip on
+    Linux, every second one: 0.8, 42.6, 0.8, 46.7, ... ms measured); with TCP_NODELAY a round
+    trip on loopback takes a millisecond or two. The broker and the host client have Nagle off, so
+    the device's is the only one measured. A trip over 20 ms (half the stall) counts as stalled; a
+    loaded machine may stall 3 of 18, Nagle stalls about 9."""
+    broker = nodelay_broker
+    dev = DeviceProcess(micropython, PRELUDE + """
+def reply(topic, msg):
+    c.publish(b"ws/reply", msg)
+c = MQTTClient("replier", HOST, PORT)
+c.set_callback(reply)
+c.connect()
+c.subscribe(b"ws/cmd", 1)
+print(repr("ready"))
+for i in range(20):
+    c.wait_msg()
+c.disconnect()
+""", tmp_path, broker.host, str(broker.port))
+    replies = Subscriber(broker.host, broker.port, "ws/reply")
+    try:
+        replies.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        dev.expect("ready")
+        trips = []
+        for i in range(20):
+            t = time.monotonic()
+            replies.publish("ws/cmd", b"%d" % i, qos=1)
+            got = replies.wait_for(i + 1, timeout=5)
+            trips.append(time.monotonic() - t)
+            assert [m.payload for m in got] == [b"%d" % k for k in range(i + 1)]
+        dev.finish()
+    finally:
+        replies.close()
+        dev.kill()
+    stalled = [t for t in trips[2:] if t > 0.020]
+    assert len(stalled) <= 3, f"{len(stalled)} of 18 round trips stalled: {[round(x * 1000, 1) for x in trips]} ms"
+
+
 @pytest.mark.parametrize("client", ["simple", "robust"])
 def test_a_qos1_publish_from_the_callback_does_not_take_the_ack_the_caller_waits_for(micropython, mosquitto,
                                                                                      subscriber, client):
