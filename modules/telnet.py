@@ -319,8 +319,12 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
                         os.dupterm_notify(None)
                     return
             elif c == 8 or c == 127:
-                if self.line:
-                    self.line = self.line[:-1]
+                l = self.line
+                if l:
+                    k = len(l) - 1
+                    while k and l[k] & 0xC0 == 0x80:  # a whole UTF-8 character, not one byte of it
+                        k -= 1
+                    self.line = l[:k]
                     if self.state != 1:
                         self._send(b"\b \b")
             elif c == 4 and self.state == 2:
@@ -389,11 +393,12 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
 
     def _shell(self):
         # Unix stand-in for the dupterm'd REPL: evaluate one line, answer repr or the error.
-        line = bytes(self.line).decode()
+        line = bytes(self.line)
         self.line = bytearray()
         self._send(b"\r\n")
         if line.strip():
             try:
+                line = line.decode()  # (in the try: a line cut at _LINE may end mid-character)
                 try:
                     r = eval(line, _ns)
                     if r is not None:

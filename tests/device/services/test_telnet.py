@@ -82,6 +82,21 @@ def test_option_negotiation_bytes(tn):
         assert b"[1, 2, 1, 2]" in recv_until(s, b">>> ")
 
 
+def test_backspace_removes_a_whole_character_and_a_bad_line_is_an_error_not_the_end(tn):
+    """Backspace after a non-ASCII character removed one of its UTF-8 bytes, and a line cut at the
+    64-byte limit can end mid-character: the half character ended the whole service (UnicodeError
+    out of its loop), not just that line."""
+    s, _ = login(tn.port)
+    with s:
+        s.sendall("'é'".encode() + b"\x7f\x7fa'\r\n")  # 'é' then two backspaces, a': 'a'
+        assert recv_until(s, b">>> ").endswith(b"\r\n'a'\r\n>>> ")  # (the echo aside: the answer)
+        s.sendall(b"'" + "é".encode() * 40 + b"\r\n")  # 81 bytes, cut at 64: mid-character
+        assert b"UnicodeError" in recv_until(s, b">>> ")
+        s.sendall(b"6*7\r\n")
+        assert b"42" in recv_until(s, b">>> ")
+    assert tn.proc.poll() is None
+
+
 def test_no_repl_without_login(tn):
     with socket.create_connection(("127.0.0.1", tn.port)) as s:
         recv_until(s, b"login: ")
