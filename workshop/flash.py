@@ -600,14 +600,18 @@ class NotAnImage(Refused):
 
 
 def _foreign_image(chip: str, data: Sequence[tuple[int, bytes]]) -> tuple[int, bytes, str | None] | None:
-    """The region at the chip's bootloader offset that its ROM would not boot as its own image:
-    (offset, bytes, the chip its header names, or None when it is no image at all); None: none."""
+    """What a region puts at the chip's bootloader offset that its ROM would not boot as its own
+    image: (the bootloader offset, the bytes from there, the chip their header names, or None when
+    they are no image at all); None: nothing wrong there, or no region covers it. A region that
+    starts below it and covers it (a merged image at 0x0 on an ESP32, boot 0x1000) is judged by
+    the bytes it puts there."""
     boot = int(chip_definition(chip).BOOTLOADER_FLASH_OFFSET)
     for offset, blob in data:
-        if offset == boot:
-            found = esptool.image_chip(blob, chip)
+        if offset <= boot < offset + len(blob):
+            there = blob[boot - offset:]
+            found = esptool.image_chip(there, chip)
             if found != chip:
-                return offset, blob, found
+                return boot, there, found
     return None
 
 

@@ -593,6 +593,35 @@ def test_an_image_file_that_is_no_firmware_is_never_written_where_the_rom_boots_
     assert data[:0x200000] == b"\xff" * 0x200000 and data[0x200000:0x200000 + page.stat().st_size] == page.read_bytes()
 
 
+def test_an_image_file_at_0x0_is_judged_by_what_it_puts_at_the_esp32_bootloader_offset(mocks, tmp_path):
+    """On an ESP32 the ROM boots from 0x1000. A file flashed at 0x0 covers that offset: a web page,
+    or an ESP8266 firmware.bin, was written over the bootloader and reported 'flashed and
+    verified' (only a region starting at 0x1000 was checked). A merged image at 0x0 (0xFF up to
+    0x1000, then the bootloader image) is what `esptool merge-bin` makes: written as given."""
+    device = mocks.start("esp32")
+    page = tmp_path / "page.bin"
+    page.write_bytes(b"<!DOCTYPE html><html><body>Sign in to the Wi-Fi</body></html>\n" * 128)
+    other = tmp_path / "esp8266.bin"
+    other.write_bytes(_esp_image("esp8266", "4MB") + bytes(8 * 1024))
+    merged = tmp_path / "merged.bin"
+    merged.write_bytes(b"\xff" * 0x1000 + _esp_image("esp32", "4MB"))
+
+    for bad in (page, other):
+        with pytest.raises(flash.FlashError, match=r"no ESP32 firmware image at 0x1000, where its ROM bootloader"):
+            flash.choose_images(image=bad, offset="0x0", chip="esp32")
+        report = flash.flash_all([device.port], flash.choose_images(image=bad, offset="0x0"),
+                                 log_dir=tmp_path / f"logs-{bad.stem}")
+        [r] = report.results
+        assert (r.state, r.error_kind, r.left_as) == (State.FAILED, "not-an-image", "untouched"), r
+        assert r.error.startswith(f"{bad}: no ESP32 firmware image at 0x1000") and "nothing written" in r.error
+    assert_untouched(device)
+    fresh = mocks.start("esp32")
+    report = flash.flash_all([fresh.port], flash.choose_images(image=merged, offset="0x0", chip="esp32"),
+                             log_dir=tmp_path / "logs-merged")
+    assert report.ok, report.results[0].error
+    assert fresh.flash()[:merged.stat().st_size] == merged.read_bytes()
+
+
 def test_an_esp8266_image_file_gets_the_flash_size_detected_as_a_dist_build_does(mocks, dist, tmp_path):
     """The ESP8266 port writes with --flash-size detect (its port data): an image's header says
     1MB until then, and MicroPython sizes its filesystem by it. dist/ESP8266_GENERIC got the 4 MB
