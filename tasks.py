@@ -55,6 +55,17 @@ def _warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {_text(message)}", highlight=False, soft_wrap=True)
 
 
+def _write_output(path, text: str, option: str) -> None:
+    """An output file (--json-out, --junit, --csv) written whole, or one error line naming it (a
+    full disk, a folder that went away): never a traceback, never half a file."""
+    from workshop import buildinfo
+
+    try:
+        buildinfo.write_atomic(path, text)
+    except OSError as e:
+        raise _fail(f"{option} {path}: not written: {e.strerror or e}") from None
+
+
 def _checked(parse, *args, **kw):
     """A value from the command line through devconfig's parser for it (seconds, count,
     port_number): a bad one ends in its one-line error, not a traceback."""
@@ -211,9 +222,7 @@ def check(c, board=None, all=False, micropython=None, json_out=None, json=False)
         _table("Manifest check", ["board", "frozen files", "stack modules", "stack bytecode",
                                   Column("budget (last build)", wrap=True), Column("result", wrap=True)], rows)
     if out is not None:
-        from workshop import buildinfo
-
-        buildinfo.write_atomic(out, _json.dumps(findings, indent=2) + "\n")
+        _write_output(out, _json.dumps(findings, indent=2) + "\n", "--json-out")
     if any(not r.ok for r in results):
         raise Exit(code=1)
 
@@ -921,7 +930,6 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
           json_out=None, junit=None, baud="115200", json=False, timeout=None, registry=None, board_file=False,  # noqa: A002 - invoke derives --json
           connect_timeout=None):
     """Check every board in parallel (firmware, frozen stack, heap, flash, config[, network]); non-zero exit if any failed."""
-    from workshop import buildinfo
     from workshop import smoke as _smoke
 
     if json:
@@ -947,15 +955,9 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
                                     connect_timeout=connect)
     reports = run.reports
     _not_recorded(run.not_recorded)
-    if json_out:
-        text = _smoke.to_json(reports)
-        if json_out == "-":
-            print(text, end="")
-        elif json_path is not None:
-            buildinfo.write_atomic(json_path, text)
-    if junit_path is not None:
-        buildinfo.write_atomic(junit_path, _smoke.to_junit(reports))
-    if json_out != "-":
+    if json_out == "-":
+        print(_smoke.to_json(reports), end="")
+    else:
         groups = [*_smoke.SUMMARY_GROUPS, *(_smoke.NETWORK_GROUPS if net else ())]
         rows = []
         for r in reports:
@@ -974,6 +976,11 @@ def smoke(c, ports=None, board=None, dist=None, release=None, network=False, mqt
         console.print(f"{ok}/{len(reports)} board(s) passed"
                       + (f"; {cut} not finished (Ctrl-C)" if cut else ""),
                       highlight=False, soft_wrap=True)
+    # The files after the table: a file that cannot be written still leaves the results shown.
+    if json_path is not None:
+        _write_output(json_path, _smoke.to_json(reports), "--json-out")
+    if junit_path is not None:
+        _write_output(junit_path, _smoke.to_junit(reports), "--junit")
     if run.interrupted:
         raise Exit(code=130)
     if not all(r.ok for r in reports):
@@ -1495,16 +1502,13 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
 })
 def registry(c, registry="workshop.db", csv=None, json=False):  # noqa: A002
     """Every board ever seen, by sticker: MAC, chip, hostname, image, last results."""
-    from workshop import buildinfo
-
     from workshop import registry as _registry
 
     csv_path = _checked(devconfig.output_file, csv, "--csv") if csv else None
     reg = _open_registry(registry, existing=True)
     try:
         if csv_path is not None:
-            text = reg.to_csv()
-            buildinfo.write_atomic(csv_path, text)
+            _write_output(csv_path, reg.to_csv(), "--csv")
             console.print(f"{len(reg.boards())} board(s) written to {csv}", markup=False)
             return
         if json:

@@ -57,6 +57,29 @@ def test_an_unwritable_output_path_is_refused_up_front(tmp_path, args, where):
     assert not list(out.iterdir())
 
 
+@pytest.mark.parametrize("args", [
+    ("check", "--board", "UNIX", "--json-out", "{out}"),
+    ("smoke", "--ports", "/dev/null", "--board-file", "--board", "UNIX", "--json-out", "{out}"),
+    ("smoke", "--ports", "/dev/null", "--board-file", "--board", "UNIX", "--junit", "{out}"),
+    ("registry", "--registry", "{db}", "--csv", "{out}"),
+], ids=lambda a: " ".join(a[:1] + a[-2:-1]))
+def test_an_output_file_that_fails_when_written_is_one_error_after_the_results(tmp_path, args):
+    """A path that passes the checks but cannot be written when the work is done (a full disk; here
+    /proc, where no file can be made) was a traceback, and smoke's table was never shown."""
+    from workshop.registry import Registry
+
+    db = tmp_path / "workshop.db"
+    Registry(db)
+    out = "/proc/workshop-kit-test.out"
+    proc = invoke(*(a.format(out=out, db=db) for a in args))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert f"error: {args[-2]} {out}: not written:" in message, message
+    if args[0] == "smoke":
+        assert "/dev/null" in proc.stdout and "board(s) passed" in proc.stdout, proc.stdout   # the results first
+
+
 def test_output_file_rules(tmp_path):
     assert devconfig.output_file(tmp_path / "r.json", "--report") == tmp_path / "r.json"
     with pytest.raises(devconfig.DevConfigError, match=r"^--report .*: is a folder"):
