@@ -1334,11 +1334,14 @@ def broker(c, bind="0.0.0.0", port="1883", password_file=None):
 def _open_registry(path, existing=False):
     """--registry PATH -> Registry, or None when not given; `existing`: a registry only reads
     it, so a missing file is an error rather than a new empty one (a typo shows no boards)."""
-    if not path:
+    if path is None or path == "" and not existing:
         return None
     from pathlib import Path
 
     from workshop import registry as _registry
+
+    if not path:
+        raise _fail("--registry: an empty name; name the registry file (e.g. workshop.db)")
 
     if existing and not Path(path).exists():
         raise _fail(f"--registry {path}: no registry there (the station, or flash/provision/smoke --registry, "
@@ -1547,14 +1550,15 @@ def _identify_over_network(hosts, all, mqtt, mqtt_user, mqtt_password, no_mdns, 
     **{k: "over the network: " + v for k, v in _FLEET_HELP.items() if k not in ("outdated", "resume", "jobs", "release")},
     "ports": "comma-separated device paths or pyserial URLs; default: every USB port that looks like a board",
     "blink": "only this board shows itself (a hostname such as lab-07, or a sticker number)",
-    "registry": "the registry that knows the stickers (default: workshop.db here)",
+    "registry": "the registry that knows the stickers (default: workshop.db here, when there is one; a file "
+                "named here must exist)",
     "baud": "serial baud rate of the REPL",
     "json": "print JSON instead of a table (over the network: the JSON report)",
     "seconds": "over the network: how long to blink (default 5)",
     "connect_timeout": "seconds each board has to answer with a MicroPython REPL (default 3; a board still "
                        "booting after a flash or a reset, or an emulated one, needs more)",
 })
-def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", json=False,  # noqa: A002
+def identify(c, ports=None, blink=None, registry=None, baud="115200", json=False,  # noqa: A002
              hosts=None, all=False, mqtt=None, mqtt_user=None, mqtt_password=None, no_mdns=False,  # noqa: A002
              interface=None, wait="2", telnet_user=None, telnet_password=None, seconds="5", timeout="20", report=None,
              connect_timeout=None):
@@ -1574,9 +1578,12 @@ def identify(c, ports=None, blink=None, registry="workshop.db", baud="115200", j
     targets = _serial_ports(ports)
     if not targets:
         raise _fail("no board found: plug boards in (data cables), see 'invoke devices --all', or pass --ports")
-    reg = _open_registry(registry) if Path(registry).exists() else None
+    # A registry named must be there (a typo showed no stickers, silently); the default is taken
+    # when the station made one here.
+    reg = (_open_registry(registry, existing=True) if registry is not None else
+           _open_registry("workshop.db") if Path("workshop.db").exists() else None)
     if blink and reg is None:          # the names and stickers live there: nothing would blink
-        raise _fail(f"--blink {blink}: no registry at {registry}: pass --registry FILE (the station's)")
+        raise _fail(f"--blink {blink}: no registry at workshop.db: pass --registry FILE (the station's)")
     cancel = threading.Event()
     try:
         with console.status(f"asking {len(targets)} board(s) to show themselves..."):

@@ -80,9 +80,15 @@ def test_identify_blink_without_its_board_is_an_error(make_peer, tmp_path):
     from workshop.repl import ReplSession
 
     peer = make_peer()
-    missing = invoke("identify", "--ports", peer.port, "--blink", "lab-02", "--registry", str(tmp_path / "typo.db"))
-    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stdout + missing.stderr
-    assert f"--blink lab-02: no registry at {tmp_path / 'typo.db'}" in " ".join(missing.stderr.split())
+    # A registry named but not there (a typo) is an error, with --blink or without: it showed every
+    # board with no sticker, exit 0. The board is not asked anything.
+    for blink in (["--blink", "lab-02"], []):
+        missing = invoke("identify", "--ports", peer.port, *blink, "--registry", str(tmp_path / "typo.db"))
+        assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stdout + missing.stderr
+        assert f"--registry {tmp_path / 'typo.db'}: no registry there" in " ".join(missing.stderr.split())
+        assert not (tmp_path / "typo.db").exists() and peer.port not in missing.stdout
+    none = invoke("identify", "--ports", peer.port, "--blink", "lab-02")    # no workshop.db here either
+    assert none.returncode == 1 and "--blink lab-02: no registry at workshop.db" in " ".join(none.stderr.split())
     reg = Registry(tmp_path / "w.db")
     with ReplSession(peer.port) as s:
         mac = repl_identify(s).mac

@@ -196,6 +196,10 @@ def test_an_existing_file_that_is_no_database_is_refused_and_left_alone(tmp_path
                            str(typo)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and f"--registry {typo}: no registry there" in " ".join(proc.stderr.split())
     assert not typo.exists()
+    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), "-r", str(REPO), "registry", "--registry", ""],
+                          capture_output=True, text=True, timeout=60)   # (an unset shell variable: a traceback)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--registry: an empty name; name the registry file" in " ".join(proc.stderr.split())
 
 
 def _kit_registry(path: Path, *args: str) -> subprocess.CompletedProcess:
