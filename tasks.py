@@ -470,7 +470,7 @@ def devices(c, ports=None, identify=False, all=False, json=False, logs=None,  # 
     cancel = threading.Event()
     if identify and found:
         with console.status(f"identifying {len(found)} port(s)..."):
-            result = _devices.identify_all(found, log_dir=Path(logs) if logs else _flash_log_dir(None) / "identify",
+            result = _devices.identify_all(found, log_dir=_flash_log_dir(logs) if logs else _flash_log_dir(None) / "identify",
                                            cancel=cancel, timeout_scale=scale)
     else:
         result = [_devices.Device(p) for p in found]
@@ -503,7 +503,7 @@ def _flash_log_dir(logs: str | None):
 
     from workshop import flash as _flash
 
-    return Path(logs) if logs else _flash.default_log_dir()
+    return _checked(devconfig.output_folder, logs, "--logs") if logs else _flash.default_log_dir()
 
 
 def _flash_images(board, auto, image, offset, chip, release, dist):
@@ -679,6 +679,9 @@ def flash(c, board=None, auto=False, ports=None, erase=False, baud="460800", ima
     from workshop import station as _station
 
     _prune_needs_files(prune, files)
+    if json_out and not (provision or files):
+        raise _fail("--json-out goes with --provision or --files (one JSON line per station event); the flash "
+                    "report is --report FILE or --json")
     times = _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait)
     report_out = _checked(devconfig.output_file, report, "--report") if report else None
     events_out = _checked(devconfig.output_file, json_out, "--json-out") if json_out else None
@@ -1487,7 +1490,7 @@ def station(c, board=None, auto=False, release=None, image=None, offset=None, ch
     flash_options = _flash_options(baud=_checked(devconfig.baud, baud, "--baud"), timeout_scale=timeout_scale)
     plan = _station.Plan(images=images, flash_options=flash_options, provision=cfg,
                          files=lesson, prune=prune, smoke=smoke or network, network=net,
-                         registry=_open_registry(registry), reflash=reflash, log_dir=Path(logs) if logs else None,
+                         registry=_open_registry(registry), reflash=reflash, log_dir=_flash_log_dir(logs) if logs else None,
                          **times)
     try:
         source = _station.default_source(Path(ports_dir) if ports_dir else None, all_ports)

@@ -119,6 +119,24 @@ def port_number(value: Any, what: str) -> int:
     return port
 
 
+def output_folder(value: Any, what: str) -> Path:
+    """A folder the run will write files into (per-board logs), checked before the work starts:
+    a folder, or one that can be made (the nearest existing folder it names is writable)."""
+    import os
+
+    if not str(value).strip():
+        raise DevConfigError(f"{what}: expected a folder path, got {value!r}")
+    path = Path(str(value)).expanduser()
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DevConfigError(f"{what} {value}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DevConfigError(f"{what} {value}: not writable here")
+    return path
+
+
 def output_file(value: Any, what: str) -> Path:
     """A file the run will write its report or results to, checked before the work starts (a run
     must not end in a traceback, with its results lost, because the path was a folder): not a

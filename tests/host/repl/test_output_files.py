@@ -80,6 +80,32 @@ def test_an_output_file_that_fails_when_written_is_one_error_after_the_results(t
         assert "/dev/null" in proc.stdout and "board(s) passed" in proc.stdout, proc.stdout   # the results first
 
 
+@pytest.mark.parametrize("args", [
+    ("flash", "--image", "{img}", "--offset", "0x1000", "--ports", "/dev/null", "--logs", "{logs}"),
+    ("station", "--image", "{img}", "--offset", "0x1000", "--ports-dir", "{tmp}", "--logs", "{logs}"),
+    ("devices", "--identify", "--ports", "/dev/null", "--logs", "{logs}"),
+], ids=lambda a: a[0])
+def test_a_logs_folder_under_a_file_is_refused_before_any_board(tmp_path, args):
+    """--logs under a file: each board's row said `NotADirectoryError` and the report was lost."""
+    img = tmp_path / "firmware.bin"
+    img.write_bytes(b"\xe9" + bytes(4095))
+    (tmp_path / "ports").mkdir()
+    proc = invoke(*(a.format(img=img, tmp=tmp_path / "ports", logs=img / "logs") for a in args))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert f"error: --logs {img / 'logs'}: {img} is a file, not a folder" in " ".join(proc.stderr.split())
+    assert "/dev/null" not in proc.stdout                               # no board row: nothing was tried
+
+
+def test_flash_json_out_without_the_station_is_refused_not_ignored(tmp_path):
+    img = tmp_path / "firmware.bin"
+    img.write_bytes(b"\xe9" + bytes(4095))
+    proc = invoke("flash", "--image", str(img), "--offset", "0x1000", "--ports", "/dev/null", "--json-out",
+                  str(tmp_path / "events.jsonl"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "--json-out goes with --provision or --files" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "events.jsonl").exists()
+
+
 def test_output_file_rules(tmp_path):
     assert devconfig.output_file(tmp_path / "r.json", "--report") == tmp_path / "r.json"
     with pytest.raises(devconfig.DevConfigError, match=r"^--report .*: is a folder"):
