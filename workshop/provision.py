@@ -142,6 +142,7 @@ class ProvisionConfig:
         if self.hostname is not None:
             check_pattern(self.hostname)
         self._check_wifi()
+        self._check_device_keys()
         problem = unwritable(self.updates("x"))
         if problem:
             raise ProvisionError(problem)
@@ -163,6 +164,41 @@ class ProvisionConfig:
                 why = ("more than the 64 a board takes" if n > 64 else
                        "not 64 hex digits (a board takes 64 characters as a hex key)")
                 raise ProvisionError(f"wifi password: {n} bytes, {why}: a WPA2 passphrase is 8 to 63 characters")
+
+    def _check_device_keys(self) -> None:
+        """The other keys the stack reads (from a config file's `extra`), refused before any board
+        is touched when a board could not use them: it would fail at boot (wifi.py, announce.py,
+        telnet.py raise on them) after provisioning said `written + verified`. Unknown keys are
+        kept as given."""
+        extra = self.extra
+        for section in ("wifi", "telnet", "mqtt", "announce"):
+            table = extra.get(section)
+            if table is not None and not isinstance(table, dict):
+                raise ProvisionError(f"{section}: expected a table, got {type(table).__name__} {table!r}")
+
+        def given(section: str, key: str) -> Any:
+            return (extra.get(section) or {}).get(key)
+
+        timeout = given("wifi", "timeout_ms")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+            raise ProvisionError(f"wifi.timeout_ms: expected a whole number of milliseconds >= 1, got {timeout!r}")
+        interval = given("announce", "interval_s")
+        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int | float)
+                                     or not 1 <= interval < float("inf")):
+            raise ProvisionError(f"announce.interval_s: expected a number of seconds >= 1, got {interval!r}")
+        port = given("telnet", "port")
+        if port is not None:
+            try:
+                number = port_number(port, "telnet.port")
+            except DevConfigError as e:
+                raise ProvisionError(str(e)) from None
+            if not isinstance(port, int):          # the board binds what it is given: "23" fails there
+                raise ProvisionError(f"telnet.port: expected a number, got {port!r} (write {number}, without quotes)")
+        for key in ("user", "password"):
+            v = given("mqtt", key)
+            if v is not None and not isinstance(v, str):
+                shown = "" if key == "password" else f" {v!r}"       # never a password's value
+                raise ProvisionError(f"mqtt.{key}: expected a string, got {type(v).__name__}{shown}")
 
     def _split_broker(self) -> None:
         """--mqtt HOST:PORT (or [v6]:PORT, as smoke and roster take it): the host into mqtt.broker,

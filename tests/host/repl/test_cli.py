@@ -49,3 +49,27 @@ def test_a_config_value_of_the_wrong_type_is_one_line(tmp_path, task):
     proc = invoke(*args)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{cfg}: hostname: expected a string, got int 5" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[wifi]\ntimeout_ms = "x"\n', "wifi.timeout_ms: expected a whole number of milliseconds >= 1, got 'x'"),
+    ('[announce]\ninterval_s = "fast"\n', "announce.interval_s: expected a number of seconds >= 1, got 'fast'"),
+    ("[announce]\ninterval_s = -1\n", "announce.interval_s: expected a number of seconds >= 1, got -1"),
+    ("announce = 3\n", "announce: expected a table, got int 3"),
+    ('[telnet]\nport = "23"\n', "telnet.port: expected a number, got '23' (write 23, without quotes)"),
+    ("[telnet]\nport = 0\n", "telnet.port: expected a port number 1..65535, got 0"),
+    ("[mqtt]\nuser = 5\n", "mqtt.user: expected a string, got int 5"),
+    ("[mqtt]\npassword = 12345678\n", "mqtt.password: expected a string, got int"),
+], ids=["timeout_ms", "interval-word", "interval-negative", "announce-not-a-table", "telnet-port-string",
+        "telnet-port-0", "mqtt-user", "mqtt-password"])
+def test_a_value_the_board_would_fail_on_at_boot_is_refused_before_any_board(tmp_path, toml, message):
+    """Keys beyond the ones provision names (wifi.timeout_ms, announce.interval_s, telnet.port, the
+    MQTT login) were written as given and reported `written + verified`; the board then failed at
+    boot (wifi.py, announce.py, telnet.py raise on them)."""
+    cfg = tmp_path / "ws.toml"
+    cfg.write_text(toml)
+    proc = invoke("provision", "--ports", "/dev/null", "--config", str(cfg))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert f"{cfg}: {message}" in text, text
+    assert "12345678" not in text                                       # a password's value is never shown
