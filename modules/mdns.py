@@ -28,7 +28,7 @@ _META = b"\x09_services\x07_dns-sd\x04_udp\x05local\x00"
 _sock = None
 _host = None  # wire-format "<hostname>.local"
 _ip = b"\0\0\0\0"
-_svcs = []  # [type wire, instance wire, port, txt rdata]
+_svcs = {}  # {type wire: (instance wire, port, txt rdata)}: one per type (add_service)
 _group = None
 _poll = None  # select.poll with _sock: is a packet waiting?
 
@@ -90,8 +90,8 @@ def _ours(p, n):
     for _ in range((p[4] << 8) | p[5]):
         if _is(p, off, _host) or _svcs and _is(p, off, _META):
             return True
-        for t, inst, port, txt in _svcs:
-            if _is(p, off, t) or _is(p, off, inst):
+        for t in _svcs:
+            if _is(p, off, t) or _is(p, off, _svcs[t][0]):
                 return True
         while p[off] and p[off] < 0xC0:  # to the end of this name, then past type and class
             off += p[off] + 1
@@ -132,7 +132,8 @@ def _records(qname, qtype):
     ad = []
     if qname == _host and qtype in (_A, _ANY):
         an.append((_host, _A, _ip, 1))
-    for t, inst, port, txt in _svcs:
+    for t in _svcs:
+        inst, port, txt = _svcs[t]
         srv = (inst, _SRV, struct.pack("!HHH", 0, 0, port) + _host, 1)
         tx = (inst, _TXT, txt, 1)
         if qname == _META and qtype in (_PTR, _ANY):
@@ -229,8 +230,8 @@ def _announce(ttl):
     out = bytearray(struct.pack("!HHHHHH", 0, 0x8400, 0, 0, 0, 0))
     n = 1
     _rr(out, _host, _A, 1, ttl, _ip)
-    for t, inst, port, txt in _svcs:
-        _rr(out, t, _PTR, 0, ttl, inst)
+    for t in _svcs:
+        _rr(out, t, _PTR, 0, ttl, _svcs[t][0])
         n += 1
     struct.pack_into("!H", out, 6, n)
     try:
@@ -240,10 +241,12 @@ def _announce(ttl):
 
 
 def add_service(stype, port, txt=None):
-    # stype like "_http._tcp"; the instance is named after the host.
+    # stype like "_http._tcp"; the instance is named after the host, so one per type: a type added
+    # again replaces the one before (announce.start() re-adds its own at every run, maybe on a new
+    # port; appended, each run was another record set held and answered, two SRVs for one name).
     host = _host[1:1 + _host[0]].decode() if _host else "device"
     t = _wire(stype + ".local")
-    _svcs.append((t, _wire(host)[:-1] + t, port, _txt(txt)))
+    _svcs[t] = (_wire(host)[:-1] + t, port, _txt(txt))
     if _sock:
         _announce(_TTL)
 
@@ -272,7 +275,7 @@ def start(hostname=None, ip=None, services=(), port=5353):
         raise ValueError("mdns: no hostname (mdns.start(hostname) or /workshop.json)")
     _host = _wire(hostname + ".local")
     _ip = _ip4(ip)
-    _svcs[:] = []
+    _svcs.clear()
     _group = socket.getaddrinfo("224.0.0.251", 5353)[0][-1]
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 import dns.flags
@@ -53,6 +54,36 @@ def test_legacy_unicast_a_ptr_srv_txt(serve):
         for junk in (b"", b"\x00" * 5, b"\x00\x01\x00\x00\x00\x05" + b"\xff" * 20, b"\x12\x34\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01"):
             s.sendto(junk, ("127.0.0.1", srv.port))
     assert records(ask(srv.port, "ws-test.local.", "A").answer) == {"ws-test.local. 10 A 127.0.0.1"}
+
+
+def test_a_service_added_again_replaces_the_one_before(serve):
+    """announce.start() re-adds _workshop._tcp at every run (and a lesson may add a service again
+    on a new port): each add appended another record set, held on the heap and sent in every
+    answer, a changed port leaving two SRVs for one instance. Added four times here (80 at start,
+    80 twice, then 8080): one of each record, the latest port. Counted on the wire: dnspython
+    merges identical records into one."""
+    srv = serve("serve_mdns.py", "80", "80", "8080", port=free_port(socket.SOCK_DGRAM), ready="ready")
+
+    def ask_counted(name: str, rdtype: str) -> tuple[int, int, dns.message.Message]:
+        q = dns.message.make_query(name, rdtype)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2)
+            s.sendto(q.to_wire(), ("127.0.0.1", srv.port))
+            wire = s.recv(9000)
+        an, ns, ar = struct.unpack_from("!HHH", wire, 6)
+        return an, ar, dns.message.from_wire(wire)
+
+    an, ar, r = ask_counted("_http._tcp.local.", "PTR")
+    assert (an, ar) == (1, 3), records(r.answer) | records(r.additional)
+    assert records(r.answer) == {"_http._tcp.local. 10 PTR ws-test._http._tcp.local."}
+    assert records(r.additional) == {"ws-test._http._tcp.local. 10 SRV 0 0 8080 ws-test.local.",
+                                     'ws-test._http._tcp.local. 10 TXT "path=/" "board=unix"',
+                                     "ws-test.local. 10 A 127.0.0.1"}
+    an, ar, r = ask_counted("ws-test._http._tcp.local.", "SRV")
+    assert an == 1 and records(r.answer) == {"ws-test._http._tcp.local. 10 SRV 0 0 8080 ws-test.local."}
+    an, ar, r = ask_counted("_services._dns-sd._udp.local.", "PTR")
+    assert an == 2 and records(r.answer) == {"_services._dns-sd._udp.local. 10 PTR _http._tcp.local.",
+                                             "_services._dns-sd._udp.local. 10 PTR _telnet._tcp.local."}
 
 
 def test_multicast_on_loopback_with_python_zeroconf(serve):
