@@ -2,7 +2,7 @@
 #
 # Beyond micropython-lib's: str and json bodies are sent as UTF-8 with their byte length; the Host
 # header carries a non-default port; header names match in any case (a header the caller gives in
-# any case replaces our default); relative redirects work (`?q` too), and at most 5 are followed;
+# any case replaces our default); relative redirects work (`?q`, `../x` too), at most 5 followed;
 # an interim 1xx (100 Continue) is skipped; a head ending lines in a bare LF is read; `r.raw` is
 # the body without its framing (Content-Length or chunked), a stream (read, readinto, readline;
 # json.load(r.raw)), so stream=True reads it piecewise; the request head (and a small body) leaves
@@ -90,7 +90,9 @@ class Response(__import__("io").IOBase):  # (no global for the base: each global
                 l = s.readline()
                 if l in "\r\n".encode():  # the line ending the chunk before (CRLF or a bare LF)
                     l = s.readline()
-                self.n = int(l.split(";".encode(), 1)[0], 16)
+                # EOF where a size line is due: 1 byte left, which no read gets, so each says cut
+                # short (OSError 104), not int(b"")'s ValueError.
+                self.n = int(l.split(";".encode(), 1)[0], 16) if l else 1
                 if not self.n:  # the last chunk: skip trailers up to the blank line
                     self.chunked = False
                     while len(s.readline()) > 2:
@@ -280,7 +282,19 @@ def request(method, url, data=None, json=None, headers=None, stream=None, auth=N
                 if location[0] != "?":  # "?q": this path, another query (RFC 3986 5.2.2)
                     path = path[: path.rfind("/") + 1]
                 location = path + location
-            location = proto + "/" * 2 + netloc + location  # the URL's server, whatever Host said
+            # Dot segments out of the path (RFC 3986 5.2.4: ../x from /a/b/c is /a/x), not the query
+            # (in s, h, l: locals done with, not new ones).
+            l = location.split("?", 1)
+            s = ""
+            for h in l[0].split("/")[1:]:
+                if h == "..":
+                    s = s[: s.rfind("/")]  # (above the root stays at it)
+                elif h != ".":
+                    s += "/" + h
+            if h and h in "..":  # a/.. and a/. end in "/"
+                s += "/"
+            l[0] = s
+            location = proto + "/" * 2 + netloc + "?".join(l)  # the URL's server, whatever Host said
         if location.split("/", 3)[2] != netloc or proto == "https:" and location[:6] != proto:
             headers.pop(key(headers, "Authorization"), None)  # credentials stay with their host
         headers.pop(key(headers, "Content-Length"), None)  # the next request frames its own body
