@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: frozen anchor column: {anchor_fz}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        ours_mpy, anchor_mpy = Path(tmp) / "ours", Path(tmp) / "anchor"
+        # Folder names of one length: each module's __file__ (its .mpy path) is a str on the heap,
+        # in 32-byte blocks, so a longer path could cost one side a block.
+        ours_mpy, anchor_mpy = Path(tmp) / "ours", Path(tmp) / "mlib"
         compile_tree({str(p.relative_to(REPO / "modules")): p for p in (REPO / "modules").rglob("*.py")}, ours_mpy)
         compile_tree({imp: lib / f for f, imp in ANCHORS.values()}, anchor_mpy)
         ours_path, anchor_path = f"{ours_mpy}:.frozen", f"{anchor_mpy}:.frozen"
