@@ -201,13 +201,31 @@ class Registry:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RegistryError(f"{self.path}: {e.strerror or e}") from None
+        creating = not self.path.exists()
         try:
             self._open()
         except RegistryLocked:
             raise
         except RegistryError as e:
+            if creating:
+                self._remove_failed_creation()
             why = str(e).removeprefix(f"{self.path}: ")
             raise RegistryError(f"{self.path}: not a usable registry: {why}") from None
+
+    def _remove_failed_creation(self) -> None:
+        """A registry this call began to create and could not (a full disk): its empty file would
+        refuse every later run as 'an empty file, not an SQLite database'. Only an empty one is
+        removed: a file with bytes in it is another process's by now."""
+        try:
+            if self.path.stat().st_size:
+                return
+        except OSError:
+            return
+        for path in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"), Path(f"{self.path}-journal")):
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
     def _refuse_other_files(self) -> None:
         """An existing file must already be an SQLite database: SQLite would make any empty file

@@ -370,3 +370,19 @@ def test_results_a_locked_registry_cannot_take_are_named_per_board_once(tmp_path
                        "/dev/ttyUSB9": "MAC unknown"}      # never recordable, whatever the registry
     assert station.record_smoke_reports(reg, reports) == {"/dev/ttyUSB9": "MAC unknown"}   # released: recorded
     assert [b.mac for b in reg.boards()] == [mac(1), mac(2), mac(3)]
+
+
+def test_a_registry_that_cannot_be_created_leaves_no_empty_file_to_refuse_the_next_run(tmp_path):
+    """A full disk while creating it (here a file size limit of 0 bytes) left an empty file, which
+    every later run refused as 'an empty file, not an SQLite database'."""
+    import resource
+
+    path = tmp_path / "class.db"
+    code = ("from workshop.registry import Registry, RegistryError\ntry:\n    Registry(%r)\n"
+            "except RegistryError as e:\n    print(e)" % str(path))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)))
+    assert proc.returncode == 0 and f"{path}: not a usable registry" in proc.stdout, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    Registry(path).see(mac(1))                                  # the next run (room on the disk) makes it
+    assert Registry(path).get(mac(1)) is not None
