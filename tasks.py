@@ -1195,6 +1195,15 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
     workers = _checked(devconfig.count, jobs, "--jobs")
     path = (_checked(devconfig.output_file, report, "--report") if report
             else config.project_root() / "logs" / "fleet" / "last.json")
+    try:                                  # before listening: a missing password is no reason to wait
+        runner = _fleet.Fleet(user=telnet_user or "micro",
+                              password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD", ""),
+                              jobs=workers, timeout=budget,
+                              on_event=None if as_json else
+                              (lambda e: err_console.print(f"[dim]{_text(e.hostname)}: {_text(e.message)}[/]", highlight=False, soft_wrap=True)
+                               if e.kind in ("start", "waiting") else None))
+    except _fleet.FleetError as e:
+        raise _fail(str(e)) from None
     room, watcher = _room_watcher(mqtt, mqtt_user, mqtt_password, release, None, no_mdns, interface)
     try:
         _listen(listen, "nothing was sent to any board")
@@ -1206,12 +1215,6 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
         command = make_command(targets)
         first = command(targets[0]) if callable(command) and targets else command
         skip = _fleet.completed_in(path, first) if resume and not callable(command) else set()
-        runner = _fleet.Fleet(user=telnet_user or "micro",
-                              password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD", ""),
-                              jobs=workers, timeout=budget,
-                              on_event=None if as_json else
-                              (lambda e: err_console.print(f"[dim]{_text(e.hostname)}: {_text(e.message)}[/]", highlight=False, soft_wrap=True)
-                               if e.kind in ("start", "waiting") else None))
         done = runner.run(targets, command, skip=skip, left_out=left_out)  # Ctrl-C: returns at once, unfinished "cancelled"
     except _fleet.FleetError as e:
         raise _fail(str(e)) from None
@@ -1257,7 +1260,7 @@ def fleet(c, action, arg, dest=None, hosts=None, all=False, outdated=False, resu
 
     from workshop import fleet as _fleet
 
-    def make(_targets):
+    def make():
         if action == "exec":
             return _fleet.Command.exec(arg)
         if action == "run":
@@ -1266,7 +1269,11 @@ def fleet(c, action, arg, dest=None, hosts=None, all=False, outdated=False, resu
             return _fleet.Command.put(Path(arg), dest or None)
         raise _fleet.FleetError(f"unknown action {action!r}: exec CODE, run FILE, put SRC (reset: ./kit fleet-reset)")
 
-    _fleet_run(make, hosts=hosts, all_boards=all, outdated=outdated, resume=resume, mqtt=mqtt, mqtt_user=mqtt_user,
+    try:                                  # the file read and the action checked before listening
+        command = make()
+    except _fleet.FleetError as e:
+        raise _fail(str(e)) from None
+    _fleet_run(lambda _targets: command, hosts=hosts, all_boards=all, outdated=outdated, resume=resume, mqtt=mqtt, mqtt_user=mqtt_user,
                mqtt_password=mqtt_password, release=release, no_mdns=no_mdns, interface=interface, wait=wait,
                telnet_user=telnet_user, telnet_password=telnet_password, jobs=jobs, timeout=timeout,
                report=report, as_json=json)

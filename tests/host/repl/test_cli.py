@@ -73,3 +73,25 @@ def test_a_value_the_board_would_fail_on_at_boot_is_refused_before_any_board(tmp
     text = " ".join(proc.stderr.split())
     assert f"{cfg}: {message}" in text, text
     assert "12345678" not in text                                       # a password's value is never shown
+
+
+@pytest.mark.parametrize("args, message", [
+    (("fleet", "run", "no-such-lesson.py", "--telnet-password", "pw"), "run: cannot read no-such-lesson.py"),
+    (("fleet", "put", "no-such-file.py", "--telnet-password", "pw"), "put: cannot read no-such-file.py"),
+    (("fleet", "exec", "print(1)"), "no telnet password: --telnet-password or $WORKSHOP_TELNET_PASSWORD"),
+], ids=["run", "put", "password"])
+def test_fleet_refuses_what_it_cannot_send_before_it_listens_for_boards(args, message):
+    """A missing file or password was named only after connecting to the broker and listening
+    --wait seconds (and behind the broker's error when that was unreachable)."""
+    import os
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKSHOP_")}
+    t = time.monotonic()
+    proc = subprocess.run([str(Path(sys.executable).parent / "invoke"), *args, "--all", "--mqtt", "127.0.0.1:9",
+                           "--no-mdns", "--wait", "30"], cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    took = time.monotonic() - t
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert message in text and "broker" not in text, text                 # not the broker's error first
+    assert took < 30, f"it listened first ({took:.0f} s)"
