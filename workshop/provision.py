@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import project_root
 from .devconfig import MASK, DevConfigError, is_secret_key, load_file, masked, port_number, secret_values
-from .registry import mac_or_id
+from .registry import mac_or_id, normalize_mac
 from .repl import Pacing, RemoteError, ReplError, ReplEvent, ReplSession, ReplTimeout, mask
 
 
@@ -741,10 +741,17 @@ def provision_all(ports: Sequence[str], config: ProvisionConfig, *,
                     if name is None:
                         continue
                     if name in seen:
-                        for j in (seen[name], i):
+                        first = seen[name]
+                        a, b = idents[first], idents[i]
+                        # Two boards that report one MAC (a clone) get one name from any pattern.
+                        fix = (f"both report MAC {normalize_mac(b.mac)} (a clone): no pattern tells them apart; "
+                               "provision them one at a time" if a is not None and b is not None and
+                               normalize_mac(a.mac) == normalize_mac(b.mac) else
+                               "use {mac6}, {mac} or {index} in the pattern")
+                        for j in (first, i):
                             results[j].stage = "name"
-                            fail(j, ProvisionError(f"hostname {name!r} would be on both {ports[seen[name]]} and "
-                                                   f"{ports[i]}: use {{mac6}}, {{mac}} or {{index}} in the pattern"))
+                            fail(j, ProvisionError(f"hostname {name!r} would be on both {ports[first]} and "
+                                                   f"{ports[i]}: {fix}"))
                             names.pop(j, None)
                     else:
                         seen[name] = i

@@ -188,3 +188,17 @@ def test_a_board_config_with_nan_is_replaced_by_one_the_board_reads(make_peer):
     with ReplSession(peer.port) as s:
         seen = s.run("import wsconfig\nprint(wsconfig.load())\n").strip()
     assert seen == "{'start': [], 'hostname': 'lab-1'}" or seen == "{'hostname': 'lab-1', 'start': []}", seen
+
+
+def test_two_boards_reporting_one_mac_get_the_clone_advice_not_a_pattern_hint(make_peer):
+    """Two boards with one MAC (clones; here two unix peers in one folder, whose id is that
+    folder's) get one name from any pattern: the advice was 'use {mac6}, {mac} or {index}',
+    which the pattern already did. Neither board is written."""
+    a = make_peer("same")
+    b = make_peer("same")
+    results = provision_all([a.port, b.port], ProvisionConfig(hostname="lab-{mac6}"))
+    assert [r.ok for r in results] == [False, False]
+    for r in results:
+        assert r.stage == "name" and "(a clone): no pattern tells them apart" in r.error, r.error
+        assert "use {mac6}" not in r.error
+    assert not (a.root / "workshop.json").exists()
