@@ -1080,7 +1080,18 @@ def record_smoke_reports(registry: Registry, reports: Sequence[Any]) -> dict[str
         detail = "all checks passed" if r.ok else "; ".join(f"{c.name}: {c.detail}" for c in r.failed)
         registry.record_smoke(r.mac, ok=r.ok, detail=detail, port=r.port)
         return True
-    return _record_each([r for r in reports if not getattr(r, "interrupted", False)], record)
+    done = [r for r in reports if not getattr(r, "interrupted", False)]
+    # Two ports whose firmware reports one MAC (clones) would be one registry row, the last
+    # result overwriting the first without a word: neither is recorded, and each is named.
+    ports_of: dict[str, list[str]] = {}
+    for r in done:
+        if r.mac:
+            ports_of.setdefault(normalize_mac(r.mac), []).append(r.port)
+    clones = {r.port: f"MAC {normalize_mac(r.mac)} is reported on {', '.join(ports_of[normalize_mac(r.mac)])} "
+                      "(clones?): one registry row per MAC, so none of them is recorded"
+              for r in done if r.mac and len(ports_of[normalize_mac(r.mac)]) > 1}
+    missing = _record_each([r for r in done if r.port not in clones], record)
+    return {**missing, **clones}
 
 
 @dataclass

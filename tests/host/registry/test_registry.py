@@ -372,6 +372,24 @@ def test_results_a_locked_registry_cannot_take_are_named_per_board_once(tmp_path
     assert [b.mac for b in reg.boards()] == [mac(1), mac(2), mac(3)]
 
 
+def test_smoke_results_of_two_ports_with_one_mac_are_named_not_merged(tmp_path):
+    """smoke --registry on two clones (one MAC on two ports): both were recorded on one row, the
+    last result silently overwriting the first. Neither is recorded, each is named; the others are."""
+    from types import SimpleNamespace
+
+    from workshop import station
+
+    reg = Registry(tmp_path / "class.db")
+    reports = [SimpleNamespace(port="/dev/ttyUSB0", mac=mac(1), ok=True, failed=[], interrupted=False),
+               SimpleNamespace(port="/dev/ttyUSB1", mac=mac(1).upper(), ok=False, failed=[], interrupted=False),
+               SimpleNamespace(port="/dev/ttyUSB2", mac=mac(2), ok=True, failed=[], interrupted=False)]
+    missing = station.record_smoke_reports(reg, reports)
+    why = (f"MAC {mac(1)} is reported on /dev/ttyUSB0, /dev/ttyUSB1 (clones?): one registry row per MAC, so none "
+           "of them is recorded")
+    assert missing == {"/dev/ttyUSB0": why, "/dev/ttyUSB1": why}
+    assert [(b.mac, b.smoke_ok) for b in reg.boards()] == [(mac(2), True)]
+
+
 def test_a_registry_that_cannot_be_created_leaves_no_empty_file_to_refuse_the_next_run(tmp_path):
     """A full disk while creating it (here a file size limit of 0 bytes) left an empty file, which
     every later run refused as 'an empty file, not an SQLite database'."""
