@@ -142,10 +142,10 @@ class ProvisionConfig:
         if self.hostname is not None:
             check_pattern(self.hostname)
         self._check_wifi()
-        self._check_device_keys()
-        problem = unwritable(self.updates("x"))
+        problem = unwritable(self.updates("x"))       # (first: NaN or a date is named as such)
         if problem:
             raise ProvisionError(problem)
+        self._check_device_keys()
 
     def _check_wifi(self) -> None:
         """What a board's Wi-Fi driver would cut short without a word (ESP-IDF and the ESP8266 SDK
