@@ -1195,7 +1195,7 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
     workers = _checked(devconfig.count, jobs, "--jobs")
     path = (_checked(devconfig.output_file, report, "--report") if report
             else config.project_root() / "logs" / "fleet" / "last.json")
-    try:                                  # before listening: a missing password is no reason to wait
+    try:                                  # before the broker: a missing password is no reason to wait
         runner = _fleet.Fleet(user=telnet_user or "micro",
                               password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD", ""),
                               jobs=workers, timeout=budget,

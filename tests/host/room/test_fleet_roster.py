@@ -127,7 +127,7 @@ def test_fleet_refuses_to_run_without_a_password():
 
 
 @pytest.mark.parametrize("args", [("roster", "--wait", "0"), ("serve", "--room", "--directory", "{release}"),
-                                  ("fleet", "exec", "print(1)", "--all", "--wait", "0")])
+                                  ("fleet", "exec", "print(1)", "--all", "--wait", "0", "--telnet-password", "pw")])
 @pytest.mark.parametrize("value, message", [
     ("bogus", "--interface 'bogus': expected the IPv4 address of one of this machine's interfaces"),
     ("10.255.255.77", "mDNS cannot listen on --interface 10.255.255.77"),
