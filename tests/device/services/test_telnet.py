@@ -314,7 +314,9 @@ def test_a_stalled_client_never_slows_the_uart_and_is_detached(micropython):
         # now the client stops reading while the UART REPL prints for 7 s (buffers fill, then 3 s stalled)
         con.type("flood(7000)")
         _, n, worst_ms, attached = con.wait_for("FLOOD", 30).split()
-        assert int(worst_ms) < 50, f"a console print took {worst_ms} ms while the client stalled"
+        # The defect was ~1 s per print (a busy-wait on EAGAIN); 250 ms leaves room for a loaded CI
+        # machine (63 ms seen there, under 10 ms alone) and still fails on any such wait.
+        assert int(worst_ms) < 250, f"a console print took {worst_ms} ms while the client stalled"
         assert int(n) > 7000 and attached == "False"  # full speed; the stalled client detached
         assert con.wait_for("not reading", 5).startswith("telnet: 127.0.0.1:")
         s.close()
