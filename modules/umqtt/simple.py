@@ -7,9 +7,9 @@
 # after the connect() timeout, 10 s without one (wait_msg() then blocks, as tutorials expect);
 # check_msg() keeps that timeout (TLS sockets too) and pings when half the keepalive has passed;
 # server=None takes "mqtt": {"broker", "port"} from /workshop.json. Each packet leaves in one
-# write (its payload apart when large) with TCP_NODELAY: small writes in a row stall ~40 ms
-# each on Nagle + delayed ACK, which made every QoS 1 publish, and a reply from the callback, slow. A QoS 1 publish (or subscribe) made in the
-# callback while another waits for its ack leaves that ack to it.
+# write (its payload apart when large), with TCP_NODELAY: small writes in a row stall ~40 ms on
+# Nagle + delayed ACK (every QoS 1 publish, a reply from the callback). A QoS 1 publish (or
+# subscribe) made in the callback while another waits for its ack leaves that ack to it.
 import errno
 import socket
 import time
