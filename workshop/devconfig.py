@@ -119,21 +119,25 @@ def port_number(value: Any, what: str) -> int:
     return port
 
 
-def output_folder(value: Any, what: str) -> Path:
-    """A folder the run will write files into (per-board logs), checked before the work starts:
-    a folder, or one that can be made (the nearest existing folder it names is writable)."""
+def _makeable_folder(folder: Path, value: Any, what: str) -> None:
+    """`folder` is one, or can be made: the nearest existing folder it names is a writable folder."""
     import os
 
-    if not str(value).strip():
-        raise DevConfigError(f"{what}: expected a folder path, got {value!r}")
-    path = Path(str(value)).expanduser()
-    folder = path
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
         raise DevConfigError(f"{what} {value}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DevConfigError(f"{what} {value}: not writable here")
+
+
+def output_folder(value: Any, what: str) -> Path:
+    """A folder the run will write files into (per-board logs), checked before the work starts:
+    a folder, or one that can be made (the nearest existing folder it names is writable)."""
+    if not str(value).strip():
+        raise DevConfigError(f"{what}: expected a folder path, got {value!r}")
+    path = Path(str(value)).expanduser()
+    _makeable_folder(path, value, what)
     return path
 
 
@@ -149,11 +153,7 @@ def output_file(value: Any, what: str) -> Path:
     path = Path(str(value)).expanduser()
     if path.is_dir():
         raise DevConfigError(f"{what} {value}: is a folder: give a file path (e.g. {path / 'report.json'})")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise DevConfigError(f"{what} {value}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    _makeable_folder(path.parent, value, what)
+    if path.exists() and not os.access(path, os.W_OK):
         raise DevConfigError(f"{what} {value}: not writable here")
     return path
