@@ -1087,9 +1087,9 @@ def record_smoke_reports(registry: Registry, reports: Sequence[Any]) -> dict[str
     for r in done:
         if r.mac:
             ports_of.setdefault(normalize_mac(r.mac), []).append(r.port)
-    clones = {r.port: f"MAC {normalize_mac(r.mac)} is reported on {', '.join(ports_of[normalize_mac(r.mac)])} "
-                      "(clones?): one registry row per MAC, so none of them is recorded"
-              for r in done if r.mac and len(ports_of[normalize_mac(r.mac)]) > 1}
+    clones = {port: f"MAC {mac} is reported on {', '.join(ports)} (clones?): one registry row per MAC, so none "
+                    "of them is recorded"
+              for mac, ports in ports_of.items() if len(ports) > 1 for port in ports}
     missing = _record_each([r for r in done if r.port not in clones], record)
     return {**missing, **clones}
 
