@@ -20,6 +20,13 @@ def invoke(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60)
 
 
+def an_image(folder: Path) -> Path:
+    """A bare --image file (its first byte the ESP image magic): enough for the option checks."""
+    img = folder / "firmware.bin"
+    img.write_bytes(b"\xe9" + bytes(4095))
+    return img
+
+
 CASES = [
     ("flash", "--image", "{img}", "--offset", "0x1000", "--ports", "/dev/null", "--report", "{out}"),
     ("flash", "--image", "{img}", "--offset", "0x1000", "--ports", "/dev/null", "--provision", "{cfg}",
@@ -38,8 +45,7 @@ CASES = [
 def test_an_unwritable_output_path_is_refused_up_front(tmp_path, args, where):
     from workshop.registry import Registry
 
-    img = tmp_path / "firmware.bin"
-    img.write_bytes(b"\xe9" + bytes(4095))
+    img = an_image(tmp_path)
     cfg = tmp_path / "ws.toml"
     cfg.write_text('hostname = "ws-{mac4}"\n')
     db = tmp_path / "workshop.db"
@@ -87,8 +93,7 @@ def test_an_output_file_that_fails_when_written_is_one_error_after_the_results(t
 ], ids=lambda a: a[0])
 def test_a_logs_folder_under_a_file_is_refused_before_any_board(tmp_path, args):
     """--logs under a file: each board's row said `NotADirectoryError` and the report was lost."""
-    img = tmp_path / "firmware.bin"
-    img.write_bytes(b"\xe9" + bytes(4095))
+    img = an_image(tmp_path)
     (tmp_path / "ports").mkdir()
     proc = invoke(*(a.format(img=img, tmp=tmp_path / "ports", logs=img / "logs") for a in args))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
@@ -97,8 +102,7 @@ def test_a_logs_folder_under_a_file_is_refused_before_any_board(tmp_path, args):
 
 
 def test_flash_json_out_without_the_station_is_refused_not_ignored(tmp_path):
-    img = tmp_path / "firmware.bin"
-    img.write_bytes(b"\xe9" + bytes(4095))
+    img = an_image(tmp_path)
     proc = invoke("flash", "--image", str(img), "--offset", "0x1000", "--ports", "/dev/null", "--json-out",
                   str(tmp_path / "events.jsonl"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
