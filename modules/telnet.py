@@ -8,9 +8,12 @@
 # takes it over (the old one is told and closed), so a laptop that vanished (lid shut, Wi-Fi
 # gone: a half-open connection nothing ever detects) never holds the board. The server offers
 # WILL ECHO + WILL SGA (character mode) and refuses every other option. Login: "login:" then
-# "Password:"; 3 tries per connection, and after 3 failed logins in a row every login is refused
-# for lockout_ms, doubling with each further failure (capped at 64x); a good login resets the
-# count. On a board the logged-in session is attached to the REPL with os.dupterm (which takes
+# "Password:"; 3 tries per connection, and after 3 failed logins in a row from one host (IP
+# address) that host's logins are refused for lockout_ms, doubling with each further failure
+# (capped at 64x); a good login resets its count. Other hosts are not locked out by it: a student
+# guessing does not lock the teacher out. At most 8 hosts are counted apart; past that, a host
+# whose last failure or lockout ended over lockout_ms ago gives its place up, else the newcomers
+# share one count (many addresses still meet a lockout). On a board the logged-in session is attached to the REPL with os.dupterm (which takes
 # only native streams and io.IOBase subclasses) and runs in the background (socket callbacks).
 # The unix port has no socket callbacks: there the session gets a small line evaluator instead
 # (_Session._shell) and the raw REPL protocol (_Session._raw, what ./kit fleet speaks), and
@@ -33,6 +36,7 @@ _SE = const(240)
 _ECHO = const(1)
 _SGA = const(3)
 _MAX_FAILS = const(3)
+_HOSTS = const(8)
 _TRIES = const(3)
 _LOGIN_MS = const(60000)
 _LINE = const(64)
@@ -45,9 +49,7 @@ _srv = None
 _cl = None  # the logged-in session
 _lg = None  # the session logging in
 _cfg = None
-_fails = 0
-_until = 0
-_span = 0  # ms of the current lockout
+_bad = {}  # host -> [failed logins in a row, ticks_ms the last failure (or its lockout) ends, lockout ms]
 _quiet = False  # while logging: the console's copy for the attached session is dropped
 
 
@@ -80,14 +82,35 @@ def _eq(a, b):
     return r == 0
 
 
-def _locked():
-    # Seconds left of the lockout, 0 when there is none. ticks wrap (2**30 ms on a board): once
-    # the lockout has passed, a late look could see it in the future again, so a lockout is only
-    # a wait of at most its own length.
-    if _fails < _MAX_FAILS:
+def _entry(peer):
+    # The failure count of peer's host ("a.b.c.d:port" -> "a.b.c.d"), made on first use.
+    h = peer[: peer.rfind(":")]
+    f = _bad.get(h)
+    if f is None:
+        now = time.ticks_ms()
+        if len(_bad) >= _HOSTS:
+            for k in _bad:
+                if time.ticks_diff(now, _bad[k][1]) > _cfg[2]:  # idle for a lockout's length
+                    break
+            else:
+                k = None
+                h = "*"  # every host is busy failing: the newcomers share one count
+            if k is not None:
+                del _bad[k]
+        f = _bad.get(h)
+        if f is None:
+            f = _bad[h] = [0, now, 0]
+    return f
+
+
+def _locked(f):
+    # Seconds left of entry f's lockout, 0 when there is none. ticks wrap (2**30 ms on a board):
+    # once the lockout has passed, a late look could see it in the future again, so a lockout is
+    # only a wait of at most its own length.
+    if f[0] < _MAX_FAILS:
         return 0
-    d = time.ticks_diff(_until, time.ticks_ms())
-    return (d + 999) // 1000 if 0 < d <= _span else 0
+    d = time.ticks_diff(f[1], time.ticks_ms())
+    return (d + 999) // 1000 if 0 < d <= f[2] else 0
 
 
 class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Python class one
@@ -336,7 +359,7 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
                     self._send(bytes((c,)))
 
     def _enter(self):
-        global _fails, _until, _span, _cl, _lg
+        global _cl, _lg
         line = bytes(self.line)
         self.line = bytearray()
         if self.state == 0:
@@ -347,14 +370,15 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             else:
                 self._send(b"\r\nlogin: ")
             return
-        w = _locked()
+        f = _entry(self.peer)
+        w = _locked(f)
         if w:
             self._send(b"\r\nLocked: too many failed logins, try again in %d s\r\n" % w)
             _log(self.peer, "login refused (locked)")
             self.close()
             return
         if _eq(self.user, _cfg[0]) & _eq(line, _cfg[1]):
-            _fails = 0
+            f[0] = 0
             self.state = 2
             _log(self.peer, "logged in as", self.user.decode())
             old = _cl
@@ -368,13 +392,13 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             if _cl is self:  # not gone already (_send closed it): a closed socket never attached
                 self._attach()
             return
-        _fails += 1
+        n = f[0] = f[0] + 1
         self.tries += 1
-        _log(self.peer, "login failed (%d in a row)" % _fails)
-        if _fails >= _MAX_FAILS:
-            _span = _cfg[2] << min(_fails - _MAX_FAILS, 6)
-            _until = time.ticks_add(time.ticks_ms(), _span)
-            self._send(b"\r\nLogin incorrect. Locked for %d s\r\n" % _locked())
+        _log(self.peer, "login failed (%d in a row)" % n)
+        f[2] = 0 if n < _MAX_FAILS else _cfg[2] << min(n - _MAX_FAILS, 6)
+        f[1] = time.ticks_add(time.ticks_ms(), f[2])
+        if f[2]:
+            self._send(b"\r\nLogin incorrect. Locked for %d s\r\n" % _locked(f))
             self.close()
         elif self.tries >= _TRIES:
             self._send(b"\r\nLogin incorrect\r\n")
@@ -504,7 +528,7 @@ def _accept(srv):
         _log(peer, "connected")
         if _lg is not None:  # still there? lwIP calls back for data and a close, never for a
             _lg.on_data(None)  # reset: a client that reset mid-login is found gone here
-        w = _locked()
+        w = _locked(_entry(peer))
         if w:
             _refuse(s, peer, b"Locked: too many failed logins, try again in %d s\r\n" % w, "locked")
             continue

@@ -53,8 +53,8 @@ def tn(serve):
     return serve("serve_telnet.py", ready="listening")
 
 
-def login(port: int, user: bytes = b"micro", password: bytes = b"s3cret") -> tuple[socket.socket, bytes]:
-    s = socket.create_connection(("127.0.0.1", port))
+def login(port: int, user: bytes = b"micro", password: bytes = b"s3cret", source: str = "127.0.0.1") -> tuple[socket.socket, bytes]:
+    s = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
     recv_until(s, b"login: ")
     s.sendall(user + b"\r\n")
     recv_until(s, b"Password: ")
@@ -200,10 +200,9 @@ def greeting():
     c.close()
     wsconfig.serve(100)
     return g
-telnet._fails, telnet._span = 3, 1500                       # three failed logins: locked for 1.5 s
-telnet._until = time.ticks_add(time.ticks_ms(), 1500)
+f = telnet._bad["127.0.0.1"] = [3, time.ticks_add(time.ticks_ms(), 1500), 1500]  # 3 failed logins: locked for 1.5 s
 print("LOCKED", b"Locked" in greeting())
-telnet._until = time.ticks_add(time.ticks_ms(), 1 << 28)     # how a long-past lockout looks after a wrap
+f[1] = time.ticks_add(time.ticks_ms(), 1 << 28)             # how a long-past lockout looks after a wrap
 print("WRAPPED", b"login: " in greeting())
 telnet.stop()
 """ % ((port := free_port()), port))
@@ -239,6 +238,59 @@ def test_failed_logins_lock_out_then_recover(tn):
     s4.close()
     log = tn.stop()
     assert "login failed (3 in a row)" in log and "refused (locked)" in log and "logged in as micro" in log
+
+
+def fail_three_times(port: int, source: str) -> bytes:
+    s, out = login(port, password=b"wrong1", source=source)
+    for pw in (b"wrong2", b"wrong3"):
+        s.sendall(b"micro\r\n")
+        recv_until(s, b"Password: ")
+        s.sendall(pw + b"\r\n")
+        out = recv_until(s, b"login: " if pw == b"wrong2" else b"s\r\n")
+    s.close()
+    return out
+
+
+def greeting(port: int, source: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as s:
+        return recv_until(s, b"\r\n") + recv_quiet(s, 0.2)
+
+
+def test_one_hosts_failed_logins_lock_that_host_out_not_everyone(tn):
+    """A lockout used to be for every host: a student guessing the password locked the teacher
+    out of every board it was tried on, for longer at each further guess."""
+    assert b"Locked for 2 s" in fail_three_times(tn.port, "127.0.0.2")
+    assert b"Locked" in greeting(tn.port, "127.0.0.2")     # the guessing host is locked out
+    s, out = login(tn.port, source="127.0.0.1")             # another host logs in at once
+    assert b"Logged in" in out
+    s.sendall(b"6*7\r\n")
+    assert b"42" in recv_until(s, b">>> ")
+    s.close()
+    assert b"Locked" in greeting(tn.port, "127.0.0.2")     # and the lockout still stands
+    log = tn.stop()
+    assert "127.0.0.2:" in log and "login failed (3 in a row)" in log and "logged in as micro" in log
+
+
+def test_past_eight_failing_hosts_newcomers_share_one_lockout(serve):
+    """The count is kept apart for at most 8 hosts (a board's heap): a flood of addresses, each
+    failing, does not get unlimited guesses, and a host that had failed stays counted."""
+    tn = serve("serve_telnet.py", "20000", ready="listening")  # each lockout lasts the test
+    for i in range(2, 10):                                  # 8 hosts, each locked out
+        assert b"Locked for" in fail_three_times(tn.port, "127.0.1.%d" % i)
+    assert b"login: " in greeting(tn.port, "127.0.2.1")     # a ninth host may still try ...
+    assert b"Locked for" in fail_three_times(tn.port, "127.0.2.1")
+    assert b"Locked" in greeting(tn.port, "127.0.2.2")     # ... but it shares its count with the tenth
+    assert b"Locked" in greeting(tn.port, "127.0.1.5")     # the first eight are still locked out
+
+
+def test_a_host_idle_for_a_lockouts_length_gives_its_place_to_a_newcomer(tn):
+    for i in range(2, 10):
+        assert b"Locked for 2 s" in fail_three_times(tn.port, "127.0.1.%d" % i)
+    time.sleep(1.6 + 1.6)                                   # the lockouts over, then idle as long
+    assert b"Locked for 2 s" in fail_three_times(tn.port, "127.0.2.1")
+    s, out = login(tn.port, source="127.0.2.2")             # a place of its own: not locked by .2.1
+    assert b"Logged in" in out
+    s.close()
 
 
 def test_refuses_to_start_without_password_and_reads_the_config(micropython, serve, tmp_path):
