@@ -123,6 +123,9 @@ def cancel(t):
 def _due(_=None):
     # Run the timers that are due; returns ms until the next one (200 when none). Backwards by
     # index: a callback may cancel its own timer (telnet detaching a client) while this runs.
+    # A callback that raises is stopped, named on the console once: it must not keep the others
+    # from running (each tick would end at it) nor print its traceback every period, and on unix
+    # it must not end serve() and with it every service.
     import time
     wait = 200
     i = len(_timers)
@@ -134,7 +137,13 @@ def _due(_=None):
         d = time.ticks_diff(t[1], time.ticks_ms())
         if d <= 0:
             t[1] = time.ticks_add(time.ticks_ms(), t[0])
-            t[2](None)
+            try:
+                t[2](None)
+            except Exception as e:
+                cancel(t)
+                print("workshop: background task stopped:", t[2], end=": ")
+                print(repr(e))  # (apart: after a MemoryError the heap may still be full)
+                continue
             d = t[0]
         wait = min(wait, d)
     return wait

@@ -93,3 +93,27 @@ print("NONE", wsconfig._hw.period, len(wsconfig._timers))
     ran = int(out.split("RAN ")[1].split()[0])
     assert 8 <= ran <= 11, out  # every 100 ms for 1 s, run from the scheduled callback
     assert "AFTER 250\n" in out and "NONE None 0\n" in out, out
+
+
+def test_a_background_task_that_raises_is_stopped_and_named_and_the_others_run_on(micropython, tmp_path):
+    """A timer callback that raised (a MemoryError in telnet's flush, a bug in announce) ended
+    each tick where it stood: the tasks after it never ran, its traceback came every period, and
+    on unix it ended serve() and every service with it."""
+    p = tmp_path / "probe.py"
+    p.write_text("""
+import wsconfig
+ran = []
+def announce(_):
+    ran.append(1)
+def broken(_):
+    raise MemoryError("memory allocation failed")
+wsconfig.every(50, announce)
+b = wsconfig.every(50, broken)   # after announce in the list: _due runs it first
+wsconfig.serve(600)              # returns, not raises
+print("RAN", len(ran), "LEFT", len(wsconfig._timers), b in wsconfig._timers)
+""")
+    out = micropython.run(p).stdout
+    assert out.count("workshop: background task stopped: <function broken") == 1, out
+    assert "MemoryError('memory allocation failed'" in out, out
+    ran = int(out.split("RAN ")[1].split()[0])
+    assert ran >= 8 and "LEFT 1 False" in out, out
