@@ -5,7 +5,8 @@
 # an operation cut by a reconnect is retried whole: a QoS 1 publish is sent again with its packet
 # id and the DUP flag until the broker acknowledges it (none lost across a broker restart), rather
 # than waiting forever for an ack of the old connection; an idle wait_msg() that times out pings
-# instead of reconnecting.
+# instead of reconnecting (one timed out mid-packet, simple closed the socket: the ping fails, and
+# it reconnects).
 # (Heap: every operation is retried in one _send override, not a method each, and the base is
 # called by name, not super(): each class attribute and each closure is heap in every image.)
 import time

@@ -3,7 +3,8 @@
 # Same calls as micropython-lib's umqtt.simple (tutorial code runs unchanged), plus: str topics and
 # messages are sent as UTF-8 with their byte length; remaining lengths of any size; packet ids wrap
 # at 65535; protocol errors raise MQTTException, not assert; a peer sending garbage gets
-# MQTTException or OSError, never a hang beyond the timeout; connect() and each ack wait end
+# MQTTException or OSError, never a hang beyond the timeout (a wait cut mid-packet closes the
+# socket: the rest is never parsed as a packet); connect() and each ack wait end
 # after the connect() timeout, 10 s without one (wait_msg() then blocks, as tutorials expect);
 # check_msg() keeps that timeout (TLS sockets too) and pings when half the keepalive has passed;
 # server=None takes "mqtt": {"broker", "port"} from /workshop.json. Each packet leaves in one
@@ -113,15 +114,16 @@ class MQTTClient:
         if code & 6 != 2:
             return
         to = self.timeout
-        w = 10 if to is None else to
+        w = to or 10  # (0 is no timeout: connect() cannot have succeeded on it)
         code = (code & 0xF6) + 14  # now the ack's type
         b = self.buf
         # A call made in the callback (an echo's QoS 1 publish) may have read this ack first: it
         # kept it in buf[8:12] (type, pid, SUBACK code) rather than drop it.
         while b[8] != code or b[9] << 8 | b[10] != pid:
-            if time.ticks_diff(time.ticks_ms(), t) > w * 1000:
+            n = w - time.ticks_diff(time.ticks_ms(), t) / 1000  # s left: the wait is w in all
+            if n <= 0:
                 raise OSError(errno.ETIMEDOUT)
-            self._raw.settimeout(w)  # (each time: a call in the callback ends with its caller's)
+            self._raw.settimeout(n)  # (each time: a call in the callback ends with its caller's)
             n = MQTTClient.wait_msg(self)
             if n == code and self._rx(0) == pid:
                 break
@@ -234,27 +236,26 @@ class MQTTClient:
                 self.ping()
             self._rx(1)
         op = self.buf[0]  # the packet type; then the remaining length
-        sz = 0
-        sh = 0
-        while 1:
-            self._rx(1)
-            sz |= (self.buf[0] & 0x7F) << sh
-            if not self.buf[0] & 0x80:
-                break
-            sh += 7
-            if sh > 21:
-                raise MQTTException("bad packet")
-        if op & 0xF0 != 0x30:
-            if sz > 7 or op < 0x20 or op >= 0xE0:  # reserved, or a client's packet type
-                raise MQTTException("bad packet")
-            if sz:
-                self._rx(sz)  # PUBACK/UNSUBACK: pid; SUBACK: pid + code
-            return None if op == 0xD0 else op
-        n = self._rx(2)
-        sz -= n + (4 if op & 6 else 2)
-        if sz < 0 or op & 6 == 6:
-            raise MQTTException("bad packet")
         try:
+            sz = sh = 0
+            while 1:
+                n = self._rx(1) >> 8  # (buf[0])
+                sz |= (n & 0x7F) << sh
+                if not n & 0x80:
+                    break
+                sh += 7
+                if sh > 21:
+                    raise MQTTException("bad packet")
+            if op & 0xF0 != 0x30:
+                if sz > 7 or op < 0x20 or op >= 0xE0:  # reserved, or a client's packet type
+                    raise MQTTException("bad packet")
+                if sz:
+                    self._rx(sz)  # PUBACK/UNSUBACK: pid; SUBACK: pid + code
+                return None if op == 0xD0 else op
+            n = self._rx(2)
+            sz -= n + (4 if op & 6 else 2)
+            if sz < 0 or op & 6 == 6:
+                raise MQTTException("bad packet")
             topic = self.sock.read(n) if n else b""
             if op & 6:
                 pid = self._rx(2)
@@ -262,6 +263,9 @@ class MQTTClient:
         except MemoryError:  # a length no heap holds: garbage, or a message too big for the device
             self.sock.close()  # the stream is out of step: later calls get OSError (robust reconnects)
             raise MQTTException("too large")
+        except OSError:  # cut mid-packet (a timeout too): out of step as well, never read on
+            self.sock.close()
+            raise
         if len(topic or b"") != n or len(msg or b"") != sz:
             raise OSError(errno.ECONNRESET)
         if self.cb:

@@ -745,6 +745,72 @@ except OSError as e:
     assert got == {name: [("OSError", 10)] for name in SILENT}
 
 
+def test_an_ack_wait_ends_at_its_timeout_even_when_other_packets_came_meanwhile(micropython):
+    """Each read of the wait got the whole timeout again: a broker that sent a PINGRESP 1.5 s into
+    a 2 s wait for a PUBACK, then nothing, kept publish() waiting 3.5 s."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def broker() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(1024)  # CONNECT
+            conn.sendall(CONNACK)
+            conn.recv(1024)  # the QoS 1 PUBLISH
+            time.sleep(1.5)
+            conn.sendall(b"\xd0\x00")  # PINGRESP: not the PUBACK
+            conn.recv(1024)  # then silent, until the client gives up
+
+    threading.Thread(target=broker, daemon=True).start()
+    try:
+        out = micropython.run(PRELUDE + """
+c = MQTTClient("w", HOST, PORT)
+c.connect(timeout=2)
+t = time.ticks_ms()
+try:
+    c.publish("ws/x", "y", qos=1)
+    print(repr("no error"))
+except OSError:
+    print(repr(("OSError", time.ticks_diff(time.ticks_ms(), t))))
+""", "127.0.0.1", str(srv.getsockname()[1]), timeout=30)
+    finally:
+        srv.close()
+    [(kind, ms)] = device_lines(out.stdout)
+    assert kind == "OSError" and 1900 <= ms < 2700, out.stdout
+
+
+def test_a_timeout_mid_packet_is_a_lost_stream_for_robust_not_an_idle_wait(micropython):
+    """robust took any timeout in wait_msg() as an idle connection and read on: a PUBLISH cut by a
+    timeout had the rest of its body parsed as a packet, a message the broker never sent."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def broker() -> None:
+        conn, _ = srv.accept()
+        conn.recv(1024)  # CONNECT
+        conn.sendall(CONNACK + b"\x30\x0e\x00\x04ws/x")  # a PUBLISH without its 8-byte message
+        time.sleep(1.6)  # past the client's 1 s timeout
+        conn.sendall(b"\x30\x06\x00\x04ws/n")  # the message: 8 bytes that look like a PUBLISH
+        again, _ = srv.accept()  # the reconnect
+        again.recv(1024)
+        again.sendall(CONNACK + b"\x30\x08\x00\x04ws/xok")
+        time.sleep(2)
+        conn.close()
+        again.close()
+
+    threading.Thread(target=broker, daemon=True).start()
+    try:
+        out = micropython.run(PRELUDE + """
+from umqtt import robust
+robust.MQTTClient.DELAY = 0
+c = robust.MQTTClient("cut", HOST, PORT)
+c.set_callback(show)
+c.connect(timeout=1)
+c.wait_msg()
+""", "127.0.0.1", str(srv.getsockname()[1]), timeout=30)
+    finally:
+        srv.close()
+    assert device_lines(out.stdout) == [(b"ws/x", b"ok")]
+
+
 def test_too_large_closes_the_stream_and_robust_reconnects(micropython):
     # A PUBLISH no heap can hold: MQTTException("too large"), and the rest of that packet is never
     # parsed as the next one: the stream is closed, robust reconnects and gets the next message.
