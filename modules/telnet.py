@@ -13,8 +13,9 @@
 # (capped at 64x); a good login resets its count. Other hosts are not locked out by it: a student
 # guessing does not lock the teacher out. At most 8 hosts are counted apart; past that, a host
 # whose last failure or lockout ended over lockout_ms ago gives its place up, else the newcomers
-# share one count (many addresses still meet a lockout). On a board the logged-in session is attached to the REPL with os.dupterm (which takes
-# only native streams and io.IOBase subclasses) and runs in the background (socket callbacks).
+# share one count (many addresses still meet a lockout). On a board the logged-in session is
+# attached to the REPL with os.dupterm (which takes only native streams and io.IOBase
+# subclasses) and runs in the background (socket callbacks).
 # The unix port has no socket callbacks: there the session gets a small line evaluator instead
 # (_Session._shell) and the raw REPL protocol (_Session._raw, what ./kit fleet speaks), and
 # wsconfig.serve() drives the sockets.
