@@ -92,12 +92,10 @@ def _entry(peer):
         if len(_bad) >= _HOSTS:
             for k in _bad:
                 if time.ticks_diff(now, _bad[k][1]) > _cfg[2]:  # idle for a lockout's length
+                    del _bad[k]  # (the loop ends here: no next step over the changed dict)
                     break
             else:
-                k = None
                 h = "*"  # every host is busy failing: the newcomers share one count
-            if k is not None:
-                del _bad[k]
         f = _bad.get(h)
         if f is None:
             f = _bad[h] = [0, now, 0]
