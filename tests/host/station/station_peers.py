@@ -21,7 +21,10 @@ mock's own transport (what a relay between esptool and the mock would do):
 - `reenumerate_always`: the board re-enumerates after every reset, not only after its first flash
   (a USB-JTAG ESP32-S3); `reenumerate_delay`: how long it is gone (default 0.3 s).
 - `hang_first_connect`: the first esptool session hangs the same way from its first frame (the
-  sync); later sessions are answered normally (a board that was still booting, a flaky hub).
+  sync); later sessions are answered normally (a board that was still booting, a flaky hub). The
+  hung session ends when the flasher closes the port, seen by inotify on the PTY's device node: a
+  PTY master reads EIO only while nobody has the port open, and a retry that reopens it before
+  the peer polls (a loaded machine) would otherwise be taken for the same session.
 
 Each peer has its own MAC (the mock's registers are patched with it), so boards are distinct.
 On SIGTERM the peer writes its emulated flash to a file (like tests/host/flash/flash_peers).
@@ -74,7 +77,7 @@ def mac_for(name: str) -> str:
 
 
 _PEER = r"""
-import errno, fcntl, json, os, pty, select, signal, socket, subprocess, sys, termios, time, tty
+import ctypes, errno, fcntl, json, os, pty, select, signal, socket, subprocess, sys, termios, time, tty
 from esp32_mock_bootloader import protocol, registers, server
 
 cfg = json.loads(sys.argv[1])
@@ -118,6 +121,25 @@ signal.signal(signal.SIGUSR1, press_reset)   # the RESET button (manual_reset bo
 class Switch(OSError):
     pass
 
+class CloseWatch:
+    # Closes of our port's device node by anyone (inotify): the end of a flasher's session, even
+    # when it reopens the port before we poll.
+    IN_CLOSE = 0x08 | 0x10                # IN_CLOSE_WRITE | IN_CLOSE_NOWRITE
+    def __init__(self, path):
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, path.encode(), self.IN_CLOSE) < 0:
+            raise OSError(ctypes.get_errno(), "inotify on " + path)
+    def closed(self):
+        # (each event is 16 bytes with no name: a watch on a file, not a folder)
+        try:
+            return bool(os.read(self.fd, 4096))
+        except BlockingIOError:
+            return False
+    def close(self):
+        os.close(self.fd)
+watch = None
+
 class Conn:
     # The mock's transport on our PTY master, with the optional faults.
     def __init__(self, fd):
@@ -125,6 +147,8 @@ class Conn:
         self.seen_client = self.swallow_ohai = self.hung = False
         self.blocks, self.trickle_at, self.leftover = 0, 0.0, b""
         state["sessions"] += 1
+        if watch is not None:
+            watch.closed()                # (the last session's close, if its EIO ended it first)
 
     def set_timeout(self, t):
         self.timeout = t
@@ -155,6 +179,8 @@ class Conn:
                 continue
             cmd = frame[1]
             if cfg.get("hang_first_connect") and state["sessions"] == 1:
+                if not self.hung:
+                    watch.closed()        # (closes before this session's first frame are not its end)
                 self.hung = True          # the first session's sync is never answered
             elif cmd == protocol.CMD_MEM_END and len(frame) >= 16:
                 entry = int.from_bytes(frame[12:16], "little")
@@ -170,6 +196,8 @@ class Conn:
     def recv(self, n):
         if cfg.get("manual_reset") and state["flashed"] and state["reset"]:
             raise Switch()                # RESET pressed: the ROM gives way to the firmware
+        if self.hung and watch is not None and watch.closed():
+            return b""                    # the flasher closed the port (and may have reopened it)
         if self.hung and time.monotonic() >= self.trickle_at:
             # inside a frame that never ends: esptool's SLIP reader waits for ever
             self._send(b"\xc0" if self.trickle_at == 0.0 else b"\x00")
@@ -275,6 +303,8 @@ class Replay(Conn):
         return super().recv(n)
 
 master, path = new_pty()
+if cfg.get("hang_first_connect"):
+    watch = CloseWatch(path)
 publish(path)
 print("bootloader on", path, flush=True)
 first = b""
