@@ -626,7 +626,9 @@ class _Journey:
             if not flashed.ok:
                 if flashed.error_kind == "unplugged" or self._gone():
                     return self.finish("unplugged", f"unplugged during {flashed.stage.value} ({flashed.error})")
-                return self.finish("failed", f"{flashed.stage.value}: {flashed.error}")
+                stage, error = flashed.stage.value, flashed.error or ""
+                # (a retried flash's error names its first attempt's stage: said once when it is this one)
+                return self.finish("failed", error if error.startswith(f"{stage}: ") else f"{stage}: {error}")
         else:
             r.recognized = r.recognized or flashed.error
         if r.recognized:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from station_peers import FROZEN_UNIX, RADIO_DOUBLE, HotPlug, make_dist
-from workshop import smoke, station
-from workshop.flash import FlashImage
+from workshop import flash, smoke, station
+from workshop.flash import FlashImage, FlashOptions
 from workshop.provision import ProvisionConfig
 from workshop.registry import Registry
 
@@ -123,6 +123,20 @@ def test_two_boards_with_one_mac_are_not_merged(farm, tmp_path, late):
     assert "MAC 24:0a:c4:12:34:56 already seen on /dev/pts/" in states[0][1]
     assert len(plan.registry.boards()) == 1
     assert "duplicate" in [h.stage for h in plan.registry.history("24:0a:c4:12:34:56")]
+
+
+def test_a_failed_flash_names_its_stage_once_in_the_boards_reason(farm, tmp_path):
+    # The flash's error already starts with its stage ("writing: no answer within ..."): the station
+    # said it twice ("writing: writing: ...").
+    board = farm.start("esp32", runtime=None, stall_after=2)
+    image_dir = make_dist(tmp_path / "dist", "ESP32_GENERIC", "esp32", size=128 * 1024)
+    options = FlashOptions(attempts=(flash.Attempt(460800, "2"),), budgets=flash.Budgets(write_base=2.0))
+    plan = plan_for(tmp_path, image_dir, provision=None, smoke=False, flash_options=options)
+
+    [r] = station.run_boards([board.port], plan).results
+
+    assert (r.state, r.stage) == ("failed", "writing"), r.reason
+    assert r.reason.startswith("writing: no answer within its ") and "writing: writing" not in r.reason, r.reason
 
 
 class Mover(threading.Thread):
