@@ -222,10 +222,17 @@ class Roster:
                 odd.append(f"{k}: expected a number, got {v!r}")
                 v = None
             clean[k] = v
+        iv = doc.get("interval_s")
+        if isinstance(iv, float) and iv.is_integer():
+            iv = int(iv)
+        if iv is not None and (isinstance(iv, bool) or not isinstance(iv, int) or iv <= 0):
+            # (its staleness then counts from the default interval: said, not silently)
+            odd.append(f"interval_s: expected a number of seconds > 0, got {iv!r} "
+                       f"(stale after {STALE_INTERVALS} x {DEFAULT_INTERVAL_S} s instead)")
+            iv = None
+        clean["interval_s"] = iv
         if odd:
             self._warn(f"{topic}: {'; '.join(odd)}; {'field' if len(odd) == 1 else 'fields'} ignored", topic)
-        iv = doc.get("interval_s")
-        clean["interval_s"] = iv if isinstance(iv, int) and not isinstance(iv, bool) and iv > 0 else None
         twins = None
         with self._lock:
             b = self._boards.setdefault(name, {"sources": set()})

@@ -69,6 +69,23 @@ def test_malformed_statuses_are_skipped_with_a_warning(topic, payload, why):
     assert r.rows() == [] and len(seen) == 1 and why in seen[0] and topic in seen[0]
 
 
+@pytest.mark.parametrize("field,value,why", [
+    ("heap_free", "lots", "heap_free: expected a number, got 'lots'"),
+    ("interval_s", 0, "interval_s: expected a number of seconds > 0, got 0 (stale after 2 x 30 s instead)"),
+    ("interval_s", "10", "interval_s: expected a number of seconds > 0, got '10'"),
+])
+def test_an_odd_field_is_ignored_with_a_warning_and_the_status_kept(field, value, why):
+    seen: list[str] = []
+    now = [1000.0]
+    r = roster.Roster(None, clock=lambda: now[0], on_warning=seen.append)
+    assert r.ingest_mqtt("workshop/lab-01/status", status(**{field: value}))
+    [row] = r.rows()
+    assert row.state == "online" and getattr(row, field) == (None if field == "heap_free" else 30)
+    assert len(seen) == 1 and why in seen[0] and seen[0].endswith("; field ignored"), seen
+    now[0] += 50                                    # > 2 x the board's 10 s, < 2 x the default 30 s
+    assert r.rows()[0].state == ("online" if field == "interval_s" else "stale")
+
+
 def test_a_broken_registry_lookup_is_a_warning_not_a_crash():
     def lookup(host: str):
         raise RuntimeError("database is locked")
