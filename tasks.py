@@ -176,9 +176,13 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
         console.print(f"[bold]{name}[/]: {_text(message)}", highlight=False, soft_wrap=True)
 
     workers = _checked(devconfig.count, jobs, "--jobs")
-    with parallel.signals_interrupt():  # kill or a closed terminal stops make as Ctrl-C does (its own session)
-        results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=workers, micropython=micropython,
-                                   force=force, skip_unavailable=all and skip_unavailable or not chosen, on_event=on_event)
+    try:
+        with parallel.signals_interrupt():  # kill or a closed terminal stops make as Ctrl-C does (its own session)
+            results = _build.build_all(selected, toolchain=toolchain, image=image, jobs=workers,
+                                       micropython=micropython, force=force,
+                                       skip_unavailable=all and skip_unavailable or not chosen, on_event=on_event)
+    except _build.BuildError as e:
+        raise _fail(str(e)) from None
     rows = []
     for r in results:
         size = f"{r.image_size:,} B" if r.image_size else "-"

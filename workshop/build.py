@@ -718,7 +718,10 @@ def build_all(boards: Iterable[Board], *, toolchain: str = "auto", image: str | 
     """Build several boards, `jobs` at a time (the CPU cores shared out as make -j), in the
     order given. A board without a toolchain here is failed, or with `skip_unavailable` listed
     as "skipped" with the reason, before any checkout check (it needs none). A board named twice
-    is built once (two builds of one board would share, and empty, one build tree)."""
+    is built once (two builds of one board would share, and empty, one build tree). A toolchain
+    that is none of TOOLCHAINS is a BuildError, once, before any board."""
+    if toolchain not in TOOLCHAINS:
+        raise BuildError(f"--toolchain must be one of {', '.join(TOOLCHAINS)}, got {toolchain!r}")
     selected = list({b.name: b for b in boards}.values())
     jobs = max(1, int(jobs))
     make_jobs = max(1, (os.cpu_count() or 1) // jobs)

@@ -111,6 +111,11 @@ def test_boards_task_with_a_non_utf8_board_file_is_one_error_line(project: Path)
     _one_error_line(_invoke(project, "boards"), "boards/BAD.toml: not UTF-8 text")
 
 
+def test_build_with_an_unknown_toolchain_is_one_error_line_not_one_failure_per_board(project: Path):
+    _one_error_line(_invoke(project, "build", "--all", "--toolchain", "podman"),
+                    "--toolchain must be one of auto, docker, native, got 'podman'")
+
+
 def test_check_task_with_a_non_utf8_board_file_is_one_error_line(project: Path, mp_checkout):
     (project / "boards" / "BAD.toml").write_bytes(b'port = "unix"\xff\nchip = "host"\n')
     _one_error_line(_invoke(project, "check", "--board", "UNIX"), "boards/BAD.toml: not UTF-8 text")
