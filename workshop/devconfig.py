@@ -12,8 +12,9 @@ output that contains one. A key is secret when its name says so (`password`, `se
 from __future__ import annotations
 
 import json
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,36 @@ def is_secret_key(key: str) -> bool:
     """True for a key whose value must never be shown or published."""
     k = key.lower()
     return k in _SECRET_NAMES or any(part in k for part in _SECRET_PARTS)
+
+
+_WORD = "[A-Za-z0-9_]"
+TOKEN_MAX = 23   # bytes: a secret up to this long is looked for as a whole token
+
+
+def secret_pattern(value: str) -> str:
+    """Where a secret value is in a text or an image (a regex; encoded, for bytes too).
+
+    A short secret (up to TOKEN_MAX bytes) as a whole token, not inside a longer run of letters,
+    digits and underscores: a password "micro" is not in "micropython", so it neither refuses a
+    release (every image says "micropython") nor masks the board's banner, while one in quotes,
+    after "=" or ":", alone on a line or frozen into an image (its literal between NULs; in a
+    .mpy after a length byte, below "0" for these lengths) is found. A longer one anywhere: no
+    word of the firmware is it by chance, and its .mpy length byte may be a letter. An edge
+    that is no letter or digit ("!pw") has no bound."""
+    found = re.escape(value)
+    if len(value.encode()) > TOKEN_MAX:
+        return found
+    head = f"(?<!{_WORD})" if re.match(_WORD, value[:1]) else ""
+    tail = f"(?!{_WORD})" if re.match(_WORD, value[-1:]) else ""
+    return head + found + tail
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret (as `secret_pattern` finds it) replaced by ***: longest first,
+    so a secret holding a shorter one is masked whole."""
+    for s in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = re.sub(secret_pattern(s), MASK, text)
+    return text
 
 
 def secret_items(doc: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

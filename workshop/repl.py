@@ -33,7 +33,7 @@ from typing import Any, TypedDict
 import serial
 
 from . import serialport
-from .devconfig import MASK
+from .devconfig import MASK, mask_secrets
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"soft reboot"
@@ -149,10 +149,8 @@ def _text(data: bytes) -> str:
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced by ***."""
-    for s in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(s, MASK)
-    return text
+    """`text` with every secret replaced by *** (devconfig.mask_secrets: as whole tokens)."""
+    return mask_secrets(text, secrets)
 
 
 def guard(code: str | bytes) -> bytes:

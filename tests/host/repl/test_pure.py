@@ -142,6 +142,17 @@ def test_secrets_in_extra_config_keys_are_masked_too(tmp_path):
     assert cfg.updates(None)["mqtt"] == {"broker": "10.0.0.2", "password": "mqtt-pw-2"}
 
 
+def test_a_secret_is_masked_as_a_whole_token_not_inside_a_word():
+    # A password "micro" masked inside the board's banner read "***Python v1.28.0".
+    from workshop.repl import mask
+
+    assert mask("MicroPython v1.28.0; micropython; connect('Lab', 'micro')", ["micro"]) == (
+        "MicroPython v1.28.0; micropython; connect('Lab', '***')")
+    assert mask("password=micro\nmicro", ["micro"]) == "password=***\n***"
+    assert mask("x!pw and pw!x", ["!pw", "pw!"]) == "x*** and ***x"     # a punctuation edge has no bound
+    assert mask("key: pw-long", ["pw", "pw-long"]) == "key: ***"         # the longer secret whole, first
+
+
 def test_a_password_that_is_not_a_string_is_a_config_error_without_its_value(tmp_path):
     f = tmp_path / "workshop.toml"
     f.write_text("[wifi]\nssid = \"W\"\npassword = 12345678\n")
