@@ -165,15 +165,17 @@ def setup(c, ports="", micropython=None, git_url=None, check=False):
     "jobs": "how many boards build at once (default 1); the CPU cores are shared out as make -j",
     "micropython": "MicroPython checkout to build from (default: the cache, see 'invoke setup')",
     "force": "rebuild even when the inputs are unchanged",
+    "json": "print the results (and each build's build.json) as JSON instead of the table; progress goes to stderr",
 })
 def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", image=None, jobs="1",
-          micropython=None, force=False):
+          micropython=None, force=False, json=False):  # noqa: A002 - invoke derives --all/--json
     """Build images into dist/<BOARD>/ (image, build.json); 'up to date' when nothing changed."""
     chosen = bool(board) or all  # neither: every board this machine can build (what ./kit build does)
     selected = _selected_boards(board, all or not chosen)
+    progress = err_console if json else console
 
     def on_event(name: str, message: str) -> None:
-        console.print(f"[bold]{name}[/]: {_text(message)}", highlight=False, soft_wrap=True)
+        progress.print(f"[bold]{name}[/]: {_text(message)}", highlight=False, soft_wrap=True)
 
     workers = _checked(devconfig.count, jobs, "--jobs")
     try:
@@ -183,14 +185,19 @@ def build(c, board=None, all=False, skip_unavailable=False, toolchain="auto", im
                                        skip_unavailable=all and skip_unavailable or not chosen, on_event=on_event)
     except _build.BuildError as e:
         raise _fail(str(e)) from None
-    rows = []
-    for r in results:
-        size = f"{r.image_size:,} B" if r.image_size else "-"
-        detail = r.error or (f"dist/{r.board}/" if r.ok else "")
-        rows.append([r.board, Cell(r.status, r.status), size, f"{r.seconds:.1f} s", detail])
-    _table("Build" + (" interrupted" if any(r.interrupted for r in results) else ""),
-           ["board", "result", Column("image size", justify="right"), Column("time", justify="right"),
-            Column("detail", wrap=True)], rows)
+    if json:
+        import json as _json
+
+        print(_json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        rows = []
+        for r in results:
+            size = f"{r.image_size:,} B" if r.image_size else "-"
+            detail = r.error or (f"dist/{r.board}/" if r.ok else "")
+            rows.append([r.board, Cell(r.status, r.status), size, f"{r.seconds:.1f} s", detail])
+        _table("Build" + (" interrupted" if any(r.interrupted for r in results) else ""),
+               ["board", "result", Column("image size", justify="right"), Column("time", justify="right"),
+                Column("detail", wrap=True)], rows)
     if any(r.interrupted for r in results):
         raise Exit(code=130)
     if any(r.status == "failed" for r in results):

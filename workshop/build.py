@@ -19,11 +19,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from types import EllipsisType
+from typing import Any
 
 from . import check, elf, parallel, source
 from .buildinfo import (BUILD_INFO, IDENTITY_ENV, IDENTITY_MODULE, Artifact, BuildInfo, BuildInfoError,
@@ -410,6 +411,12 @@ class BuildResult:
             return None
         flashed = self.info.flash_images or self.info.artifacts[:1]
         return sum(a.size for a in flashed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """`build --json`: the row and, for a board built or up to date, its build.json."""
+        return {"board": self.board, "status": self.status, "ok": self.ok, "seconds": round(self.seconds, 3),
+                "image_size": self.image_size, "error": self.error, "log": str(self.log) if self.log else None,
+                "build": asdict(self.info) if self.info else None}
 
 
 FROZEN_NAMES = re.compile(r'^\s*"((?:[^"\\]|\\.)*)\\0"$', re.M)

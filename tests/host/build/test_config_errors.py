@@ -3,6 +3,7 @@ paths, the tools a native build really runs, and one line naming the file and ke
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -114,6 +115,21 @@ def test_boards_task_with_a_non_utf8_board_file_is_one_error_line(project: Path)
 def test_build_with_an_unknown_toolchain_is_one_error_line_not_one_failure_per_board(project: Path):
     _one_error_line(_invoke(project, "build", "--all", "--toolchain", "podman"),
                     "--toolchain must be one of auto, docker, native, got 'podman'")
+
+
+def test_build_json_lists_every_board_with_its_result_and_reason(project: Path, tmp_path: Path):
+    # Nothing on PATH: no docker client, no compiler, so every board is skipped with its reason.
+    (tmp_path / "empty-bin").mkdir()
+    env = dict(os.environ, WORKSHOP_PROJECT=str(project), PATH=str(tmp_path / "empty-bin"))
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build", "--json"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)                  # the whole of stdout is the JSON
+    assert [r["board"] for r in rows] == list(config.load_boards(project))
+    unix = next(r for r in rows if r["board"] == "UNIX")
+    assert (unix["status"], unix["ok"], unix["error"], unix["build"]) == (
+        "skipped", True, "needs cc, pkg-config, make on PATH", None)
+    assert all(r["status"] == "skipped" and r["error"] for r in rows), rows
 
 
 def test_check_task_with_a_non_utf8_board_file_is_one_error_line(project: Path, mp_checkout):
