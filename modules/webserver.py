@@ -115,12 +115,23 @@ class Request:
         self.method = method
         self.path = path
         self.qs = qs
-        self.args = parse_qs(qs)
+        self._args = None
         self.version = version
         self.headers = headers
         self.addr = addr
         self.body = b""
         self._form = None
+
+    @property
+    def args(self):
+        # Parsed when a route reads it: a query that is not UTF-8 once decoded (%e9, Latin-1) is
+        # a 400 there, not for a route or file that ignores its query (?v=%e9 on a static file).
+        if self._args is None:
+            try:
+                self._args = parse_qs(self.qs)
+            except ValueError:
+                raise HTTPError(400)
+        return self._args
 
     @property
     def form(self):
