@@ -377,7 +377,8 @@ class _Session(io.IOBase):  # os.dupterm wants a stream: io.IOBase gives a Pytho
             self.close()
             return
         if _eq(self.user, _cfg[0]) & _eq(line, _cfg[1]):
-            f[0] = 0
+            if f is not _bad.get("*"):  # (the shared count is others' failures too: it stays)
+                f[0] = 0
             self.state = 2
             _log(self.peer, "logged in as", self.user.decode())
             old = _cl

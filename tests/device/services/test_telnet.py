@@ -283,6 +283,26 @@ def test_past_eight_failing_hosts_newcomers_share_one_lockout(serve):
     assert b"Locked" in greeting(tn.port, "127.0.1.5")     # the first eight are still locked out
 
 
+def test_a_good_login_from_a_host_sharing_the_count_does_not_reset_it(serve):
+    """Past 8 hosts the newcomers share one count: a student logging in among them must not give
+    a guessing newcomer its tries again."""
+    tn = serve("serve_telnet.py", "20000", ready="listening")
+    for i in range(2, 10):
+        assert b"Locked for" in fail_three_times(tn.port, "127.0.1.%d" % i)
+    s, _ = login(tn.port, password=b"wrong1", source="127.0.2.1")    # the shared count: 1
+    s.sendall(b"micro\r\n")
+    recv_until(s, b"Password: ")
+    s.sendall(b"wrong2\r\n")                                          # 2
+    recv_until(s, b"login: ")
+    s.close()
+    s, out = login(tn.port, source="127.0.2.2")                        # a good login among them
+    assert b"Logged in" in out
+    s.close()
+    s, out = login(tn.port, password=b"wrong3", source="127.0.2.3")   # 3: locked, not 1 again
+    assert b"Locked for" in out, out
+    s.close()
+
+
 def test_a_host_idle_for_a_lockouts_length_gives_its_place_to_a_newcomer(tn):
     for i in range(2, 10):
         assert b"Locked for 2 s" in fail_three_times(tn.port, "127.0.1.%d" % i)
