@@ -846,9 +846,9 @@ _PROVISION_HELP = {
 
 def _provision_options(wifi, wifi_password, hostname, telnet_user, telnet_password, mqtt, mqtt_port, start):
     return dict(hostname=hostname, wifi_ssid=wifi,
-                wifi_password=wifi_password or os.environ.get("WORKSHOP_WIFI_PASSWORD"),
+                wifi_password=devconfig.secret_option(wifi_password, "wifi.password"),
                 telnet_user=telnet_user,
-                telnet_password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD"),
+                telnet_password=devconfig.secret_option(telnet_password, "telnet.password"),
                 mqtt_broker=mqtt, mqtt_port=mqtt_port,   # checked (and made an int) by ProvisionConfig
                 start=tuple(_csv(start)) if start is not None else None)
 
@@ -1043,7 +1043,7 @@ def _room_watcher(mqtt, mqtt_user, mqtt_password, release, registry, no_mdns, in
                                                                  soft_wrap=True))
     try:
         watcher = _roster.RoomWatcher(room, broker, mdns=not no_mdns, interfaces=_csv(interface) or None,
-                                      user=mqtt_user, password=mqtt_password or os.environ.get("WORKSHOP_MQTT_PASSWORD"))
+                                      user=mqtt_user, password=devconfig.secret_option(mqtt_password, "mqtt.password"))
         watcher.start()
     except _roster.RosterError as e:
         raise _fail(str(e)) from None
@@ -1204,11 +1204,10 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
     listen = _checked(devconfig.seconds, wait, "--wait", zero=True)
     budget = _checked(devconfig.seconds, timeout, "--timeout")
     workers = _checked(devconfig.count, jobs, "--jobs")
-    path = (_checked(devconfig.output_file, report, "--report") if report
-            else config.project_root() / "logs" / "fleet" / "last.json")
+    path = _checked(devconfig.output_file, report, "--report") if report else None
     try:                                  # before the broker: a missing password is no reason to wait
         runner = _fleet.Fleet(user=telnet_user or "micro",
-                              password=telnet_password or os.environ.get("WORKSHOP_TELNET_PASSWORD", ""),
+                              password=devconfig.secret_option(telnet_password, "telnet.password") or "",
                               jobs=workers, timeout=budget,
                               on_event=None if as_json else
                               (lambda e: err_console.print(f"[dim]{_text(e.hostname)}: {_text(e.message)}[/]", highlight=False, soft_wrap=True)
@@ -1222,18 +1221,10 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
     finally:
         watcher.stop()
     try:
-        targets, left_out = _fleet.choose(rows, _csv(hosts), all_boards=all_boards, outdated=outdated)
-        command = make_command(targets)
-        first = command(targets[0]) if callable(command) and targets else command
-        skip = _fleet.completed_in(path, first) if resume and not callable(command) else set()
-        done = runner.run(targets, command, skip=skip, left_out=left_out)  # Ctrl-C: returns at once, unfinished "cancelled"
+        done = _fleet.run_in_room(runner, rows, make_command, hosts=_csv(hosts), all_boards=all_boards,
+                                  outdated=outdated, resume=resume, report=path)
     except _fleet.FleetError as e:
         raise _fail(str(e)) from None
-    try:
-        _fleet.write_report(done, path)
-        unwritten = None
-    except OSError as e:              # the results below are still shown; the exit code says it
-        unwritten = f"the report could not be written to {path}: {e}"
     if as_json:
         print(_json.dumps(done.to_json(), indent=2))
     else:
@@ -1250,10 +1241,10 @@ def _fleet_run(make_command, *, hosts, all_boards, outdated, resume, mqtt, mqtt_
             console.print(f"[yellow]-[/] {_text(left['hostname'])}: left out of --outdated, not compared "
                           f"({_text(left['why'])}): name it with --hosts to include it", highlight=False, soft_wrap=True)
         ok = sum(r.ok for r in done.results)
-        console.print(f"{ok}/{len(done.results)} board(s) ok; report: {path}"
+        console.print(f"{ok}/{len(done.results)} board(s) ok; report: {done.path}"
                       + ("" if done.ok else "  (retry the rest: add --resume)"), markup=False)
-    if unwritten:
-        raise _fail(unwritten)
+    if done.unwritten:                # the results above are still shown; the exit code says it
+        raise _fail(done.unwritten)
     if done.cancelled:
         raise Exit(code=130)
     if not done.ok:

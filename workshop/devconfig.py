@@ -12,6 +12,7 @@ output that contains one. A key is secret when its name says so (`password`, `se
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -34,6 +35,20 @@ def is_secret_key(key: str) -> bool:
     """True for a key whose value must never be shown or published."""
     k = key.lower()
     return k in _SECRET_NAMES or any(part in k for part in _SECRET_PARTS)
+
+
+# Secrets a command line may leave to the environment (kept out of shell history): the
+# workshop.toml key -> its variable. The release scan looks for each of them too.
+SECRET_ENV: dict[str, str] = {
+    "wifi.password": "WORKSHOP_WIFI_PASSWORD",
+    "telnet.password": "WORKSHOP_TELNET_PASSWORD",
+    "mqtt.password": "WORKSHOP_MQTT_PASSWORD",
+}
+
+
+def secret_option(value: str | None, key: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A secret option as given, else its environment variable's value (SECRET_ENV), else None."""
+    return value or (os.environ if env is None else env).get(SECRET_ENV[key]) or None
 
 
 _WORD = "[A-Za-z0-9_]"

@@ -147,6 +147,8 @@ class FleetReport:
     cancelled: bool = False     # Ctrl-C: boards not finished are failed "cancelled"
     # --outdated: the boards whose image could not be compared, so not run on: {hostname, why}
     left_out: list[dict[str, str]] = field(default_factory=list)
+    path: Path | None = None          # where run_in_room wrote it
+    unwritten: str | None = None      # why it could not be written there (the results stand)
 
     @property
     def ok(self) -> bool:
@@ -174,6 +176,35 @@ def completed_in(path: Path, command: Command) -> set[str]:
     if not isinstance(doc, dict) or doc.get("key") != command.key:
         return set()
     return {r["hostname"] for r in doc.get("results", []) if isinstance(r, dict) and r.get("ok")}
+
+
+def default_report_path(root: Path | None = None) -> Path:
+    """Where a fleet run's report goes unless --report says (what --resume reads)."""
+    from .config import project_root
+
+    return (root or project_root()) / "logs" / "fleet" / "last.json"
+
+
+def run_in_room(runner: Fleet, rows: Sequence[Any], make_command: Callable[[list[Target]], Command | Callable[[Target], Command]],
+                *, hosts: Iterable[str] = (), all_boards: bool = False, outdated: bool = False, resume: bool = False,
+                report: Path | None = None) -> FleetReport:
+    """A fleet command on the room: the targets chosen among the roster's rows (choose), less the
+    boards the report at `report` (default_report_path) says completed this very command when
+    `resume`, run, and the report written there. `make_command` gets the targets (identify makes
+    one command per board). A report that cannot be written is `unwritten` on the result: the
+    results stand, the caller says it. FleetError: no targets, an unreadable report to resume."""
+    path = report or default_report_path()
+    targets, left_out = choose(rows, hosts, all_boards=all_boards, outdated=outdated)
+    command = make_command(targets)
+    # (a command per board has no one key to resume by)
+    skip = completed_in(path, command) if resume and not callable(command) else set()
+    done = runner.run(targets, command, skip=skip, left_out=left_out)  # Ctrl-C: returns at once, unfinished "cancelled"
+    done.path = path
+    try:
+        write_report(done, path)
+    except OSError as e:
+        done.unwritten = f"the report could not be written to {path}: {e}"
+    return done
 
 
 def targets_from_rows(rows: Iterable[Any]) -> list[Target]:

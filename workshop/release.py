@@ -41,7 +41,7 @@ from pathlib import Path
 
 from . import source
 from .buildinfo import Artifact, BuildInfo, BuildInfoError, dist_dir, read_build_info, sha256_file, write_atomic
-from .devconfig import DevConfigError, load_file, secret_items, secret_pattern
+from .devconfig import SECRET_ENV, DevConfigError, load_file, secret_items, secret_pattern
 from .config import HOST_CHIP, Board, ConfigError, cache_dir, chip_definition, load_boards, project_root
 
 INDEX = "index.json"
@@ -57,12 +57,8 @@ ESP_WEB_TOOLS_INTEGRITY = (
 )
 ENV_WEB_TOOLS = "WORKSHOP_ESP_WEB_TOOLS"   # a folder holding install-button.js (offline override)
 
-# Secrets given through the environment (workshop.toml key -> variable). In a --config file every
-# key devconfig calls secret is scanned for ([wifi] password, [telnet] password, [mqtt] password...).
-SECRET_KEYS: dict[str, str] = {
-    "wifi.password": "WORKSHOP_WIFI_PASSWORD",
-    "telnet.password": "WORKSHOP_TELNET_PASSWORD",
-}
+# Secrets given through the environment: devconfig.SECRET_ENV (workshop.toml key -> variable). In a
+# --config file every key devconfig calls secret is scanned for ([wifi] password, [mqtt] password...).
 
 # Modes of everything released (and cached by download), whatever the umask and the temporary
 # files' 600/700: world-readable, so a web server (or a copy made by one) serves them.
@@ -327,8 +323,8 @@ def toolchain_mix(infos: Iterable[BuildInfo]) -> str | None:
 def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = None,
                  extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """Secrets to scan for, by name ('wifi.password', 'mqtt.password', ...): every secret key of
-    workshop.toml (devconfig's definition), the environment (WORKSHOP_WIFI_PASSWORD,
-    WORKSHOP_TELNET_PASSWORD) and `extra` (options). Every value from every source is scanned
+    workshop.toml (devconfig's definition), the environment (devconfig.SECRET_ENV:
+    WORKSHOP_WIFI_PASSWORD, WORKSHOP_TELNET_PASSWORD, WORKSHOP_MQTT_PASSWORD) and `extra` (options). Every value from every source is scanned
     for: a key that another source gives with another value is kept under that source's name too
     ('wifi.password ($WORKSHOP_WIFI_PASSWORD)', 'wifi.password (option)')."""
     env = os.environ if env is None else env
@@ -350,7 +346,7 @@ def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = Non
                 # Never the value itself in the message: it is a secret.
                 raise ReleaseError(f"{config}: {key}: expected a string (in quotes), not {type(value).__name__}")
             add(key, value, str(config))
-    for key, var in SECRET_KEYS.items():
+    for key, var in SECRET_ENV.items():
         add(key, env.get(var) or "", f"${var}")
     for key, value in (extra or {}).items():
         add(key, value or "", "option")

@@ -238,6 +238,15 @@ def test_telnet_password_from_the_environment_is_scanned(release_kwargs, dist: P
         rel.make_release("v0.1.0", secrets=secrets, **release_kwargs)
 
 
+def test_the_mqtt_password_from_the_environment_is_scanned_too(release_kwargs, dist: Path):
+    # The variable the room's roster and fleet read the broker's password from: one list of them.
+    secrets = rel.load_secrets(None, env={"WORKSHOP_MQTT_PASSWORD": "broker-pw-9"})
+    assert secrets == {"mqtt.password": "broker-pw-9"}
+    write_placeholder_build(dist, "ESP32_GENERIC", extra_bytes=b"\x00broker-pw-9\x00")
+    with pytest.raises(rel.ReleaseError, match="contains the mqtt.password"):
+        rel.make_release("v0.1.0", secrets=secrets, **release_kwargs)
+
+
 def test_load_secrets_errors_and_precedence(tmp_path):
     with pytest.raises(rel.ReleaseError, match="not found"):
         rel.load_secrets(tmp_path / "nope.toml", env={})

@@ -142,6 +142,15 @@ def test_secrets_in_extra_config_keys_are_masked_too(tmp_path):
     assert cfg.updates(None)["mqtt"] == {"broker": "10.0.0.2", "password": "mqtt-pw-2"}
 
 
+def test_a_secret_option_falls_back_to_its_environment_variable():
+    from workshop.devconfig import secret_option
+
+    env = {"WORKSHOP_WIFI_PASSWORD": "from-env", "WORKSHOP_MQTT_PASSWORD": ""}
+    assert secret_option(None, "wifi.password", env) == "from-env"
+    assert secret_option("given", "wifi.password", env) == "given"
+    assert secret_option(None, "mqtt.password", env) is None and secret_option(None, "telnet.password", env) is None
+
+
 def test_a_secret_is_masked_as_a_whole_token_not_inside_a_word():
     # A password "micro" masked inside the board's banner read "***Python v1.28.0".
     from workshop.repl import mask

@@ -127,6 +127,34 @@ def test_resume_reads_only_the_same_command(tmp_path):
         fleet.completed_in(path, c1)
 
 
+def test_a_resumed_room_run_skips_the_completed_boards_and_a_report_it_cannot_write_is_said(tmp_path):
+    r = roster.Roster(None)
+    for h in ("lab-01", "lab-02"):
+        r.ingest_mqtt(f"workshop/{h}/status", status(hostname=h, ip="127.0.0.1", telnet=9))  # (nothing on port 9)
+    command = fleet.Command.exec("print(1)")
+    path = tmp_path / "last.json"
+    fleet.write_report(fleet.FleetReport("exec", command.key, 0.0, [fleet.BoardResult("lab-01", True),
+                                                                    fleet.BoardResult("lab-02", True)]), path)
+    runner = fleet.Fleet(password="pw", connect_timeout=1.0)
+    seen: list = []
+
+    def make(targets):
+        seen.append([t.hostname for t in targets])
+        return command
+
+    done = fleet.run_in_room(runner, r.rows(), make, all_boards=True, resume=True, report=path)
+    assert seen == [["lab-01", "lab-02"]] and done.ok and done.unwritten is None and done.path == path
+    assert [(x.hostname, x.resumed) for x in done.results] == [("lab-01", True), ("lab-02", True)]
+    assert json.loads(path.read_text())["results"][0]["resumed"] is True          # the new report
+
+    (tmp_path / "a-folder").mkdir()
+    done = fleet.run_in_room(runner, r.rows(), make, hosts=["lab-01"], report=tmp_path / "a-folder")
+    assert [(x.hostname, x.ok) for x in done.results] == [("lab-01", False)]     # no telnet there: tried, failed
+    assert done.unwritten and done.unwritten.startswith(f"the report could not be written to {tmp_path / 'a-folder'}")
+    with pytest.raises(fleet.FleetError, match="choose the boards"):
+        fleet.run_in_room(runner, r.rows(), make, report=path)
+
+
 def test_identify_code_blinks_the_board_led_or_prints_a_banner():
     code = fleet.identify_code(2, active_low=True, seconds=1)
     compile(code, "identify", "exec")
