@@ -691,7 +691,9 @@ def make_release(
             listed = "\n  - ".join(f"{f} contains the {name}" for f, name in hits)
             raise ReleaseError(f"refusing to release {version}: a configured secret occurs in the output:\n  - {listed}\n"
                                f"Nothing was written. Remove the secret from the sources (it belongs only in "
-                               f"/workshop.json on the device), rebuild, and release again.")
+                               f"/workshop.json on the device), rebuild, and release again. If no source of yours "
+                               f"holds it, it is a word the firmware holds anyway (the default telnet user "
+                               f"'micro' is in every image): choose a secret that is no word of the code.")
 
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=_leftover_prefix(out, "old"), dir=out.parent))
