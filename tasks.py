@@ -10,7 +10,10 @@ import json
 import os
 from typing import Any
 
-from invoke import Exit, task
+import functools
+
+from invoke import Exit
+from invoke import task as _invoke_task
 from rich.console import Console
 from rich.markup import escape
 
@@ -49,6 +52,20 @@ def _csv(value: str | None) -> list[str]:
 def _fail(message: str, code: int = 1) -> Exit:
     err_console.print(f"[bold red]error:[/] {_text(message)}", highlight=False, soft_wrap=True)
     return Exit(code=code)
+
+
+def task(*args, **kwargs):
+    """invoke's @task; a task run outside a kit checkout (a bad $WORKSHOP_PROJECT) ends in the one
+    line NoProjectError says, whichever task it is, not a traceback."""
+    def wrap(body):
+        @functools.wraps(body)                 # (invoke reads the options off the signature)
+        def run(*a, **kw):
+            try:
+                return body(*a, **kw)
+            except config.NoProjectError as e:
+                raise _fail(str(e)) from None
+        return _invoke_task(*args, **kwargs)(run)
+    return wrap
 
 
 def _warn(message: str) -> None:
@@ -826,9 +843,15 @@ def _run_provision(targets: list[str], cfg, *, replace=False, reset=False, baud=
 
 
 def _provision_services() -> tuple[str, ...]:
+    """For the help text, read when tasks.py loads: outside a project (a bad $WORKSHOP_PROJECT) it
+    names none, and the task that needs the project says why in one line (not a traceback from
+    every task, --list included)."""
     from workshop import provision as _provision
 
-    return _provision.device_services()
+    try:
+        return _provision.device_services()
+    except (config.ConfigError, OSError):
+        return ("(those of modules/workshop_boot.py)",)
 
 
 _PROVISION_HELP = {

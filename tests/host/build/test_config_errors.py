@@ -112,6 +112,17 @@ def test_boards_task_with_a_non_utf8_board_file_is_one_error_line(project: Path)
     _one_error_line(_invoke(project, "boards"), "boards/BAD.toml: not UTF-8 text")
 
 
+@pytest.mark.parametrize("args", [("boards",), ("roster", "--wait", "0"), ("release", "--version", "v9")])
+def test_a_bad_workshop_project_is_one_error_line_from_any_task_and_the_list_still_shows(tmp_path: Path, args):
+    # The provision help text read the project when tasks.py loaded: every task (and --list)
+    # was a traceback; roster and release raised it from inside the task.
+    nowhere = tmp_path / "not-a-checkout"
+    _one_error_line(_invoke(nowhere, *args), f"${config.PROJECT_ENV}={nowhere}: not a workshop kit checkout "
+                                            "(it needs boards, ports, modules, manifest.py)")
+    listing = _invoke(nowhere, "--list")
+    assert listing.returncode == 0 and "provision" in listing.stdout and "Traceback" not in listing.stderr
+
+
 def test_build_with_an_unknown_toolchain_is_one_error_line_not_one_failure_per_board(project: Path):
     _one_error_line(_invoke(project, "build", "--all", "--toolchain", "podman"),
                     "--toolchain must be one of auto, docker, native, got 'podman'")
