@@ -592,7 +592,7 @@ class ReplSession:
                 # The budget went on sending (a slow link): end the paste here. Guarded code cut
                 # short is a SyntaxError on the board, or stops before its exec: nothing of it
                 # runs. (Not with its last byte alone missing: "exec(...)" without its newline runs.)
-                self._recover_after_stall()
+                self._recover_after_stall(deadline)
                 raise ReplTimeout(self.port, self._mask(f"sending the command ({i} of {len(data)} bytes sent) took "
                                                         f"{_within(timeout, budget)}: nothing of it ran"))
             n = min(remain, p.chunk, len(data) - i)
@@ -614,14 +614,21 @@ class ReplSession:
         out, _, err = tail.rpartition(b"\x04")
         return ExecResult(out, err)
 
-    def _recover_after_stall(self) -> None:
-        """A raw paste stalled (bytes lost, the board waits for the rest): end it, get a prompt."""
+    def _recover_after_stall(self, deadline: float) -> None:
+        """A raw paste stalled (bytes lost, the board waits for the rest): end it and read the
+        board's answer within what is left of the command's budget (`deadline`; 0.2 s a step at
+        least, up to 2 s). Fixed 2 s waits and a fresh raw REPL took a 2 s command to 4 s on a
+        slow board. An answer that does not come in time is left to the next command, which
+        enters the raw REPL anew (Ctrl-C, Ctrl-A: its discard drops the late answer)."""
+        def left() -> float:
+            return max(0.2, min(2.0, deadline - time.monotonic()))
+
         self._write(b"\x04")
         try:
-            self._read_until(b"\x04", 2.0, "end of the stalled paste")
-            self._follow(2.0)
+            self._read_until(b"\x04", left(), "end of the stalled paste")
+            self._follow(left())
         except ReplTimeout:
-            self.enter_raw()
+            self.in_raw = False
 
     def exec(self, code: str | bytes, timeout: float | None = None) -> ExecResult:
         """Run code on the board (integrity-guarded; re-sent more slowly if bytes were lost).
@@ -641,7 +648,7 @@ class ReplSession:
             try:
                 result = self.exec_raw(wrapped, left, budget, guarded=True)
             except _PasteStall:
-                self._recover_after_stall()
+                self._recover_after_stall(deadline)
                 result = None
             if result is not None and not _corrupted(result):
                 return result

@@ -208,6 +208,42 @@ def test_re_sends_after_lost_bytes_stay_within_the_commands_one_budget(make_peer
         assert s.stats["retries"] >= 1
 
 
+class Cut:
+    """A link that goes dead mid-command (a cable pulled, a board frozen): after `after` bytes
+    nothing more reaches the board until `restore()`. The relay's filter, as Drop is."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.cut = after, True
+
+    def filter(self, data: bytes) -> bytes:
+        if not self.cut:
+            return data
+        keep = data[:max(0, self.after)]
+        self.after -= len(keep)
+        return keep
+
+    def restore(self) -> None:
+        self.cut, self.after = False, 0
+
+
+def test_a_paste_that_stalls_on_a_dead_link_ends_within_the_commands_budget(make_peer):
+    """The recovery after a stalled raw paste waited 2 s for the board, 2 s more, then a whole
+    fresh raw REPL (its connect timeout): a 2 s command took several times its budget and ended
+    in a message about the raw REPL. Now the recovery has what is left of the budget, and the
+    next command, once the link is back, enters the raw REPL anew (Ctrl-C ends the old paste)."""
+    cut = Cut(after=400)
+    peer = make_peer(drop=cut)
+    code = "y = [" + ",".join(str(i) for i in range(900)) + "]\nprint(len(y))"
+    with ReplSession(peer.port, connect_timeout=5) as s:
+        cut.after = 400                                     # (counted from the command on)
+        t = time.monotonic()
+        with pytest.raises(ReplTimeout, match=r"within the command's 2 s \(sending it included\)"):
+            s.run(code, timeout=2.0)
+        assert time.monotonic() - t < 2.0 + 1.0, time.monotonic() - t
+        cut.restore()
+        assert s.run("print(6 * 7)") == "42\n"
+
+
 def test_a_command_leaves_nothing_of_itself_in_the_boards_globals(make_peer):
     """The guarded literal stayed in the board's globals (`_c`) until the next command: up to the
     3 KB of a smoke check held on a board whose heap is 38 KB."""
