@@ -36,7 +36,8 @@ CASES = [
     ("registry", "--registry", "{db}", "--csv", "{out}"),
     ("check", "--board", "UNIX", "--json-out", "{out}"),
     ("fleet", "exec", "print(1)", "--all", "--mqtt", "127.0.0.1:1", "--no-mdns", "--report", "{out}"),
-    ("station", "--image", "{img}", "--offset", "0x1000", "--ports-dir", "{tmp}", "--json-out", "{out}"),
+    ("station", "--image", "{img}", "--offset", "0x1000", "--ports-dir", "{tmp}", "--registry", "{db}",
+     "--json-out", "{out}"),   # (a registry of the test's: the default is workshop.db in the checkout)
 ]
 
 
@@ -88,14 +89,16 @@ def test_an_output_file_that_fails_when_written_is_one_error_after_the_results(t
 
 @pytest.mark.parametrize("args", [
     ("flash", "--image", "{img}", "--offset", "0x1000", "--ports", "/dev/null", "--logs", "{logs}"),
-    ("station", "--image", "{img}", "--offset", "0x1000", "--ports-dir", "{tmp}", "--logs", "{logs}"),
+    ("station", "--image", "{img}", "--offset", "0x1000", "--ports-dir", "{tmp}", "--registry", "{db}",
+     "--logs", "{logs}"),
     ("devices", "--identify", "--ports", "/dev/null", "--logs", "{logs}"),
 ], ids=lambda a: a[0])
 def test_a_logs_folder_under_a_file_is_refused_before_any_board(tmp_path, args):
     """--logs under a file: each board's row said `NotADirectoryError` and the report was lost."""
     img = an_image(tmp_path)
     (tmp_path / "ports").mkdir()
-    proc = invoke(*(a.format(img=img, tmp=tmp_path / "ports", logs=img / "logs") for a in args))
+    proc = invoke(*(a.format(img=img, tmp=tmp_path / "ports", logs=img / "logs", db=tmp_path / "workshop.db")
+                    for a in args))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     assert f"error: --logs {img / 'logs'}: {img} is a file, not a folder" in " ".join(proc.stderr.split())
     assert "/dev/null" not in proc.stdout                               # no board row: nothing was tried
