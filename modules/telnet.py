@@ -533,7 +533,8 @@ def _accept(srv):
             _refuse(s, peer, b"Locked: too many failed logins, try again in %d s\r\n" % w, "locked")
             continue
         if _lg is not None:
-            if time.ticks_diff(time.ticks_ms(), _lg.t0) < _LOGIN_MS:
+            # (t0 is past: a negative age is one of 2**29 ms or more, a board's ticks wrapped)
+            if 0 <= time.ticks_diff(time.ticks_ms(), _lg.t0) < _LOGIN_MS:
                 _refuse(s, peer, b"Busy: another telnet login is in progress\r\n", "busy")
                 continue
             _lg.close()  # a login left hanging for too long gives way

@@ -313,6 +313,34 @@ def test_a_host_idle_for_a_lockouts_length_gives_its_place_to_a_newcomer(tn):
     s.close()
 
 
+def test_a_login_left_hanging_gives_way_after_the_ticks_wrap(micropython):
+    """A laptop that vanished at the login prompt (half-open: nothing closes it) left the login
+    pending; the next connection 6.2 days later (2**29 ms, on a board's 30-bit ticks) saw its age
+    as negative, "fresh", and every login was refused as busy for 6 more days."""
+    port = free_port()
+    out = micropython.run(f"""
+import sys, socket
+sys.path.insert(0, {str(HERE)!r})
+import ticks30, telnet, wsconfig
+telnet.time = ticks30
+telnet.start("micro", "s3cret", port={port}, host="127.0.0.1")
+def client():
+    c = socket.socket()
+    c.connect(socket.getaddrinfo("127.0.0.1", {port})[0][-1])
+    return c
+a = client()                     # at the login prompt, then silent for good
+wsconfig.serve(300)
+ticks30.jump((1 << 29) + 1000)   # nobody comes for 6.2 days
+b = client()
+wsconfig.serve(300)
+b.settimeout(2)
+print("SECOND", b.recv(300))
+telnet.stop()
+""", timeout=30).stdout
+    line = next(x for x in out.splitlines() if x.startswith("SECOND"))
+    assert line.endswith("login: '") and "Busy" not in line, out
+
+
 def test_refuses_to_start_without_password_and_reads_the_config(micropython, serve, tmp_path):
     cfg = tmp_path / "workshop.json"
     cfg.write_text(json.dumps({"telnet": {"user": "micro"}}))
