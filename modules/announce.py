@@ -190,7 +190,9 @@ def _step():
     try:
         now = time.ticks_ms()
         if _state == 0:
-            if time.ticks_diff(now, _due) < 0:
+            # Waiting out a backoff (at most _MAX_BACKOFF s ahead). A _due further off is stale (an
+            # IP change closes without one: set at start, 2**29 ms back it reads as the future).
+            if 0 < time.ticks_diff(_due, now) <= _MAX_BACKOFF * 1000:
                 return
             import select
             _sock = socket.socket()
@@ -236,7 +238,7 @@ def _step():
             # Nothing is expected from the broker (no subscriptions, QoS 0): b"" is its EOF.
             if ev & 1 and _sock.read(64) == b"":
                 raise OSError("broker closed the connection")
-            if time.ticks_diff(now, _chk) >= 1000:
+            if not 0 <= time.ticks_diff(now, _chk) < 1000:  # (a _chk from 2**29 ms back reads as ahead)
                 _chk = now
                 ip = _ip()
                 # 0.0.0.0 (or none): the link is down, not a new address; the room keeps the last

@@ -82,6 +82,50 @@ def test_status_fields_ip_change_and_clean_stop(micropython, mosquitto, tmp_path
         late.close()
 
 
+WRAPPED = """
+import sys, json
+sys.path.insert(0, {here!r})
+import ticks30, wsconfig, announce
+announce.time = ticks30
+ips = ["127.0.0.1"]
+cfg = json.loads({cfg!r})
+{before}
+announce.start(cfg, ip=lambda: ips[0])
+wsconfig.serve(1500)
+{after}
+ips[0] = "127.0.0.2"
+wsconfig.serve(2500)
+print("STATE", announce._state)
+"""
+
+
+@pytest.mark.parametrize("when", ["connected for 6.2 days", "started after 6.2 days up"])
+def test_an_ip_change_after_the_ticks_wrap_is_published_and_the_board_stays_online(micropython, mosquitto,
+                                                                                   tmp_path, when):
+    """On a board's 30-bit ticks a moment 2**29 ms (6.2 days) back reads as the future. Connected
+    that long, the reconnect after an IP change waited for start()'s "next attempt" 6 more days
+    (the will said offline); started that late, the once-a-second IP check never ran."""
+    cfg = json.dumps({"hostname": "ann-w", "mqtt": {"broker": mosquitto.host, "port": mosquitto.port},
+                      "announce": {"interval_s": 30}})
+    # Connected for 6.2 days: what changes in that time is start()'s _due (the rest is refreshed
+    # every second or interval), so it is set that far back; started late: the clock is moved on.
+    before = "ticks30.jump((1 << 29) + 1000)" if when.startswith("started") else ""
+    after = ("announce._due = ticks30.ticks_add(ticks30.ticks_ms(), -(1 << 29) - 10000)"
+             if when.startswith("connected") else "")
+    p = tmp_path / "wrap.py"
+    p.write_text(WRAPPED.format(here=str(HERE), cfg=cfg, before=before, after=after))
+    sub = Subscriber(mosquitto.host, mosquitto.port, "workshop/ann-w/status")
+    try:
+        out = micropython.run(p, timeout=30).stdout
+        got = [(s["ip"], s["state"]) for s in statuses(sub)]
+    finally:
+        sub.close()
+    assert "STATE 3" in out, out                                   # connected again
+    assert got[:2] == [("127.0.0.1", "online"), ("127.0.0.2", "online")], got   # the new address at once
+    will = got.index(("127.0.0.1", "offline"))    # the reconnect's close: the will has the old address
+    assert ("127.0.0.2", "online") in got[will + 1:], got          # and back online with the new one
+
+
 def test_a_dropped_link_is_not_published_as_address_0000(micropython, mosquitto, tmp_path):
     # On a Wi-Fi drop the station interface says 0.0.0.0: that is no new address, and a retained
     # status saying it would show the room 0.0.0.0 for the board until it reconnected.
