@@ -47,10 +47,13 @@ def b64decode(s, altchars=None, validate=False):
     if validate:
         pad = 0
         for c in s:
-            if c == 61:  # "="
+            if c == 61:  # "=": at most two, at the end (as micropython-lib's and CPython's ={0,2}$)
                 pad += 1
-            elif pad or not (65 <= c <= 90 or 97 <= c <= 122 or 48 <= c <= 57 or c == 43 or c == 47):
-                raise ValueError("non-base64 digit found")
+                if pad < 3:
+                    continue
+            elif not pad and (65 <= c <= 90 or 97 <= c <= 122 or 48 <= c <= 57 or c == 43 or c == 47):
+                continue
+            raise ValueError("non-base64 digit found")
     return binascii.a2b_base64(s)
 
 

@@ -50,7 +50,9 @@ print(repr(base64.b32decode("0BSWY3DP", map01=b"L")))
 print(repr(base64.b16decode("ff00", casefold=True)))
 for f, a in (("b64decode", ("ab$d", None, True)), ("b64decode", ("abc",)), ("b32decode", ("NBSWY3D",)),
              ("b32decode", ("NBSWY3D1",)), ("b16decode", ("ff",)), ("b64encode", (b"\xfb\xff\xfe", b"-")),
-             ("b64decode", ("-_8=", b"-_-")), ("b64encode", (42,))):   # (altchars not 2 bytes: it dropped '/')
+             ("b64decode", ("-_8=", b"-_-")), ("b64encode", (42,)),   # (altchars not 2 bytes: it dropped '/')
+             ("b64decode", ("aGk====", None, True)), ("b64decode", ("aGk=", None, True)),  # validate: ={0,2}$
+             ("b64decode", ("aG=k", None, True))):
     try:
         getattr(base64, f)(*a)
         print(repr("accepted"))
@@ -65,5 +67,6 @@ print(repr(base64.b64encode("°") == base64.b64encode("°".encode())))  # str: a
         base64.b32decode("0BSWY3DP", map01=b"L"),
         base64.b16decode("ff00", casefold=True),
         "ValueError", "ValueError", "ValueError", "ValueError", "ValueError", "ValueError", "ValueError", "TypeError",
+        "ValueError", "accepted", "ValueError",   # (CPython: binascii.Error, a ValueError; accepted)
         True,
     ]
