@@ -108,7 +108,19 @@ def _budgets(boot_timeout, repl_timeout, reset_probe, reset_wait):
         raise _fail(str(e)) from None
 
 
+def _board_names(board: str | None) -> list[str] | None:
+    """--board NAME[,NAME...]; None when not given. Given but empty is an error, not every board
+    (--board "$B" with B unset built, checked or released them all)."""
+    if board is None:
+        return None
+    names = _csv(board)
+    if not names:
+        raise _fail(f"--board {board!r}: no board named (--board NAME[,NAME...]; see 'invoke boards')")
+    return names
+
+
 def _selected_boards(board: str | None, all_boards: bool) -> list[config.Board]:
+    _board_names(board)
     if board and all_boards:
         raise _fail(f"--board {board} and --all: give one of them (--board NAME[,NAME...] or --all)")
     try:
@@ -286,7 +298,7 @@ def release(c, version, board=None, allow_dirty=False, force=False, config=None,
         secrets = _release.load_secrets(Path(config) if config else None,
                                         extra={"wifi.password": wifi_password, "telnet.password": telnet_password})
         with parallel.signals_interrupt():      # kill or a closed terminal: the staging folder goes too
-            made = _release.make_release(version, boards=_csv(board) or None, allow_dirty=allow_dirty, force=force,
+            made = _release.make_release(version, boards=_board_names(board), allow_dirty=allow_dirty, force=force,
                                          secrets=secrets, repository=_download.checked_repository(), on_event=on_event)
     except (_release.ReleaseError, _download.DownloadError) as e:
         raise _fail(str(e)) from None
@@ -431,7 +443,7 @@ def download(c, version=None, board=None, from_=None, debug=False, json=False):
 
         try:
             with parallel.signals_interrupt():      # SIGTERM/SIGHUP end it as Ctrl-C does
-                result = _download.download_release(version, _csv(board) or None, source=from_, include_debug=debug,
+                result = _download.download_release(version, _board_names(board), source=from_, include_debug=debug,
                                                     on_event=on_event)
         except _download.DownloadError as e:
             raise _fail(str(e)) from None

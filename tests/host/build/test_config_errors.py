@@ -123,6 +123,14 @@ def test_a_bad_workshop_project_is_one_error_line_from_any_task_and_the_list_sti
     assert listing.returncode == 0 and "provision" in listing.stdout and "Traceback" not in listing.stderr
 
 
+@pytest.mark.parametrize("task", [("build",), ("check",), ("release", "--version", "v0.9.9", "--allow-dirty"),
+                                  ("download", "--version", "v0.9.9")], ids=lambda t: t[0])
+def test_an_empty_board_option_is_an_error_not_every_board(project: Path, task: tuple[str, ...]):
+    # --board "$B" with B unset built, checked or released every board.
+    _one_error_line(_invoke(project, *task, "--board", ""),
+                    "--board '': no board named (--board NAME[,NAME...]; see 'invoke boards')")
+
+
 def test_build_with_an_unknown_toolchain_is_one_error_line_not_one_failure_per_board(project: Path):
     _one_error_line(_invoke(project, "build", "--all", "--toolchain", "podman"),
                     "--toolchain must be one of auto, docker, native, got 'podman'")
