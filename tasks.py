@@ -30,6 +30,7 @@ os.environ.setdefault(config.PROJECT_ENV, os.path.dirname(os.path.abspath(__file
 console = Console(emoji=False)
 console.soft_wrap = not console.is_terminal     # piped: a line (a command to copy) is never wrapped at 80
 err_console = Console(stderr=True, emoji=False)
+err_console.soft_wrap = not err_console.is_terminal   # (--json's summary lines go there: whole too)
 
 
 def _table(title: str | None, columns: list, rows: list) -> None:

@@ -132,3 +132,13 @@ def test_a_fleet_report_that_cannot_be_written_leaves_no_temporary_file(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
     fleet.write_report(report, tmp_path / "ok.json")
     assert json.loads((tmp_path / "ok.json").read_text())["command"] == "exec"
+
+
+def test_a_summary_line_on_redirected_stderr_is_whole(tmp_path):
+    """flash --json sends its summary to stderr: redirected, it was cut at 80 columns (a log path
+    split in two), where stdout's lines stay whole."""
+    logs = tmp_path / ("a-long-folder-name-" * 4) / "logs"
+    proc = invoke("flash", "--image", str(an_image(tmp_path)), "--offset", "0x1000", "--ports", "socket://127.0.0.1:9",
+                  "--logs", str(logs), "--json")
+    line = next((x for x in proc.stderr.splitlines() if " verified in " in x), "")
+    assert line.startswith("0/1 verified in ") and line.endswith(f"; esptool logs in {logs}"), proc.stderr
