@@ -259,8 +259,9 @@ def dist_images(root: Path | None = None) -> list[FlashImage]:
     return images
 
 
-def images_by_chip(images: Sequence[FlashImage]) -> dict[str, FlashImage]:
-    """--auto: chip -> image. Two images for one chip is ambiguous: name them and stop."""
+def images_by_chip(images: Sequence[FlashImage], where: str = "dist/ (invoke build --board ...)") -> dict[str, FlashImage]:
+    """--auto: chip -> image. Two images for one chip is ambiguous: name them and stop. `where`:
+    where the images came from, for the error when none is flashable."""
     by_chip: dict[str, FlashImage] = {}
     for image in images:
         if image.chip is None:
@@ -270,7 +271,7 @@ def images_by_chip(images: Sequence[FlashImage]) -> dict[str, FlashImage]:
                              f"{image.board}; pass --board to choose")
         by_chip[image.chip] = image
     if not by_chip:
-        raise FlashError("--auto: no flashable image in dist/ (invoke build --board ...)")
+        raise FlashError(f"--auto: no flashable image in {where}")
     return by_chip
 
 
@@ -350,7 +351,9 @@ def choose_images(*, board: str | None = None, auto: bool = False, image: Path |
             images = release_images(release, [board] if board else None)
         except DownloadError as e:
             raise FlashError(str(e)) from None
-        return images_by_chip(images) if auto else images[0]
+        if not auto:
+            return images[0]
+        return images_by_chip(images, f"release {release} (only its ESP boards' images are flashed, not UNIX)")
     if auto:
         return images_by_chip(dist_images(base))
     assert board is not None

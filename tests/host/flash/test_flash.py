@@ -526,6 +526,18 @@ def test_two_choices_of_what_to_write_are_refused_as_such(dist, tmp_path):
     assert proc.returncode == 1 and "--board and --auto: give only one of them" in " ".join(proc.stderr.split())
 
 
+def test_auto_without_a_flashable_image_names_where_it_looked(dist, monkeypatch):
+    # --auto --release V with a release of the host board alone said "no flashable image in
+    # dist/ (invoke build ...)": the images came from the release.
+    from workshop import download
+
+    with pytest.raises(flash.FlashError, match=r"^--auto: no flashable image in dist/ \(invoke build"):
+        flash.choose_images(auto=True, dist=dist)
+    monkeypatch.setattr(download, "release_images", lambda version, boards: [])   # (what a UNIX-only release gives)
+    with pytest.raises(flash.FlashError, match=r"^--auto: no flashable image in release v0.1.0 \(only its ESP"):
+        flash.choose_images(auto=True, release="v0.1.0", dist=dist)
+
+
 def test_flash_options_take_the_baud_as_a_number_from_text_too():
     """A library caller's FlashOptions(baud="921600") passed the check and kept the text, which
     then failed every board at the first comparison with a number; it is the number now."""
