@@ -414,7 +414,12 @@ def choose(rows: Sequence[Any], hosts: Iterable[str] = (), *, all_boards: bool =
     (not_compared: hostname, why), for the report to name."""
     from .roster import select
 
-    names = list(dict.fromkeys(h for h in hosts if h))    # a name given twice is one board (one run)
+    # A name given twice is one board (one run), in any case (LAB-01,lab-01), known or not.
+    spelt: dict[str, str] = {}
+    for h in hosts:
+        if h:
+            spelt.setdefault(h.lower(), h)
+    names = list(spelt.values())
     if sum((bool(names), all_boards, outdated)) != 1:
         raise FleetError("choose the boards: --hosts h1,h2 or --all or --outdated")
     if (all_boards or outdated) and not rows:

@@ -105,6 +105,8 @@ def test_resolve_targets():
     assert [(t.hostname, t.host, t.port) for t in out] == [("lab-02", "10.0.0.5", 2323)]
     named = fleet.resolve(rows, ["lab-02", "ghost"])
     assert [(t.hostname, t.state) for t in named] == [("lab-02", "online"), ("ghost", "unknown")]
+    twice = fleet.resolve(rows, ["GHOST", "lab-02", "ghost", "LAB-02"])   # one board each, in any case
+    assert [(t.hostname, t.state) for t in twice] == [("GHOST", "unknown"), ("lab-02", "online")]
     with pytest.raises(fleet.FleetError, match="choose the boards"):
         fleet.resolve(rows)
     with pytest.raises(fleet.FleetError, match="no boards in the roster: none announced itself"):
