@@ -6,11 +6,11 @@ No logic lives here; every task has an importable twin in the `workshop` package
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import sys
 from typing import Any
-
-import functools
 
 from invoke import Exit
 from invoke import task as _invoke_task
@@ -57,14 +57,20 @@ def _fail(message: str, code: int = 1) -> Exit:
 
 def task(*args, **kwargs):
     """invoke's @task; a task run outside a kit checkout (a bad $WORKSHOP_PROJECT) ends in the one
-    line NoProjectError says, whichever task it is, not a traceback."""
+    line NoProjectError says, whichever task it is, not a traceback. A reader that went away
+    (`roster --watch --json | head`) ends it as it ends a Unix tool (SIGPIPE's 141), quietly."""
     def wrap(body):
         @functools.wraps(body)                 # (invoke reads the options off the signature)
         def run(*a, **kw):
             try:
-                return body(*a, **kw)
+                result = body(*a, **kw)
+                sys.stdout.flush()             # (buffered output meets a gone reader here, not at exit)
+                return result
             except config.NoProjectError as e:
                 raise _fail(str(e)) from None
+            except BrokenPipeError:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # (exit's flush: no error)
+                raise Exit(code=141) from None
         return _invoke_task(*args, **kwargs)(run)
     return wrap
 

@@ -142,3 +142,13 @@ def test_a_summary_line_on_redirected_stderr_is_whole(tmp_path):
                   "--logs", str(logs), "--json")
     line = next((x for x in proc.stderr.splitlines() if " verified in " in x), "")
     assert line.startswith("0/1 verified in ") and line.endswith(f"; esptool logs in {logs}"), proc.stderr
+
+
+def test_a_reader_that_goes_away_ends_a_listing_quietly():
+    """`roster --watch --json | head`: the reader's exit was a BrokenPipeError traceback."""
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "invoke"), "boards", "--json"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()                  # | head that has had enough before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
