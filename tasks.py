@@ -55,6 +55,15 @@ def _fail(message: str, code: int = 1) -> Exit:
     return Exit(code=code)
 
 
+def _stdout_reader_gone() -> bool:
+    """stdout is a pipe whose reader closed it (poll says POLLERR on the write end)."""
+    import select
+
+    poll = select.poll()
+    poll.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poll.poll(0))
+
+
 def task(*args, **kwargs):
     """invoke's @task; a task run outside a kit checkout (a bad $WORKSHOP_PROJECT) ends in the one
     line NoProjectError says, whichever task it is, not a traceback. A reader that went away
@@ -69,6 +78,8 @@ def task(*args, **kwargs):
             except config.NoProjectError as e:
                 raise _fail(str(e)) from None
             except BrokenPipeError:
+                if not _stdout_reader_gone():
+                    raise                      # (another pipe's, a board's socket: not ours to hide)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # (exit's flush: no error)
                 raise Exit(code=141) from None
         return _invoke_task(*args, **kwargs)(run)
