@@ -99,14 +99,24 @@ class Served:
     problem: str | None = None
 
 
+def _index_of(directory: Path) -> Path:
+    """The release's index.json in `directory`; ServeError naming what is missing, the folder
+    itself (a mistyped --directory) or its index (no release made there yet)."""
+    if not directory.is_dir():
+        what = "a file, not a folder" if directory.exists() else "no such folder"
+        raise ServeError(f"{directory}: {what}: --directory names a release folder, e.g. release/v0.1.0")
+    index = directory / INDEX
+    if not index.is_file():
+        raise ServeError(f"{directory}: no {INDEX}; make the release first (invoke release --version V)")
+    return index
+
+
 def served_release(directory: Path) -> Served:
     """The release in `directory` (its index.json): the version to name in hints, and the images'
     inputs hashes that /room compares each board's with (the release served, not dist/)."""
     from .roster import Expected
 
-    index = Path(directory) / INDEX
-    if not index.is_file():
-        raise ServeError(f"{directory}: no {INDEX}; make the release first (invoke release --version V)")
+    index = _index_of(Path(directory))
     try:
         version, boards = read_index(index.read_bytes(), str(index))
     except (ReleaseError, OSError) as e:
@@ -190,9 +200,7 @@ def check_folder(directory: Path) -> FolderCheck:
     release index is not a release at all: served as it is, with a warning. Files whose sha256
     differs are a problem everywhere. Raises ServeError only when there is no index.json."""
     directory = Path(directory)
-    index_path = directory / INDEX
-    if not index_path.is_file():
-        raise ServeError(f"{directory}: no {INDEX}; make the release first (invoke release --version V)")
+    index_path = _index_of(directory)
     version: str | None = None
     boards: tuple[ReleaseBoard, ...] = ()
     index_problem: str | None = None
@@ -304,8 +312,7 @@ def make_server(directory: Path, host: str = "0.0.0.0", port: int = 8000, on_req
 
     `room`: a `workshop.roster.Roster` to show on /room (the live page) and /room.json."""
     directory = Path(directory)
-    if not (directory / INDEX).is_file():
-        raise ServeError(f"{directory}: no {INDEX}; make the release first (invoke release --version V)")
+    _index_of(directory)
     handler = functools.partial(_Handler, directory=str(directory))
     try:
         server = ThreadingHTTPServer((host, port), handler)

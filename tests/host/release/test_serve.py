@@ -38,6 +38,12 @@ def test_serves_a_release_for_browsers_and_downloads(release_kwargs, tmp_path):
 def test_refuses_a_folder_that_is_not_a_release(tmp_path):
     with pytest.raises(serve.ServeError, match="no index.json; make the release first"):
         serve.make_server(tmp_path, "127.0.0.1", 0)
+    # A mistyped --directory is named as missing, not sent off to make a release.
+    with pytest.raises(serve.ServeError, match=r"nothere: no such folder: --directory names a release folder"):
+        serve.make_server(tmp_path / "nothere", "127.0.0.1", 0)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(serve.ServeError, match=r"a-file: a file, not a folder: --directory"):
+        serve.served_release(tmp_path / "a-file")
 
 
 def test_port_in_use_is_a_clear_error(release_kwargs):
