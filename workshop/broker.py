@@ -56,6 +56,15 @@ def plan(bind: str = "0.0.0.0", port: int = 1883, password_file: Path | str | No
          directory: Path | None = None) -> BrokerPlan:
     if not 0 < int(port) < 65536:
         raise BrokerError(f"--port {port}: expected 1..65535")
+    if bind:
+        # Before mosquitto is started (and its folder made): its own word was a log and "Name or
+        # service not known" after it had stopped.
+        try:
+            socket.getaddrinfo(bind, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (socket.gaierror, UnicodeError) as e:
+            raise BrokerError(f"--bind {bind!r}: not an address or host name this machine can listen on "
+                              f"({getattr(e, 'strerror', None) or e}); e.g. 0.0.0.0 (every interface) or "
+                              "127.0.0.1") from None
     pw = Path(password_file).resolve() if password_file else None
     if pw is not None and not pw.is_file():
         raise BrokerError(f"--password-file {password_file}: no such file "
@@ -99,6 +108,9 @@ def check_port_free(bind: str, port: int) -> None:
             if e.errno == errno.EADDRINUSE:
                 raise BrokerError(f"port {port} on {bind or 'any address'} is already in use (another broker? "
                                   f"'ss -ltnp sport = :{port}' names it): stop it, or choose another --port") from None
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise BrokerError(f"--bind {bind}: not an address of this machine (see 'ip -brief address'); "
+                                  "0.0.0.0 listens on every interface") from None
 
 
 def _accepts(host: str, port: int) -> bool:

@@ -32,6 +32,14 @@ def test_plan_anonymous_and_with_a_password_file(tmp_path):
         broker.plan(password_file=tmp_path / "missing")
 
 
+def test_a_bind_address_that_cannot_be_listened_on_is_refused_before_mosquitto(tmp_path):
+    with pytest.raises(broker.BrokerError, match=r"^--bind 'bad_host!': not an address or host name this machine"):
+        broker.plan("bad_host!", 18830, directory=tmp_path / "b")
+    with pytest.raises(broker.BrokerError, match=r"^--bind 192.0.2.77: not an address of this machine"):
+        broker.check_port_free("192.0.2.77", 18830)           # (TEST-NET-1: on no machine)
+    assert not (tmp_path / "b").exists()
+
+
 def test_each_listener_has_its_own_persistence_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKSHOP_CACHE", str(tmp_path))
     a, b, c = broker.plan("0.0.0.0", 18830), broker.plan("0.0.0.0", 18831), broker.plan("::", 1883)
