@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -51,33 +50,12 @@ def secret_option(value: str | None, key: str, env: Mapping[str, str] | None = N
     return value or (os.environ if env is None else env).get(SECRET_ENV[key]) or None
 
 
-_WORD = "[A-Za-z0-9_]"
-TOKEN_MAX = 23   # bytes: a secret up to this long is looked for as a whole token
-
-
-def secret_pattern(value: str) -> str:
-    """Where a secret value is in a text or an image (a regex; encoded, for bytes too).
-
-    A short secret (up to TOKEN_MAX bytes) as a whole token, not inside a longer run of letters,
-    digits and underscores: a password "micro" is not in "micropython", so it neither refuses a
-    release (every image says "micropython") nor masks the board's banner, while one in quotes,
-    after "=" or ":", alone on a line or frozen into an image (its literal between NULs; in a
-    .mpy after a length byte, below "0" for these lengths) is found. A longer one anywhere: no
-    word of the firmware is it by chance, and its .mpy length byte may be a letter. An edge
-    that is no letter or digit ("!pw") has no bound."""
-    found = re.escape(value)
-    if len(value.encode()) > TOKEN_MAX:
-        return found
-    head = f"(?<!{_WORD})" if re.match(_WORD, value[:1]) else ""
-    tail = f"(?!{_WORD})" if re.match(_WORD, value[-1:]) else ""
-    return head + found + tail
-
-
 def mask_secrets(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret (as `secret_pattern` finds it) replaced by ***: longest first,
-    so a secret holding a shorter one is masked whole."""
+    """`text` with every secret replaced by ***, wherever it occurs (inside a longer word too:
+    shown masked too often is safe, a secret next to an escape or in a URL left bare is not);
+    longest first, so a secret holding a shorter one is masked whole."""
     for s in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = re.sub(secret_pattern(s), MASK, text)
+        text = text.replace(s, MASK)
     return text
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from . import source
 from .buildinfo import Artifact, BuildInfo, BuildInfoError, dist_dir, read_build_info, sha256_file, write_atomic
-from .devconfig import SECRET_ENV, DevConfigError, load_file, secret_items, secret_pattern
+from .devconfig import SECRET_ENV, DevConfigError, load_file, secret_items
 from .config import HOST_CHIP, Board, ConfigError, cache_dir, chip_definition, load_boards, project_root
 
 INDEX = "index.json"
@@ -357,15 +357,15 @@ def scan_for_secrets(directory: Path, secrets: Mapping[str, str]) -> list[tuple[
     """(relative file, secret name) for every secret found in any file under `directory`.
 
     Each secret is looked for as UTF-8 and as a JSON string body (index.json and the manifests
-    escape quotes, backslashes and non-ASCII characters), as a whole token (devconfig's
-    secret_pattern: a password "micro" is not found in every image's "micropython")."""
-    needles = {name: [re.compile(secret_pattern(form).encode()) for form in {value, json.dumps(value)[1:-1]}]
-               for name, value in secrets.items() if value}
+    escape quotes, backslashes and non-ASCII characters), anywhere: not as a whole word, which an
+    image cannot promise (the linker stores a short string as the tail of a longer one, a .mpy
+    puts a length byte before it)."""
+    needles = {name: {value.encode(), json.dumps(value)[1:-1].encode()} for name, value in secrets.items() if value}
     hits = []
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         data = path.read_bytes()
         for name, forms in needles.items():
-            if any(form.search(data) for form in forms):
+            if any(form in data for form in forms):
                 hits.append((path.relative_to(directory).as_posix(), name))
     return hits
 
@@ -692,8 +692,9 @@ def make_release(
             raise ReleaseError(f"refusing to release {version}: a configured secret occurs in the output:\n  - {listed}\n"
                                f"Nothing was written. Remove the secret from the sources (it belongs only in "
                                f"/workshop.json on the device), rebuild, and release again. If no source of yours "
-                               f"holds it, it is a word the firmware holds anyway (the default telnet user "
-                               f"'micro' is in every image): choose a secret that is no word of the code.")
+                               f"holds it, it is (part of) a word the firmware holds anyway ('micro', the default "
+                               f"telnet user, is in every image, as in 'micropython'): choose a longer secret of "
+                               f"its own.")
 
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=_leftover_prefix(out, "old"), dir=out.parent))
