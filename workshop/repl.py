@@ -645,6 +645,17 @@ class ReplSession:
                 self.pacing = pacing0
                 raise self._error(ReplTimeout, f"no answer within the command's {budget:g} s (sending it included): "
                                   f"bytes were lost on the way and {attempt} re-send(s) took the rest")
+            if attempt and not self.in_raw:
+                # A recovery left to us (_recover_after_stall): the raw REPL within this budget
+                # too, not the connect timeout, and said as the command's timeout.
+                try:
+                    self.enter_raw(timeout=left)
+                except ReplTimeout:
+                    self.pacing = pacing0
+                    raise self._error(ReplTimeout, f"no answer within the command's {budget:g} s (sending it "
+                                      "included): bytes were lost on the way and the board did not answer "
+                                      "again") from None
+                left = deadline - time.monotonic()
             try:
                 result = self.exec_raw(wrapped, left, budget, guarded=True)
             except _PasteStall:
