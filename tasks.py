@@ -72,9 +72,10 @@ def task(*args, **kwargs):
         @functools.wraps(body)                 # (invoke reads the options off the signature)
         def run(*a, **kw):
             try:
-                result = body(*a, **kw)
-                sys.stdout.flush()             # (buffered output meets a gone reader here, not at exit)
-                return result
+                try:
+                    return body(*a, **kw)
+                finally:       # an Exit(1) too: buffered output meets a gone reader here, not at exit
+                    sys.stdout.flush()
             except config.NoProjectError as e:
                 raise _fail(str(e)) from None
             except BrokenPipeError:

@@ -4,6 +4,7 @@ folder, is one clear error (no traceback, no board touched), never a crash after
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,9 +145,27 @@ def test_a_summary_line_on_redirected_stderr_is_whole(tmp_path):
     assert line.startswith("0/1 verified in ") and line.endswith(f"; esptool logs in {logs}"), proc.stderr
 
 
-def test_a_reader_that_goes_away_ends_a_listing_quietly():
-    """`roster --watch --json | head`: the reader's exit was a BrokenPipeError traceback."""
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "invoke"), "boards", "--json"], cwd=REPO,
+PROBE = '''
+import sys
+sys.path.insert(0, {repo!r})
+from tasks import Exit, task
+
+@task()
+def probe(c):
+    print("a short report")     # (buffered: it meets the gone reader at the flush)
+    raise Exit(code=1)          # a task that failed after its output (fleet --json, a board failed)
+'''
+
+
+@pytest.mark.parametrize("args", [("boards", "--json"), ("-r", "{tmp}", "-c", "probe_tasks", "probe")],
+                         ids=["ok", "failing after its output"])
+def test_a_reader_that_goes_away_ends_a_listing_quietly(args, tmp_path):
+    """`roster --watch --json | head`: the reader's exit was a BrokenPipeError traceback; a task
+    ending in a failure (exit 1) after its output, "Exception ignored" and exit 120."""
+    (tmp_path / "probe_tasks.py").write_text(PROBE.format(repo=str(REPO)))
+    args = tuple(a.format(tmp=tmp_path) for a in args)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}   # buffered, as for most users
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "invoke"), *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()                  # | head that has had enough before the first line
