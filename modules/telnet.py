@@ -91,7 +91,11 @@ def _entry(peer):
         now = time.ticks_ms()
         if len(_bad) >= _HOSTS:
             for k in _bad:
-                if time.ticks_diff(now, _bad[k][1]) > _cfg[2]:  # idle for a lockout's length
+                f = _bad[k]
+                d = time.ticks_diff(now, f[1])
+                # Idle for a lockout's length; or further ahead than its own lockout, which only
+                # a moment 2**29 ms back reads as (the ticks wrapped: long idle).
+                if d > _cfg[2] or d < -f[2]:
                     del _bad[k]  # (the loop ends here: no next step over the changed dict)
                     break
             else:

@@ -341,6 +341,27 @@ telnet.stop()
     assert line.endswith("login: '") and "Busy" not in line, out
 
 
+def test_a_host_idle_past_the_ticks_wrap_gives_its_place_to_a_newcomer(micropython):
+    """8 hosts failed once, then 6.2 days passed (2**29 ms on a board's 30-bit ticks): their last
+    failures read as the future, no place was ever free again, and every newcomer shared one
+    count (one guessing student locked out all of them)."""
+    out = micropython.run(f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+import ticks30, telnet
+telnet.time = ticks30
+telnet.start("micro", "s3cret", port=0, host="127.0.0.1")
+for i in range(8):
+    f = telnet._entry("127.0.1.%d:5000" % i)
+    f[0], f[1], f[2] = 3, ticks30.ticks_add(ticks30.ticks_ms(), -1000), 2000   # locked out, the lockout over
+print("SHARED NOW", telnet._entry("127.0.2.1:5000") is telnet._bad.get("*"))
+ticks30.jump((1 << 29) + 1000)
+print("SHARED LATER", telnet._entry("127.0.2.2:5000") is telnet._bad.get("*"))
+telnet.stop()
+""", timeout=30).stdout
+    assert "SHARED NOW True" in out and "SHARED LATER False" in out, out
+
+
 def test_refuses_to_start_without_password_and_reads_the_config(micropython, serve, tmp_path):
     cfg = tmp_path / "workshop.json"
     cfg.write_text(json.dumps({"telnet": {"user": "micro"}}))
