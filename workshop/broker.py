@@ -1,6 +1,7 @@
 """The workshop's MQTT broker: Debian's mosquitto in the foreground, configured for the LAN.
 
-`plan()` is pure (the configuration text and argv, tested without running anything);
+`plan()` makes the configuration text and argv without running anything (it resolves `--bind`,
+to refuse an address nothing here can listen on before mosquitto starts);
 `Broker` runs it: persistence (retained statuses survive a restart) in the cache directory, one
 folder per listener (a broker on another port is another room: it must neither show nor save
 over this one's statuses), anonymous access by default or only the users of a mosquitto

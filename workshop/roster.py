@@ -124,7 +124,7 @@ class Row:
     heap_free: int | None = None
     rssi: int | None = None
     uptime_s: int | None = None
-    interval_s: int = DEFAULT_INTERVAL_S
+    interval_s: float = DEFAULT_INTERVAL_S     # (a board may say 12.5)
     last_seen: float | None = None  # when the last status (or mDNS answer) arrived, epoch s
     age_s: float | None = None
     retained: bool = False          # only the broker's retained copy has been seen so far
@@ -225,7 +225,7 @@ class Roster:
         iv = doc.get("interval_s")
         if isinstance(iv, float) and iv.is_integer():
             iv = int(iv)
-        if iv is not None and (isinstance(iv, bool) or not isinstance(iv, int) or iv <= 0):
+        if iv is not None and (isinstance(iv, bool) or not isinstance(iv, int | float) or not 0 < iv < float("inf")):
             # (its staleness then counts from the default interval: said, not silently)
             odd.append(f"interval_s: expected a number of seconds > 0, got {iv!r} "
                        f"(stale after {STALE_INTERVALS} x {DEFAULT_INTERVAL_S} s instead)")

@@ -73,6 +73,7 @@ def test_malformed_statuses_are_skipped_with_a_warning(topic, payload, why):
     ("heap_free", "lots", "heap_free: expected a number, got 'lots'"),
     ("interval_s", 0, "interval_s: expected a number of seconds > 0, got 0 (stale after 2 x 30 s instead)"),
     ("interval_s", "10", "interval_s: expected a number of seconds > 0, got '10'"),
+    ("interval_s", float("nan"), "interval_s: expected a number of seconds > 0, got nan"),
 ])
 def test_an_odd_field_is_ignored_with_a_warning_and_the_status_kept(field, value, why):
     seen: list[str] = []
@@ -84,6 +85,16 @@ def test_an_odd_field_is_ignored_with_a_warning_and_the_status_kept(field, value
     assert len(seen) == 1 and why in seen[0] and seen[0].endswith("; field ignored"), seen
     now[0] += 50                                    # > 2 x the board's 10 s, < 2 x the default 30 s
     assert r.rows()[0].state == ("online" if field == "interval_s" else "stale")
+
+
+def test_a_fractional_interval_is_taken():
+    now = [1000.0]
+    r = roster.Roster(None, clock=lambda: now[0], on_warning=print)
+    assert r.ingest_mqtt("workshop/lab-01/status", status(interval_s=12.5)) and r.warnings == []
+    now[0] += 24
+    assert r.rows()[0].state == "online" and r.rows()[0].interval_s == 12.5
+    now[0] += 2
+    assert r.rows()[0].state == "stale"                                   # after 2 x 12.5 s
 
 
 def test_a_broken_registry_lookup_is_a_warning_not_a_crash():
