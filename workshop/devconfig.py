@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +48,6 @@ SECRET_ENV: dict[str, str] = {
 def secret_option(value: str | None, key: str, env: Mapping[str, str] | None = None) -> str | None:
     """A secret option as given, else its environment variable's value (SECRET_ENV), else None."""
     return value or (os.environ if env is None else env).get(SECRET_ENV[key]) or None
-
-
-def mask_secrets(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced by ***, wherever it occurs (inside a longer word too:
-    shown masked too often is safe, a secret next to an escape or in a URL left bare is not);
-    longest first, so a secret holding a shorter one is masked whole."""
-    for s in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(s, MASK)
-    return text
 
 
 def secret_items(doc: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

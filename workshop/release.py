@@ -57,9 +57,6 @@ ESP_WEB_TOOLS_INTEGRITY = (
 )
 ENV_WEB_TOOLS = "WORKSHOP_ESP_WEB_TOOLS"   # a folder holding install-button.js (offline override)
 
-# Secrets given through the environment: devconfig.SECRET_ENV (workshop.toml key -> variable). In a
-# --config file every key devconfig calls secret is scanned for ([wifi] password, [mqtt] password...).
-
 # Modes of everything released (and cached by download), whatever the umask and the temporary
 # files' 600/700: world-readable, so a web server (or a copy made by one) serves them.
 FILE_MODE = 0o644
@@ -323,9 +320,9 @@ def toolchain_mix(infos: Iterable[BuildInfo]) -> str | None:
 def load_secrets(config: Path | None = None, env: Mapping[str, str] | None = None,
                  extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
     """Secrets to scan for, by name ('wifi.password', 'mqtt.password', ...): every secret key of
-    workshop.toml (devconfig's definition), the environment (devconfig.SECRET_ENV:
-    WORKSHOP_WIFI_PASSWORD, WORKSHOP_TELNET_PASSWORD, WORKSHOP_MQTT_PASSWORD) and `extra` (options). Every value from every source is scanned
-    for: a key that another source gives with another value is kept under that source's name too
+    workshop.toml (devconfig's definition), the environment (devconfig.SECRET_ENV: the Wi-Fi,
+    telnet and MQTT passwords' variables) and `extra` (options). Every value from every source is
+    scanned for: a key that another source gives with another value is kept under that source's name too
     ('wifi.password ($WORKSHOP_WIFI_PASSWORD)', 'wifi.password (option)')."""
     env = os.environ if env is None else env
     found: dict[str, str] = {}

@@ -33,7 +33,7 @@ from typing import Any, TypedDict
 import serial
 
 from . import serialport
-from .devconfig import MASK, mask_secrets
+from .devconfig import MASK
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"soft reboot"
@@ -149,8 +149,12 @@ def _text(data: bytes) -> str:
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret replaced by *** (devconfig.mask_secrets: as whole tokens)."""
-    return mask_secrets(text, secrets)
+    """`text` with every secret replaced by ***, wherever it occurs (inside a longer word too:
+    masked too often is safe, a secret next to an escape or in a URL left bare is not); longest
+    first, so a secret holding a shorter one is masked whole."""
+    for s in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(s, MASK)
+    return text
 
 
 def guard(code: str | bytes) -> bytes:
@@ -617,9 +621,10 @@ class ReplSession:
     def _recover_after_stall(self, deadline: float) -> None:
         """A raw paste stalled (bytes lost, the board waits for the rest): end it and read the
         board's answer within what is left of the command's budget (`deadline`; 0.2 s a step at
-        least, up to 2 s). Fixed 2 s waits and a fresh raw REPL took a 2 s command to 4 s on a
-        slow board. An answer that does not come in time is left to the next command, which
-        enters the raw REPL anew (Ctrl-C, Ctrl-A: its discard drops the late answer)."""
+        least, up to 2 s): fixed 2 s waits and a fresh raw REPL took a command well past its
+        budget. An answer that does not come in time is left to the next attempt (exec: within
+        the budget) or command, which enters the raw REPL anew (Ctrl-C, Ctrl-A: its discard
+        drops the late answer)."""
         def left() -> float:
             return max(0.2, min(2.0, deadline - time.monotonic()))
 
